@@ -70,8 +70,10 @@ build() {
 	fi
 	log "building ${name} from ${pkg} (several minutes on a cold build cache) ..."
 	local start=${SECONDS}
-	(cd "${dir}" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "${ldflags}" -o "${target}.tmp" "${pkg}")
-	mv "${target}.tmp" "${target}"
+	# Build to a private name and rename, so concurrent runs never see a half-written binary.
+	local tmp="${target}.tmp.$$"
+	(cd "${dir}" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}")
+	mv -f "${tmp}" "${target}"
 	echo "${key}" >"${target}.stamp"
 	log "built ${name} in $((SECONDS - start))s"
 }
