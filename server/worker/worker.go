@@ -236,3 +236,23 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 		return runtime.Continue
 	})
 }
+
+// InheritedFD is the descriptor on which the supervisor hands the worker its end of
+// the socketpair (the first of exec.Cmd.ExtraFiles).
+const InheritedFD = 3
+
+// ServeInherited serves the supervisor on InheritedFD until it closes the connection.
+func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame int, log logr.Logger) error {
+	f := os.NewFile(InheritedFD, "supervisor")
+	if f == nil {
+		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
+	}
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
+	}
+	conn := workerproto.NewConn(nc, maxFrame)
+	defer func() { _ = conn.Close() }()
+	return New(rt, library, conn, log).Serve(ctx)
+}
