@@ -264,3 +264,20 @@ type CallError struct {
 func (e *CallError) Error() string {
 	return fmt.Sprintf("%s returned %d", e.Func, e.Code)
 }
+
+// KVRange is the half-open range of KV-cache positions [Start, End) to clear in one
+// batch entry (ClearKVCache).
+type KVRange struct {
+	Start int
+	End   int
+}
+
+// Sentinel errors of the binding, wrapped with context; callers branch with errors.Is.
+var (
+	// ErrBusy: a run is in progress on the handle, and the call needs the handle idle.
+	ErrBusy = errors.New("a run is in progress on this handle")
+	// ErrDestroyed: the handle was destroyed.
+	ErrDestroyed = errors.New("the handle was destroyed")
+	// ErrRunFailed: the runtime delivered RKLLM_RUN_ERROR although rkllm_run returned 0.
+	ErrRunFailed = errors.New("the runtime reported RKLLM_RUN_ERROR")
+)
