@@ -91,6 +91,9 @@ SIM_SRCS := $(wildcard $(SIM_SRC_DIR)/*.c)
 SIM_BUILD := $(LOCALBIN)/.sim-build
 SIM_CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE
 SIM_LIBS := $(LOCALBIN)/librkllmrt-sim-1.2.so $(LOCALBIN)/librkllmrt-sim-1.3.so
+# Builds without the simulator's own rkllm_sim_version symbol, so tests can check the ABI
+# detection the binding applies to the vendor's library.
+SIM_ANON_LIBS := $(SIM_BUILD)/librkllmrt-anon-1.2.so $(SIM_BUILD)/librkllmrt-anon-1.3.so
 sim_objs = $(patsubst $(SIM_SRC_DIR)/%.c,$(SIM_BUILD)/$(1)/%.o,$(SIM_SRCS))
 # Tests find the libraries here; with RKLLM_SIM_REQUIRED they fail instead of skipping.
 export RKLLM_SIM_DIR := $(LOCALBIN)
@@ -101,7 +104,7 @@ deps: ## Install the Debian packages the build and tests need (hack/install-deps
 	hack/install-deps.sh
 
 .PHONY: sim
-sim: $(SIM_LIBS) ## Build the RKLLM simulator libraries bin/librkllmrt-sim-1.2.so and -1.3.so.
+sim: $(SIM_LIBS) $(SIM_ANON_LIBS) ## Build the RKLLM simulator libraries bin/librkllmrt-sim-1.2.so and -1.3.so.
 
 $(SIM_BUILD)/12/%.o: $(SIM_SRC_DIR)/%.c
 	@mkdir -p $(@D)
@@ -109,10 +112,16 @@ $(SIM_BUILD)/12/%.o: $(SIM_SRC_DIR)/%.c
 $(SIM_BUILD)/13/%.o: $(SIM_SRC_DIR)/%.c
 	@mkdir -p $(@D)
 	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=13 -MMD -MP -c $< -o $@
+$(SIM_BUILD)/anon%/sim.o: $(SIM_SRC_DIR)/sim.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=$* -DRKLLM_SIM_ANONYMOUS -MMD -MP -c $< -o $@
+$(SIM_BUILD)/librkllmrt-anon-1.%.so: $(SIM_BUILD)/anon1%/sim.o $(SIM_BUILD)/1%/json.o $(SIM_BUILD)/1%/model.o
+	$(SIM_CC) -shared -pthread -o $@ $^
 $(LOCALBIN)/librkllmrt-sim-1.2.so: $(call sim_objs,12)
 	$(SIM_CC) -shared -pthread -o $@ $^
 $(LOCALBIN)/librkllmrt-sim-1.3.so: $(call sim_objs,13)
 	$(SIM_CC) -shared -pthread -o $@ $^
+.SECONDARY: $(SIM_BUILD)/anon12/sim.o $(SIM_BUILD)/anon13/sim.o
 -include $(wildcard $(SIM_BUILD)/*/*.d)
 
 .PHONY: sim-models

@@ -151,7 +151,7 @@ static int load_strings(const json_value *root, const char *key, bool one_multib
 			char ***out, size_t **lens, int *n, char *err, size_t errlen)
 {
 	const json_value *v = json_get(root, key);
-	if (!v) {
+	if (!v || v->type == JSON_NULL) {
 		*n = 0;
 		return 0;
 	}

@@ -1574,9 +1574,12 @@ EXPORT int rkllm_run_async(LLMHandle handle, RKLLMInput *rkllm_input,
 		       : -1;
 }
 
+#ifndef RKLLM_SIM_ANONYMOUS
 /* rkllm_sim_version is the simulator's own symbol: a binding may look for it to tell a
- * simulator from the vendor's runtime. */
+ * simulator from the vendor's runtime. (Tests build the simulator without it too, to
+ * check what a binding does with a library that does not name its ABI.) */
 EXPORT const char *rkllm_sim_version(void)
 {
 	return SIM_RUNTIME_VERSION "-sim (RKLLM simulator, ABI " SIM_ABI ")";
 }
+#endif
