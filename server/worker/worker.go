@@ -39,8 +39,8 @@ type Model interface {
 	LoadLora(a runtime.LoraAdapter) error
 	LoadPromptCache(path string) error
 	ReleasePromptCache() error
-	ClearKVCache(keepSystemPrompt bool, startPos, endPos []int32) error
-	KVCacheSize() ([]int32, error)
+	ClearKVCache(keepSystemPrompt bool, ranges []runtime.KVRange) error
+	KVCacheSize() ([]int, error)
 	SetChatTemplate(systemPrompt, promptPrefix, promptPostfix string) error
 	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
 	SetCrossAttnParams(p runtime.CrossAttnParams) error
@@ -206,10 +206,18 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 	case *workerproto.ReleasePromptCache:
 		err = model.ReleasePromptCache()
 	case *workerproto.ClearKVCache:
-		err = model.ClearKVCache(m.KeepSystemPrompt, m.StartPos, m.EndPos)
+		var ranges []runtime.KVRange
+		ranges, err = kvRanges(m.StartPos, m.EndPos)
+		if err == nil {
+			err = model.ClearKVCache(m.KeepSystemPrompt, ranges)
+		}
 	case *workerproto.GetKVCacheSize:
 		sizes, err := model.KVCacheSize()
-		return &workerproto.Reply{Err: err, CacheSizes: sizes}
+		out := make([]int32, len(sizes))
+		for i, v := range sizes {
+			out[i] = int32(v)
+		}
+		return &workerproto.Reply{Err: err, CacheSizes: out}
 	case *workerproto.SetChatTemplate:
 		err = model.SetChatTemplate(m.SystemPrompt, m.PromptPrefix, m.PromptPostfix)
 	case *workerproto.SetFunctionTools:
@@ -220,6 +228,21 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		err = fmt.Errorf("unexpected %s request", m.Op())
 	}
 	return &workerproto.Reply{Err: err}
+}
+
+// kvRanges pairs the start and end arrays of rkllm_clear_kv_cache (nil: clear all).
+func kvRanges(start, end []int32) ([]runtime.KVRange, error) {
+	if start == nil && end == nil {
+		return nil, nil
+	}
+	if len(start) != len(end) {
+		return nil, fmt.Errorf("clear_kv_cache: %d start positions but %d end positions", len(start), len(end))
+	}
+	ranges := make([]runtime.KVRange, len(start))
+	for i := range start {
+		ranges[i] = runtime.KVRange{Start: int(start[i]), End: int(end[i])}
+	}
+	return ranges, nil
 }
 
 // run calls Run and sends every delivery as it comes. When the supervisor cannot be

@@ -97,7 +97,7 @@ type Model struct {
 	tools     bool
 	cache     string
 	xattn     int
-	kvCache   int32
+	kvCache   int
 	destroyed bool
 }
 
@@ -180,7 +180,7 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 	}
 	m.mu.Lock()
 	if ip.KeepHistory {
-		m.kvCache += int32(inTokens + generated)
+		m.kvCache += inTokens + generated
 	} else {
 		m.kvCache = 0
 	}
@@ -333,25 +333,25 @@ func (m *Model) ReleasePromptCache() error {
 }
 
 // ClearKVCache implements worker.Model.
-func (m *Model) ClearKVCache(_ bool, startPos, endPos []int32) error {
-	if len(startPos) != len(endPos) {
+func (m *Model) ClearKVCache(_ bool, ranges []runtime.KVRange) error {
+	if ranges != nil && len(ranges) != 1 {
 		return &runtime.CallError{Func: "rkllm_clear_kv_cache", Code: -1}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if startPos == nil {
+	if ranges == nil {
 		m.kvCache = 0
 		return nil
 	}
-	m.kvCache -= min(m.kvCache, max(endPos[0]-startPos[0], 0))
+	m.kvCache -= min(m.kvCache, max(ranges[0].End-ranges[0].Start, 0))
 	return nil
 }
 
 // KVCacheSize implements worker.Model.
-func (m *Model) KVCacheSize() ([]int32, error) {
+func (m *Model) KVCacheSize() ([]int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return []int32{m.kvCache}, nil
+	return []int{m.kvCache}, nil
 }
 
 // SetChatTemplate implements worker.Model.
