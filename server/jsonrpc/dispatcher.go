@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -118,7 +119,7 @@ func ParamsError(err error) error {
 		if field == "" {
 			field = "params"
 		}
-		return InvalidParams(field, "must be %s, not a JSON %s", describeType(typeErr.Type.String()), typeErr.Value)
+		return InvalidParams(field, "must be %s, not a JSON %s", describeType(typeErr.Type), typeErr.Value)
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
 		field := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
@@ -127,8 +128,28 @@ func ParamsError(err error) error {
 	return ErrInvalidParams.Withf("invalid params: %v", err)
 }
 
+// Describer is implemented by parameter types with their own JSON rule (an enumeration
+// accepting names or numbers, say): invalid-params errors quote DescribeJSON. A type's
+// UnmarshalJSON reports a bad value as a *json.UnmarshalTypeError of its own type, so
+// the error names the member too.
+type Describer interface {
+	DescribeJSON() string
+}
+
+var describerType = reflect.TypeFor[Describer]()
+
 // describeType names a Go type the way a JSON client thinks of it.
-func describeType(t string) string {
+func describeType(rt reflect.Type) string {
+	if rt == nil {
+		return "another type"
+	}
+	if rt.Implements(describerType) {
+		return reflect.Zero(rt).Interface().(Describer).DescribeJSON()
+	}
+	if reflect.PointerTo(rt).Implements(describerType) {
+		return reflect.New(rt).Interface().(Describer).DescribeJSON()
+	}
+	t := rt.String()
 	switch {
 	case t == "string":
 		return "a string"

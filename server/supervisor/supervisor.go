@@ -603,3 +603,13 @@ func (nopObserver) Delivery(bool, time.Duration) {}
 func (nopObserver) Perf(runtime.PerfStat)        {}
 func (nopObserver) WorkerRestart(string)         {}
 func (nopObserver) ModelLoaded(bool)             {}
+
+// Loaded returns the parameters of the model loaded now.
+func (s *Supervisor) Loaded() (runtime.Param, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded || s.desired == nil {
+		return runtime.Param{}, false
+	}
+	return *s.desired, true
+}
