@@ -170,7 +170,9 @@ func (m *Metrics) ConnClosed(transport string) { m.connsOpen.WithLabelValues(tra
 func (m *Metrics) ConnRejected(transport string) { m.connsRejected.WithLabelValues(transport).Inc() }
 
 // BytesIn implements the transports' Observer.
-func (m *Metrics) BytesIn(transport string, n int) { m.bytesIn.WithLabelValues(transport).Add(float64(n)) }
+func (m *Metrics) BytesIn(transport string, n int) {
+	m.bytesIn.WithLabelValues(transport).Add(float64(n))
+}
 
 // BytesOut implements the transports' Observer.
 func (m *Metrics) BytesOut(transport string, n int) {

@@ -90,7 +90,9 @@ const (
 
 // Register adds every method to d.
 func (s *Service) Register(d *jsonrpc.Dispatcher) {
-	h := func(f func(context.Context, *jsonrpc.Call) (any, error)) jsonrpc.Handler { return jsonrpc.HandlerFunc(f) }
+	h := func(f func(context.Context, *jsonrpc.Call) (any, error)) jsonrpc.Handler {
+		return jsonrpc.HandlerFunc(f)
+	}
 	admin := func(f func(context.Context, *jsonrpc.Call) (any, error)) jsonrpc.Handler {
 		return jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
 			if c.Peer == nil || !c.Peer.Admin {

@@ -239,4 +239,3 @@ func (f floatOut) MarshalJSON() ([]byte, error) {
 	}
 	return append(out, ']'), nil
 }
-

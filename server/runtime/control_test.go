@@ -176,9 +176,9 @@ func TestBusyAndDestroyDuringARun(t *testing.T) {
 			t.Errorf("%d tokens delivered, want 1: Destroy should have aborted the run", len(r.tokens(0)))
 		}
 		for name, err := range map[string]error{
-			"Run":     h.Run(t.Context(), prompt("x"), InferParams{}, noop),
-			"Abort":   h.Abort(),
-			"Destroy": h.Destroy(),
+			"Run":      h.Run(t.Context(), prompt("x"), InferParams{}, noop),
+			"Abort":    h.Abort(),
+			"Destroy":  h.Destroy(),
 			"LoadLora": h.LoadLora(LoraAdapter{Path: "x", Name: "x"}),
 		} {
 			if !errors.Is(err, ErrDestroyed) {

@@ -166,17 +166,17 @@ type echoSampling struct {
 type echo struct {
 	ABI   string `json:"abi"`
 	Param struct {
-		ModelPath        string         `json:"model_path"`
-		MaxContextLen    int32          `json:"max_context_len"`
-		MaxNewTokens     int32          `json:"max_new_tokens"`
-		NKeep            int32          `json:"n_keep"`
-		Sampling         echoSampling   `json:"sampling"`
-		SkipSpecialToken bool           `json:"skip_special_token"`
-		IsAsync          bool           `json:"is_async"`
-		IgnoreEOSToken   *bool          `json:"ignore_eos_token"`
-		ImgStart         *string        `json:"img_start"`
-		ImgEnd           *string        `json:"img_end"`
-		ImgContent       *string        `json:"img_content"`
+		ModelPath        string       `json:"model_path"`
+		MaxContextLen    int32        `json:"max_context_len"`
+		MaxNewTokens     int32        `json:"max_new_tokens"`
+		NKeep            int32        `json:"n_keep"`
+		Sampling         echoSampling `json:"sampling"`
+		SkipSpecialToken bool         `json:"skip_special_token"`
+		IsAsync          bool         `json:"is_async"`
+		IgnoreEOSToken   *bool        `json:"ignore_eos_token"`
+		ImgStart         *string      `json:"img_start"`
+		ImgEnd           *string      `json:"img_end"`
+		ImgContent       *string      `json:"img_content"`
 		Extend           struct {
 			BaseDomainID    int32  `json:"base_domain_id"`
 			EmbedFlash      int8   `json:"embed_flash"`
@@ -187,15 +187,15 @@ type echo struct {
 		} `json:"extend_param"`
 	} `json:"param"`
 	Infer struct {
-		Mode            int32           `json:"mode"`
-		LoraAdapterName *string         `json:"lora_adapter_name"`
-		PromptCache     *struct {       //
+		Mode            int32     `json:"mode"`
+		LoraAdapterName *string   `json:"lora_adapter_name"`
+		PromptCache     *struct { //
 			Save int     `json:"save"`
 			Path *string `json:"path"`
 		} `json:"prompt_cache"`
-		Sampling     *echoSampling   `json:"sampling"`
-		MaxNewTokens *int32          `json:"max_new_tokens"`
-		KeepHistory  int             `json:"keep_history"`
+		Sampling     *echoSampling `json:"sampling"`
+		MaxNewTokens *int32        `json:"max_new_tokens"`
+		KeepHistory  int           `json:"keep_history"`
 	} `json:"infer"`
 	Input struct {
 		Role           string  `json:"role"`

@@ -131,6 +131,11 @@ func (s *Supervisor) workerUp(p *proc) {
 	if first {
 		close(s.helloCh)
 	}
+	if p.hello.Simulator != "" {
+		s.log.Info("worker started with the RKLLM simulator: its output is generated filler, not a model's answer",
+			"worker_pid", p.hello.PID, "abi", p.hello.ABI, "library", p.hello.Library, "simulator", p.hello.Simulator)
+		return
+	}
 	s.log.Info("worker started", "worker_pid", p.hello.PID, "abi", p.hello.ABI, "library", p.hello.Library)
 }
 

@@ -159,14 +159,17 @@ func (t *Ticket) finish(o Outcome, err error) {
 
 // Status is the supervisor's state, for readiness and the health endpoints.
 type Status struct {
-	Ready       bool   `json:"ready"`
-	Reason      string `json:"reason,omitempty"`
-	Draining    bool   `json:"draining"`
-	WorkerUp    bool   `json:"worker_up"`
-	WorkerPID   int    `json:"worker_pid,omitempty"`
-	Restarts    int    `json:"worker_restarts"`
-	LastExit    string `json:"last_worker_exit,omitempty"`
-	ABI         string `json:"abi,omitempty"`
+	Ready     bool   `json:"ready"`
+	Reason    string `json:"reason,omitempty"`
+	Draining  bool   `json:"draining"`
+	WorkerUp  bool   `json:"worker_up"`
+	WorkerPID int    `json:"worker_pid,omitempty"`
+	Restarts  int    `json:"worker_restarts"`
+	LastExit  string `json:"last_worker_exit,omitempty"`
+	ABI       string `json:"abi,omitempty"`
+	// Simulator is set when the runtime library is the project's simulator: its output
+	// is not a model's.
+	Simulator   string `json:"simulator,omitempty"`
 	ModelLoaded bool   `json:"model_loaded"`
 	Model       string `json:"model,omitempty"`
 	LoadError   string `json:"model_load_error,omitempty"`
@@ -461,6 +464,7 @@ func (s *Supervisor) Status() Status {
 	}
 	if s.hello != nil {
 		st.ABI = string(s.hello.ABI)
+		st.Simulator = s.hello.Simulator
 	}
 	if s.desired != nil {
 		st.Model = s.desired.ModelPath

@@ -78,6 +78,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hello := &workerproto.Hello{ABI: w.rt.ABI(), PID: os.Getpid(), Library: w.library, Default: w.rt.DefaultParams()}
+	if sim, ok := w.rt.(interface{ Simulator() string }); ok {
+		hello.Simulator = sim.Simulator()
+	}
 	if err := w.conn.Send(0, hello); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}

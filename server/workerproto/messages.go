@@ -59,6 +59,9 @@ type Hello struct {
 	ABI     runtime.ABI
 	PID     int
 	Library string
+	// Simulator is the simulator's version when the library is the project's RKLLM
+	// simulator (its output is not a model's), else "".
+	Simulator string
 	// Default is rkllm_createDefaultParam() of the loaded library.
 	Default runtime.Param
 }
@@ -201,6 +204,7 @@ func (m *Hello) encode(e *encoder) {
 	e.str(string(m.ABI))
 	e.int(m.PID)
 	e.str(m.Library)
+	e.str(m.Simulator)
 	encodeParam(e, &m.Default)
 }
 
@@ -208,6 +212,7 @@ func (m *Hello) decode(d *decoder) {
 	m.ABI = runtime.ABI(d.str())
 	m.PID = d.int()
 	m.Library = d.str()
+	m.Simulator = d.str()
 	decodeParam(d, &m.Default)
 }
 

@@ -22,7 +22,7 @@ func sampleMessages() []Message {
 		Extend: runtime.ExtendParam{BaseDomainID: 3, EmbedFlash: 1, EnabledCPUsNum: 4, EnabledCPUsMask: 0xF0, NBatch: 1, UseCrossAttn: 1},
 	}
 	return []Message{
-		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Default: param},
+		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Simulator: "sim 1.0", Default: param},
 		&Init{Param: param},
 		&Destroy{}, &Abort{}, &IsRunning{}, &ReleasePromptCache{}, &GetKVCacheSize{},
 		&Run{
