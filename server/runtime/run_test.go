@@ -166,17 +166,17 @@ type echoSampling struct {
 type echo struct {
 	ABI   string `json:"abi"`
 	Param struct {
-		ModelPath        string         `json:"model_path"`
-		MaxContextLen    int32          `json:"max_context_len"`
-		MaxNewTokens     int32          `json:"max_new_tokens"`
-		NKeep            int32          `json:"n_keep"`
-		Sampling         echoSampling   `json:"sampling"`
-		SkipSpecialToken bool           `json:"skip_special_token"`
-		IsAsync          bool           `json:"is_async"`
-		IgnoreEOSToken   *bool          `json:"ignore_eos_token"`
-		ImgStart         *string        `json:"img_start"`
-		ImgEnd           *string        `json:"img_end"`
-		ImgContent       *string        `json:"img_content"`
+		ModelPath        string       `json:"model_path"`
+		MaxContextLen    int32        `json:"max_context_len"`
+		MaxNewTokens     int32        `json:"max_new_tokens"`
+		NKeep            int32        `json:"n_keep"`
+		Sampling         echoSampling `json:"sampling"`
+		SkipSpecialToken bool         `json:"skip_special_token"`
+		IsAsync          bool         `json:"is_async"`
+		IgnoreEOSToken   *bool        `json:"ignore_eos_token"`
+		ImgStart         *string      `json:"img_start"`
+		ImgEnd           *string      `json:"img_end"`
+		ImgContent       *string      `json:"img_content"`
 		Extend           struct {
 			BaseDomainID    int32  `json:"base_domain_id"`
 			EmbedFlash      int8   `json:"embed_flash"`
@@ -187,15 +187,15 @@ type echo struct {
 		} `json:"extend_param"`
 	} `json:"param"`
 	Infer struct {
-		Mode            int32           `json:"mode"`
-		LoraAdapterName *string         `json:"lora_adapter_name"`
-		PromptCache     *struct {       //
+		Mode            int32     `json:"mode"`
+		LoraAdapterName *string   `json:"lora_adapter_name"`
+		PromptCache     *struct { //
 			Save int     `json:"save"`
 			Path *string `json:"path"`
 		} `json:"prompt_cache"`
-		Sampling     *echoSampling   `json:"sampling"`
-		MaxNewTokens *int32          `json:"max_new_tokens"`
-		KeepHistory  int             `json:"keep_history"`
+		Sampling     *echoSampling `json:"sampling"`
+		MaxNewTokens *int32        `json:"max_new_tokens"`
+		KeepHistory  int           `json:"keep_history"`
 	} `json:"infer"`
 	Input struct {
 		Role           string  `json:"role"`
@@ -221,8 +221,6 @@ type echo struct {
 		NumTokens int `json:"num_tokens"`
 	} `json:"cross_attn"`
 }
-
-func strp(s string) *string { return &s }
 
 // TestEveryFieldCrossesTheBoundary sends distinctive values in every field of the
 // init params, the run params and the inputs, and compares what the simulator read
@@ -390,7 +388,7 @@ func TestPauseResumeAndClearRanges(t *testing.T) {
 		full := collect(t, h, prompt("story"), InferParams{}, nil)
 		full.finish(t)
 
-		paused := collect(t, h, prompt("story"), InferParams{}, func(i int, d Delivery) CallbackAction {
+		paused := collect(t, h, prompt("story"), InferParams{}, func(i int, _ Delivery) CallbackAction {
 			if i == 2 {
 				return Pause
 			}
@@ -417,7 +415,7 @@ func TestPauseResumeAndClearRanges(t *testing.T) {
 		}
 		// Put the cache back the way the paused run left it, then resume.
 		collect(t, h, prompt("story"), InferParams{}, nil).finish(t)
-		collect(t, h, prompt("story"), InferParams{}, func(i int, d Delivery) CallbackAction {
+		collect(t, h, prompt("story"), InferParams{}, func(i int, _ Delivery) CallbackAction {
 			if i == 2 {
 				return Pause
 			}
