@@ -134,7 +134,7 @@ $(SIM_BUILD)/leakcheck-%: server/runtime/simulator/leakcheck/leakcheck.c server/
 	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=$* -o $@ $< -ldl
 
 .PHONY: sim-leakcheck
-sim-leakcheck: sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## Run every simulator function under valgrind; fails on leaks or memory errors.
+sim-leakcheck: deps sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## Run every simulator function under valgrind; fails on leaks or memory errors.
 	@command -v valgrind >/dev/null || { echo "valgrind is missing: run make deps"; exit 1; }
 	$(GO) run ./cmd/rkllm-sim-model -decode-tps 0 -prefill-tps 0 $(SIM_BUILD)/leakcheck.rkllm
 	$(GO) run ./cmd/rkllm-sim-model -lora leak $(SIM_BUILD)/leakcheck.rkllm-lora
@@ -145,15 +145,15 @@ sim-leakcheck: sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## Run ev
 	done
 
 .PHONY: test-runtime
-test-runtime: sim sim-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak check, arm64 build.
+test-runtime: deps sim sim-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak check, arm64 build.
 	$(GO) test -race -count=1 ./server/runtime/...
 
 # The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
 ARM64_CC ?= aarch64-linux-gnu-gcc
 
 .PHONY: build-arm64
-build-arm64: ## Cross-compile the cgo code (runtime binding) for linux/arm64.
-	@command -v $(ARM64_CC) >/dev/null || hack/install-deps.sh
+build-arm64: deps ## Cross-compile the cgo code (runtime binding) for linux/arm64.
+	@command -v $(ARM64_CC) >/dev/null || { echo "$(ARM64_CC) is missing: run make deps"; exit 1; }
 	mkdir -p $(LOCALBIN)/linux-arm64
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) test -c -o $(LOCALBIN)/linux-arm64/runtime.test ./server/runtime
 

@@ -18,13 +18,13 @@ import (
 
 // held starts a run whose callback blocks on its first token until release is closed.
 // It returns a channel with the run's record once Run returns.
-func held(t *testing.T, h *Handle, ctx context.Context) (started <-chan struct{}, release chan<- struct{}, done <-chan run) {
+func held(t *testing.T, h *Handle) (started <-chan struct{}, release chan<- struct{}, done <-chan run) {
 	t.Helper()
 	st, rel, dn := make(chan struct{}), make(chan struct{}), make(chan run, 1)
 	go func() {
 		var r run
 		first := true
-		r.err = h.Run(ctx, prompt("hold on"), InferParams{}, func(d Delivery) CallbackAction {
+		r.err = h.Run(context.Background(), prompt("hold on"), InferParams{}, func(d Delivery) CallbackAction {
 			r.deliveries = append(r.deliveries, d)
 			if first && d.State == StateNormal {
 				first = false
@@ -43,7 +43,7 @@ func TestAbortFromAnotherGoroutine(t *testing.T) {
 		stats := statsFile(t)
 		model, _ := writeModel(t, func(m *simulator.Model) { m.ReplyMinTokens, m.ReplyMaxTokens = 50, 50 })
 		h := newHandle(t, lib, params(lib, model))
-		started, release, done := held(t, h, context.Background())
+		started, release, done := held(t, h)
 		await(t, "the first token", started)
 		if !h.IsRunning() {
 			t.Error("IsRunning is false during a run")
@@ -78,13 +78,13 @@ func TestContextCancelAbortsTheRun(t *testing.T) {
 		defer cancel()
 		var tokens int
 		err := h.Run(ctx, prompt("cancel me"), InferParams{}, func(d Delivery) CallbackAction {
-			if d.State == StateNormal || d.State == StateWaiting {
-				tokens++
+			if d.State != StateNormal && d.State != StateWaiting {
+				return Continue
 			}
-			if tokens == 1 {
+			if tokens++; tokens == 1 {
 				cancel()
 				// Hold the run until the binding's abort reached the runtime.
-				if !waitFor(func() bool { return len(statsEvents(t, stats, "abort")) == 1 }) {
+				if !waitFor(func() bool { return len(statsEvents(t, stats, "abort")) > 0 }) {
 					t.Error("the abort never reached the simulator")
 				}
 			}
@@ -112,7 +112,7 @@ func TestConcurrentAbortAndIsRunning(t *testing.T) {
 		model, _ := writeModel(t, func(m *simulator.Model) { m.ReplyMinTokens, m.ReplyMaxTokens = 100, 100 })
 		h := newHandle(t, lib, params(lib, model))
 		for round := 0; round < 5; round++ {
-			started, release, done := held(t, h, context.Background())
+			started, release, done := held(t, h)
 			await(t, "the first token", started)
 			var wg sync.WaitGroup
 			var sawRunning atomic.Bool
@@ -149,7 +149,7 @@ func TestBusyAndDestroyDuringARun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		started, release, done := held(t, h, context.Background())
+		started, release, done := held(t, h)
 		await(t, "the first token", started)
 		noop := func(Delivery) CallbackAction { return Continue }
 		for name, err := range map[string]error{

@@ -72,8 +72,10 @@ func callErr(fn string, ret C.int) error {
 }
 
 // Abort stops the run in progress (rkllm_abort). It is safe from any goroutine while
-// Run blocks in another, and does nothing harmful when no run is in progress. The
-// runtime may take a while (about a second on a board) to stop; Run returns then.
+// Run blocks in another (it shares no lock with Run). With no run in progress it is
+// still passed to the runtime, which the simulator ignores; prefer cancelling Run's
+// context, whose abort never reaches a later run. The vendor runtime may take about a
+// second to stop; Run returns then.
 func (h *Handle) Abort() error {
 	h.life.RLock()
 	defer h.life.RUnlock()

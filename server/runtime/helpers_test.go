@@ -209,7 +209,7 @@ func statsEvents(t testing.TB, path, name string) []map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var out []map[string]string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {

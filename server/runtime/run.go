@@ -31,11 +31,17 @@ type runState struct {
 
 	// mu orders every delivery before Run's return for Go's memory model (and the
 	// race detector), which cannot see the runtime's own thread synchronisation.
-	mu        sync.Mutex
-	sawError  bool
-	panicVal  any
-	panicked  bool
+	mu       sync.Mutex
+	sawError bool
+	panicVal any
+	panicked bool
+
 	stopAsked atomic.Bool // an abort was sent because ctx ended or onResult panicked
+	resent    atomic.Bool // ... and sent again from a delivery
+	// abortMu orders a late abort against the end of the run, so that an abort meant
+	// for this run never reaches the next one. Run takes it only after rkllm_run returned.
+	abortMu sync.Mutex
+	ended   bool
 }
 
 // Run runs one inference (rkllm_run) and blocks until it ends. inputs holds one input
@@ -85,6 +91,9 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 	stop := context.AfterFunc(ctx, rs.stop)
 	ret := C.rk_run(h.lib.c, h.c, cin, cparams, C.uintptr_t(handle))
 	stop()
+	rs.abortMu.Lock()
+	rs.ended = true
+	rs.abortMu.Unlock()
 
 	rs.mu.Lock() // every delivery happened before this point
 	defer rs.mu.Unlock()
@@ -107,10 +116,10 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 // the callback, which the runtime may be waiting on.
 func (rs *runState) stop() {
 	rs.stopAsked.Store(true)
-	rs.h.life.RLock()
-	defer rs.h.life.RUnlock()
-	if !rs.h.destroyed {
-		C.rk_abort(rs.h.lib.c, rs.h.c)
+	rs.abortMu.Lock()
+	defer rs.abortMu.Unlock()
+	if !rs.ended {
+		C.rk_abort(rs.h.lib.c, rs.h.c) // the handle outlives the run: Destroy waits for Run
 	}
 }
 
@@ -144,8 +153,9 @@ func (rs *runState) deliver(results *C.RKLLMResult, state CallState) CallbackAct
 		return Continue // the abort is on its way
 	}
 	act := rs.call(d)
-	if rs.ctx.Err() != nil && !rs.stopAsked.Load() {
-		// The context ended just before the run started, when an abort is lost.
+	if (state == StateNormal || state == StateWaiting) && rs.ctx.Err() != nil && !rs.resent.Swap(true) {
+		// Tokens after the context ended: an abort sent just before the runtime
+		// started the run may have been lost, so send it once more.
 		go rs.stop()
 	}
 	switch {
@@ -236,17 +246,27 @@ func checkMultimodal(abi ABI, m *MultimodalInput) error {
 		return fmt.Errorf("images need NImageTokens > 0 and NImage x NImageTokens x hidden-size floats in ImageEmbed (got %d floats)",
 			len(m.ImageEmbed))
 	}
+	if abi == ABI12 {
+		return checkMultimodal12(m)
+	}
+	return checkVideo(m)
+}
+
+// checkMultimodal12 rejects the fields that only ABI 1.3's multimodal input has.
+func checkMultimodal12(m *MultimodalInput) error {
 	video := m.NVideo != 0 || len(m.VideoEmbed) != 0 || m.NFrameTokens != 0 || m.NFramePerVideo != 0 ||
 		m.VideoStart != "" || m.VideoEnd != "" || m.VideoContent != "" || m.FrameWidth != 0 || m.FrameHeight != 0
-	if abi == ABI12 {
-		if video || strings.Contains(m.Prompt, "<video>") {
-			return &UnsupportedError{Feature: "video input", ABI: abi}
-		}
-		if m.ImageStart != "" || m.ImageEnd != "" || m.ImageContent != "" {
-			return &UnsupportedError{Feature: "ImageStart/ImageEnd/ImageContent in the input (1.2 takes them as Param.ImgStart/ImgEnd/ImgContent)", ABI: abi}
-		}
-		return nil
+	if video || strings.Contains(m.Prompt, "<video>") {
+		return &UnsupportedError{Feature: "video input", ABI: ABI12}
 	}
+	if m.ImageStart != "" || m.ImageEnd != "" || m.ImageContent != "" {
+		return &UnsupportedError{Feature: "ImageStart/ImageEnd/ImageContent in the input (1.2 takes them as Param.ImgStart/ImgEnd/ImgContent)", ABI: ABI12}
+	}
+	return nil
+}
+
+// checkVideo checks ABI 1.3's video part and marker strings.
+func checkVideo(m *MultimodalInput) error {
 	if n := strings.Count(m.Prompt, "<video>"); n != m.NVideo {
 		return fmt.Errorf("the prompt has %d <video> placeholders but NVideo is %d", n, m.NVideo)
 	}

@@ -222,8 +222,6 @@ type echo struct {
 	} `json:"cross_attn"`
 }
 
-func strp(s string) *string { return &s }
-
 // TestEveryFieldCrossesTheBoundary sends distinctive values in every field of the
 // init params, the run params and the inputs, and compares what the simulator read
 // (its "<sim:echo-params>" reply) field by field: a wrong offset shows here.
@@ -390,7 +388,7 @@ func TestPauseResumeAndClearRanges(t *testing.T) {
 		full := collect(t, h, prompt("story"), InferParams{}, nil)
 		full.finish(t)
 
-		paused := collect(t, h, prompt("story"), InferParams{}, func(i int, d Delivery) CallbackAction {
+		paused := collect(t, h, prompt("story"), InferParams{}, func(i int, _ Delivery) CallbackAction {
 			if i == 2 {
 				return Pause
 			}
@@ -417,7 +415,7 @@ func TestPauseResumeAndClearRanges(t *testing.T) {
 		}
 		// Put the cache back the way the paused run left it, then resume.
 		collect(t, h, prompt("story"), InferParams{}, nil).finish(t)
-		collect(t, h, prompt("story"), InferParams{}, func(i int, d Delivery) CallbackAction {
+		collect(t, h, prompt("story"), InferParams{}, func(i int, _ Delivery) CallbackAction {
 			if i == 2 {
 				return Pause
 			}

@@ -1,10 +1,9 @@
-// Package runtime is the Go side of Rockchip's RKLLM runtime library (librkllmrt.so).
-//
 // The types in this file are plain Go values that mirror the C structs of the runtime
 // ABI (see docs/runtime.md) without exposing either ABI's layout: the cgo binding
 // converts them for ABI 1.2 or 1.3 and reports fields that the chosen ABI lacks as
 // ErrNotSupported. Everything above the binding (the server's worker, its tests and
-// fakes) speaks only these types.
+// fakes) speaks only these types; this file builds without cgo.
+
 package runtime
 
 import (
@@ -282,7 +281,7 @@ var (
 	ErrRunFailed = errors.New("the runtime reported RKLLM_RUN_ERROR")
 )
 
-// SymbolError: the runtime library lacks a function the binding needs.
+// SymbolError reports that the runtime library lacks a function the binding needs.
 type SymbolError struct {
 	Path   string
 	Symbol string
@@ -292,7 +291,8 @@ func (e *SymbolError) Error() string {
 	return fmt.Sprintf("runtime library %s has no symbol %s: it is not an RKLLM runtime, or too old for this call", e.Path, e.Symbol)
 }
 
-// ABIMismatchError: the library evidently speaks another ABI than the configured one.
+// ABIMismatchError reports a library that evidently speaks another ABI than the
+// configured one.
 type ABIMismatchError struct {
 	Path       string
 	Configured ABI

@@ -162,7 +162,7 @@ func WriteModel(path string, m Model) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o644)
+	return os.WriteFile(path, b, 0o644) //nolint:gosec // model files are read by other users (a server in a container)
 }
 
 // ReadModel reads a simulator model file.
@@ -184,7 +184,7 @@ func ReadModel(path string) (Model, error) {
 
 // WriteLora writes a simulator LoRA adapter; different names give different output.
 func WriteLora(path, name string) error {
-	return os.WriteFile(path, []byte(LoraMagic+`{"name":`+fmt.Sprintf("%q", name)+"}\n"), 0o644)
+	return os.WriteFile(path, []byte(LoraMagic+`{"name":`+fmt.Sprintf("%q", name)+"}\n"), 0o644) //nolint:gosec // as WriteModel
 }
 
 // Tokenize returns the token ids the simulator gives text: at each position the

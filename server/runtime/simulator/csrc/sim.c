@@ -212,18 +212,19 @@ static int env_long(const char *name, long def, long lo, long *out)
 
 static int read_faults(sim_faults *f)
 {
-	long err, ign, lvl;
+	long err, ign;
 	if (env_long("RKLLM_SIM_CRASH_AFTER", -1, 0, &f->crash_after) ||
 	    env_long("RKLLM_SIM_HANG_AFTER", -1, 0, &f->hang_after) ||
 	    env_long("RKLLM_SIM_HANG_IGNORES_ABORT", 0, 0, &ign) ||
 	    env_long("RKLLM_SIM_RUN_ERROR", 0, -2147483647L - 1, &err) ||
 	    env_long("RKLLM_SIM_RUN_ERROR_AFTER", 0, 0, &f->run_error_after) ||
-	    env_long("RKLLM_SIM_FAULT_RUN", 0, 0, &f->fault_run) ||
-	    env_long("RKLLM_LOG_LEVEL", 0, 0, &lvl))
+	    env_long("RKLLM_SIM_FAULT_RUN", 0, 0, &f->fault_run))
 		return -1;
 	f->hang_ignores_abort = ign != 0;
 	f->run_error = (int)err;
-	f->log_level = (int)lvl;
+	/* The runtime's own variable: read leniently, as a runtime would. */
+	const char *lvl = getenv("RKLLM_LOG_LEVEL");
+	f->log_level = lvl ? atoi(lvl) : 0;
 	return 0;
 }
 
