@@ -10,6 +10,9 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
+// crashLines is how many of the worker's last output lines a crash error carries.
+const crashLines = 5
+
 // rpcError maps an error of the supervisor or the runtime to its JSON-RPC error; extra
 // (may be nil) is added to the error's data, such as the text a run produced before it
 // failed.
@@ -41,8 +44,9 @@ func rpcError(err error, extra map[string]any) error {
 		if crash.Exit.Signal != "" {
 			data["signal"] = crash.Exit.Signal
 		}
-		if len(crash.Exit.Stderr) > 0 {
-			data["stderr"] = crash.Exit.Stderr
+		if n := len(crash.Exit.Stderr); n > 0 {
+			// The last lines explain a crash; the server log has more.
+			data["stderr"] = crash.Exit.Stderr[max(n-crashLines, 0):]
 		}
 	case errors.As(err, &timeout):
 		e = jsonrpc.ErrTimeout.Withf("%s", timeout.Error())
