@@ -16,6 +16,7 @@ import (
 // resolved must stay inside it.
 type modelDir struct {
 	root string // absolute, symlinks resolved; "" refuses every path
+	abs  string // absolute, as configured
 }
 
 func newModelDir(dir string) (modelDir, error) {
@@ -30,7 +31,7 @@ func newModelDir(dir string) (modelDir, error) {
 	if err != nil {
 		return modelDir{}, fmt.Errorf("model dir %s: %w", dir, err)
 	}
-	return modelDir{root: real}, nil
+	return modelDir{root: real, abs: abs}, nil
 }
 
 // resolve returns the real path of p inside the folder. For a file the runtime will
@@ -50,6 +51,9 @@ func (d modelDir) resolve(field, p string, mustExist bool) (string, error) {
 		p = filepath.Join(d.root, p)
 	}
 	p = filepath.Clean(p)
+	if !inside(d.root, p) && !inside(d.abs, p) {
+		return "", d.outside(field, p)
+	}
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil && !mustExist && errors.Is(err, fs.ErrNotExist) {
 		var dir string
@@ -62,10 +66,8 @@ func (d modelDir) resolve(field, p string, mustExist bool) (string, error) {
 		}
 		return "", jsonrpc.InvalidParams(field, "%s: %v", p, err)
 	}
-	rel, err := filepath.Rel(d.root, real)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return "", jsonrpc.ErrNotAllowed.Withf("not allowed: %s %s is outside the model directory %s", field, p, d.root).
-			WithData(map[string]string{"field": field})
+	if !inside(d.root, real) {
+		return "", d.outside(field, p)
 	}
 	if mustExist {
 		if st, err := os.Stat(real); err != nil || st.IsDir() {
@@ -73,4 +75,15 @@ func (d modelDir) resolve(field, p string, mustExist bool) (string, error) {
 		}
 	}
 	return real, nil
+}
+
+func (d modelDir) outside(field, p string) error {
+	return jsonrpc.ErrNotAllowed.Withf("not allowed: %s %s is outside the model directory %s", field, p, d.abs).
+		WithData(map[string]string{"field": field})
+}
+
+// inside reports whether p is root or below it (both clean and absolute).
+func inside(root, p string) bool {
+	rel, err := filepath.Rel(root, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

@@ -441,9 +441,13 @@ func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
 func (s *Supervisor) Defaults(ctx context.Context) (runtime.Param, runtime.ABI, error) {
 	select {
 	case <-s.helloCh:
-	case <-ctx.Done():
-		st := s.Status()
-		return runtime.Param{}, "", fmt.Errorf("the worker has not started (%s): %w", st.Reason, ctx.Err())
+	default:
+		select {
+		case <-s.helloCh:
+		case <-ctx.Done():
+			st := s.Status()
+			return runtime.Param{}, "", fmt.Errorf("the worker has not started (%s): %w", st.Reason, ctx.Err())
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
