@@ -34,7 +34,7 @@ const (
 	pollEvery    = 5 * time.Millisecond
 )
 
-var binary string
+var serverBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "rkllm-server-e2e-")
@@ -42,8 +42,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "rkllm-server")
-	build := exec.Command("go", "build", "-o", binary, ".")
+	serverBin = filepath.Join(dir, "rkllm-server")
+	build := exec.Command("go", "build", "-o", serverBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build rkllm-server:", err)
@@ -186,7 +186,7 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(binary, append([]string{"serve", "--config", cfgPath}, o.flags...)...)
+	s.cmd = exec.Command(serverBin, append([]string{"serve", "--config", cfgPath}, o.flags...)...)
 	s.cmd.Env = append(append(os.Environ(), "RKLLM_SIM_STATS_FILE="+s.stats), o.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
