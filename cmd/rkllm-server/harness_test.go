@@ -509,3 +509,60 @@ func (s *server) waitExit() error {
 		return nil
 	}
 }
+
+// stream is a streamed HTTP response read line by line.
+type stream struct {
+	resp   *http.Response
+	br     *bufio.Reader
+	cancel context.CancelFunc
+}
+
+func (s *server) openStream(body string, header ...string) *stream {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/rpc", strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		s.t.Fatalf("POST /rpc: %v", err)
+	}
+	st := &stream{resp: resp, br: bufio.NewReader(resp.Body), cancel: cancel}
+	s.t.Cleanup(st.close)
+	return st
+}
+
+// next reads the next NDJSON line (a notification or the final response).
+func (st *stream) next(t *testing.T) map[string]any {
+	t.Helper()
+	type result struct {
+		line []byte
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		line, err := st.br.ReadBytes('\n')
+		ch <- result{line, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("stream read: %v", r.err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(r.line, &m); err != nil {
+			t.Fatalf("stream line %q: %v", r.line, err)
+		}
+		return m
+	case <-time.After(waitTimeout):
+		t.Fatalf("no stream line within %s", waitTimeout)
+		return nil
+	}
+}
+
+func (st *stream) close() {
+	st.cancel()
+	_ = st.resp.Body.Close()
+}
