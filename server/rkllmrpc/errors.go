@@ -69,19 +69,33 @@ func rpcError(err error, extra map[string]any) error {
 		data["field"] = unsupported.Feature
 		data["abi"] = string(unsupported.ABI)
 	case errors.As(err, &callErr):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s; the server log has the runtime's message", err)
+		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
 		data["rkllm_code"] = callErr.Code
 		data["function"] = callErr.Func
 	case errors.Is(err, runtime.ErrRunFailed):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %v; the server log has the runtime's message", err)
-		data["finish_reason"] = "error"
+		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
+		data["finish_reason"] = FinishError
 	case errors.As(err, &remote):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", remote.Message)
+		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
 	default:
 		return err
+	}
+	var re *supervisor.RuntimeError
+	if errors.As(err, &re) {
+		data["reason"] = re.Reason
 	}
 	if len(data) > 0 {
 		e = e.WithData(data)
 	}
 	return e
+}
+
+// explained is a runtime error's message, pointing to the log when the runtime gave no
+// reason of its own.
+func explained(err error) string {
+	var re *supervisor.RuntimeError
+	if errors.As(err, &re) {
+		return err.Error()
+	}
+	return err.Error() + " (the server log has the runtime's output)"
 }

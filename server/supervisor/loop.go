@@ -184,9 +184,10 @@ func (s *Supervisor) load(p *proc) error {
 	replay := s.state.messages()
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
+	mark := p.mark()
 	r, err := s.call(p, &workerproto.Init{Param: param}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
-		err = r.Err
+		err = s.explain(p, mark, r.Err)
 	}
 	if err != nil {
 		err = fmt.Errorf("load %s: %w", param.ModelPath, err)
@@ -328,12 +329,13 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		}
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
+	mark := p.mark()
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
 	}
 	if r.Err != nil {
-		return r.Err
+		return s.explain(p, mark, r.Err)
 	}
 	s.mu.Lock()
 	param := m.Param
@@ -381,12 +383,13 @@ func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
 		return Outcome{}, err
 	}
+	mark := p.mark()
 	r, err := s.call(p, m, s.opts.CallTimeout, m.Op().String())
 	if err != nil {
 		return Outcome{}, err
 	}
 	if r.Err != nil {
-		return Outcome{}, r.Err
+		return Outcome{}, s.explain(p, mark, r.Err)
 	}
 	s.mu.Lock()
 	s.state.record(m)
@@ -413,6 +416,7 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, e
 		return Outcome{}, err
 	}
 	deliveries := make(chan *workerproto.Delivery, 64)
+	mark := p.mark()
 	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
 	if err != nil {
 		return Outcome{}, s.lost(p, "crash")
@@ -467,7 +471,7 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, e
 					drained = true
 				}
 			}
-			return s.runResult(p, t, pend, reason)
+			return s.runResult(p, t, pend, reason, mark)
 		case <-stall.C:
 			s.log.Info("watchdog: no token delivered; aborting the run", "stall_timeout", s.opts.TokenStallTimeout.String(), "request_id", t.req.ID)
 			abort(abortedByWatchdog)
@@ -485,7 +489,7 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, e
 }
 
 // runResult turns the end of a run into its outcome.
-func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, reason abortReason) (Outcome, error) {
+func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, reason abortReason, mark int) (Outcome, error) {
 	r, err := pend.Result()
 	killed := err != nil
 	if killed {
@@ -508,7 +512,33 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, re
 		return Outcome{}, fmt.Errorf("%w: the client went away or cancelled the request while running", ErrAborted)
 	}
 	if r.Err != nil {
-		return Outcome{}, r.Err
+		return Outcome{}, s.explain(p, mark, r.Err)
 	}
 	return Outcome{Aborted: reason == abortedByClient}, nil
+}
+
+// runtimeErrorGrace bounds the wait for the runtime's own explanation of a failure.
+const runtimeErrorGrace = 200 * time.Millisecond
+
+// RuntimeError is a runtime call's failure with the reason the runtime printed.
+type RuntimeError struct {
+	Err error
+	// Reason is the runtime's last error line on stderr for this call ("" if none).
+	Reason string
+}
+
+func (e *RuntimeError) Error() string { return fmt.Sprintf("%v: %s", e.Err, e.Reason) }
+
+// Unwrap returns the call's error.
+func (e *RuntimeError) Unwrap() error { return e.Err }
+
+// explain adds the runtime's stderr reason to a failed call's error.
+func (s *Supervisor) explain(p *proc, mark int, err error) error {
+	if err == nil {
+		return nil
+	}
+	if reason := p.runtimeError(mark, runtimeErrorGrace); reason != "" {
+		return &RuntimeError{Err: err, Reason: reason}
+	}
+	return err
 }

@@ -40,8 +40,10 @@ type proc struct {
 	exited chan struct{} // closed when the process has been reaped
 	exit   *ExitInfo     // valid after exited is closed
 
-	mu   sync.Mutex
-	tail []string // last stderr lines
+	mu    sync.Mutex
+	tail  []string      // last stderr lines
+	lines int           // lines logged so far
+	added chan struct{} // closed (and replaced) when a line is added
 	// fatal is the signal a Go crash report named ("SIGSEGV: segmentation violation"
 	// from a fault inside the runtime), which the exit status alone does not show.
 	fatal string
@@ -75,7 +77,7 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, maxF
 	}
 	procCtx, cancel := context.WithCancel(context.Background())
 	cmd := newCmd(procCtx)
-	p := &proc{cmd: cmd, cancel: cancel, exited: make(chan struct{}), log: log}
+	p := &proc{cmd: cmd, cancel: cancel, exited: make(chan struct{}), log: log, added: make(chan struct{})}
 	cmd.ExtraFiles = []*os.File{child}
 	// The runtime prints to both streams; both become log entries.
 	cmd.Stdout, cmd.Stderr = outW, outW
@@ -204,6 +206,9 @@ func (p *proc) logLine(line string) {
 		p.tail = p.tail[:stderrTail-1]
 	}
 	p.tail = append(p.tail, line)
+	p.lines++
+	close(p.added)
+	p.added = make(chan struct{})
 	if m := fatalSignal.FindStringSubmatch(line); m != nil && p.fatal == "" {
 		p.fatal = m[1]
 	}
@@ -263,5 +268,39 @@ func (p *proc) logEntry(msg string, entry map[string]any) {
 			kv = append(kv, "error", errVal.Error())
 		}
 		log.Info(msg, kv...)
+	}
+}
+
+// mark returns the number of lines logged so far, for runtimeError.
+func (p *proc) mark() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lines
+}
+
+// runtimeError returns the last error line ("E rkllm: ...") the worker printed after
+// mark, waiting up to grace for it: the runtime prints its reason on stderr before the
+// failing call returns, but that stream is read apart from the protocol socket.
+func (p *proc) runtimeError(mark int, grace time.Duration) string {
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		added := p.added
+		n := min(p.lines-mark, len(p.tail))
+		for i := len(p.tail) - 1; i >= len(p.tail)-n; i-- {
+			if line := p.tail[i]; strings.HasPrefix(line, "E ") {
+				p.mu.Unlock()
+				return strings.TrimSpace(line[2:])
+			}
+		}
+		p.mu.Unlock()
+		select {
+		case <-added:
+		case <-timer.C:
+			return ""
+		case <-p.exited:
+			return ""
+		}
 	}
 }
