@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	serverBin = filepath.Join(dir, "rkllm-server")
-	build := exec.Command("go", "build", "-o", serverBin, ".")
+	build := exec.CommandContext(context.Background(), "go", "build", "-o", serverBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build rkllm-server:", err)
@@ -186,7 +186,7 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(serverBin, append([]string{"serve", "--config", cfgPath}, o.flags...)...)
+	s.cmd = exec.CommandContext(context.Background(), serverBin, append([]string{"serve", "--config", cfgPath}, o.flags...)...)
 	s.cmd.Env = append(append(os.Environ(), "RKLLM_SIM_STATS_FILE="+s.stats), o.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
@@ -336,7 +336,8 @@ type client struct {
 
 func (s *server) dial() *client {
 	s.t.Helper()
-	nc, err := net.Dial("unix", s.socket)
+	var d net.Dialer
+	nc, err := d.DialContext(context.Background(), "unix", s.socket)
 	if err != nil {
 		s.t.Fatalf("dial %s: %v", s.socket, err)
 	}

@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -150,12 +151,12 @@ func TestConfigFlagWins(t *testing.T) {
 
 func TestBadConfigExits(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "server.yaml")
-	if err := os.WriteFile(cfg, []byte("modle: /models/x.rkllm\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte("mdoel: /models/x.rkllm\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(serverBin, "serve", "--config", cfg).CombinedOutput()
+	out, err := exec.CommandContext(context.Background(), serverBin, "serve", "--config", cfg).CombinedOutput()
 	var exitErr *exec.ExitError
-	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 2 || !strings.Contains(string(out), `unknown key "modle"`) {
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 2 || !strings.Contains(string(out), `unknown key "mdoel"`) {
 		t.Errorf("bad config: %v %s", err, out)
 	}
 }
@@ -173,7 +174,7 @@ func TestFetchCommand(t *testing.T) {
 	}))
 	defer ts.Close()
 	dest := filepath.Join(t.TempDir(), "models", "model.rkllm")
-	out, err := exec.Command(serverBin, "fetch", "--url", ts.URL+"/model.rkllm", "--dest", dest, "--sha256", hex.EncodeToString(sum[:])).CombinedOutput()
+	out, err := exec.CommandContext(context.Background(), serverBin, "fetch", "--url", ts.URL+"/model.rkllm", "--dest", dest, "--sha256", hex.EncodeToString(sum[:])).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fetch: %v\n%s", err, out)
 	}
@@ -184,7 +185,7 @@ func TestFetchCommand(t *testing.T) {
 		"404":          {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
 		"bad checksum": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
 	} {
-		cmd := exec.Command(serverBin, append([]string{"fetch", "--attempts", "1"}, args...)...)
+		cmd := exec.CommandContext(context.Background(), serverBin, append([]string{"fetch", "--attempts", "1"}, args...)...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		err := cmd.Run()

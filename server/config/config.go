@@ -234,6 +234,16 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateChoices checks the flags that take one of a set of values.
+func (o *Serve) validateChoices() error {
 	if _, err := runtime.ParseABI(o.RuntimeABI); err != nil {
 		return fmt.Errorf("--runtime-abi: %w", err)
 	}
@@ -253,6 +263,11 @@ func (o *Serve) Validate() error {
 	if o.Listen == "" && o.Socket == "" {
 		return errors.New("--listen and --socket are both empty: the server would have no way to be reached")
 	}
+	return nil
+}
+
+// validateParam checks the RKLLMParam flags that were set.
+func (o *Serve) validateParam() error {
 	if _, err := o.LoraAdapters(); err != nil {
 		return err
 	}
@@ -262,11 +277,16 @@ func (o *Serve) Validate() error {
 	if o.changed("n-batch") && (o.Param.Extend.NBatch < 1 || o.Param.Extend.NBatch > 100) {
 		return fmt.Errorf("--n-batch %d: must be between 1 and 100", o.Param.Extend.NBatch)
 	}
+	return nil
+}
+
+// validateLimits checks sizes and durations.
+func (o *Serve) validateLimits() error {
 	if o.MaxQueue < 1 {
 		return fmt.Errorf("--max-queue %d: must be at least 1", o.MaxQueue)
 	}
-	if o.MaxRequestBytes < 1 {
-		return fmt.Errorf("--max-request-bytes %d: must be at least 1", o.MaxRequestBytes)
+	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > 1<<30 {
+		return fmt.Errorf("--max-request-bytes %d: must be between 1 and 1 GiB", o.MaxRequestBytes)
 	}
 	if o.ShutdownTimeout <= 0 || o.TokenStallTimeout <= 0 || o.AbortTimeout <= 0 {
 		return errors.New("--shutdown-timeout, --token-stall-timeout and --abort-timeout must be positive")

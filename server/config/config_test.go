@@ -109,7 +109,7 @@ func TestErrors(t *testing.T) {
 		args       []string
 		want       string
 	}{
-		{"unknown key", `{"modle": "x"}`, nil, `unknown key "modle"`},
+		{"unknown key", `{"mdoel": "x"}`, nil, `unknown key "mdoel"`},
 		{"config key in file", `{"config": "x"}`, nil, `unknown key "config"`},
 		{"list for a scalar", `{"model": ["a"]}`, nil, `a list is only allowed for a repeatable flag`},
 		{"bad number", `{"max-queue": "many"}`, nil, `key "max-queue"`},

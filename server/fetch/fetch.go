@@ -77,36 +77,50 @@ var ErrChecksum = errors.New("sha256 mismatch")
 // Fetch downloads o.URL to o.Dest. Its errors are one line a user can act on.
 func Fetch(ctx context.Context, o Options) error {
 	o.setDefaults()
-	u, err := url.Parse(o.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("--url %q: must be an http:// or https:// URL", o.URL)
+	want, err := o.check()
+	if err != nil {
+		return err
 	}
-	if o.Dest == "" {
-		return errors.New("--dest is required: the file to write")
-	}
-	want := strings.ToLower(strings.TrimSpace(o.SHA256))
-	if want != "" {
-		if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
-			return fmt.Errorf("--sha256 %q: must be 64 hex digits", o.SHA256)
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil { //nolint:gosec // the model folder is shared with the server container
 		return fmt.Errorf("create the folder of %s: %w", o.Dest, err)
 	}
 	if done, err := upToDate(ctx, &o, want); err != nil || done {
 		return err
 	}
+	return fetchLoop(ctx, &o, want)
+}
+
+// check validates the options and returns the wanted digest in lower case.
+func (o *Options) check() (string, error) {
+	u, err := url.Parse(o.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("--url %q: must be an http:// or https:// URL", o.URL)
+	}
+	if o.Dest == "" {
+		return "", errors.New("--dest is required: the file to write")
+	}
+	want := strings.ToLower(strings.TrimSpace(o.SHA256))
+	if want != "" {
+		if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
+			return "", fmt.Errorf("--sha256 %q: must be 64 hex digits", o.SHA256)
+		}
+	}
+	return want, nil
+}
+
+// fetchLoop downloads into Dest.part with retries, verifies and installs it.
+func fetchLoop(ctx context.Context, o *Options, want string) error {
 	part := o.Dest + ".part"
 	bo := backoff{min: o.BackoffMin, max: o.BackoffMax}
-	restartedForChecksum := false
+	restarted := false
 	for attempt := 1; ; attempt++ {
-		resumed, err := download(ctx, &o, part)
+		resumed, err := download(ctx, o, part)
 		if err == nil {
 			err = verify(part, want)
-			if errors.Is(err, ErrChecksum) && resumed && !restartedForChecksum {
+			if errors.Is(err, ErrChecksum) && resumed && !restarted {
 				// The resumed part may come from another version of the file: start over once.
 				o.Log.Info("checksum mismatch after resuming; downloading from the start", "url", o.URL)
-				restartedForChecksum = true
+				restarted = true
 				_ = os.Remove(part)
 				attempt--
 				continue
@@ -169,7 +183,7 @@ func upToDate(ctx context.Context, o *Options, want string) (bool, error) {
 // download fetches the rest of the file into part, resuming from its size. resumed is
 // true when bytes from an earlier attempt were kept.
 func download(ctx context.Context, o *Options, part string) (resumed bool, err error) {
-	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE, 0o644) //nolint:gosec // the server container reads the model
 	if err != nil {
 		return false, &permanentError{fmt.Errorf("open %s: %w", part, err)}
 	}
@@ -192,64 +206,14 @@ func download(ctx context.Context, o *Options, part string) (resumed bool, err e
 		return false, fmt.Errorf("GET %s: %w", o.URL, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
-	total := int64(-1)
-	switch {
-	case resp.StatusCode == http.StatusPartialContent && offset > 0:
-		start, size, ok := contentRange(resp.Header.Get("Content-Range"))
-		if !ok || start != offset {
-			return false, fmt.Errorf("GET %s: the server resumed at the wrong place (Content-Range %q, want byte %d)", o.URL, resp.Header.Get("Content-Range"), offset)
-		}
-		total = size
-		resumed = true
-		o.Log.Info("resuming download", "url", o.URL, "from_byte", offset)
-	case resp.StatusCode == http.StatusOK:
-		if offset > 0 {
-			o.Log.Info("the server does not resume downloads; starting over", "url", o.URL)
-		}
-		if err := f.Truncate(0); err != nil {
-			return false, &permanentError{err}
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return false, &permanentError{err}
-		}
-		offset = 0
-		total = resp.ContentLength
-	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
-		// The part may already be whole; verification decides.
-		if _, size, ok := contentRange(resp.Header.Get("Content-Range")); ok && size == offset {
-			return true, nil
-		}
-		_ = f.Truncate(0)
-		return false, fmt.Errorf("GET %s: the partial download does not fit the file on the server; starting over", o.URL)
-	default:
-		err := fmt.Errorf("GET %s: %s", o.URL, resp.Status)
-		if permanentStatus(resp.StatusCode) {
-			return false, &permanentError{fmt.Errorf("%w: %s", err, statusHint(resp.StatusCode))}
-		}
-		return false, err
+	total, start, complete, err := prepare(o, resp, f, offset)
+	if err != nil || complete {
+		return complete, err
 	}
-	p := &progress{log: o.Log, every: o.ProgressEvery, done: offset, total: total, start: time.Now(), base: offset, last: time.Now()}
-	stall := time.AfterFunc(o.StallTimeout, func() { cancel(fmt.Errorf("no data for %s", o.StallTimeout)) })
-	defer stall.Stop()
-	buf := make([]byte, 256<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			stall.Reset(o.StallTimeout)
-			if _, err := f.Write(buf[:n]); err != nil {
-				return resumed, &permanentError{fmt.Errorf("write %s: %w", part, err)}
-			}
-			p.add(int64(n))
-		}
-		if errors.Is(rerr, io.EOF) {
-			break
-		}
-		if rerr != nil {
-			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
-				rerr = cause
-			}
-			return resumed, fmt.Errorf("GET %s: after %d bytes: %w", o.URL, p.done, rerr)
-		}
+	resumed = start > 0
+	p := &progress{log: o.Log, every: o.ProgressEvery, done: start, total: total, start: time.Now(), base: start, last: time.Now()}
+	if err := copyBody(ctx, cancel, o, resp.Body, f, p); err != nil {
+		return resumed, err
 	}
 	if total >= 0 && p.done != total {
 		return resumed, fmt.Errorf("GET %s: got %d of %d bytes", o.URL, p.done, total)
@@ -259,6 +223,71 @@ func download(ctx context.Context, o *Options, part string) (resumed bool, err e
 	}
 	p.finish()
 	return resumed, nil
+}
+
+// prepare reads the response status: where the body starts in the file (0 after a
+// truncation, offset when resumed), the whole size (-1 if unknown), or complete when the
+// part already holds the whole file.
+func prepare(o *Options, resp *http.Response, f *os.File, offset int64) (total, start int64, complete bool, err error) {
+	switch {
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		first, size, ok := contentRange(resp.Header.Get("Content-Range"))
+		if !ok || first != offset {
+			return 0, 0, false, fmt.Errorf("GET %s: the server resumed at the wrong place (Content-Range %q, want byte %d)", o.URL, resp.Header.Get("Content-Range"), offset)
+		}
+		o.Log.Info("resuming download", "url", o.URL, "from_byte", offset)
+		return size, offset, false, nil
+	case resp.StatusCode == http.StatusOK:
+		if offset > 0 {
+			o.Log.Info("the server does not resume downloads; starting over", "url", o.URL)
+		}
+		if err := f.Truncate(0); err != nil {
+			return 0, 0, false, &permanentError{err}
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return 0, 0, false, &permanentError{err}
+		}
+		return resp.ContentLength, 0, false, nil
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
+		// The part may already be whole; verification decides.
+		if _, size, ok := contentRange(resp.Header.Get("Content-Range")); ok && size == offset {
+			return size, offset, true, nil
+		}
+		_ = f.Truncate(0)
+		return 0, 0, false, fmt.Errorf("GET %s: the partial download does not fit the file on the server; starting over", o.URL)
+	}
+	err = fmt.Errorf("GET %s: %s", o.URL, resp.Status)
+	if permanentStatus(resp.StatusCode) {
+		return 0, 0, false, &permanentError{fmt.Errorf("%w: %s", err, statusHint(resp.StatusCode))}
+	}
+	return 0, 0, false, err
+}
+
+// copyBody writes the body to f, cancelling the request when no byte comes for
+// StallTimeout.
+func copyBody(ctx context.Context, cancel context.CancelCauseFunc, o *Options, body io.Reader, f *os.File, p *progress) error {
+	stall := time.AfterFunc(o.StallTimeout, func() { cancel(fmt.Errorf("no data for %s", o.StallTimeout)) })
+	defer stall.Stop()
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			stall.Reset(o.StallTimeout)
+			if _, err := f.Write(buf[:n]); err != nil {
+				return &permanentError{fmt.Errorf("write %s: %w", f.Name(), err)}
+			}
+			p.add(int64(n))
+		}
+		if errors.Is(rerr, io.EOF) {
+			return nil
+		}
+		if rerr != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+				rerr = cause
+			}
+			return fmt.Errorf("GET %s: after %d bytes: %w", o.URL, p.done, rerr)
+		}
+	}
 }
 
 // contentRange parses "bytes START-END/SIZE" (or "bytes */SIZE").
@@ -386,5 +415,5 @@ func (b *backoff) next() time.Duration {
 		d = b.max
 	}
 	b.n++
-	return d - d/5 + time.Duration(rand.Int64N(int64(d)/5*2+1))
+	return d - d/5 + time.Duration(rand.Int64N(int64(d)/5*2+1)) //nolint:gosec // jitter, not a secret
 }

@@ -52,7 +52,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "999999999")
 			w.WriteHeader(http.StatusOK)
 			_, _ = w.Write(s.data[:len(s.data)/2])
-			http.NewResponseController(w).Flush()
+			_ = http.NewResponseController(w).Flush()
 			panic(http.ErrAbortHandler) // the connection drops mid-body
 		}
 	}

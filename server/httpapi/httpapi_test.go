@@ -194,7 +194,8 @@ func TestHealth(t *testing.T) {
 
 func TestClientDisconnectCancels(t *testing.T) {
 	f := newFixture(t, Options{})
-	nc, err := net.Dial("tcp", strings.TrimPrefix(f.base, "http://"))
+	var d net.Dialer
+	nc, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +216,8 @@ func TestClientDisconnectCancels(t *testing.T) {
 
 func TestConnectionLimit(t *testing.T) {
 	f := newFixture(t, Options{Limiter: connlimit.New(1, nil)})
-	held, err := net.Dial("tcp", strings.TrimPrefix(f.base, "http://"))
+	var d net.Dialer
+	held, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

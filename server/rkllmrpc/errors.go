@@ -24,60 +24,18 @@ func rpcError(err error, extra map[string]any) error {
 	if errors.As(err, &rpcErr) {
 		return rpcErr
 	}
+	if errors.Is(err, supervisor.ErrNoSuchRequest) {
+		return jsonrpc.InvalidParams("request_id", "%v", err)
+	}
 	data := map[string]any{}
 	for k, v := range extra {
 		data[k] = v
 	}
-	var (
-		crash       *supervisor.CrashError
-		timeout     *supervisor.TimeoutError
-		callErr     *runtime.CallError
-		unsupported *runtime.UnsupportedError
-		remote      *workerproto.RemoteError
-	)
-	var e *jsonrpc.Error
-	switch {
-	case errors.As(err, &crash):
-		e = jsonrpc.ErrRuntimeCrashed.Withf("runtime crashed: %s; the server is restarting it, retry the request", crash.Exit)
-		data["pid"] = crash.Exit.PID
-		data["exit_code"] = crash.Exit.ExitCode
-		if crash.Exit.Signal != "" {
-			data["signal"] = crash.Exit.Signal
-		}
-		if n := len(crash.Exit.Stderr); n > 0 {
-			// The last lines explain a crash; the server log has more.
-			data["stderr"] = crash.Exit.Stderr[max(n-crashLines, 0):]
-		}
-	case errors.As(err, &timeout):
-		e = jsonrpc.ErrTimeout.Withf("%s", timeout.Error())
-		data["reason"] = timeout.Reason
-		data["worker_killed"] = timeout.WorkerKilled
-	case errors.Is(err, supervisor.ErrQueueFull):
-		e = jsonrpc.ErrBusy.Withf("busy: %v; retry later", err)
-	case errors.Is(err, supervisor.ErrModelNotLoaded):
-		e = jsonrpc.ErrModelNotLoaded.Withf("%v", err)
-	case errors.Is(err, supervisor.ErrAlreadyLoaded):
-		e = jsonrpc.ErrNotAllowed.Withf("not allowed: %v", err)
-	case errors.Is(err, supervisor.ErrShuttingDown):
-		e = jsonrpc.ErrShuttingDown.Withf("shutting down: %v", err)
-	case errors.Is(err, supervisor.ErrAborted), errors.Is(err, context.Canceled):
-		e = jsonrpc.ErrAborted.Withf("%v", err)
-	case errors.Is(err, supervisor.ErrNoSuchRequest):
-		return jsonrpc.InvalidParams("request_id", "%v", err)
-	case errors.As(err, &unsupported):
-		e = jsonrpc.ErrInvalidParams.Withf("invalid params: %s; use ABI 1.3 (runtime 1.3.0) or leave it out", unsupported.Error())
-		data["field"] = unsupported.Feature
-		data["abi"] = string(unsupported.ABI)
-	case errors.As(err, &callErr):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
-		data["rkllm_code"] = callErr.Code
-		data["function"] = callErr.Func
-	case errors.Is(err, runtime.ErrRunFailed):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
-		data["finish_reason"] = FinishError
-	case errors.As(err, &remote):
-		e = jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
-	default:
+	e := supervisorError(err, data)
+	if e == nil {
+		e = runtimeError(err, data)
+	}
+	if e == nil {
 		return err
 	}
 	var re *supervisor.RuntimeError
@@ -90,6 +48,67 @@ func rpcError(err error, extra map[string]any) error {
 	return e
 }
 
+// supervisorError maps the supervisor's own errors (nil for others).
+func supervisorError(err error, data map[string]any) *jsonrpc.Error {
+	var (
+		crash   *supervisor.CrashError
+		timeout *supervisor.TimeoutError
+	)
+	switch {
+	case errors.As(err, &crash):
+		data["pid"] = crash.Exit.PID
+		data["exit_code"] = crash.Exit.ExitCode
+		if crash.Exit.Signal != "" {
+			data["signal"] = crash.Exit.Signal
+		}
+		if n := len(crash.Exit.Stderr); n > 0 {
+			// The last lines explain a crash; the server log has more.
+			data["stderr"] = crash.Exit.Stderr[max(n-crashLines, 0):]
+		}
+		return jsonrpc.ErrRuntimeCrashed.Withf("runtime crashed: %s; the server is restarting it, retry the request", crash.Exit)
+	case errors.As(err, &timeout):
+		data["reason"] = timeout.Reason
+		data["worker_killed"] = timeout.WorkerKilled
+		return jsonrpc.ErrTimeout.Withf("%s", timeout.Error())
+	case errors.Is(err, supervisor.ErrQueueFull):
+		return jsonrpc.ErrBusy.Withf("busy: %v; retry later", err)
+	case errors.Is(err, supervisor.ErrModelNotLoaded):
+		return jsonrpc.ErrModelNotLoaded.Withf("%v", err)
+	case errors.Is(err, supervisor.ErrAlreadyLoaded):
+		return jsonrpc.ErrNotAllowed.Withf("not allowed: %v", err)
+	case errors.Is(err, supervisor.ErrShuttingDown):
+		return jsonrpc.ErrShuttingDown.Withf("shutting down: %v", err)
+	case errors.Is(err, supervisor.ErrAborted), errors.Is(err, context.Canceled):
+		return jsonrpc.ErrAborted.Withf("%v", err)
+	}
+	return nil
+}
+
+// runtimeError maps the runtime's errors, as the worker reported them (nil for others).
+func runtimeError(err error, data map[string]any) *jsonrpc.Error {
+	var (
+		callErr     *runtime.CallError
+		unsupported *runtime.UnsupportedError
+		remote      *workerproto.RemoteError
+	)
+	switch {
+	case errors.As(err, &unsupported):
+		data["field"] = unsupported.Feature
+		data["abi"] = string(unsupported.ABI)
+		return jsonrpc.ErrInvalidParams.Withf("invalid params: %s; use ABI 1.3 (runtime 1.3.0) or leave it out", unsupported.Error())
+	case errors.As(err, &callErr):
+		data["rkllm_code"] = callErr.Code
+		data["function"] = callErr.Func
+		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
+	case errors.Is(err, runtime.ErrRunFailed):
+		data["finish_reason"] = FinishError
+		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
+	case errors.As(err, &remote):
+		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
+	}
+	return nil
+}
+
 // explained is a runtime error's message, pointing to the log when the runtime gave no
 // reason of its own.
 func explained(err error) string {
@@ -98,4 +117,14 @@ func explained(err error) string {
 		return err.Error()
 	}
 	return err.Error() + " (the server log has the runtime's output)"
+}
+
+// asRPCError is err as a JSON-RPC error object (ErrInternal for an unmapped error), for
+// errors sent inside a notification.
+func asRPCError(err error) *jsonrpc.Error {
+	var e *jsonrpc.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return jsonrpc.ErrInternal.Withf("internal error: %v", err)
 }

@@ -283,32 +283,15 @@ func (w *inputJSON) input(field string) (runtime.Input, error) {
 	default:
 		return in, jsonrpc.InvalidParams(field+".role", `must be "user" or "tool" (tool results), got %q`, w.Role)
 	}
-	members := 0
-	var only runtime.InputType
-	if w.PromptInput != nil {
-		members, only = members+1, runtime.InputPrompt
+	t, err := w.inputType(field)
+	if err != nil {
+		return in, err
 	}
-	if w.TokenInput != nil {
-		members, only = members+1, runtime.InputToken
-	}
-	if w.EmbedInput != nil {
-		members, only = members+1, runtime.InputEmbed
-	}
-	if w.MultimodalInput != nil {
-		members, only = members+1, runtime.InputMultimodal
-	}
-	switch {
-	case w.InputType != nil:
-		in.Type = runtime.InputType(*w.InputType)
-	case members == 1:
-		in.Type = only
-	default:
-		return in, jsonrpc.InvalidParams(field+".input_type", "is required when the input does not hold exactly one of prompt_input, token_input, embed_input, multimodal_input")
-	}
+	in.Type = t
 	missing := func(member string) error {
-		return jsonrpc.InvalidParams(field+"."+member, "is required when input_type is %s", inputTypes.names[in.Type])
+		return jsonrpc.InvalidParams(field+"."+member, "is required when input_type is %s", inputTypes.names[t])
 	}
-	switch in.Type {
+	switch t {
 	case runtime.InputPrompt:
 		if w.PromptInput == nil {
 			return in, missing("prompt_input")
@@ -318,45 +301,80 @@ func (w *inputJSON) input(field string) (runtime.Input, error) {
 		if w.TokenInput == nil {
 			return in, missing("token_input")
 		}
-		in.TokenIDs = w.TokenInput.InputIDs
-		if len(in.TokenIDs) == 0 {
-			return in, jsonrpc.InvalidParams(field+".token_input.input_ids", "must hold at least one token id")
-		}
-		if n := w.TokenInput.NTokens; n != nil && *n != len(in.TokenIDs) {
-			return in, jsonrpc.InvalidParams(field+".token_input.n_tokens", "is %d but input_ids holds %d ids; omit it or make them match", *n, len(in.TokenIDs))
-		}
+		return in, w.tokens(field, &in)
 	case runtime.InputEmbed:
 		if w.EmbedInput == nil {
 			return in, missing("embed_input")
 		}
-		in.Embed = w.EmbedInput.Embed
-		if w.EmbedInput.NTokens == nil || *w.EmbedInput.NTokens < 1 {
-			return in, jsonrpc.InvalidParams(field+".embed_input.n_tokens", "is required: the number of embedding rows (embed holds n_tokens x hidden size floats)")
-		}
-		in.NTokens = *w.EmbedInput.NTokens
-		if len(in.Embed) == 0 || len(in.Embed)%in.NTokens != 0 {
-			return in, jsonrpc.InvalidParams(field+".embed_input.embed", "holds %d floats, not a multiple of n_tokens (%d)", len(in.Embed), in.NTokens)
-		}
+		return in, w.embed(field, &in)
 	case runtime.InputMultimodal:
 		if w.MultimodalInput == nil {
 			return in, missing("multimodal_input")
 		}
-		m := w.MultimodalInput
-		in.Multimodal = runtime.MultimodalInput{
-			Prompt: m.Prompt, ImageEmbed: m.ImageEmbed, NImageTokens: m.NImageTokens, NImage: m.NImage,
-			ImageWidth: m.ImageWidth, ImageHeight: m.ImageHeight, ImageStart: m.ImageStart, ImageEnd: m.ImageEnd,
-			ImageContent: m.ImageContent, VideoEmbed: m.VideoEmbed, NFrameTokens: m.NFrameTokens,
-			NFramePerVideo: m.NFramePerVideo, NVideo: m.NVideo, VideoStart: m.VideoStart, VideoEnd: m.VideoEnd,
-			VideoContent: m.VideoContent, FrameWidth: m.FrameWidth, FrameHeight: m.FrameHeight,
-		}
-		if m.NImage < 0 || m.NImageTokens < 0 || m.NVideo < 0 || m.NFrameTokens < 0 || m.NFramePerVideo < 0 {
-			return in, jsonrpc.InvalidParams(field+".multimodal_input", "counts (n_image, n_image_tokens, n_video, ...) must not be negative")
-		}
-		if m.NImage > 0 && len(m.ImageEmbed)%(m.NImage*max(m.NImageTokens, 1)) != 0 {
-			return in, jsonrpc.InvalidParams(field+".multimodal_input.image_embed", "holds %d floats, not n_image (%d) x n_image_tokens (%d) x hidden size", len(m.ImageEmbed), m.NImage, m.NImageTokens)
-		}
+		return in, w.multimodal(field, &in)
 	}
 	return in, nil
+}
+
+// inputType is input_type, or the one member present when it is left out.
+func (w *inputJSON) inputType(field string) (runtime.InputType, error) {
+	if w.InputType != nil {
+		return runtime.InputType(*w.InputType), nil
+	}
+	var present []runtime.InputType
+	for t, set := range map[runtime.InputType]bool{
+		runtime.InputPrompt: w.PromptInput != nil, runtime.InputToken: w.TokenInput != nil,
+		runtime.InputEmbed: w.EmbedInput != nil, runtime.InputMultimodal: w.MultimodalInput != nil,
+	} {
+		if set {
+			present = append(present, t)
+		}
+	}
+	if len(present) != 1 {
+		return 0, jsonrpc.InvalidParams(field+".input_type", "is required when the input does not hold exactly one of prompt_input, token_input, embed_input, multimodal_input")
+	}
+	return present[0], nil
+}
+
+func (w *inputJSON) tokens(field string, in *runtime.Input) error {
+	in.TokenIDs = w.TokenInput.InputIDs
+	if len(in.TokenIDs) == 0 {
+		return jsonrpc.InvalidParams(field+".token_input.input_ids", "must hold at least one token id")
+	}
+	if n := w.TokenInput.NTokens; n != nil && *n != len(in.TokenIDs) {
+		return jsonrpc.InvalidParams(field+".token_input.n_tokens", "is %d but input_ids holds %d ids; omit it or make them match", *n, len(in.TokenIDs))
+	}
+	return nil
+}
+
+func (w *inputJSON) embed(field string, in *runtime.Input) error {
+	in.Embed = w.EmbedInput.Embed
+	if w.EmbedInput.NTokens == nil || *w.EmbedInput.NTokens < 1 {
+		return jsonrpc.InvalidParams(field+".embed_input.n_tokens", "is required: the number of embedding rows (embed holds n_tokens x hidden size floats)")
+	}
+	in.NTokens = *w.EmbedInput.NTokens
+	if len(in.Embed) == 0 || len(in.Embed)%in.NTokens != 0 {
+		return jsonrpc.InvalidParams(field+".embed_input.embed", "holds %d floats, not a multiple of n_tokens (%d)", len(in.Embed), in.NTokens)
+	}
+	return nil
+}
+
+func (w *inputJSON) multimodal(field string, in *runtime.Input) error {
+	m := w.MultimodalInput
+	in.Multimodal = runtime.MultimodalInput{
+		Prompt: m.Prompt, ImageEmbed: m.ImageEmbed, NImageTokens: m.NImageTokens, NImage: m.NImage,
+		ImageWidth: m.ImageWidth, ImageHeight: m.ImageHeight, ImageStart: m.ImageStart, ImageEnd: m.ImageEnd,
+		ImageContent: m.ImageContent, VideoEmbed: m.VideoEmbed, NFrameTokens: m.NFrameTokens,
+		NFramePerVideo: m.NFramePerVideo, NVideo: m.NVideo, VideoStart: m.VideoStart, VideoEnd: m.VideoEnd,
+		VideoContent: m.VideoContent, FrameWidth: m.FrameWidth, FrameHeight: m.FrameHeight,
+	}
+	if min(m.NImage, m.NImageTokens, m.NVideo, m.NFrameTokens, m.NFramePerVideo) < 0 {
+		return jsonrpc.InvalidParams(field+".multimodal_input", "counts (n_image, n_image_tokens, n_video, ...) must not be negative")
+	}
+	if m.NImage > 0 && len(m.ImageEmbed)%(m.NImage*max(m.NImageTokens, 1)) != 0 {
+		return jsonrpc.InvalidParams(field+".multimodal_input.image_embed", "holds %d floats, not n_image (%d) x n_image_tokens (%d) x hidden size", len(m.ImageEmbed), m.NImage, m.NImageTokens)
+	}
+	return nil
 }
 
 // inferParams converts RKLLMInferParam.

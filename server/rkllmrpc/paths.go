@@ -54,12 +54,7 @@ func (d modelDir) resolve(field, p string, mustExist bool) (string, error) {
 	if !inside(d.root, p) && !inside(d.abs, p) {
 		return "", d.outside(field, p)
 	}
-	real, err := filepath.EvalSymlinks(p)
-	if err != nil && !mustExist && errors.Is(err, fs.ErrNotExist) {
-		var dir string
-		dir, err = filepath.EvalSymlinks(filepath.Dir(p))
-		real = filepath.Join(dir, filepath.Base(p))
-	}
+	real, err := evalPath(p, mustExist)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", jsonrpc.InvalidParams(field, "%s does not exist", p)
@@ -86,4 +81,16 @@ func (d modelDir) outside(field, p string) error {
 func inside(root, p string) bool {
 	rel, err := filepath.Rel(root, p)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// evalPath resolves every symlink of p; for a file still to be created only its folder
+// must exist.
+func evalPath(p string, mustExist bool) (string, error) {
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil && !mustExist && errors.Is(err, fs.ErrNotExist) {
+		var dir string
+		dir, err = filepath.EvalSymlinks(filepath.Dir(p))
+		real = filepath.Join(dir, filepath.Base(p))
+	}
+	return real, err
 }

@@ -18,8 +18,17 @@ const (
 	FinishError  = "error"  // the runtime reported RKLLM_RUN_ERROR (in the error's data)
 )
 
-// run serves rkllm.run and rkllm.run_async.
-func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, error) {
+// runPlan is a checked rkllm.run request.
+type runPlan struct {
+	inputs []runtime.Input
+	batch  bool
+	ip     runtime.InferParams
+	stream bool
+	base64 bool
+}
+
+// plan decodes and checks the params of a run.
+func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	var p runParams
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
@@ -28,33 +37,50 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	if err != nil {
 		return nil, err
 	}
-	ip := p.InferParams.inferParams()
+	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
 	switch p.Encoding {
 	case "", "json", "base64":
 	default:
 		return nil, jsonrpc.InvalidParams("encoding", `must be "json" (default) or "base64" (little-endian float32)`)
 	}
-	if pc := ip.PromptCache; pc != nil && (pc.Save || pc.Path != "") {
-		if c.Peer == nil || !c.Peer.Admin {
-			return nil, jsonrpc.ErrNotAllowed.Withf("not allowed: infer_params.prompt_cache_params writes a file on the server; use the Unix socket, or widen --admin")
-		}
-		if pc.Path, err = s.dir.resolve("infer_params.prompt_cache_params.prompt_cache_path", pc.Path, !pc.Save); err != nil {
-			return nil, err
-		}
+	if err := s.checkPromptCache(c, plan.ip.PromptCache); err != nil {
+		return nil, err
 	}
-	stream := p.Stream || async
-	if stream && !c.CanNotify() {
+	if plan.stream && !c.CanNotify() {
 		return nil, jsonrpc.InvalidParams("stream", "streaming is not available for a request inside a batch over HTTP; send it alone, or use the Unix socket")
 	}
 	if async && (c.Peer == nil || !c.Peer.Persistent) {
 		return nil, jsonrpc.ErrNotAllowed.Withf("not allowed: %s delivers its results later on the same connection, which HTTP cannot; use the Unix socket, or rkllm.run with \"stream\": true", c.Method)
 	}
+	return plan, nil
+}
+
+// checkPromptCache confines a run's prompt cache file to --model-dir; writing one needs
+// an admin connection.
+func (s *Service) checkPromptCache(c *jsonrpc.Call, pc *runtime.PromptCacheParams) error {
+	if pc == nil || (!pc.Save && pc.Path == "") {
+		return nil
+	}
+	if c.Peer == nil || !c.Peer.Admin {
+		return jsonrpc.ErrNotAllowed.Withf("not allowed: infer_params.prompt_cache_params writes a file on the server; use the Unix socket, or widen --admin")
+	}
+	var err error
+	pc.Path, err = s.dir.resolve("infer_params.prompt_cache_params.prompt_cache_path", pc.Path, !pc.Save)
+	return err
+}
+
+// run serves rkllm.run and rkllm.run_async.
+func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, error) {
+	plan, err := s.plan(c, async)
+	if err != nil {
+		return nil, err
+	}
 	id := "r-" + strconv.FormatUint(s.ids.Add(1), 10)
-	acc := newRunAcc(id, len(inputs), batch, p.Encoding == "base64")
-	if stream {
+	acc := newRunAcc(id, len(plan.inputs), plan.batch, plan.base64)
+	if plan.stream {
 		acc.notify = func(params any) { _ = c.Notify(NotifyResult, params) }
 	}
-	maxNew := ip.MaxNewTokens
+	maxNew := plan.ip.MaxNewTokens
 	if loaded, ok := s.b.Loaded(); ok && maxNew <= 0 {
 		maxNew = loaded.MaxNewTokens
 	}
@@ -65,7 +91,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	rctx, cancel := s.requestContext(base)
 	t, err := s.b.Enqueue(rctx, supervisor.Request{
 		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
-		Msg: &workerproto.Run{Inputs: inputs, Infer: ip},
+		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
 	})
 	if err != nil {
 		cancel()
@@ -77,8 +103,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 			defer cancel()
 			out, err := t.Wait()
 			if err != nil {
-				e := rpcError(err, acc.partial()).(*jsonrpc.Error)
-				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": e})
+				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial()))})
 				return
 			}
 			_ = c.Notify(NotifyDone, acc.result(out, maxNew))

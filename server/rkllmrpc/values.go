@@ -19,7 +19,7 @@ func typeError(data []byte, t any) error {
 	if len(v) > 40 {
 		v = v[:40] + "..."
 	}
-	kind := "value"
+	var kind string
 	switch {
 	case strings.HasPrefix(v, `"`):
 		kind = "string"

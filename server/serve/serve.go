@@ -52,19 +52,60 @@ func WorkerArgs(o *config.Serve) []string {
 // --shutdown-timeout (then it is aborted), responses are flushed, the model is
 // destroyed and the socket file removed. It returns nil after a clean shutdown.
 func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) error {
-	apiKey, err := o.APIKey()
+	a, err := build(o, log, opts)
 	if err != nil {
 		return err
+	}
+	if err := a.listen(); err != nil {
+		return err
+	}
+	if err := a.start(opts); err != nil {
+		return err
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "shutdown_timeout", o.ShutdownTimeout.String())
+	case err := <-a.serveErr:
+		failed = fmt.Errorf("listener failed: %w", err)
+		log.Error(err, "listener failed; shutting down")
+	}
+	if err := a.shutdown(); err != nil && failed == nil {
+		failed = err
+	}
+	if failed == nil {
+		log.Info("shut down cleanly")
+	}
+	return failed
+}
+
+// app is the server's parts.
+type app struct {
+	o        *config.Serve
+	log      logr.Logger
+	sup      *supervisor.Supervisor
+	d        *jsonrpc.Dispatcher
+	httpSrv  *httpapi.Server
+	sockSrv  *socketapi.Server
+	httpLn   net.Listener
+	sockLn   net.Listener
+	serveErr chan error
+}
+
+// build creates the parts without starting anything.
+func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
+	apiKey, err := o.APIKey()
+	if err != nil {
+		return nil, err
 	}
 	loras, err := o.LoraAdapters()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m := metrics.New()
-
 	supOpts := supervisor.Options{
 		Command: func(ctx context.Context) *exec.Cmd {
-			return exec.CommandContext(ctx, opts.Executable, WorkerArgs(o)...)
+			return exec.CommandContext(ctx, opts.Executable, WorkerArgs(o)...) //nolint:gosec // our own binary
 		},
 		MaxQueue:          o.MaxQueue,
 		TokenStallTimeout: o.TokenStallTimeout,
@@ -84,107 +125,103 @@ func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) er
 		}
 		supOpts.Model = spec
 	}
-	sup := supervisor.New(supOpts)
-
-	d := jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m)
-	svc, err := rkllmrpc.New(sup, rkllmrpc.Options{
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
 		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	svc.Register(d)
+	svc.Register(a.d)
 	limiter := connlimit.New(o.MaxConnections, m)
-
-	var (
-		httpSrv  *httpapi.Server
-		sockSrv  *socketapi.Server
-		httpLn   net.Listener
-		sockLn   net.Listener
-		serveErr = make(chan error, 2)
-	)
 	if o.Listen != "" {
-		httpSrv = httpapi.New(d, httpapi.Options{
+		a.httpSrv = httpapi.New(a.d, httpapi.Options{
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
-			Limiter: limiter, Health: sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
-		if httpLn, err = httpSrv.Listen(); err != nil {
-			return err
-		}
 	}
 	if o.Socket != "" {
-		sockSrv = socketapi.New(d, socketapi.Options{
+		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
 			WriteTimeout: o.WriteTimeout, Limiter: limiter, Observer: m, Log: log.WithName("socket"),
 		})
-		if sockLn, err = sockSrv.Listen(); err != nil {
-			if httpLn != nil {
-				_ = httpLn.Close()
+	}
+	return a, nil
+}
+
+// listen opens the listeners first, so a taken port fails the start at once.
+func (a *app) listen() error {
+	var err error
+	if a.httpSrv != nil {
+		if a.httpLn, err = a.httpSrv.Listen(); err != nil {
+			return err
+		}
+	}
+	if a.sockSrv != nil {
+		if a.sockLn, err = a.sockSrv.Listen(); err != nil {
+			if a.httpLn != nil {
+				_ = a.httpLn.Close()
 			}
 			return err
 		}
 	}
-	if err := sup.Start(); err != nil {
+	return nil
+}
+
+// start starts the supervisor and serves on the listeners.
+func (a *app) start(opts Options) error {
+	if err := a.sup.Start(); err != nil {
 		return err
 	}
-	if httpSrv != nil {
-		go func() { serveErr <- httpSrv.Serve(httpLn) }()
-		log.Info("serving HTTP", "address", httpLn.Addr().String())
+	var addr net.Addr
+	if a.httpSrv != nil {
+		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
+		addr = a.httpLn.Addr()
+		a.log.Info("serving HTTP", "address", addr.String())
 	}
-	if sockSrv != nil {
-		go func() { serveErr <- sockSrv.Serve(sockLn) }()
-		log.Info("serving the Unix socket", "path", o.Socket)
+	if a.sockSrv != nil {
+		go func() { a.serveErr <- a.sockSrv.Serve(a.sockLn) }()
+		a.log.Info("serving the Unix socket", "path", a.o.Socket)
 	}
 	if opts.Ready != nil {
-		var addr net.Addr
-		if httpLn != nil {
-			addr = httpLn.Addr()
-		}
 		opts.Ready(addr)
 	}
+	return nil
+}
 
-	var failed error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "shutdown_timeout", o.ShutdownTimeout.String())
-	case err := <-serveErr:
-		failed = fmt.Errorf("listener failed: %w", err)
-		log.Error(err, "listener failed; shutting down")
-	}
-
-	// Readiness turns false and new requests get -32009 (HTTP 503) from here on; the
-	// listeners stay open so probes and clients get that answer.
-	d.Drain()
-	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+// shutdown drains: new requests get -32009 from here on while the listeners stay open
+// (so probes and clients get that answer), the supervisor lets the running request end
+// (or aborts it after --shutdown-timeout) and stops the worker, then the transports
+// flush their last responses and close.
+func (a *app) shutdown() error {
+	a.d.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
-	if err := sup.Shutdown(sctx); err != nil {
-		log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", o.ShutdownTimeout.String())
+	if err := a.sup.Shutdown(sctx); err != nil {
+		a.log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", a.o.ShutdownTimeout.String())
 	}
 	fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer fcancel()
-	if httpSrv != nil {
-		if err := httpSrv.Shutdown(fctx); err != nil {
-			log.Error(err, "HTTP responses not flushed in time")
-			_ = httpSrv.Close()
+	if a.httpSrv != nil {
+		if err := a.httpSrv.Shutdown(fctx); err != nil {
+			a.log.Error(err, "HTTP responses not flushed in time")
+			_ = a.httpSrv.Close()
 		}
 	}
-	if sockSrv != nil {
-		if err := sockSrv.Shutdown(fctx); err != nil {
-			log.Error(err, "socket responses not flushed in time")
-			_ = sockSrv.Close()
+	if a.sockSrv != nil {
+		if err := a.sockSrv.Shutdown(fctx); err != nil {
+			a.log.Error(err, "socket responses not flushed in time")
+			_ = a.sockSrv.Close()
 		}
 	}
-	for range cap(serveErr) {
+	for range cap(a.serveErr) {
 		select {
-		case err := <-serveErr:
-			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, socketapi.ErrServerClosed) && failed == nil {
-				failed = err
+		case err := <-a.serveErr:
+			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, socketapi.ErrServerClosed) {
+				return err
 			}
 		default:
 		}
 	}
-	if failed == nil {
-		log.Info("shut down cleanly")
-	}
-	return failed
+	return nil
 }

@@ -94,7 +94,7 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 // left by a crashed server is replaced.
 func (s *Server) Listen() (net.Listener, error) {
 	path := s.opts.Path
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // clients in other containers of the pod reach the socket
 		return nil, fmt.Errorf("socket folder: %w", err)
 	}
 	if st, err := os.Lstat(path); err == nil {
@@ -105,7 +105,8 @@ func (s *Server) Listen() (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
@@ -293,7 +294,7 @@ func (c *conn) serve() {
 			c.s.opts.Observer.BytesIn(Transport, len(line))
 		}
 		if tooLong {
-			c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes)})
+			_ = c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes)})
 		} else if len(bytes.TrimSpace(line)) > 0 {
 			c.handle(line)
 		}
@@ -320,10 +321,11 @@ func (c *conn) handle(msg []byte) {
 		if len(resps) == 0 {
 			return
 		}
+		// A failed write has closed the connection already; nothing more to do.
 		if batch {
-			c.writeJSON(resps)
+			_ = c.writeJSON(resps)
 		} else {
-			c.writeJSON(resps[0])
+			_ = c.writeJSON(resps[0])
 		}
 	}()
 	select {
@@ -370,7 +372,7 @@ func (c *conn) peerGone() bool {
 	}
 	gone := true
 	_ = raw.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}} //nolint:gosec // descriptors fit an int32
 		if n, err := unix.Poll(fds, 0); err == nil {
 			gone = n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
 		}

@@ -85,7 +85,8 @@ type client struct {
 
 func dial(t *testing.T, path string) *client {
 	t.Helper()
-	nc, err := net.Dial("unix", path)
+	var d net.Dialer
+	nc, err := d.DialContext(context.Background(), "unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}

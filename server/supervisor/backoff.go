@@ -21,7 +21,7 @@ func (b *backoff) next() time.Duration {
 	}
 	d = min(d, b.max)
 	b.failures++
-	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) * 2
+	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) * 2 //nolint:gosec // jitter, not a secret
 	return max(d-d/5+jitter, 0)
 }
 

@@ -241,12 +241,12 @@ func (s *Supervisor) call(p *proc, m workerproto.Message, timeout time.Duration,
 	case <-timer.C:
 		p.kill()
 		<-pend.Done()
-		s.lost(p, "unresponsive")
+		_ = s.lost(p, "unresponsive")
 		return nil, &TimeoutError{Reason: "worker unresponsive", After: fmt.Sprintf("%s did not return within %s", what, timeout), WorkerKilled: true}
 	case <-s.loopCtx.Done():
 		p.kill()
 		<-pend.Done()
-		s.lost(p, "shutdown")
+		_ = s.lost(p, "shutdown")
 		return nil, ErrShuttingDown
 	}
 }
@@ -407,6 +407,51 @@ const (
 	abortedByWatchdog
 )
 
+// runWatch is the state of one run's relay loop: its watchdog and why it was aborted.
+type runWatch struct {
+	s         *Supervisor
+	p         *proc
+	t         *Ticket
+	stall     *time.Timer
+	killTimer <-chan time.Time
+	reason    abortReason
+	last      time.Time
+	first     bool
+}
+
+// abort asks the runtime to stop the run (once) and arms the kill timer.
+func (w *runWatch) abort(why abortReason) {
+	if w.reason != notAborted {
+		return
+	}
+	w.reason = why
+	// The reply is not awaited: the run's own reply is what ends the wait.
+	if _, err := w.p.client.Start(&workerproto.Abort{}, nil); err != nil {
+		w.s.log.V(1).Info("cannot send abort", "error", err.Error())
+	}
+	w.killTimer = time.After(w.s.opts.AbortTimeout)
+}
+
+// deliver relays one delivery and rearms the watchdog.
+func (w *runWatch) deliver(d *workerproto.Delivery) {
+	now := time.Now()
+	w.s.opts.Observer.Delivery(w.first, now.Sub(w.last))
+	w.first, w.last = false, now
+	if d.State == runtime.StateFinish && len(d.Results) > 0 {
+		w.s.opts.Observer.Perf(d.Results[0].Perf)
+	}
+	if w.t.req.OnDelivery != nil {
+		w.t.req.OnDelivery(d.Delivery)
+	}
+	if !w.stall.Stop() {
+		select {
+		case <-w.stall.C:
+		default:
+		}
+	}
+	w.stall.Reset(w.s.opts.TokenStallTimeout)
+}
+
 // execRun runs one generation: it relays deliveries, aborts the run when the client
 // asks, when the request's context ends or when no delivery comes for
 // TokenStallTimeout, and kills the worker when an abort does not end the run within
@@ -421,68 +466,34 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, e
 	if err != nil {
 		return Outcome{}, s.lost(p, "crash")
 	}
-	start := time.Now()
-	last := start
-	first := true
-	stall := time.NewTimer(s.opts.TokenStallTimeout)
-	defer stall.Stop()
-	var killTimer <-chan time.Time
-	reason := notAborted
+	w := &runWatch{s: s, p: p, t: t, stall: time.NewTimer(s.opts.TokenStallTimeout), last: time.Now(), first: true}
+	defer w.stall.Stop()
 	ctxDone := t.ctx.Done()
-	abort := func(why abortReason) {
-		if reason != notAborted {
-			return
-		}
-		reason = why
-		// The reply is not awaited: the run's own reply is what ends the wait.
-		if _, err := p.client.Start(&workerproto.Abort{}, nil); err != nil {
-			s.log.V(1).Info("cannot send abort", "error", err.Error())
-		}
-		killTimer = time.After(s.opts.AbortTimeout)
-	}
-	deliver := func(d *workerproto.Delivery) {
-		now := time.Now()
-		s.opts.Observer.Delivery(first, now.Sub(last))
-		first, last = false, now
-		if d.State == runtime.StateFinish && len(d.Results) > 0 {
-			s.opts.Observer.Perf(d.Results[0].Perf)
-		}
-		if t.req.OnDelivery != nil {
-			t.req.OnDelivery(d.Delivery)
-		}
-	}
 	for {
 		select {
 		case d := <-deliveries:
-			deliver(d)
-			if !stall.Stop() {
-				select {
-				case <-stall.C:
-				default:
-				}
-			}
-			stall.Reset(s.opts.TokenStallTimeout)
+			w.deliver(d)
 		case <-pend.Done():
 			for drained := false; !drained; {
 				select {
 				case d := <-deliveries:
-					deliver(d)
+					w.deliver(d)
 				default:
 					drained = true
 				}
 			}
-			return s.runResult(p, t, pend, reason, mark)
-		case <-stall.C:
+			return s.runResult(p, t, pend, w.reason, mark)
+		case <-w.stall.C:
 			s.log.Info("watchdog: no token delivered; aborting the run", "stall_timeout", s.opts.TokenStallTimeout.String(), "request_id", t.req.ID)
-			abort(abortedByWatchdog)
+			w.abort(abortedByWatchdog)
 		case <-t.abort:
-			abort(abortedByClient)
+			w.abort(abortedByClient)
 		case <-ctxDone:
 			ctxDone = nil
-			abort(abortedByContext)
-		case <-killTimer:
+			w.abort(abortedByContext)
+		case <-w.killTimer:
 			s.log.Info("abort did not end the run; killing the worker", "abort_timeout", s.opts.AbortTimeout.String(), "request_id", t.req.ID)
-			killTimer = nil
+			w.killTimer = nil
 			p.kill()
 		}
 	}

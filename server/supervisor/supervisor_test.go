@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,7 +124,7 @@ func (r *run) Text() string {
 	return r.text
 }
 
-func startRun(t *testing.T, s *Supervisor, ctx context.Context, owner, id, prompt string, ip runtime.InferParams, onFirst ...func()) (*run, error) {
+func startRun(ctx context.Context, t *testing.T, s *Supervisor, owner, id, prompt string, ip runtime.InferParams, onFirst ...func()) (*run, error) {
 	t.Helper()
 	r := &run{first: make(chan struct{})}
 	var once sync.Once
@@ -182,7 +183,7 @@ func TestRunDeliversInOrder(t *testing.T) {
 			if st.ABI != string(abi) || st.Model != "/models/m.rkllm" || !st.ModelLoaded || st.WorkerPID == 0 {
 				t.Errorf("status %+v", st)
 			}
-			r, err := startRun(t, s, context.Background(), "c1", "r1", "hello world", runtime.InferParams{})
+			r, err := startRun(context.Background(), t, s, "c1", "r1", "hello world", runtime.InferParams{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -207,7 +208,7 @@ func TestQueueOrderFullAndAbort(t *testing.T) {
 	s := start(t, o)
 	waitReady(t, s)
 	ctx := context.Background()
-	held, err := startRun(t, s, ctx, "c1", "held", "!hold@1", runtime.InferParams{})
+	held, err := startRun(ctx, t, s, "c1", "held", "!hold@1", runtime.InferParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestQueueOrderFullAndAbort(t *testing.T) {
 	var mu sync.Mutex
 	queued := make([]*run, 0, 2)
 	for _, id := range []string{"a", "b"} {
-		r, err := startRun(t, s, ctx, "c2", id, "x", runtime.InferParams{}, func() {
+		r, err := startRun(ctx, t, s, "c2", id, "x", runtime.InferParams{}, func() {
 			mu.Lock()
 			order = append(order, id)
 			mu.Unlock()
@@ -231,7 +232,7 @@ func TestQueueOrderFullAndAbort(t *testing.T) {
 		}
 		queued = append(queued, r)
 	}
-	if _, err := startRun(t, s, ctx, "c3", "c", "x", runtime.InferParams{}); !errors.Is(err, ErrQueueFull) {
+	if _, err := startRun(ctx, t, s, "c3", "c", "x", runtime.InferParams{}); !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("third queued run: %v, want ErrQueueFull", err)
 	}
 	if st := s.Status(); st.QueueDepth != 2 || !st.Running {
@@ -271,9 +272,9 @@ func TestAbortQueued(t *testing.T) {
 	s := start(t, withModel(testOptions(t, runtime.ABI12), "/models/m.rkllm", nil))
 	waitReady(t, s)
 	ctx := context.Background()
-	held, _ := startRun(t, s, ctx, "c1", "held", "!hold@1", runtime.InferParams{})
+	held, _ := startRun(ctx, t, s, "c1", "held", "!hold@1", runtime.InferParams{})
 	waitFirst(t, held)
-	q, err := startRun(t, s, ctx, "c2", "q", "x", runtime.InferParams{})
+	q, err := startRun(ctx, t, s, "c2", "q", "x", runtime.InferParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,9 +302,9 @@ func TestContextEndAbortsRun(t *testing.T) {
 	s := start(t, withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil))
 	waitReady(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
-	held, _ := startRun(t, s, ctx, "c1", "held", "!hold@1", runtime.InferParams{})
+	held, _ := startRun(ctx, t, s, "c1", "held", "!hold@1", runtime.InferParams{})
 	waitFirst(t, held)
-	queued, _ := startRun(t, s, ctx, "c1", "q", "x", runtime.InferParams{})
+	queued, _ := startRun(ctx, t, s, "c1", "q", "x", runtime.InferParams{})
 	cancel()
 	if _, err := wait(t, queued.t); !errors.Is(err, ErrAborted) {
 		t.Errorf("queued run of a gone client: %v", err)
@@ -312,7 +313,7 @@ func TestContextEndAbortsRun(t *testing.T) {
 		t.Errorf("running run of a gone client: %v", err)
 	}
 	// The runtime really stopped: the next run is served at once.
-	r, _ := startRun(t, s, context.Background(), "c2", "n", "x", runtime.InferParams{})
+	r, _ := startRun(context.Background(), t, s, "c2", "n", "x", runtime.InferParams{})
 	if _, err := wait(t, r.t); err != nil || r.Text() != "w0 w1 w2 " {
 		t.Fatalf("next run: %q %v", r.Text(), err)
 	}
@@ -320,7 +321,7 @@ func TestContextEndAbortsRun(t *testing.T) {
 	dctx, dcancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer dcancel()
 	<-dctx.Done()
-	r, err := startRun(t, s, dctx, "c3", "late", "x", runtime.InferParams{})
+	r, err := startRun(dctx, t, s, "c3", "late", "x", runtime.InferParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,8 +345,8 @@ func TestCrashRecoveryReplaysState(t *testing.T) {
 	}
 	pid := s.Status().WorkerPID
 	ctx := context.Background()
-	crash, _ := startRun(t, s, ctx, "c1", "crash", "!crash@1", runtime.InferParams{})
-	queued, _ := startRun(t, s, ctx, "c2", "after", "x", runtime.InferParams{LoraAdapterName: "a"})
+	crash, _ := startRun(ctx, t, s, "c1", "crash", "!crash@1", runtime.InferParams{})
+	queued, _ := startRun(ctx, t, s, "c2", "after", "x", runtime.InferParams{LoraAdapterName: "a"})
 	_, err := wait(t, crash.t)
 	var ce *CrashError
 	if !errors.As(err, &ce) || !errors.Is(err, ErrCrashed) {
@@ -380,7 +381,7 @@ func TestWatchdog(t *testing.T) {
 
 	// A stalled run that abort can stop: the worker survives.
 	pid := s.Status().WorkerPID
-	r, _ := startRun(t, s, ctx, "c1", "stall", "!hold@2", runtime.InferParams{})
+	r, _ := startRun(ctx, t, s, "c1", "stall", "!hold@2", runtime.InferParams{})
 	_, err := wait(t, r.t)
 	var te *TimeoutError
 	if !errors.As(err, &te) || te.Reason != "token stall" || te.WorkerKilled {
@@ -391,13 +392,13 @@ func TestWatchdog(t *testing.T) {
 	}
 
 	// A hung runtime that ignores abort: the worker is killed and restarted.
-	r, _ = startRun(t, s, ctx, "c1", "hang", "!hang@1", runtime.InferParams{})
+	r, _ = startRun(ctx, t, s, "c1", "hang", "!hang@1", runtime.InferParams{})
 	_, err = wait(t, r.t)
 	if !errors.As(err, &te) || !te.WorkerKilled || !errors.Is(err, ErrTimeout) {
 		t.Fatalf("hung run: %v", err)
 	}
 	waitReady(t, s)
-	r, _ = startRun(t, s, ctx, "c1", "next", "x", runtime.InferParams{})
+	r, _ = startRun(ctx, t, s, "c1", "next", "x", runtime.InferParams{})
 	if _, err := wait(t, r.t); err != nil || r.Text() != "w0 w1 w2 " {
 		t.Fatalf("run after watchdog kill: %q %v", r.Text(), err)
 	}
@@ -412,7 +413,7 @@ func TestInitDestroy(t *testing.T) {
 	if st := s.Status(); st.Ready || !strings.Contains(st.Reason, "no model loaded") {
 		t.Errorf("status without a model %+v", st)
 	}
-	r, _ := startRun(t, s, context.Background(), "c", "r", "x", runtime.InferParams{})
+	r, _ := startRun(context.Background(), t, s, "c", "r", "x", runtime.InferParams{})
 	if _, err := wait(t, r.t); !errors.Is(err, ErrModelNotLoaded) {
 		t.Fatalf("run without a model: %v", err)
 	}
@@ -465,7 +466,7 @@ func TestModelLoadFailureRetries(t *testing.T) {
 	if st.Ready || !strings.Contains(st.Reason, "model failed to load") || !strings.Contains(st.LoadError, "rkllm_init returned -1") {
 		t.Errorf("status %+v", st)
 	}
-	r, _ := startRun(t, s, context.Background(), "c", "r", "x", runtime.InferParams{})
+	r, _ := startRun(context.Background(), t, s, "c", "r", "x", runtime.InferParams{})
 	if _, err := wait(t, r.t); !errors.Is(err, ErrModelNotLoaded) || !strings.Contains(err.Error(), "bad.rkllm") {
 		t.Errorf("run while the model fails: %v", err)
 	}
@@ -475,9 +476,9 @@ func TestShutdown(t *testing.T) {
 	s := start(t, withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil))
 	waitReady(t, s)
 	ctx := context.Background()
-	held, _ := startRun(t, s, ctx, "c1", "held", "!hold@1", runtime.InferParams{})
+	held, _ := startRun(ctx, t, s, "c1", "held", "!hold@1", runtime.InferParams{})
 	waitFirst(t, held)
-	queued, _ := startRun(t, s, ctx, "c2", "q", "x", runtime.InferParams{})
+	queued, _ := startRun(ctx, t, s, "c2", "q", "x", runtime.InferParams{})
 	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	pid := s.Status().WorkerPID
@@ -491,13 +492,13 @@ func TestShutdown(t *testing.T) {
 	if err != nil || !out.Aborted {
 		t.Errorf("running at shutdown: %+v %v", out, err)
 	}
-	if _, err := startRun(t, s, ctx, "c3", "x", "x", runtime.InferParams{}); !errors.Is(err, ErrShuttingDown) {
+	if _, err := startRun(ctx, t, s, "c3", "x", "x", runtime.InferParams{}); !errors.Is(err, ErrShuttingDown) {
 		t.Errorf("enqueue after shutdown: %v", err)
 	}
 	if st := s.Status(); st.Ready || st.WorkerUp {
 		t.Errorf("status after shutdown %+v", st)
 	}
-	if err := exec.Command("kill", "-0", fmt.Sprint(pid)).Run(); err == nil {
+	if err := syscall.Kill(pid, 0); err == nil {
 		t.Errorf("worker %d still alive after shutdown", pid)
 	}
 }

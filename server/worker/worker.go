@@ -195,42 +195,47 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 	if model == nil {
 		return &workerproto.Reply{Err: errNoModel}
 	}
-	var err error
 	switch m := m.(type) {
 	case *workerproto.Destroy:
-		err = model.Destroy()
+		err := model.Destroy()
 		w.setModel(nil)
+		return &workerproto.Reply{Err: err}
 	case *workerproto.Run:
-		err = w.run(ctx, id, model, m)
-	case *workerproto.LoadLora:
-		err = model.LoadLora(m.Adapter)
-	case *workerproto.LoadPromptCache:
-		err = model.LoadPromptCache(m.Path)
-	case *workerproto.ReleasePromptCache:
-		err = model.ReleasePromptCache()
-	case *workerproto.ClearKVCache:
-		var ranges []runtime.KVRange
-		ranges, err = kvRanges(m.StartPos, m.EndPos)
-		if err == nil {
-			err = model.ClearKVCache(m.KeepSystemPrompt, ranges)
-		}
+		return &workerproto.Reply{Err: w.run(ctx, id, model, m)}
 	case *workerproto.GetKVCacheSize:
 		sizes, err := model.KVCacheSize()
 		out := make([]int32, len(sizes))
 		for i, v := range sizes {
-			out[i] = int32(v)
+			out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
 		}
 		return &workerproto.Reply{Err: err, CacheSizes: out}
-	case *workerproto.SetChatTemplate:
-		err = model.SetChatTemplate(m.SystemPrompt, m.PromptPrefix, m.PromptPostfix)
-	case *workerproto.SetFunctionTools:
-		err = model.SetFunctionTools(m.SystemPrompt, m.Tools, m.ToolResponseStr)
-	case *workerproto.SetCrossAttnParams:
-		err = model.SetCrossAttnParams(m.Params)
-	default:
-		err = fmt.Errorf("unexpected %s request", m.Op())
 	}
-	return &workerproto.Reply{Err: err}
+	return &workerproto.Reply{Err: setState(model, m)}
+}
+
+// setState serves the calls that change the handle's state.
+func setState(model Model, m workerproto.Message) error {
+	switch m := m.(type) {
+	case *workerproto.LoadLora:
+		return model.LoadLora(m.Adapter)
+	case *workerproto.LoadPromptCache:
+		return model.LoadPromptCache(m.Path)
+	case *workerproto.ReleasePromptCache:
+		return model.ReleasePromptCache()
+	case *workerproto.ClearKVCache:
+		ranges, err := kvRanges(m.StartPos, m.EndPos)
+		if err != nil {
+			return err
+		}
+		return model.ClearKVCache(m.KeepSystemPrompt, ranges)
+	case *workerproto.SetChatTemplate:
+		return model.SetChatTemplate(m.SystemPrompt, m.PromptPrefix, m.PromptPostfix)
+	case *workerproto.SetFunctionTools:
+		return model.SetFunctionTools(m.SystemPrompt, m.Tools, m.ToolResponseStr)
+	case *workerproto.SetCrossAttnParams:
+		return model.SetCrossAttnParams(m.Params)
+	}
+	return fmt.Errorf("unexpected %s request", m.Op())
 }
 
 // kvRanges pairs the start and end arrays of rkllm_clear_kv_cache (nil: clear all).

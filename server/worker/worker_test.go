@@ -125,7 +125,7 @@ func TestAbortAndIsRunningDuringRun(t *testing.T) {
 	}
 	first := make(chan struct{})
 	var n int
-	pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "!hold@1"}}}, func(d *workerproto.Delivery) {
+	pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "!hold@1"}}}, func(*workerproto.Delivery) {
 		if n++; n == 1 {
 			close(first)
 		}

@@ -7,21 +7,28 @@ import (
 	"math"
 )
 
+// The conversions between signed and unsigned integers of one width below copy bit
+// patterns on purpose (two's complement on the wire), so gosec's overflow check
+// (G115) does not apply to them.
+
 // encoder appends the protocol's primitive values to a byte slice: fixed-width
 // little-endian numbers, uvarint lengths, and raw little-endian float32/int32 arrays
 // (so hidden states and logits cross the process boundary without text conversion).
 type encoder struct{ b []byte }
 
 func (e *encoder) u8(v uint8)   { e.b = append(e.b, v) }
-func (e *encoder) i8(v int8)    { e.b = append(e.b, uint8(v)) }
+func (e *encoder) i8(v int8)    { e.b = append(e.b, uint8(v)) } //nolint:gosec // bit pattern
 func (e *encoder) u32(v uint32) { e.b = binary.LittleEndian.AppendUint32(e.b, v) }
-func (e *encoder) i32(v int32)  { e.u32(uint32(v)) }
+func (e *encoder) i32(v int32)  { e.u32(uint32(v)) } //nolint:gosec // bit pattern
 func (e *encoder) u64(v uint64) { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
 func (e *encoder) f32(v float32) {
 	e.u32(math.Float32bits(v))
 }
 func (e *encoder) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
-func (e *encoder) int(v int)        { e.u64(uint64(int64(v))) }
+
+// length writes a count (never negative).
+func (e *encoder) length(n int) { e.uvarint(uint64(n)) }    //nolint:gosec // len() is never negative
+func (e *encoder) int(v int)    { e.u64(uint64(int64(v))) } //nolint:gosec // bit pattern
 func (e *encoder) bool(v bool) {
 	if v {
 		e.u8(1)
@@ -30,23 +37,23 @@ func (e *encoder) bool(v bool) {
 	}
 }
 func (e *encoder) str(s string) {
-	e.uvarint(uint64(len(s)))
+	e.length(len(s))
 	e.b = append(e.b, s...)
 }
 
 // f32s writes a length and the raw floats. A nil slice and an empty one are the same
 // on the wire (the runtime does not distinguish them either).
 func (e *encoder) f32s(v []float32) {
-	e.uvarint(uint64(len(v)))
+	e.length(len(v))
 	for _, f := range v {
 		e.b = binary.LittleEndian.AppendUint32(e.b, math.Float32bits(f))
 	}
 }
 
 func (e *encoder) i32s(v []int32) {
-	e.uvarint(uint64(len(v)))
+	e.length(len(v))
 	for _, x := range v {
-		e.b = binary.LittleEndian.AppendUint32(e.b, uint32(x))
+		e.b = binary.LittleEndian.AppendUint32(e.b, uint32(x)) //nolint:gosec // bit pattern
 	}
 }
 
@@ -89,14 +96,14 @@ func (d *decoder) u8() uint8 {
 	}
 	return 0
 }
-func (d *decoder) i8() int8 { return int8(d.u8()) }
+func (d *decoder) i8() int8 { return int8(d.u8()) } //nolint:gosec // bit pattern
 func (d *decoder) u32() uint32 {
 	if b := d.take(4); b != nil {
 		return binary.LittleEndian.Uint32(b)
 	}
 	return 0
 }
-func (d *decoder) i32() int32   { return int32(d.u32()) }
+func (d *decoder) i32() int32   { return int32(d.u32()) } //nolint:gosec // bit pattern
 func (d *decoder) f32() float32 { return math.Float32frombits(d.u32()) }
 func (d *decoder) u64() uint64 {
 	if b := d.take(8); b != nil {
@@ -104,7 +111,7 @@ func (d *decoder) u64() uint64 {
 	}
 	return 0
 }
-func (d *decoder) int() int { return int(int64(d.u64())) }
+func (d *decoder) int() int { return int(int64(d.u64())) } //nolint:gosec // bit pattern
 func (d *decoder) bool() bool {
 	switch d.u8() {
 	case 0:
@@ -130,11 +137,11 @@ func (d *decoder) length(elem int) int {
 		return 0
 	}
 	d.b = d.b[n:]
-	if v > uint64(len(d.b)/elem) {
+	if v > uint64(len(d.b)/elem) { //nolint:gosec // len is never negative
 		d.err = fmt.Errorf("length %d exceeds the %d bytes left: %w", v, len(d.b), errShort)
 		return 0
 	}
-	return int(v)
+	return int(v) //nolint:gosec // v <= len(d.b), checked above
 }
 
 func (d *decoder) str() string {
@@ -163,7 +170,7 @@ func (d *decoder) i32s() []int32 {
 	}
 	v := make([]int32, n)
 	for i := range v {
-		v[i] = int32(binary.LittleEndian.Uint32(b[4*i:]))
+		v[i] = int32(binary.LittleEndian.Uint32(b[4*i:])) //nolint:gosec // bit pattern
 	}
 	return v
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 )
 
@@ -54,6 +55,7 @@ func NewConn(rwc io.ReadWriteCloser, maxFrame int) *Conn {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrameBytes
 	}
+	maxFrame = min(maxFrame, math.MaxInt32) // the length field is 32 bits
 	return &Conn{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), w: bufio.NewWriterSize(rwc, 64<<10), maxFrame: maxFrame}
 }
 
@@ -69,7 +71,7 @@ func (c *Conn) WriteFrame(op Op, id uint64, payload []byte) error {
 		return fmt.Errorf("write %s frame of %d bytes (limit %d): %w", op, size, c.maxFrame, ErrFrameTooLarge)
 	}
 	var hdr [4 + headerSize]byte
-	binary.BigEndian.PutUint32(hdr[0:], uint32(size))
+	binary.BigEndian.PutUint32(hdr[0:], uint32(size)) //nolint:gosec // size <= maxFrame, an int32
 	hdr[4] = byte(op)
 	binary.BigEndian.PutUint64(hdr[5:], id)
 	c.wmu.Lock()

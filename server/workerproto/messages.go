@@ -122,59 +122,70 @@ type Reply struct {
 	CacheSizes []int32
 }
 
-// Op implementations.
-func (*Hello) Op() Op              { return OpHello }
-func (*Init) Op() Op               { return OpInit }
-func (*Destroy) Op() Op            { return OpDestroy }
-func (*Run) Op() Op                { return OpRun }
-func (*Abort) Op() Op              { return OpAbort }
-func (*IsRunning) Op() Op          { return OpIsRunning }
-func (*LoadLora) Op() Op           { return OpLoadLora }
-func (*LoadPromptCache) Op() Op    { return OpLoadPromptCache }
+// Op implements Message.
+func (*Hello) Op() Op { return OpHello }
+
+// Op implements Message.
+func (*Init) Op() Op { return OpInit }
+
+// Op implements Message.
+func (*Destroy) Op() Op { return OpDestroy }
+
+// Op implements Message.
+func (*Run) Op() Op { return OpRun }
+
+// Op implements Message.
+func (*Abort) Op() Op { return OpAbort }
+
+// Op implements Message.
+func (*IsRunning) Op() Op { return OpIsRunning }
+
+// Op implements Message.
+func (*LoadLora) Op() Op { return OpLoadLora }
+
+// Op implements Message.
+func (*LoadPromptCache) Op() Op { return OpLoadPromptCache }
+
+// Op implements Message.
 func (*ReleasePromptCache) Op() Op { return OpReleasePromptCache }
-func (*ClearKVCache) Op() Op       { return OpClearKVCache }
-func (*GetKVCacheSize) Op() Op     { return OpGetKVCacheSize }
-func (*SetChatTemplate) Op() Op    { return OpSetChatTemplate }
-func (*SetFunctionTools) Op() Op   { return OpSetFunctionTools }
+
+// Op implements Message.
+func (*ClearKVCache) Op() Op { return OpClearKVCache }
+
+// Op implements Message.
+func (*GetKVCacheSize) Op() Op { return OpGetKVCacheSize }
+
+// Op implements Message.
+func (*SetChatTemplate) Op() Op { return OpSetChatTemplate }
+
+// Op implements Message.
+func (*SetFunctionTools) Op() Op { return OpSetFunctionTools }
+
+// Op implements Message.
 func (*SetCrossAttnParams) Op() Op { return OpSetCrossAttnParams }
-func (*Delivery) Op() Op           { return OpDelivery }
-func (*Reply) Op() Op              { return OpReply }
+
+// Op implements Message.
+func (*Delivery) Op() Op { return OpDelivery }
+
+// Op implements Message.
+func (*Reply) Op() Op { return OpReply }
+
+// constructors make an empty message of each type.
+var constructors = map[Op]func() Message{
+	OpHello: func() Message { return &Hello{} }, OpInit: func() Message { return &Init{} },
+	OpDestroy: func() Message { return &Destroy{} }, OpRun: func() Message { return &Run{} },
+	OpAbort: func() Message { return &Abort{} }, OpIsRunning: func() Message { return &IsRunning{} },
+	OpLoadLora: func() Message { return &LoadLora{} }, OpLoadPromptCache: func() Message { return &LoadPromptCache{} },
+	OpReleasePromptCache: func() Message { return &ReleasePromptCache{} }, OpClearKVCache: func() Message { return &ClearKVCache{} },
+	OpGetKVCacheSize: func() Message { return &GetKVCacheSize{} }, OpSetChatTemplate: func() Message { return &SetChatTemplate{} },
+	OpSetFunctionTools: func() Message { return &SetFunctionTools{} }, OpSetCrossAttnParams: func() Message { return &SetCrossAttnParams{} },
+	OpDelivery: func() Message { return &Delivery{} }, OpReply: func() Message { return &Reply{} },
+}
 
 // newMessage returns an empty message of the given type.
 func newMessage(op Op) (Message, error) {
-	switch op {
-	case OpHello:
-		return &Hello{}, nil
-	case OpInit:
-		return &Init{}, nil
-	case OpDestroy:
-		return &Destroy{}, nil
-	case OpRun:
-		return &Run{}, nil
-	case OpAbort:
-		return &Abort{}, nil
-	case OpIsRunning:
-		return &IsRunning{}, nil
-	case OpLoadLora:
-		return &LoadLora{}, nil
-	case OpLoadPromptCache:
-		return &LoadPromptCache{}, nil
-	case OpReleasePromptCache:
-		return &ReleasePromptCache{}, nil
-	case OpClearKVCache:
-		return &ClearKVCache{}, nil
-	case OpGetKVCacheSize:
-		return &GetKVCacheSize{}, nil
-	case OpSetChatTemplate:
-		return &SetChatTemplate{}, nil
-	case OpSetFunctionTools:
-		return &SetFunctionTools{}, nil
-	case OpSetCrossAttnParams:
-		return &SetCrossAttnParams{}, nil
-	case OpDelivery:
-		return &Delivery{}, nil
-	case OpReply:
-		return &Reply{}, nil
+	if f, ok := constructors[op]; ok {
+		return f(), nil
 	}
 	return nil, fmt.Errorf("unknown message type %d", uint8(op))
 }
@@ -287,7 +298,7 @@ func (*GetKVCacheSize) encode(*encoder)     {}
 func (*GetKVCacheSize) decode(*decoder)     {}
 
 func (m *Run) encode(e *encoder) {
-	e.uvarint(uint64(len(m.Inputs)))
+	e.length(len(m.Inputs))
 	for i := range m.Inputs {
 		encodeInput(e, &m.Inputs[i])
 	}
@@ -465,7 +476,7 @@ func (m *SetCrossAttnParams) decode(d *decoder) {
 
 func (m *Delivery) encode(e *encoder) {
 	e.i32(int32(m.State))
-	e.uvarint(uint64(len(m.Results)))
+	e.length(len(m.Results))
 	for i := range m.Results {
 		r := &m.Results[i]
 		e.str(r.Text)

@@ -129,27 +129,35 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 		fn(runtime.Delivery{State: runtime.StateError, Results: []runtime.Result{{}}})
 		return &runtime.CallError{Func: "rkllm_run", Code: -1}
 	}
+	inTokens := inputTokens(in)
+	generated := m.generate(ctx, prompt, tag, inTokens, ip, aborted, fn)
+	m.mu.Lock()
+	if ip.KeepHistory {
+		m.kvCache += inTokens + generated
+	} else {
+		m.kvCache = 0
+	}
+	m.mu.Unlock()
+	fn(runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{{TokenID: -1, Perf: runtime.PerfStat{
+		PrefillTimeMs: 1.5, PrefillTokens: int32(inTokens), GenerateTimeMs: 2.5 * float32(generated), //nolint:gosec // small test counts
+		GenerateTokens: int32(generated), MemoryUsageMB: 64, //nolint:gosec // small test counts
+	}}}})
+	return nil
+}
+
+// generate delivers the tokens of a run, applying the prompt's fault directive, and
+// returns how many it generated.
+func (m *Model) generate(ctx context.Context, prompt, tag string, inTokens int, ip runtime.InferParams, aborted chan struct{}, fn runtime.ResultFunc) int {
 	fault, faultAt := "", -1
 	if d := directive.FindStringSubmatch(prompt); d != nil {
 		fault = d[1]
 		faultAt, _ = strconv.Atoi(d[2])
 	}
 	n := m.tokens(ip)
-	inTokens := inputTokens(in)
 	generated := 0
 	for i := 0; i < n; i++ {
 		if i == faultAt {
-			switch fault {
-			case "crash":
-				m.rt.Crash()
-			case "hang":
-				select {} // stops delivering and ignores abort, like a wedged NPU job
-			case "hold":
-				select {
-				case <-aborted:
-				case <-ctx.Done():
-				}
-			}
+			m.fault(ctx, fault, aborted)
 		}
 		if m.abort.Load() || ctx.Err() != nil {
 			break
@@ -164,7 +172,7 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 			fn(runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{hidden(inTokens)}})
 			break
 		}
-		res := runtime.Result{Text: fmt.Sprintf("w%d ", i), TokenID: int32(1000 + i)}
+		res := runtime.Result{Text: fmt.Sprintf("w%d ", i), TokenID: int32(1000 + i)} //nolint:gosec // small test counts
 		if i == 0 {
 			res.Text = tag + res.Text
 		}
@@ -178,18 +186,22 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 		generated++
 		fn(runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{res}})
 	}
-	m.mu.Lock()
-	if ip.KeepHistory {
-		m.kvCache += inTokens + generated
-	} else {
-		m.kvCache = 0
+	return generated
+}
+
+// fault applies a directive: crash, hang (ignoring abort) or hold (until abort).
+func (m *Model) fault(ctx context.Context, fault string, aborted chan struct{}) {
+	switch fault {
+	case "crash":
+		m.rt.Crash()
+	case "hang":
+		select {} // stops delivering and ignores abort, like a wedged NPU job
+	case "hold":
+		select {
+		case <-aborted:
+		case <-ctx.Done():
+		}
 	}
-	m.mu.Unlock()
-	fn(runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{{TokenID: -1, Perf: runtime.PerfStat{
-		PrefillTimeMs: 1.5, PrefillTokens: int32(inTokens), GenerateTimeMs: 2.5 * float32(generated),
-		GenerateTokens: int32(generated), MemoryUsageMB: 64,
-	}}}})
-	return nil
 }
 
 func (m *Model) check(ip runtime.InferParams) error {
