@@ -259,8 +259,10 @@ type perfJ struct {
 
 func (a *runAcc) entry(i int) entryResult {
 	e := &a.entries[i]
-	text := append(e.text, e.pending...)
-	r := entryResult{Text: string(text), TokenIDs: e.tokenIDs, TokenCount: len(e.tokenIDs)}
+	// Bytes still pending belong to a character the run did not finish (it stopped at
+	// max_new_tokens inside it): they are left out, as the stream left them out, so the
+	// text stays valid UTF-8; token_ids still count their tokens.
+	r := entryResult{Text: string(e.text), TokenIDs: e.tokenIDs, TokenCount: len(e.tokenIDs)}
 	if r.TokenIDs == nil {
 		r.TokenIDs = []int32{}
 	}
