@@ -251,21 +251,24 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
 		peer.Notify = sw.notify
 	}
-	resps, batch := s.d.Handle(r.Context(), peer, body, nil)
-	if sw.finish(resps) {
-		return
-	}
-	switch {
-	case len(resps) == 0:
-		w.WriteHeader(http.StatusNoContent)
-	case batch:
-		s.writeJSON(w, http.StatusOK, resps)
-	default:
+	answered := false
+	s.d.Serve(r.Context(), peer, body, nil, func(resps []*jsonrpc.Response, batch bool) {
+		answered = true
+		if sw.finish(resps) {
+			return
+		}
+		if batch {
+			s.writeJSON(w, http.StatusOK, resps)
+			return
+		}
 		status := statusOf(resps[0].Error)
 		if status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
 		s.writeJSON(w, status, resps[0])
+	})
+	if !answered {
+		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
