@@ -21,9 +21,13 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 K8S_VERSION ?= 1.37.2
 
+KWOK_VERSION ?= v0.8.0
+
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 K8S_BIN_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
+KWOKCTL ?= $(LOCALBIN)/kwokctl-$(KWOK_VERSION)
+KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
 
 # envtest honours a KUBEBUILDER_ASSETS the user already has; otherwise it uses the
 # binaries hack/k8s-binaries.sh builds.
@@ -106,6 +110,16 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 golangci-lint: $(GOLANGCI_LINT) ## Build golangci-lint into bin/.
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: kwokctl
+kwokctl: $(KWOKCTL) ## Build kwokctl (starts local control planes from binaries) into bin/.
+$(KWOKCTL): | $(LOCALBIN)
+	$(call go-install-tool,$(KWOKCTL),sigs.k8s.io/kwok/cmd/kwokctl,$(KWOK_VERSION))
+
+.PHONY: kwok
+kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
+$(KWOK): | $(LOCALBIN)
+	$(call go-install-tool,$(KWOK),sigs.k8s.io/kwok/cmd/kwok,$(KWOK_VERSION))
 
 # go-install-tool builds package $(2) at version $(3) into binary $(1) (versioned name,
 # so a version bump rebuilds it).

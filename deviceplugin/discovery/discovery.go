@@ -145,10 +145,11 @@ const (
 )
 
 // WatchDirs lists the folders (relative to the root) whose changes can change a scan's
-// result, for a file watcher. sysfs sends no inotify events for driver changes, so a
-// periodic scan is still needed; these make node removal visible at once.
+// result, for a file watcher; they make a node's removal visible at once. /dev itself is
+// left out: every write to /dev/null or a tty there would wake the watcher. sysfs sends
+// no inotify events for driver changes, so a periodic scan covers those and /dev/rknpu.
 func WatchDirs() []string {
-	return []string{"dev", driPath, dmaHeapPath, accelPath, drmClassPath, accelClassPath, "sys/module", "sys/module/rknpu"}
+	return []string{driPath, dmaHeapPath, accelPath, drmClassPath, accelClassPath, "sys/module/rknpu"}
 }
 
 // Scan reads the NPU's state under root ("/" on a host). It never fails: what it cannot
