@@ -75,7 +75,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit e2e-kubelet ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) ## Unit and envtest tests.
@@ -84,6 +84,20 @@ unit: $(ENVTEST_DEPS) ## Unit and envtest tests.
 .PHONY: envtest
 envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s/ (from the Go module proxy).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd
+
+##@ Device plugin
+
+DEVICE_PLUGIN ?= $(LOCALBIN)/rknpu-device-plugin
+
+.PHONY: device-plugin
+device-plugin: | $(LOCALBIN) ## Build rknpu-device-plugin into bin/.
+	$(GO) build -o $(DEVICE_PLUGIN) ./cmd/rknpu-device-plugin
+
+.PHONY: e2e-kubelet
+e2e-kubelet: kwokctl device-plugin ## Device plugin against a real kubelet and control plane (root; builds them from the module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
+	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 
 ##@ Build
 
