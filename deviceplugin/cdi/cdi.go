@@ -40,7 +40,7 @@ func Spec(unitIDs, nodes []string) *specs.Spec {
 		}
 		spec.Devices = append(spec.Devices, dev)
 	}
-	version, err := cdi.MinimumRequiredVersion(spec)
+	version, err := specs.MinimumRequiredVersion(spec)
 	if err != nil {
 		version = specs.CurrentVersion
 	}

@@ -114,6 +114,22 @@ func (o Options) check() (config, error) {
 	if o.HealthInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--health-interval %v must be positive", o.HealthInterval))
 	}
+	mounts, mountErrs := o.checkMounts()
+	c.npu.Mounts = mounts
+	errs = append(errs, mountErrs...)
+	if o.CDI && !filepath.IsAbs(o.CDISpecDir) {
+		errs = append(errs, fmt.Errorf("--cdi-spec-dir %q must be an absolute path", o.CDISpecDir))
+	}
+	if o.NodeLabels != "" && !filepath.IsAbs(o.NodeLabels) {
+		errs = append(errs, fmt.Errorf("--node-labels %q must be an absolute path", o.NodeLabels))
+	}
+	return c, errors.Join(errs...)
+}
+
+// checkMounts validates --runtime-lib-mount and --device-tree-mount.
+func (o Options) checkMounts() ([]npu.Mount, []error) {
+	var mounts []npu.Mount
+	var errs []error
 	if o.RuntimeLibMount != "" {
 		m, err := npu.ParseMount(o.RuntimeLibMount)
 		switch {
@@ -122,23 +138,17 @@ func (o Options) check() (config, error) {
 		case !existsUnder(o.Root, m.HostPath):
 			errs = append(errs, fmt.Errorf("--runtime-lib-mount: %s does not exist on the host (looked under --root %s); install the runtime library there or drop the flag", m.HostPath, o.Root))
 		default:
-			c.npu.Mounts = append(c.npu.Mounts, m)
+			mounts = append(mounts, m)
 		}
 	}
 	if o.DeviceTreeMount != "" {
 		if !filepath.IsAbs(o.DeviceTreeMount) {
 			errs = append(errs, fmt.Errorf("--device-tree-mount %q must be an absolute container path", o.DeviceTreeMount))
 		} else {
-			c.npu.Mounts = append(c.npu.Mounts, npu.Mount{HostPath: DeviceTreeSource, ContainerPath: o.DeviceTreeMount})
+			mounts = append(mounts, npu.Mount{HostPath: DeviceTreeSource, ContainerPath: o.DeviceTreeMount})
 		}
 	}
-	if o.CDI && !filepath.IsAbs(o.CDISpecDir) {
-		errs = append(errs, fmt.Errorf("--cdi-spec-dir %q must be an absolute path", o.CDISpecDir))
-	}
-	if o.NodeLabels != "" && !filepath.IsAbs(o.NodeLabels) {
-		errs = append(errs, fmt.Errorf("--node-labels %q must be an absolute path", o.NodeLabels))
-	}
-	return c, errors.Join(errs...)
+	return mounts, errs
 }
 
 func existsUnder(root, hostPath string) bool {

@@ -73,7 +73,7 @@ func (w *Writer) Write(inv discovery.Inventory) error {
 		return nil
 	}
 	dir := filepath.Dir(w.Path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // nfd-worker, another user, reads it
 		return fmt.Errorf("creating the NFD features folder %s: %w", dir, err)
 	}
 	// nfd-worker reads every file in the folder, so the temporary file is hidden (NFD
@@ -88,7 +88,7 @@ func (w *Writer) Write(inv discovery.Inventory) error {
 		werr = cerr
 	}
 	if werr == nil {
-		werr = os.Chmod(tmp.Name(), 0o644)
+		werr = os.Chmod(tmp.Name(), 0o644) //nolint:gosec // nfd-worker, another user, reads it
 	}
 	if werr == nil {
 		werr = os.Rename(tmp.Name(), w.Path)

@@ -55,7 +55,7 @@ func (fakeAllocator) GetPreferredAllocation(_ context.Context, req *pluginapi.Pr
 
 // countingObserver counts registrations and restarts.
 type countingObserver struct {
-	mu                           sync.Mutex
+	mu                          sync.Mutex
 	ok, failed, kubeletRestarts int
 }
 

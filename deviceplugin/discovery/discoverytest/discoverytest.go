@@ -102,7 +102,7 @@ func (t Tree) Write(root string) (string, error) {
 	}
 	for p, target := range links {
 		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(full), 0o750); err != nil {
 			return "", fmt.Errorf("creating %s: %w", filepath.Dir(full), err)
 		}
 		if err := os.Symlink(target, full); err != nil {
@@ -117,11 +117,11 @@ func (t Tree) Write(root string) (string, error) {
 // file nor sees the temporary one in a folder it lists.
 func WriteFile(root, rel, content string) error {
 	full := filepath.Join(root, filepath.FromSlash(strings.TrimPrefix(rel, "/")))
-	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(full), 0o750); err != nil {
 		return fmt.Errorf("creating %s: %w", filepath.Dir(full), err)
 	}
 	tmp := filepath.Join(root, ".tmp-"+filepath.Base(full))
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, full); err != nil {

@@ -128,7 +128,7 @@ func (cp *ControlPlane) Stop(ctx context.Context) error {
 func (cp *ControlPlane) kwokctl(ctx context.Context, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, cp.opts.Kwokctl, args...)
+	cmd := exec.CommandContext(ctx, cp.opts.Kwokctl, args...) //nolint:gosec // the binary is the caller's choice
 	cmd.Env = append(os.Environ(), "KWOK_WORKDIR="+cp.opts.WorkDir)
 	var out bytes.Buffer
 	cmd.Stdout = io.MultiWriter(cp.opts.Log, &out)
@@ -243,7 +243,7 @@ func copyDir(src, dst string) error {
 		if err != nil {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), data, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), data, 0o600); err != nil { //nolint:gosec // names come from ReadDir
 			return err
 		}
 	}

@@ -122,7 +122,7 @@ func TestDevicePluginWithRealKubelet(t *testing.T) {
 		t.Fatal(err)
 	}
 	metricsAddr := freeAddr(t)
-	plugin := startPlugin(t, logs.file("rknpu-device-plugin"), pluginBin,
+	plugin := startPlugin(ctx, t, logs.file("rknpu-device-plugin"), pluginBin,
 		"--root", root, "--kubelet-dir", node.DevicePluginDir, "--metrics-addr", metricsAddr,
 		"--node-labels", filepath.Join(work, "features.d", "rockchip-npu"))
 	t.Cleanup(plugin.kill)
@@ -353,7 +353,7 @@ type pluginProcess struct {
 	err  error
 }
 
-func startPlugin(t *testing.T, log io.Writer, bin string, args ...string) *pluginProcess {
+func startPlugin(ctx context.Context, t *testing.T, log io.Writer, bin string, args ...string) *pluginProcess {
 	t.Helper()
 	p := &pluginProcess{done: make(chan struct{})}
 	started := make(chan error, 1)
@@ -361,7 +361,7 @@ func startPlugin(t *testing.T, log io.Writer, bin string, args ...string) *plugi
 		// Pdeathsig follows the starting thread, which stays locked while the plugin runs.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		cmd := exec.Command(bin, args...)
+		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {

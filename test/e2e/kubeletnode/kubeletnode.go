@@ -66,12 +66,12 @@ type Node struct {
 // kernelTunables are what the kubelet checks (and, with protectKernelDefaults false,
 // would write) at start.
 var kernelTunables = map[string]string{
-	"vm/overcommit_memory":       "1",
-	"vm/panic_on_oom":            "0",
-	"kernel/panic":               "10",
-	"kernel/panic_on_oops":       "1",
-	"kernel/keys/root_maxkeys":   "1000000",
-	"kernel/keys/root_maxbytes":  "25000000",
+	"vm/overcommit_memory":      "1",
+	"vm/panic_on_oom":           "0",
+	"kernel/panic":              "10",
+	"kernel/panic_on_oops":      "1",
+	"kernel/keys/root_maxkeys":  "1000000",
+	"kernel/keys/root_maxbytes": "25000000",
 }
 
 // Start starts the fake runtime and the kubelet. It returns once the kubelet runs; wait
@@ -246,7 +246,8 @@ func startProcess(ctx context.Context, log io.Writer, name string, args ...strin
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		cmd := exec.Command(name, args...) //nolint:noctx // stopped by stop(), and with this process by Pdeathsig
+		// Not CommandContext: the kubelet outlives Start's context; stop() and Pdeathsig end it.
+		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (unshare), caller-chosen kubelet
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
