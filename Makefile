@@ -21,7 +21,8 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 K8S_VERSION ?= 1.37.2
 
-KWOK_VERSION ?= v0.8.0
+# kwok is pinned in hack/kwok/go.mod (built against the project's Kubernetes libraries).
+KWOK_VERSION ?= $(shell grep -oE 'sigs.k8s.io/kwok v[^ ]+' hack/kwok/go.mod | cut -d' ' -f2)
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
@@ -203,13 +204,21 @@ $(GOLANGCI_LINT): | $(LOCALBIN)
 
 .PHONY: kwokctl
 kwokctl: $(KWOKCTL) ## Build kwokctl (starts local control planes from binaries) into bin/.
-$(KWOKCTL): | $(LOCALBIN)
-	$(call go-install-tool,$(KWOKCTL),sigs.k8s.io/kwok/cmd/kwokctl,$(KWOK_VERSION))
+$(KWOKCTL): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwokctl)
 
 .PHONY: kwok
 kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
-$(KWOK): | $(LOCALBIN)
-	$(call go-install-tool,$(KWOK),sigs.k8s.io/kwok/cmd/kwok,$(KWOK_VERSION))
+$(KWOK): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwok)
+
+# kwok-build builds sigs.k8s.io/kwok/cmd/$(2) from hack/kwok into $(1), with the flags
+# hack/k8s-binaries.sh uses, so the Kubernetes packages compiled there are reused.
+define kwok-build
+@echo "building sigs.k8s.io/kwok/cmd/$(2)@$(KWOK_VERSION) into $(1)"
+cd hack/kwok && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $(1).tmp sigs.k8s.io/kwok/cmd/$(2)
+mv -f $(1).tmp $(1)
+endef
 
 # go-install-tool builds package $(2) at version $(3) into binary $(1) (versioned name,
 # so a version bump rebuilds it).
