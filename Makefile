@@ -170,9 +170,17 @@ DEVICE_PLUGIN ?= $(LOCALBIN)/rknpu-device-plugin
 device-plugin: | $(LOCALBIN) ## Build rknpu-device-plugin into bin/.
 	$(GO) build -o $(DEVICE_PLUGIN) ./cmd/rknpu-device-plugin
 
+# What a real-kubelet node and its control plane run (hack/k8s-binaries.sh components).
+KUBELET_NODE_COMPONENTS := kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
+
+.PHONY: kubelet-node
+kubelet-node: deps kwokctl | $(LOCALBIN) ## Build bin/kubelet-node: a control plane plus a real kubelet on a fake runtime (root), for the demo and manual runs.
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	$(GO) build -o $(LOCALBIN)/kubelet-node ./hack/kubelet-node
+
 .PHONY: e2e-kubelet
 e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet and control plane (root; builds them from the module proxy).
-	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
 		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 

@@ -4,7 +4,7 @@
 // It prints where things are as shell assignments, then runs until SIGTERM or Ctrl-C and
 // stops everything it started. Needs root.
 //
-//	go run ./hack/kubelet-node --kwokctl bin/kwokctl-v0.8.0 --k8s-bin-dir bin/k8s/1.37.2
+//	make kubelet-node && sudo bin/kubelet-node
 //
 // prints
 //
