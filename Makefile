@@ -21,9 +21,14 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 K8S_VERSION ?= 1.37.2
 
+# kwok is pinned in hack/kwok/go.mod (built against the project's Kubernetes libraries).
+KWOK_VERSION ?= $(shell grep -oE 'sigs.k8s.io/kwok v[^ ]+' hack/kwok/go.mod | cut -d' ' -f2)
+
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 K8S_BIN_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
+KWOKCTL ?= $(LOCALBIN)/kwokctl-$(KWOK_VERSION)
+KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
 
 # envtest honours a KUBEBUILDER_ASSETS the user already has; otherwise it uses the
 # binaries hack/k8s-binaries.sh builds.
@@ -71,7 +76,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime test-server ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
@@ -171,6 +176,28 @@ test-server: sim ## Server tests under -race: unit tests with a fake runtime, en
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
 
+##@ Device plugin
+
+DEVICE_PLUGIN ?= $(LOCALBIN)/rknpu-device-plugin
+
+.PHONY: device-plugin
+device-plugin: | $(LOCALBIN) ## Build rknpu-device-plugin into bin/.
+	$(GO) build -o $(DEVICE_PLUGIN) ./cmd/rknpu-device-plugin
+
+# What a real-kubelet node and its control plane run (hack/k8s-binaries.sh components).
+KUBELET_NODE_COMPONENTS := kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
+
+.PHONY: kubelet-node
+kubelet-node: deps kwokctl | $(LOCALBIN) ## Build bin/kubelet-node: a control plane plus a real kubelet on a fake runtime (root), for the demo and manual runs.
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	$(GO) build -o $(LOCALBIN)/kubelet-node ./hack/kubelet-node
+
+.PHONY: e2e-kubelet
+e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet and control plane (root; builds them from the module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
+
 ##@ Build
 
 .PHONY: build
@@ -196,6 +223,24 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 golangci-lint: $(GOLANGCI_LINT) ## Build golangci-lint into bin/.
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: kwokctl
+kwokctl: $(KWOKCTL) ## Build kwokctl (starts local control planes from binaries) into bin/.
+$(KWOKCTL): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwokctl)
+
+.PHONY: kwok
+kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
+$(KWOK): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwok)
+
+# kwok-build builds sigs.k8s.io/kwok/cmd/$(2) from hack/kwok into $(1), with the flags
+# hack/k8s-binaries.sh uses, so the Kubernetes packages compiled there are reused.
+define kwok-build
+@echo "building sigs.k8s.io/kwok/cmd/$(2)@$(KWOK_VERSION) into $(1)"
+cd hack/kwok && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $(1).tmp sigs.k8s.io/kwok/cmd/$(2)
+mv -f $(1).tmp $(1)
+endef
 
 # go-install-tool builds package $(2) at version $(3) into binary $(1) (versioned name,
 # so a version bump rebuilds it).
