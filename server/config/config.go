@@ -93,7 +93,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&o.Model, "model", "", "Model file (.rkllm) to load at start; without it clients load one with rkllm.init.")
 	fs.StringVar(&o.ModelDir, "model-dir", "", "Folder that every path a client names (models, LoRA adapters, prompt caches) must be inside; empty refuses client paths.")
-	fs.StringVar(&o.RuntimeLib, "runtime-lib", "librkllmrt.so", "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
+	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
 
 	p := &o.Param
