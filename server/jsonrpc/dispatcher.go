@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	kjson "sigs.k8s.io/json"
 )
 
 // Handler serves one method. It returns the result (marshalled with encoding/json) or
@@ -128,20 +129,39 @@ func (c *Call) DecodeParams(v any) error {
 	if p[0] != '{' {
 		return ErrInvalidParams.Withf("invalid params: %s takes its params by name (a JSON object), not by position", c.Method)
 	}
-	dec := json.NewDecoder(bytes.NewReader(p))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return ParamsError(err)
+	return ParamsError(UnmarshalStrict(p, v))
+}
+
+// UnmarshalStrict decodes JSON into v the strict way params are decoded: member names
+// match exactly (case-sensitive), and an unknown or repeated member is an error naming
+// it (a kjson.FieldError). Parameter types decode nested members with it too.
+func UnmarshalStrict(data []byte, v any) error {
+	strict, err := kjson.UnmarshalStrict(data, v)
+	if err != nil {
+		return err
+	}
+	if len(strict) > 0 {
+		return strict[0]
 	}
 	return nil
 }
 
-// ParamsError turns an encoding/json error (or an *Error) from decoding params into
-// ErrInvalidParams naming the member and the rule.
+// ParamsError turns an error from decoding params (encoding/json's, UnmarshalStrict's
+// or an *Error) into ErrInvalidParams naming the member and the rule; nil stays nil.
 func ParamsError(err error) error {
+	if err == nil {
+		return nil
+	}
 	var rpcErr *Error
 	if errors.As(err, &rpcErr) {
 		return rpcErr
+	}
+	var fieldErr kjson.FieldError
+	if errors.As(err, &fieldErr) {
+		if strings.HasPrefix(fieldErr.Error(), "duplicate field") {
+			return InvalidParams(fieldErr.FieldPath(), "is given more than once")
+		}
+		return InvalidParams(fieldErr.FieldPath(), "unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md")
 	}
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
@@ -150,10 +170,6 @@ func ParamsError(err error) error {
 			field = "params"
 		}
 		return InvalidParams(field, "must be %s, not a JSON %s", describeType(typeErr.Type), typeErr.Value)
-	}
-	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		field := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
-		return InvalidParams(field, "unknown member; check the spelling against docs/jsonrpc.md")
 	}
 	return ErrInvalidParams.Withf("invalid params: %v", err)
 }
@@ -210,14 +226,22 @@ type Dispatcher struct {
 	log      logr.Logger
 	observer Observer
 	methods  map[string]Handler
+	limits   Limits
 	draining atomic.Bool
 }
 
 // NewDispatcher returns a dispatcher that logs handler panics and internal errors to
 // log and reports each request to observer (which may be nil).
 func NewDispatcher(log logr.Logger, observer Observer) *Dispatcher {
-	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}}
+	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, limits: Limits{}.withDefaults()}
 }
+
+// SetLimits sets the bounds every message is checked against before it is decoded
+// (zero fields take their defaults). Call it before serving.
+func (d *Dispatcher) SetLimits(l Limits) { d.limits = l.withDefaults() }
+
+// Limits returns the bounds in force.
+func (d *Dispatcher) Limits() Limits { return d.limits }
 
 // Register adds a method. It panics on a duplicate name (a programming error).
 func (d *Dispatcher) Register(method string, h Handler) {
@@ -267,7 +291,7 @@ func (d *Dispatcher) handle(ctx context.Context, peer *Peer, msg []byte, admitte
 		}
 	}
 	defer admit()
-	items, batch := decode(msg)
+	items, batch := decode(msg, d.limits)
 	for _, it := range items {
 		if it.err != nil {
 			d.observe("", it.err.Error.Code, 0)

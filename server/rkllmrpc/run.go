@@ -38,6 +38,9 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := p.InferParams.check(); err != nil {
+		return nil, err
+	}
 	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
 	switch p.Encoding {
 	case "", "json", "base64":

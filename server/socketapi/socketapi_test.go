@@ -44,7 +44,9 @@ func newTestServer(t *testing.T, opts Options) *testServer {
 		return map[string]any{"params": p, "admin": c.Peer.Admin, "transport": c.Peer.Transport}, nil
 	}))
 	d.Register("hold", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
-		var p struct{ Tag string }
+		var p struct {
+			Tag string `json:"tag"`
+		}
 		_ = c.DecodeParams(&p)
 		c.Admit()
 		ts.started <- p.Tag
