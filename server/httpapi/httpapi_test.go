@@ -125,7 +125,7 @@ func TestRPC(t *testing.T) {
 		{"busy is 429", `{"jsonrpc":"2.0","id":1,"method":"busy"}`, nil, 429, ContentJSON,
 			`{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"busy: queue full"}}` + "\n"},
 		{"too large", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"x":"` + strings.Repeat("a", 2000) + `"}}`, nil, 413, ContentJSON,
-			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: a request may have at most 1000 bytes (--max-request-bytes)"}}` + "\n"},
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: a request may have at most 1000 bytes (--max-request-bytes)","data":{"limit":"max-request-bytes","max":1000}}}` + "\n"},
 		{"parse error", `{`, nil, 200, ContentJSON,
 			`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error: the message is not valid JSON"}}` + "\n"},
 	}
@@ -215,7 +215,7 @@ func TestClientDisconnectCancels(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	f := newFixture(t, Options{Limiter: connlimit.New(1, nil)})
+	f := newFixture(t, Options{Limiter: connlimit.New(1, 0, nil)})
 	var d net.Dialer
 	held, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
 	if err != nil {

@@ -22,14 +22,23 @@ type Limits struct {
 	MaxArrayLen int
 	// MaxBatch bounds the requests of one batch (DefaultMaxBatch).
 	MaxBatch int
+	// MaxPeerMessages bounds the messages (a request or a batch) one connection may
+	// have in flight at once (DefaultMaxPeerMessages); more are answered -32002 at once.
+	MaxPeerMessages int
+	// MaxInflightBytes bounds the bytes of all the messages being served at once, over
+	// every connection (DefaultMaxInflightBytes): with the queue's bound it caps the
+	// memory that waiting work holds. A message over it is answered -32002 at once.
+	MaxInflightBytes int64
 }
 
 // Defaults of Limits.
 const (
-	DefaultMaxDepth       = 32
-	DefaultMaxStringBytes = 4 << 20
-	DefaultMaxArrayLen    = 1 << 20
-	DefaultMaxBatch       = 64
+	DefaultMaxDepth         = 32
+	DefaultMaxStringBytes   = 4 << 20
+	DefaultMaxArrayLen      = 1 << 20
+	DefaultMaxBatch         = 64
+	DefaultMaxPeerMessages  = 32
+	DefaultMaxInflightBytes = 256 << 20
 )
 
 func (l Limits) withDefaults() Limits {
@@ -42,6 +51,10 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxStringBytes, DefaultMaxStringBytes)
 	def(&l.MaxArrayLen, DefaultMaxArrayLen)
 	def(&l.MaxBatch, DefaultMaxBatch)
+	def(&l.MaxPeerMessages, DefaultMaxPeerMessages)
+	if l.MaxInflightBytes <= 0 {
+		l.MaxInflightBytes = DefaultMaxInflightBytes
+	}
 	return l
 }
 

@@ -39,6 +39,7 @@ type Metrics struct {
 	connsRejected    *prometheus.CounterVec
 	bytesIn          *prometheus.CounterVec
 	bytesOut         *prometheus.CounterVec
+	cutOff           *prometheus.CounterVec
 }
 
 // New registers every metric, with the Go and process collectors, in a new registry.
@@ -75,23 +76,27 @@ func New() *Metrics {
 		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Name: "connections_open",
 			Help: "Client connections held, by transport (http, unix)."}, []string{"transport"}),
 		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "connections_rejected_total",
-			Help: "Client connections refused over --max-connections, by transport."}, []string{"transport"}),
+			Help: "Client connections refused, by transport and reason: max_connections (over --max-connections) or file_descriptors (too few left, --reserved-fds)."}, []string{"transport", "reason"}),
 		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "received_bytes_total",
 			Help: "JSON-RPC bytes received from clients, by transport."}, []string{"transport"}),
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "sent_bytes_total",
 			Help: "JSON-RPC bytes sent to clients, by transport."}, []string{"transport"}),
+		cutOff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "clients_cut_off_total",
+			Help: "Clients disconnected because they did not read their messages (output buffer full or write timeout), by transport."}, []string{"transport"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
 		m.interToken, m.tokens, m.prefillTokens, m.prefillSeconds, m.generateSeconds, m.workerRestarts, m.modelLoaded,
-		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut,
+		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	for _, t := range []string{"http", "unix"} {
 		m.connsOpen.WithLabelValues(t)
-		m.connsRejected.WithLabelValues(t)
+		m.connsRejected.WithLabelValues(t, "max_connections")
+		m.connsRejected.WithLabelValues(t, "file_descriptors")
 		m.bytesIn.WithLabelValues(t)
 		m.bytesOut.WithLabelValues(t)
+		m.cutOff.WithLabelValues(t)
 	}
 	return m
 }
@@ -167,7 +172,18 @@ func (m *Metrics) ConnOpened(transport string) { m.connsOpen.WithLabelValues(tra
 func (m *Metrics) ConnClosed(transport string) { m.connsOpen.WithLabelValues(transport).Dec() }
 
 // ConnRejected implements connlimit.Observer.
-func (m *Metrics) ConnRejected(transport string) { m.connsRejected.WithLabelValues(transport).Inc() }
+func (m *Metrics) ConnRejected(transport, reason string) {
+	m.connsRejected.WithLabelValues(transport, reason).Inc()
+}
+
+// ClientCutOff implements the transports' Observer.
+func (m *Metrics) ClientCutOff(transport string) { m.cutOff.WithLabelValues(transport).Inc() }
+
+// InflightBytes registers a gauge of the bytes of requests being served, read from f.
+func (m *Metrics) InflightBytes(f func() int64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "inflight_request_bytes",
+		Help: "Bytes of the JSON-RPC messages being served (bounded by --max-inflight-bytes)."}, func() float64 { return float64(f()) }))
+}
 
 // BytesIn implements the transports' Observer.
 func (m *Metrics) BytesIn(transport string, n int) {

@@ -115,7 +115,10 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	c.Admit()
 	if async {
+		// The connection is not idle while its run is queued or going.
+		release := c.Peer.Hold()
 		go func() {
+			defer release()
 			defer cancel()
 			out, err := t.Wait()
 			<-replied

@@ -240,7 +240,7 @@ func TestHalfCloseStillAnswers(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	ts := newTestServer(t, Options{Limiter: connlimit.New(1, nil)})
+	ts := newTestServer(t, Options{Limiter: connlimit.New(1, 0, nil)})
 	c := dial(t, ts.path)
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"echo"}`)
 	c.recv()
