@@ -37,8 +37,9 @@ type Options struct {
 	// Flush is called after each write (an HTTP response's flush); nil for none.
 	Flush func() error
 	// OnFail is called once, on the buffer's goroutine or in Send, when the client is
-	// cut off (the buffer overflowed or a write failed); the transport closes the
-	// connection and cancels its requests there. It must not call the Buffer.
+	// cut off (the buffer overflowed or a write failed or timed out; not when Close
+	// gives up at its deadline, nor on Abort); the transport closes the connection and
+	// cancels its requests there. It must not call the Buffer.
 	OnFail func(err error)
 	// Written reports the bytes written, for metrics; nil for none.
 	Written func(n int)
@@ -89,8 +90,8 @@ func (b *Buffer) Send(msg []byte) error {
 		b.err = err
 		b.queue, b.queued = nil, 0
 		b.mu.Unlock()
-		b.interrupt()
 		b.fail(err)
+		b.interrupt()
 		b.signal()
 		return err
 	}
@@ -204,12 +205,13 @@ func (b *Buffer) run() {
 		}
 		if err := b.write(batch); err != nil {
 			b.mu.Lock()
-			if b.err == nil {
+			stopped := b.err // an overflow, Close's deadline or Abort: already handled
+			if stopped == nil {
 				b.err = err
 			}
 			b.queue, b.queued = nil, 0
 			b.mu.Unlock()
-			if !errors.Is(err, ErrClosed) { // Abort is no failure of the client's
+			if stopped == nil {
 				b.fail(err)
 			}
 			return
