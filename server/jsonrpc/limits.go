@@ -339,6 +339,28 @@ func (s *scanner) skip() {
 	}
 }
 
+// maxNesting is the deepest nesting of brackets outside strings in msg, which need not
+// be valid JSON.
+func maxNesting(msg []byte) int {
+	depth, deepest := 0, 0
+	for i := 0; i < len(msg); i++ {
+		switch msg[i] {
+		case '"':
+			for i++; i < len(msg) && msg[i] != '"'; i++ {
+				if msg[i] == '\\' {
+					i++
+				}
+			}
+		case '{', '[':
+			depth++
+			deepest = max(deepest, depth)
+		case '}', ']':
+			depth--
+		}
+	}
+	return deepest
+}
+
 // checkText reports invalid UTF-8 anywhere in msg (outside strings JSON is ASCII).
 func checkText(msg []byte) *textError {
 	if utf8.Valid(msg) {
