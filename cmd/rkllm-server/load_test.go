@@ -305,7 +305,8 @@ func (s *server) state() processState {
 func churnModel() *simulator.Model {
 	m := pacedModel()
 	m.DecodeTokensPerSecond = 1000
-	m.ReplyMinTokens, m.ReplyMaxTokens = 5000, 5000
+	m.MaxContextLimit = 16384
+	m.ReplyMinTokens, m.ReplyMaxTokens = 15000, 15000
 	return m
 }
 
@@ -316,7 +317,8 @@ func churnModel() *simulator.Model {
 // they were, nothing is queued or running, and every run the runtime started was
 // aborted in the runtime (none ran on for nobody).
 func TestChurn(t *testing.T) {
-	s := startServer(t, "1.3", serverOpts{race: true, model: churnModel(), config: map[string]any{"max-queue": 8}})
+	m := churnModel()
+	s := startServer(t, "1.3", serverOpts{race: true, model: m, config: map[string]any{"max-queue": 8, "max-context-len": m.MaxContextLimit}})
 	// Warm up every path once, so lazily started goroutines are in the baseline.
 	warm := prompt("warm up")
 	warm["stream"] = true

@@ -22,8 +22,9 @@ type Limits struct {
 	MaxArrayLen int
 	// MaxBatch bounds the requests of one batch (DefaultMaxBatch).
 	MaxBatch int
-	// MaxPeerMessages bounds the messages (a request or a batch) one connection may
-	// have in flight at once (DefaultMaxPeerMessages); more are answered -32002 at once.
+	// MaxPeerMessages bounds the requests one connection may have in flight at once
+	// (DefaultMaxPeerMessages), those of NeverWaits methods aside; more are answered
+	// -32002 at once.
 	MaxPeerMessages int
 	// MaxInflightBytes bounds the bytes of all the messages being served at once, over
 	// every connection (DefaultMaxInflightBytes): with the queue's bound it caps the
