@@ -99,6 +99,16 @@ func (t *Turns) content(s string) string {
 	return s
 }
 
+// RuntimeTemplate returns the template as the runtime's rkllm_set_chat_template takes
+// it: the system turn with the default system prompt, the user prefix, and the user
+// suffix followed by the assistant's prefix.
+func (t *Turns) RuntimeTemplate() (system, prefix, postfix string) {
+	if t.DefaultSystem != "" && !t.SystemInUser {
+		system = t.SystemPrefix + t.DefaultSystem + t.SystemSuffix
+	}
+	return system, t.UserPrefix, t.UserSuffix + t.AssistantPrefix
+}
+
 // Render implements Template.
 func (t *Turns) Render(c *Conversation) (string, error) {
 	var b strings.Builder
