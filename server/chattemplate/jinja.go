@@ -13,7 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	
+
 	"github.com/ardanlabs/jinja"
 )
 

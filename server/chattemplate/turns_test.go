@@ -129,8 +129,8 @@ func TestParseCustom(t *testing.T) {
 		t.Errorf("custom: %q", got)
 	}
 	for js, want := range map[string]string{
-		`{"user_prefx":"x"}`:                                   "unknown field",
-		`{"user_prefix":"x"}`:                                  "required",
+		`{"user_prefx":"x"}`:  "unknown field",
+		`{"user_prefix":"x"}`: "required",
 		`{"user_prefix":"x","assistant_prefix":"a","thinking":"o1"}`: "thinking",
 	} {
 		if _, err := ParseCustom(js); err == nil || !strings.Contains(err.Error(), want) {
