@@ -1,0 +1,470 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+)
+
+// End-to-end tests of the OpenAI-compatible API (/v1/) against the simulator. The
+// model is "model" (the file model.rkllm); conversations are rendered with the
+// default ChatML preset.
+
+const modelID = "model"
+
+// v1 sends a request to the OpenAI API and returns the response and its body.
+func (s *server) v1(method, path, body string, header ...string) (*http.Response, string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequestWithContext(ctx, method, s.base+path, rd)
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func jsonBody(v any) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+	return strings.TrimSpace(b.String())
+}
+
+type msg = map[string]any
+
+func chatBody(msgs []msg, extra map[string]any) string {
+	m := map[string]any{"model": modelID, "messages": msgs}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return jsonBody(m)
+}
+
+// completion is a chat or text completion as the tests read it.
+type completion struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Index   int    `json:"index"`
+		Text    string `json:"text"`
+		Message struct {
+			Role      string  `json:"role"`
+			Content   *string `json:"content"`
+			ToolCalls []struct {
+				ID       string `json:"id"`
+				Type     string `json:"type"`
+				Function struct {
+					Name      string `json:"name"`
+					Arguments string `json:"arguments"`
+				} `json:"function"`
+			} `json:"tool_calls"`
+		} `json:"message"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage struct {
+		PromptTokens        int `json:"prompt_tokens"`
+		CompletionTokens    int `json:"completion_tokens"`
+		TotalTokens         int `json:"total_tokens"`
+		PromptTokensDetails struct {
+			CachedTokens int `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
+	} `json:"usage"`
+}
+
+func (c *completion) content() string {
+	if c.Choices[0].Message.Content == nil {
+		return ""
+	}
+	return *c.Choices[0].Message.Content
+}
+
+// chat posts a chat completion and expects 200.
+func (s *server) chat(msgs []msg, extra map[string]any) completion {
+	s.t.Helper()
+	resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, extra))
+	if resp.StatusCode != http.StatusOK {
+		s.t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+	var c completion
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		s.t.Fatalf("chat body %q: %v", body, err)
+	}
+	return c
+}
+
+// apiError is OpenAI's error body.
+type apiError struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    *string `json:"code"`
+	} `json:"error"`
+}
+
+// wantError checks an error response: status, param, code and a part of the message.
+func wantError(t *testing.T, resp *http.Response, body string, status int, param, code, contains string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, status)
+	}
+	var e apiError
+	if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error.Message == "" || e.Error.Type == "" {
+		t.Fatalf("not an OpenAI error body: %q", body)
+	}
+	if got := deref(e.Error.Param); got != param {
+		t.Errorf("param %q, want %q (%s)", got, param, body)
+	}
+	if got := deref(e.Error.Code); got != code {
+		t.Errorf("code %q, want %q (%s)", got, code, body)
+	}
+	if !strings.Contains(e.Error.Message, contains) {
+		t.Errorf("message %q does not say %q", e.Error.Message, contains)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		t.Errorf("content type %q", resp.Header.Get("Content-Type"))
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// chatML renders msgs as the server does (the default preset).
+func chatML(t *testing.T, msgs []chattemplate.Message) string {
+	t.Helper()
+	p, _ := chattemplate.Preset(chattemplate.Default)
+	out, err := p.Render(&chattemplate.Conversation{Messages: msgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// sseEvents reads a whole event stream: the data of each event, in order.
+func sseEvents(t *testing.T, resp *http.Response, body string) []string {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" {
+		t.Fatalf("stream: %d %q %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if !strings.HasSuffix(body, "\n\n") {
+		t.Fatalf("the stream does not end with a blank line: %q", body)
+	}
+	var out []string
+	for _, ev := range strings.Split(strings.TrimSuffix(body, "\n\n"), "\n\n") {
+		data, ok := strings.CutPrefix(ev, "data: ")
+		if !ok || strings.Contains(data, "\n") {
+			t.Fatalf("event %q is not one data line", ev)
+		}
+		out = append(out, data)
+	}
+	return out
+}
+
+func quote(s string) string { return jsonBody(s) }
+
+// TestOpenAIModelsAndChat checks /v1/models, a chat completion with its exact usage,
+// and that the streamed form of the same request is, byte for byte, the chunks
+// OpenAI documents and carries the same reply.
+func TestOpenAIModelsAndChat(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		s := startServer(t, abi, serverOpts{})
+		resp, body := s.v1(http.MethodGet, "/v1/models", "")
+		want := `{"object":"list","data":[{"id":"model","object":"model","created":0,"owned_by":"rkllm-server","max_model_len":512,"context_length":512}]}` + "\n"
+		if resp.StatusCode != http.StatusOK || body != want {
+			t.Errorf("/v1/models: %d %q\nwant %q", resp.StatusCode, body, want)
+		}
+		resp, body = s.v1(http.MethodGet, "/v1/models/model", "")
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(body, `{"id":"model","object":"model"`) {
+			t.Errorf("/v1/models/model: %d %s", resp.StatusCode, body)
+		}
+		resp, body = s.v1(http.MethodGet, "/v1/models/gpt-4o", "")
+		wantError(t, resp, body, http.StatusNotFound, "model", "model_not_found", "`model`")
+
+		msgs := []msg{{"role": "system", "content": "Be brief & <kind>."}, {"role": "user", "content": "Hello, naïve one"}}
+		c := s.chat(msgs, nil)
+		if !strings.HasPrefix(c.ID, "chatcmpl-") || c.Object != "chat.completion" || c.Model != modelID || c.Choices[0].Message.Role != "assistant" {
+			t.Errorf("response: %+v", c)
+		}
+		if c.content() == "" || (c.Choices[0].FinishReason != "stop" && c.Choices[0].FinishReason != "length") {
+			t.Errorf("reply %q finish %q", c.content(), c.Choices[0].FinishReason)
+		}
+		// The runtime's template is off and no tools are set: the prompt is exactly the
+		// rendered conversation, every token of which is prefilled.
+		prompt := chatML(t, []chattemplate.Message{{Role: "system", Content: "Be brief & <kind>."}, {Role: "user", Content: "Hello, naïve one"}})
+		if n := len(s.model.Tokenize(prompt)); c.Usage.PromptTokens != n || c.Usage.PromptTokensDetails.CachedTokens != 0 {
+			t.Errorf("prompt tokens %d (cached %d), want %d", c.Usage.PromptTokens, c.Usage.PromptTokensDetails.CachedTokens, n)
+		}
+		if c.Usage.CompletionTokens < 1 || c.Usage.TotalTokens != c.Usage.PromptTokens+c.Usage.CompletionTokens {
+			t.Errorf("usage %+v", c.Usage)
+		}
+
+		// The same request streamed, with usage.
+		resp, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "stream_options": map[string]any{"include_usage": true}}))
+		events := sseEvents(t, resp, body)
+		var first struct {
+			ID      string `json:"id"`
+			Created int64  `json:"created"`
+		}
+		if err := json.Unmarshal([]byte(events[0]), &first); err != nil || !strings.HasPrefix(first.ID, "chatcmpl-") {
+			t.Fatalf("first chunk %q", events[0])
+		}
+		head := fmt.Sprintf(`{"id":%q,"object":"chat.completion.chunk","created":%d,"model":"model","system_fingerprint":"rkllm-server-dev","choices":`, first.ID, first.Created)
+		if want := head + `[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null}`; events[0] != want {
+			t.Errorf("role chunk\n got %s\nwant %s", events[0], want)
+		}
+		var text strings.Builder
+		contentChunk := regexp.MustCompile(`^` + regexp.QuoteMeta(head+`[{"index":0,"delta":{"content":`) + `(".*")` + regexp.QuoteMeta(`},"logprobs":null,"finish_reason":null}],"usage":null}`) + `$`)
+		i := 1
+		for ; i < len(events); i++ {
+			m := contentChunk.FindStringSubmatch(events[i])
+			if m == nil {
+				break
+			}
+			var piece string
+			if err := json.Unmarshal([]byte(m[1]), &piece); err != nil || piece == "" || quote(piece) != m[1] {
+				t.Errorf("content chunk %s", events[i])
+			}
+			text.WriteString(piece)
+		}
+		if text.String() != c.content() {
+			t.Errorf("streamed reply %q, whole reply %q", text.String(), c.content())
+		}
+		rest := events[i:]
+		if len(rest) != 3 {
+			t.Fatalf("after the content: %q", rest)
+		}
+		if want := head + `[{"index":0,"delta":{},"logprobs":null,"finish_reason":"` + c.Choices[0].FinishReason + `"}],"usage":null}`; rest[0] != want {
+			t.Errorf("finish chunk\n got %s\nwant %s", rest[0], want)
+		}
+		u := c.Usage
+		// The same request again starts over (it does not extend the cached reply).
+		if want := head + fmt.Sprintf(`[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`,
+			u.PromptTokens, u.CompletionTokens, u.TotalTokens); rest[1] != want {
+			t.Errorf("usage chunk\n got %s\nwant %s", rest[1], want)
+		}
+		if rest[2] != "[DONE]" {
+			t.Errorf("last event %q", rest[2])
+		}
+
+		// Without include_usage, chunks have no usage member.
+		_, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "max_tokens": 2}))
+		events = sseEvents(t, resp, body)
+		for _, ev := range events[:len(events)-1] {
+			if strings.Contains(ev, `"usage"`) {
+				t.Errorf("usage without include_usage: %s", ev)
+			}
+		}
+		if !strings.Contains(events[len(events)-2], `"finish_reason":"length"`) {
+			t.Errorf("max_tokens 2: %s", events[len(events)-2])
+		}
+	})
+}
+
+// TestOpenAICompletions checks /v1/completions: the prompt is fed as it is, streamed
+// and not.
+func TestOpenAICompletions(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		s := startServer(t, abi, serverOpts{})
+		body := jsonBody(map[string]any{"model": modelID, "prompt": "Once upon a time"})
+		resp, out := s.v1(http.MethodPost, "/v1/completions", body)
+		var c completion
+		if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(out), &c) != nil || c.Object != "text_completion" || !strings.HasPrefix(c.ID, "cmpl-") || c.Choices[0].Text == "" {
+			t.Fatalf("completion: %d %s", resp.StatusCode, out)
+		}
+		if n := len(s.model.Tokenize("Once upon a time")); c.Usage.PromptTokens != n {
+			t.Errorf("prompt tokens %d, want %d", c.Usage.PromptTokens, n)
+		}
+		resp, out = s.v1(http.MethodPost, "/v1/completions", jsonBody(map[string]any{"model": modelID, "prompt": []string{"Once upon a time"}, "stream": true}))
+		events := sseEvents(t, resp, out)
+		var text strings.Builder
+		for _, ev := range events[:len(events)-1] {
+			var ch completion
+			if err := json.Unmarshal([]byte(ev), &ch); err != nil || ch.Object != "text_completion" || len(ch.Choices) != 1 {
+				t.Fatalf("chunk %s", ev)
+			}
+			text.WriteString(ch.Choices[0].Text)
+		}
+		if text.String() != c.Choices[0].Text || events[len(events)-1] != "[DONE]" {
+			t.Errorf("streamed %q, whole %q", text.String(), c.Choices[0].Text)
+		}
+		if !strings.HasSuffix(events[len(events)-2], `"logprobs":null,"finish_reason":"`+c.Choices[0].FinishReason+`"}]}`) {
+			t.Errorf("last chunk %s", events[len(events)-2])
+		}
+	})
+}
+
+// echo asks the simulator to echo the parameters of a run (the prompt
+// <sim:echo-params>) through /v1/completions with extra request members.
+func (s *server) echo(extra map[string]any) (map[string]any, string) {
+	s.t.Helper()
+	req := map[string]any{"model": modelID, "prompt": "<sim:echo-params>"}
+	for k, v := range extra {
+		req[k] = v
+	}
+	resp, body := s.v1(http.MethodPost, "/v1/completions", jsonBody(req))
+	if resp.StatusCode != http.StatusOK {
+		return nil, body
+	}
+	var c completion
+	_ = json.Unmarshal([]byte(body), &c)
+	var echo map[string]any
+	if err := json.Unmarshal([]byte(c.Choices[0].Text), &echo); err != nil {
+		s.t.Fatalf("echo %q: %v", c.Choices[0].Text, err)
+	}
+	return echo, body
+}
+
+// TestOpenAISampling checks every sampling member: ABI 1.3 passes them per run (the
+// simulator echoes what it got); ABI 1.2 refuses a value the model was not loaded with,
+// naming the member, and enforces max_tokens itself.
+func TestOpenAISampling(t *testing.T) {
+	cfg := map[string]any{"max-context-len": 4096}
+	t.Run("1.3", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "1.3", serverOpts{config: cfg})
+		echo, body := s.echo(map[string]any{"temperature": 0.5, "top_p": 0.25, "top_k": 7, "frequency_penalty": 0.5,
+			"presence_penalty": -0.5, "repetition_penalty": 1.5, "max_tokens": 3000})
+		if echo == nil {
+			t.Fatalf("echo: %s", body)
+		}
+		infer := echo["infer"].(map[string]any)
+		want := map[string]any{"top_k": 7.0, "top_p": 0.25, "temperature": 0.5, "repeat_penalty": 1.5, "frequency_penalty": 0.5,
+			"presence_penalty": -0.5, "mirostat": 0.0, "mirostat_tau": 5.0, "mirostat_eta": 0.100000001}
+		got := infer["sampling"].(map[string]any)
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("sampling %s = %v, want %v", k, got[k], v)
+			}
+		}
+		if infer["max_new_tokens"] != 3000.0 || infer["keep_history"] != 1.0 || echo["input"].(map[string]any)["role"] != "user" {
+			t.Errorf("infer %v input %v", infer, echo["input"])
+		}
+		// Without sampling members the run keeps the init-time values (no override).
+		echo, _ = s.echo(nil)
+		if infer := echo["infer"].(map[string]any); infer["sampling"] != nil || infer["max_new_tokens"] != 0.0 {
+			t.Errorf("no sampling members: %v", infer)
+		}
+	})
+	t.Run("1.2", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "1.2", serverOpts{config: cfg})
+		for member, value := range map[string]any{"temperature": 0.5, "top_p": 0.25, "top_k": 7, "frequency_penalty": 0.5, "presence_penalty": 0.5, "repetition_penalty": 1.5} {
+			resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}}, map[string]any{member: value}))
+			wantError(t, resp, body, http.StatusBadRequest, member, "unsupported_parameter", "runtime ABI 1.2")
+		}
+		// The values the model was loaded with are accepted.
+		echo, body := s.echo(map[string]any{"temperature": 0.8, "top_p": 0.9, "top_k": 40})
+		if echo == nil {
+			t.Fatalf("loaded values refused: %s", body)
+		}
+		c := s.chat([]msg{{"role": "user", "content": "Hello"}}, map[string]any{"max_tokens": 3})
+		if c.Choices[0].FinishReason != "length" || c.Usage.CompletionTokens != 3 {
+			t.Errorf("max_tokens 3 on 1.2: finish %q, %d tokens", c.Choices[0].FinishReason, c.Usage.CompletionTokens)
+		}
+	})
+}
+
+// TestOpenAITools checks a tool call through rkllm_set_function_tools, parsed into
+// tool_calls, streamed and not, then the tool's result answered as text with the
+// conversation's prefix reused.
+func TestOpenAITools(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		s := startServer(t, abi, serverOpts{})
+		tools := []any{map[string]any{"type": "function", "function": map[string]any{"name": "get_weather", "description": "Weather of a city",
+			"parameters": map[string]any{"type": "object", "properties": map[string]any{"city": map[string]any{"type": "string"}, "days": map[string]any{"type": "integer"}}}}}}
+		msgs := []msg{{"role": "system", "content": "You are a weather bot."}, {"role": "user", "content": "Use get_weather for Paris"}}
+		c := s.chat(msgs, map[string]any{"tools": tools})
+		ch := c.Choices[0]
+		if ch.FinishReason != "tool_calls" || ch.Message.Content != nil || len(ch.Message.ToolCalls) != 1 {
+			t.Fatalf("tool call: %+v", ch)
+		}
+		call := ch.Message.ToolCalls[0]
+		if !regexp.MustCompile(`^call_[A-Za-z0-9]{24}$`).MatchString(call.ID) || call.Type != "function" || call.Function.Name != "get_weather" ||
+			call.Function.Arguments != `{"city": "sim", "days": 1}` {
+			t.Errorf("call %+v", call)
+		}
+		// The system prompt and the tools went to the runtime, which puts them in front;
+		// the prompt is the conversation without its system turn.
+		toolsJSON := `[{"type":"function","function":{"name":"get_weather","description":"Weather of a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}}}}}]`
+		conv := chatML(t, []chattemplate.Message{{Role: "user", Content: "Use get_weather for Paris"}})
+		conv = strings.TrimPrefix(conv, "<|im_start|>system\n"+"<|im_end|>\n")
+		if n := len(s.model.Tokenize("You are a weather bot.\n" + toolsJSON + conv)); c.Usage.PromptTokens != n {
+			t.Errorf("prompt tokens %d, want %d (system prompt, tools, conversation)", c.Usage.PromptTokens, n)
+		}
+
+		// The tool's result: the cache holds the conversation so far, so only the result
+		// is prefilled, and the model answers in text.
+		msgs = append(msgs, msg{"role": "assistant", "content": nil, "tool_calls": []any{map[string]any{"id": call.ID, "type": "function",
+			"function": map[string]any{"name": "get_weather", "arguments": call.Function.Arguments}}}},
+			msg{"role": "tool", "tool_call_id": call.ID, "content": `{"temp": 21}`})
+		c2 := s.chat(msgs, map[string]any{"tools": tools})
+		if c2.Choices[0].FinishReason == "tool_calls" || c2.content() == "" || c2.Usage.PromptTokensDetails.CachedTokens <= c.Usage.PromptTokens {
+			t.Errorf("after the result: finish %q, reply %q, cached %d (first prompt %d)", c2.Choices[0].FinishReason, c2.content(),
+				c2.Usage.PromptTokensDetails.CachedTokens, c.Usage.PromptTokens)
+		}
+
+		// Streamed: the call comes as two deltas (id, type, name; then the arguments).
+		resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs[:2], map[string]any{"tools": tools, "stream": true}))
+		events := sseEvents(t, resp, body)
+		var deltas []string
+		for _, ev := range events[1 : len(events)-1] {
+			var chunk struct {
+				Choices []struct {
+					Delta        json.RawMessage `json:"delta"`
+					FinishReason *string         `json:"finish_reason"`
+				} `json:"choices"`
+			}
+			_ = json.Unmarshal([]byte(ev), &chunk)
+			deltas = append(deltas, string(chunk.Choices[0].Delta)+" "+deref(chunk.Choices[0].FinishReason))
+		}
+		id := regexp.MustCompile(`"id":"(call_[A-Za-z0-9]{24})"`).FindStringSubmatch(body)
+		if id == nil {
+			t.Fatalf("no call id in %s", body)
+		}
+		want := []string{
+			`{"tool_calls":[{"index":0,"id":"` + id[1] + `","type":"function","function":{"name":"get_weather","arguments":""}}]} `,
+			`{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\": \"sim\", \"days\": 1}"}}]} `,
+			`{} tool_calls`,
+		}
+		if strings.Join(deltas, "\n") != strings.Join(want, "\n") {
+			t.Errorf("deltas\n%s\nwant\n%s", strings.Join(deltas, "\n"), strings.Join(want, "\n"))
+		}
+
+		// tool_choice none: no tools reach the model, so no call.
+		c = s.chat(msgs[:2], map[string]any{"tools": tools, "tool_choice": "none"})
+		if c.Choices[0].FinishReason == "tool_calls" || c.content() == "" {
+			t.Errorf("tool_choice none: %+v", c.Choices[0])
+		}
+		c = s.chat(msgs[:2], map[string]any{"tools": tools, "tool_choice": map[string]any{"type": "function", "function": map[string]any{"name": "get_weather"}}})
+		if c.Choices[0].FinishReason != "tool_calls" {
+			t.Errorf("named tool_choice: %+v", c.Choices[0])
+		}
+	})
+}
