@@ -1,17 +1,23 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
 // End-to-end tests of the OpenAI-compatible API (/v1/) against the simulator. The
@@ -465,6 +471,174 @@ func TestOpenAITools(t *testing.T) {
 		c = s.chat(msgs[:2], map[string]any{"tools": tools, "tool_choice": map[string]any{"type": "function", "function": map[string]any{"name": "get_weather"}}})
 		if c.Choices[0].FinishReason != "tool_calls" {
 			t.Errorf("named tool_choice: %+v", c.Choices[0])
+		}
+	})
+}
+
+// TestOpenAIErrors checks that bad requests get a 400 (or 404, 405) in OpenAI's error
+// shape, naming the parameter.
+func TestOpenAIErrors(t *testing.T) {
+	s := startServer(t, "1.3", serverOpts{})
+	user := []msg{{"role": "user", "content": "hi"}}
+	chat := func(extra map[string]any) string { return chatBody(user, extra) }
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		param, code, says        string
+	}{
+		{"unknown member", "POST", "/v1/chat/completions", chat(map[string]any{"foo": 1}), 400, "foo", "", "Unrecognized request argument supplied: foo"},
+		{"not JSON", "POST", "/v1/chat/completions", `{"model":`, 400, "", "", "could not parse the JSON body"},
+		{"no model", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}]}`, 400, "model", "missing_required_parameter", "serves `model`"},
+		{"unknown model", "POST", "/v1/chat/completions", `{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}`, 404, "model", "model_not_found", "gpt-4o"},
+		{"no messages", "POST", "/v1/chat/completions", `{"model":"model"}`, 400, "messages", "missing_required_parameter", "'messages'"},
+		{"empty messages", "POST", "/v1/chat/completions", `{"model":"model","messages":[]}`, 400, "messages", "empty_array", "empty array"},
+		{"bad role", "POST", "/v1/chat/completions", chatBody([]msg{{"role": "robot", "content": "x"}}, nil), 400, "messages[0].role", "invalid_value", "'robot'"},
+		{"image part", "POST", "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": []any{map[string]any{"type": "image_url", "image_url": map[string]any{"url": "x"}}}}}, nil),
+			400, "messages[0].content[0].type", "unsupported_parameter", "text parts only"},
+		{"content type", "POST", "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": 5}}, nil), 400, "messages[0].content", "invalid_type", "an integer"},
+		{"tool without id", "POST", "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}, {"role": "tool", "content": "1"}}, nil),
+			400, "messages[1].tool_call_id", "missing_required_parameter", "tool_call_id"},
+		{"n", "POST", "/v1/chat/completions", chat(map[string]any{"n": 2}), 400, "n", "unsupported_parameter", "one choice"},
+		{"seed", "POST", "/v1/chat/completions", chat(map[string]any{"seed": 7}), 400, "seed", "unsupported_parameter", "no sampling seed"},
+		{"temperature range", "POST", "/v1/chat/completions", chat(map[string]any{"temperature": 3}), 400, "temperature", "invalid_value", "between 0 and 2"},
+		{"temperature type", "POST", "/v1/chat/completions", chat(map[string]any{"temperature": "hot"}), 400, "temperature", "invalid_type", "a string"},
+		{"max_tokens", "POST", "/v1/chat/completions", chat(map[string]any{"max_tokens": 0}), 400, "max_tokens", "invalid_value", "at least 1"},
+		{"five stops", "POST", "/v1/chat/completions", chat(map[string]any{"stop": []string{"a", "b", "c", "d", "e"}}), 400, "stop", "invalid_value", "at most 4"},
+		{"stream_options alone", "POST", "/v1/chat/completions", chat(map[string]any{"stream_options": map[string]any{"include_usage": true}}), 400, "stream_options", "invalid_value", "only allowed when 'stream'"},
+		{"logprobs", "POST", "/v1/chat/completions", chat(map[string]any{"logprobs": true}), 400, "logprobs", "unsupported_parameter", "log probabilities"},
+		{"json mode", "POST", "/v1/chat/completions", chat(map[string]any{"response_format": map[string]any{"type": "json_object"}}), 400, "response_format", "unsupported_parameter", "constrain"},
+		{"functions", "POST", "/v1/chat/completions", chat(map[string]any{"functions": []any{}}), 400, "functions", "unsupported_parameter", "use tools"},
+		{"tool type", "POST", "/v1/chat/completions", chat(map[string]any{"tools": []any{map[string]any{"type": "retrieval"}}}), 400, "tools[0].type", "invalid_value", "'retrieval'"},
+		{"tool_choice name", "POST", "/v1/chat/completions", chat(map[string]any{"tools": []any{map[string]any{"type": "function", "function": map[string]any{"name": "f"}}},
+			"tool_choice": map[string]any{"type": "function", "function": map[string]any{"name": "g"}}}), 400, "tool_choice", "invalid_value", "'g'"},
+		{"echo", "POST", "/v1/completions", `{"model":"model","prompt":"x","echo":true}`, 400, "echo", "unsupported_parameter", "echo"},
+		{"token prompt", "POST", "/v1/completions", `{"model":"model","prompt":[1,2]}`, 400, "prompt", "unsupported_parameter", "token arrays"},
+		{"no prompt", "POST", "/v1/completions", `{"model":"model"}`, 400, "prompt", "missing_required_parameter", "'prompt'"},
+		{"wrong method", "GET", "/v1/chat/completions", "", 405, "", "", "use POST"},
+		{"unknown path", "POST", "/v1/embeddings", "{}", 404, "", "", "Invalid URL (POST /v1/embeddings)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := s.v1(c.method, c.path, c.body)
+			wantError(t, resp, body, c.status, c.param, c.code, c.says)
+		})
+	}
+}
+
+// TestOpenAILimits checks 401 without the API key, 413 for a body over
+// --max-request-bytes, 503 while the model loads.
+func TestOpenAILimits(t *testing.T) {
+	t.Run("api key", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		key := filepath.Join(dir, "key")
+		if err := os.WriteFile(key, []byte("s3cret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"api-key-file": key}})
+		resp, body := s.v1(http.MethodGet, "/v1/models", "")
+		wantError(t, resp, body, http.StatusUnauthorized, "", "invalid_api_key", "Authorization: Bearer")
+		resp, body = s.v1(http.MethodGet, "/v1/models", "", "Authorization", "Bearer s3cret")
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("with the key: %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("too large", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-request-bytes": 2000}})
+		resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": strings.Repeat("x", 3000)}}, nil))
+		wantError(t, resp, body, http.StatusRequestEntityTooLarge, "", "request_too_large", "2000 bytes")
+	})
+	t.Run("loading", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "1.3", serverOpts{env: []string{"RKLLM_SIM_INIT_DELAY_MS=60000"}, noWait: true})
+		resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}}, nil))
+		wantError(t, resp, body, http.StatusServiceUnavailable, "", "service_unavailable", "not ready")
+		if resp.Header.Get("Retry-After") == "" {
+			t.Error("503 without Retry-After")
+		}
+	})
+}
+
+// openChat starts a streamed chat completion and returns once its first event (the
+// role chunk) has arrived; close ends the connection.
+func (s *server) openChat(body string) (*bufio.Reader, func()) {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/v1/chat/completions", strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		s.t.Fatalf("stream: %v", err)
+	}
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(line, `"role":"assistant"`) {
+		s.t.Fatalf("first event %q: %v", line, err)
+	}
+	closeFn := func() {
+		cancel()
+		_ = resp.Body.Close()
+	}
+	s.t.Cleanup(closeFn)
+	return br, closeFn
+}
+
+// TestOpenAIQueueDisconnectDrain holds the model with a run that hangs (a simulator
+// fault on the first run), then checks: a full queue answers 429 with Retry-After;
+// the client that drops its stream has its run aborted in the runtime, and the queued
+// request then runs; after SIGTERM new requests get 503.
+func TestOpenAIQueueDisconnectDrain(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		// Replies of 500 tokens at 50 tokens/s: a stream lasts long enough to drain during it.
+		slow := simulator.FastModel()
+		slow.DecodeTokensPerSecond, slow.ReplyMinTokens, slow.ReplyMaxTokens = 50, 500, 500
+		s := startServer(t, abi, serverOpts{model: &slow, config: map[string]any{"max-queue": 1, "shutdown-timeout": "5s", "max-context-len": 4096},
+			env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_RUN=1"}})
+		_, closeHung := s.openChat(chatBody([]msg{{"role": "user", "content": "hang"}}, map[string]any{"stream": true}))
+		s.eventually("the hung run", waitTimeout, func() bool { return len(s.statsEvents("event=hang")) == 1 })
+		queued := make(chan completion, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/v1/chat/completions", strings.NewReader(chatBody([]msg{{"role": "user", "content": "queued"}}, map[string]any{"max_tokens": 2})))
+			var c completion
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&c)
+				_ = resp.Body.Close()
+			}
+			queued <- c
+		}()
+		s.eventually("a queued request", waitTimeout, func() bool { _, st := s.status(); return st["queue_depth"] == 1.0 })
+		resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}}, nil))
+		wantError(t, resp, body, http.StatusTooManyRequests, "", "rate_limit_exceeded", "busy")
+		if resp.Header.Get("Retry-After") != "1" {
+			t.Errorf("Retry-After %q", resp.Header.Get("Retry-After"))
+		}
+
+		closeHung()
+		s.eventually("the dropped client's run aborted", waitTimeout, func() bool { return len(s.statsEvents("event=run", "run=1 ", "outcome=aborted")) == 1 })
+		select {
+		case c := <-queued:
+			if c.content() == "" {
+				t.Errorf("the queued request: %+v", c)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the queued request did not finish")
+		}
+
+		// Draining: a stream in progress goes on, new requests get 503.
+		_, closeSlow := s.openChat(chatBody([]msg{{"role": "user", "content": "long"}}, map[string]any{"stream": true}))
+		s.signal(syscall.SIGTERM)
+		s.eventually("503 while draining", waitTimeout, func() bool {
+			resp, _ := s.v1(http.MethodGet, "/readyz", "")
+			return resp.StatusCode == http.StatusServiceUnavailable
+		})
+		resp, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}}, nil))
+		wantError(t, resp, body, http.StatusServiceUnavailable, "", "service_unavailable", "shutting down")
+		closeSlow()
+		if err := s.waitExit(); err != nil {
+			t.Errorf("exit: %v", err)
 		}
 	})
 }

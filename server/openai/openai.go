@@ -50,6 +50,8 @@ type Options struct {
 	// ModelName is the model's id; "" takes the model file's name without its
 	// extension.
 	ModelName string
+	// ModelPath is the configured model file (--model), for the id before it loads.
+	ModelPath string
 	// Template renders conversations (the chatml preset).
 	Template chattemplate.Template
 	// PrefixReuse lets the supervisor feed only the new part of a conversation that
@@ -206,16 +208,18 @@ func (h *Handler) modelID() string {
 	if h.opts.ModelName != "" {
 		return h.opts.ModelName
 	}
-	path := h.b.Status().Model
+	path := h.opts.ModelPath
 	if p, ok := h.b.Loaded(); ok {
 		path = p.ModelPath
+	} else if st := h.b.Status(); st.Model != "" {
+		path = st.Model
 	}
 	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 }
 
 func (h *Handler) modelEntry() (Model, bool) {
 	st := h.b.Status()
-	if st.Model == "" && h.opts.ModelName == "" {
+	if st.Model == "" && h.opts.ModelName == "" && h.opts.ModelPath == "" {
 		return Model{}, false
 	}
 	m := Model{ID: h.modelID(), Object: "model", Created: 0, OwnedBy: "rkllm-server"}

@@ -149,7 +149,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		log.Info("OpenAI-compatible API on /v1/", "chat_template", tmpl.Name(), "prefix_reuse", o.PrefixReuse)
 		v1 := openai.New(a.sup, openai.Options{
-			ModelName: o.ServedModelName, Template: tmpl, PrefixReuse: o.PrefixReuse, RequestTimeout: o.RequestTimeout,
+			ModelName: o.ServedModelName, ModelPath: o.Model, Template: tmpl, PrefixReuse: o.PrefixReuse, RequestTimeout: o.RequestTimeout,
 			MaxRequestBytes: o.MaxRequestBytes, WriteTimeout: o.WriteTimeout, Draining: a.d.Draining,
 			Fingerprint: "rkllm-server-" + opts.Version, Observer: m, Log: log.WithName("openai"),
 		})
