@@ -642,3 +642,69 @@ func TestOpenAIQueueDisconnectDrain(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenAIPrefixReuseNeverLeaks interleaves two conversations (one with tools, whose
+// system prompt the runtime holds), JSON-RPC runs and a cache clear on a server that
+// reuses the KV cache, and checks every reply against a server that never does. The
+// simulator's reply depends on what the cache holds (its last positions and length),
+// so a cache that held another conversation's context, or missed part of its own,
+// would change the reply. It also checks when the prefix was reused: only for the
+// follow-up of the conversation that ran last.
+func TestOpenAIPrefixReuseNeverLeaks(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		reuse := startServer(t, abi, serverOpts{config: map[string]any{"max-context-len": 4096}})
+		fresh := startServer(t, abi, serverOpts{config: map[string]any{"max-context-len": 4096, "prefix-reuse": false}})
+		tools := []any{map[string]any{"type": "function", "function": map[string]any{"name": "lookup", "parameters": map[string]any{"type": "object"}}}}
+		convs := map[string][]msg{
+			"A": {{"role": "user", "content": "Tell me about NPUs."}},
+			"B": {{"role": "system", "content": "You are B's private assistant; B's secret is 42."}, {"role": "user", "content": "Hello from B."}},
+		}
+		turn := map[string]int{}
+		// say sends the next turn of a conversation to both servers and checks the
+		// replies are equal and whether the cached prefix was used.
+		say := func(name string, wantReuse bool) {
+			t.Helper()
+			var extra map[string]any
+			if name == "B" {
+				extra = map[string]any{"tools": tools}
+			}
+			got := reuse.chat(convs[name], extra)
+			want := fresh.chat(convs[name], extra)
+			turn[name]++
+			step := fmt.Sprintf("%s%d", name, turn[name])
+			if got.content() != want.content() || got.Usage.PromptTokens != want.Usage.PromptTokens {
+				t.Errorf("%s: reply %q (%d prompt tokens) with reuse, %q (%d) without", step, got.content(), got.Usage.PromptTokens, want.content(), want.Usage.PromptTokens)
+			}
+			if reused := got.Usage.PromptTokensDetails.CachedTokens > 0; reused != wantReuse {
+				t.Errorf("%s: cached tokens %d, want reuse %v", step, got.Usage.PromptTokensDetails.CachedTokens, wantReuse)
+			}
+			convs[name] = append(convs[name], msg{"role": "assistant", "content": got.content()}, msg{"role": "user", "content": step + " follow-up"})
+		}
+		sock := reuse.dial()
+		rpc := func() string {
+			t.Helper()
+			return ok[runResult](t, sock.call("rkllm.run", prompt("independent JSON-RPC prompt"))).Text
+		}
+		say("A", false)
+		r0 := rpc()
+		say("A", false) // the JSON-RPC run used the cache
+		say("A", true)
+		say("B", false)
+		say("A", false) // B was in the cache
+		say("B", false)
+		say("B", true)
+		if r1 := rpc(); r1 != r0 {
+			t.Errorf("a JSON-RPC run after conversation B: %q, before it %q: the conversation leaked", r1, r0)
+		}
+		say("A", false)
+		say("A", true)
+		ok[int](t, sock.call("rkllm.clear_kv_cache", map[string]any{"keep_system_prompt": 0}))
+		say("A", false)
+		say("A", true)
+		_, metrics := reuse.get("/metrics")
+		if !strings.Contains(metrics, `rkllm_prefix_reuse_total{result="hit"} 4`) || !strings.Contains(metrics, `rkllm_prefix_reuse_total{result="miss"} 7`) {
+			t.Errorf("prefix metrics:\n%s", grepLines(metrics, "rkllm_prefix"))
+		}
+	})
+}
+
