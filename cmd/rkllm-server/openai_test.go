@@ -323,6 +323,33 @@ func TestOpenAICompletions(t *testing.T) {
 		if !strings.HasSuffix(events[len(events)-2], `"logprobs":null,"finish_reason":"`+c.Choices[0].FinishReason+`"}]}`) {
 			t.Errorf("last chunk %s", events[len(events)-2])
 		}
+
+		// A stop sequence from the middle of that reply cuts it there (the server also
+		// aborts the run; the unpaced simulator may have finished it by then).
+		whole := c.Choices[0].Text
+		runes := []rune(whole)
+		stop := string(runes[len(runes)/2 : len(runes)/2+2])
+		cut := whole[:strings.Index(whole, stop)]
+		for _, stream := range []bool{false, true} {
+			resp, out = s.v1(http.MethodPost, "/v1/completions", jsonBody(map[string]any{"model": modelID, "prompt": "Once upon a time", "stop": stop, "stream": stream}))
+			text, finish := "", ""
+			if stream {
+				for _, ev := range sseEvents(t, resp, out) {
+					var ch completion
+					if json.Unmarshal([]byte(ev), &ch) == nil && len(ch.Choices) == 1 {
+						text += ch.Choices[0].Text
+						finish = ch.Choices[0].FinishReason
+					}
+				}
+			} else {
+				var sc completion
+				_ = json.Unmarshal([]byte(out), &sc)
+				text, finish = sc.Choices[0].Text, sc.Choices[0].FinishReason
+			}
+			if text != cut || finish != "stop" {
+				t.Errorf("stop %q (stream %v): %q %q, want %q", stop, stream, text, finish, cut)
+			}
+		}
 	})
 }
 
