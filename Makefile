@@ -76,7 +76,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
@@ -171,6 +171,10 @@ SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm
 .PHONY: test-server
 test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
 	$(GO) test -race -count=1 $(SERVER_PKGS)
+
+.PHONY: test-openai-node
+test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
+	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.

@@ -270,7 +270,9 @@ func decodeMessages(raw json.RawMessage) ([]chattemplate.Message, *Error) {
 	return out, nil
 }
 
-var messageFields = map[string]bool{"role": true, "content": true, "name": true, "tool_calls": true, "tool_call_id": true, "refusal": true, "reasoning_content": true}
+// messageUnsupported are message members refused when set. Other members a client
+// sends back from a response (refusal, annotations, reasoning_content, ...) are ignored.
+var messageUnsupported = map[string]string{"function_call": "use tool_calls", "audio": "audio is not supported"}
 
 func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Error) {
 	var msg chattemplate.Message
@@ -278,8 +280,10 @@ func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Er
 	if err != nil {
 		return msg, err
 	}
-	if err := checkKnown(m, where, messageFields, map[string]string{"function_call": "use tool_calls", "audio": "audio is not supported"}); err != nil {
-		return msg, err
+	for k, why := range messageUnsupported {
+		if !isNull(m[k]) {
+			return msg, unsupported(where+"."+k, "%s.%s is not supported by this server: %s.", where, k, why)
+		}
 	}
 	if err := decodeField(m, "role", where+".role", &msg.Role, "a string"); err != nil {
 		return msg, err
