@@ -250,7 +250,7 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 	before := into.GetResourceVersion()
 
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		r.Recorder.Eventf(model, nil, corev1.EventTypeWarning, EventApplyFailed, "Apply", "Applying %s %s failed: %v", kind, name, err)
+		r.Recorder.Eventf(model, nil, corev1.EventTypeWarning, EventApplyFailed, "Apply"+kind, "Applying %s %s failed: %v", kind, name, err)
 		if apierrors.IsInvalid(err) {
 			return &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, stalled: true, message: fmt.Sprintf(
 				"the cluster refused the %s built from the spec: %v", kind, err)}}
@@ -261,11 +261,13 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 	if err := convert(desired, into); err != nil {
 		return fmt.Errorf("decoding applied %s %s: %w", kind, name, err)
 	}
+	// The child is the related object: events about different children are different
+	// event series, and `kubectl events --for` finds them from either side.
 	switch {
 	case !existed:
-		r.Recorder.Eventf(model, nil, corev1.EventTypeNormal, EventCreated, "Create", "Created %s %s", kind, name)
+		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventCreated, "Create", "Created %s %s", kind, name)
 	case into.GetResourceVersion() != before:
-		r.Recorder.Eventf(model, nil, corev1.EventTypeNormal, EventUpdated, "Update", "Updated %s %s", kind, name)
+		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventUpdated, "Update", "Updated %s %s", kind, name)
 	}
 	return nil
 }
