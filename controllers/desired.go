@@ -460,6 +460,14 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 		// An unmasked /proc is allowed only inside a user namespace.
 		ps.WithHostUsers(false)
 	}
+	if err := withScheduling(ps, spec); err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
+// withScheduling passes the model's scheduling fields and pull secrets on to the pod.
+func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alpha1.RKLLMModelSpec) error {
 	if len(spec.NodeSelector) > 0 {
 		ps.WithNodeSelector(spec.NodeSelector)
 	}
@@ -469,14 +477,14 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 	if len(spec.Tolerations) > 0 {
 		var tols []*corev1ac.TolerationApplyConfiguration
 		if err := convert(spec.Tolerations, &tols); err != nil {
-			return nil, fmt.Errorf("spec.tolerations: %w", err)
+			return fmt.Errorf("spec.tolerations: %w", err)
 		}
 		ps.WithTolerations(tols...)
 	}
 	if spec.Affinity != nil {
 		aff := &corev1ac.AffinityApplyConfiguration{}
 		if err := convert(spec.Affinity, aff); err != nil {
-			return nil, fmt.Errorf("spec.affinity: %w", err)
+			return fmt.Errorf("spec.affinity: %w", err)
 		}
 		ps.WithAffinity(aff)
 	}
@@ -485,7 +493,7 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 			ps.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(s.Name))
 		}
 	}
-	return ps, nil
+	return nil
 }
 
 // convert copies a typed API value into its apply configuration; both share the JSON form.

@@ -444,9 +444,13 @@ func TestRolloutHash(t *testing.T) {
 		t.Fatal("the hash is not stable for the same spec")
 	}
 	for name, mutate := range map[string]func(*inferencev1alpha1.RKLLMModel){
-		"a parameter (server.json only)": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Parameters = &inferencev1alpha1.Parameters{TopK: ptr.To[int32](1)} },
-		"the image":                      func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Image: "other:1"} },
-		"the model url":                  func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Model.URL += "?v=2" },
+		"a parameter (server.json only)": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{TopK: ptr.To[int32](1)}
+		},
+		"the image": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Image: "other:1"}
+		},
+		"the model url": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Model.URL += "?v=2" },
 	} {
 		if hash(mutate) == base {
 			t.Errorf("changing %s does not change the rollout hash", name)
@@ -477,7 +481,9 @@ func TestDownloadFileName(t *testing.T) {
 }
 
 func TestServiceAndConfigMap(t *testing.T) {
-	m := unitModel(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Server = &inferencev1alpha1.ServerSpec{Port: ptr.To[int32](9000)} })
+	m := unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{Port: ptr.To[int32](9000)}
+	})
 	svc := &corev1.Service{}
 	if err := convert(desiredService(m), svc); err != nil {
 		t.Fatal(err)

@@ -107,42 +107,18 @@ func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.
 		st.ObservedGeneration = gen
 	}
 
-	desired := spec.GetReplicas()
 	switch {
-	case obs.blocked != nil && obs.blocked.transient:
-		b := obs.blocked
-		set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse, b.reason, b.message)
-		setKstatus(&st, gen, true, false, b.reason, b.message)
-		return st
-
 	case obs.blocked != nil:
-		b := obs.blocked
-		set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse, b.reason, b.message)
-		set(inferencev1alpha1.ConditionDegraded, metav1.ConditionTrue, b.reason, b.message)
-		set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse, b.reason, b.message)
-		setModelAvailable(&st, gen, report, b)
-		st.Phase = inferencev1alpha1.PhaseFailed
-		setKstatus(&st, gen, !b.stalled, b.stalled, b.reason, b.message)
+		summarizeBlocked(&st, gen, report, obs.blocked)
 		return st
-
 	case spec.Suspend:
-		msg := "spec.suspend is true: no server pods run"
-		set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonSuspended, msg)
-		set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse, inferencev1alpha1.ReasonSuspended, msg)
-		set(inferencev1alpha1.ConditionDegraded, metav1.ConditionFalse, inferencev1alpha1.ReasonSuspended, msg)
-		set(inferencev1alpha1.ConditionModelAvailable, metav1.ConditionFalse, inferencev1alpha1.ReasonSuspended, msg)
-		st.Phase = inferencev1alpha1.PhaseSuspended
-		setKstatus(&st, gen, false, false, "", "")
+		summarizeSuspended(&st, gen)
 		return st
 	}
 
+	desired := spec.GetReplicas()
 	ready := rolloutComplete(obs.deployment, desired, report)
-	var degraded *problem
-	if report.problem != nil {
-		degraded = report.problem
-	} else if p := deploymentProblem(obs.deployment); p != nil && !report.downloading && !report.loading {
-		degraded = p
-	}
+	degraded := degradedBy(report, obs.deployment)
 
 	switch {
 	case ready:
@@ -176,6 +152,50 @@ func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.
 	p := meta.FindStatusCondition(st.Conditions, inferencev1alpha1.ConditionProgressing)
 	setKstatus(&st, gen, progressing || !obs.applied, false, p.Reason, p.Message)
 	return st
+}
+
+// summarizeBlocked reports a reconcile that stopped before applying everything.
+func summarizeBlocked(st *inferencev1alpha1.RKLLMModelStatus, gen int64, report podReport, b *blocker) {
+	set := func(t string, s metav1.ConditionStatus) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: b.reason, Message: b.message, ObservedGeneration: gen})
+	}
+	set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse)
+	if b.transient {
+		// Talking to the cluster failed; what the rest of the status says still holds.
+		setKstatus(st, gen, true, false, b.reason, b.message)
+		return
+	}
+	set(inferencev1alpha1.ConditionDegraded, metav1.ConditionTrue)
+	set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse)
+	setModelAvailable(st, gen, report, b)
+	st.Phase = inferencev1alpha1.PhaseFailed
+	setKstatus(st, gen, !b.stalled, b.stalled, b.reason, b.message)
+}
+
+// summarizeSuspended reports a suspended model.
+func summarizeSuspended(st *inferencev1alpha1.RKLLMModelStatus, gen int64) {
+	const msg = "spec.suspend is true: no server pods run"
+	for _, t := range []string{inferencev1alpha1.ConditionReady, inferencev1alpha1.ConditionProgressing,
+		inferencev1alpha1.ConditionDegraded, inferencev1alpha1.ConditionModelAvailable} {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+			Type: t, Status: metav1.ConditionFalse, Reason: inferencev1alpha1.ReasonSuspended, Message: msg, ObservedGeneration: gen,
+		})
+	}
+	st.Phase = inferencev1alpha1.PhaseSuspended
+	setKstatus(st, gen, false, false, "", "")
+}
+
+// degradedBy is the problem that keeps the model from getting ready: a pod's, or the
+// Deployment's when no pod is busy downloading or loading (a long download is progress,
+// whatever the Deployment's deadline says).
+func degradedBy(r podReport, d *appsv1.Deployment) *problem {
+	if r.problem != nil {
+		return r.problem
+	}
+	if r.downloading || r.loading {
+		return nil
+	}
+	return deploymentProblem(d)
 }
 
 // waitingReason says what a model that is neither ready nor failed waits for.
@@ -287,20 +307,7 @@ func inspectCurrentPod(pod *corev1.Pod, r *podReport) {
 			return
 		}
 	}
-	initDone := true
-	for _, cs := range pod.Status.InitContainerStatuses {
-		if t := cs.State.Terminated; t != nil && t.ExitCode == 0 {
-			continue
-		}
-		initDone = false
-		if p := containerProblem(cs, inferencev1alpha1.ReasonDownloadFailed, "downloading"); p != nil {
-			setProblem(r, p)
-		} else if cs.State.Running != nil {
-			r.downloading = true
-		}
-		break
-	}
-	if !initDone || len(pod.Spec.InitContainers) > len(pod.Status.InitContainerStatuses) {
+	if !inspectInitContainers(pod, r) {
 		return
 	}
 	for _, cs := range pod.Status.ContainerStatuses {
@@ -308,6 +315,7 @@ func inspectCurrentPod(pod *corev1.Pod, r *podReport) {
 			continue
 		}
 		started := cs.State.Running != nil || cs.State.Terminated != nil || cs.RestartCount > 0
+		// The server starts only after the downloads and mounts worked.
 		if started || len(pod.Spec.InitContainers) > 0 {
 			r.modelAvailable = true
 		}
@@ -317,6 +325,26 @@ func inspectCurrentPod(pod *corev1.Pod, r *podReport) {
 			r.loading = true
 		}
 	}
+}
+
+// inspectInitContainers reports the download init containers and whether all of them
+// finished.
+func inspectInitContainers(pod *corev1.Pod, r *podReport) bool {
+	if len(pod.Spec.InitContainers) > len(pod.Status.InitContainerStatuses) {
+		return false
+	}
+	for _, cs := range pod.Status.InitContainerStatuses {
+		if t := cs.State.Terminated; t != nil && t.ExitCode == 0 {
+			continue
+		}
+		if p := containerProblem(cs, inferencev1alpha1.ReasonDownloadFailed, "downloading"); p != nil {
+			setProblem(r, p)
+		} else if cs.State.Running != nil {
+			r.downloading = true
+		}
+		return false
+	}
+	return true
 }
 
 func setProblem(r *podReport, p *problem) {

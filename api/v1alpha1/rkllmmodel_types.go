@@ -718,7 +718,3 @@ type RKLLMModelList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []RKLLMModel `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&RKLLMModel{}, &RKLLMModelList{})
-}

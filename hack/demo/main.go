@@ -41,8 +41,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/duration"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -60,18 +60,23 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Stdout, *manager, *samples, *image); err != nil {
+	out := &printer{w: os.Stdout}
+	err := run(ctx, out, *manager, *samples, *image)
+	if err == nil {
+		err = out.err
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "\ndemo: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer, managerBin, samplesDir, image string) error {
+func run(ctx context.Context, out *printer, managerBin, samplesDir, image string) error {
 	root, err := os.Getwd()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "rkllm-operator demo: a local control plane, the operator and the sample models")
+	out.ln("rkllm-operator demo: a local control plane, the operator and the sample models")
 	step(out, "starting kube-apiserver and etcd from %s", os.Getenv("KUBEBUILDER_ASSETS"))
 	cluster, err := localcluster.Start(localcluster.Options{RepoRoot: root})
 	if err != nil {
@@ -84,14 +89,14 @@ func run(ctx context.Context, out io.Writer, managerBin, samplesDir, image strin
 	step(out, "API server at %s, RKLLMModel CRD installed", cluster.Server())
 
 	step(out, "starting the manager (%s); its log: %s", managerBin, filepath.Join(cluster.WorkDir, "manager.log"))
-	mgr, err := cluster.StartManager(managerBin, "--default-server-image="+image)
+	mgr, err := cluster.StartManager(context.WithoutCancel(ctx), managerBin, "--default-server-image="+image)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		step(out, "stopping the manager")
 		if err := mgr.Stop(context.Background(), 15*time.Second); err != nil {
-			fmt.Fprintf(out, "    %v\n", err)
+			out.f("    %v\n", err)
 		}
 	}()
 
@@ -117,13 +122,44 @@ func run(ctx context.Context, out io.Writer, managerBin, samplesDir, image strin
 	return watch(ctx, out, cluster.Client, models, mgr)
 }
 
-func step(out io.Writer, format string, args ...any) {
-	fmt.Fprintf(out, "==> "+format+"\n", args...)
+func step(out *printer, format string, args ...any) {
+	out.f("==> "+format+"\n", args...)
+}
+
+// printer writes the demo's output and keeps the first write error, so the code that
+// prints need not check every line.
+type printer struct {
+	w   io.Writer
+	err error
+	// parent receives the error of a table's printer.
+	parent *printer
+}
+
+// table is a printer that aligns tab-separated columns until flush.
+func (p *printer) table(padding int) *printer {
+	return &printer{w: tabwriter.NewWriter(p.w, 0, 0, padding, ' ', 0), parent: p}
+}
+
+func (p *printer) f(format string, args ...any) {
+	if p.err == nil {
+		_, p.err = fmt.Fprintf(p.w, format, args...)
+	}
+}
+
+func (p *printer) ln(s string) { p.f("%s\n", s) }
+
+func (p *printer) flush() {
+	if tw, ok := p.w.(*tabwriter.Writer); ok && p.err == nil {
+		p.err = tw.Flush()
+	}
+	if p.parent != nil && p.parent.err == nil {
+		p.parent.err = p.err
+	}
 }
 
 // applySamples applies every RKLLMModel in the folder's YAML files (server-side apply,
 // namespace default unless the file says otherwise) and returns their keys.
-func applySamples(ctx context.Context, out io.Writer, c client.Client, dir string) ([]client.ObjectKey, error) {
+func applySamples(ctx context.Context, out *printer, c client.Client, dir string) ([]client.ObjectKey, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return nil, err
@@ -190,57 +226,57 @@ func waitReconciled(ctx context.Context, c client.Client, key client.ObjectKey, 
 
 // describe prints a model like `kubectl get rkm` and `kubectl describe` would, and the
 // objects the operator made for it.
-func describe(ctx context.Context, out io.Writer, c client.Client, key client.ObjectKey) error {
+func describe(ctx context.Context, out *printer, c client.Client, key client.ObjectKey) error {
 	m := &inferencev1alpha1.RKLLMModel{}
 	if err := c.Get(ctx, key, m); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nRKLLMModel %s\n", key)
-	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "  NAME\tREADY\tPHASE\tREPLICAS\tMODEL\tAGE")
+	out.f("\nRKLLMModel %s\n", key)
+	tw := out.table(3)
+	tw.ln("  NAME\tREADY\tPHASE\tREPLICAS\tMODEL\tAGE")
 	ready := "Unknown"
 	if cond := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady); cond != nil {
 		ready = string(cond.Status)
 	}
-	fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", m.Name, ready, m.Status.Phase, m.Spec.GetReplicas(), m.Status.Model,
+	tw.f("  %s\t%s\t%s\t%d\t%s\t%s\n", m.Name, ready, m.Status.Phase, m.Spec.GetReplicas(), m.Status.Model,
 		duration.HumanDuration(time.Since(m.CreationTimestamp.Time)))
-	_ = tw.Flush()
+	tw.flush()
 
-	fmt.Fprintln(out, "\n  Conditions")
-	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	out.ln("\n  Conditions")
+	tw = out.table(2)
 	for _, cond := range m.Status.Conditions {
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\n", cond.Type, cond.Status, cond.Reason, cond.Message)
+		tw.f("    %s\t%s\t%s\t%s\n", cond.Type, cond.Status, cond.Reason, cond.Message)
 	}
-	_ = tw.Flush()
-	fmt.Fprintf(out, "  Endpoint      %s\n", m.Status.Endpoint)
+	tw.flush()
+	out.f("  Endpoint      %s\n", m.Status.Endpoint)
 	if f := m.Status.LastFailure; f != nil {
-		fmt.Fprintf(out, "  Last failure  %s in %s/%s: %s\n", f.Reason, f.Pod, f.Container, f.Message)
+		out.f("  Last failure  %s in %s/%s: %s\n", f.Reason, f.Pod, f.Container, f.Message)
 	}
 
-	fmt.Fprintln(out, "\n  Objects the operator created (owned by the model, deleted with it)")
+	out.ln("\n  Objects the operator created (owned by the model, deleted with it)")
 	cm := &corev1.ConfigMap{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: key.Namespace, Name: key.Name + "-config"}, cm); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "    ConfigMap/%s, server.json:\n", cm.Name)
+	out.f("    ConfigMap/%s, server.json:\n", cm.Name)
 	for _, line := range strings.Split(strings.TrimSpace(cm.Data["server.json"]), "\n") {
-		fmt.Fprintf(out, "        %s\n", line)
+		out.f("        %s\n", line)
 	}
 
 	d := &appsv1.Deployment{}
 	if err := c.Get(ctx, key, d); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "    Deployment/%s: %d replica(s), strategy %s\n", d.Name, *d.Spec.Replicas, d.Spec.Strategy.Type)
+	out.f("    Deployment/%s: %d replica(s), strategy %s\n", d.Name, *d.Spec.Replicas, d.Spec.Strategy.Type)
 	pod := d.Spec.Template.Spec
 	for _, ic := range pod.InitContainers {
-		fmt.Fprintf(out, "        init container %s: %s %s\n", ic.Name, strings.Join(ic.Command, " "), strings.Join(ic.Args, " "))
+		out.f("        init container %s: %s %s\n", ic.Name, strings.Join(ic.Command, " "), strings.Join(ic.Args, " "))
 	}
 	for _, ct := range pod.Containers {
-		fmt.Fprintf(out, "        container %s (%s): %s %s\n", ct.Name, ct.Image, strings.Join(ct.Command, " "), strings.Join(ct.Args, " "))
-		fmt.Fprintf(out, "            requests %s; limits %s\n", resources(ct.Resources.Requests), resources(ct.Resources.Limits))
+		out.f("        container %s (%s): %s %s\n", ct.Name, ct.Image, strings.Join(ct.Command, " "), strings.Join(ct.Args, " "))
+		out.f("            requests %s; limits %s\n", resources(ct.Resources.Requests), resources(ct.Resources.Limits))
 		if p := ct.StartupProbe; p != nil {
-			fmt.Fprintf(out, "            probes: startup %s (up to %ds), readiness %s, liveness %s; preStop pause, grace %ds\n",
+			out.f("            probes: startup %s (up to %ds), readiness %s, liveness %s; preStop pause, grace %ds\n",
 				p.HTTPGet.Path, p.PeriodSeconds*p.FailureThreshold, ct.ReadinessProbe.HTTPGet.Path, ct.LivenessProbe.HTTPGet.Path,
 				*pod.TerminationGracePeriodSeconds)
 		}
@@ -251,7 +287,7 @@ func describe(ctx context.Context, out io.Writer, c client.Client, key client.Ob
 		return err
 	}
 	for _, p := range svc.Spec.Ports {
-		fmt.Fprintf(out, "    Service/%s: %s %s, port %d -> %s\n", svc.Name, svc.Spec.Type, svc.Spec.ClusterIP, p.Port, p.TargetPort.String())
+		out.f("    Service/%s: %s %s, port %d -> %s\n", svc.Name, svc.Spec.Type, svc.Spec.ClusterIP, p.Port, p.TargetPort.String())
 	}
 	return nil
 }
@@ -266,8 +302,8 @@ func resources(l corev1.ResourceList) string {
 }
 
 // explain says plainly what this control plane does not do, and how to look around.
-func explain(out io.Writer, cluster *localcluster.Cluster, models []client.ObjectKey) {
-	fmt.Fprint(out, `
+func explain(out *printer, cluster *localcluster.Cluster, models []client.ObjectKey) {
+	out.f("%s", `
 Note: this control plane runs only kube-apiserver and etcd. There is no
 kube-controller-manager, scheduler or kubelet, so the Deployment never gets pods
 and the model stays Pending. On a cluster with NPU nodes and the device plugin, the
@@ -278,7 +314,7 @@ pod downloads the model, loads it on the NPU and the model turns Ready.
 		kubectl = k
 	}
 	first := models[0]
-	fmt.Fprintf(out, `
+	out.f(`
 Look around with kubectl while the demo runs:
   export KUBECONFIG=%s
   %s get rkm -A
@@ -290,12 +326,12 @@ Watching the models for changes; press Ctrl-C to stop and clean up.
 }
 
 func fileExists(p string) bool {
-	_, err := os.Stat(p)
+	_, err := os.Stat(p) //nolint:gosec // a folder the developer names
 	return err == nil
 }
 
 // watch prints each change of a model's status until ctx ends.
-func watch(ctx context.Context, out io.Writer, c client.Client, models []client.ObjectKey, mgr *localcluster.Process) error {
+func watch(ctx context.Context, out *printer, c client.Client, models []client.ObjectKey, mgr *localcluster.Process) error {
 	last := map[client.ObjectKey]string{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -306,18 +342,18 @@ func watch(ctx context.Context, out io.Writer, c client.Client, models []client.
 				if ctx.Err() != nil {
 					break
 				}
-				fmt.Fprintf(out, "  %s  %s: %v\n", time.Now().Format("15:04:05"), key, err)
+				out.f("  %s  %s: %v\n", time.Now().Format("15:04:05"), key, err)
 				continue
 			}
 			summary := summaryLine(m)
 			if prev, ok := last[key]; ok && prev != summary {
-				fmt.Fprintf(out, "  %s  %s: %s\n", time.Now().Format("15:04:05"), key.Name, summary)
+				out.f("  %s  %s: %s\n", time.Now().Format("15:04:05"), key.Name, summary)
 			}
 			last[key] = summary
 		}
 		select {
 		case <-ctx.Done():
-			fmt.Fprintln(out)
+			out.ln("")
 			return nil
 		case err := <-mgr.Exited():
 			return fmt.Errorf("the manager exited (%v); see %s", err, mgr.Log)

@@ -73,7 +73,7 @@ func Start(o Options) (*Cluster, error) {
 		return nil, errors.New("no Kubernetes binaries: run `make envtest` and set KUBEBUILDER_ASSETS (the Makefile does)")
 	}
 	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil { //nolint:gosec // a folder the developer names
 			return nil, fmt.Errorf("%s is missing in %s: run `make envtest`", b, bin)
 		}
 	}
@@ -150,14 +150,17 @@ type Process struct {
 
 // StartManager runs the manager binary with the cluster's kubeconfig, its output in a
 // log file in the work folder. Metrics and probes are off: they would need fixed ports.
-func (c *Cluster) StartManager(binary string, extraArgs ...string) (*Process, error) {
+// Cancelling ctx stops the manager as Stop does.
+func (c *Cluster) StartManager(ctx context.Context, binary string, extraArgs ...string) (*Process, error) {
 	logPath := filepath.Join(c.WorkDir, "manager.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager log: %w", err)
 	}
 	args := append([]string{"--kubeconfig=" + c.Kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0"}, extraArgs...)
-	cmd := exec.Command(binary, args...) // #nosec G204 -- the binary and flags come from the developer
+	cmd := exec.CommandContext(ctx, binary, args...) //nolint:gosec // the binary and flags come from the developer
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 15 * time.Second
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group: a Ctrl-C in the terminal reaches only the caller, which
 	// then stops the manager once (a second signal makes a manager exit at once).
@@ -217,6 +220,6 @@ func (p *Process) Stop(ctx context.Context, timeout time.Duration) error {
 	case <-ctx.Done():
 	}
 	_ = p.cmd.Process.Kill()
-	<-p.done
-	return fmt.Errorf("the manager did not stop within %s and was killed", timeout)
+	killed := <-p.done
+	return fmt.Errorf("the manager did not stop within %s and was killed (%v)", timeout, killed)
 }
