@@ -21,9 +21,14 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 K8S_VERSION ?= 1.37.2
 
+# kwok is pinned in hack/kwok/go.mod (built against the project's Kubernetes libraries).
+KWOK_VERSION ?= $(shell grep -oE 'sigs.k8s.io/kwok v[^ ]+' hack/kwok/go.mod | cut -d' ' -f2)
+
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 K8S_BIN_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
+KWOKCTL ?= $(LOCALBIN)/kwokctl-$(KWOK_VERSION)
+KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
 
 # envtest honours a KUBEBUILDER_ASSETS the user already has; otherwise it uses the
 # binaries hack/k8s-binaries.sh builds.
@@ -71,15 +76,113 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
-unit: $(ENVTEST_DEPS) ## Unit and envtest tests.
+unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
 	$(GO) test ./... -count=1
 
 .PHONY: envtest
 envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s/ (from the Go module proxy).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd
+
+##@ Runtime binding and simulator
+
+# The RKLLM simulator library, built twice (one per ABI) with plain gcc. Objects carry
+# -MMD dependency files, so editing a source or header rebuilds what uses it.
+SIM_CC ?= gcc
+SIM_SRC_DIR := server/runtime/simulator/csrc
+SIM_SRCS := $(wildcard $(SIM_SRC_DIR)/*.c)
+SIM_BUILD := $(LOCALBIN)/.sim-build
+SIM_CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE
+SIM_LIBS := $(LOCALBIN)/librkllmrt-sim-1.2.so $(LOCALBIN)/librkllmrt-sim-1.3.so
+# Builds without the simulator's own rkllm_sim_version symbol, so tests can check the ABI
+# detection the binding applies to the vendor's library.
+SIM_ANON_LIBS := $(SIM_BUILD)/librkllmrt-anon-1.2.so $(SIM_BUILD)/librkllmrt-anon-1.3.so
+sim_objs = $(patsubst $(SIM_SRC_DIR)/%.c,$(SIM_BUILD)/$(1)/%.o,$(SIM_SRCS))
+# Tests find the libraries here; with RKLLM_SIM_REQUIRED they fail instead of skipping.
+export RKLLM_SIM_DIR := $(LOCALBIN)
+export RKLLM_SIM_REQUIRED := 1
+
+.PHONY: deps
+deps: ## Install the Debian packages the build and tests need (hack/install-deps.sh; only what is missing).
+	hack/install-deps.sh
+
+.PHONY: sim
+sim: $(SIM_LIBS) $(SIM_ANON_LIBS) ## Build the RKLLM simulator libraries bin/librkllmrt-sim-1.2.so and -1.3.so.
+
+$(SIM_BUILD)/12/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=12 -MMD -MP -c $< -o $@
+$(SIM_BUILD)/13/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=13 -MMD -MP -c $< -o $@
+$(SIM_BUILD)/anon%/sim.o: $(SIM_SRC_DIR)/sim.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=$* -DRKLLM_SIM_ANONYMOUS -MMD -MP -c $< -o $@
+$(SIM_BUILD)/librkllmrt-anon-1.%.so: $(SIM_BUILD)/anon1%/sim.o $(SIM_BUILD)/1%/json.o $(SIM_BUILD)/1%/model.o
+	$(SIM_CC) -shared -pthread -o $@ $^
+$(LOCALBIN)/librkllmrt-sim-1.2.so: $(call sim_objs,12)
+	$(SIM_CC) -shared -pthread -o $@ $^
+$(LOCALBIN)/librkllmrt-sim-1.3.so: $(call sim_objs,13)
+	$(SIM_CC) -shared -pthread -o $@ $^
+.SECONDARY: $(SIM_BUILD)/anon12/sim.o $(SIM_BUILD)/anon13/sim.o
+-include $(wildcard $(SIM_BUILD)/*/*.d)
+
+.PHONY: sim-models
+sim-models: ## Write sample simulator model and LoRA files into bin/sim-models/.
+	$(GO) run ./cmd/rkllm-sim-model -samples $(LOCALBIN)/sim-models
+
+SIM_LEAKCHECK := $(SIM_BUILD)/leakcheck
+$(SIM_BUILD)/leakcheck-%: server/runtime/simulator/leakcheck/leakcheck.c server/runtime/rkllm_abi.h
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=$* -o $@ $< -ldl
+
+.PHONY: sim-leakcheck
+sim-leakcheck: deps sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## Run every simulator function under valgrind; fails on leaks or memory errors.
+	@command -v valgrind >/dev/null || { echo "valgrind is missing: run make deps"; exit 1; }
+	$(GO) run ./cmd/rkllm-sim-model -decode-tps 0 -prefill-tps 0 $(SIM_BUILD)/leakcheck.rkllm
+	$(GO) run ./cmd/rkllm-sim-model -lora leak $(SIM_BUILD)/leakcheck.rkllm-lora
+	for abi in 12 13; do \
+		valgrind -q --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all --error-exitcode=1 \
+			$(SIM_BUILD)/leakcheck-$$abi $(LOCALBIN)/librkllmrt-sim-1.$${abi#1}.so \
+			$(SIM_BUILD)/leakcheck.rkllm $(SIM_BUILD)/leakcheck.rkllm-lora $(SIM_BUILD) || exit 1; \
+	done
+
+.PHONY: test-runtime
+test-runtime: deps sim sim-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak check, arm64 build.
+	$(GO) test -race -count=1 ./server/runtime/...
+
+# The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
+ARM64_CC ?= aarch64-linux-gnu-gcc
+
+.PHONY: build-arm64
+build-arm64: deps ## Cross-compile the cgo code (runtime binding) for linux/arm64.
+	@command -v $(ARM64_CC) >/dev/null || { echo "$(ARM64_CC) is missing: run make deps"; exit 1; }
+	mkdir -p $(LOCALBIN)/linux-arm64
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) test -c -o $(LOCALBIN)/linux-arm64/runtime.test ./server/runtime
+
+##@ Device plugin
+
+DEVICE_PLUGIN ?= $(LOCALBIN)/rknpu-device-plugin
+
+.PHONY: device-plugin
+device-plugin: | $(LOCALBIN) ## Build rknpu-device-plugin into bin/.
+	$(GO) build -o $(DEVICE_PLUGIN) ./cmd/rknpu-device-plugin
+
+# What a real-kubelet node and its control plane run (hack/k8s-binaries.sh components).
+KUBELET_NODE_COMPONENTS := kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
+
+.PHONY: kubelet-node
+kubelet-node: deps kwokctl | $(LOCALBIN) ## Build bin/kubelet-node: a control plane plus a real kubelet on a fake runtime (root), for the demo and manual runs.
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	$(GO) build -o $(LOCALBIN)/kubelet-node ./hack/kubelet-node
+
+.PHONY: e2e-kubelet
+e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet and control plane (root; builds them from the module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 
 ##@ Build
 
@@ -116,6 +219,24 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 golangci-lint: $(GOLANGCI_LINT) ## Build golangci-lint into bin/.
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: kwokctl
+kwokctl: $(KWOKCTL) ## Build kwokctl (starts local control planes from binaries) into bin/.
+$(KWOKCTL): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwokctl)
+
+.PHONY: kwok
+kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
+$(KWOK): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
+	$(call kwok-build,$@,kwok)
+
+# kwok-build builds sigs.k8s.io/kwok/cmd/$(2) from hack/kwok into $(1), with the flags
+# hack/k8s-binaries.sh uses, so the Kubernetes packages compiled there are reused.
+define kwok-build
+@echo "building sigs.k8s.io/kwok/cmd/$(2)@$(KWOK_VERSION) into $(1)"
+cd hack/kwok && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $(1).tmp sigs.k8s.io/kwok/cmd/$(2)
+mv -f $(1).tmp $(1)
+endef
 
 # go-install-tool builds package $(2) at version $(3) into binary $(1) (versioned name,
 # so a version bump rebuilds it).

@@ -4,7 +4,7 @@
 #
 #   hack/k8s-binaries.sh [--print-dir] [COMPONENT ...]
 #
-# COMPONENT is any of: kube-apiserver kube-controller-manager kube-scheduler kubelet etcd
+# COMPONENT is any of: kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd
 # ("all" for every one). Default: kube-apiserver etcd (what envtest needs).
 # Binaries land in bin/k8s/<version>/ (override with K8S_BIN_DIR). A binary is rebuilt
 # only when its build inputs change, so a second run takes seconds.
@@ -26,14 +26,14 @@ components=()
 for arg in "$@"; do
 	case "${arg}" in
 	--print-dir) print_dir=true ;;
-	all) components+=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd) ;;
-	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | etcd) components+=("${arg}") ;;
+	all) components+=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd) ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kubectl | etcd) components+=("${arg}") ;;
 	-h | --help)
 		sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 		exit 0
 		;;
 	*)
-		log "unknown component '${arg}'; choose from kube-apiserver kube-controller-manager kube-scheduler kubelet etcd all"
+		log "unknown component '${arg}'; choose from kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd all"
 		exit 2
 		;;
 	esac
@@ -81,6 +81,7 @@ build() {
 for c in "${components[@]}"; do
 	case "${c}" in
 	etcd) build etcd "${MODULES}/etcd" . "-s -w" ;;
+	kubectl) build kubectl "${MODULES}/kubectl" . "${k8s_ldflags}" ;;
 	*) build "${c}" "${MODULES}/kubernetes" "k8s.io/kubernetes/cmd/${c}" "${k8s_ldflags}" ;;
 	esac
 done

@@ -1,10 +1,9 @@
-// Package runtime is the Go side of Rockchip's RKLLM runtime library (librkllmrt.so).
-//
 // The types in this file are plain Go values that mirror the C structs of the runtime
 // ABI (see docs/runtime.md) without exposing either ABI's layout: the cgo binding
 // converts them for ABI 1.2 or 1.3 and reports fields that the chosen ABI lacks as
 // ErrNotSupported. Everything above the binding (the server's worker, its tests and
-// fakes) speaks only these types.
+// fakes) speaks only these types; this file builds without cgo.
+
 package runtime
 
 import (
@@ -263,4 +262,44 @@ type CallError struct {
 
 func (e *CallError) Error() string {
 	return fmt.Sprintf("%s returned %d", e.Func, e.Code)
+}
+
+// KVRange is the half-open range of KV-cache positions [Start, End) to clear in one
+// batch entry (ClearKVCache).
+type KVRange struct {
+	Start int
+	End   int
+}
+
+// Sentinel errors of the binding, wrapped with context; callers branch with errors.Is.
+var (
+	// ErrBusy: a run is in progress on the handle, and the call needs the handle idle.
+	ErrBusy = errors.New("a run is in progress on this handle")
+	// ErrDestroyed: the handle was destroyed.
+	ErrDestroyed = errors.New("the handle was destroyed")
+	// ErrRunFailed: the runtime delivered RKLLM_RUN_ERROR although rkllm_run returned 0.
+	ErrRunFailed = errors.New("the runtime reported RKLLM_RUN_ERROR")
+)
+
+// SymbolError reports that the runtime library lacks a function the binding needs.
+type SymbolError struct {
+	Path   string
+	Symbol string
+}
+
+func (e *SymbolError) Error() string {
+	return fmt.Sprintf("runtime library %s has no symbol %s: it is not an RKLLM runtime, or too old for this call", e.Path, e.Symbol)
+}
+
+// ABIMismatchError reports a library that evidently speaks another ABI than the
+// configured one.
+type ABIMismatchError struct {
+	Path       string
+	Configured ABI
+	Detected   ABI
+}
+
+func (e *ABIMismatchError) Error() string {
+	return fmt.Sprintf("runtime library %s speaks ABI %s, not the configured %s: configure ABI %s (1.2 = runtime 1.2.1-1.2.3, 1.3 = runtime 1.3.0)",
+		e.Path, e.Detected, e.Configured, e.Detected)
 }

@@ -1,0 +1,337 @@
+//go:build cgo
+
+package runtime
+
+/*
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Handle is one initialised model (LLMHandle).
+//
+// Concurrency: Run holds the handle for the whole run; the other methods need the
+// handle idle and return ErrBusy while a run is in progress, except Abort and IsRunning,
+// which take no lock shared with Run and work from any goroutine while Run blocks.
+// Destroy aborts a run in progress and waits for it.
+//
+// C memory: strings and structs handed to the runtime stay alive as long as the runtime
+// may use them, then are freed exactly once: per-run memory when Run returns; the
+// chat template, function tools, cross-attention buffers and prompt-cache path when they
+// are replaced (after the runtime accepted the new ones) or at Destroy; init-time memory
+// and LoRA adapters at Destroy.
+type Handle struct {
+	lib    *Library
+	c      C.LLMHandle
+	nBatch int
+
+	// mu is held by Run for the run and by calls that need the handle idle.
+	mu sync.Mutex
+	// life guards the C handle against Destroy: Abort and IsRunning share it, Destroy
+	// holds it alone while the runtime frees the handle.
+	life      sync.RWMutex
+	destroyed bool        // under life (write also under mu)
+	closing   atomic.Bool // set by Destroy first, so no new run starts
+
+	keep      *arena // init-time memory and LoRA adapters
+	template  *arena
+	tools     *arena
+	cross     *arena
+	promptBuf *arena
+}
+
+// NBatch is the number of inputs every Run takes (n_batch at init).
+func (h *Handle) NBatch() int { return h.nBatch }
+
+// Library is the library the handle was initialised from.
+func (h *Handle) Library() *Library { return h.lib }
+
+// idle takes the handle for a call that needs it idle; the caller must call h.mu.Unlock.
+func (h *Handle) idle(op string) error {
+	if !h.mu.TryLock() {
+		return fmt.Errorf("%s: %w", op, ErrBusy)
+	}
+	if h.destroyed || h.closing.Load() {
+		h.mu.Unlock()
+		return fmt.Errorf("%s: %w", op, ErrDestroyed)
+	}
+	return nil
+}
+
+func callErr(fn string, ret C.int) error {
+	if ret != 0 {
+		return &CallError{Func: fn, Code: int(ret)}
+	}
+	return nil
+}
+
+// Abort stops the run in progress (rkllm_abort). It is safe from any goroutine while
+// Run blocks in another (it shares no lock with Run). With no run in progress it is
+// still passed to the runtime, which the simulator ignores; prefer cancelling Run's
+// context, whose abort never reaches a later run. The vendor runtime may take about a
+// second to stop; Run returns then.
+func (h *Handle) Abort() error {
+	h.life.RLock()
+	defer h.life.RUnlock()
+	if h.destroyed {
+		return fmt.Errorf("abort: %w", ErrDestroyed)
+	}
+	return callErr("rkllm_abort", C.rk_abort(h.lib.c, h.c))
+}
+
+// IsRunning reports whether a run is in progress (rkllm_is_running: 1 while running,
+// whatever the 1.2 header comment says). It is false after Destroy.
+func (h *Handle) IsRunning() bool {
+	h.life.RLock()
+	defer h.life.RUnlock()
+	return !h.destroyed && C.rk_is_running(h.lib.c, h.c) != 0
+}
+
+// Destroy aborts a run in progress, waits for Run to return, frees the model
+// (rkllm_destroy) and then every C allocation the handle holds. Do not call it from
+// onResult. A second call returns ErrDestroyed.
+func (h *Handle) Destroy() error {
+	if h.closing.Swap(true) {
+		return fmt.Errorf("destroy: %w", ErrDestroyed)
+	}
+	_ = h.Abort() // stops a run in progress; an error here means there is none to stop
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.life.Lock()
+	defer h.life.Unlock()
+	ret := C.rk_destroy(h.lib.c, h.c)
+	h.destroyed = true
+	// Freed even when rkllm_destroy fails: the handle is unusable either way.
+	for _, a := range []*arena{h.keep, h.template, h.tools, h.cross, h.promptBuf} {
+		a.free()
+	}
+	return callErr("rkllm_destroy", ret)
+}
+
+// LoadLora loads a LoRA adapter (rkllm_load_lora) that runs pick by name with
+// InferParams.LoraAdapterName. Its strings live until Destroy.
+func (h *Handle) LoadLora(a LoraAdapter) error {
+	if err := h.idle("load lora"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_LOAD_LORA); err != nil {
+		return err
+	}
+	if a.Path == "" || a.Name == "" {
+		return fmt.Errorf("load lora: the adapter needs a Path and a Name")
+	}
+	if err := firstErr(checkCString("lora Path", a.Path), checkCString("lora Name", a.Name)); err != nil {
+		return err
+	}
+	m := newArena(&h.lib.live)
+	c := (*C.RKLLMLoraAdapter)(m.alloc(C.sizeof_RKLLMLoraAdapter))
+	c.lora_adapter_path = m.str(a.Path)
+	c.lora_adapter_name = m.str(a.Name)
+	c.scale = C.float(a.Scale)
+	if err := callErr("rkllm_load_lora", C.rk_load_lora(h.lib.c, h.c, c)); err != nil {
+		m.free()
+		return fmt.Errorf("load lora %s from %s: %w", a.Name, a.Path, err)
+	}
+	h.keep.adopt(m) // the runtime may keep the adapter's pointers until the handle ends
+	return nil
+}
+
+// LoadPromptCache loads a prompt cache file written by an earlier run with
+// PromptCacheParams.Save (rkllm_load_prompt_cache).
+func (h *Handle) LoadPromptCache(path string) error {
+	if err := h.idle("load prompt cache"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_LOAD_PROMPT_CACHE); err != nil {
+		return err
+	}
+	if path == "" {
+		return fmt.Errorf("load prompt cache: the path is empty")
+	}
+	if err := checkCString("prompt cache path", path); err != nil {
+		return err
+	}
+	a := newArena(&h.lib.live)
+	if err := callErr("rkllm_load_prompt_cache", C.rk_load_prompt_cache(h.lib.c, h.c, a.str(path))); err != nil {
+		a.free()
+		return fmt.Errorf("load prompt cache %s: %w", path, err)
+	}
+	h.promptBuf.free()
+	h.promptBuf = a
+	return nil
+}
+
+// ReleasePromptCache drops the loaded prompt cache (rkllm_release_prompt_cache).
+func (h *Handle) ReleasePromptCache() error {
+	if err := h.idle("release prompt cache"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_RELEASE_PROMPT_CACHE); err != nil {
+		return err
+	}
+	if err := callErr("rkllm_release_prompt_cache", C.rk_release_prompt_cache(h.lib.c, h.c)); err != nil {
+		return err
+	}
+	h.promptBuf.free()
+	h.promptBuf = nil
+	return nil
+}
+
+// ClearKVCache clears the KV cache (rkllm_clear_kv_cache). With no ranges it clears
+// everything, keeping the system prompt when keepSystemPrompt is set. With ranges (one
+// per batch entry) it clears [Start, End) of each entry; the runtime allows that only
+// while a run is paused with keep_history 0.
+func (h *Handle) ClearKVCache(keepSystemPrompt bool, ranges []KVRange) error {
+	if err := h.idle("clear kv cache"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_CLEAR_KV_CACHE); err != nil {
+		return err
+	}
+	keep := C.int(0)
+	if keepSystemPrompt {
+		keep = 1
+	}
+	if ranges == nil {
+		return callErr("rkllm_clear_kv_cache", C.rk_clear_kv_cache(h.lib.c, h.c, keep, nil, nil))
+	}
+	if len(ranges) != h.nBatch {
+		return fmt.Errorf("clear kv cache: %d ranges given, want one per batch entry (%d)", len(ranges), h.nBatch)
+	}
+	starts, ends := make([]int, len(ranges)), make([]int, len(ranges))
+	for i, r := range ranges {
+		if r.Start < 0 || r.End < r.Start {
+			return fmt.Errorf("clear kv cache: range %d [%d, %d) is not a valid range", i, r.Start, r.End)
+		}
+		starts[i], ends[i] = r.Start, r.End
+	}
+	a := newArena(&h.lib.live)
+	defer a.free()
+	return callErr("rkllm_clear_kv_cache", C.rk_clear_kv_cache(h.lib.c, h.c, keep, a.ints(starts), a.ints(ends)))
+}
+
+// KVCacheSize returns the positions in the KV cache, one per batch entry
+// (rkllm_get_kv_cache_size).
+func (h *Handle) KVCacheSize() ([]int, error) {
+	if err := h.idle("kv cache size"); err != nil {
+		return nil, err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_GET_KV_CACHE_SIZE); err != nil {
+		return nil, err
+	}
+	a := newArena(&h.lib.live)
+	defer a.free()
+	sizes := a.ints(make([]int, h.nBatch))
+	if err := callErr("rkllm_get_kv_cache_size", C.rk_get_kv_cache_size(h.lib.c, h.c, sizes)); err != nil {
+		return nil, err
+	}
+	out := make([]int, h.nBatch)
+	for i, v := range unsafe.Slice(sizes, h.nBatch) {
+		out[i] = int(v)
+	}
+	return out, nil
+}
+
+// SetChatTemplate overrides the chat template baked into the model
+// (rkllm_set_chat_template). Afterwards Input.EnableThinking no longer applies.
+func (h *Handle) SetChatTemplate(systemPrompt, promptPrefix, promptPostfix string) error {
+	if err := h.idle("set chat template"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_SET_CHAT_TEMPLATE); err != nil {
+		return err
+	}
+	if err := firstErr(checkCString("system prompt", systemPrompt), checkCString("prompt prefix", promptPrefix),
+		checkCString("prompt postfix", promptPostfix)); err != nil {
+		return err
+	}
+	a := newArena(&h.lib.live)
+	ret := C.rk_set_chat_template(h.lib.c, h.c, a.str(systemPrompt), a.str(promptPrefix), a.str(promptPostfix))
+	return h.replace(&h.template, a, callErr("rkllm_set_chat_template", ret))
+}
+
+// SetFunctionTools sets the tools the model may call (rkllm_set_function_tools):
+// toolsJSON is an OpenAI-style array of function specs, toolResponse the tag that
+// wraps tool results (inputs with Role "tool"). The model then answers a request for a
+// tool with "<tool_call>{...}</tool_call>" text.
+func (h *Handle) SetFunctionTools(systemPrompt, toolsJSON, toolResponse string) error {
+	if err := h.idle("set function tools"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_SET_FUNCTION_TOOLS); err != nil {
+		return err
+	}
+	if err := firstErr(checkCString("system prompt", systemPrompt), checkCString("tools JSON", toolsJSON),
+		checkCString("tool response", toolResponse)); err != nil {
+		return err
+	}
+	a := newArena(&h.lib.live)
+	ret := C.rk_set_function_tools(h.lib.c, h.c, a.str(systemPrompt), a.str(toolsJSON), a.str(toolResponse))
+	return h.replace(&h.tools, a, callErr("rkllm_set_function_tools", ret))
+}
+
+// SetCrossAttnParams hands the encoder's caches to a cross-attention model
+// (rkllm_set_cross_attn_params; needs Extend.UseCrossAttn at init). The buffers are
+// copied into C memory that lives until they are replaced or the handle is destroyed.
+func (h *Handle) SetCrossAttnParams(p CrossAttnParams) error {
+	if err := h.idle("set cross-attention params"); err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if err := h.lib.need(C.RK_SET_CROSS_ATTN_PARAMS); err != nil {
+		return err
+	}
+	n := p.NumTokens
+	switch {
+	case n <= 0:
+		return fmt.Errorf("cross-attention params: NumTokens is %d, want > 0", n)
+	case len(p.EncoderMask) != n || len(p.EncoderPos) != n:
+		return fmt.Errorf("cross-attention params: EncoderMask (%d) and EncoderPos (%d) need NumTokens (%d) entries",
+			len(p.EncoderMask), len(p.EncoderPos), n)
+	case len(p.EncoderKCache) == 0 || len(p.EncoderKCache) != len(p.EncoderVCache) || len(p.EncoderKCache)%n != 0:
+		return fmt.Errorf("cross-attention params: EncoderKCache (%d) and EncoderVCache (%d) must be equal, non-empty multiples of NumTokens (%d)",
+			len(p.EncoderKCache), len(p.EncoderVCache), n)
+	}
+	a := newArena(&h.lib.live)
+	c := (*C.RKLLMCrossAttnParam)(a.alloc(C.sizeof_RKLLMCrossAttnParam))
+	c.encoder_k_cache = a.floats(p.EncoderKCache)
+	c.encoder_v_cache = a.floats(p.EncoderVCache)
+	c.encoder_mask = a.floats(p.EncoderMask)
+	c.encoder_pos = a.int32s(p.EncoderPos)
+	c.num_tokens = C.int(n)
+	return h.replace(&h.cross, a, callErr("rkllm_set_cross_attn_params", C.rk_set_cross_attn_params(h.lib.c, h.c, c)))
+}
+
+// replace keeps next in *slot when the runtime accepted it (err == nil) and frees the
+// memory the runtime no longer uses: the old setting, or next when it was refused.
+func (h *Handle) replace(slot **arena, next *arena, err error) error {
+	if err != nil {
+		next.free()
+		return err
+	}
+	(*slot).free()
+	*slot = next
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

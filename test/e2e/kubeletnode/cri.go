@@ -1,0 +1,73 @@
+package kubeletnode
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/cri-client/pkg/fake"
+)
+
+// fakeImageSize is what the fake image service reports for every image. The kubelet
+// refuses an image whose size is 0 ("Id or size of image ... is not set").
+const fakeImageSize = 64 << 20
+
+// FakeCRI is the CRI fake from k8s.io/cri-client (runtime and image service on one Unix
+// socket) that also keeps every CreateContainer request, so a test can check what the
+// kubelet asked the runtime for: the device plugin's DeviceSpecs, envs, mounts and CDI
+// devices. Its containers "run" without running anything.
+type FakeCRI struct {
+	*fake.RemoteRuntime
+
+	// Endpoint is the socket's URL (unix:///...).
+	Endpoint string
+
+	server *grpc.Server
+	mu     sync.Mutex
+	create []*runtimeapi.CreateContainerRequest
+}
+
+// StartFakeCRI serves a FakeCRI on the Unix socket at path.
+func StartFakeCRI(path string) (*FakeCRI, error) {
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("removing stale CRI socket: %w", err)
+	}
+	var lc net.ListenConfig
+	lis, err := lc.Listen(context.Background(), "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("fake CRI: %w", err)
+	}
+	f := &FakeCRI{RemoteRuntime: fake.NewFakeRemoteRuntime(), Endpoint: "unix://" + path, server: grpc.NewServer()}
+	f.ImageService.SetFakeImageSize(fakeImageSize)
+	f.RuntimeService.FakeStatus = &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
+		{Type: runtimeapi.RuntimeReady, Status: true},
+		{Type: runtimeapi.NetworkReady, Status: true},
+	}}
+	// The wrapper is what is registered, so its CreateContainer is the one served.
+	runtimeapi.RegisterRuntimeServiceServer(f.server, f)
+	runtimeapi.RegisterImageServiceServer(f.server, f)
+	go func() { _ = f.server.Serve(lis) }()
+	return f, nil
+}
+
+// CreateContainer records the request and creates the fake container.
+func (f *FakeCRI) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	f.mu.Lock()
+	f.create = append(f.create, req)
+	f.mu.Unlock()
+	return f.RemoteRuntime.CreateContainer(ctx, req)
+}
+
+// Created returns the CreateContainer requests received so far.
+func (f *FakeCRI) Created() []*runtimeapi.CreateContainerRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*runtimeapi.CreateContainerRequest(nil), f.create...)
+}
+
+// Stop stops serving.
+func (f *FakeCRI) Stop() { f.server.Stop() }
