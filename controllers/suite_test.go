@@ -44,7 +44,7 @@ import (
 // Timeouts of the envtest suite, named so a failure says which wait ran out.
 const (
 	// reconcileTimeout bounds a wait for the controller to react to a change.
-	reconcileTimeout = 30 * time.Second
+	reconcileTimeout = 60 * time.Second
 	// pollInterval is how often a wait looks again.
 	pollInterval = 100 * time.Millisecond
 	// testImage is the manager's --default-server-image in the suite.
