@@ -202,7 +202,8 @@ manager: ## Build the operator's manager into bin/manager.
 
 .PHONY: demo
 demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
-	@$(GO) run ./hack/demo --manager $(LOCALBIN)/manager --samples config/samples
+	@$(GO) build -o $(LOCALBIN)/demo ./hack/demo
+	@exec $(LOCALBIN)/demo --manager $(LOCALBIN)/manager --samples config/samples
 
 .PHONY: bench-operator
 bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
