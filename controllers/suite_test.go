@@ -134,6 +134,10 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "envtest: manager stopped: %v\n", err)
 		}
 	}()
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		fmt.Fprintln(os.Stderr, "envtest: the manager's cache did not sync")
+		return 1
+	}
 	return m.Run()
 }
 
