@@ -76,7 +76,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
@@ -157,10 +157,24 @@ test-runtime: deps sim sim-leakcheck build-arm64 ## Runtime binding tests agains
 ARM64_CC ?= aarch64-linux-gnu-gcc
 
 .PHONY: build-arm64
-build-arm64: deps ## Cross-compile the cgo code (runtime binding) for linux/arm64.
+build-arm64: deps ## Cross-compile the cgo code (runtime binding) and rkllm-server for linux/arm64.
 	@command -v $(ARM64_CC) >/dev/null || { echo "$(ARM64_CC) is missing: run make deps"; exit 1; }
 	mkdir -p $(LOCALBIN)/linux-arm64
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) test -c -o $(LOCALBIN)/linux-arm64/runtime.test ./server/runtime
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/linux-arm64/rkllm-server ./cmd/rkllm-server
+
+##@ Inference server
+
+# The server's packages besides the runtime binding (tested by test-runtime).
+SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
+
+.PHONY: test-server
+test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
+	$(GO) test -race -count=1 $(SERVER_PKGS)
+
+.PHONY: build-server
+build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
 
 ##@ Device plugin
 
