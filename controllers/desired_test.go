@@ -128,7 +128,7 @@ func TestServerConfigEveryField(t *testing.T) {
 	checks := map[string]any{
 		"runtime-abi": "1.2", "runtime-lib": "/opt/rkllm/lib/librkllmrt.so", "listen": ":9000",
 		"top-p": "0.9", "presence-penalty": "-0.2", "max-context-len": float64(4096), "skip-special-token": true,
-		"embed-flash": false, "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
+		"embed-flash": float64(0), "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
 		"shutdown-timeout": "1m0s", "log-format": "text", "api-key-file": "/etc/rkllm/api-key/api-key",
 		"chat-template-prefix": "<u>", "max-queue": float64(16),
 		"prompt-cache": "/models/" + downloadFileName("prompt-cache", "https://example.org/prompt.cache"),
