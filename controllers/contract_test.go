@@ -94,7 +94,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 func TestServerParsesTheMinimalConfig(t *testing.T) {
 	o := parseWithServer(t, unitModel(nil))
 	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.LogFormat != "json" ||
-		o.ShutdownTimeout != 30*time.Second || o.APIKeyFile != "" {
+		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" {
 		t.Errorf("server options = %+v", o)
 	}
 	if p := o.ModelParam(runtime.Param{TopK: 40}); p.TopK != 40 {

@@ -271,6 +271,8 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"listen":           fmt.Sprintf(":%d", spec.GetPort()),
 		"socket":           socketPath,
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
+		// The startup probe's budget is also the longest rkllm_init may take.
+		"init-timeout": spec.GetStartupTimeout().String(),
 		"log-format":       spec.GetLogFormat(),
 	}
 	if s := spec.Server; s != nil {

@@ -70,7 +70,7 @@ func build(t *testing.T, m *inferencev1alpha1.RKLLMModel) (*appsv1.Deployment, m
 
 // The keys docs/design.md lets the operator write into server.json.
 var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi listen socket api-key-file
-max-queue request-timeout shutdown-timeout log-format max-context-len max-new-tokens top-k top-p
+max-queue request-timeout shutdown-timeout init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
 chat-template-system chat-template-prefix chat-template-postfix lora prompt-cache`)
@@ -85,6 +85,7 @@ func TestServerConfigMinimal(t *testing.T) {
 		"listen":           ":8080",
 		"socket":           "/run/rkllm/rkllm.sock",
 		"shutdown-timeout": "30s",
+		"init-timeout":     "10m0s",
 		"log-format":       "json",
 	}
 	if !reflect.DeepEqual(cfg, want) {

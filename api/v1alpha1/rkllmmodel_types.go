@@ -505,8 +505,8 @@ type ServerSpec struct {
 	ShutdownTimeout *metav1.Duration `json:"shutdownTimeout,omitempty"`
 
 	// startupTimeout is how long the server may take to load the model (after any
-	// download) before the kubelet restarts it. Large models on slow storage take
-	// minutes. Default "10m".
+	// download) before the kubelet restarts it; the server's init-timeout too. Large
+	// models on slow storage take minutes. Default "10m".
 	// +kubebuilder:default="10m"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="startupTimeout must be a duration from 10s to 24h, such as \"10m\""
