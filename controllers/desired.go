@@ -273,7 +273,7 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
 		// The startup probe's budget is also the longest rkllm_init may take.
 		"init-timeout": spec.GetStartupTimeout().String(),
-		"log-format":       spec.GetLogFormat(),
+		"log-format":   spec.GetLogFormat(),
 	}
 	if s := spec.Server; s != nil {
 		if s.APIKeySecretRef != nil {
