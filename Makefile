@@ -83,8 +83,8 @@ unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
 	$(GO) test ./... -count=1
 
 .PHONY: envtest
-envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s/ (from the Go module proxy).
-	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd
+envtest: ## Build kube-apiserver, etcd and kubectl for envtest into bin/k8s/ (from the Go module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd kubectl
 
 ##@ Runtime binding and simulator
 
@@ -208,13 +208,24 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 build: ## Build every binary into bin/.
 	$(GO) build -o $(LOCALBIN)/ ./cmd/...
 
-.PHONY: demo
-demo: ## Run the demo: a local control plane, the operator and a sample model.
-	@echo "make demo is not written yet"; exit 1
-
 .PHONY: clean
 clean: ## Remove everything built into bin/.
 	rm -rf $(LOCALBIN)
+
+##@ Operator
+
+.PHONY: manager
+manager: ## Build the operator's manager into bin/manager.
+	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
+
+.PHONY: demo
+demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
+	@$(GO) build -o $(LOCALBIN)/demo ./hack/demo
+	@exec $(LOCALBIN)/demo --manager $(LOCALBIN)/manager --samples config/samples
+
+.PHONY: bench-operator
+bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
+	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
 
 ##@ Tools
 
