@@ -78,9 +78,13 @@ lint: golangci-lint ## Run golangci-lint.
 .PHONY: test
 test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node ## Everything CI runs (.ci/run calls this).
 
+# The server's packages and the runtime binding are tested once, under -race, by
+# test-server and test-runtime; unit runs everything else.
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e '/server/' -e '/cmd/rkllm-server')
+
 .PHONY: unit
-unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
-	$(GO) test ./... -count=1
+unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests (all but the server and the runtime binding).
+	$(GO) test $(UNIT_PKGS) -count=1
 
 .PHONY: envtest
 envtest: ## Build kube-apiserver, etcd and kubectl for envtest into bin/k8s/ (from the Go module proxy).
@@ -150,8 +154,16 @@ sim-leakcheck: deps sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## R
 	done
 
 .PHONY: test-runtime
-test-runtime: deps sim sim-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak check, arm64 build.
+test-runtime: deps sim sim-leakcheck binding-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak checks, arm64 build.
 	$(GO) test -race -count=1 ./server/runtime/...
+
+# The binding's tests built with AddressSanitizer: its C code (shim.c and every C
+# allocation the binding makes through cgo) and the simulator it drives run with ASan's
+# error checks, and LeakSanitizer fails the run if any C memory is left unfreed at exit.
+# handle_segv=0 leaves the simulator's deliberate SIGSEGV (crash injection) to the test.
+.PHONY: binding-leakcheck
+binding-leakcheck: sim ## Runtime binding tests under AddressSanitizer and LeakSanitizer (C side of the binding).
+	ASAN_OPTIONS=handle_segv=0 CGO_ENABLED=1 $(GO) test -asan -count=1 ./server/runtime/
 
 # The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
 ARM64_CC ?= aarch64-linux-gnu-gcc
@@ -169,12 +181,34 @@ build-arm64: deps ## Cross-compile the cgo code (runtime binding) and rkllm-serv
 SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
 
 .PHONY: test-server
-test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
+test-server: sim fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
 	$(GO) test -race -count=1 $(SERVER_PKGS)
 
 .PHONY: test-openai-node
 test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
+
+# Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
+FUZZTIME ?= 2m
+
+.PHONY: fuzz
+fuzz: ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target.
+	for t in $(FUZZ_TARGETS); do \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ || exit 1; \
+	done
+
+.PHONY: fuzz-ci
+fuzz-ci: ## A brief fuzz run of each target (CI).
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+.PHONY: soak
+soak: sim build-server ## Soak rkllm-server (minutes, not in CI): thousands of requests, RSS and goroutines over time. SOAK_DURATION=10m.
+	$(GO) run ./bench/soak -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN) -duration $(or $(SOAK_DURATION),10m)
+
+.PHONY: bench-server
+bench-server: sim build-server ## Benchmarks of rkllm-server against the unpaced simulator (docs/benchmarks.md).
+	$(GO) run ./bench/server -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN)
 
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.

@@ -1,96 +1,135 @@
 package main_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// TestCrashRecovery: the runtime crashes (SIGSEGV) in the middle of a run. The client
-// gets -32004 with the signal, a queued client waits, the others stay connected, the
-// worker restarts, the model is loaded again and the state clients set (LoRA adapter,
-// chat template, tools) is replayed, so the next request gets the same reply as before.
+// TestCrashRecovery: the runtime crashes (SIGSEGV) in the middle of a stream while
+// five clients (socket and HTTP) wait in the queue. The streaming client gets -32004
+// with the signal, the others stay connected and queued, the worker restarts, the model
+// is loaded again and the state clients set (LoRA adapter, chat template, tools) is
+// replayed, so every queued client gets the same reply as before the crash.
 func TestCrashRecovery(t *testing.T) {
 	eachABI(t, func(t *testing.T, abi string) {
-		// The second run of each handle crashes after two tokens.
-		s := startServer(t, abi, serverOpts{env: []string{"RKLLM_SIM_CRASH_AFTER=2", "RKLLM_SIM_FAULT_RUN=2"}})
+		// The fault is armed by deleting the marker: then the first run that has delivered
+		// 40 tokens crashes, and the restarted worker does not crash again. At 50 tokens a
+		// second that leaves 0.8 s between the stream's first token and the crash, for
+		// the queue to fill.
+		marker := filepath.Join(t.TempDir(), "crash-once")
+		if err := os.WriteFile(marker, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m := pacedModel()
+		m.ReplyMinTokens, m.ReplyMaxTokens = 45, 45
+		s := startServer(t, abi, serverOpts{model: m, config: map[string]any{"max-queue": 8},
+			env: []string{"RKLLM_SIM_CRASH_AFTER=40", "RKLLM_SIM_FAULT_ONCE_FILE=" + marker}})
 		admin, bystander := s.dial(), s.dial()
 		ok[int](t, admin.call("rkllm.set_chat_template", map[string]any{"system_prompt": "<sys>Be brief.</sys>", "prompt_prefix": "<u>", "prompt_postfix": "</u><a>"}))
 		ok[int](t, admin.call("rkllm.load_lora", map[string]any{"lora_adapter": map[string]any{"lora_adapter_path": "chat.lora", "lora_adapter_name": "chat", "scale": 0.5}}))
 		ok[int](t, admin.call("rkllm.set_function_tools", map[string]any{"system_prompt": "Tools:", "tools": []any{map[string]any{"type": "function", "function": map[string]any{"name": "get_time", "parameters": map[string]any{"type": "object", "properties": map[string]any{}}}}}}))
 		p := prompt("Hello there")
 		p["infer_params"] = map[string]any{"lora_params": map[string]any{"lora_adapter_name": "chat"}}
-		before := ok[runResult](t, admin.call("rkllm.run", p)) // run 1 of this handle
+		before := ok[runResult](t, admin.call("rkllm.run", p))
 		_, st := s.status()
 		pid := st["worker_pid"]
 
+		if err := os.Remove(marker); err != nil {
+			t.Fatal(err)
+		}
 		p2 := prompt("Hello there")
 		p2["stream"] = true
-		crashing := bystander.send("rkllm.run", p2) // run 2: crashes
+		others := []*client{admin, s.dial(), s.dial()}
+		crashing := bystander.send("rkllm.run", p2)
 		bystander.note()
-		queued := admin.send("rkllm.run", p) // waits through the restart
+		var queued []chan response
+		for _, c := range others {
+			queued = append(queued, c.send("rkllm.run", p))
+		}
+		queued = append(queued, s.httpAsync("rkllm.run", p), s.httpAsync("rkllm.run", p))
+		s.eventually("five queued requests behind the stream", waitTimeout, func() bool {
+			_, st := s.status()
+			if st["worker_restarts"] != 0.0 {
+				t.Fatalf("the worker crashed before the queue filled (the machine is too slow for this test's pacing): %v", st)
+			}
+			return st["queue_depth"] == 5.0 && st["running"] == true
+		})
 		e := fails(t, wait(t, crashing), -32004)
-		if e.Data["signal"] != "SIGSEGV" || e.Data["pid"] != pid || !strings.Contains(e.Message, "SIGSEGV") {
+		if e.Data["signal"] != "SIGSEGV" || e.Data["pid"] != pid || !strings.Contains(e.Message, "SIGSEGV") || e.Data["token_count"] != 40.0 {
 			t.Errorf("crash error %+v", e)
 		}
 		if stderr, _ := e.Data["stderr"].([]any); len(stderr) == 0 || !strings.Contains(stderr[len(stderr)-1].(string), "simulated crash") {
 			t.Errorf("crash error's stderr %v", e.Data["stderr"])
 		}
-		// The queued request is served by the new worker (its run 1) with the state replayed.
-		after := ok[runResult](t, wait(t, queued))
-		if after.Text != before.Text {
-			t.Errorf("after the restart %q, before %q: state not replayed", after.Text, before.Text)
+		// Every queued request is served by the new worker with the state replayed.
+		for i, ch := range queued {
+			if after := ok[runResult](t, wait(t, ch)); after.Text != before.Text {
+				t.Errorf("queued request %d after the restart: %q, before the crash %q: state not replayed", i, after.Text, before.Text)
+			}
 		}
 		code, st := s.status()
 		if code != 200 || st["worker_restarts"] != 1.0 || st["worker_pid"] == pid || !strings.Contains(st["last_worker_exit"].(string), "SIGSEGV") {
 			t.Errorf("readyz after recovery: %d %v", code, st)
 		}
-		// The other connection is still usable.
+		// The crashing client's connection is still usable.
 		if n := ok[int](t, bystander.call("rkllm.is_running", nil)); n != 0 {
 			t.Errorf("is_running = %d", n)
 		}
-		// And the restart is counted.
 		if _, body := s.get("/metrics"); !strings.Contains(body, `rkllm_worker_restarts_total{cause="crash"} 1`) {
 			t.Errorf("metrics lack the restart:\n%s", grepLines(body, "rkllm_worker_restarts"))
 		}
 	})
 }
 
-// TestWatchdog: a run that stops delivering tokens is aborted after
-// --token-stall-timeout; when abort does not stop it either (a wedged NPU), the worker is
-// killed after --abort-timeout and restarted, and the next request succeeds.
+// TestWatchdog: a run that stops delivering tokens in the middle of its stream, with
+// clients queued behind it, is aborted after --token-stall-timeout; when abort does not
+// stop it either (a wedged NPU), the worker is killed after --abort-timeout and
+// restarted. Either way every queued client is then served.
 func TestWatchdog(t *testing.T) {
 	eachABI(t, func(t *testing.T, abi string) {
 		cfg := map[string]any{"token-stall-timeout": "300ms", "abort-timeout": "300ms"}
-		t.Run("abortable", func(t *testing.T) {
-			s := startServer(t, abi, serverOpts{config: cfg, env: hangFirstRun})
-			e := fails(t, s.http("rkllm.run", prompt("stall")), -32005)
-			if e.Data["reason"] != "token stall" || e.Data["worker_killed"] != false || e.Data["token_count"] != 1.0 {
-				t.Errorf("stalled run %+v", e)
-			}
-			if len(s.statsEvents("event=run", "outcome=aborted")) != 1 {
-				t.Error("the runtime did not see the abort")
-			}
-			ok[runResult](t, s.http("rkllm.run", prompt("next")))
-		})
-		t.Run("wedged", func(t *testing.T) {
-			// The second run of each handle hangs after one token and ignores abort.
-			s := startServer(t, abi, serverOpts{config: cfg, env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_HANG_IGNORES_ABORT=1", "RKLLM_SIM_FAULT_RUN=2"}})
-			first := ok[runResult](t, s.http("rkllm.run", prompt("first")))
-			e := fails(t, s.http("rkllm.run", prompt("stall")), -32005)
-			if e.Data["reason"] != "token stall" || e.Data["worker_killed"] != true {
-				t.Errorf("wedged run %+v", e)
-			}
-			// The next request waits for the new worker and succeeds.
-			if next := ok[runResult](t, s.http("rkllm.run", prompt("first"))); next.Text != first.Text {
-				t.Errorf("after the restart %q, before %q", next.Text, first.Text)
-			}
-			if _, st := s.status(); st["worker_restarts"] != 1.0 {
-				t.Errorf("readyz %v", st)
-			}
-			if _, body := s.get("/metrics"); !strings.Contains(body, `rkllm_worker_restarts_total{cause="abort_timeout"} 1`) {
-				t.Errorf("metrics:\n%s", grepLines(body, "rkllm_worker_restarts"))
-			}
-		})
+		for _, wedged := range []bool{false, true} {
+			t.Run(map[bool]string{false: "abortable", true: "wedged"}[wedged], func(t *testing.T) {
+				// The first run hangs after one token (once: the restarted worker does not).
+				env := []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "hang-once")}
+				if wedged {
+					env = append(env, "RKLLM_SIM_HANG_IGNORES_ABORT=1")
+				}
+				s := startServer(t, abi, serverOpts{config: cfg, env: env})
+				c := s.dial()
+				params := prompt("stall")
+				params["stream"] = true
+				stalled := c.send("rkllm.run", params)
+				c.note()
+				queued := []chan response{s.dial().send("rkllm.run", prompt("next")), s.httpAsync("rkllm.run", prompt("next"))}
+				s.waitQueueDepth(2)
+				e := fails(t, wait(t, stalled), -32005)
+				if e.Data["reason"] != "token stall" || e.Data["worker_killed"] != wedged || e.Data["token_count"] != 1.0 {
+					t.Errorf("stalled run %+v", e)
+				}
+				var texts []string
+				for _, ch := range queued {
+					texts = append(texts, ok[runResult](t, wait(t, ch)).Text)
+				}
+				if texts[0] != texts[1] || texts[0] == "" {
+					t.Errorf("queued runs of one prompt answered %q", texts)
+				}
+				restarts := 0.0
+				if wedged {
+					restarts = 1
+					if _, body := s.get("/metrics"); !strings.Contains(body, `rkllm_worker_restarts_total{cause="abort_timeout"} 1`) {
+						t.Errorf("metrics:\n%s", grepLines(body, "rkllm_worker_restarts"))
+					}
+				} else if len(s.statsEvents("event=run", "outcome=aborted")) != 1 {
+					t.Error("the runtime did not see the abort")
+				}
+				if _, st := s.status(); st["worker_restarts"] != restarts {
+					t.Errorf("readyz %v, want %v restarts", st, restarts)
+				}
+			})
+		}
 	})
 }
 

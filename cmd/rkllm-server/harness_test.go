@@ -320,6 +320,30 @@ func (s *server) http(method string, params any) response {
 	return r
 }
 
+// httpAsync calls one method over HTTP from a goroutine of its own and returns the
+// channel its response arrives on (a transport failure arrives as an error -1).
+func (s *server) httpAsync(method string, params any) chan response {
+	ch := make(chan response, 1)
+	body := request(1, method, params)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/rpc", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			ch <- response{Error: &rpcError{Code: -1, Message: err.Error()}}
+			return
+		}
+		defer func() { _ = resp.Body.Close() }()
+		var r response
+		if b, err := io.ReadAll(resp.Body); err != nil || json.Unmarshal(b, &r) != nil {
+			r = response{Error: &rpcError{Code: -1, Message: fmt.Sprintf("body %q: %v", b, err)}}
+		}
+		ch <- r
+	}()
+	return ch
+}
+
 // client is a Unix-socket connection with a reader that routes responses by id and
 // queues notifications.
 type client struct {

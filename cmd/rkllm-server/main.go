@@ -121,7 +121,7 @@ func runServe(args []string) int {
 // socket on fd 3. It exits when the supervisor closes that socket.
 func runWorker(args []string) int {
 	fs := pflag.NewFlagSet("worker", pflag.ContinueOnError)
-	lib := fs.String("runtime-lib", "librkllmrt.so", "runtime library")
+	lib := fs.String("runtime-lib", runtime.DefaultLibrary, "runtime library")
 	abiFlag := fs.String("runtime-abi", "1.3", "runtime ABI")
 	level := fs.String("log-level", "info", "log level")
 	maxFrame := fs.Int("max-frame-bytes", workerproto.DefaultMaxFrameBytes, "largest protocol frame")

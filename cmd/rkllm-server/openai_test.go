@@ -734,4 +734,3 @@ func TestOpenAIPrefixReuseNeverLeaks(t *testing.T) {
 		}
 	})
 }
-

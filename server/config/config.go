@@ -18,6 +18,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
 
@@ -70,6 +72,18 @@ type Serve struct {
 	MaxConnections  int
 	MaxRequestBytes int64
 	MaxQueue        int
+	// Message and connection bounds (docs/server.md, "Limits").
+	MaxJSONDepth             int
+	MaxStringBytes           int
+	MaxArrayLen              int
+	MaxBatch                 int
+	MaxInflightPerConnection int
+	MaxInflightBytes         int64
+	ClientBufferBytes        int
+	ReservedFDs              int
+	IdleTimeout              time.Duration
+	ReadHeaderTimeout        time.Duration
+	BodyReadTimeout          time.Duration
 
 	RequestTimeout     time.Duration
 	TokenStallTimeout  time.Duration
@@ -102,7 +116,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&o.Model, "model", "", "Model file (.rkllm) to load at start; without it clients load one with rkllm.init.")
 	fs.StringVar(&o.ModelDir, "model-dir", "", "Folder that every path a client names (models, LoRA adapters, prompt caches) must be inside; empty refuses client paths.")
-	fs.StringVar(&o.RuntimeLib, "runtime-lib", "librkllmrt.so", "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
+	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
 
 	p := &o.Param
@@ -150,6 +164,17 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxConnections, "max-connections", 256, "Client connections held at once, over both transports; 0 means no limit.")
 	fs.Int64Var(&o.MaxRequestBytes, "max-request-bytes", 16<<20, "Largest request message in bytes (an HTTP body, a socket line).")
 	fs.IntVar(&o.MaxQueue, "max-queue", 16, "Requests that may wait for the model; more are refused with -32002 at once.")
+	fs.IntVar(&o.MaxJSONDepth, "max-json-depth", jsonrpc.DefaultMaxDepth, "Deepest nesting of objects and arrays in a message (-32008 beyond).")
+	fs.IntVar(&o.MaxStringBytes, "max-string-bytes", jsonrpc.DefaultMaxStringBytes, "Longest string in a message (a prompt, a base64 embedding), in bytes as sent (-32008 beyond).")
+	fs.IntVar(&o.MaxArrayLen, "max-array-len", jsonrpc.DefaultMaxArrayLen, "Most elements of one array in a message (an embedding, a token list) (-32008 beyond).")
+	fs.IntVar(&o.MaxBatch, "max-batch", jsonrpc.DefaultMaxBatch, "Most requests in one batch (-32008 beyond).")
+	fs.IntVar(&o.MaxInflightPerConnection, "max-inflight-per-connection", jsonrpc.DefaultMaxPeerMessages, "Messages one socket connection may have in flight; more are answered -32002 at once.")
+	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Bytes of requests being served at once over all connections; more are answered -32002 at once.")
+	fs.IntVar(&o.ClientBufferBytes, "client-buffer-bytes", outbuf.DefaultMaxBytes, "Bytes that may wait for one client to read them; a client further behind is cut off and its runs aborted.")
+	fs.IntVar(&o.ReservedFDs, "reserved-fds", 64, "File descriptors kept free: a connection that would leave fewer is refused with -32002 (0: no check).")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "A connection with nothing in flight that sends nothing for this long is closed (HTTP keep-alive and the socket).")
+	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "Longest an HTTP client may take to send its request headers.")
+	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", time.Minute, "Longest an HTTP client may take to send its request body.")
 
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 10*time.Minute, "Longest a request may take, queueing included; 0 means no limit.")
 	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long (prefill included) is aborted.")
@@ -313,6 +338,26 @@ func (o *Serve) validateLimits() error {
 	}
 	if o.ShutdownTimeout <= 0 || o.TokenStallTimeout <= 0 || o.AbortTimeout <= 0 {
 		return errors.New("--shutdown-timeout, --token-stall-timeout and --abort-timeout must be positive")
+	}
+	for _, b := range []struct {
+		flag      string
+		v, lo, hi int64
+	}{
+		{"max-json-depth", int64(o.MaxJSONDepth), 2, 1000},
+		{"max-string-bytes", int64(o.MaxStringBytes), 1, 1 << 30},
+		{"max-array-len", int64(o.MaxArrayLen), 1, 1 << 30},
+		{"max-batch", int64(o.MaxBatch), 1, 100000},
+		{"max-inflight-per-connection", int64(o.MaxInflightPerConnection), 1, 100000},
+		{"max-inflight-bytes", o.MaxInflightBytes, 1, 1 << 40},
+		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
+		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
+	} {
+		if b.v < b.lo || b.v > b.hi {
+			return fmt.Errorf("--%s %d: must be between %d and %d", b.flag, b.v, b.lo, b.hi)
+		}
+	}
+	if o.IdleTimeout <= 0 || o.ReadHeaderTimeout <= 0 || o.BodyReadTimeout <= 0 || o.WriteTimeout <= 0 {
+		return errors.New("--idle-timeout, --read-header-timeout, --body-read-timeout and --write-timeout must be positive")
 	}
 	return nil
 }

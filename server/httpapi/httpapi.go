@@ -23,6 +23,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
@@ -41,10 +42,12 @@ type Health interface {
 	Status() supervisor.Status
 }
 
-// Observer counts the bytes of /rpc requests and responses.
+// Observer counts the bytes of /rpc requests and responses, and the streaming clients
+// cut off for not reading.
 type Observer interface {
 	BytesIn(transport string, n int)
 	BytesOut(transport string, n int)
+	ClientCutOff(transport string)
 }
 
 // Options configure the server. Zero values take the defaults in brackets.
@@ -56,18 +59,23 @@ type Options struct {
 	// APIKey, when set, is the bearer token /rpc requires (health and metrics stay open,
 	// for the kubelet and Prometheus).
 	APIKey string
-	// MaxRequestBytes bounds a request body (16 MiB); a larger one gets 413 and -32008.
+	// MaxRequestBytes bounds a request body on every path, /v1/ included (16 MiB); on
+	// /rpc a larger one gets 413 and -32008.
 	MaxRequestBytes int64
 	// ReadHeaderTimeout bounds reading a request's headers (10s).
 	ReadHeaderTimeout time.Duration
-	// ReadTimeout bounds reading a whole request (60s); streamed responses are not
-	// bounded by a write timeout, the supervisor's watchdog bounds them.
-	ReadTimeout time.Duration
+	// BodyTimeout bounds reading a request's body, from the end of its headers (60s).
+	// It is a read deadline that is lifted once the body has been read, so a long
+	// streamed response is not cut by it (the supervisor's watchdog bounds those).
+	BodyTimeout time.Duration
 	// IdleTimeout closes idle keep-alive connections (120s).
 	IdleTimeout time.Duration
-	// WriteTimeout bounds writing one message of a stream (30s): a client that stops
-	// reading its stream is cut off and its run aborted, instead of holding the model.
+	// WriteTimeout bounds one write of a streamed response (30s).
 	WriteTimeout time.Duration
+	// OutputBufferBytes bounds what a streamed response may have waiting for the client
+	// (outbuf.DefaultMaxBytes): a client that stops reading its stream is cut off and
+	// its run aborted, instead of holding the model or growing the server's memory.
+	OutputBufferBytes int
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
 	// Health backs /readyz and /healthz.
@@ -97,8 +105,8 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 	if opts.ReadHeaderTimeout <= 0 {
 		opts.ReadHeaderTimeout = 10 * time.Second
 	}
-	if opts.ReadTimeout <= 0 {
-		opts.ReadTimeout = 60 * time.Second
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = 60 * time.Second
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 120 * time.Second
@@ -114,16 +122,46 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 	if opts.Metrics != nil {
 		s.mux.Handle("GET /metrics", opts.Metrics)
 	}
+	// No ReadTimeout: it would stay armed while a response streams, and net/http cancels
+	// a request whose connection read deadline passes. limitBody bounds the body instead.
 	s.srv = &http.Server{
 		Addr:              opts.Addr,
-		Handler:           s.mux,
+		Handler:           s.limitBody(s.mux),
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
-		ReadTimeout:       opts.ReadTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
 	}
 	return s
+}
+
+// limitBody bounds every request body, on every path: at most MaxRequestBytes, read
+// within BodyTimeout (a read deadline lifted when the body has been read to its end).
+func (s *Server) limitBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
+			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the body's read deadline once the body has been read.
+type deadlineBody struct {
+	io.ReadCloser
+	rc     *http.ResponseController
+	lifted bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.lifted {
+		b.lifted = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // Handle mounts another handler on the listener (for example "/v1/"). Handlers that
@@ -181,13 +219,13 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx
 // Close closes the listener and every connection at once.
 func (s *Server) Close() error { return s.srv.Close() }
 
-// reject answers a connection over the cap with a 503 and closes it.
-func (s *Server) reject(nc net.Conn) {
+// reject answers a refused connection with a 503 and closes it.
+func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
 	defer func() { _ = nc.Close() }()
 	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
 	// Read the request head first, so the client sees the answer rather than a reset.
 	_, _ = http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 64<<10)))
-	body, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("busy: the server holds its maximum of %d connections; retry later", s.opts.Limiter.Max())})
+	body, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})})
 	resp := fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	_, _ = io.WriteString(nc, resp)
 }
@@ -243,22 +281,26 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes))
+	body, err := io.ReadAll(r.Body)
 	if s.opts.Observer != nil {
 		s.opts.Observer.BytesIn(Transport, len(body))
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			s.writeJSON(w, http.StatusRequestEntityTooLarge, &jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a request may have at most %d bytes (--max-request-bytes)", s.opts.MaxRequestBytes)})
+			w.Header().Set("Connection", "close")
+			s.writeJSON(w, http.StatusRequestEntityTooLarge, &jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a request may have at most %d bytes (--max-request-bytes)", s.opts.MaxRequestBytes).
+				WithData(map[string]any{"limit": "max-request-bytes", "max": s.opts.MaxRequestBytes})})
 			return
 		}
-		s.writeJSON(w, http.StatusBadRequest, &jsonrpc.Response{Error: jsonrpc.ErrParse.Withf("parse error: cannot read the request body: %v", err)})
+		w.Header().Set("Connection", "close")
+		s.writeJSON(w, http.StatusBadRequest, &jsonrpc.Response{Error: jsonrpc.ErrParse.Withf("parse error: cannot read the request body within %s (--body-read-timeout): %v", s.opts.BodyTimeout, err)})
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	sw := &streamWriter{w: w, sse: wantsSSE(r), observer: s.opts.Observer, timeout: s.opts.WriteTimeout, cancel: cancel}
+	sw := &streamWriter{w: w, sse: wantsSSE(r), s: s, cancel: cancel}
+	defer sw.close()
 	peer := &jsonrpc.Peer{Transport: Transport, ID: Transport, Admin: s.opts.Admin, Context: ctx}
 	// Only a single request can stream: a batch is answered with one JSON array.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
@@ -280,7 +322,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		}
 		s.writeJSON(w, status, resps[0])
 	})
-	if !answered {
+	if !answered && !sw.streaming() {
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -291,82 +333,113 @@ func wantsSSE(r *http.Request) bool {
 }
 
 // streamWriter turns the notifications of a streamed run into NDJSON lines (or SSE
-// events), flushed one by one; the final response follows as the last one.
+// events) and the final response into the last one. They go through a bounded output
+// buffer written by a goroutine of its own, so the run's producer never waits for the
+// client; a client that falls behind by more than the buffer is cut off and its run
+// aborted.
 type streamWriter struct {
-	w        http.ResponseWriter
-	sse      bool
-	observer Observer
-	timeout  time.Duration
-	cancel   context.CancelFunc // ends the request when the client cannot keep up
+	w      http.ResponseWriter
+	sse    bool
+	s      *Server
+	cancel context.CancelFunc // ends the request when the client cannot keep up
 
-	mu      sync.Mutex
-	started bool
-	failed  bool
+	mu  sync.Mutex
+	out *outbuf.Buffer // nil until the stream starts
 }
 
-func (sw *streamWriter) write(v any) error {
+// frame encodes one message of the stream.
+func (sw *streamWriter) frame(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if !sw.started {
-		sw.started = true
-		h := sw.w.Header()
-		if sw.sse {
-			h.Set("Content-Type", ContentSSE)
-			h.Set("Cache-Control", "no-cache")
-		} else {
-			h.Set("Content-Type", ContentNDJSON)
-		}
-		h.Set("X-Accel-Buffering", "no")
-		sw.w.WriteHeader(http.StatusOK)
-	}
-	var out []byte
 	if sw.sse {
-		out = make([]byte, 0, len(b)+8)
-		out = append(append(append(out, "data: "...), b...), "\n\n"...)
+		out := make([]byte, 0, len(b)+8)
+		return append(append(append(out, "data: "...), b...), "\n\n"...), nil
+	}
+	return append(b, '\n'), nil
+}
+
+// start sends the headers and starts the output buffer (with sw.mu held).
+func (sw *streamWriter) start() {
+	h := sw.w.Header()
+	if sw.sse {
+		h.Set("Content-Type", ContentSSE)
+		h.Set("Cache-Control", "no-cache")
 	} else {
-		out = append(b, '\n')
+		h.Set("Content-Type", ContentNDJSON)
 	}
+	h.Set("X-Accel-Buffering", "no")
+	sw.w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(sw.w)
-	_ = rc.SetWriteDeadline(time.Now().Add(sw.timeout))
-	n, err := sw.w.Write(out)
-	if sw.observer != nil {
-		sw.observer.BytesOut(Transport, n)
-	}
-	if err == nil {
-		err = rc.Flush()
-	}
-	return err
+	obs := sw.s.opts.Observer
+	sw.out = outbuf.New(sw.w, outbuf.Options{
+		MaxBytes:         sw.s.opts.OutputBufferBytes,
+		WriteTimeout:     sw.s.opts.WriteTimeout,
+		SetWriteDeadline: rc.SetWriteDeadline,
+		Flush:            rc.Flush,
+		OnFail: func(err error) {
+			sw.s.opts.Log.Info("cutting off a streaming client that does not read; its run is aborted", "reason", err.Error())
+			if obs != nil {
+				obs.ClientCutOff(Transport)
+			}
+			sw.cancel()
+		},
+		Written: func(n int) {
+			if obs != nil {
+				obs.BytesOut(Transport, n)
+			}
+		},
+	})
 }
 
 func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	if sw.failed {
-		return net.ErrClosed
-	}
-	if err := sw.write(n); err != nil {
-		// The client stopped reading (or left): abort its run.
-		sw.failed = true
-		sw.cancel()
+	b, err := sw.frame(n)
+	if err != nil {
 		return err
 	}
-	return nil
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.out == nil {
+		sw.start()
+	}
+	return sw.out.Send(b)
 }
 
-// finish writes the final response into a stream that has started, and reports
+func (sw *streamWriter) streaming() bool {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	return sw.out != nil
+}
+
+// finish queues the final response into a stream that has started, and reports
 // whether it did (otherwise the caller answers with a plain JSON response).
 func (sw *streamWriter) finish(resps []*jsonrpc.Response) bool {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	if !sw.started {
+	if sw.out == nil {
 		return false
 	}
-	if len(resps) > 0 && !sw.failed {
-		_ = sw.write(resps[0])
+	if len(resps) > 0 {
+		if b, err := sw.frame(resps[0]); err == nil {
+			_ = sw.out.Send(b)
+		}
 	}
 	return true
+}
+
+// close writes what the stream still holds (within the write timeout) and stops its
+// buffer: the handler must not return while the buffer may still write.
+func (sw *streamWriter) close() {
+	sw.mu.Lock()
+	out := sw.out
+	sw.mu.Unlock()
+	if out == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sw.s.opts.WriteTimeout)
+	defer cancel()
+	_ = out.Close(ctx)
 }
 
 func (s *Server) livez(w http.ResponseWriter, _ *http.Request) {

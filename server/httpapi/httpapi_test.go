@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
@@ -32,11 +34,43 @@ type fixture struct {
 	srv      *Server
 	canceled chan struct{}
 	started  chan struct{}
+	flooded  chan error
+	release  chan struct{}
 }
 
 func newFixture(t *testing.T, opts Options) *fixture {
 	t.Helper()
-	f := &fixture{d: jsonrpc.NewDispatcher(logr.Discard(), nil), h: &health{}, canceled: make(chan struct{}, 1), started: make(chan struct{}, 1)}
+	f := &fixture{d: jsonrpc.NewDispatcher(logr.Discard(), nil), h: &health{}, canceled: make(chan struct{}, 1), started: make(chan struct{}, 1),
+		flooded: make(chan error, 2), release: make(chan struct{})}
+	// flood streams 1 kB notifications until Notify fails, then waits to be cancelled.
+	f.d.Register("flood", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
+		pad := strings.Repeat("z", 1000)
+		for {
+			if err := c.Notify("pad", map[string]string{"pad": pad}); err != nil {
+				f.flooded <- err
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			f.flooded <- ctx.Err()
+		case <-time.After(waitTimeout):
+			f.flooded <- errors.New("the request was not cancelled")
+		}
+		return nil, ctx.Err()
+	}))
+	// slowstream sends a notification, waits for release, then answers.
+	f.d.Register("slowstream", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
+		if err := c.Notify("tick", nil); err != nil {
+			return nil, err
+		}
+		select {
+		case <-f.release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}))
 	f.d.Register("echo", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		return map[string]any{"admin": c.Peer.Admin, "persistent": c.Peer.Persistent, "can_notify": c.CanNotify()}, nil
 	}))
@@ -125,7 +159,7 @@ func TestRPC(t *testing.T) {
 		{"busy is 429", `{"jsonrpc":"2.0","id":1,"method":"busy"}`, nil, 429, ContentJSON,
 			`{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"busy: queue full"}}` + "\n"},
 		{"too large", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"x":"` + strings.Repeat("a", 2000) + `"}}`, nil, 413, ContentJSON,
-			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: a request may have at most 1000 bytes (--max-request-bytes)"}}` + "\n"},
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: a request may have at most 1000 bytes (--max-request-bytes)","data":{"limit":"max-request-bytes","max":1000}}}` + "\n"},
 		{"parse error", `{`, nil, 200, ContentJSON,
 			`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error: the message is not valid JSON"}}` + "\n"},
 	}
@@ -215,7 +249,7 @@ func TestClientDisconnectCancels(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	f := newFixture(t, Options{Limiter: connlimit.New(1, nil)})
+	f := newFixture(t, Options{Limiter: connlimit.New(1, 0, nil)})
 	var d net.Dialer
 	held, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
 	if err != nil {
@@ -231,5 +265,110 @@ func TestConnectionLimit(t *testing.T) {
 	var r jsonrpc.Response
 	if resp.StatusCode != 503 || json.Unmarshal([]byte(body), &r) != nil || r.Error == nil || r.Error.Code != -32002 {
 		t.Errorf("over the limit: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestStreamingClientThatStopsReadingIsCutOff: a stream the client does not read fills
+// its bounded buffer without blocking the producer; then the request is cancelled.
+func TestStreamingClientThatStopsReadingIsCutOff(t *testing.T) {
+	f := newFixture(t, Options{OutputBufferBytes: 64 << 10})
+	nc := rawConn(t, f)
+	body := `{"jsonrpc":"2.0","id":1,"method":"flood"}`
+	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	if err := await(t, "Notify to fail", f.flooded); !errors.Is(err, outbuf.ErrOverflow) && !errors.Is(err, outbuf.ErrClosed) {
+		t.Fatalf("Notify to a client that does not read: %v, want an overflow", err)
+	}
+	if err := await(t, "the request's cancellation", f.flooded); !errors.Is(err, context.Canceled) {
+		t.Fatalf("the flooding request: %v, want cancelled", err)
+	}
+}
+
+// TestBodyReadTimeout: a client that sends its headers and then stalls in its body is
+// answered and disconnected after the body timeout; a stream lasting longer than that
+// timeout is not cut by it.
+func TestBodyReadTimeout(t *testing.T) {
+	f := newFixture(t, Options{BodyTimeout: 200 * time.Millisecond})
+	stream := rawConn(t, f)
+	body := `{"jsonrpc":"2.0","id":1,"method":"slowstream"}`
+	_, _ = io.WriteString(stream, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	resp, err := http.ReadResponse(bufio.NewReader(stream), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stream: %v", err)
+	}
+	sr := bufio.NewReader(resp.Body)
+	if line, err := sr.ReadString('\n'); err != nil || !strings.Contains(line, "tick") {
+		t.Fatalf("first line of the stream %q: %v", line, err)
+	}
+	slow := rawConn(t, f)
+	_, _ = io.WriteString(slow, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
+	_ = slow.SetReadDeadline(time.Now().Add(waitTimeout))
+	resp, err = http.ReadResponse(bufio.NewReader(slow), nil)
+	if err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("stalled body: %v %v", resp, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(b), "-32700") || !strings.Contains(string(b), "--body-read-timeout") {
+		t.Errorf("stalled body answered %s", b)
+	}
+	// The body timeout has passed for the stream's request too: it goes on.
+	close(f.release)
+	rest, err := sr.ReadString('\n')
+	if !strings.Contains(string(rest), `"result":"done"`) {
+		t.Errorf("rest of the stream %q: %v", rest, err)
+	}
+}
+
+// TestReadHeaderTimeout: a client that does not finish its headers is disconnected.
+func TestReadHeaderTimeout(t *testing.T) {
+	f := newFixture(t, Options{ReadHeaderTimeout: 100 * time.Millisecond})
+	nc := rawConn(t, f)
+	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\n")
+	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadAll(nc); err != nil {
+		t.Fatalf("half a header, then silence: %v, want the connection closed", err)
+	}
+}
+
+// TestBodyLimitOnEveryPath: handlers mounted next to /rpc (the OpenAI API) get bodies
+// bounded by MaxRequestBytes too.
+func TestBodyLimitOnEveryPath(t *testing.T) {
+	f := newFixture(t, Options{MaxRequestBytes: 100})
+	f.srv.Handle("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	if resp, _ := post(t, f.base+"/v1/chat/completions", strings.Repeat("x", 50)); resp.StatusCode != 200 {
+		t.Errorf("small body: %d", resp.StatusCode)
+	}
+	if resp, _ := post(t, f.base+"/v1/chat/completions", strings.Repeat("x", 500)); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("large body: %d", resp.StatusCode)
+	}
+}
+
+func rawConn(t *testing.T, f *fixture) net.Conn {
+	t.Helper()
+	var d net.Dialer
+	nc, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	return nc
+}
+
+func await[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitTimeout):
+		t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
+		var zero T
+		return zero
 	}
 }

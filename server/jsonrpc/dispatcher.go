@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	kjson "sigs.k8s.io/json"
 )
 
 // Handler serves one method. It returns the result (marshalled with encoding/json) or
@@ -48,7 +49,21 @@ type Peer struct {
 	// Context lives as long as the connection; work that outlives one request (an
 	// asynchronous run) is bound to it.
 	Context context.Context
+
+	messages atomic.Int64 // messages being served
+	holds    atomic.Int64 // work that outlives its request (Hold)
 }
+
+// Hold marks work of this connection that goes on after its request was answered (an
+// asynchronous run), so the connection does not count as idle; release ends it.
+func (p *Peer) Hold() (release func()) {
+	p.holds.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { p.holds.Add(-1) }) }
+}
+
+// Busy reports whether the connection has messages being served or held work.
+func (p *Peer) Busy() bool { return p.messages.Load() > 0 || p.holds.Load() > 0 }
 
 // Call is one request being served.
 type Call struct {
@@ -128,20 +143,39 @@ func (c *Call) DecodeParams(v any) error {
 	if p[0] != '{' {
 		return ErrInvalidParams.Withf("invalid params: %s takes its params by name (a JSON object), not by position", c.Method)
 	}
-	dec := json.NewDecoder(bytes.NewReader(p))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return ParamsError(err)
+	return ParamsError(UnmarshalStrict(p, v))
+}
+
+// UnmarshalStrict decodes JSON into v the strict way params are decoded: member names
+// match exactly (case-sensitive), and an unknown or repeated member is an error naming
+// it (a kjson.FieldError). Parameter types decode nested members with it too.
+func UnmarshalStrict(data []byte, v any) error {
+	strict, err := kjson.UnmarshalStrict(data, v)
+	if err != nil {
+		return err
+	}
+	if len(strict) > 0 {
+		return strict[0]
 	}
 	return nil
 }
 
-// ParamsError turns an encoding/json error (or an *Error) from decoding params into
-// ErrInvalidParams naming the member and the rule.
+// ParamsError turns an error from decoding params (encoding/json's, UnmarshalStrict's
+// or an *Error) into ErrInvalidParams naming the member and the rule; nil stays nil.
 func ParamsError(err error) error {
+	if err == nil {
+		return nil
+	}
 	var rpcErr *Error
 	if errors.As(err, &rpcErr) {
 		return rpcErr
+	}
+	var fieldErr kjson.FieldError
+	if errors.As(err, &fieldErr) {
+		if strings.HasPrefix(fieldErr.Error(), "duplicate field") {
+			return InvalidParams(fieldErr.FieldPath(), "is given more than once")
+		}
+		return InvalidParams(fieldErr.FieldPath(), "unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md")
 	}
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
@@ -150,10 +184,6 @@ func ParamsError(err error) error {
 			field = "params"
 		}
 		return InvalidParams(field, "must be %s, not a JSON %s", describeType(typeErr.Type), typeErr.Value)
-	}
-	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		field := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
-		return InvalidParams(field, "unknown member; check the spelling against docs/jsonrpc.md")
 	}
 	return ErrInvalidParams.Withf("invalid params: %v", err)
 }
@@ -210,14 +240,71 @@ type Dispatcher struct {
 	log      logr.Logger
 	observer Observer
 	methods  map[string]Handler
+	limits   Limits
 	draining atomic.Bool
+	inflight atomic.Int64 // bytes of the messages being served
+}
+
+// InflightBytes is the size of the messages being served now.
+func (d *Dispatcher) InflightBytes() int64 { return d.inflight.Load() }
+
+// admit charges a message to its connection's and the server's budgets; release gives
+// them back. It fails with ErrBusy (and charges nothing) when either is spent.
+func (d *Dispatcher) admit(peer *Peer, size int) (release func(), err *Error) {
+	n := int64(size)
+	if now := d.inflight.Add(n); now > d.limits.MaxInflightBytes && now != n {
+		d.inflight.Add(-n)
+		return nil, ErrBusy.Withf("busy: the server holds %d bytes of requests in flight (limit %d, --max-inflight-bytes); retry later", now-n, d.limits.MaxInflightBytes).
+			WithData(map[string]any{"limit": "max-inflight-bytes", "max": d.limits.MaxInflightBytes})
+	}
+	if peer != nil {
+		if m := peer.messages.Add(1); m > int64(d.limits.MaxPeerMessages) {
+			peer.messages.Add(-1)
+			d.inflight.Add(-n)
+			return nil, ErrBusy.Withf("busy: this connection has %d messages in flight (limit %d, --max-inflight-per-connection); wait for answers before sending more", m-1, d.limits.MaxPeerMessages).
+				WithData(map[string]any{"limit": "max-inflight-per-connection", "max": d.limits.MaxPeerMessages})
+		}
+	}
+	return func() {
+		d.inflight.Add(-n)
+		if peer != nil {
+			peer.messages.Add(-1)
+		}
+	}, nil
+}
+
+// reject answers every request of msg with e (invalid ones with their own error).
+func (d *Dispatcher) reject(msg []byte, e *Error) (resps []*Response, batch bool) {
+	items, batch := decode(msg, d.limits)
+	for _, it := range items {
+		switch {
+		case it.err != nil:
+			d.observe("", it.err.Error.Code, 0)
+			resps = append(resps, it.err)
+		case !it.req.IsNotification():
+			method := it.req.Method
+			if _, ok := d.methods[method]; !ok {
+				method = ""
+			}
+			d.observe(method, e.Code, 0)
+			resps = append(resps, &Response{ID: it.req.ID, Error: e})
+		}
+	}
+	return resps, batch
 }
 
 // NewDispatcher returns a dispatcher that logs handler panics and internal errors to
 // log and reports each request to observer (which may be nil).
 func NewDispatcher(log logr.Logger, observer Observer) *Dispatcher {
-	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}}
+	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, limits: Limits{}.withDefaults()}
 }
+
+// SetLimits sets the bounds every message is checked against before it is decoded
+// (zero fields take their defaults). Call it before serving.
+func (d *Dispatcher) SetLimits(l Limits) { d.limits = l.withDefaults() }
+
+// Limits returns the bounds in force.
+func (d *Dispatcher) Limits() Limits { return d.limits }
 
 // Register adds a method. It panics on a duplicate name (a programming error).
 func (d *Dispatcher) Register(method string, h Handler) {
@@ -239,6 +326,14 @@ func (d *Dispatcher) Draining() bool { return d.draining.Load() }
 // AfterReply hooks run before it returns: transports use Serve, which runs them after
 // writing.
 func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitted func()) (resps []*Response, batch bool) {
+	release, rerr := d.admit(peer, len(msg))
+	if rerr != nil {
+		if admitted != nil {
+			admitted()
+		}
+		return d.reject(msg, rerr)
+	}
+	defer release()
 	hooks := &replyHooks{}
 	defer hooks.run()
 	return d.handle(ctx, peer, msg, admitted, hooks)
@@ -251,6 +346,17 @@ func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitte
 // request has taken its place in line or finished, so a transport can read the next
 // message while this one is served.
 func (d *Dispatcher) Serve(ctx context.Context, peer *Peer, msg []byte, admitted func(), write func(resps []*Response, batch bool)) {
+	release, rerr := d.admit(peer, len(msg))
+	if rerr != nil {
+		if admitted != nil {
+			admitted()
+		}
+		if resps, batch := d.reject(msg, rerr); len(resps) > 0 {
+			write(resps, batch)
+		}
+		return
+	}
+	defer release()
 	hooks := &replyHooks{}
 	defer hooks.run()
 	resps, batch := d.handle(ctx, peer, msg, admitted, hooks)
@@ -267,7 +373,7 @@ func (d *Dispatcher) handle(ctx context.Context, peer *Peer, msg []byte, admitte
 		}
 	}
 	defer admit()
-	items, batch := decode(msg)
+	items, batch := decode(msg, d.limits)
 	for _, it := range items {
 		if it.err != nil {
 			d.observe("", it.err.Error.Code, 0)

@@ -75,7 +75,21 @@ func TestHandle(t *testing.T) {
 		{"scalar params", `{"jsonrpc":"2.0","id":7,"method":"echo","params":3}`,
 			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: member \"params\" must be an object or an array"}}`},
 		{"unknown member", `{"jsonrpc":"2.0","id":7,"method":"echo","extra":1}`,
-			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: unknown member \"extra\"; a request has only jsonrpc, id, method and params"}}`},
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: unknown member \"extra\"; a request has exactly the members jsonrpc, method, params and id, each once (names are case-sensitive)"}}`},
+		{"member names are case-sensitive", `{"jsonrpc":"2.0","ID":7,"method":"echo"}`,
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"invalid request: unknown member \"ID\"; a request has exactly the members jsonrpc, method, params and id, each once (names are case-sensitive)"}}`},
+		{"duplicate member", `{"jsonrpc":"2.0","id":7,"method":"echo","method":"oops"}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: duplicate member \"method\"; a request has exactly the members jsonrpc, method, params and id, each once (names are case-sensitive)"}}`},
+		{"version as a number", `{"jsonrpc":2.0,"id":7,"method":"echo"}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: member \"jsonrpc\" must be exactly \"2.0\""}}`},
+		{"version with a space", `{"jsonrpc":"2.0 ","id":7,"method":"echo"}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"invalid request: member \"jsonrpc\" must be exactly \"2.0\""}}`},
+		{"invalid UTF-8", "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"echo\",\"params\":{\"text\":\"\xff\xfe\"}}",
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error: invalid UTF-8 at byte 58; JSON text must be UTF-8"}}`},
+		{"lone surrogate", `{"jsonrpc":"2.0","id":7,"method":"echo","params":{"text":"\ud800x"}}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32700,"message":"parse error: a \\u escape of a high surrogate without its low half at byte 58; JSON text must be UTF-8"}}`},
+		{"surrogate pair", `{"jsonrpc":"2.0","id":7,"method":"echo","params":{"text":"\ud83d\ude00"}}`,
+			`{"jsonrpc":"2.0","id":7,"result":{"text":"😀","count":0}}`},
 		{"unknown method", `{"jsonrpc":"2.0","id":2,"method":"nope"}`,
 			`{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"method not found: \"nope\""}}`},
 		{"positional params", `{"jsonrpc":"2.0","id":2,"method":"echo","params":["x"]}`,
@@ -85,7 +99,11 @@ func TestHandle(t *testing.T) {
 		{"param out of range", `{"jsonrpc":"2.0","id":2,"method":"echo","params":{"count":3000000000}}`,
 			`{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"invalid params: count: must be an integer in range of int32, not a JSON number 3000000000","data":{"field":"count","rule":"must be an integer in range of int32, not a JSON number 3000000000"}}}`},
 		{"unknown param", `{"jsonrpc":"2.0","id":2,"method":"echo","params":{"txt":"x"}}`,
-			`{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"invalid params: txt: unknown member; check the spelling against docs/jsonrpc.md","data":{"field":"txt","rule":"unknown member; check the spelling against docs/jsonrpc.md"}}}`},
+			`{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"invalid params: txt: unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md","data":{"field":"txt","rule":"unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md"}}}`},
+		{"param names are case-sensitive", `{"jsonrpc":"2.0","id":2,"method":"echo","params":{"Text":"x"}}`,
+			`{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"invalid params: Text: unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md","data":{"field":"Text","rule":"unknown member (names are case-sensitive); check the spelling against docs/jsonrpc.md"}}}`},
+		{"duplicate param", `{"jsonrpc":"2.0","id":2,"method":"echo","params":{"text":"x","text":"y"}}`,
+			`{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"invalid params: text: is given more than once","data":{"field":"text","rule":"is given more than once"}}}`},
 		{"server error keeps its code", `{"jsonrpc":"2.0","id":3,"method":"fail"}`,
 			`{"jsonrpc":"2.0","id":3,"error":{"code":-32002,"message":"busy: queue full (16 waiting)"}}`},
 		{"plain error is internal", `{"jsonrpc":"2.0","id":3,"method":"oops"}`,
@@ -93,7 +111,9 @@ func TestHandle(t *testing.T) {
 		{"panic is recovered", `{"jsonrpc":"2.0","id":3,"method":"panic"}`,
 			`{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"internal error: the handler of panic failed; see the server log"}}`},
 		{"batch mixed", `[{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"a"}},{"jsonrpc":"2.0","method":"echo"},{"foo":1},{"jsonrpc":"2.0","id":2,"method":"nope"}]`,
-			`[{"jsonrpc":"2.0","id":1,"result":{"text":"a","count":0}},{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"invalid request: unknown member \"foo\"; a request has only jsonrpc, id, method and params"}},{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"method not found: \"nope\""}}]`},
+			`[{"jsonrpc":"2.0","id":1,"result":{"text":"a","count":0}},{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"invalid request: unknown member \"foo\"; a request has exactly the members jsonrpc, method, params and id, each once (names are case-sensitive)"}},{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"method not found: \"nope\""}}]`},
+		{"duplicate ids in a batch", `[{"jsonrpc":"2.0","id":1,"method":"echo"},{"jsonrpc":"2.0","id":2,"method":"echo"},{"jsonrpc":"2.0","id":1.0,"method":"echo"}]`,
+			`[{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"invalid request: id 1 is used by 2 requests of this batch; give each request its own id"}},{"jsonrpc":"2.0","id":2,"result":{"text":"","count":0}},{"jsonrpc":"2.0","id":1.0,"error":{"code":-32600,"message":"invalid request: id 1.0 is used by 2 requests of this batch; give each request its own id"}}]`},
 		{"batch of notifications", `[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"}]`, ``},
 		{"batch of one", `[{"jsonrpc":"2.0","id":1,"method":"echo"}]`,
 			`[{"jsonrpc":"2.0","id":1,"result":{"text":"","count":0}}]`},
@@ -101,6 +121,51 @@ func TestHandle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d, _ := newTestDispatcher(t)
+			resps, batch := d.Handle(context.Background(), &Peer{Transport: "test"}, []byte(tt.msg), nil)
+			got, err := EncodeResponses(resps, batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("responses\n got: %s\nwant: %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLimits: each bound is checked before decoding, answered -32008 naming the limit
+// and where it was exceeded (with the request's id when it came first), and inside a
+// batch only the element over a bound fails.
+func TestLimits(t *testing.T) {
+	lim := Limits{MaxDepth: 4, MaxStringBytes: 16, MaxArrayLen: 3, MaxBatch: 3}
+	tests := []struct {
+		name string
+		msg  string
+		want string
+	}{
+		{"within every limit", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"0123456789abcdef"}}`,
+			`{"jsonrpc":"2.0","id":1,"result":{"text":"0123456789abcdef","count":0}}`},
+		{"string too long", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"0123456789abcdefg"}}`,
+			`{"jsonrpc":"2.0","id":1,"error":{"code":-32008,"message":"request too large: a string's length at params.text exceeds the limit of 16 (--max-string-bytes)","data":{"field":"params.text","limit":"max-string-bytes","max":16}}}`},
+		{"escapes count as sent", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"\u0041\u0041\u0041"}}`,
+			`{"jsonrpc":"2.0","id":1,"error":{"code":-32008,"message":"request too large: a string's length (18 bytes) at params.text exceeds the limit of 16 (--max-string-bytes)","data":{"field":"params.text","limit":"max-string-bytes","max":16}}}`},
+		{"too deep", `{"jsonrpc":"2.0","id":"d","method":"echo","params":{"a":{"b":{"c":{}}}}}`,
+			`{"jsonrpc":"2.0","id":"d","error":{"code":-32008,"message":"request too large: nesting of objects and arrays at params.a.b.c exceeds the limit of 4 (--max-json-depth)","data":{"field":"params.a.b.c","limit":"max-json-depth","max":4}}}`},
+		{"id after the violation is not known", `{"jsonrpc":"2.0","method":"echo","params":{"a":{"b":{"c":{}}}},"id":"d"}`,
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: nesting of objects and arrays at params.a.b.c exceeds the limit of 4 (--max-json-depth)","data":{"field":"params.a.b.c","limit":"max-json-depth","max":4}}}`},
+		{"array too long", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"ids":[1,2,3,4]}}`,
+			`{"jsonrpc":"2.0","id":1,"error":{"code":-32008,"message":"request too large: an array's length at params.ids exceeds the limit of 3 (--max-array-len)","data":{"field":"params.ids","limit":"max-array-len","max":3}}}`},
+		{"batch too long", `[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"}]`,
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: the number of requests in a batch exceeds the limit of 3 (--max-batch)","data":{"limit":"max-batch","max":3}}}`},
+		{"one element over a limit", `[{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"0123456789abcdefg"}},{"jsonrpc":"2.0","id":2,"method":"echo","params":{"text":"ok"}}]`,
+			`[{"jsonrpc":"2.0","id":1,"error":{"code":-32008,"message":"request too large: a string's length at [0].params.text exceeds the limit of 16 (--max-string-bytes)","data":{"field":"[0].params.text","limit":"max-string-bytes","max":16}}},{"jsonrpc":"2.0","id":2,"result":{"text":"ok","count":0}}]`},
+		{"deep element skipped whole", `[{"jsonrpc":"2.0","id":1,"method":"echo","params":{"a":[[["x\"]}"]]]}},{"jsonrpc":"2.0","id":2,"method":"echo"}]`,
+			`[{"jsonrpc":"2.0","id":1,"error":{"code":-32008,"message":"request too large: nesting of objects and arrays at [0].params.a[0] exceeds the limit of 4 (--max-json-depth)","data":{"field":"[0].params.a[0]","limit":"max-json-depth","max":4}}},{"jsonrpc":"2.0","id":2,"result":{"text":"","count":0}}]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _ := newTestDispatcher(t)
+			d.SetLimits(lim)
 			resps, batch := d.Handle(context.Background(), &Peer{Transport: "test"}, []byte(tt.msg), nil)
 			got, err := EncodeResponses(resps, batch)
 			if err != nil {

@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+
+	kjson "sigs.k8s.io/json"
 )
 
 // Version is the only protocol version accepted and sent.
@@ -99,81 +102,176 @@ type item struct {
 	err *Response
 }
 
-// decode splits a message into its requests. A message that is not JSON, or an empty
-// batch, yields a single error response (batch false), as the specification asks.
-func decode(msg []byte) (items []item, batch bool) {
+func errItem(id json.RawMessage, e *Error) item {
+	if validID(id) != nil {
+		id = nil
+	}
+	return item{err: &Response{ID: id, Error: e}}
+}
+
+// decode splits a message into its requests. The message is first checked against the
+// limits and for valid UTF-8 without decoding anything; a message that is not JSON, an
+// empty batch or one over MaxBatch yields a single error response (batch false), as the
+// specification asks. Inside a batch, each invalid element gets its own error and the
+// others are served.
+func decode(msg []byte, lim Limits) (items []item, batch bool) {
 	msg = bytes.TrimSpace(msg)
 	if len(msg) == 0 {
-		return []item{{err: &Response{Error: ErrInvalidRequest.Withf("invalid request: empty message; send a JSON-RPC 2.0 request object or a batch array")}}}, false
+		return []item{errItem(nil, ErrInvalidRequest.Withf("invalid request: empty message; send a JSON-RPC 2.0 request object or a batch array"))}, false
 	}
 	if !json.Valid(msg) {
-		return []item{{err: &Response{Error: ErrParse.Withf("parse error: the message is not valid JSON")}}}, false
+		return []item{errItem(nil, ErrParse.Withf("parse error: the message is not valid JSON"))}, false
+	}
+	if te := checkText(msg); te != nil {
+		return []item{errItem(nil, te.rpcError())}, false
 	}
 	switch msg[0] {
 	case '[':
-		var elems []json.RawMessage
-		if err := json.Unmarshal(msg, &elems); err != nil {
-			return []item{{err: &Response{Error: ErrParse.Withf("parse error: %v", err)}}}, false
-		}
-		if len(elems) == 0 {
-			return []item{{err: &Response{Error: ErrInvalidRequest.Withf("invalid request: empty batch; a batch holds at least one request")}}}, false
-		}
-		items = make([]item, len(elems))
-		for i, e := range elems {
-			items[i] = decodeOne(e)
-		}
-		return items, true
+		return decodeBatch(msg, lim)
 	case '{':
+		s := &scanner{b: msg, lim: lim, reqDepth: 1}
+		if err := s.value(0); err != nil {
+			return []item{errItem(s.id, scanError(err))}, false
+		}
 		return []item{decodeOne(msg)}, false
 	}
-	return []item{{err: &Response{Error: ErrInvalidRequest.Withf("invalid request: a message must be a JSON object or an array of them")}}}, false
+	return []item{errItem(nil, ErrInvalidRequest.Withf("invalid request: a message must be a JSON object or an array of them"))}, false
 }
 
-// decodeOne validates one request object.
-func decodeOne(raw json.RawMessage) item {
-	fail := func(id json.RawMessage, format string, args ...any) item {
-		return item{err: &Response{ID: id, Error: ErrInvalidRequest.Withf("invalid request: "+format, args...)}}
+func scanError(err error) *Error {
+	switch e := err.(type) {
+	case *LimitError:
+		return e.rpcError()
+	case *textError:
+		return e.rpcError()
 	}
-	var w struct {
-		JSONRPC json.RawMessage `json:"jsonrpc"`
-		ID      json.RawMessage `json:"id"`
-		Method  json.RawMessage `json:"method"`
-		Params  json.RawMessage `json:"params"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
-		if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-			// Still echo the id when there is a valid one.
-			var probe struct {
-				ID json.RawMessage `json:"id"`
-			}
-			_ = json.Unmarshal(raw, &probe)
-			id := probe.ID
-			if validID(id) != nil {
-				id = nil
-			}
-			return fail(id, "unknown member %s; a request has only jsonrpc, id, method and params", strings.TrimPrefix(msg, "json: unknown field "))
+	return ErrInvalidRequest.Withf("invalid request: %v", err)
+}
+
+// decodeBatch checks and decodes the elements of a batch.
+func decodeBatch(msg []byte, lim Limits) ([]item, bool) {
+	s := &scanner{b: msg, lim: lim, reqDepth: 2, i: 1}
+	var elems [][2]int
+	var errs []error
+	var ids [][]byte
+	for {
+		s.ws()
+		if s.b[s.i] == ']' {
+			break
 		}
-		return fail(nil, "the request must be a JSON object")
+		if len(elems) == lim.MaxBatch {
+			e := &LimitError{Limit: "max-batch", Max: lim.MaxBatch, What: "the number of requests in a batch"}
+			return []item{errItem(nil, e.rpcError())}, false
+		}
+		start := s.i
+		s.id = nil
+		s.path = append(s.path[:0], pathElem{index: len(elems)})
+		err := s.value(1)
+		if err != nil {
+			s.i = start
+			s.skip()
+		}
+		elems = append(elems, [2]int{start, s.i})
+		errs = append(errs, err)
+		ids = append(ids, s.id)
+		s.ws()
+		if s.b[s.i] == ',' {
+			s.i++
+		}
+	}
+	if len(elems) == 0 {
+		return []item{errItem(nil, ErrInvalidRequest.Withf("invalid request: empty batch; a batch holds at least one request"))}, false
+	}
+	items := make([]item, len(elems))
+	for i, e := range elems {
+		if errs[i] != nil {
+			items[i] = errItem(ids[i], scanError(errs[i]))
+			continue
+		}
+		items[i] = decodeOne(msg[e[0]:e[1]])
+	}
+	rejectDuplicateIDs(items)
+	return items, true
+}
+
+// rejectDuplicateIDs turns every request of a batch whose id another request of the
+// batch shares into an error: their responses could not be told apart.
+func rejectDuplicateIDs(items []item) {
+	seen := map[string][]int{}
+	for i, it := range items {
+		if it.req != nil && !it.req.IsNotification() {
+			k := idKey(it.req.ID)
+			seen[k] = append(seen[k], i)
+		}
+	}
+	for _, idx := range seen {
+		if len(idx) < 2 {
+			continue
+		}
+		for _, i := range idx {
+			id := items[i].req.ID
+			items[i] = errItem(id, ErrInvalidRequest.Withf("invalid request: id %s is used by %d requests of this batch; give each request its own id", id, len(idx)))
+		}
+	}
+}
+
+// idKey is an id in a canonical form: 1, 1.0 and 1e0 are one number, "a" and "\u0061"
+// one string.
+func idKey(id json.RawMessage) string {
+	id = bytes.TrimSpace(id)
+	if len(id) > 0 && id[0] == '"' {
+		var s string
+		if json.Unmarshal(id, &s) == nil {
+			return "s" + s
+		}
+	}
+	if f, err := strconv.ParseFloat(string(id), 64); err == nil {
+		return "n" + strconv.FormatFloat(f, 'g', -1, 64)
+	}
+	return "r" + string(id)
+}
+
+// envelope is a request object's members, matched exactly (case-sensitive).
+type envelope struct {
+	JSONRPC json.RawMessage `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Method  json.RawMessage `json:"method"`
+	Params  json.RawMessage `json:"params"`
+}
+
+// decodeOne validates one request object: exactly the members jsonrpc ("2.0"), method,
+// id and params, each at most once, names matched exactly.
+func decodeOne(raw json.RawMessage) item {
+	var w envelope
+	strict, err := kjson.UnmarshalStrict(raw, &w)
+	if err != nil {
+		return errItem(nil, ErrInvalidRequest.Withf("invalid request: the request must be a JSON object"))
+	}
+	if len(strict) > 0 {
+		return errItem(w.ID, ErrInvalidRequest.Withf("invalid request: %s; a request has exactly the members jsonrpc, method, params and id, each once (names are case-sensitive)", strictMessage(strict[0])))
 	}
 	if err := validID(w.ID); err != nil {
-		return fail(nil, "%v", err)
+		return errItem(nil, ErrInvalidRequest.Withf("invalid request: %v", err))
 	}
 	var version string
 	if json.Unmarshal(w.JSONRPC, &version) != nil || version != Version {
-		return fail(w.ID, `member "jsonrpc" must be exactly "2.0"`)
+		return errItem(w.ID, ErrInvalidRequest.Withf(`invalid request: member "jsonrpc" must be exactly "2.0"`))
 	}
 	var method string
 	if json.Unmarshal(w.Method, &method) != nil || method == "" {
-		return fail(w.ID, `member "method" must be a non-empty string`)
+		return errItem(w.ID, ErrInvalidRequest.Withf(`invalid request: member "method" must be a non-empty string`))
 	}
 	if w.Params != nil {
 		if p := bytes.TrimSpace(w.Params); len(p) == 0 || (p[0] != '{' && p[0] != '[') {
-			return fail(w.ID, `member "params" must be an object or an array`)
+			return errItem(w.ID, ErrInvalidRequest.Withf(`invalid request: member "params" must be an object or an array`))
 		}
 	}
 	return item{req: &Request{ID: w.ID, Method: method, Params: w.Params}}
+}
+
+// strictMessage words a strict-decoding error ("unknown member \"x\"").
+func strictMessage(err error) string {
+	return strings.Replace(err.Error(), " field ", " member ", 1)
 }
 
 // validID accepts a missing id (notification), a string, a number or null.

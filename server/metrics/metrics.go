@@ -43,6 +43,7 @@ type Metrics struct {
 	openaiDuration   *prometheus.HistogramVec
 	prefixReuse      *prometheus.CounterVec
 	prefixTokens     prometheus.Counter
+	cutOff           *prometheus.CounterVec
 }
 
 // New registers every metric, with the Go and process collectors, in a new registry.
@@ -79,7 +80,7 @@ func New() *Metrics {
 		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Name: "connections_open",
 			Help: "Client connections held, by transport (http, unix)."}, []string{"transport"}),
 		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "connections_rejected_total",
-			Help: "Client connections refused over --max-connections, by transport."}, []string{"transport"}),
+			Help: "Client connections refused, by transport and reason: max_connections (over --max-connections) or file_descriptors (too few left, --reserved-fds)."}, []string{"transport", "reason"}),
 		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "received_bytes_total",
 			Help: "JSON-RPC bytes received from clients, by transport."}, []string{"transport"}),
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "sent_bytes_total",
@@ -92,10 +93,12 @@ func New() *Metrics {
 			Help: "Conversations of the OpenAI-compatible API by whether the KV cache held their prefix (hit: only the new part was prefilled) or not (miss)."}, []string{"result"}),
 		prefixTokens: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reused_tokens_total",
 			Help: "Prompt tokens taken from the KV cache instead of being prefilled again."}),
+		cutOff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "clients_cut_off_total",
+			Help: "Clients disconnected because they did not read their messages (output buffer full or write timeout), by transport."}, []string{"transport"}),
 	}
 	for _, c := range []prometheus.Collector{m.openaiRequests, m.openaiDuration, m.prefixReuse, m.prefixTokens, m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
 		m.interToken, m.tokens, m.prefillTokens, m.prefillSeconds, m.generateSeconds, m.workerRestarts, m.modelLoaded,
-		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut,
+		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -103,9 +106,11 @@ func New() *Metrics {
 	m.prefixReuse.WithLabelValues("miss")
 	for _, t := range []string{"http", "unix"} {
 		m.connsOpen.WithLabelValues(t)
-		m.connsRejected.WithLabelValues(t)
+		m.connsRejected.WithLabelValues(t, "max_connections")
+		m.connsRejected.WithLabelValues(t, "file_descriptors")
 		m.bytesIn.WithLabelValues(t)
 		m.bytesOut.WithLabelValues(t)
+		m.cutOff.WithLabelValues(t)
 	}
 	return m
 }
@@ -181,7 +186,18 @@ func (m *Metrics) ConnOpened(transport string) { m.connsOpen.WithLabelValues(tra
 func (m *Metrics) ConnClosed(transport string) { m.connsOpen.WithLabelValues(transport).Dec() }
 
 // ConnRejected implements connlimit.Observer.
-func (m *Metrics) ConnRejected(transport string) { m.connsRejected.WithLabelValues(transport).Inc() }
+func (m *Metrics) ConnRejected(transport, reason string) {
+	m.connsRejected.WithLabelValues(transport, reason).Inc()
+}
+
+// ClientCutOff implements the transports' Observer.
+func (m *Metrics) ClientCutOff(transport string) { m.cutOff.WithLabelValues(transport).Inc() }
+
+// InflightBytes registers a gauge of the bytes of requests being served, read from f.
+func (m *Metrics) InflightBytes(f func() int64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "inflight_request_bytes",
+		Help: "Bytes of the JSON-RPC messages being served (bounded by --max-inflight-bytes)."}, func() float64 { return float64(f()) }))
+}
 
 // BytesIn implements the transports' Observer.
 func (m *Metrics) BytesIn(transport string, n int) {

@@ -62,7 +62,7 @@ func TestOutput(t *testing.T) {
 			in:     []runtime.Delivery{tok("Let me check.\n<tool"), tok("_call>\n{\"name\": \"f\", \"arguments\": {\"x\": [1, 2]}}\n</tool_call>")},
 			pieces: []string{"Let me check.\n"}, stopAt: -1, finish: "tool_calls", toolNames: []string{"f"}, toolArgs: []string{`{"x": [1, 2]}`}},
 		{name: "two tool calls, parameters and string arguments", o: newOutput(nil, true, "", 0),
-			in: []runtime.Delivery{tok("<tool_call>{\"name\": \"f\", \"parameters\": {}}</tool_call>\n<tool_call>{\"name\": \"g\", \"arguments\": \"{\\\"y\\\":1}\"}</tool_call>")},
+			in:     []runtime.Delivery{tok("<tool_call>{\"name\": \"f\", \"parameters\": {}}</tool_call>\n<tool_call>{\"name\": \"g\", \"arguments\": \"{\\\"y\\\":1}\"}</tool_call>")},
 			stopAt: -1, finish: "tool_calls", toolNames: []string{"f", "g"}, toolArgs: []string{"{}", `{"y":1}`}},
 		{name: "a broken tool call is content", o: newOutput(nil, true, "", 0), in: []runtime.Delivery{tok("<tool_call>{not json</tool_call>")},
 			stopAt: -1, rest: "<tool_call>{not json</tool_call>", finish: "stop"},

@@ -3,7 +3,11 @@ package rkllmrpc
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
+
+	kjson "sigs.k8s.io/json"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -341,6 +345,11 @@ func (w *inputJSON) tokens(field string, in *runtime.Input) error {
 	if len(in.TokenIDs) == 0 {
 		return jsonrpc.InvalidParams(field+".token_input.input_ids", "must hold at least one token id")
 	}
+	for i, id := range in.TokenIDs {
+		if id < 0 {
+			return jsonrpc.InvalidParams(fmt.Sprintf("%s.token_input.input_ids[%d]", field, i), "token ids are vocabulary positions, not negative, got %d", id)
+		}
+	}
 	if n := w.TokenInput.NTokens; n != nil && *n != len(in.TokenIDs) {
 		return jsonrpc.InvalidParams(field+".token_input.n_tokens", "is %d but input_ids holds %d ids; omit it or make them match", *n, len(in.TokenIDs))
 	}
@@ -368,11 +377,49 @@ func (w *inputJSON) multimodal(field string, in *runtime.Input) error {
 		NFramePerVideo: m.NFramePerVideo, NVideo: m.NVideo, VideoStart: m.VideoStart, VideoEnd: m.VideoEnd,
 		VideoContent: m.VideoContent, FrameWidth: m.FrameWidth, FrameHeight: m.FrameHeight,
 	}
-	if min(m.NImage, m.NImageTokens, m.NVideo, m.NFrameTokens, m.NFramePerVideo) < 0 {
-		return jsonrpc.InvalidParams(field+".multimodal_input", "counts (n_image, n_image_tokens, n_video, ...) must not be negative")
+	field += ".multimodal_input"
+	if min(m.NImage, m.NImageTokens, m.NVideo, m.NFrameTokens, m.NFramePerVideo, m.ImageWidth, m.ImageHeight, m.FrameWidth, m.FrameHeight) < 0 {
+		return jsonrpc.InvalidParams(field, "counts and sizes (n_image, n_image_tokens, image_width, n_video, ...) must not be negative")
 	}
-	if m.NImage > 0 && len(m.ImageEmbed)%(m.NImage*max(m.NImageTokens, 1)) != 0 {
-		return jsonrpc.InvalidParams(field+".multimodal_input.image_embed", "holds %d floats, not n_image (%d) x n_image_tokens (%d) x hidden size", len(m.ImageEmbed), m.NImage, m.NImageTokens)
+	if err := embedRows(field+".image_embed", len(m.ImageEmbed), "n_image", m.NImage, "n_image_tokens", m.NImageTokens, 1); err != nil {
+		return err
+	}
+	return embedRows(field+".video_embed", len(m.VideoEmbed), "n_video", m.NVideo, "n_frame_tokens", m.NFrameTokens, m.NFramePerVideo)
+}
+
+// embedRows checks that an image or video embedding holds count x tokens (x frames)
+// rows of the hidden size: a whole, non-zero multiple, and nothing when count is 0.
+func embedRows(field string, floats int, countName string, count int, tokensName string, tokens, frames int) error {
+	if count == 0 {
+		if floats > 0 {
+			return jsonrpc.InvalidParams(field, "holds %d floats but %s is 0", floats, countName)
+		}
+		return nil
+	}
+	if tokens < 1 || frames < 1 {
+		return jsonrpc.InvalidParams(field, "with %s %d, %s (and frames per video) must be at least 1", countName, count, tokensName)
+	}
+	rows := int64(count) * int64(tokens) * int64(frames)
+	if floats == 0 || int64(floats)%rows != 0 {
+		return jsonrpc.InvalidParams(field, "holds %d floats, not a whole multiple of %s (%d) x %s (%d) rows of the hidden size", floats, countName, count, tokensName, tokens)
+	}
+	return nil
+}
+
+// check applies the ranges of RKLLMInferParam's members.
+func (j *inferParamsJSON) check() error {
+	if s := j.SamplingParams; s != nil {
+		f := "infer_params.sampling_params."
+		switch {
+		case s.TopK < 0:
+			return jsonrpc.InvalidParams(f+"top_k", "must not be negative, got %d", s.TopK)
+		case !(s.TopP >= 0 && s.TopP <= 1):
+			return jsonrpc.InvalidParams(f+"top_p", "must be between 0 and 1, got %g", s.TopP)
+		case !(s.Temperature >= 0):
+			return jsonrpc.InvalidParams(f+"temperature", "must not be negative, got %g", s.Temperature)
+		case s.Mirostat < 0 || s.Mirostat > 2:
+			return jsonrpc.InvalidParams(f+"mirostat", "must be 0 (off), 1 or 2, got %d", s.Mirostat)
+		}
 	}
 	return nil
 }
@@ -396,18 +443,15 @@ func (j *inferParamsJSON) inferParams() runtime.InferParams {
 	return ip
 }
 
-// strictDecode decodes JSON rejecting unknown members.
-func strictDecode(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
-}
+// strictDecode decodes JSON as params are decoded: names matched exactly, unknown and
+// repeated members rejected.
+func strictDecode(raw []byte, v any) error { return jsonrpc.UnmarshalStrict(raw, v) }
 
-// prefixField decodes an error of a nested decode into ErrInvalidParams with the outer
+// prefixField turns an error of a nested decode into ErrInvalidParams with the outer
 // member's name in front of the path.
 func prefixField(prefix string, err error) error {
 	var typeErr *json.UnmarshalTypeError
-	if asTypeErr(err, &typeErr) {
+	if errors.As(err, &typeErr) {
 		if typeErr.Field == "" {
 			typeErr.Field = prefix
 		} else {
@@ -415,24 +459,14 @@ func prefixField(prefix string, err error) error {
 		}
 		return jsonrpc.ParamsError(typeErr)
 	}
-	if msg := err.Error(); len(msg) > len("json: unknown field ") && msg[:len("json: unknown field ")] == "json: unknown field " {
-		name := msg[len("json: unknown field "):]
-		return jsonrpc.InvalidParams(prefix+"."+trimQuotes(name), "unknown member; check the spelling against docs/jsonrpc.md")
+	var fieldErr kjson.FieldError
+	if errors.As(err, &fieldErr) {
+		path := fieldErr.FieldPath()
+		if !strings.HasPrefix(path, "[") {
+			path = "." + path
+		}
+		fieldErr.SetFieldPath(prefix + path)
+		return jsonrpc.ParamsError(fieldErr)
 	}
 	return jsonrpc.ParamsError(err)
-}
-
-func asTypeErr(err error, target **json.UnmarshalTypeError) bool {
-	t, ok := err.(*json.UnmarshalTypeError)
-	if ok {
-		*target = t
-	}
-	return ok
-}
-
-func trimQuotes(s string) string {
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		return s[1 : len(s)-1]
-	}
-	return s
 }

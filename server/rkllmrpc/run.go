@@ -38,6 +38,9 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := p.InferParams.check(); err != nil {
+		return nil, err
+	}
 	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
 	switch p.Encoding {
 	case "", "json", "base64":
@@ -112,7 +115,10 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	c.Admit()
 	if async {
+		// The connection is not idle while its run is queued or going.
+		release := c.Peer.Hold()
 		go func() {
+			defer release()
 			defer cancel()
 			out, err := t.Wait()
 			<-replied

@@ -395,3 +395,40 @@ func TestCrashInjection(t *testing.T) {
 		}
 	})
 }
+
+// TestFaultOnceFile: with RKLLM_SIM_FAULT_ONCE_FILE a fault fires only while the marker
+// file does not exist and creates it, so it fires once across handles (and the worker
+// processes of the server, which each init their own).
+func TestFaultOnceFile(t *testing.T) {
+	eachABI(t, func(t *testing.T, lib *Library) {
+		model, _ := writeModel(t, func(m *simulator.Model) { m.ReplyMinTokens, m.ReplyMaxTokens = 20, 20 })
+		marker := filepath.Join(t.TempDir(), "fault-fired")
+		t.Setenv("RKLLM_SIM_FAULT_ONCE_FILE", marker)
+		t.Run("run error", func(t *testing.T) {
+			t.Setenv("RKLLM_SIM_RUN_ERROR", "-7")
+			h := newHandle(t, lib, params(lib, model))
+			var ce *CallError
+			if r := collect(t, h, prompt("fails once"), InferParams{}, nil); !errors.As(r.err, &ce) || ce.Code != -7 {
+				t.Fatalf("first run = %v, want CallError -7", r.err)
+			}
+			if _, err := os.Stat(marker); err != nil {
+				t.Fatalf("the fault did not create its marker: %v", err)
+			}
+			collect(t, h, prompt("the fault has fired"), InferParams{}, nil).finish(t)
+			// A new handle (a restarted worker) does not fault either.
+			h2 := newHandle(t, lib, params(lib, model))
+			collect(t, h2, prompt("still fine"), InferParams{}, nil).finish(t)
+		})
+		t.Run("init failure", func(t *testing.T) {
+			if err := os.Remove(marker); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("RKLLM_SIM_INIT_FAIL", "1")
+			var ce *CallError
+			if _, err := lib.Init(params(lib, model)); !errors.As(err, &ce) || ce.Func != "rkllm_init" {
+				t.Fatalf("first init = %v, want CallError{rkllm_init}", err)
+			}
+			newHandle(t, lib, params(lib, model)) // the retry loads
+		})
+	})
+}

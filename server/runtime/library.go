@@ -17,10 +17,6 @@ import (
 	"unsafe"
 )
 
-// DefaultLibrary is the library Open loads when given an empty path: the vendor's file
-// name, found through the dynamic linker's search path.
-const DefaultLibrary = "librkllmrt.so"
-
 // Library is a runtime library (librkllmrt.so or a simulator of it) loaded with dlopen
 // and spoken to in one ABI. It stays loaded for the life of the process: the runtime
 // starts threads of its own, which make unloading it unsafe.

@@ -18,6 +18,9 @@ static const char *const optional_names[] = {
 	[RK_SET_CROSS_ATTN_PARAMS] = "rkllm_set_cross_attn_params",
 };
 
+/* LeakSanitizer's interface, present only when the binary is built with it. */
+extern void __lsan_ignore_object(const void *p) __attribute__((weak));
+
 const char *rk_optional_name(int which)
 {
 	return optional_names[which];
@@ -70,6 +73,11 @@ int rk_open(const char *path, int abi, rk_lib *lib, char *dl_err, size_t dl_err_
 	*(void **)&lib->sim_version = dlsym(dl, "rkllm_sim_version");
 	lib->dl = dl;
 	lib->abi = abi;
+	/* The table lives as long as the loaded library, for the life of the process, and
+	 * only Go memory points to it: tell LeakSanitizer (in a build with it) that it is
+	 * held on purpose. */
+	if (__lsan_ignore_object)
+		__lsan_ignore_object(lib);
 	return 0;
 }
 

@@ -11,6 +11,11 @@ import (
 	"fmt"
 )
 
+// DefaultLibrary is the library Open loads when given an empty path: the vendor's file
+// name, found through the dynamic linker's search path. It is here, in the file that
+// builds without cgo, so that configuration code can name it too.
+const DefaultLibrary = "librkllmrt.so"
+
 // ABI names a layout generation of the runtime's C structs. Layouts change with every
 // minor runtime release, so the binding must be told which one the library speaks.
 type ABI string

@@ -130,6 +130,11 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		supOpts.Model = spec
 	}
 	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	a.d.SetLimits(jsonrpc.Limits{
+		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
+		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
+	})
+	m.InflightBytes(a.d.InflightBytes)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
 		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
 	})
@@ -137,11 +142,13 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		return nil, err
 	}
 	svc.Register(a.d)
-	limiter := connlimit.New(o.MaxConnections, m)
+	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
 	if o.Listen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
-			WriteTimeout: o.WriteTimeout, Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
+			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
+			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
 		tmpl, err := o.Template()
 		if err != nil {
@@ -158,7 +165,8 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	if o.Socket != "" {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
-			WriteTimeout: o.WriteTimeout, Limiter: limiter, Observer: m, Log: log.WithName("socket"),
+			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes, IdleTimeout: o.IdleTimeout,
+			Limiter: limiter, Observer: m, Log: log.WithName("socket"),
 		})
 	}
 	return a, nil

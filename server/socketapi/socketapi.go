@@ -27,6 +27,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 )
 
 // Transport is the Peer.Transport of socket connections.
@@ -47,9 +48,17 @@ type Options struct {
 	// MaxMessageBytes bounds one line (16 MiB). A longer line is answered with -32008 and
 	// skipped; the connection goes on.
 	MaxMessageBytes int
-	// WriteTimeout bounds writing one message to a client (30s); a client that stops
-	// reading is disconnected, which aborts its runs.
+	// WriteTimeout bounds one write to a client (30s); a client that stops reading is
+	// disconnected, which aborts its runs.
 	WriteTimeout time.Duration
+	// OutputBufferBytes bounds what may wait for a client to read it
+	// (outbuf.DefaultMaxBytes); a client that falls further behind is disconnected,
+	// which aborts its runs, instead of growing the server's memory or holding the model.
+	OutputBufferBytes int
+	// IdleTimeout closes a connection that sent nothing for this long while it had
+	// nothing in flight (5m); a message begun and not finished within it closes the
+	// connection too. Negative: never.
+	IdleTimeout time.Duration
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
 	// Observer counts bytes; nil for none.
@@ -57,10 +66,12 @@ type Options struct {
 	Log      logr.Logger
 }
 
-// Observer counts the bytes the transport reads and writes.
+// Observer counts the bytes the transport reads and writes, and the clients it cuts
+// off for not reading.
 type Observer interface {
 	BytesIn(transport string, n int)
 	BytesOut(transport string, n int)
+	ClientCutOff(transport string)
 }
 
 // Server is a JSON-RPC server on a Unix socket.
@@ -86,6 +97,9 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 	}
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 30 * time.Second
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 5 * time.Minute
 	}
 	return &Server{d: d, opts: opts, conns: map[*conn]struct{}{}}
 }
@@ -142,6 +156,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.mu.Unlock()
+	var delay time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -151,12 +166,18 @@ func (s *Server) Serve(ln net.Listener) error {
 			if closed {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !temporary(err) {
+				return fmt.Errorf("accept: %w", err)
 			}
-			return fmt.Errorf("accept: %w", err)
+			// Out of descriptors (or a connection reset before it was taken): wait and
+			// try again, as net/http does, instead of ending the listener.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.opts.Log.Error(err, "accept failed; retrying", "retry_in", delay.String())
+			timer := time.NewTimer(delay)
+			<-timer.C
+			continue
 		}
+		delay = 0
 		c := s.newConn(nc)
 		if c == nil {
 			continue
@@ -165,14 +186,25 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// reject answers a connection over the cap with one error line and closes it.
-func (s *Server) reject(nc net.Conn) {
-	defer func() { _ = nc.Close() }()
-	max := 0
-	if s.opts.Limiter != nil {
-		max = s.opts.Limiter.Max()
+// temporary reports whether an accept error is worth retrying: a timeout, running out
+// of descriptors or memory, or a connection aborted before it was taken.
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
 	}
-	resp := &jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("busy: the server holds its maximum of %d connections; retry later", max)}
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// reject answers a refused connection with one error line and closes it.
+func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
+	defer func() { _ = nc.Close() }()
+	resp := &jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})}
 	b, _ := json.Marshal(resp)
 	_ = nc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 	_, _ = nc.Write(append(b, '\n'))
@@ -200,7 +232,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	s.closeConns()
+	// Write what each client still has queued (until ctx ends), then close.
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.closeGracefully(ctx) })
+	}
+	wg.Wait()
 	s.removeSocket()
 	return err
 }
@@ -245,8 +288,8 @@ type conn struct {
 	peer   *jsonrpc.Peer
 	ctx    context.Context
 	cancel context.CancelFunc
+	out    *outbuf.Buffer
 
-	wmu      sync.Mutex
 	inflight sync.WaitGroup // this connection's requests being served
 	once     sync.Once
 }
@@ -254,6 +297,23 @@ type conn struct {
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{s: s, nc: nc, ctx: ctx, cancel: cancel}
+	c.out = outbuf.New(nc, outbuf.Options{
+		MaxBytes:         s.opts.OutputBufferBytes,
+		WriteTimeout:     s.opts.WriteTimeout,
+		SetWriteDeadline: nc.SetWriteDeadline,
+		OnFail: func(err error) {
+			s.opts.Log.Info("cutting off a client that does not read its messages; its requests are cancelled", "peer", c.peer.ID, "reason", err.Error())
+			if s.opts.Observer != nil {
+				s.opts.Observer.ClientCutOff(Transport)
+			}
+			c.close()
+		},
+		Written: func(n int) {
+			if s.opts.Observer != nil {
+				s.opts.Observer.BytesOut(Transport, n)
+			}
+		},
+	})
 	c.peer = &jsonrpc.Peer{
 		Transport:  Transport,
 		ID:         "unix-" + strconv.FormatUint(s.nextID.Add(1), 10),
@@ -266,6 +326,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	defer s.mu.Unlock()
 	if s.closed {
 		cancel()
+		c.out.Abort()
 		_ = nc.Close()
 		return nil
 	}
@@ -274,27 +335,45 @@ func (s *Server) newConn(nc net.Conn) *conn {
 }
 
 // close cancels the connection's requests (queued ones leave the queue, a running one
-// is aborted) and closes it.
+// is aborted) and closes it; what was still queued for the client is dropped. It never
+// waits for the client.
 func (c *conn) close() {
 	c.once.Do(func() {
 		c.cancel()
-		_ = c.nc.Close()
+		_ = c.nc.Close() // ends a write in progress
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
 	})
 }
 
+// closeGracefully writes what is queued for the client (until ctx ends), then closes.
+func (c *conn) closeGracefully(ctx context.Context) {
+	_ = c.out.Close(ctx)
+	c.close()
+}
+
 func (c *conn) serve() {
-	defer c.close()
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	for {
+		if c.s.opts.IdleTimeout > 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.opts.IdleTimeout))
+		}
 		line, tooLong, err := readLine(br, c.s.opts.MaxMessageBytes)
+		if isTimeout(err) {
+			if len(line) == 0 && !tooLong && c.peer.Busy() {
+				continue // waiting for its answers is not idle
+			}
+			c.s.opts.Log.V(1).Info("closing an idle connection", "peer", c.peer.ID, "idle_timeout", c.s.opts.IdleTimeout.String(), "partial_message_bytes", len(line))
+			c.close()
+			break
+		}
 		if c.s.opts.Observer != nil && len(line) > 0 {
 			c.s.opts.Observer.BytesIn(Transport, len(line))
 		}
 		if tooLong {
-			_ = c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes)})
+			_ = c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes).
+				WithData(map[string]any{"limit": "max-request-bytes", "max": c.s.opts.MaxMessageBytes})})
 		} else if len(bytes.TrimSpace(line)) > 0 {
 			c.handle(line)
 		}
@@ -305,6 +384,14 @@ func (c *conn) serve() {
 	// The client closed its side. If it only half-closed (it still reads), answer what it
 	// sent; if it is gone, cancel its requests at once.
 	c.waitForPeerOrDone()
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.WriteTimeout)
+	defer cancel()
+	c.closeGracefully(ctx)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // handle serves one message on its own goroutine and returns once the message's first
@@ -382,43 +469,21 @@ func (c *conn) notify(n *jsonrpc.Notification) error {
 	return c.writeJSON(n)
 }
 
-// writeJSON writes one message as a line. A failed write (the client stopped reading
-// or left) closes the connection, which cancels its requests.
+// writeJSON queues one message as a line for the client and returns at once. A client
+// whose buffer overflows (it stopped reading) is cut off, which cancels its requests.
 func (c *conn) writeJSON(v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		c.s.opts.Log.Error(err, "cannot encode a message")
 		return err
 	}
-	b = append(b, '\n')
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.ctx.Err() != nil && c.isClosed() {
-		return net.ErrClosed
-	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
-	n, err := c.nc.Write(b)
-	if c.s.opts.Observer != nil {
-		c.s.opts.Observer.BytesOut(Transport, n)
-	}
-	if err != nil {
-		c.s.opts.Log.V(1).Info("client write failed; closing the connection", "peer", c.peer.ID, "error", err.Error())
-		c.close()
-		return err
-	}
-	return nil
-}
-
-func (c *conn) isClosed() bool {
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	_, open := c.s.conns[c]
-	return !open
+	return c.out.Send(append(b, '\n'))
 }
 
 // readLine reads one line of at most max bytes. A longer line is consumed to its end
-// and reported as tooLong (without keeping it). err is io.EOF (or another read error)
-// after the last line.
+// and reported as tooLong (without keeping it). err is io.EOF (or another read error,
+// such as the idle timeout) after the last line; line then holds what was read of an
+// unfinished one.
 func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 	for {
 		frag, err := br.ReadSlice('\n')

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 )
 
 const waitTimeout = 10 * time.Second
@@ -29,13 +31,42 @@ type testServer struct {
 	release  chan struct{} // closing it lets "hold" requests return
 	started  chan string   // "hold" requests report their tag once admitted
 	canceled chan string   // "hold" requests whose context ended
+	flooded  chan error    // what "flood" saw: Notify's error, then its context's
 	done     chan error
 }
 
-func newTestServer(t *testing.T, opts Options) *testServer {
+func newTestServer(t *testing.T, opts Options, lim ...jsonrpc.Limits) *testServer {
 	t.Helper()
-	ts := &testServer{release: make(chan struct{}), started: make(chan string, 16), canceled: make(chan string, 16), done: make(chan error, 1)}
+	ts := &testServer{release: make(chan struct{}), started: make(chan string, 16), canceled: make(chan string, 16),
+		flooded: make(chan error, 2), done: make(chan error, 1)}
 	d := jsonrpc.NewDispatcher(logr.Discard(), nil)
+	for _, l := range lim {
+		d.SetLimits(l)
+	}
+	// flood sends notifications of size bytes until Notify fails (the client does not
+	// read), then waits for its request to be cancelled.
+	d.Register("flood", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
+		var p struct {
+			Size int `json:"size"`
+		}
+		if err := c.DecodeParams(&p); err != nil {
+			return nil, err
+		}
+		pad := strings.Repeat("z", p.Size)
+		for i := 0; ; i++ {
+			if err := c.Notify("pad", map[string]any{"i": i, "pad": pad}); err != nil {
+				ts.flooded <- err
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			ts.flooded <- ctx.Err()
+		case <-time.After(waitTimeout):
+			ts.flooded <- errors.New("the request was not cancelled")
+		}
+		return nil, ctx.Err()
+	}))
 	d.Register("echo", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		var p map[string]any
 		if err := c.DecodeParams(&p); err != nil {
@@ -44,7 +75,9 @@ func newTestServer(t *testing.T, opts Options) *testServer {
 		return map[string]any{"params": p, "admin": c.Peer.Admin, "transport": c.Peer.Transport}, nil
 	}))
 	d.Register("hold", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
-		var p struct{ Tag string }
+		var p struct {
+			Tag string `json:"tag"`
+		}
 		_ = c.DecodeParams(&p)
 		c.Admit()
 		ts.started <- p.Tag
@@ -238,7 +271,7 @@ func TestHalfCloseStillAnswers(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	ts := newTestServer(t, Options{Limiter: connlimit.New(1, nil)})
+	ts := newTestServer(t, Options{Limiter: connlimit.New(1, 0, nil)})
 	c := dial(t, ts.path)
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"echo"}`)
 	c.recv()
@@ -287,6 +320,106 @@ func TestShutdownWaitsThenRemovesTheSocket(t *testing.T) {
 	if _, err := os.Stat(ts.path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file left: %v", err)
 	}
+}
+
+// TestClientThatStopsReadingIsCutOff: notifications for a client that does not read go
+// into its bounded buffer without blocking the sender; when it overflows the client is
+// disconnected and its requests cancelled.
+func TestClientThatStopsReadingIsCutOff(t *testing.T) {
+	ts := newTestServer(t, Options{OutputBufferBytes: 64 << 10})
+	c := dial(t, ts.path)
+	c.send(`{"jsonrpc":"2.0","id":1,"method":"flood","params":{"size":1000}}`)
+	if err := <-ts.flooded; !errors.Is(err, outbuf.ErrOverflow) && !errors.Is(err, outbuf.ErrClosed) {
+		t.Fatalf("Notify to a client that does not read: %v, want an overflow", err)
+	}
+	if err := <-ts.flooded; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the flooding request: %v, want cancelled", err)
+	}
+	// The connection was closed: after what the kernel buffered, the client reads EOF.
+	_ = c.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if n, err := io.Copy(io.Discard, c.br); err != nil || n == 0 {
+		t.Errorf("the client read %d bytes, then %v; want some, then EOF", n, err)
+	}
+	eventually(t, "the connection to be forgotten", func() bool { return ts.connCount() == 0 })
+}
+
+// TestIdleTimeout: a connection that sends nothing and has nothing in flight is closed
+// after the idle timeout; one waiting for an answer is not.
+func TestIdleTimeout(t *testing.T) {
+	ts := newTestServer(t, Options{IdleTimeout: 100 * time.Millisecond})
+	busy := dial(t, ts.path)
+	busy.send(`{"jsonrpc":"2.0","id":1,"method":"hold","params":{"tag":"w"}}`)
+	recvTag(t, ts.started)
+	idle := dial(t, ts.path)
+	_ = idle.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := idle.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection: %v, want EOF", err)
+	}
+	// The busy one outlived the idle one and still answers.
+	busy.send(`{"jsonrpc":"2.0","id":2,"method":"echo"}`)
+	if m := busy.recv(); m["id"] != 2.0 {
+		t.Fatalf("busy connection: %v", m)
+	}
+	close(ts.release)
+	if m := busy.recv(); m["result"] != "w" {
+		t.Fatalf("held answer: %v", m)
+	}
+	// Now it has nothing in flight: closed in turn.
+	_ = busy.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := busy.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("connection idle after its answer: %v, want EOF", err)
+	}
+}
+
+// TestSlowMessageIsCutOff: a message begun and not finished within the idle timeout
+// closes the connection (a slow client cannot hold a slot).
+func TestSlowMessageIsCutOff(t *testing.T) {
+	ts := newTestServer(t, Options{IdleTimeout: 100 * time.Millisecond})
+	c := dial(t, ts.path)
+	if _, err := c.nc.Write([]byte(`{"jsonrpc":"2.0","id":1,"meth`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("half a message, then silence: %v, want EOF", err)
+	}
+}
+
+// TestInflightPerConnection: over its cap of messages in flight, a connection's next
+// message is answered -32002 at once; the others go on.
+func TestInflightPerConnection(t *testing.T) {
+	ts := newTestServer(t, Options{}, jsonrpc.Limits{MaxPeerMessages: 2})
+	c := dial(t, ts.path)
+	for _, tag := range []string{"a", "b"} {
+		c.send(`{"jsonrpc":"2.0","id":"` + tag + `","method":"hold","params":{"tag":"` + tag + `"}}`)
+		recvTag(t, ts.started)
+	}
+	c.send(`{"jsonrpc":"2.0","id":3,"method":"echo"}`)
+	m := c.recv()
+	e, _ := m["error"].(map[string]any)
+	if m["id"] != 3.0 || e == nil || e["code"] != -32002.0 || e["data"].(map[string]any)["limit"] != "max-inflight-per-connection" {
+		t.Fatalf("third message in flight: %v", m)
+	}
+	// Another connection is not limited by this one's.
+	other := dial(t, ts.path)
+	other.send(`{"jsonrpc":"2.0","id":4,"method":"echo"}`)
+	if m := other.recv(); m["id"] != 4.0 || m["error"] != nil {
+		t.Fatalf("other connection: %v", m)
+	}
+	close(ts.release)
+	for range 2 {
+		c.recv()
+	}
+	c.send(`{"jsonrpc":"2.0","id":5,"method":"echo"}`)
+	if m := c.recv(); m["id"] != 5.0 || m["error"] != nil {
+		t.Fatalf("after the answers: %v", m)
+	}
+}
+
+func (ts *testServer) connCount() int {
+	ts.s.mu.Lock()
+	defer ts.s.mu.Unlock()
+	return len(ts.s.conns)
 }
 
 func TestListenReplacesOnlySockets(t *testing.T) {

@@ -49,6 +49,7 @@ typedef struct {
 	int run_error;        /* non-zero: rkllm_run returns it */
 	long run_error_after; /* ... after this many deliveries */
 	long fault_run;       /* 0: every run, else only the n-th run (1-based) */
+	char *once_file;      /* RKLLM_SIM_FAULT_ONCE_FILE: the handle's own copy, or NULL */
 	int log_level;        /* RKLLM_LOG_LEVEL */
 } sim_faults;
 
@@ -210,6 +211,26 @@ static int env_long(const char *name, long def, long lo, long *out)
 	return 0;
 }
 
+/* fault_once reports whether a fault may fire now. Without RKLLM_SIM_FAULT_ONCE_FILE
+ * every fault fires; with it, a fault fires only when the marker file does not exist
+ * yet, and creating it (O_EXCL) claims the fault, so it fires once across handles,
+ * worker restarts and processes. */
+static bool fault_once(const char *marker)
+{
+	if (!marker)
+		return true;
+	int fd = open(marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		if (errno != EEXIST)
+			logf_("E", "cannot create RKLLM_SIM_FAULT_ONCE_FILE %s: %s", marker, strerror(errno));
+		return false;
+	}
+	close(fd);
+	return true;
+}
+
+/* read_faults reads the fault variables; f->once_file points into the environment
+ * until the handle takes its own copy. */
 static int read_faults(sim_faults *f)
 {
 	long err, ign;
@@ -222,6 +243,8 @@ static int read_faults(sim_faults *f)
 		return -1;
 	f->hang_ignores_abort = ign != 0;
 	f->run_error = (int)err;
+	const char *once = getenv("RKLLM_SIM_FAULT_ONCE_FILE");
+	f->once_file = once && *once ? (char *)once : NULL;
 	/* The runtime's own variable: read leniently, as a runtime would. */
 	const char *lvl = getenv("RKLLM_LOG_LEVEL");
 	f->log_level = lvl ? atoi(lvl) : 0;
@@ -317,6 +340,7 @@ static void free_handle(sim_handle *h)
 	free(h->pc);
 	json_free(&h->tools);
 	free(h->stats_path);
+	free(h->f.once_file);
 	sim_model_free(&h->m);
 	pthread_mutex_destroy(&h->mu);
 	pthread_cond_destroy(&h->cv);
@@ -347,7 +371,7 @@ EXPORT int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM13Callback *cal
 		}
 	}
 	const char *fail = getenv("RKLLM_SIM_INIT_FAIL");
-	if (fail && *fail) {
+	if (fail && *fail && fault_once(f.once_file)) {
 		logf_("E", "simulated init failure (RKLLM_SIM_INIT_FAIL=%s)", fail);
 		return -1;
 	}
@@ -393,6 +417,7 @@ EXPORT int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM13Callback *cal
 	h->param = *param;
 	h->n_batch = n_batch;
 	h->f = f;
+	h->f.once_file = f.once_file ? strdup(f.once_file) : NULL;
 	const char *sp = getenv("RKLLM_SIM_STATS_FILE");
 	h->stats_path = sp && *sp ? strdup(sp) : NULL;
 	h->kv = xcalloc((size_t)n_batch, sizeof *h->kv);
@@ -1108,9 +1133,9 @@ static int faults(sim_ctx *c)
 	sim_handle *h = c->h;
 	if (!c->fault)
 		return 0;
-	if (h->f.crash_after == c->delivered)
+	if (h->f.crash_after == c->delivered && fault_once(h->f.once_file))
 		crash_now();
-	if (h->f.hang_after == c->delivered) {
+	if (h->f.hang_after == c->delivered && fault_once(h->f.once_file)) {
 		logf_("W", "simulated hang (RKLLM_SIM_HANG_AFTER=%ld)", h->f.hang_after);
 		stats(h, "event=hang run=%ld", c->r->no);
 		pthread_mutex_lock(&h->mu);
@@ -1119,7 +1144,7 @@ static int faults(sim_ctx *c)
 		pthread_mutex_unlock(&h->mu);
 		return 1;
 	}
-	if (h->f.run_error && h->f.run_error_after == c->delivered)
+	if (h->f.run_error && h->f.run_error_after == c->delivered && fault_once(h->f.once_file))
 		return -1;
 	return 0;
 }
