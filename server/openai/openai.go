@@ -23,6 +23,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
@@ -41,6 +42,8 @@ type Observer interface {
 	// ObserveOpenAI reports one request: the endpoint ("chat.completions",
 	// "completions", "models"), the HTTP status answered and the time it took.
 	ObserveOpenAI(endpoint string, status int, elapsed time.Duration)
+	// ClientCutOff reports a client cut off for not reading its stream.
+	ClientCutOff(transport string)
 	BytesIn(transport string, n int)
 	BytesOut(transport string, n int)
 }
@@ -64,8 +67,9 @@ type Options struct {
 	// WriteTimeout bounds writing one event of a stream (30s): a client that stops
 	// reading is cut off and its run aborted.
 	WriteTimeout time.Duration
-	// MaxBacklogBytes bounds the output a stream may hold for a client that reads
-	// slower than the model writes (1 MiB); past it the client is cut off.
+	// MaxBacklogBytes bounds the output a request may hold for a client that reads
+	// slower than the model writes (outbuf.DefaultMaxBytes, as --client-buffer-bytes
+	// for the other transports); past it the client is cut off and its run aborted.
 	MaxBacklogBytes int
 	// Draining reports that the server is shutting down (503 from then on).
 	Draining func() bool
@@ -94,7 +98,7 @@ func New(b Backend, opts Options) *Handler {
 		opts.WriteTimeout = 30 * time.Second
 	}
 	if opts.MaxBacklogBytes <= 0 {
-		opts.MaxBacklogBytes = 1 << 20
+		opts.MaxBacklogBytes = outbuf.DefaultMaxBytes
 	}
 	if opts.Draining == nil {
 		opts.Draining = func() bool { return false }

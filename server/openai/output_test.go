@@ -91,3 +91,25 @@ func TestOutput(t *testing.T) {
 		t.Errorf("ran out: %q", r.finish)
 	}
 }
+
+// TestDeliveryQueue: the executor's pushes never block; a client further behind than
+// the bound is cut off (its request cancelled) and gets nothing more.
+func TestDeliveryQueue(t *testing.T) {
+	cancelled := false
+	q := &deliveryQueue{max: 200, wake: make(chan struct{}, 1), cancel: func() { cancelled = true }}
+	q.push(tok("a"))
+	q.push(tok("b")) // the wake signal is already pending: push does not wait
+	if got := q.take(); len(got) != 2 || cancelled {
+		t.Fatalf("took %d, cancelled %v", len(got), cancelled)
+	}
+	for range 5 {
+		q.push(tok(strings.Repeat("x", 50)))
+	}
+	if !cancelled || !q.overflow || len(q.take()) != 1 {
+		t.Errorf("overflow %v cancelled %v", q.overflow, cancelled)
+	}
+	q.push(tok("late"))
+	if len(q.take()) != 0 {
+		t.Error("a cut-off client still gets deliveries")
+	}
+}

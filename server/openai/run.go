@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -79,6 +80,7 @@ type sse struct {
 	timeout time.Duration
 	cancel  context.CancelFunc
 	failed  bool
+	err     error // why the stream failed
 	sent    int
 }
 
@@ -104,7 +106,7 @@ func (s *sse) data(b []byte) {
 		err = rc.Flush()
 	}
 	if err != nil {
-		s.failed = true
+		s.failed, s.err = true, err
 		s.cancel()
 	}
 }
@@ -286,8 +288,11 @@ func (h *Handler) runFailed(w http.ResponseWriter, st *stream, q *deliveryQueue,
 	q.mu.Unlock()
 	e := fromBackend(err)
 	switch {
-	case overflow:
-		h.opts.Log.Info("a client read its stream too slowly; its run was aborted", "id", id, "max_backlog_bytes", h.opts.MaxBacklogBytes)
+	case overflow, st != nil && errors.Is(st.err, os.ErrDeadlineExceeded):
+		h.opts.Log.Info("cutting off a client that does not read its stream; its run is aborted", "id", id, "max_backlog_bytes", h.opts.MaxBacklogBytes)
+		if h.opts.Observer != nil {
+			h.opts.Observer.ClientCutOff("http")
+		}
 		return
 	case st != nil && st.failed, errors.Is(err, supervisor.ErrAborted):
 		h.opts.Log.V(1).Info("the client went away; its run was aborted", "id", id)

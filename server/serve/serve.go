@@ -157,7 +157,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		log.Info("OpenAI-compatible API on /v1/", "chat_template", tmpl.Name(), "prefix_reuse", o.PrefixReuse)
 		v1 := openai.New(a.sup, openai.Options{
 			ModelName: o.ServedModelName, ModelPath: o.Model, Template: tmpl, PrefixReuse: o.PrefixReuse, RequestTimeout: o.RequestTimeout,
-			MaxRequestBytes: o.MaxRequestBytes, WriteTimeout: o.WriteTimeout, Draining: a.d.Draining,
+			MaxRequestBytes: o.MaxRequestBytes, WriteTimeout: o.WriteTimeout, MaxBacklogBytes: o.ClientBufferBytes, Draining: a.d.Draining,
 			Fingerprint: "rkllm-server-" + opts.Version, Observer: m, Log: log.WithName("openai"),
 		})
 		a.httpSrv.Handle("/v1/", a.httpSrv.RequireAPIKey(v1, openai.Unauthorized))
