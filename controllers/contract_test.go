@@ -17,16 +17,20 @@ limitations under the License.
 package controllers
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
@@ -44,7 +48,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 			SkipSpecialToken: ptr.To(true), EmbedFlash: ptr.To(true), NBatch: ptr.To[int32](4), BaseDomainID: ptr.To[int32](2),
 			EnabledCPUs: &inferencev1alpha1.EnabledCPUs{Count: ptr.To[int32](4), Mask: ptr.To("0xF0")},
 		}
-		m.Spec.ChatTemplate = &inferencev1alpha1.ChatTemplate{System: ptr.To("You are helpful."), Prefix: ptr.To("<u>"), Postfix: ptr.To("<a>")}
+		m.Spec.ChatTemplate = &inferencev1alpha1.ChatTemplate{System: ptr.To("You are helpful."), Prefix: ptr.To("<u>"), Postfix: ptr.To("<a>"), Preset: ptr.To("llama3")}
 		m.Spec.LoraAdapters = []inferencev1alpha1.LoraAdapter{
 			{Name: "chat", URL: "https://example.org/chat.lora", Scale: ptr.To("0.5")},
 			{Name: "code", HostPath: "/opt/lora/code.lora"},
@@ -76,6 +80,10 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 	}
 	if sys, pre, post, ok := o.ChatTemplate(); !ok || sys != "You are helpful." || pre != "<u>" || post != "<a>" {
 		t.Errorf("chat template %q %q %q %v", sys, pre, post, ok)
+	}
+	// The preset is the template of the OpenAI-compatible API.
+	if tmpl, err := o.Template(); err != nil || tmpl.Name() != "llama3" {
+		t.Errorf("OpenAI chat template %v, %v; want the llama3 preset", tmpl, err)
 	}
 	loras, err := o.LoraAdapters()
 	if err != nil {
@@ -120,4 +128,31 @@ func parseWithServer(t *testing.T, m *inferencev1alpha1.RKLLMModel) *config.Serv
 		t.Fatalf("rkllm-server refuses the operator's server.json: %v\n%s", err, data)
 	}
 	return o
+}
+
+// The CRD's chatTemplate.preset accepts exactly the server's presets.
+func TestChatTemplatePresetsMatchTheServer(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "config", "crd", "bases", "inference.rkllm.io_rkllmmodels.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := yaml.Unmarshal(raw, &crd); err != nil {
+		t.Fatal(err)
+	}
+	preset := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties["chatTemplate"].Properties["preset"]
+	var enum []string
+	for _, v := range preset.Enum {
+		var s string
+		if err := json.Unmarshal(v.Raw, &s); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := chattemplate.Preset(s); err != nil {
+			t.Errorf("the CRD allows %q, which the server refuses: %v", s, err)
+		}
+		enum = append(enum, s)
+	}
+	if len(enum) != len(chattemplate.Presets()) {
+		t.Errorf("CRD presets %v, server presets %v", enum, chattemplate.Presets())
+	}
 }

@@ -313,6 +313,7 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		setIfNotNil(c, "chat-template-system", t.System)
 		setIfNotNil(c, "chat-template-prefix", t.Prefix)
 		setIfNotNil(c, "chat-template-postfix", t.Postfix)
+		setIfNotNil(c, "chat-template", t.Preset)
 	}
 	var loras []string
 	for i, l := range spec.LoraAdapters {

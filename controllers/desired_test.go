@@ -73,7 +73,7 @@ var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi liste
 max-queue request-timeout shutdown-timeout init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
-chat-template-system chat-template-prefix chat-template-postfix lora prompt-cache`)
+chat-template-system chat-template-prefix chat-template-postfix chat-template lora prompt-cache`)
 
 func TestServerConfigMinimal(t *testing.T) {
 	_, cfg := build(t, unitModel(nil))
@@ -103,7 +103,7 @@ func TestServerConfigEveryField(t *testing.T) {
 			SkipSpecialToken: ptr.To(true), EmbedFlash: ptr.To(false), NBatch: ptr.To[int32](2), BaseDomainID: ptr.To[int32](3),
 			EnabledCPUs: &inferencev1alpha1.EnabledCPUs{Count: ptr.To[int32](4), Mask: ptr.To("0xF0")},
 		}
-		m.Spec.ChatTemplate = &inferencev1alpha1.ChatTemplate{System: ptr.To("sys"), Prefix: ptr.To("<u>"), Postfix: ptr.To("<a>")}
+		m.Spec.ChatTemplate = &inferencev1alpha1.ChatTemplate{System: ptr.To("sys"), Prefix: ptr.To("<u>"), Postfix: ptr.To("<a>"), Preset: ptr.To("qwen2.5")}
 		m.Spec.LoraAdapters = []inferencev1alpha1.LoraAdapter{
 			{Name: "chat", URL: "https://example.org/lora/chat.rkllm", Scale: ptr.To("0.5")},
 			{Name: "code", HostPath: "/opt/lora/code.rkllm"},
@@ -131,7 +131,7 @@ func TestServerConfigEveryField(t *testing.T) {
 		"top-p": "0.9", "presence-penalty": "-0.2", "max-context-len": float64(4096), "skip-special-token": true,
 		"embed-flash": float64(0), "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
 		"shutdown-timeout": "1m0s", "log-format": "text", "api-key-file": "/etc/rkllm/api-key/api-key",
-		"chat-template-prefix": "<u>", "max-queue": float64(16),
+		"chat-template-prefix": "<u>", "chat-template": "qwen2.5", "max-queue": float64(16),
 		"prompt-cache": "/models/" + downloadFileName("prompt-cache", "https://example.org/prompt.cache"),
 	}
 	for k, v := range checks {

@@ -118,6 +118,8 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 			[]string{"an RKLLMModel name must be at most 63 lower-case letters, digits and '-', starting with a letter"}},
 		{"name too long for a Service", strings.Repeat("q", 64), nil,
 			[]string{"an RKLLMModel name must be at most 63"}},
+		{"unknown chat template preset", "", func(s *spec) { s.ChatTemplate = &inferencev1alpha1.ChatTemplate{Preset: ptr.To("vicuna")} },
+			[]string{"spec.chatTemplate.preset", `Unsupported value: "vicuna"`, `"qwen2.5"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,7 +160,7 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 				SkipSpecialToken: ptr.To(true), EmbedFlash: ptr.To(false), NBatch: ptr.To[int32](100), BaseDomainID: ptr.To[int32](1),
 				EnabledCPUs: &inferencev1alpha1.EnabledCPUs{Count: ptr.To[int32](4), Mask: ptr.To("0xF0")},
 			},
-			ChatTemplate: &inferencev1alpha1.ChatTemplate{System: ptr.To("You are helpful."), Prefix: ptr.To("<|user|>"), Postfix: ptr.To("<|assistant|>")},
+			ChatTemplate: &inferencev1alpha1.ChatTemplate{System: ptr.To("You are helpful."), Prefix: ptr.To("<|user|>"), Postfix: ptr.To("<|assistant|>"), Preset: ptr.To("qwen3-no-thinking")},
 			LoraAdapters: []inferencev1alpha1.LoraAdapter{
 				{Name: "chat", URL: "http://lora.example.org/chat.rkllm", Scale: ptr.To("0.75")},
 				{Name: "code-2", HostPath: "/opt/lora/code.rkllm"},

@@ -39,8 +39,10 @@ type RKLLMModelSpec struct {
 	// +optional
 	Parameters *Parameters `json:"parameters,omitempty"`
 
-	// chatTemplate overrides the chat template baked into the model at conversion
-	// (rkllm_set_chat_template). Unset: the model's own template.
+	// chatTemplate chooses how conversations are laid out for the model: preset for the
+	// OpenAI-compatible API (/v1/), and system, prefix and postfix to override the
+	// template baked into the model at conversion (rkllm_set_chat_template) for JSON-RPC
+	// clients. Unset: the chatml preset, and the model's own template.
 	// +optional
 	ChatTemplate *ChatTemplate `json:"chatTemplate,omitempty"`
 
@@ -364,8 +366,16 @@ type EnabledCPUs struct {
 	Mask *string `json:"mask,omitempty"`
 }
 
-// ChatTemplate replaces the model's chat template.
+// ChatTemplate chooses the chat template of the model.
 type ChatTemplate struct {
+	// preset is the model family whose chat template the OpenAI-compatible API renders
+	// conversations with (rkllm-server --chat-template): chatml, qwen2, qwen2.5, qwen3,
+	// qwen3-no-thinking, llama3, deepseek-r1, gemma, phi3, minicpm or internlm2. Unset:
+	// chatml (Qwen's layout). Choose the family the model was converted from.
+	// +kubebuilder:validation:Enum=chatml;qwen2;qwen2.5;qwen3;qwen3-no-thinking;llama3;deepseek-r1;gemma;phi3;minicpm;internlm2
+	// +optional
+	Preset *string `json:"preset,omitempty"`
+
 	// system is the system prompt.
 	// +kubebuilder:validation:MaxLength=16384
 	// +optional
