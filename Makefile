@@ -76,7 +76,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node ## Everything CI runs (.ci/run calls this).
 
 # The server's packages and the runtime binding are tested once, under -race, by
 # test-server and test-runtime; unit runs everything else.
@@ -87,8 +87,8 @@ unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests (all but the server and the 
 	$(GO) test $(UNIT_PKGS) -count=1
 
 .PHONY: envtest
-envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s/ (from the Go module proxy).
-	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd
+envtest: ## Build kube-apiserver, etcd and kubectl for envtest into bin/k8s/ (from the Go module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd kubectl
 
 ##@ Runtime binding and simulator
 
@@ -184,6 +184,10 @@ SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm
 test-server: sim fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
 	$(GO) test -race -count=1 $(SERVER_PKGS)
 
+.PHONY: test-openai-node
+test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
+	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
+
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
 FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
 FUZZTIME ?= 2m
@@ -238,13 +242,24 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 build: ## Build every binary into bin/.
 	$(GO) build -o $(LOCALBIN)/ ./cmd/...
 
-.PHONY: demo
-demo: ## Run the demo: a local control plane, the operator and a sample model.
-	@echo "make demo is not written yet"; exit 1
-
 .PHONY: clean
 clean: ## Remove everything built into bin/.
 	rm -rf $(LOCALBIN)
+
+##@ Operator
+
+.PHONY: manager
+manager: ## Build the operator's manager into bin/manager.
+	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
+
+.PHONY: demo
+demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
+	@$(GO) build -o $(LOCALBIN)/demo ./hack/demo
+	@exec $(LOCALBIN)/demo --manager $(LOCALBIN)/manager --samples config/samples
+
+.PHONY: bench-operator
+bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
+	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
 
 ##@ Tools
 

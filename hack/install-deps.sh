@@ -8,6 +8,9 @@
 #   valgrind                 the simulator's leak check (make sim-leakcheck)
 #   make                     the Makefile itself
 #   util-linux, mount        unshare and mount for the real-kubelet e2e (make e2e-kubelet)
+#   nodejs, npm              the OpenAI Node.js client test (make test-openai-node); only
+#                            when the node or npm command is missing (a Node.js from
+#                            elsewhere, with its own npm, is used as it is)
 set -euo pipefail
 
 packages=(gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross valgrind make util-linux mount)
@@ -18,6 +21,8 @@ for p in "${packages[@]}"; do
 		missing+=("$p")
 	fi
 done
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
 fi

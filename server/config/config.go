@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -55,6 +56,14 @@ type Serve struct {
 	ChatTemplatePostfix string
 	Loras               []string
 	PromptCache         string
+
+	// The OpenAI-compatible API (/v1/).
+	ServedModelName    string
+	ChatTemplateName   string
+	ChatTemplateFile   string
+	ChatTemplateEOS    string
+	ChatTemplateCustom string
+	PrefixReuse        bool
 
 	Listen          string
 	Socket          string
@@ -140,6 +149,13 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ChatTemplatePostfix, "chat-template-postfix", "", "Prompt postfix of the chat template.")
 	fs.StringArrayVar(&o.Loras, "lora", nil, "LoRA adapter to load after the model, NAME=PATH[:SCALE] (scale 1 by default); repeatable.")
 	fs.StringVar(&o.PromptCache, "prompt-cache", "", "Prompt cache file to load after the model.")
+
+	fs.StringVar(&o.ServedModelName, "served-model-name", "", "Model id of the OpenAI-compatible API (/v1/); default: the model file's name without its extension.")
+	fs.StringVar(&o.ChatTemplateName, "chat-template", "", "Chat template preset the OpenAI-compatible API renders conversations with: "+strings.Join(chattemplate.Presets(), ", ")+" (default "+chattemplate.Default+").")
+	fs.StringVar(&o.ChatTemplateFile, "chat-template-file", "", "Hugging Face chat template for the OpenAI-compatible API: a Jinja file, or the model's tokenizer_config.json.")
+	fs.StringVar(&o.ChatTemplateEOS, "chat-template-eos", "", "Text of the model's end-of-sequence token, for --chat-template-file (a tokenizer_config.json has it).")
+	fs.StringVar(&o.ChatTemplateCustom, "chat-template-custom", "", "Custom chat template for the OpenAI-compatible API: a JSON object of turn strings (see docs/openai.md).")
+	fs.BoolVar(&o.PrefixReuse, "prefix-reuse", true, "Reuse the KV cache when a conversation continues the previous one (feed only the new part).")
 
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
 	fs.StringVar(&o.Socket, "socket", "", "Unix socket path for newline-delimited JSON-RPC, such as /run/rkllm/rkllm.sock; empty disables it.")
@@ -240,6 +256,13 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 		return []string{v.String()}, nil
 	case bool:
 		return []string{strconv.FormatBool(v)}, nil
+	case map[string]any:
+		// An object (chat-template-custom) is given to its flag as JSON.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		return []string{string(b)}, nil
 	case []any:
 		if !repeatable {
 			return nil, errors.New("a list is only allowed for a repeatable flag (lora)")
@@ -254,12 +277,12 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("value must be a string, number or boolean, not %T", v)
+	return nil, fmt.Errorf("value must be a string, number, boolean or (chat-template-custom) object, not %T", v)
 }
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
-	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits} {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateTemplate} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -337,6 +360,67 @@ func (o *Serve) validateLimits() error {
 		return errors.New("--idle-timeout, --read-header-timeout, --body-read-timeout and --write-timeout must be positive")
 	}
 	return nil
+}
+
+// validateTemplate checks that at most one chat template is configured, and that it
+// loads.
+func (o *Serve) validateTemplate() error {
+	n := 0
+	for _, v := range []string{o.ChatTemplateName, o.ChatTemplateFile, o.ChatTemplateCustom} {
+		if v != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("--chat-template, --chat-template-file and --chat-template-custom each choose the chat template: give one")
+	}
+	_, err := o.Template()
+	return err
+}
+
+// Template returns the chat template of the OpenAI-compatible API.
+func (o *Serve) Template() (chattemplate.Template, error) {
+	switch {
+	case o.ChatTemplateFile != "":
+		t, err := chattemplate.LoadJinja(o.ChatTemplateFile, o.ChatTemplateEOS)
+		if err != nil {
+			return nil, fmt.Errorf("--chat-template-file: %w", err)
+		}
+		return t, nil
+	case o.ChatTemplateCustom != "":
+		t, err := chattemplate.ParseCustom(o.ChatTemplateCustom)
+		if err != nil {
+			return nil, fmt.Errorf("--chat-template-custom: %w", err)
+		}
+		return t, nil
+	case o.ChatTemplateName != "":
+		t, err := chattemplate.Preset(o.ChatTemplateName)
+		if err != nil {
+			return nil, fmt.Errorf("--chat-template: %w", err)
+		}
+		return t, nil
+	}
+	return chattemplate.Preset(chattemplate.Default)
+}
+
+// RuntimeFallbackTemplate is the runtime chat template JSON-RPC runs get after the
+// OpenAI API switched the model's own off: the configured preset's (or custom
+// template's) equivalent, unless --chat-template-* set one. ok is false when there is
+// none (no preset configured: the model's family is unknown).
+func (o *Serve) RuntimeFallbackTemplate() (system, prefix, postfix string, ok bool) {
+	if _, _, _, set := o.ChatTemplate(); set || o.ChatTemplateName == "" && o.ChatTemplateCustom == "" {
+		return "", "", "", false
+	}
+	t, err := o.Template()
+	if err != nil {
+		return "", "", "", false
+	}
+	turns, isTurns := t.(*chattemplate.Turns)
+	if !isTurns {
+		return "", "", "", false
+	}
+	system, prefix, postfix = turns.RuntimeTemplate()
+	return system, prefix, postfix, true
 }
 
 func (o *Serve) changed(name string) bool { return o.fs != nil && o.fs.Changed(name) }

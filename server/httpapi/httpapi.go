@@ -168,10 +168,15 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 // serve clients should use RequireAPIKey.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
-// RequireAPIKey wraps h with the bearer-token check of /rpc.
-func (s *Server) RequireAPIKey(h http.Handler) http.Handler {
+// RequireAPIKey wraps h with the bearer-token check of /rpc. denied answers a request
+// without the key in the API's own shape; nil answers 401 in plain text.
+func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.authorized(r) {
+			if denied != nil {
+				denied(w, r)
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rkllm-server"`)
 			http.Error(w, "missing or wrong API key: send Authorization: Bearer <key>", http.StatusUnauthorized)
 			return

@@ -39,6 +39,10 @@ type Metrics struct {
 	connsRejected    *prometheus.CounterVec
 	bytesIn          *prometheus.CounterVec
 	bytesOut         *prometheus.CounterVec
+	openaiRequests   *prometheus.CounterVec
+	openaiDuration   *prometheus.HistogramVec
+	prefixReuse      *prometheus.CounterVec
+	prefixTokens     prometheus.Counter
 	cutOff           *prometheus.CounterVec
 }
 
@@ -81,15 +85,25 @@ func New() *Metrics {
 			Help: "JSON-RPC bytes received from clients, by transport."}, []string{"transport"}),
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "sent_bytes_total",
 			Help: "JSON-RPC bytes sent to clients, by transport."}, []string{"transport"}),
+		openaiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "openai_requests_total",
+			Help: "Requests of the OpenAI-compatible API, by endpoint and HTTP status code."}, []string{"endpoint", "code"}),
+		openaiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "openai_request_duration_seconds",
+			Help: "Time from an OpenAI-compatible request's arrival to the end of its response, by endpoint.", Buckets: latency}, []string{"endpoint"}),
+		prefixReuse: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reuse_total",
+			Help: "Conversations of the OpenAI-compatible API by whether the KV cache held their prefix (hit: only the new part was prefilled) or not (miss)."}, []string{"result"}),
+		prefixTokens: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reused_tokens_total",
+			Help: "Prompt tokens taken from the KV cache instead of being prefilled again."}),
 		cutOff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "clients_cut_off_total",
 			Help: "Clients disconnected because they did not read their messages (output buffer full or write timeout), by transport."}, []string{"transport"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
+	for _, c := range []prometheus.Collector{m.openaiRequests, m.openaiDuration, m.prefixReuse, m.prefixTokens, m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
 		m.interToken, m.tokens, m.prefillTokens, m.prefillSeconds, m.generateSeconds, m.workerRestarts, m.modelLoaded,
 		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
+	m.prefixReuse.WithLabelValues("hit")
+	m.prefixReuse.WithLabelValues("miss")
 	for _, t := range []string{"http", "unix"} {
 		m.connsOpen.WithLabelValues(t)
 		m.connsRejected.WithLabelValues(t, "max_connections")
@@ -193,4 +207,20 @@ func (m *Metrics) BytesIn(transport string, n int) {
 // BytesOut implements the transports' Observer.
 func (m *Metrics) BytesOut(transport string, n int) {
 	m.bytesOut.WithLabelValues(transport).Add(float64(n))
+}
+
+// ObserveOpenAI implements openai.Observer.
+func (m *Metrics) ObserveOpenAI(endpoint string, status int, elapsed time.Duration) {
+	m.openaiRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
+	m.openaiDuration.WithLabelValues(endpoint).Observe(elapsed.Seconds())
+}
+
+// PrefixReuse implements supervisor.PrefixObserver.
+func (m *Metrics) PrefixReuse(reused bool, cachedTokens int) {
+	if !reused {
+		m.prefixReuse.WithLabelValues("miss").Inc()
+		return
+	}
+	m.prefixReuse.WithLabelValues("hit").Inc()
+	m.prefixTokens.Add(float64(max(cachedTokens, 0)))
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
+	"github.com/rkllm-operator/rkllm-operator/server/openai"
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -123,6 +124,9 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		if sys, prefix, postfix, ok := o.ChatTemplate(); ok {
 			spec.ChatTemplate = &workerproto.SetChatTemplate{SystemPrompt: sys, PromptPrefix: prefix, PromptPostfix: postfix}
 		}
+		if sys, prefix, postfix, ok := o.RuntimeFallbackTemplate(); ok {
+			spec.FallbackTemplate = &workerproto.SetChatTemplate{SystemPrompt: sys, PromptPrefix: prefix, PromptPostfix: postfix}
+		}
 		supOpts.Model = spec
 	}
 	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
@@ -146,6 +150,17 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
 			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
+		tmpl, err := o.Template()
+		if err != nil {
+			return nil, err
+		}
+		log.Info("OpenAI-compatible API on /v1/", "chat_template", tmpl.Name(), "prefix_reuse", o.PrefixReuse)
+		v1 := openai.New(a.sup, openai.Options{
+			ModelName: o.ServedModelName, ModelPath: o.Model, Template: tmpl, PrefixReuse: o.PrefixReuse, RequestTimeout: o.RequestTimeout,
+			MaxRequestBytes: o.MaxRequestBytes, WriteTimeout: o.WriteTimeout, MaxBacklogBytes: o.ClientBufferBytes, Draining: a.d.Draining,
+			Fingerprint: "rkllm-server-" + opts.Version, Observer: m, Log: log.WithName("openai"),
+		})
+		a.httpSrv.Handle("/v1/", a.httpSrv.RequireAPIKey(v1, openai.Unauthorized))
 	}
 	if o.Socket != "" {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{

@@ -152,6 +152,9 @@ func (s *Supervisor) workerGone(p *proc, cause string) {
 	s.restarts++
 	s.lastExit = p.exit.summary()
 	s.mu.Unlock()
+	s.applied = handleState{}
+	s.kv.invalidate()
+	s.convInCache = false
 	s.log.Error(nil, "worker died", "cause", cause, "exit", p.exit.String(), "stderr", p.exit.Stderr)
 	s.opts.Observer.WorkerRestart(cause)
 	if wasLoaded {
@@ -215,7 +218,10 @@ func (s *Supervisor) load(p *proc) error {
 	s.loaded = true
 	s.loadErr = nil
 	s.replayErr = replayErr
+	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
 	s.mu.Unlock()
+	s.kv.invalidate()
+	s.convInCache = false
 	s.opts.Observer.ModelLoaded(true)
 	s.log.Info("model loaded", "model", param.ModelPath)
 	return nil
@@ -300,7 +306,9 @@ func (s *Supervisor) execute(p *proc, t *Ticket) {
 	case *workerproto.Destroy:
 		t.finish(Outcome{}, s.execDestroy(p))
 	case *workerproto.Run:
-		t.finish(s.execRun(p, t, m))
+		t.finish(s.execRPCRun(p, t, m))
+	case nil:
+		t.finish(s.execConversation(p, t, t.req.Conversation))
 	default:
 		t.finish(s.execCall(p, m))
 	}
@@ -345,6 +353,9 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	s.state = replayState{}
 	s.replayErr = nil
 	s.mu.Unlock()
+	s.applied = handleState{}
+	s.kv.invalidate()
+	s.convInCache = false
 	s.opts.Observer.ModelLoaded(true)
 	s.log.Info("model loaded by a client", "model", param.ModelPath)
 	return nil
@@ -373,6 +384,9 @@ func (s *Supervisor) execDestroy(p *proc) error {
 	s.state = replayState{}
 	s.replayErr = nil
 	s.mu.Unlock()
+	s.applied = handleState{}
+	s.kv.invalidate()
+	s.convInCache = false
 	s.opts.Observer.ModelLoaded(false)
 	s.log.Info("model destroyed by a client", "model", desired.ModelPath)
 	return nil
@@ -382,6 +396,10 @@ func (s *Supervisor) execDestroy(p *proc) error {
 func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
 		return Outcome{}, err
+	}
+	if _, query := m.(*workerproto.GetKVCacheSize); !query {
+		// Every other call may change what the cache holds or how it was made.
+		s.kv.invalidate()
 	}
 	mark := p.mark()
 	r, err := s.call(p, m, s.opts.CallTimeout, m.Op().String())
@@ -394,6 +412,12 @@ func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	s.mu.Lock()
 	s.state.record(m)
 	s.mu.Unlock()
+	switch m := m.(type) {
+	case *workerproto.SetChatTemplate:
+		s.applied.chat = m
+	case *workerproto.SetFunctionTools:
+		s.applied.tools = m
+	}
 	return Outcome{Running: r.Running, CacheSizes: r.CacheSizes}, nil
 }
 
@@ -409,14 +433,15 @@ const (
 
 // runWatch is the state of one run's relay loop: its watchdog and why it was aborted.
 type runWatch struct {
-	s         *Supervisor
-	p         *proc
-	t         *Ticket
-	stall     *time.Timer
-	killTimer <-chan time.Time
-	reason    abortReason
-	last      time.Time
-	first     bool
+	s          *Supervisor
+	p          *proc
+	t          *Ticket
+	onDelivery func(runtime.Delivery)
+	stall      *time.Timer
+	killTimer  <-chan time.Time
+	reason     abortReason
+	last       time.Time
+	first      bool
 }
 
 // abort asks the runtime to stop the run (once) and arms the kill timer.
@@ -440,8 +465,8 @@ func (w *runWatch) deliver(d *workerproto.Delivery) {
 	if d.State == runtime.StateFinish && len(d.Results) > 0 {
 		w.s.opts.Observer.Perf(d.Results[0].Perf)
 	}
-	if w.t.req.OnDelivery != nil {
-		w.t.req.OnDelivery(d.Delivery)
+	if w.onDelivery != nil {
+		w.onDelivery(d.Delivery)
 	}
 	if !w.stall.Stop() {
 		select {
@@ -452,21 +477,37 @@ func (w *runWatch) deliver(d *workerproto.Delivery) {
 	w.stall.Reset(w.s.opts.TokenStallTimeout)
 }
 
+// execRPCRun serves rkllm.run: the handle gets back the template and tools JSON-RPC
+// set, and the KV cache is no longer what a conversation left.
+func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, error) {
+	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	s.kv.invalidate()
+	if err := s.restoreForRPC(p); err != nil {
+		return Outcome{}, fmt.Errorf("restore the chat template and tools: %w", err)
+	}
+	if s.convInCache {
+		if err := s.handleCall(p, &workerproto.ClearKVCache{}); err != nil {
+			return Outcome{}, fmt.Errorf("clear a conversation from the KV cache: %w", err)
+		}
+		s.convInCache = false
+	}
+	return s.execRun(p, t, m, t.req.OnDelivery)
+}
+
 // execRun runs one generation: it relays deliveries, aborts the run when the client
 // asks, when the request's context ends or when no delivery comes for
 // TokenStallTimeout, and kills the worker when an abort does not end the run within
 // AbortTimeout.
-func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, error) {
-	if err := s.modelErr(); err != nil {
-		return Outcome{}, err
-	}
+func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
 	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
 	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
 	if err != nil {
 		return Outcome{}, s.lost(p, "crash")
 	}
-	w := &runWatch{s: s, p: p, t: t, stall: time.NewTimer(s.opts.TokenStallTimeout), last: time.Now(), first: true}
+	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, stall: time.NewTimer(s.opts.TokenStallTimeout), last: time.Now(), first: true}
 	defer w.stall.Stop()
 	ctxDone := t.ctx.Done()
 	for {

@@ -67,6 +67,10 @@ type ModelSpec struct {
 	ChatTemplate *workerproto.SetChatTemplate
 	// PromptCache is loaded after init when non-empty.
 	PromptCache string
+	// FallbackTemplate, when set, is the runtime chat template JSON-RPC runs get after
+	// a conversation run switched the model's own off (which cannot be restored), unless
+	// a client set one: the configured preset's equivalent of the model's template.
+	FallbackTemplate *workerproto.SetChatTemplate
 }
 
 // Observer receives the supervisor's measurements.
@@ -113,8 +117,11 @@ type Request struct {
 	// Msg is the runtime call: *workerproto.Init, Run, LoadLora, ... (not Abort or
 	// IsRunning, which have their own methods and never wait in the queue).
 	Msg workerproto.Message
-	// OnDelivery receives each delivery of a Run in order, on the supervisor's
-	// executor: it must not block for long (a slow client holds up the watchdog).
+	// Conversation, instead of Msg, is a conversation run of the OpenAI API.
+	Conversation *Conversation
+	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
+	// supervisor's executor: it must not block for long (a slow client holds up the
+	// watchdog).
 	OnDelivery func(runtime.Delivery)
 }
 
@@ -127,6 +134,8 @@ type Outcome struct {
 	// Aborted is true for a run that rkllm.abort (or shutdown) ended early; its
 	// deliveries so far are its result.
 	Aborted bool
+	// Conversation tells how a Conversation request was fed.
+	Conversation *ConversationOutcome
 }
 
 // Ticket is a queued request; Wait returns its outcome.
@@ -279,6 +288,14 @@ type Supervisor struct {
 	loadErr   error
 	state     replayState
 	replayErr []string
+
+	// Owned by the executor goroutine: what the handle's template and tools are now,
+	// and what its KV cache holds.
+	applied handleState
+	kv      kvCache
+	// convInCache is true while the KV cache may hold a conversation (an OpenAI
+	// client's context), which a JSON-RPC run must not see.
+	convInCache bool
 }
 
 // New returns a supervisor; call Start to run it.
@@ -319,7 +336,11 @@ func (s *Supervisor) Start() error {
 // while it runs.
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
 	switch req.Msg.(type) {
-	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Hello, *workerproto.Delivery, *workerproto.Reply, nil:
+	case nil:
+		if req.Conversation == nil {
+			return nil, errors.New("supervisor: a request needs Msg or Conversation")
+		}
+	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Hello, *workerproto.Delivery, *workerproto.Reply:
 		return nil, fmt.Errorf("supervisor: %T cannot be queued", req.Msg)
 	}
 	t := &Ticket{req: req, ctx: ctx, enqueued: time.Now(), abort: make(chan struct{}, 1), done: make(chan struct{})}

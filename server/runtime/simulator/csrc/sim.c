@@ -611,7 +611,9 @@ EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt,
 	h->tools_sys = system_prompt;
 	h->tools_json = tools;
 	h->tools_resp = tool_response_str;
-	h->tools_set = true;
+	/* An empty array removes the tools (simulator's choice; the vendor does not say
+	 * how to unset them): the template's system prompt applies again. */
+	h->tools_set = v.len > 0;
 	return 0;
 }
 

@@ -1,0 +1,244 @@
+package openai
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"strings"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+// Finish reasons.
+const (
+	finishStop      = "stop"
+	finishLength    = "length"
+	finishToolCalls = "tool_calls"
+)
+
+const (
+	toolCallOpen  = "<tool_call>"
+	toolCallClose = "</tool_call>"
+)
+
+// output turns a run's deliveries into what the client gets: text cut at the first
+// stop sequence, the end-of-reply token left out, <tool_call> blocks turned into tool
+// calls, and text held back while it may still become one of those. It is used by one
+// goroutine.
+type output struct {
+	stops      []string
+	tools      bool   // parse <tool_call> blocks
+	endOfReply string // the end-of-sequence text, left out when it is delivered
+	maxTokens  int    // > 0: stop after this many tokens (the server enforces max_tokens)
+
+	raw      strings.Builder // joined text so far
+	pending  []byte          // bytes of a WAITING delivery
+	emitted  int             // bytes of raw given out as content
+	tokens   int
+	toolAt   int // where the first <tool_call> starts in raw, -1 before
+	stopped  string
+	perf     *runtime.PerfStat
+	cutShort bool // stopped by the server (stop sequence or max tokens)
+}
+
+func newOutput(stops []string, tools bool, endOfReply string, maxTokens int) *output {
+	return &output{stops: stops, tools: tools, endOfReply: endOfReply, maxTokens: maxTokens, toolAt: -1}
+}
+
+// add takes one delivery and returns the content that may be given out now, and
+// whether the run should be stopped (a stop sequence appeared, or max_tokens was
+// reached).
+func (o *output) add(d runtime.Delivery) (string, bool) {
+	if o.stopped != "" {
+		return "", false
+	}
+	switch d.State {
+	case runtime.StateFinish:
+		if len(d.Results) > 0 {
+			p := d.Results[0].Perf
+			o.perf = &p
+		}
+		return "", false
+	case runtime.StateNormal, runtime.StateWaiting:
+	default:
+		return "", false
+	}
+	if len(d.Results) == 0 {
+		return "", false
+	}
+	r := d.Results[0]
+	if r.TokenID >= 0 {
+		o.tokens++
+	}
+	if d.State == runtime.StateWaiting {
+		o.pending = append(o.pending, r.Text...)
+		return "", o.checkMax()
+	}
+	o.raw.Write(o.pending)
+	o.pending = o.pending[:0]
+	o.raw.WriteString(r.Text)
+	text := o.raw.String()
+	if o.tools && o.toolAt < 0 {
+		if i := strings.Index(text, toolCallOpen); i >= 0 && o.stopBefore(text, i) < 0 {
+			o.toolAt = i
+		}
+	}
+	limit := len(text)
+	if o.toolAt >= 0 {
+		limit = o.toolAt
+	}
+	if i := o.stopBefore(text, limit); i >= 0 {
+		o.stopped, o.cutShort = finishStop, true
+		return o.emit(text, i), true
+	}
+	if o.toolAt >= 0 {
+		return o.emit(text, o.toolAt), o.checkMax()
+	}
+	return o.emit(text, len(text)-o.holdBack(text)), o.checkMax()
+}
+
+// checkMax reports (once) that the server-enforced max_tokens is reached.
+func (o *output) checkMax() bool {
+	if o.maxTokens > 0 && o.tokens >= o.maxTokens && o.stopped == "" {
+		o.stopped, o.cutShort = finishLength, true
+		return true
+	}
+	return false
+}
+
+// stopBefore returns where the earliest stop sequence starts in text (searching what
+// was not given out yet, and ending before limit), or -1.
+func (o *output) stopBefore(text string, limit int) int {
+	best := -1
+	from := max(o.emitted-maxLen(o.stops), 0)
+	for _, s := range o.stops {
+		if i := strings.Index(text[from:], s); i >= 0 && from+i < limit && (best < 0 || from+i < best) {
+			best = from + i
+		}
+	}
+	return best
+}
+
+func maxLen(ss []string) int {
+	n := 0
+	for _, s := range ss {
+		n = max(n, len(s))
+	}
+	return n
+}
+
+// holdBack is how many bytes at the end of text may start a stop sequence, a tool
+// call or the end-of-reply text, and so are not given out yet.
+func (o *output) holdBack(text string) int {
+	marks := append([]string(nil), o.stops...)
+	if o.tools {
+		marks = append(marks, toolCallOpen)
+	}
+	if o.endOfReply != "" {
+		marks = append(marks, o.endOfReply)
+	}
+	n := 0
+	for _, m := range marks {
+		for k := min(len(m), len(text)); k > n; k-- {
+			if strings.HasSuffix(text, m[:k]) {
+				n = k
+				break
+			}
+		}
+	}
+	return n
+}
+
+func (o *output) emit(text string, upto int) string {
+	if upto <= o.emitted {
+		return ""
+	}
+	s := text[o.emitted:upto]
+	o.emitted = upto
+	return s
+}
+
+// result is what a finished run gave.
+type result struct {
+	// rest is the content not given out yet.
+	rest      string
+	toolCalls []ToolCall
+	finish    string
+}
+
+// finish ends the output. aborted tells that the run was stopped early (by the server
+// for a stop sequence or max_tokens), and ranOut that it reached max_new_tokens.
+func (o *output) finish(ranOut bool) result {
+	text := o.raw.String()
+	if o.stopped != "" {
+		return result{finish: o.stopped}
+	}
+	if o.toolAt >= 0 {
+		if calls, ok := parseToolCalls(text[o.toolAt:]); ok {
+			return result{rest: o.emit(text, o.toolAt), toolCalls: calls, finish: finishToolCalls}
+		}
+	}
+	end := len(text)
+	if o.endOfReply != "" && strings.HasSuffix(text, o.endOfReply) {
+		end -= len(o.endOfReply)
+	}
+	r := result{rest: o.emit(text, end), finish: finishStop}
+	if ranOut {
+		r.finish = finishLength
+	}
+	return r
+}
+
+// parseToolCalls reads <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks
+// (white space around them allowed). The arguments keep the model's JSON text; ok is
+// false when the text is anything else, so it is given out as content instead.
+func parseToolCalls(s string) ([]ToolCall, bool) {
+	var calls []ToolCall
+	rest := strings.TrimSpace(s)
+	for rest != "" {
+		body, ok := strings.CutPrefix(rest, toolCallOpen)
+		if !ok {
+			return nil, false
+		}
+		inner, after, ok := strings.Cut(body, toolCallClose)
+		if !ok {
+			return nil, false
+		}
+		var call struct {
+			Name       string          `json:"name"`
+			Arguments  json.RawMessage `json:"arguments"`
+			Parameters json.RawMessage `json:"parameters"`
+		}
+		if err := json.Unmarshal([]byte(strings.TrimSpace(inner)), &call); err != nil || call.Name == "" {
+			return nil, false
+		}
+		args := call.Arguments
+		if len(args) == 0 {
+			args = call.Parameters
+		}
+		argText := string(bytes.TrimSpace(args))
+		var str string
+		if json.Unmarshal(args, &str) == nil {
+			argText = str // arguments given as a JSON string already
+		}
+		if argText == "" || argText == "null" {
+			argText = "{}"
+		}
+		i := len(calls)
+		calls = append(calls, ToolCall{Index: &i, ID: newID("call_"), Type: "function", Function: ToolCallFunction{Name: call.Name, Arguments: argText}})
+		rest = strings.TrimSpace(after)
+	}
+	return calls, len(calls) > 0
+}
+
+const idChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+// newID returns prefix and 24 random letters and digits, as OpenAI's ids look.
+func newID(prefix string) string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	for i := range b {
+		b[i] = idChars[int(b[i])%len(idChars)]
+	}
+	return prefix + string(b[:])
+}

@@ -1,0 +1,484 @@
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+// fields decodes a JSON object into its members, keeping the raw value of each.
+func fields(raw []byte, where string) (map[string]json.RawMessage, *Error) {
+	var m map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&m); err != nil || m == nil {
+		if where == "" {
+			return nil, invalid("", "", "We could not parse the JSON body of your request: %v. The body must be a JSON object.", errText(err))
+		}
+		return nil, invalid(where, "invalid_type", "%s must be an object.", where)
+	}
+	if where == "" && dec.More() {
+		return nil, invalid("", "", "We could not parse the JSON body of your request: data after the JSON object.")
+	}
+	return m, nil
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "null"
+	}
+	return err.Error()
+}
+
+// checkKnown refuses members that are not in known (OpenAI answers "Unrecognized
+// request argument supplied"), and those in unsupportedFields with their reason.
+func checkKnown(m map[string]json.RawMessage, where string, known map[string]bool, unsupportedFields map[string]string) *Error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := k
+		if where != "" {
+			name = where + "." + k
+		}
+		if why, ok := unsupportedFields[k]; ok && !isNull(m[k]) {
+			return unsupported(name, "%s is not supported by this server: %s.", name, why)
+		}
+		if !known[k] {
+			if where == "" {
+				return invalid(k, "", "Unrecognized request argument supplied: %s", k)
+			}
+			return invalid(name, "", "Unrecognized argument supplied: %s", name)
+		}
+	}
+	return nil
+}
+
+func isNull(raw json.RawMessage) bool { return len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null" }
+
+// decodeField decodes one member into v; a type mismatch is a 400 naming it.
+func decodeField(m map[string]json.RawMessage, key, param string, v any, what string) *Error {
+	raw, ok := m[key]
+	if !ok || isNull(raw) {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return invalid(param, "invalid_type", "Invalid type for '%s': expected %s, but got %s.", param, what, jsonKind(raw))
+	}
+	return nil
+}
+
+func jsonKind(raw json.RawMessage) string {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 {
+		return "nothing"
+	}
+	switch t[0] {
+	case '"':
+		return "a string"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	if bytes.ContainsAny(t, ".eE") {
+		return "a decimal number"
+	}
+	return "an integer"
+}
+
+// sampling holds the sampling members common to both endpoints.
+type sampling struct {
+	MaxTokens         *int     // max_tokens / max_completion_tokens
+	Temperature       *float64 // 0-2
+	TopP              *float64 // 0-1
+	TopK              *int     // >= 0 (an extension, as vLLM)
+	FrequencyPenalty  *float64 // -2..2
+	PresencePenalty   *float64 // -2..2
+	RepetitionPenalty *float64 // > 0 (an extension, as vLLM): repeat_penalty
+	Seed              *int64
+	Stop              []string
+	N                 *int
+	Stream            bool
+	IncludeUsage      bool
+}
+
+// samplingFields are the members decodeSampling reads.
+var samplingFields = []string{"max_tokens", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
+	"repetition_penalty", "seed", "stop", "n", "stream", "stream_options"}
+
+func rangeCheck(param string, v *float64, lo, hi float64) *Error {
+	if v != nil && (math.IsNaN(*v) || *v < lo || *v > hi) {
+		return invalid(param, "invalid_value", "Invalid '%s': %g is out of range: it must be between %g and %g.", param, *v, lo, hi)
+	}
+	return nil
+}
+
+func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*sampling, *Error) {
+	s := &sampling{}
+	type field struct {
+		key  string
+		v    any
+		what string
+	}
+	var stop json.RawMessage
+	var so map[string]json.RawMessage
+	for _, f := range []field{
+		{maxTokensKey, &s.MaxTokens, "an integer"}, {"temperature", &s.Temperature, "a number"}, {"top_p", &s.TopP, "a number"},
+		{"top_k", &s.TopK, "an integer"}, {"frequency_penalty", &s.FrequencyPenalty, "a number"},
+		{"presence_penalty", &s.PresencePenalty, "a number"}, {"repetition_penalty", &s.RepetitionPenalty, "a number"},
+		{"seed", &s.Seed, "an integer"}, {"n", &s.N, "an integer"}, {"stream", &s.Stream, "a boolean"},
+		{"stop", &stop, "a string or an array of strings"}, {"stream_options", &so, "an object"},
+	} {
+		if err := decodeField(m, f.key, f.key, f.v, f.what); err != nil {
+			return nil, err
+		}
+	}
+	if s.MaxTokens != nil && *s.MaxTokens < 1 {
+		return nil, invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
+	}
+	for _, c := range []struct {
+		p      string
+		v      *float64
+		lo, hi float64
+	}{{"temperature", s.Temperature, 0, 2}, {"top_p", s.TopP, 0, 1}, {"frequency_penalty", s.FrequencyPenalty, -2, 2},
+		{"presence_penalty", s.PresencePenalty, -2, 2}, {"repetition_penalty", s.RepetitionPenalty, 0.01, 10}} {
+		if err := rangeCheck(c.p, c.v, c.lo, c.hi); err != nil {
+			return nil, err
+		}
+	}
+	if s.TopK != nil && *s.TopK < 0 {
+		return nil, invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
+	}
+	if s.N != nil && *s.N != 1 {
+		return nil, unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
+	}
+	if s.Seed != nil {
+		return nil, unsupported("seed", "The RKLLM runtime has no sampling seed, so 'seed' cannot be honoured: leave it out.")
+	}
+	if len(stop) > 0 {
+		var one string
+		if json.Unmarshal(stop, &one) == nil {
+			s.Stop = []string{one}
+		} else if err := json.Unmarshal(stop, &s.Stop); err != nil {
+			return nil, invalid("stop", "invalid_type", "Invalid type for 'stop': expected a string or an array of strings, but got %s.", jsonKind(stop))
+		}
+		if len(s.Stop) > 4 {
+			return nil, invalid("stop", "invalid_value", "Invalid 'stop': at most 4 stop sequences, got %d.", len(s.Stop))
+		}
+		for i, st := range s.Stop {
+			if st == "" {
+				return nil, invalid(fmt.Sprintf("stop[%d]", i), "invalid_value", "Invalid 'stop[%d]': a stop sequence must not be empty.", i)
+			}
+		}
+	}
+	if so != nil {
+		if err := checkKnown(so, "stream_options", map[string]bool{"include_usage": true, "include_obfuscation": true}, nil); err != nil {
+			return nil, err
+		}
+		if err := decodeField(so, "include_usage", "stream_options.include_usage", &s.IncludeUsage, "a boolean"); err != nil {
+			return nil, err
+		}
+		if !s.Stream {
+			return nil, invalid("stream_options", "invalid_value", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+		}
+	}
+	return s, nil
+}
+
+// inferParams turns the sampling members into per-run parameters for abi. ABI 1.3
+// takes sampling per run (the members not given keep the loaded model's values); 1.2
+// takes it only at init, so a member that differs from the loaded value is refused.
+// max_tokens on 1.2 is enforced by the server (the run is stopped there).
+func (s *sampling) inferParams(abi runtime.ABI, loaded runtime.Param) (runtime.InferParams, *Error) {
+	sp := runtime.SamplingParams{
+		TopK: loaded.TopK, TopP: loaded.TopP, Temperature: loaded.Temperature, RepeatPenalty: loaded.RepeatPenalty,
+		FrequencyPenalty: loaded.FrequencyPenalty, PresencePenalty: loaded.PresencePenalty,
+		Mirostat: loaded.Mirostat, MirostatTau: loaded.MirostatTau, MirostatEta: loaded.MirostatEta,
+	}
+	set := false
+	for _, f := range []struct {
+		name string
+		v    *float64
+		dst  *float32
+	}{{"temperature", s.Temperature, &sp.Temperature}, {"top_p", s.TopP, &sp.TopP}, {"frequency_penalty", s.FrequencyPenalty, &sp.FrequencyPenalty},
+		{"presence_penalty", s.PresencePenalty, &sp.PresencePenalty}, {"repetition_penalty", s.RepetitionPenalty, &sp.RepeatPenalty}} {
+		if f.v == nil || float32(*f.v) == *f.dst {
+			continue
+		}
+		if abi != runtime.ABI13 {
+			return runtime.InferParams{}, perRunSampling(f.name, fmt.Sprintf("%g", *f.dst), abi)
+		}
+		*f.dst, set = float32(*f.v), true
+	}
+	if s.TopK != nil && int32(*s.TopK) != sp.TopK { //nolint:gosec // top_k is a small count
+		if abi != runtime.ABI13 {
+			return runtime.InferParams{}, perRunSampling("top_k", fmt.Sprint(sp.TopK), abi)
+		}
+		sp.TopK, set = int32(*s.TopK), true //nolint:gosec // as above
+	}
+	ip := runtime.InferParams{Mode: runtime.InferGenerate}
+	if set {
+		ip.Sampling = &sp
+	}
+	if s.MaxTokens != nil && abi == runtime.ABI13 {
+		ip.MaxNewTokens = int32(min(*s.MaxTokens, math.MaxInt32)) //nolint:gosec // bounded above
+	}
+	return ip, nil
+}
+
+func perRunSampling(param, loadedValue string, abi runtime.ABI) *Error {
+	return unsupported(param, "'%s' cannot be set per request with runtime ABI %s: runtime 1.2.x takes sampling parameters only when the model loads, and this model was loaded with %s = %s. Leave '%s' out (or send %s), or configure it on the server (--%s), or use runtime 1.3.",
+		param, abi, param, loadedValue, param, loadedValue, flagName(param))
+}
+
+func flagName(param string) string {
+	if param == "repetition_penalty" {
+		return "repeat-penalty"
+	}
+	return strings.ReplaceAll(param, "_", "-")
+}
+
+// message is a decoded chat message.
+func decodeMessages(raw json.RawMessage) ([]chattemplate.Message, *Error) {
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, invalid("messages", "invalid_type", "Invalid type for 'messages': expected an array of message objects, but got %s.", jsonKind(raw))
+	}
+	if len(list) == 0 {
+		return nil, invalid("messages", "empty_array", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
+	}
+	out := make([]chattemplate.Message, 0, len(list))
+	for i, r := range list {
+		m, err := decodeMessage(r, fmt.Sprintf("messages[%d]", i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// messageUnsupported are message members refused when set. Other members a client
+// sends back from a response (refusal, annotations, reasoning_content, ...) are ignored.
+var messageUnsupported = map[string]string{"function_call": "use tool_calls", "audio": "audio is not supported"}
+
+func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Error) {
+	var msg chattemplate.Message
+	m, err := fields(raw, where)
+	if err != nil {
+		return msg, err
+	}
+	for k, why := range messageUnsupported {
+		if !isNull(m[k]) {
+			return msg, unsupported(where+"."+k, "%s.%s is not supported by this server: %s.", where, k, why)
+		}
+	}
+	if err := decodeField(m, "role", where+".role", &msg.Role, "a string"); err != nil {
+		return msg, err
+	}
+	switch msg.Role {
+	case "developer":
+		msg.Role = chattemplate.RoleSystem
+	case chattemplate.RoleSystem, chattemplate.RoleUser, chattemplate.RoleAssistant, chattemplate.RoleTool:
+	case "":
+		return msg, invalid(where+".role", "missing_required_parameter", "Missing required parameter: '%s.role'.", where)
+	default:
+		return msg, invalid(where+".role", "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", msg.Role)
+	}
+	if err := decodeField(m, "name", where+".name", &msg.Name, "a string"); err != nil {
+		return msg, err
+	}
+	content, err := decodeContent(m["content"], where+".content")
+	if err != nil {
+		return msg, err
+	}
+	msg.Content = content
+	if msg.Role == chattemplate.RoleAssistant {
+		if msg.ToolCalls, err = decodeToolCalls(m["tool_calls"], where+".tool_calls"); err != nil {
+			return msg, err
+		}
+	} else if _, ok := m["tool_calls"]; ok {
+		return msg, invalid(where+".tool_calls", "", "Only assistant messages have 'tool_calls'.")
+	}
+	if msg.Role == chattemplate.RoleTool {
+		if err := decodeField(m, "tool_call_id", where+".tool_call_id", &msg.ToolCallID, "a string"); err != nil {
+			return msg, err
+		}
+		if msg.ToolCallID == "" {
+			return msg, invalid(where+".tool_call_id", "missing_required_parameter", "Missing required parameter: '%s.tool_call_id'.", where)
+		}
+	}
+	if isNull(m["content"]) && len(msg.ToolCalls) == 0 {
+		return msg, invalid(where+".content", "missing_required_parameter", "Missing required parameter: '%s.content'.", where)
+	}
+	return msg, nil
+}
+
+// decodeContent reads a content: a string, or an array of text parts.
+func decodeContent(raw json.RawMessage, where string) (string, *Error) {
+	if isNull(raw) {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", invalid(where, "invalid_type", "Invalid type for '%s': expected a string or an array of content parts, but got %s.", where, jsonKind(raw))
+	}
+	var b strings.Builder
+	for i, p := range parts {
+		param := fmt.Sprintf("%s[%d]", where, i)
+		var typ, text string
+		if err := decodeField(p, "type", param+".type", &typ, "a string"); err != nil {
+			return "", err
+		}
+		if typ != "text" {
+			return "", unsupported(param+".type", "Content part type '%s' is not supported: this server serves a text model; send text parts only.", typ)
+		}
+		if err := checkKnown(p, param, map[string]bool{"type": true, "text": true}, nil); err != nil {
+			return "", err
+		}
+		if err := decodeField(p, "text", param+".text", &text, "a string"); err != nil {
+			return "", err
+		}
+		b.WriteString(text)
+	}
+	return b.String(), nil
+}
+
+func decodeToolCalls(raw json.RawMessage, where string) ([]chattemplate.ToolCall, *Error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, invalid(where, "invalid_type", "Invalid type for '%s': expected an array, but got %s.", where, jsonKind(raw))
+	}
+	out := make([]chattemplate.ToolCall, 0, len(list))
+	for i, r := range list {
+		param := fmt.Sprintf("%s[%d]", where, i)
+		var tc struct {
+			ID       string `json:"id"`
+			Type     string `json:"type"`
+			Function *struct {
+				Name      string `json:"name"`
+				Arguments string `json:"arguments"`
+			} `json:"function"`
+		}
+		if err := json.Unmarshal(r, &tc); err != nil || tc.Function == nil || tc.Function.Name == "" {
+			return nil, invalid(param, "invalid_value", "Invalid '%s': a tool call is {id, type: \"function\", function: {name, arguments}} with arguments a JSON string.", param)
+		}
+		if tc.Type != "" && tc.Type != "function" {
+			return nil, invalid(param+".type", "invalid_value", "Invalid value: '%s'. Supported values are: 'function'.", tc.Type)
+		}
+		out = append(out, chattemplate.ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: tc.Function.Arguments})
+	}
+	return out, nil
+}
+
+// tool is one entry of the request's tools.
+type tool struct {
+	Name string
+	Raw  json.RawMessage
+}
+
+func decodeTools(raw json.RawMessage) ([]tool, *Error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, invalid("tools", "invalid_type", "Invalid type for 'tools': expected an array, but got %s.", jsonKind(raw))
+	}
+	out := make([]tool, 0, len(list))
+	for i, r := range list {
+		param := fmt.Sprintf("tools[%d]", i)
+		var t struct {
+			Type     string `json:"type"`
+			Function *struct {
+				Name       string          `json:"name"`
+				Parameters json.RawMessage `json:"parameters"`
+			} `json:"function"`
+		}
+		if err := json.Unmarshal(r, &t); err != nil {
+			return nil, invalid(param, "invalid_type", "Invalid '%s': expected an object {type: \"function\", function: {name, description, parameters}}.", param)
+		}
+		if t.Type != "function" {
+			return nil, invalid(param+".type", "invalid_value", "Invalid value: '%s'. Supported values are: 'function'.", t.Type)
+		}
+		if t.Function == nil || t.Function.Name == "" {
+			return nil, invalid(param+".function.name", "missing_required_parameter", "Missing required parameter: '%s.function.name'.", param)
+		}
+		if len(t.Function.Parameters) > 0 && !isNull(t.Function.Parameters) && bytes.TrimSpace(t.Function.Parameters)[0] != '{' {
+			return nil, invalid(param+".function.parameters", "invalid_type", "Invalid '%s.function.parameters': expected a JSON Schema object.", param)
+		}
+		out = append(out, tool{Name: t.Function.Name, Raw: r})
+	}
+	return out, nil
+}
+
+// toolChoice applies tool_choice: "none" drops the tools, "auto" and "required" keep
+// them, {type: function, function: {name}} keeps only that one. The runtime cannot be
+// forced to call a tool, so "required" and a named function narrow what the model is
+// offered but do not constrain its reply.
+func toolChoice(raw json.RawMessage, tools []tool) ([]tool, *Error) {
+	if isNull(raw) {
+		return tools, nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		switch s {
+		case "none":
+			return nil, nil
+		case "auto", "required":
+			if s == "required" && len(tools) == 0 {
+				return nil, invalid("tool_choice", "invalid_value", "Invalid value for 'tool_choice': 'required' needs 'tools'.")
+			}
+			return tools, nil
+		}
+		return nil, invalid("tool_choice", "invalid_value", "Invalid value: '%s'. Supported values are: 'none', 'auto' and 'required'.", s)
+	}
+	var named struct {
+		Type     string `json:"type"`
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	}
+	if err := json.Unmarshal(raw, &named); err != nil || named.Type != "function" || named.Function.Name == "" {
+		return nil, invalid("tool_choice", "invalid_value", "Invalid 'tool_choice': use \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": NAME}}.")
+	}
+	for _, t := range tools {
+		if t.Name == named.Function.Name {
+			return []tool{t}, nil
+		}
+	}
+	return nil, invalid("tool_choice", "invalid_value", "Invalid 'tool_choice': no function named '%s' in 'tools'.", named.Function.Name)
+}
+
+// toolsJSON is the array of tool specs as the client sent them.
+func toolsJSON(tools []tool) json.RawMessage {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i, t := range tools {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		_ = json.Compact(&b, t.Raw)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
+}
