@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
@@ -430,5 +433,38 @@ func TestFaultOnceFile(t *testing.T) {
 			}
 			newHandle(t, lib, params(lib, model)) // the retry loads
 		})
+	})
+}
+
+// TestClockText: with RKLLM_SIM_CLOCK_TEXT each token's text is the CLOCK_MONOTONIC time
+// of its callback, between the times the caller read before and after the run.
+func TestClockText(t *testing.T) {
+	eachABI(t, func(t *testing.T, lib *Library) {
+		model, _ := writeModel(t, func(m *simulator.Model) { m.ReplyMinTokens, m.ReplyMaxTokens = 10, 10 })
+		t.Setenv("RKLLM_SIM_CLOCK_TEXT", "1")
+		h := newHandle(t, lib, params(lib, model))
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		before := ts.Nano()
+		r := collect(t, h, prompt("what time is it"), InferParams{}, nil)
+		r.finish(t)
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		after := ts.Nano()
+		last := before
+		n := 0
+		for _, d := range r.deliveries {
+			if d.State != StateNormal {
+				continue
+			}
+			v, err := strconv.ParseInt(strings.TrimPrefix(d.Results[0].Text, "@"), 10, 64)
+			if err != nil || !strings.HasPrefix(d.Results[0].Text, "@") || v < last || v > after {
+				t.Fatalf("token text %q: want @ns between %d and %d, not before %d", d.Results[0].Text, before, after, last)
+			}
+			last = v
+			n++
+		}
+		if n < 10 {
+			t.Errorf("%d timed tokens", n)
+		}
 	})
 }

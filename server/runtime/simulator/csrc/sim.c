@@ -50,6 +50,7 @@ typedef struct {
 	long run_error_after; /* ... after this many deliveries */
 	long fault_run;       /* 0: every run, else only the n-th run (1-based) */
 	char *once_file;      /* RKLLM_SIM_FAULT_ONCE_FILE: the handle's own copy, or NULL */
+	bool clock_text;      /* RKLLM_SIM_CLOCK_TEXT: token text is the callback's time */
 	int log_level;        /* RKLLM_LOG_LEVEL */
 } sim_faults;
 
@@ -243,6 +244,10 @@ static int read_faults(sim_faults *f)
 		return -1;
 	f->hang_ignores_abort = ign != 0;
 	f->run_error = (int)err;
+	long clock;
+	if (env_long("RKLLM_SIM_CLOCK_TEXT", 0, 0, &clock))
+		return -1;
+	f->clock_text = clock != 0;
 	const char *once = getenv("RKLLM_SIM_FAULT_ONCE_FILE");
 	f->once_file = once && *once ? (char *)once : NULL;
 	/* The runtime's own variable: read leniently, as a runtime would. */
@@ -1105,6 +1110,24 @@ static int deliver(sim_ctx *c, LLMCallState state)
 	void *ud = c->r->userdata;
 	if (!ud)
 		ud = h->cb_userdata; /* 1.3: the run's userdata wins when non-NULL */
+	if (h->f.clock_text && (state == RKLLM_RUN_NORMAL || state == RKLLM_RUN_WAITING)) {
+		/* Benchmarks: each token's text is the CLOCK_MONOTONIC time of its callback, so a
+		 * client on the same machine can measure what lies between it and the callback. */
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		char now[32];
+		snprintf(now, sizeof now, "@%lld", (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+		for (int b = 0; b < h->n_batch; b++) {
+			if (!c->text[b])
+				continue;
+			free(c->text[b]);
+			c->text[b] = strdup(now);
+			if (!c->text[b])
+				abort();
+			c->res[b].text = c->text[b];
+		}
+		state = RKLLM_RUN_NORMAL;
+	}
 	return h->cb(c->res, ud, state);
 }
 
