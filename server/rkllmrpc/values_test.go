@@ -150,7 +150,12 @@ func TestModelDir(t *testing.T) {
 func TestRunAccumulator(t *testing.T) {
 	acc := newRunAcc("r-1", 1, false, false)
 	var notes []map[string]any
-	acc.notify = func(p any) { notes = append(notes, p.(map[string]any)) }
+	acc.notify = func(p any) { // as the client reads it
+		var m map[string]any
+		b, _ := json.Marshal(p)
+		_ = json.Unmarshal(b, &m)
+		notes = append(notes, m)
+	}
 	for _, d := range []runtime.Delivery{
 		{State: runtime.StateNormal, Results: []runtime.Result{{Text: "caf", TokenID: 5}}},
 		{State: runtime.StateWaiting, Results: []runtime.Result{{Text: "\xc3", TokenID: 195}}},

@@ -1,0 +1,232 @@
+// Package serverproc runs rkllm-server on the RKLLM simulator for the benchmarks and
+// the soak test under bench/: a model file, a configuration, the process, and what can
+// be read of it from outside (readiness, resident memory, descriptors, metrics).
+package serverproc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+)
+
+// Options say what to run.
+type Options struct {
+	// Server is the rkllm-server binary; SimDir holds librkllmrt-sim-<ABI>.so.
+	Server, SimDir, ABI string
+	// Dir is a folder of the caller's for the model, configuration and socket.
+	Dir string
+	// Model is the simulator model to serve.
+	Model simulator.Model
+	// Config adds to (or, with nil values, removes from) the configuration.
+	Config map[string]any
+	// Env adds to the server's environment.
+	Env []string
+}
+
+// Server is a running rkllm-server.
+type Server struct {
+	// Base is the HTTP address (http://host:port), Socket the Unix socket's path.
+	Base, Socket string
+
+	cmd     *exec.Cmd
+	exited  chan error
+	stderr  *bytes.Buffer
+	http    *http.Client
+	stopped bool
+}
+
+// Start writes the model and configuration and starts the server, waiting until it is
+// ready.
+func Start(o Options) (*Server, error) {
+	lib, err := filepath.Abs(filepath.Join(o.SimDir, "librkllmrt-sim-"+o.ABI+".so"))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	model := filepath.Join(o.Dir, "model.rkllm")
+	if err := simulator.WriteModel(model, o.Model); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	s := &Server{Base: "http://" + addr, Socket: filepath.Join(o.Dir, "s.sock"), exited: make(chan error, 1), stderr: &bytes.Buffer{},
+		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
+	cfg := map[string]any{"model": model, "model-dir": o.Dir, "runtime-lib": lib, "runtime-abi": o.ABI, "listen": addr, "socket": s.Socket, "log-level": "error"}
+	for k, v := range o.Config {
+		if v == nil {
+			delete(cfg, k)
+		} else {
+			cfg[k] = v
+		}
+	}
+	raw, _ := json.Marshal(cfg)
+	cfgPath := filepath.Join(o.Dir, "server.json")
+	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
+		return nil, err
+	}
+	s.cmd = exec.CommandContext(context.Background(), o.Server, "serve", "--config", cfgPath) //nolint:gosec // the benchmarked binary
+	s.cmd.Env = append(os.Environ(), o.Env...)
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { s.exited <- s.cmd.Wait() }()
+	deadline := time.After(time.Minute)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if st, err := s.Status(); err == nil && st.Ready {
+			return s, nil
+		}
+		select {
+		case err := <-s.exited:
+			return nil, fmt.Errorf("the server exited (%v): %s", err, s.stderr)
+		case <-deadline:
+			s.Stop()
+			return nil, fmt.Errorf("the server was not ready within a minute: %s", s.stderr)
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for the exit (killing it after 30 s).
+func (s *Server) Stop() {
+	if s.stopped {
+		return
+	}
+	s.stopped = true
+	_ = s.cmd.Process.Signal(unix.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// Status is part of /readyz.
+type Status struct {
+	Ready     bool `json:"ready"`
+	WorkerPID int  `json:"worker_pid"`
+	Restarts  int  `json:"worker_restarts"`
+}
+
+// Status reads /readyz.
+func (s *Server) Status() (Status, error) {
+	var st Status
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Base+"/readyz", nil)
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st, err
+}
+
+// HTTP is a client for the server's HTTP address.
+func (s *Server) HTTP() *http.Client { return s.http }
+
+// PID is the supervisor's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// RSS returns the resident memory of the supervisor and of its worker, in bytes.
+func (s *Server) RSS() (supervisor, worker int64, err error) {
+	st, err := s.Status()
+	if err != nil {
+		return 0, 0, err
+	}
+	if supervisor, err = VmRSS(s.PID()); err != nil {
+		return 0, 0, err
+	}
+	worker, err = VmRSS(st.WorkerPID)
+	return supervisor, worker, err
+}
+
+// FDs counts the supervisor's open descriptors.
+func (s *Server) FDs() (int, error) {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.PID()))
+	return len(entries), err
+}
+
+// Metric reads one sample of /metrics by its full name (labels included).
+func (s *Server) Metric(name string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Base+"/metrics", nil)
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no metric %s", name)
+}
+
+// VmRSS is a process's resident memory in bytes.
+func VmRSS(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// Machine writes what the numbers were measured on.
+func Machine(w io.Writer) {
+	model := "unknown CPU"
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	var load string
+	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(raw))[:3], " ")
+	}
+	fmt.Fprintf(w, "Machine: %s, %d CPUs (%s/%s), %s, load average %s, %s\n", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
+		runtime.Version(), load, time.Now().UTC().Format("2006-01-02"))
+}
+
+// MiB is bytes in MiB.
+func MiB(b int64) float64 { return float64(b) / (1 << 20) }
