@@ -55,6 +55,7 @@ func main() {
 // bench is a running server.
 type bench struct {
 	*serverproc.Server
+	o options
 }
 
 func start(o options, dir string, tps int) (*bench, error) {
@@ -68,7 +69,7 @@ func start(o options, dir string, tps int) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &bench{s}, nil
+	return &bench{Server: s, o: o}, nil
 }
 
 func run(o options) error {
@@ -91,52 +92,13 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	for _, transport := range []string{"unix", "http"} {
-		var rates []float64
-		for range o.runs {
-			n, d, _, err := b.stream(transport, o.tokens)
-			if err != nil {
-				return fmt.Errorf("throughput over %s: %w", transport, err)
-			}
-			rates = append(rates, float64(n)/d.Seconds())
-		}
-		sort.Float64s(rates)
-		fmt.Fprintf(report, "| single-stream throughput, %s (%d-token replies, %d runs) | median %.0f tokens/s (%.0f-%.0f) | >= 50000 tokens/s |\n",
-			transport, o.tokens, o.runs, rates[len(rates)/2], rates[0], rates[len(rates)-1])
-	}
-
-	// Latency per token. At unlimited speed the simulator outruns the pipeline and tokens
-	// queue, which measures the backlog rather than the cost of one token; so the
-	// figure is taken from a model generating 1,000 tokens/s (a fast NPU does 30), with
-	// the unpaced figure given for comparison.
-	paced, err := start(o, filepath.Join(dir, "paced"), 1000)
-	if err != nil {
+	if err := b.throughput(report); err != nil {
 		return err
 	}
-	defer paced.Stop()
-	for _, srv := range []struct {
-		b    *bench
-		what string
-	}{{paced, "model at 1,000 tokens/s"}, {b, "unpaced model (backlog)"}} {
-		idle, err := srv.b.dialIdle(100)
-		if err != nil {
-			return err
-		}
-		for _, transport := range []string{"unix", "http"} {
-			var lat []time.Duration
-			for range o.runs {
-				_, _, l, err := srv.b.stream(transport, 2000)
-				if err != nil {
-					return fmt.Errorf("latency over %s: %w", transport, err)
-				}
-				lat = append(lat, l...)
-			}
-			fmt.Fprintf(report, "| added latency per token (runtime callback to client), %s, %s, 100 other clients connected (%d tokens) | p50 %s, p99 %s, max %s | p99 < 1 ms |\n",
-				transport, srv.what, len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100))
-		}
-		closeAll(idle)
+
+	if err := latency(o, b, filepath.Join(dir, "paced"), report); err != nil {
+		return err
 	}
-	paced.Stop()
 
 	ttft, err := b.ttftIdle(50)
 	if err != nil {
@@ -166,6 +128,61 @@ func run(o options) error {
 	return nil
 }
 
+// throughput measures single-stream throughput over both transports.
+func (b *bench) throughput(report io.Writer) error {
+	for _, transport := range []string{"unix", "http"} {
+		var rates []float64
+		for range b.o.runs {
+			n, d, _, err := b.stream(transport, b.o.tokens)
+			if err != nil {
+				return fmt.Errorf("throughput over %s: %w", transport, err)
+			}
+			rates = append(rates, float64(n)/d.Seconds())
+		}
+		sort.Float64s(rates)
+		_, _ = fmt.Fprintf(report, "| single-stream throughput, %s (%d-token replies, %d runs) | median %.0f tokens/s (%.0f-%.0f) | >= 50000 tokens/s |\n",
+			transport, b.o.tokens, b.o.runs, rates[len(rates)/2], rates[0], rates[len(rates)-1])
+	}
+	return nil
+}
+
+// latency measures the latency each token gains between the runtime's callback and the
+// client, with 100 other clients connected. At unlimited speed the simulator outruns
+// the pipeline and tokens queue, which measures the backlog rather than the cost of
+// one token; so the figure is taken from a model generating 1,000 tokens/s (a fast NPU
+// does 30), started in dir, with the unpaced server's figure for comparison.
+func latency(o options, unpaced *bench, dir string, report io.Writer) error {
+	paced, err := start(o, dir, 1000)
+	if err != nil {
+		return err
+	}
+	defer paced.Stop()
+	for _, srv := range []struct {
+		b    *bench
+		what string
+	}{{paced, "model at 1,000 tokens/s"}, {unpaced, "unpaced model (backlog)"}} {
+		idle, err := srv.b.dialIdle(100)
+		if err != nil {
+			return err
+		}
+		for _, transport := range []string{"unix", "http"} {
+			var lat []time.Duration
+			for range o.runs {
+				_, _, l, err := srv.b.stream(transport, 2000)
+				if err != nil {
+					closeAll(idle)
+					return fmt.Errorf("latency over %s: %w", transport, err)
+				}
+				lat = append(lat, l...)
+			}
+			_, _ = fmt.Fprintf(report, "| added latency per token (runtime callback to client), %s, %s, 100 other clients connected (%d tokens) | p50 %s, p99 %s, max %s | p99 < 1 ms |\n",
+				transport, srv.what, len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100))
+		}
+		closeAll(idle)
+	}
+	return nil
+}
+
 // notification is how every token notification starts.
 var notification = []byte(`{"jsonrpc":"2.0","method"`)
 
@@ -187,7 +204,7 @@ func (b *bench) stream(transport string, n int) (int, time.Duration, []time.Dura
 	start := time.Now()
 	switch transport {
 	case "unix":
-		nc, err := net.Dial("unix", b.Socket)
+		nc, err := serverproc.Dial("unix", b.Socket)
 		if err != nil {
 			return 0, 0, nil, err
 		}
@@ -240,7 +257,7 @@ func (b *bench) stream(transport string, n int) (int, time.Duration, []time.Dura
 func (b *bench) ttftIdle(runs int) ([]time.Duration, error) {
 	var out []time.Duration
 	for i := range runs {
-		nc, err := net.Dial("unix", b.Socket)
+		nc, err := serverproc.Dial("unix", b.Socket)
 		if err != nil {
 			return nil, err
 		}
@@ -269,7 +286,7 @@ func (b *bench) ttftQueued(n int) ([]time.Duration, error) {
 	var wg sync.WaitGroup
 	ready := make(chan struct{})
 	for i := range n {
-		nc, err := net.Dial("unix", b.Socket)
+		nc, err := serverproc.Dial("unix", b.Socket)
 		if err != nil {
 			return nil, err
 		}
@@ -318,7 +335,7 @@ func (b *bench) ttftQueued(n int) ([]time.Duration, error) {
 func (b *bench) dialIdle(n int) ([]net.Conn, error) {
 	var conns []net.Conn
 	for range n {
-		nc, err := net.Dial("unix", b.Socket)
+		nc, err := serverproc.Dial("unix", b.Socket)
 		if err != nil {
 			closeAll(conns)
 			return nil, err
@@ -345,9 +362,9 @@ func (b *bench) holdConnections(n int) (held, failed int, err error) {
 		var nc net.Conn
 		var err error
 		if i%10 == 0 {
-			nc, err = net.Dial("tcp", addr)
+			nc, err = serverproc.Dial("tcp", addr)
 		} else {
-			nc, err = net.Dial("unix", b.Socket)
+			nc, err = serverproc.Dial("unix", b.Socket)
 		}
 		if err != nil {
 			failed++

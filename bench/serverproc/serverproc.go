@@ -46,7 +46,8 @@ type Server struct {
 	Base, Socket string
 
 	cmd     *exec.Cmd
-	exited  chan error
+	exited  chan struct{} // closed when the process has exited, with exitErr set
+	exitErr error
 	stderr  *bytes.Buffer
 	http    *http.Client
 	stopped bool
@@ -66,13 +67,14 @@ func Start(o Options) (*Server, error) {
 	if err := simulator.WriteModel(model, o.Model); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
-	s := &Server{Base: "http://" + addr, Socket: filepath.Join(o.Dir, "s.sock"), exited: make(chan error, 1), stderr: &bytes.Buffer{},
+	s := &Server{Base: "http://" + addr, Socket: filepath.Join(o.Dir, "s.sock"), exited: make(chan struct{}), stderr: &bytes.Buffer{},
 		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
 	cfg := map[string]any{"model": model, "model-dir": o.Dir, "runtime-lib": lib, "runtime-abi": o.ABI, "listen": addr, "socket": s.Socket, "log-level": "error"}
 	for k, v := range o.Config {
@@ -93,7 +95,10 @@ func Start(o Options) (*Server, error) {
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { s.exited <- s.cmd.Wait() }()
+	go func() {
+		s.exitErr = s.cmd.Wait()
+		close(s.exited)
+	}()
 	deadline := time.After(time.Minute)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -102,8 +107,8 @@ func Start(o Options) (*Server, error) {
 			return s, nil
 		}
 		select {
-		case err := <-s.exited:
-			return nil, fmt.Errorf("the server exited (%v): %s", err, s.stderr)
+		case <-s.exited:
+			return nil, fmt.Errorf("the server exited (%v): %s", s.exitErr, s.stderr)
 		case <-deadline:
 			s.Stop()
 			return nil, fmt.Errorf("the server was not ready within a minute: %s", s.stderr)
@@ -118,12 +123,15 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stopped = true
-	_ = s.cmd.Process.Signal(unix.SIGTERM)
+	if err := s.cmd.Process.Signal(unix.SIGTERM); err != nil {
+		return // it has exited already
+	}
 	select {
 	case <-s.exited:
 	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
+		if err := s.cmd.Process.Kill(); err == nil {
+			<-s.exited
+		}
 	}
 }
 
@@ -161,10 +169,10 @@ func (s *Server) RSS() (supervisor, worker int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	if supervisor, err = VmRSS(s.PID()); err != nil {
+	if supervisor, err = VMRSS(s.PID()); err != nil {
 		return 0, 0, err
 	}
-	worker, err = VmRSS(st.WorkerPID)
+	worker, err = VMRSS(st.WorkerPID)
 	return supervisor, worker, err
 }
 
@@ -194,8 +202,8 @@ func (s *Server) Metric(name string) (float64, error) {
 	return 0, fmt.Errorf("no metric %s", name)
 }
 
-// VmRSS is a process's resident memory in bytes.
-func VmRSS(pid int) (int64, error) {
+// VMRSS is a process's resident memory in bytes.
+func VMRSS(pid int) (int64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -224,9 +232,15 @@ func Machine(w io.Writer) {
 	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
 		load = strings.Join(strings.Fields(string(raw))[:3], " ")
 	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs (%s/%s), %s, load average %s, %s\n", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
+	_, _ = fmt.Fprintf(w, "Machine: %s, %d CPUs (%s/%s), %s, load average %s, %s\n", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
 		runtime.Version(), load, time.Now().UTC().Format("2006-01-02"))
 }
 
 // MiB is bytes in MiB.
 func MiB(b int64) float64 { return float64(b) / (1 << 20) }
+
+// Dial connects to addr (the server's socket or HTTP address).
+func Dial(network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(context.Background(), network, addr)
+}

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -113,37 +112,48 @@ func soak(server, simDir string, duration, interval time.Duration, clients int) 
 			}
 		})
 	}
-	tick := time.NewTicker(interval)
-	deadline := time.After(duration)
-loop:
-	for {
-		select {
-		case <-tick.C:
-			if err := take(); err != nil {
-				return err
-			}
-		case <-deadline:
-			break loop
-		}
+	if err := every(interval, duration, take); err != nil {
+		return err
 	}
-	tick.Stop()
 	close(stop)
 	wg.Wait()
-	// Let the server settle: the clients are gone, connections close.
+	if err := settle(s, take); err != nil {
+		return err
+	}
+	return verdict(samples, samples[len(samples)-1], failures.Load(), requests.Load())
+}
+
+// settle samples once a second, for at most 30 s, until the clients' connections have
+// closed.
+func settle(s *serverproc.Server, take func() error) error {
 	settled := time.Now().Add(30 * time.Second)
-	var last sample
 	for {
 		if err := take(); err != nil {
 			return err
 		}
-		last = samples[len(samples)-1]
 		open, _ := s.Metric(`rkllm_connections_open{transport="unix"}`)
 		if open == 0 || time.Now().After(settled) {
-			break
+			return nil
 		}
 		time.Sleep(time.Second) //nolint:forbidigo // pacing the samples of a soak run
 	}
-	return verdict(samples, last, failures.Load(), requests.Load())
+}
+
+// every calls f every interval until duration has passed.
+func every(interval, duration time.Duration, f func() error) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	deadline := time.After(duration)
+	for {
+		select {
+		case <-tick.C:
+			if err := f(); err != nil {
+				return err
+			}
+		case <-deadline:
+			return nil
+		}
+	}
 }
 
 // verdict compares the end with the start: after the traffic, goroutines and
@@ -190,7 +200,7 @@ func one(s *serverproc.Server, rng *rand.Rand) error {
 	case 5: // garbage
 		return socket(s, `{"jsonrpc":"2.0","id":1,"method":`, -1)
 	case 6: // connect and leave
-		nc, err := net.Dial("unix", s.Socket)
+		nc, err := serverproc.Dial("unix", s.Socket)
 		if err == nil {
 			_ = nc.Close()
 		}
@@ -219,7 +229,7 @@ func one(s *serverproc.Server, rng *rand.Rand) error {
 // socket sends msg and reads until its response (or rkllm.done), or leaves after
 // leaveAfter lines when that is not negative.
 func socket(s *serverproc.Server, msg string, leaveAfter int) error {
-	nc, err := net.Dial("unix", s.Socket)
+	nc, err := serverproc.Dial("unix", s.Socket)
 	if err != nil {
 		return err
 	}

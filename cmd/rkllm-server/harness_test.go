@@ -646,3 +646,9 @@ func (c *client) readOrder() []string {
 	defer c.mu.Unlock()
 	return append([]string(nil), c.order...)
 }
+
+// dialNet connects to the server's socket or HTTP address.
+func dialNet(network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(context.Background(), network, addr)
+}

@@ -223,7 +223,7 @@ type rawClient struct {
 
 func (s *server) rawDial() *rawClient {
 	s.t.Helper()
-	nc, err := net.Dial("unix", s.socket)
+	nc, err := dialNet("unix", s.socket)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func TestLimitFlags(t *testing.T) {
 		m := churnModel()
 		m.DecodeTokensPerSecond = 0
 		s := startServer(t, "1.3", serverOpts{model: m, config: map[string]any{"client-buffer-bytes": 16384, "max-context-len": m.MaxContextLimit}})
-		nc, err := net.Dial("unix", s.socket)
+		nc, err := dialNet("unix", s.socket)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +157,7 @@ func TestLimitFlags(t *testing.T) {
 		t.Parallel()
 		s := startServer(t, "1.3", serverOpts{config: map[string]any{"read-header-timeout": "200ms", "body-read-timeout": "200ms"}})
 		addr := strings.TrimPrefix(s.base, "http://")
-		slowHead, err := net.Dial("tcp", addr)
+		slowHead, err := dialNet("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestLimitFlags(t *testing.T) {
 		if _, err := io.ReadAll(slowHead); err != nil {
 			t.Errorf("headers never finished: %v, want the connection closed", err)
 		}
-		slowBody, err := net.Dial("tcp", addr)
+		slowBody, err := dialNet("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -151,7 +151,7 @@ func checkFIFO(t *testing.T, s *server, served []outcome) {
 // socketClient sends one rkllm.run_async and follows its notifications to rkllm.done.
 func socketClient(s *server, i int, busy *atomic.Int32) outcome {
 	o := outcome{idx: i, socket: true}
-	nc, err := net.Dial("unix", s.socket)
+	nc, err := dialNet("unix", s.socket)
 	if err != nil {
 		o.err = err
 		return o
@@ -401,7 +401,7 @@ func churnOne(s *server, i int, started *atomic.Int32) error {
 	case 6, 7:
 		return churnHTTP(s, i, line, started)
 	}
-	nc, err := net.Dial("unix", s.socket)
+	nc, err := dialNet("unix", s.socket)
 	if err != nil {
 		return err
 	}

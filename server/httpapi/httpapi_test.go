@@ -313,7 +313,7 @@ func TestBodyReadTimeout(t *testing.T) {
 	// The body timeout has passed for the stream's request too: it goes on.
 	close(f.release)
 	rest, err := sr.ReadString('\n')
-	if !strings.Contains(string(rest), `"result":"done"`) {
+	if !strings.Contains(rest, `"result":"done"`) {
 		t.Errorf("rest of the stream %q: %v", rest, err)
 	}
 }

@@ -244,15 +244,14 @@ func (s *scanner) str() error {
 	start := s.i
 	s.i++ // "
 	for {
-		c := s.b[s.i]
-		switch {
-		case c == '"':
+		switch s.b[s.i] {
+		case '"':
 			s.i++
 			if n := s.i - start - 2; n > s.lim.MaxStringBytes {
 				return &LimitError{Limit: "max-string-bytes", Max: s.lim.MaxStringBytes, Path: s.pathString(), What: "a string's length (" + strconv.Itoa(n) + " bytes)"}
 			}
 			return nil
-		case c == '\\':
+		case '\\':
 			if s.b[s.i+1] == 'u' {
 				if err := s.escape(); err != nil {
 					return err

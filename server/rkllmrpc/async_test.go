@@ -93,7 +93,7 @@ func TestRunAsyncResponseComesFirst(t *testing.T) {
 			return nil
 		}}
 	msg := []byte(`{"jsonrpc":"2.0","id":1,"method":"rkllm.run_async","params":{"input":{"prompt_input":"hi"}}}`)
-	d.Serve(context.Background(), peer, msg, nil, func(resps []*jsonrpc.Response, _ bool) {
+	d.Serve(context.Background(), peer, msg, nil, func([]*jsonrpc.Response, bool) {
 		// A slow transport: give a notification every chance to overtake the response.
 		select {
 		case <-notified:
