@@ -354,7 +354,8 @@ func (c *conn) closeGracefully(ctx context.Context) {
 }
 
 func (c *conn) serve() {
-	br := bufio.NewReaderSize(c.nc, 64<<10)
+	// A small buffer: an idle connection costs little; longer lines are read in pieces.
+	br := bufio.NewReaderSize(c.nc, 8<<10)
 	for {
 		if c.s.opts.IdleTimeout > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.opts.IdleTimeout))
