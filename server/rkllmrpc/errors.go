@@ -89,6 +89,7 @@ func runtimeError(err error, data map[string]any) *jsonrpc.Error {
 	var (
 		callErr     *runtime.CallError
 		unsupported *runtime.UnsupportedError
+		symbol      *runtime.SymbolError
 		remote      *workerproto.RemoteError
 	)
 	switch {
@@ -96,6 +97,10 @@ func runtimeError(err error, data map[string]any) *jsonrpc.Error {
 		data["field"] = unsupported.Feature
 		data["abi"] = string(unsupported.ABI)
 		return jsonrpc.ErrInvalidParams.Withf("invalid params: %s; use ABI 1.3 (runtime 1.3.0) or leave it out", unsupported.Error())
+	case errors.As(err, &symbol):
+		data["function"] = symbol.Symbol
+		data["library"] = symbol.Path
+		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %v; this runtime cannot serve the method, use a newer runtime library", err)
 	case errors.As(err, &callErr):
 		data["rkllm_code"] = callErr.Code
 		data["function"] = callErr.Func
@@ -103,6 +108,10 @@ func runtimeError(err error, data map[string]any) *jsonrpc.Error {
 	case errors.Is(err, runtime.ErrRunFailed):
 		data["finish_reason"] = FinishError
 		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
+	case errors.Is(err, runtime.ErrBusy):
+		return jsonrpc.ErrBusy.Withf("busy: %v; retry later", err)
+	case errors.Is(err, runtime.ErrDestroyed):
+		return jsonrpc.ErrModelNotLoaded.Withf("model not loaded: %v; call rkllm.init", err)
 	case errors.As(err, &remote):
 		return jsonrpc.ErrRuntime.Withf("runtime returned an error: %s", explained(err))
 	}

@@ -3,6 +3,7 @@ package rkllmrpc
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -198,10 +199,20 @@ func TestErrorMapping(t *testing.T) {
 		{supervisor.ErrAborted, -32006, "aborted"},
 		{&runtime.UnsupportedError{Feature: "sampling_params", ABI: runtime.ABI12}, -32602, "not supported by ABI 1.2"},
 		{&supervisor.RuntimeError{Err: &runtime.CallError{Func: "rkllm_init", Code: -1}, Reason: "invalid model magic"}, -32003, "invalid model magic"},
+		{&runtime.SymbolError{Path: "/usr/lib/librkllmrt.so", Symbol: "rkllm_set_cross_attn_params"}, -32003, "rkllm_set_cross_attn_params"},
+		{fmt.Errorf("load lora: %w", runtime.ErrBusy), -32002, "a run is in progress"},
+		{fmt.Errorf("run: %w", runtime.ErrDestroyed), -32001, "rkllm.init"},
+		{fmt.Errorf("run: %w", runtime.ErrRunFailed), -32003, "RKLLM_RUN_ERROR"},
 	} {
 		var e *jsonrpc.Error
 		if !errors.As(rpcError(tt.err, nil), &e) || e.Code != tt.code || !strings.Contains(e.Message, tt.want) {
 			t.Errorf("%v -> %+v, want %d containing %q", tt.err, e, tt.code, tt.want)
+		}
+		var symbol *runtime.SymbolError
+		if errors.As(tt.err, &symbol) {
+			if d, _ := e.Data.(map[string]any); d["function"] != symbol.Symbol || d["library"] != symbol.Path {
+				t.Errorf("symbol error data %v", e.Data)
+			}
 		}
 	}
 }

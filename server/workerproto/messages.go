@@ -525,7 +525,36 @@ const (
 	errUnsupported = 2 // *runtime.UnsupportedError
 	errOther       = 3 // message only
 	errBusy        = 4 // ErrWorkerBusy
+	errRuntimeBusy = 5 // runtime.ErrBusy, with the message
+	errDestroyed   = 6 // runtime.ErrDestroyed, with the message
+	errSymbol      = 7 // *runtime.SymbolError
+	errRunFailed   = 8 // runtime.ErrRunFailed, with the message
 )
+
+// sentinels are the runtime's sentinel errors that cross the wire as themselves (the
+// message keeps the context they were wrapped in).
+var sentinels = []struct {
+	kind uint8
+	err  error
+}{{errRuntimeBusy, runtime.ErrBusy}, {errDestroyed, runtime.ErrDestroyed}, {errRunFailed, runtime.ErrRunFailed}}
+
+// wrappedError is a sentinel error with the message it had in the worker.
+type wrappedError struct {
+	msg string
+	err error
+}
+
+func (e *wrappedError) Error() string { return e.msg }
+func (e *wrappedError) Unwrap() error { return e.err }
+
+// sentinelError rebuilds a sentinel with its message (the sentinel itself when the
+// message is just its own).
+func sentinelError(msg string, err error) error {
+	if msg == err.Error() {
+		return err
+	}
+	return &wrappedError{msg: msg, err: err}
+}
 
 // ErrWorkerBusy is the worker's answer to a request that needs the model while another
 // such request is in progress (the supervisor never sends one; it guards against bugs).
@@ -538,28 +567,51 @@ type RemoteError struct{ Message string }
 func (e *RemoteError) Error() string { return e.Message }
 
 func (m *Reply) encode(e *encoder) {
-	var callErr *runtime.CallError
-	var unsupported *runtime.UnsupportedError
+	encodeErr(e, m.Err)
+	e.bool(m.Running)
+	e.optI32s(m.CacheSizes)
+}
+
+// encodeErr writes an error as its kind and what rebuilds it on the other side.
+func encodeErr(e *encoder, err error) {
+	var (
+		callErr     *runtime.CallError
+		unsupported *runtime.UnsupportedError
+		symbol      *runtime.SymbolError
+	)
 	switch {
-	case m.Err == nil:
+	case err == nil:
 		e.u8(errNone)
-	case errors.As(m.Err, &callErr):
+		return
+	case errors.As(err, &callErr):
 		e.u8(errCall)
 		e.str(callErr.Func)
 		e.int(callErr.Code)
-		e.str(m.Err.Error())
-	case errors.As(m.Err, &unsupported):
+		e.str(err.Error())
+		return
+	case errors.As(err, &unsupported):
 		e.u8(errUnsupported)
 		e.str(unsupported.Feature)
 		e.str(string(unsupported.ABI))
-	case errors.Is(m.Err, ErrWorkerBusy):
+		return
+	case errors.As(err, &symbol):
+		e.u8(errSymbol)
+		e.str(symbol.Path)
+		e.str(symbol.Symbol)
+		return
+	case errors.Is(err, ErrWorkerBusy):
 		e.u8(errBusy)
-	default:
-		e.u8(errOther)
-		e.str(m.Err.Error())
+		return
 	}
-	e.bool(m.Running)
-	e.optI32s(m.CacheSizes)
+	for _, st := range sentinels {
+		if errors.Is(err, st.err) {
+			e.u8(st.kind)
+			e.str(err.Error())
+			return
+		}
+	}
+	e.u8(errOther)
+	e.str(err.Error())
 }
 
 func (m *Reply) decode(d *decoder) {
@@ -578,6 +630,15 @@ func (m *Reply) decode(d *decoder) {
 		m.Err = ErrWorkerBusy
 	case errOther:
 		m.Err = &RemoteError{Message: d.str()}
+	case errSymbol:
+		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
+	case errRuntimeBusy, errDestroyed, errRunFailed:
+		msg := d.str()
+		for _, st := range sentinels {
+			if st.kind == kind {
+				m.Err = sentinelError(msg, st.err)
+			}
+		}
 	default:
 		if d.err == nil {
 			d.err = fmt.Errorf("unknown error kind %d", kind)

@@ -3,6 +3,7 @@ package workerproto
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -64,6 +65,25 @@ func sampleMessages() []Message {
 		&Reply{Err: &runtime.UnsupportedError{Feature: "sampling_params", ABI: runtime.ABI12}},
 		&Reply{Err: &RemoteError{Message: "cannot open library"}},
 		&Reply{Err: ErrWorkerBusy},
+		&Reply{Err: &runtime.SymbolError{Path: "/usr/lib/librkllmrt.so", Symbol: "rkllm_load_lora"}},
+		&Reply{Err: runtime.ErrBusy},
+		&Reply{Err: runtime.ErrDestroyed},
+	}
+}
+
+// TestSentinelsKeepTheirContext: the runtime's sentinel errors cross the wire as
+// themselves (errors.Is holds) with the message they had in the worker.
+func TestSentinelsKeepTheirContext(t *testing.T) {
+	for _, want := range []error{runtime.ErrBusy, runtime.ErrDestroyed, runtime.ErrRunFailed} {
+		sent := &Reply{Err: fmt.Errorf("run: %w", want)}
+		got, err := Decode(sent.Op(), Encode(sent))
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotErr := got.(*Reply).Err
+		if !errors.Is(gotErr, want) || gotErr.Error() != sent.Err.Error() {
+			t.Errorf("%v came back as %v", sent.Err, gotErr)
+		}
 	}
 }
 
