@@ -271,24 +271,32 @@ var metricsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: t
 
 func (s *server) metric(name string) float64 {
 	s.t.Helper()
+	v, err := s.tryMetric(name)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
+// tryMetric reads one sample of /metrics; it fails when the server cannot answer (it
+// may be refusing connections) or lacks the sample.
+func (s *server) tryMetric(name string) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/metrics", nil)
 	resp, err := metricsClient.Do(req)
 	if err != nil {
-		s.t.Fatalf("metrics: %v", err)
+		return 0, fmt.Errorf("metrics: %w", err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if v, found := strings.CutPrefix(sc.Text(), name+" "); found {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
+			return strconv.ParseFloat(v, 64)
 		}
 	}
-	s.t.Fatalf("no metric %s", name)
-	return 0
+	return 0, fmt.Errorf("no metric %s (HTTP %d)", name, resp.StatusCode)
 }
 
 func (s *server) state() processState {
