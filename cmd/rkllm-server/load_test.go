@@ -54,13 +54,21 @@ func TestManyClients(t *testing.T) {
 
 	results := make(chan outcome, sockets+https)
 	var busy atomic.Int32
-	for i := range sockets + https {
-		if i < sockets {
-			go func() { results <- socketClient(s, i, &busy) }()
-		} else {
-			go func() { results <- httpClient(s, i, i%2 == 0, &busy) }()
+	launch := func(from, to int) {
+		for i := from; i < to; i++ {
+			if i < sockets {
+				go func() { results <- socketClient(s, i, &busy) }()
+			} else {
+				go func() { results <- httpClient(s, i, i%2 == 0, &busy) }()
+			}
 		}
 	}
+	// A first wave fills half the queue; the rest come at once after it was taken, so
+	// the queue's order is known for every pair across the waves.
+	const firstWave = maxQueue / 2
+	launch(0, firstWave)
+	s.waitQueueDepth(firstWave)
+	launch(firstWave, sockets+https)
 	s.eventually("a full queue and every other client refused", waitTimeout, func() bool {
 		return s.queueDepth() == maxQueue && busy.Load() == sockets+https-maxQueue
 	})
