@@ -165,3 +165,24 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestModelLoadRetrySucceeds: a load that fails once (the runtime's reason logged and
+// on /readyz meanwhile) is retried after the backoff and the server becomes ready.
+func TestModelLoadRetrySucceeds(t *testing.T) {
+	s := startServer(t, "1.2", serverOpts{noWait: true, config: map[string]any{"restart-backoff-min": "300ms"},
+		env: []string{"RKLLM_SIM_INIT_FAIL=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "init-once")}})
+	s.eventually("the load error on /readyz", waitTimeout, func() bool {
+		code, st := s.status()
+		reason, _ := st["reason"].(string)
+		return code == 503 && strings.Contains(reason, "model failed to load (retrying)") && strings.Contains(reason, "simulated init failure")
+	})
+	s.waitReady()
+	logs := s.logs.String()
+	if !strings.Contains(logs, `"msg":"model failed to load; retrying"`) || !strings.Contains(logs, `"retry_in":"`) {
+		t.Errorf("the log lacks the failure and its retry:\n%s", grepLines(logs, "model"))
+	}
+	if _, st := s.status(); st["model_load_error"] != nil || st["worker_restarts"] != 0.0 {
+		t.Errorf("readyz after the retry: %v", st)
+	}
+	ok[runResult](t, s.http("rkllm.run", prompt("loaded at last")))
+}

@@ -34,7 +34,35 @@ const (
 	pollEvery    = 5 * time.Millisecond
 )
 
-var serverBin string
+var (
+	serverBin string
+	// raceBin is the server built with -race, for the load tests (built once, on first
+	// use, when the tests run under -race).
+	raceBin     string
+	raceBinOnce sync.Once
+	raceBinErr  error
+)
+
+// serverBinary returns the binary a test's server runs: with race, the -race build
+// when the tests run under -race.
+func serverBinary(t *testing.T, race bool) string {
+	t.Helper()
+	if !race || !raceEnabled {
+		return serverBin
+	}
+	raceBinOnce.Do(func() {
+		raceBin = serverBin + "-race"
+		build := exec.CommandContext(context.Background(), "go", "build", "-race", "-o", raceBin, ".")
+		out, err := build.CombinedOutput()
+		if err != nil {
+			raceBinErr = fmt.Errorf("go build -race: %w\n%s", err, out)
+		}
+	})
+	if raceBinErr != nil {
+		t.Fatal(raceBinErr)
+	}
+	return raceBin
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "rkllm-server-e2e-")
@@ -127,6 +155,11 @@ type serverOpts struct {
 	noModel bool
 	// noWait returns before the server is ready.
 	noWait bool
+	// race runs the -race build when the tests run under -race.
+	race bool
+	// wrap, when set, runs the server through this command prefix (such as a shell
+	// that lowers a limit first).
+	wrap []string
 }
 
 var addrLine = regexp.MustCompile(`"msg":"serving HTTP","address":"([^"]+)"`)
@@ -186,7 +219,8 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.CommandContext(context.Background(), serverBin, append([]string{"serve", "--config", cfgPath}, o.flags...)...)
+	args := append(append(append([]string(nil), o.wrap...), serverBinary(t, o.race), "serve", "--config", cfgPath), o.flags...)
+	s.cmd = exec.CommandContext(context.Background(), args[0], args[1:]...) //nolint:gosec // the test's own binary
 	s.cmd.Env = append(append(os.Environ(), "RKLLM_SIM_STATS_FILE="+s.stats), o.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
@@ -199,6 +233,9 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	t.Cleanup(func() {
 		_ = s.cmd.Process.Kill()
 		<-s.exited
+		if strings.Contains(s.logs.String(), "WARNING: DATA RACE") {
+			t.Error("the server (built with -race) reported a data race")
+		}
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.logs.String())
 		}
@@ -216,7 +253,9 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	return s
 }
 
-func (s *server) eventually(what string, timeout time.Duration, cond func() bool) {
+// eventually polls cond until it holds; on timeout it fails, with what describe (if
+// given) says of the last state.
+func (s *server) eventually(what string, timeout time.Duration, cond func() bool, describe ...func() string) {
 	s.t.Helper()
 	deadline := time.After(timeout)
 	tick := time.NewTicker(pollEvery)
@@ -227,6 +266,9 @@ func (s *server) eventually(what string, timeout time.Duration, cond func() bool
 		case <-s.exited:
 			s.t.Fatalf("server exited (%v) while waiting for %s", s.exit, what)
 		case <-deadline:
+			for _, d := range describe {
+				what += " (" + d() + ")"
+			}
 			s.t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 	}
@@ -256,7 +298,7 @@ func (s *server) get(path string) (*http.Response, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := metricsClient.Do(req) // no keep-alive: connections counted by the tests are the clients' own
 	if err != nil {
 		s.t.Fatalf("GET %s: %v", path, err)
 	}

@@ -159,3 +159,60 @@ func TestAdminOn(t *testing.T) {
 		}
 	}
 }
+
+// TestDocumentedDefaults: every flag row of docs/server.md with a default states the
+// flag's real default, and every bound of the server is documented there.
+func TestDocumentedDefaults(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "server.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Serve
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	o.BindFlags(fs)
+	documented := map[string]bool{}
+	withDefaults := false // in a "| flag | default | meaning |" table
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) >= 4 && strings.TrimSpace(cells[1]) == "flag" {
+			withDefaults = strings.TrimSpace(cells[2]) == "default"
+			continue
+		}
+		name := strings.Trim(strings.TrimSpace(cells[min(1, len(cells)-1)]), "`-")
+		if len(cells) < 4 || !withDefaults || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`--") || strings.ContainsAny(name, "` ") {
+			continue
+		}
+		def := strings.TrimSpace(cells[2])
+		f := fs.Lookup(name)
+		if f == nil {
+			t.Errorf("docs/server.md documents --%s, which serve does not have", name)
+			continue
+		}
+		documented[name] = true
+		if !strings.HasPrefix(def, "`") {
+			continue
+		}
+		want := strings.Trim(def, "`")
+		got := f.DefValue
+		if f.Value.Type() == "duration" {
+			w, err1 := time.ParseDuration(want)
+			g, err2 := time.ParseDuration(got)
+			if err1 == nil && err2 == nil && w == g {
+				continue
+			}
+		}
+		if got == "" && strings.Contains(f.Usage, "(default "+want+")") {
+			continue // empty means the documented default
+		}
+		if got != want {
+			t.Errorf("--%s: docs/server.md says the default is %s, the flag's is %s", name, want, got)
+		}
+	}
+	for _, name := range []string{"max-connections", "reserved-fds", "max-request-bytes", "max-json-depth", "max-string-bytes",
+		"max-array-len", "max-batch", "max-queue", "max-inflight-per-connection", "max-inflight-bytes", "client-buffer-bytes",
+		"request-timeout", "write-timeout", "idle-timeout", "read-header-timeout", "body-read-timeout"} {
+		if !documented[name] {
+			t.Errorf("--%s is not in docs/server.md", name)
+		}
+	}
+}

@@ -51,6 +51,7 @@ type Peer struct {
 	Context context.Context
 
 	messages atomic.Int64 // messages being served
+	requests atomic.Int64 // requests being served that count against MaxPeerRequests
 	holds    atomic.Int64 // work that outlives its request (Hold)
 }
 
@@ -240,6 +241,7 @@ type Dispatcher struct {
 	log      logr.Logger
 	observer Observer
 	methods  map[string]Handler
+	quick    map[string]bool // methods that never wait (NeverWaits)
 	limits   Limits
 	draining atomic.Bool
 	inflight atomic.Int64 // bytes of the messages being served
@@ -248,8 +250,9 @@ type Dispatcher struct {
 // InflightBytes is the size of the messages being served now.
 func (d *Dispatcher) InflightBytes() int64 { return d.inflight.Load() }
 
-// admit charges a message to its connection's and the server's budgets; release gives
-// them back. It fails with ErrBusy (and charges nothing) when either is spent.
+// admit charges a message to the server's budget of bytes in flight (and counts it on
+// its connection); release gives it back. It fails with ErrBusy (and charges nothing)
+// when the budget is spent. A message alone in flight is always admitted.
 func (d *Dispatcher) admit(peer *Peer, size int) (release func(), err *Error) {
 	n := int64(size)
 	if now := d.inflight.Add(n); now > d.limits.MaxInflightBytes && now != n {
@@ -258,12 +261,7 @@ func (d *Dispatcher) admit(peer *Peer, size int) (release func(), err *Error) {
 			WithData(map[string]any{"limit": "max-inflight-bytes", "max": d.limits.MaxInflightBytes})
 	}
 	if peer != nil {
-		if m := peer.messages.Add(1); m > int64(d.limits.MaxPeerMessages) {
-			peer.messages.Add(-1)
-			d.inflight.Add(-n)
-			return nil, ErrBusy.Withf("busy: this connection has %d messages in flight (limit %d, --max-inflight-per-connection); wait for answers before sending more", m-1, d.limits.MaxPeerMessages).
-				WithData(map[string]any{"limit": "max-inflight-per-connection", "max": d.limits.MaxPeerMessages})
-		}
+		peer.messages.Add(1)
 	}
 	return func() {
 		d.inflight.Add(-n)
@@ -271,6 +269,20 @@ func (d *Dispatcher) admit(peer *Peer, size int) (release func(), err *Error) {
 			peer.messages.Add(-1)
 		}
 	}, nil
+}
+
+// admitRequest counts a request against its connection's cap of requests in flight;
+// release gives it back.
+func (d *Dispatcher) admitRequest(peer *Peer, method string) (release func(), err *Error) {
+	if peer == nil || d.quick[method] {
+		return func() {}, nil
+	}
+	if m := peer.requests.Add(1); m > int64(d.limits.MaxPeerMessages) {
+		peer.requests.Add(-1)
+		return nil, ErrBusy.Withf("busy: this connection has %d requests in flight (limit %d, --max-inflight-per-connection); wait for answers before sending more", m-1, d.limits.MaxPeerMessages).
+			WithData(map[string]any{"limit": "max-inflight-per-connection", "max": d.limits.MaxPeerMessages})
+	}
+	return func() { peer.requests.Add(-1) }, nil
 }
 
 // reject answers every request of msg with e (invalid ones with their own error).
@@ -296,7 +308,16 @@ func (d *Dispatcher) reject(msg []byte, e *Error) (resps []*Response, batch bool
 // NewDispatcher returns a dispatcher that logs handler panics and internal errors to
 // log and reports each request to observer (which may be nil).
 func NewDispatcher(log logr.Logger, observer Observer) *Dispatcher {
-	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, limits: Limits{}.withDefaults()}
+	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, quick: map[string]bool{}, limits: Limits{}.withDefaults()}
+}
+
+// NeverWaits marks methods that answer at once (rkllm.abort, rkllm.is_running): they
+// are not counted against a connection's cap of requests in flight, so a client at
+// its cap can still abort. Call it before serving.
+func (d *Dispatcher) NeverWaits(methods ...string) {
+	for _, m := range methods {
+		d.quick[m] = true
+	}
 }
 
 // SetLimits sets the bounds every message is checked against before it is decoded
@@ -416,6 +437,12 @@ func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch 
 		resp.Error = ErrShuttingDown.Withf("shutting down: the server takes no new requests")
 		return resp
 	}
+	release, busy := d.admitRequest(peer, method)
+	if busy != nil {
+		resp.Error = busy
+		return resp
+	}
+	defer release()
 	call := &Call{Request: req, Peer: peer, InBatch: batch, admit: admit, reply: hooks}
 	result, err := h.ServeRPC(ctx, call)
 	call.Admit()

@@ -22,8 +22,9 @@ type Limits struct {
 	MaxArrayLen int
 	// MaxBatch bounds the requests of one batch (DefaultMaxBatch).
 	MaxBatch int
-	// MaxPeerMessages bounds the messages (a request or a batch) one connection may
-	// have in flight at once (DefaultMaxPeerMessages); more are answered -32002 at once.
+	// MaxPeerMessages bounds the requests one connection may have in flight at once
+	// (DefaultMaxPeerMessages), those of NeverWaits methods aside; more are answered
+	// -32002 at once.
 	MaxPeerMessages int
 	// MaxInflightBytes bounds the bytes of all the messages being served at once, over
 	// every connection (DefaultMaxInflightBytes): with the queue's bound it caps the
@@ -337,6 +338,28 @@ func (s *scanner) skip() {
 		}
 		s.i++
 	}
+}
+
+// maxNesting is the deepest nesting of brackets outside strings in msg, which need not
+// be valid JSON.
+func maxNesting(msg []byte) int {
+	depth, deepest := 0, 0
+	for i := 0; i < len(msg); i++ {
+		switch msg[i] {
+		case '"':
+			for i++; i < len(msg) && msg[i] != '"'; i++ {
+				if msg[i] == '\\' {
+					i++
+				}
+			}
+		case '{', '[':
+			depth++
+			deepest = max(deepest, depth)
+		case '}', ']':
+			depth--
+		}
+	}
+	return deepest
 }
 
 // checkText reports invalid UTF-8 anywhere in msg (outside strings JSON is ASCII).

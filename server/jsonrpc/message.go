@@ -120,6 +120,12 @@ func decode(msg []byte, lim Limits) (items []item, batch bool) {
 		return []item{errItem(nil, ErrInvalidRequest.Withf("invalid request: empty message; send a JSON-RPC 2.0 request object or a batch array"))}, false
 	}
 	if !json.Valid(msg) {
+		// encoding/json refuses nesting beyond 10000 levels as invalid; say which limit
+		// such a message broke.
+		if maxNesting(msg) > lim.MaxDepth {
+			e := &LimitError{Limit: "max-json-depth", Max: lim.MaxDepth, What: "nesting of objects and arrays"}
+			return []item{errItem(nil, e.rpcError())}, false
+		}
 		return []item{errItem(nil, ErrParse.Withf("parse error: the message is not valid JSON"))}, false
 	}
 	if te := checkText(msg); te != nil {

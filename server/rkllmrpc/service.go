@@ -101,6 +101,7 @@ func (s *Service) Register(d *jsonrpc.Dispatcher) {
 			return f(ctx, c)
 		})
 	}
+	d.NeverWaits(MethodGetConstants, MethodCreateDefaultParam, MethodAbort, MethodIsRunning)
 	d.Register(MethodGetConstants, h(s.getConstants))
 	d.Register(MethodCreateDefaultParam, h(s.createDefaultParam))
 	d.Register(MethodInit, admin(s.init))

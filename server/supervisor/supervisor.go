@@ -353,10 +353,10 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 		t.stop()
 		return nil, ErrShuttingDown
 	}
-	if len(s.queue) >= s.opts.MaxQueue {
+	if n := len(s.queue); n >= s.opts.MaxQueue {
 		s.mu.Unlock()
 		t.stop()
-		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, len(s.queue), s.opts.MaxQueue)
+		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, n, s.opts.MaxQueue)
 	}
 	s.queue = append(s.queue, t)
 	depth := len(s.queue)
