@@ -734,3 +734,19 @@ func TestOpenAIPrefixReuseNeverLeaks(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenAIWithoutModel: a server started without --model lists no model and answers
+// 503 until a JSON-RPC client loads one; then the model is served under its file name.
+func TestOpenAIWithoutModel(t *testing.T) {
+	s := startServer(t, "1.3", serverOpts{noModel: true, noWait: true})
+	s.eventually("the worker", waitTimeout, func() bool { resp, _ := s.get("/healthz"); return resp.StatusCode == http.StatusOK })
+	if _, body := s.v1(http.MethodGet, "/v1/models", ""); body != `{"object":"list","data":[]}`+"\n" {
+		t.Errorf("models without a model: %s", body)
+	}
+	resp, body := s.v1(http.MethodPost, "/v1/chat/completions", chatBody([]msg{{"role": "user", "content": "x"}}, nil))
+	wantError(t, resp, body, http.StatusServiceUnavailable, "", "service_unavailable", "rkllm.init")
+	ok[int](t, s.dial().call("rkllm.init", map[string]any{"param": map[string]any{"model_path": "model.rkllm"}}))
+	if c := s.chat([]msg{{"role": "user", "content": "x"}}, nil); c.content() == "" {
+		t.Errorf("after rkllm.init: %+v", c)
+	}
+}

@@ -140,11 +140,7 @@ func (j *Jinja) Render(c *Conversation) (string, error) {
 	}
 	list := make([]jinja.Value, 0, len(msgs))
 	for _, m := range msgs {
-		v, err := messageValue(m)
-		if err != nil {
-			return "", err
-		}
-		list = append(list, v)
+		list = append(list, messageValue(m))
 	}
 	data := map[string]jinja.Value{
 		"messages":              jinja.NewList(list),
@@ -176,7 +172,7 @@ func (j *Jinja) Render(c *Conversation) (string, error) {
 // messageValue builds a message as transformers passes it: keys that are absent stay
 // absent (templates test `'tool_calls' in message`), and tool-call arguments are an
 // object when they are JSON.
-func messageValue(m Message) (jinja.Value, error) {
+func messageValue(m Message) jinja.Value {
 	v := jinja.NewDict()
 	d := v.AsDict()
 	d.Set("role", jinja.NewString(m.Role))
@@ -205,7 +201,7 @@ func messageValue(m Message) (jinja.Value, error) {
 		}
 		d.Set("tool_calls", jinja.NewList(calls))
 	}
-	return v, nil
+	return v
 }
 
 // jsonValue converts JSON into template values, keeping object keys in order.
@@ -338,52 +334,60 @@ func (e *pyEncoder) encode(b *strings.Builder, v jinja.Value, level int) error {
 	case v.IsString():
 		e.str(b, v.AsString())
 	case v.IsList():
-		items := v.AsList().Items
-		if len(items) == 0 {
-			b.WriteString("[]")
-			return nil
-		}
-		b.WriteByte('[')
-		for i, it := range items {
-			if i > 0 {
-				b.WriteString(e.item)
-			}
-			e.newline(b, level+1)
-			if err := e.encode(b, it, level+1); err != nil {
-				return err
-			}
-		}
-		e.newline(b, level)
-		b.WriteByte(']')
+		return e.list(b, v.AsList().Items, level)
 	case v.IsDict():
-		d := v.AsDict()
-		keys := d.OrderedKeys()
-		if e.sort {
-			keys = append([]string(nil), keys...)
-			sort.Strings(keys)
-		}
-		if len(keys) == 0 {
-			b.WriteString("{}")
-			return nil
-		}
-		b.WriteByte('{')
-		for i, k := range keys {
-			if i > 0 {
-				b.WriteString(e.item)
-			}
-			e.newline(b, level+1)
-			e.str(b, k)
-			b.WriteString(e.key)
-			val, _ := d.Get(k)
-			if err := e.encode(b, val, level+1); err != nil {
-				return err
-			}
-		}
-		e.newline(b, level)
-		b.WriteByte('}')
+		return e.dict(b, v.AsDict(), level)
 	default:
 		return fmt.Errorf("tojson: cannot encode %s", v.String())
 	}
+	return nil
+}
+
+func (e *pyEncoder) list(b *strings.Builder, items []jinja.Value, level int) error {
+	if len(items) == 0 {
+		b.WriteString("[]")
+		return nil
+	}
+	b.WriteByte('[')
+	for i, it := range items {
+		if i > 0 {
+			b.WriteString(e.item)
+		}
+		e.newline(b, level+1)
+		if err := e.encode(b, it, level+1); err != nil {
+			return err
+		}
+	}
+	e.newline(b, level)
+	b.WriteByte(']')
+	return nil
+}
+
+func (e *pyEncoder) dict(b *strings.Builder, d *jinja.Dict, level int) error {
+	keys := d.OrderedKeys()
+	if e.sort {
+		keys = append([]string(nil), keys...)
+		sort.Strings(keys)
+	}
+	if len(keys) == 0 {
+		b.WriteString("{}")
+		return nil
+	}
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(e.item)
+		}
+		e.newline(b, level+1)
+		e.str(b, k)
+		b.WriteString(e.key)
+		val, _ := d.Get(k)
+		if err := e.encode(b, val, level+1); err != nil {
+			return err
+		}
+	}
+	e.newline(b, level)
+	b.WriteByte('}')
 	return nil
 }
 

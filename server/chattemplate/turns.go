@@ -113,20 +113,7 @@ func (t *Turns) RuntimeTemplate() (system, prefix, postfix string) {
 func (t *Turns) Render(c *Conversation) (string, error) {
 	var b strings.Builder
 	sys, rest := leadingSystem(c.Messages)
-	pending := "" // a system prompt that goes into the first user turn
-	if !c.OmitSystem {
-		text := t.DefaultSystem
-		if len(sys) > 0 {
-			text = t.content(strings.Join(sys, "\n\n"))
-		}
-		if text != "" {
-			if t.SystemInUser {
-				pending = text
-			} else {
-				b.WriteString(t.SystemPrefix + text + t.SystemSuffix)
-			}
-		}
-	}
+	pending := t.writeSystem(&b, sys, c.OmitSystem)
 	lastUser := -1
 	for i, m := range rest {
 		if m.Role == RoleUser {
@@ -147,8 +134,7 @@ func (t *Turns) Render(c *Conversation) (string, error) {
 		case RoleUser:
 			text := t.content(m.Content)
 			if pending != "" {
-				text = pending + "\n\n" + text
-				pending = ""
+				text, pending = pending+"\n\n"+text, ""
 			}
 			b.WriteString(t.UserPrefix + text + t.UserSuffix)
 		case RoleAssistant:
@@ -172,6 +158,26 @@ func (t *Turns) Render(c *Conversation) (string, error) {
 		b.WriteString("<think>\n\n</think>\n\n")
 	}
 	return b.String(), nil
+}
+
+// writeSystem writes the system turn (the leading system messages, or the default),
+// or returns it when it goes into the first user turn.
+func (t *Turns) writeSystem(b *strings.Builder, sys []string, omit bool) (pending string) {
+	if omit {
+		return ""
+	}
+	text := t.DefaultSystem
+	if len(sys) > 0 {
+		text = t.content(strings.Join(sys, "\n\n"))
+	}
+	if text == "" {
+		return ""
+	}
+	if t.SystemInUser {
+		return text
+	}
+	b.WriteString(t.SystemPrefix + text + t.SystemSuffix)
+	return ""
 }
 
 func (t *Turns) thinking(enable *bool) bool {

@@ -122,6 +122,10 @@ func TestErrors(t *testing.T) {
 		{"nothing to listen on", ``, []string{"--listen="}, "no way to be reached"},
 		{"log level", ``, []string{"--log-level=loud"}, "--log-level"},
 		{"positional", ``, []string{"serve"}, `unexpected argument "serve"`},
+		{"unknown preset", `{"chat-template": "vicuna"}`, nil, `--chat-template: unknown chat template preset "vicuna"`},
+		{"two templates", `{"chat-template": "llama3", "chat-template-custom": {"user_prefix": "U", "assistant_prefix": "A"}}`, nil, "give one"},
+		{"bad custom template", `{"chat-template-custom": {"user_prefx": "U"}}`, nil, "--chat-template-custom"},
+		{"jinja without eos", ``, []string{"--chat-template-file=/nonexistent/t.jinja"}, "--chat-template-file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,5 +218,42 @@ func TestDocumentedDefaults(t *testing.T) {
 		if !documented[name] {
 			t.Errorf("--%s is not in docs/server.md", name)
 		}
+	}
+}
+
+// The OpenAI API's chat template: a preset, a custom template given as an object in
+// the config file, and the runtime template JSON-RPC runs fall back to.
+func TestChatTemplates(t *testing.T) {
+	o, err := parse(t, `{"chat-template": "qwen2.5", "served-model-name": "qwen", "prefix-reuse": false}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := o.Template()
+	if err != nil || tmpl.Name() != "qwen2.5" || o.ServedModelName != "qwen" || o.PrefixReuse {
+		t.Fatalf("preset: %v %v %+v", tmpl, err, o)
+	}
+	sys, pre, post, ok := o.RuntimeFallbackTemplate()
+	if !ok || sys != "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n" ||
+		pre != "<|im_start|>user\n" || post != "<|im_end|>\n<|im_start|>assistant\n" {
+		t.Errorf("fallback %q %q %q %v", sys, pre, post, ok)
+	}
+	// --chat-template-* set the runtime's template: no fallback needed.
+	o, _ = parse(t, `{"chat-template": "qwen2.5", "chat-template-prefix": "<u>"}`)
+	if _, _, _, ok := o.RuntimeFallbackTemplate(); ok {
+		t.Error("a fallback despite --chat-template-prefix")
+	}
+	o, err = parse(t, "chat-template-custom:\n  user_prefix: 'U: '\n  assistant_prefix: 'A: '\n  eos: '</s>'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tmpl, err := o.Template(); err != nil || tmpl.Name() != "custom" || tmpl.EndOfReply() != "</s>" {
+		t.Errorf("custom from YAML: %v %v", tmpl, err)
+	}
+	o, _ = parse(t, ``)
+	if tmpl, _ := o.Template(); tmpl.Name() != "chatml" || !o.PrefixReuse {
+		t.Errorf("defaults: %s, reuse %v", tmpl.Name(), o.PrefixReuse)
+	}
+	if _, _, _, ok := o.RuntimeFallbackTemplate(); ok {
+		t.Error("a fallback without a configured preset: the model's family is unknown")
 	}
 }

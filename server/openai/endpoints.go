@@ -66,75 +66,40 @@ func (h *Handler) chat(w http.ResponseWriter, r *http.Request) {
 	h.run(w, r, spec)
 }
 
+// chatRequest is a decoded chat completion request.
+type chatRequest struct {
+	model    string
+	msgs     []chattemplate.Message
+	sampling *sampling
+	tools    []tool
+	thinking *bool
+}
+
 func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *Error) {
 	body, e := h.readBody(w, r)
 	if e != nil {
 		return nil, e
 	}
-	m, e := fields(body, "")
+	req, e := decodeChat(body)
 	if e != nil {
 		return nil, e
 	}
-	if e := checkKnown(m, "", chatFields, chatUnsupported); e != nil {
-		return nil, e
-	}
-	if e := checkUnsupportedValues(m); e != nil {
-		return nil, e
-	}
-	var model string
-	if e := decodeField(m, "model", "model", &model, "a string"); e != nil {
-		return nil, e
-	}
-	if _, ok := m["messages"]; !ok {
-		return nil, invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
-	}
-	msgs, e := decodeMessages(m["messages"])
+	param, abi, e := h.ready(req.model)
 	if e != nil {
 		return nil, e
 	}
-	s, e := decodeSampling(m, "max_tokens")
-	if e != nil {
-		return nil, e
-	}
-	var mct *int
-	if e := decodeField(m, "max_completion_tokens", "max_completion_tokens", &mct, "an integer"); e != nil {
-		return nil, e
-	}
-	if mct != nil {
-		if *mct < 1 {
-			return nil, invalid("max_completion_tokens", "invalid_value", "Invalid 'max_completion_tokens': %d must be at least 1.", *mct)
-		}
-		s.MaxTokens = mct
-	}
-	tools, e := decodeTools(m["tools"])
-	if e != nil {
-		return nil, e
-	}
-	if tools, e = toolChoice(m["tool_choice"], tools); e != nil {
-		return nil, e
-	}
-	var kwargs struct {
-		EnableThinking *bool `json:"enable_thinking"`
-	}
-	if e := decodeField(m, "chat_template_kwargs", "chat_template_kwargs", &kwargs, "an object"); e != nil {
-		return nil, e
-	}
-	param, abi, e := h.ready(model)
-	if e != nil {
-		return nil, e
-	}
-	infer, e := s.inferParams(abi, param)
+	infer, e := req.sampling.inferParams(abi, param)
 	if e != nil {
 		return nil, e
 	}
 	tmpl := h.opts.Template
-	conv := &chattemplate.Conversation{Messages: msgs, EnableThinking: kwargs.EnableThinking}
-	spec := &runSpec{chat: true, model: model, infer: infer, sampling: s, abi: abi, loaded: param, parseTools: len(tools) > 0}
-	if len(tools) > 0 {
+	conv := &chattemplate.Conversation{Messages: req.msgs, EnableThinking: req.thinking}
+	spec := &runSpec{chat: true, model: req.model, infer: infer, sampling: req.sampling, abi: abi, loaded: param, parseTools: len(req.tools) > 0}
+	if len(req.tools) > 0 {
 		if tmpl.ToolsInPrompt() {
-			conv.Tools = toolsJSON(tools)
+			conv.Tools = toolsJSON(req.tools)
 		} else {
-			spec.tools = &workerproto.SetFunctionTools{SystemPrompt: tmpl.SystemPrompt(msgs), Tools: string(toolsJSON(tools)), ToolResponseStr: tmpl.ToolResponse()}
+			spec.tools = &workerproto.SetFunctionTools{SystemPrompt: tmpl.SystemPrompt(req.msgs), Tools: string(toolsJSON(req.tools)), ToolResponseStr: tmpl.ToolResponse()}
 			conv.OmitSystem = true
 		}
 	}
@@ -147,6 +112,58 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 	}
 	spec.prompt = prompt
 	return spec, nil
+}
+
+// decodeChat decodes and checks a chat completion request.
+func decodeChat(body []byte) (*chatRequest, *Error) {
+	m, e := fields(body, "")
+	if e != nil {
+		return nil, e
+	}
+	if e := checkKnown(m, "", chatFields, chatUnsupported); e != nil {
+		return nil, e
+	}
+	if e := checkUnsupportedValues(m); e != nil {
+		return nil, e
+	}
+	req := &chatRequest{}
+	if e := decodeField(m, "model", "model", &req.model, "a string"); e != nil {
+		return nil, e
+	}
+	if _, ok := m["messages"]; !ok {
+		return nil, invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
+	}
+	if req.msgs, e = decodeMessages(m["messages"]); e != nil {
+		return nil, e
+	}
+	if req.sampling, e = decodeSampling(m, "max_tokens"); e != nil {
+		return nil, e
+	}
+	var mct *int
+	if e := decodeField(m, "max_completion_tokens", "max_completion_tokens", &mct, "an integer"); e != nil {
+		return nil, e
+	}
+	if mct != nil {
+		if *mct < 1 {
+			return nil, invalid("max_completion_tokens", "invalid_value", "Invalid 'max_completion_tokens': %d must be at least 1.", *mct)
+		}
+		req.sampling.MaxTokens = mct
+	}
+	tools, e := decodeTools(m["tools"])
+	if e != nil {
+		return nil, e
+	}
+	if req.tools, e = toolChoice(m["tool_choice"], tools); e != nil {
+		return nil, e
+	}
+	var kwargs struct {
+		EnableThinking *bool `json:"enable_thinking"`
+	}
+	if e := decodeField(m, "chat_template_kwargs", "chat_template_kwargs", &kwargs, "an object"); e != nil {
+		return nil, e
+	}
+	req.thinking = kwargs.EnableThinking
+	return req, nil
 }
 
 // completions serves POST /v1/completions: the prompt goes to the model as it is.
@@ -171,34 +188,7 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSp
 	if e := checkKnown(m, "", completionFields, nil); e != nil {
 		return nil, e
 	}
-	var logprobs *int
-	if e := decodeField(m, "logprobs", "logprobs", &logprobs, "an integer"); e != nil {
-		return nil, e
-	}
-	if logprobs != nil {
-		return nil, unsupported("logprobs", "The RKLLM runtime reports no log probabilities: leave 'logprobs' out.")
-	}
-	var echo bool
-	var suffix string
-	bestOf := 1
-	for _, f := range []struct {
-		key  string
-		v    any
-		what string
-	}{{"echo", &echo, "a boolean"}, {"suffix", &suffix, "a string"}, {"best_of", &bestOf, "an integer"}} {
-		if e := decodeField(m, f.key, f.key, f.v, f.what); e != nil {
-			return nil, e
-		}
-	}
-	switch {
-	case echo:
-		return nil, unsupported("echo", "'echo' is not supported: the prompt is yours already.")
-	case suffix != "":
-		return nil, unsupported("suffix", "'suffix' (insertion) is not supported by this server.")
-	case bestOf != 1:
-		return nil, unsupported("best_of", "'best_of' must be 1: this server generates one completion per request.")
-	}
-	if e := checkUnsupportedValues(map[string]json.RawMessage{"logit_bias": m["logit_bias"]}); e != nil {
+	if e := checkCompletionOnly(m); e != nil {
 		return nil, e
 	}
 	var model string
@@ -222,6 +212,39 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSp
 		return nil, e
 	}
 	return &runSpec{model: model, prompt: prompt, infer: infer, sampling: s, abi: abi, loaded: param}, nil
+}
+
+// checkCompletionOnly refuses the members of a completion request the server cannot
+// honour.
+func checkCompletionOnly(m map[string]json.RawMessage) *Error {
+	var logprobs *int
+	if e := decodeField(m, "logprobs", "logprobs", &logprobs, "an integer"); e != nil {
+		return e
+	}
+	if logprobs != nil {
+		return unsupported("logprobs", "The RKLLM runtime reports no log probabilities: leave 'logprobs' out.")
+	}
+	var echo bool
+	var suffix string
+	bestOf := 1
+	for _, f := range []struct {
+		key  string
+		v    any
+		what string
+	}{{"echo", &echo, "a boolean"}, {"suffix", &suffix, "a string"}, {"best_of", &bestOf, "an integer"}} {
+		if e := decodeField(m, f.key, f.key, f.v, f.what); e != nil {
+			return e
+		}
+	}
+	switch {
+	case echo:
+		return unsupported("echo", "'echo' is not supported: the prompt is yours already.")
+	case suffix != "":
+		return unsupported("suffix", "'suffix' (insertion) is not supported by this server.")
+	case bestOf != 1:
+		return unsupported("best_of", "'best_of' must be 1: this server generates one completion per request.")
+	}
+	return checkUnsupportedValues(map[string]json.RawMessage{"logit_bias": m["logit_bias"]})
 }
 
 // decodePrompt reads the prompt: a string, or an array holding one string.

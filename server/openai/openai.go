@@ -218,6 +218,9 @@ func (h *Handler) modelID() string {
 	} else if st := h.b.Status(); st.Model != "" {
 		path = st.Model
 	}
+	if path == "" {
+		return ""
+	}
 	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 }
 
@@ -272,6 +275,9 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *Err
 // ready checks the model the request names and that the server can take it.
 func (h *Handler) ready(model string) (runtime.Param, runtime.ABI, *Error) {
 	id := h.modelID()
+	if id == "" {
+		return runtime.Param{}, "", unavailable("no model is loaded (the server was started without --model; a JSON-RPC client loads one with rkllm.init)")
+	}
 	if model == "" {
 		return runtime.Param{}, "", invalid("model", "missing_required_parameter", "You must provide a model parameter (this server serves `%s`).", id)
 	}

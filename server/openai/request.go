@@ -145,43 +145,11 @@ func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*samplin
 			return nil, err
 		}
 	}
-	if s.MaxTokens != nil && *s.MaxTokens < 1 {
-		return nil, invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
+	if err := s.validate(maxTokensKey); err != nil {
+		return nil, err
 	}
-	for _, c := range []struct {
-		p      string
-		v      *float64
-		lo, hi float64
-	}{{"temperature", s.Temperature, 0, 2}, {"top_p", s.TopP, 0, 1}, {"frequency_penalty", s.FrequencyPenalty, -2, 2},
-		{"presence_penalty", s.PresencePenalty, -2, 2}, {"repetition_penalty", s.RepetitionPenalty, 0.01, 10}} {
-		if err := rangeCheck(c.p, c.v, c.lo, c.hi); err != nil {
-			return nil, err
-		}
-	}
-	if s.TopK != nil && *s.TopK < 0 {
-		return nil, invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
-	}
-	if s.N != nil && *s.N != 1 {
-		return nil, unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
-	}
-	if s.Seed != nil {
-		return nil, unsupported("seed", "The RKLLM runtime has no sampling seed, so 'seed' cannot be honoured: leave it out.")
-	}
-	if len(stop) > 0 {
-		var one string
-		if json.Unmarshal(stop, &one) == nil {
-			s.Stop = []string{one}
-		} else if err := json.Unmarshal(stop, &s.Stop); err != nil {
-			return nil, invalid("stop", "invalid_type", "Invalid type for 'stop': expected a string or an array of strings, but got %s.", jsonKind(stop))
-		}
-		if len(s.Stop) > 4 {
-			return nil, invalid("stop", "invalid_value", "Invalid 'stop': at most 4 stop sequences, got %d.", len(s.Stop))
-		}
-		for i, st := range s.Stop {
-			if st == "" {
-				return nil, invalid(fmt.Sprintf("stop[%d]", i), "invalid_value", "Invalid 'stop[%d]': a stop sequence must not be empty.", i)
-			}
-		}
+	if err := s.decodeStop(stop); err != nil {
+		return nil, err
 	}
 	if so != nil {
 		if err := checkKnown(so, "stream_options", map[string]bool{"include_usage": true, "include_obfuscation": true}, nil); err != nil {
@@ -195,6 +163,54 @@ func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*samplin
 		}
 	}
 	return s, nil
+}
+
+// validate checks the ranges of the members, and refuses what the runtime cannot do.
+func (s *sampling) validate(maxTokensKey string) *Error {
+	if s.MaxTokens != nil && *s.MaxTokens < 1 {
+		return invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
+	}
+	for _, c := range []struct {
+		p      string
+		v      *float64
+		lo, hi float64
+	}{{"temperature", s.Temperature, 0, 2}, {"top_p", s.TopP, 0, 1}, {"frequency_penalty", s.FrequencyPenalty, -2, 2},
+		{"presence_penalty", s.PresencePenalty, -2, 2}, {"repetition_penalty", s.RepetitionPenalty, 0.01, 10}} {
+		if err := rangeCheck(c.p, c.v, c.lo, c.hi); err != nil {
+			return err
+		}
+	}
+	switch {
+	case s.TopK != nil && *s.TopK < 0:
+		return invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
+	case s.N != nil && *s.N != 1:
+		return unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
+	case s.Seed != nil:
+		return unsupported("seed", "The RKLLM runtime has no sampling seed, so 'seed' cannot be honoured: leave it out.")
+	}
+	return nil
+}
+
+// decodeStop reads stop: a string or up to 4 of them, none empty.
+func (s *sampling) decodeStop(stop json.RawMessage) *Error {
+	if len(stop) == 0 {
+		return nil
+	}
+	var one string
+	if json.Unmarshal(stop, &one) == nil {
+		s.Stop = []string{one}
+	} else if err := json.Unmarshal(stop, &s.Stop); err != nil {
+		return invalid("stop", "invalid_type", "Invalid type for 'stop': expected a string or an array of strings, but got %s.", jsonKind(stop))
+	}
+	if len(s.Stop) > 4 {
+		return invalid("stop", "invalid_value", "Invalid 'stop': at most 4 stop sequences, got %d.", len(s.Stop))
+	}
+	for i, st := range s.Stop {
+		if st == "" {
+			return invalid(fmt.Sprintf("stop[%d]", i), "invalid_value", "Invalid 'stop[%d]': a stop sequence must not be empty.", i)
+		}
+	}
+	return nil
 }
 
 // inferParams turns the sampling members into per-run parameters for abi. ABI 1.3
@@ -305,25 +321,35 @@ func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Er
 		return msg, err
 	}
 	msg.Content = content
+	if err := decodeMessageTools(m, where, &msg); err != nil {
+		return msg, err
+	}
+	return msg, nil
+}
+
+// decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a
+// tool result's tool_call_id.
+func decodeMessageTools(m map[string]json.RawMessage, where string, msg *chattemplate.Message) *Error {
+	var err *Error
 	if msg.Role == chattemplate.RoleAssistant {
 		if msg.ToolCalls, err = decodeToolCalls(m["tool_calls"], where+".tool_calls"); err != nil {
-			return msg, err
+			return err
 		}
 	} else if _, ok := m["tool_calls"]; ok {
-		return msg, invalid(where+".tool_calls", "", "Only assistant messages have 'tool_calls'.")
+		return invalid(where+".tool_calls", "", "Only assistant messages have 'tool_calls'.")
 	}
 	if msg.Role == chattemplate.RoleTool {
 		if err := decodeField(m, "tool_call_id", where+".tool_call_id", &msg.ToolCallID, "a string"); err != nil {
-			return msg, err
+			return err
 		}
 		if msg.ToolCallID == "" {
-			return msg, invalid(where+".tool_call_id", "missing_required_parameter", "Missing required parameter: '%s.tool_call_id'.", where)
+			return invalid(where+".tool_call_id", "missing_required_parameter", "Missing required parameter: '%s.tool_call_id'.", where)
 		}
 	}
 	if isNull(m["content"]) && len(msg.ToolCalls) == 0 {
-		return msg, invalid(where+".content", "missing_required_parameter", "Missing required parameter: '%s.content'.", where)
+		return invalid(where+".content", "missing_required_parameter", "Missing required parameter: '%s.content'.", where)
 	}
-	return msg, nil
+	return nil
 }
 
 // decodeContent reads a content: a string, or an array of text parts.

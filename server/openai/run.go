@@ -224,37 +224,10 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, spec *runSpec) {
 		return
 	}
 	var st *stream
-	var content []byte
 	if spec.sampling.Stream {
-		st = &stream{sse: &sse{w: w, timeout: h.opts.WriteTimeout, cancel: cancel}, spec: spec, id: id,
-			created: time.Now().Unix(), fp: h.opts.Fingerprint, usage: spec.sampling.IncludeUsage}
-		st.start()
-		if spec.chat {
-			empty := ""
-			st.chunk(Delta{Role: "assistant", Content: &empty}, nil)
-		}
+		st = h.startStream(w, spec, id, cancel)
 	}
-	relay := func() {
-		for _, d := range q.take() {
-			s, stop := out.add(d)
-			if st != nil {
-				st.content(s)
-			} else {
-				content = append(content, s...)
-			}
-			if stop {
-				_, _ = h.b.Abort(owner, id)
-			}
-		}
-	}
-	for done := false; !done; {
-		select {
-		case <-q.wake:
-		case <-t.Done():
-			done = true
-		}
-		relay()
-	}
+	content := h.relay(t, q, out, st, owner, id)
 	outcome, err := t.Wait()
 	if st != nil && h.opts.Observer != nil {
 		defer func() { h.opts.Observer.BytesOut("http", st.sent) }()
@@ -271,6 +244,43 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, spec *runSpec) {
 	}
 	content = append(content, res.rest...)
 	h.respond(w, spec, id, content, res, u)
+}
+
+// startStream sends the headers of a stream and, for a chat, the role chunk.
+func (h *Handler) startStream(w http.ResponseWriter, spec *runSpec, id string, cancel context.CancelFunc) *stream {
+	st := &stream{sse: &sse{w: w, timeout: h.opts.WriteTimeout, cancel: cancel}, spec: spec, id: id,
+		created: time.Now().Unix(), fp: h.opts.Fingerprint, usage: spec.sampling.IncludeUsage}
+	st.start()
+	if spec.chat {
+		empty := ""
+		st.chunk(Delta{Role: "assistant", Content: &empty}, nil)
+	}
+	return st
+}
+
+// relay gives out the run's output as it comes (streamed, or collected and returned)
+// until the run ends, and stops the run when the output asks.
+func (h *Handler) relay(t *supervisor.Ticket, q *deliveryQueue, out *output, st *stream, owner, id string) []byte {
+	var content []byte
+	for done := false; !done; {
+		select {
+		case <-q.wake:
+		case <-t.Done():
+			done = true
+		}
+		for _, d := range q.take() {
+			s, stop := out.add(d)
+			if st != nil {
+				st.content(s)
+			} else {
+				content = append(content, s...)
+			}
+			if stop {
+				_, _ = h.b.Abort(owner, id)
+			}
+		}
+	}
+	return content
 }
 
 // ranOut reports whether a run that ended by itself reached max_new_tokens.

@@ -162,6 +162,13 @@ func (s *Supervisor) execConversation(p *proc, t *Ticket, c *Conversation) (Outc
 	if err != nil || out.Aborted || reply.incomplete() || s.current() != p {
 		return out, err
 	}
+	s.record(p, c, key, &reply)
+	return out, nil
+}
+
+// record notes what the cache holds after a conversation run that ended well: the
+// prompt, the reply, and the end-of-reply token when the model ended the reply.
+func (s *Supervisor) record(p *proc, c *Conversation, key workerproto.SetFunctionTools, reply *replyText) {
 	maxNew := c.Infer.MaxNewTokens
 	if maxNew <= 0 {
 		if param, ok := s.Loaded(); ok {
@@ -170,15 +177,14 @@ func (s *Supervisor) execConversation(p *proc, t *Ticket, c *Conversation) (Outc
 	}
 	endedByModel := maxNew <= 0 || reply.tokens < int(maxNew)
 	positions := -1
-	r, cerr := s.call(p, &workerproto.GetKVCacheSize{}, s.opts.CallTimeout, "get_kv_cache_size")
-	if cerr != nil {
-		return out, nil // the worker is gone, and the cache with it
+	r, err := s.call(p, &workerproto.GetKVCacheSize{}, s.opts.CallTimeout, "get_kv_cache_size")
+	if err != nil {
+		return // the worker is gone, and the cache with it
 	}
 	if r.Err == nil && len(r.CacheSizes) > 0 {
 		positions = int(r.CacheSizes[0])
 	}
 	s.kv.set(key, c.Prompt+cachedText(reply.text.String(), c.EndOfReply, endedByModel), positions)
-	return out, nil
 }
 
 // PrefixObserver is implemented by observers that count conversation-prefix reuse.

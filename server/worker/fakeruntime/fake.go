@@ -378,7 +378,7 @@ func (m *Model) SetChatTemplate(systemPrompt, _, _ string) error {
 func (m *Model) SetFunctionTools(_, tools, _ string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.tools = tools != ""
+	m.tools = tools != "" && strings.TrimSpace(tools) != "[]" // an empty array removes them, as in the simulator
 	return nil
 }
 
