@@ -134,6 +134,9 @@ func TestAPIKeyAndMetrics(t *testing.T) {
 		`rkllm_received_bytes_total{transport="http"}`,
 		`rkllm_tokens_generated_total`,
 		`rkllm_prefill_seconds_count 1`,
+		`rkllm_inflight_request_bytes 0`,
+		`rkllm_clients_cut_off_total{transport="unix"} 0`,
+		`rkllm_connections_rejected_total{reason="file_descriptors",transport="http"} 0`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
