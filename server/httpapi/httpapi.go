@@ -135,18 +135,44 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 	return s
 }
 
-// limitBody bounds every request body, on every path: at most MaxRequestBytes, read
-// within BodyTimeout (a read deadline lifted when the body has been read to its end).
+// limitBody bounds every request on every path: its body to MaxRequestBytes, read
+// within BodyTimeout (a read deadline lifted when the body has been read to its end),
+// and each write of its response to WriteTimeout, so a client that does not read a
+// plain answer cannot hold a goroutine and a connection forever either.
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		// A deadline left by the previous request on this keep-alive connection must not
+		// cut this one (net/http leaves write deadlines alone without its WriteTimeout).
+		_ = rc.SetWriteDeadline(time.Time{})
 		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-			rc := http.NewResponseController(w)
 			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
 			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
 		}
-		h.ServeHTTP(w, r)
+		h.ServeHTTP(&timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}, r)
 	})
 }
+
+// timedWriter gives each write of a response WriteTimeout.
+type timedWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (w *timedWriter) Write(p []byte) (int, error) {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush implements http.Flusher (within the write timeout).
+func (w *timedWriter) Flush() {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	_ = w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *timedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // deadlineBody lifts the body's read deadline once the body has been read.
 type deadlineBody struct {

@@ -36,12 +36,25 @@ type fixture struct {
 	started  chan struct{}
 	flooded  chan error
 	release  chan struct{}
+	written  *writes
 }
+
+// writes reports each plain (not streamed) response's bytes written.
+type writes struct{ out chan int }
+
+func (w *writes) BytesIn(string, int) {}
+func (w *writes) BytesOut(_ string, n int) {
+	select {
+	case w.out <- n:
+	default:
+	}
+}
+func (w *writes) ClientCutOff(string) {}
 
 func newFixture(t *testing.T, opts Options) *fixture {
 	t.Helper()
 	f := &fixture{d: jsonrpc.NewDispatcher(logr.Discard(), nil), h: &health{}, canceled: make(chan struct{}, 1), started: make(chan struct{}, 1),
-		flooded: make(chan error, 2), release: make(chan struct{})}
+		flooded: make(chan error, 2), release: make(chan struct{}), written: &writes{out: make(chan int, 16)}}
 	// flood streams 1 kB notifications until Notify fails, then waits to be cancelled.
 	f.d.Register("flood", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
 		pad := strings.Repeat("z", 1000)
@@ -58,6 +71,10 @@ func newFixture(t *testing.T, opts Options) *fixture {
 			f.flooded <- errors.New("the request was not cancelled")
 		}
 		return nil, ctx.Err()
+	}))
+	// big answers 32 MiB.
+	f.d.Register("big", jsonrpc.HandlerFunc(func(context.Context, *jsonrpc.Call) (any, error) {
+		return strings.Repeat("b", 32<<20), nil
 	}))
 	// slowstream sends a notification, waits for release, then answers.
 	f.d.Register("slowstream", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
@@ -93,6 +110,9 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	}))
 	opts.Addr = "127.0.0.1:0"
 	opts.Health = f.h
+	if opts.Observer == nil {
+		opts.Observer = f.written
+	}
 	opts.Log = logr.Discard()
 	f.srv = New(f.d, opts)
 	ln, err := f.srv.Listen()
@@ -370,5 +390,20 @@ func await[T any](t *testing.T, what string, ch <-chan T) T {
 		t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
 		var zero T
 		return zero
+	}
+}
+
+// TestPlainAnswerWriteTimeout: a client that does not read a plain (not streamed)
+// answer does not hold the handler: the write gives up after the write timeout.
+func TestPlainAnswerWriteTimeout(t *testing.T) {
+	f := newFixture(t, Options{WriteTimeout: 200 * time.Millisecond})
+	nc := rawConn(t, f)
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4096)
+	}
+	body := `{"jsonrpc":"2.0","id":1,"method":"big"}`
+	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	if n := await(t, "the write to give up", f.written.out); n >= 32<<20 {
+		t.Errorf("%d bytes written to a client that reads nothing", n)
 	}
 }
