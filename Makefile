@@ -190,13 +190,23 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 build: ## Build every binary into bin/.
 	$(GO) build -o $(LOCALBIN)/ ./cmd/...
 
-.PHONY: demo
-demo: ## Run the demo: a local control plane, the operator and a sample model.
-	@echo "make demo is not written yet"; exit 1
-
 .PHONY: clean
 clean: ## Remove everything built into bin/.
 	rm -rf $(LOCALBIN)
+
+##@ Operator
+
+.PHONY: manager
+manager: ## Build the operator's manager into bin/manager.
+	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
+
+.PHONY: demo
+demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
+	@$(GO) run ./hack/demo --manager $(LOCALBIN)/manager --samples config/samples
+
+.PHONY: bench-operator
+bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
+	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
 
 ##@ Tools
 

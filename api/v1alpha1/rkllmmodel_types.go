@@ -1,0 +1,720 @@
+/*
+Copyright 2026 The rkllm-operator Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// RKLLMModelSpec is what a user asks for: one model served by rkllm-server on Rockchip NPUs.
+// Only spec.model is required; every other field has a documented default.
+type RKLLMModelSpec struct {
+	// model is where the model file (.rkllm) comes from: exactly one of url, hostPath or pvc.
+	// +required
+	Model ModelSource `json:"model"`
+
+	// runtime selects the RKLLM runtime library and the server image.
+	// +kubebuilder:default={}
+	// +optional
+	Runtime *RuntimeSpec `json:"runtime,omitempty"`
+
+	// parameters are the RKLLMParam fields passed to rkllm_init. Unset fields keep the
+	// runtime's own defaults (rkllm_createDefaultParam).
+	// +optional
+	Parameters *Parameters `json:"parameters,omitempty"`
+
+	// chatTemplate overrides the chat template baked into the model at conversion
+	// (rkllm_set_chat_template). Unset: the model's own template.
+	// +optional
+	ChatTemplate *ChatTemplate `json:"chatTemplate,omitempty"`
+
+	// loraAdapters are loaded after the model (rkllm_load_lora); a request picks one by name.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	LoraAdapters []LoraAdapter `json:"loraAdapters,omitempty"`
+
+	// promptCache is a prompt cache file (written by an earlier run with save_prompt_cache)
+	// loaded after the model (rkllm_load_prompt_cache).
+	// +optional
+	PromptCache *PromptCache `json:"promptCache,omitempty"`
+
+	// replicas is the number of server pods; each takes npu.units of rockchip.com/npu.
+	// Default 1.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Maximum=64
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="replicas must be at least 1; set suspend: true to stop serving"
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// npu is how much of the NPU each server pod requests.
+	// +kubebuilder:default={}
+	// +optional
+	NPU *NPUSpec `json:"npu,omitempty"`
+
+	// resources are the CPU and memory requests and limits of the server container.
+	// Unset memory: requests 2Gi, limits 8Gi (a limit is never below the request).
+	// The NPU is requested through npu.units, never here.
+	// +optional
+	Resources *Resources `json:"resources,omitempty"`
+
+	// nodeSelector restricts the server pods to nodes with these labels, in addition to
+	// the nodes that have rockchip.com/npu to give.
+	// +kubebuilder:validation:MaxProperties=32
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// tolerations of the server pods.
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// affinity of the server pods.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// priorityClassName of the server pods.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// server configures the HTTP server, its limits and its lifecycle.
+	// +kubebuilder:default={}
+	// +optional
+	Server *ServerSpec `json:"server,omitempty"`
+
+	// security configures how the server pod reaches the NPU.
+	// +kubebuilder:default={}
+	// +optional
+	Security *SecuritySpec `json:"security,omitempty"`
+
+	// suspend scales the server to zero pods while true and keeps everything else.
+	// Default false.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+}
+
+// ModelSource names exactly one place the model file comes from.
+// +kubebuilder:validation:XValidation:rule="(has(self.url) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",message="model needs exactly one source: set one of url, hostPath or pvc"
+// +kubebuilder:validation:XValidation:rule="!has(self.sha256) || has(self.url)",message="model.sha256 is checked after a download, so it needs model.url"
+type ModelSource struct {
+	// url is an http:// or https:// address of the .rkllm file. An init container
+	// downloads it into the cache before the server starts.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an http:// or https:// address with a host, such as https://example.org/model.rkllm"
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// hostPath is the absolute path of a model file already on the node; it is mounted
+	// read-only.
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostPath must be an absolute path to a file, without '..'"
+	// +optional
+	HostPath string `json:"hostPath,omitempty"`
+
+	// pvc is a file on a PersistentVolumeClaim in the model's namespace, mounted read-only.
+	// +optional
+	PVC *PVCSource `json:"pvc,omitempty"`
+
+	// sha256 is the expected SHA-256 of the downloaded file (64 hex digits); the download
+	// fails when it does not match. Only with url.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F]{64}$')",message="sha256 must be 64 hexadecimal digits"
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
+
+	// cache is where downloads go: emptyDir (the default: the pod's own scratch space,
+	// downloaded again when the pod is replaced) or hostPath (a folder on the node, so a
+	// new pod on the same node does not download again).
+	// +optional
+	Cache *ModelCache `json:"cache,omitempty"`
+}
+
+// PVCSource is a file on a PersistentVolumeClaim.
+type PVCSource struct {
+	// claimName is the PersistentVolumeClaim in the model's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="claimName must be a valid PersistentVolumeClaim name: lower-case letters, digits, '-' and '.'"
+	// +required
+	ClaimName string `json:"claimName"`
+
+	// path is the model file's path inside the volume, relative to its root.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="pvc.path must be a relative path to a file inside the volume, without '..'"
+	// +required
+	Path string `json:"path"`
+}
+
+// ModelCache is the volume downloads are written to. At most one of emptyDir and
+// hostPath; neither means emptyDir.
+// +kubebuilder:validation:XValidation:rule="!(has(self.emptyDir) && has(self.hostPath))",message="cache takes one of emptyDir or hostPath, not both"
+type ModelCache struct {
+	// emptyDir keeps downloads in the pod's scratch space.
+	// +optional
+	EmptyDir *EmptyDirCache `json:"emptyDir,omitempty"`
+
+	// hostPath keeps downloads in a folder on the node, shared by every model on it.
+	// +optional
+	HostPath *HostPathCache `json:"hostPath,omitempty"`
+}
+
+// EmptyDirCache keeps downloads in an emptyDir volume.
+type EmptyDirCache struct {
+	// sizeLimit caps the volume. Unset: no limit but the node's.
+	// +optional
+	SizeLimit *resource.Quantity `json:"sizeLimit,omitempty"`
+}
+
+// HostPathCache keeps downloads in a folder on the node.
+type HostPathCache struct {
+	// path of the folder on the node, created when missing. Default /var/lib/rkllm/models.
+	// +kubebuilder:default="/var/lib/rkllm/models"
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !('..' in self.split('/'))",message="cache.hostPath.path must be an absolute path without '..'"
+	// +optional
+	Path string `json:"path,omitempty"`
+}
+
+// RuntimeSpec selects the RKLLM runtime library and the image that runs it.
+// +kubebuilder:validation:XValidation:rule="!(has(self.libraryPath) && has(self.hostLibraryPath))",message="runtime takes libraryPath or hostLibraryPath, not both"
+type RuntimeSpec struct {
+	// abi is the struct layout generation of the runtime library: "1.2" (runtime
+	// 1.2.1-1.2.3) or "1.3" (runtime 1.3.0). It must match the library, or the server
+	// misreads its parameters. Default "1.3".
+	// +kubebuilder:default="1.3"
+	// +kubebuilder:validation:Enum="1.2";"1.3"
+	// +optional
+	ABI string `json:"abi,omitempty"`
+
+	// image of the server (it holds rkllm-server and, unless hostLibraryPath is set,
+	// librkllmrt.so). Default: the operator's --default-server-image.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// imagePullPolicy of the server image. Default: Kubernetes' own (IfNotPresent, or
+	// Always for the tag latest).
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// imagePullSecrets for a private registry.
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+
+	// libraryPath is where librkllmrt.so is inside the image: an absolute path, or a file
+	// name looked up by the dynamic loader. Default "librkllmrt.so".
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="!('..' in self.split('/'))",message="libraryPath must not contain '..'"
+	// +optional
+	LibraryPath string `json:"libraryPath,omitempty"`
+
+	// hostLibraryPath is the absolute path of librkllmrt.so on the node; it is mounted
+	// read-only into the server container, for images that do not carry the library.
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostLibraryPath must be an absolute path to a file, without '..'"
+	// +optional
+	HostLibraryPath string `json:"hostLibraryPath,omitempty"`
+}
+
+// Parameters are the RKLLMParam fields users tune. Unset fields keep the runtime's
+// defaults. Decimals are strings (Kubernetes APIs have no floats), such as "0.9".
+type Parameters struct {
+	// maxContextLen is the context window in tokens; it must not exceed the limit the model
+	// was converted with. Runtime default 512.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=131072
+	// +optional
+	MaxContextLen *int32 `json:"maxContextLen,omitempty"`
+
+	// maxNewTokens caps the tokens generated per request; -1 means no cap. Runtime default -1.
+	// +kubebuilder:validation:Minimum=-1
+	// +kubebuilder:validation:Maximum=131072
+	// +optional
+	MaxNewTokens *int32 `json:"maxNewTokens,omitempty"`
+
+	// topK samples from the k most likely tokens. Runtime default 40.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1024
+	// +optional
+	TopK *int32 `json:"topK,omitempty"`
+
+	// topP samples from the smallest set of tokens whose probabilities add up to p, a
+	// decimal from 0 to 1. Runtime default "0.9".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 1.0",message="topP must be a decimal from 0 to 1 written as a string, such as \"0.9\""
+	// +optional
+	TopP *string `json:"topP,omitempty"`
+
+	// temperature scales the randomness of sampling, a decimal from 0 to 10. Runtime
+	// default "0.8".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 10.0",message="temperature must be a decimal from 0 to 10 written as a string, such as \"0.8\""
+	// +optional
+	Temperature *string `json:"temperature,omitempty"`
+
+	// repeatPenalty penalises tokens repeated from the context, a decimal from 0 to 10.
+	// Runtime default "1.1".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 10.0",message="repeatPenalty must be a decimal from 0 to 10 written as a string, such as \"1.1\""
+	// +optional
+	RepeatPenalty *string `json:"repeatPenalty,omitempty"`
+
+	// frequencyPenalty penalises tokens by how often they appeared, a decimal from -2 to 2.
+	// Runtime default "0".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^-?[0-9]+(\\\\.[0-9]+)?$') && double(self) >= -2.0 && double(self) <= 2.0",message="frequencyPenalty must be a decimal from -2 to 2 written as a string, such as \"0.5\""
+	// +optional
+	FrequencyPenalty *string `json:"frequencyPenalty,omitempty"`
+
+	// presencePenalty penalises tokens that appeared at all, a decimal from -2 to 2.
+	// Runtime default "0".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^-?[0-9]+(\\\\.[0-9]+)?$') && double(self) >= -2.0 && double(self) <= 2.0",message="presencePenalty must be a decimal from -2 to 2 written as a string, such as \"0.5\""
+	// +optional
+	PresencePenalty *string `json:"presencePenalty,omitempty"`
+
+	// mirostat selects Mirostat sampling: 0 off, 1 or 2 for the algorithm's versions.
+	// Runtime default 0.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=2
+	// +optional
+	Mirostat *int32 `json:"mirostat,omitempty"`
+
+	// mirostatTau is Mirostat's target entropy, a decimal from 0 to 100. Runtime default "5.0".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 100.0",message="mirostatTau must be a decimal from 0 to 100 written as a string, such as \"5.0\""
+	// +optional
+	MirostatTau *string `json:"mirostatTau,omitempty"`
+
+	// mirostatEta is Mirostat's learning rate, a decimal from 0 to 1. Runtime default "0.1".
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 1.0",message="mirostatEta must be a decimal from 0 to 1 written as a string, such as \"0.1\""
+	// +optional
+	MirostatEta *string `json:"mirostatEta,omitempty"`
+
+	// nKeep is the number of tokens kept at the start of the context when the window
+	// shifts; -1 keeps the runtime's choice. Runtime default -1.
+	// +kubebuilder:validation:Minimum=-1
+	// +kubebuilder:validation:Maximum=131072
+	// +optional
+	NKeep *int32 `json:"nKeep,omitempty"`
+
+	// skipSpecialToken leaves special tokens out of the generated text. Runtime default true.
+	// +optional
+	SkipSpecialToken *bool `json:"skipSpecialToken,omitempty"`
+
+	// embedFlash keeps the embedding table in the model file instead of memory, which
+	// saves memory at some speed. Runtime default true.
+	// +optional
+	EmbedFlash *bool `json:"embedFlash,omitempty"`
+
+	// enabledCPUs are the CPU cores the runtime's own threads run on.
+	// +optional
+	EnabledCPUs *EnabledCPUs `json:"enabledCPUs,omitempty"`
+
+	// nBatch is the number of requests the runtime runs in one batch, 1 to 100.
+	// Default: the server's (1).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	NBatch *int32 `json:"nBatch,omitempty"`
+
+	// baseDomainID is the model's memory domain; models sharing a process need distinct
+	// ids. Runtime default 0.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1024
+	// +optional
+	BaseDomainID *int32 `json:"baseDomainID,omitempty"`
+}
+
+// EnabledCPUs selects the CPU cores the runtime's threads use.
+type EnabledCPUs struct {
+	// count of CPU threads, 1 to 8. Runtime default 4.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=8
+	// +optional
+	Count *int32 `json:"count,omitempty"`
+
+	// mask of the cores as hexadecimal, bit i for core i, such as "0xF0" for the big cores
+	// 4-7 of an RK3588. Runtime default "0xF0" on 8-core chips.
+	// +kubebuilder:validation:MaxLength=10
+	// +kubebuilder:validation:XValidation:rule="self.matches('^0[xX][0-9a-fA-F]{1,8}$') && !self.matches('^0[xX]0+$')",message="mask must be a non-zero hexadecimal number of up to 8 digits, such as \"0xF0\""
+	// +optional
+	Mask *string `json:"mask,omitempty"`
+}
+
+// ChatTemplate replaces the model's chat template.
+type ChatTemplate struct {
+	// system is the system prompt.
+	// +kubebuilder:validation:MaxLength=16384
+	// +optional
+	System *string `json:"system,omitempty"`
+
+	// prefix is put before each user prompt.
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Prefix *string `json:"prefix,omitempty"`
+
+	// postfix is put after each user prompt.
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Postfix *string `json:"postfix,omitempty"`
+}
+
+// LoraAdapter is a LoRA adapter file, from exactly one of url or hostPath.
+// +kubebuilder:validation:XValidation:rule="has(self.url) != has(self.hostPath)",message="a LoRA adapter needs exactly one source: set url or hostPath"
+// +kubebuilder:validation:XValidation:rule="!has(self.sha256) || has(self.url)",message="sha256 of a LoRA adapter is checked after a download, so it needs url"
+type LoraAdapter struct {
+	// name by which requests select the adapter: lower-case letters, digits and '-', at
+	// most 40 characters.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=40
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="a LoRA adapter name must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+	// +required
+	Name string `json:"name"`
+
+	// url is an http:// or https:// address of the adapter file, downloaded by an init
+	// container.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an http:// or https:// address with a host, such as https://example.org/adapter.rkllm"
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// hostPath is the absolute path of the adapter file on the node, mounted read-only.
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostPath must be an absolute path to a file, without '..'"
+	// +optional
+	HostPath string `json:"hostPath,omitempty"`
+
+	// sha256 of the downloaded file (64 hex digits). Only with url.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F]{64}$')",message="sha256 must be 64 hexadecimal digits"
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
+
+	// scale of the adapter, a decimal from 0 to 10. Default: the server's (1.0).
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+(\\\\.[0-9]+)?$') && double(self) <= 10.0",message="scale must be a decimal from 0 to 10 written as a string, such as \"1.0\""
+	// +optional
+	Scale *string `json:"scale,omitempty"`
+}
+
+// PromptCache is a prompt cache file, from exactly one of url or hostPath.
+// +kubebuilder:validation:XValidation:rule="has(self.url) != has(self.hostPath)",message="promptCache needs exactly one source: set url or hostPath"
+// +kubebuilder:validation:XValidation:rule="!has(self.sha256) || has(self.url)",message="promptCache.sha256 is checked after a download, so it needs url"
+type PromptCache struct {
+	// url is an http:// or https:// address of the prompt cache file.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an http:// or https:// address with a host, such as https://example.org/prompt.cache"
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// hostPath is the absolute path of the prompt cache file on the node, mounted read-only.
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostPath must be an absolute path to a file, without '..'"
+	// +optional
+	HostPath string `json:"hostPath,omitempty"`
+
+	// sha256 of the downloaded file (64 hex digits). Only with url.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F]{64}$')",message="sha256 must be 64 hexadecimal digits"
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// NPUSpec is the share of the NPU each server pod requests.
+type NPUSpec struct {
+	// units of rockchip.com/npu each server pod requests (and limits). With the device
+	// plugin's exclusive mode a unit is a whole NPU; in cores mode, one NPU core.
+	// Default 1.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=8
+	// +optional
+	Units *int32 `json:"units,omitempty"`
+}
+
+// Resources are the server container's requests and limits other than the NPU.
+// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !('rockchip.com/npu' in self.requests)",message="request the NPU with spec.npu.units, not in spec.resources.requests"
+// +kubebuilder:validation:XValidation:rule="!has(self.limits) || !('rockchip.com/npu' in self.limits)",message="request the NPU with spec.npu.units, not in spec.resources.limits"
+type Resources struct {
+	// requests, such as cpu and memory.
+	// +kubebuilder:validation:MaxProperties=8
+	// +optional
+	Requests corev1.ResourceList `json:"requests,omitempty"`
+
+	// limits, such as cpu and memory. Models are 0.5-8 GB and count against the memory
+	// limit.
+	// +kubebuilder:validation:MaxProperties=8
+	// +optional
+	Limits corev1.ResourceList `json:"limits,omitempty"`
+}
+
+// ServerSpec configures rkllm-server.
+type ServerSpec struct {
+	// port the server listens on for HTTP (JSON-RPC on /rpc, health, metrics); the
+	// Service exposes the same port. Default 8080.
+	// +kubebuilder:default=8080
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port *int32 `json:"port,omitempty"`
+
+	// maxQueue is how many requests may wait for the NPU; more are refused at once.
+	// Default: the server's.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +optional
+	MaxQueue *int32 `json:"maxQueue,omitempty"`
+
+	// requestTimeout caps one request, queueing included, such as "5m". Default: the server's.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="requestTimeout must be a duration from 1s to 24h, such as \"5m\""
+	// +optional
+	RequestTimeout *metav1.Duration `json:"requestTimeout,omitempty"`
+
+	// shutdownTimeout is how long a stopping server lets a running generation finish.
+	// The pod's termination grace period is longer than this plus the preStop pause.
+	// Default "30s".
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="shutdownTimeout must be a duration from 0s to 1h, such as \"30s\""
+	// +optional
+	ShutdownTimeout *metav1.Duration `json:"shutdownTimeout,omitempty"`
+
+	// startupTimeout is how long the server may take to load the model (after any
+	// download) before the kubelet restarts it. Large models on slow storage take
+	// minutes. Default "10m".
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="startupTimeout must be a duration from 10s to 24h, such as \"10m\""
+	// +optional
+	StartupTimeout *metav1.Duration `json:"startupTimeout,omitempty"`
+
+	// apiKeySecretRef names a Secret key holding the bearer token HTTP clients must send.
+	// Unset: no key is required.
+	// +optional
+	APIKeySecretRef *SecretKeyRef `json:"apiKeySecretRef,omitempty"`
+
+	// logFormat of the server's logs: json or text. Default json.
+	// +kubebuilder:default=json
+	// +kubebuilder:validation:Enum=json;text
+	// +optional
+	LogFormat string `json:"logFormat,omitempty"`
+}
+
+// SecretKeyRef names a key of a Secret in the model's namespace.
+type SecretKeyRef struct {
+	// name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="name must be a valid Secret name: lower-case letters, digits, '-' and '.'"
+	// +required
+	Name string `json:"name"`
+
+	// key in the Secret. Default "api-key".
+	// +kubebuilder:default="api-key"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="key must be letters, digits, '-', '_' and '.'"
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// DeviceTreeAccess is how an unprivileged server container reads the SoC identity in
+// /proc/device-tree, which container runtimes mask.
+// +kubebuilder:validation:Enum=HostPath;UnmaskedProc;None
+type DeviceTreeAccess string
+
+const (
+	// DeviceTreeHostPath mounts the node's /sys/firmware/devicetree/base read-only at
+	// /proc/device-tree.
+	DeviceTreeHostPath DeviceTreeAccess = "HostPath"
+	// DeviceTreeUnmaskedProc runs the pod in a user namespace (hostUsers: false) with an
+	// unmasked /proc (procMount: Unmasked). Needs user namespace support on the nodes.
+	DeviceTreeUnmaskedProc DeviceTreeAccess = "UnmaskedProc"
+	// DeviceTreeNone mounts nothing: the device plugin or the image provides it.
+	DeviceTreeNone DeviceTreeAccess = "None"
+)
+
+// SecuritySpec configures how the server pod reaches the NPU.
+type SecuritySpec struct {
+	// privileged runs the server container privileged, as root. Simplest on a trusted
+	// board, but it gives the container the whole node. Default false: the container
+	// runs hardened (non-root, read-only root filesystem, no privilege escalation, no
+	// capabilities, seccomp RuntimeDefault) and gets the NPU from the device plugin.
+	// +kubebuilder:default=false
+	// +optional
+	Privileged *bool `json:"privileged,omitempty"`
+
+	// deviceTree is how an unprivileged server reads /proc/device-tree/compatible, which
+	// the runtime needs to detect the SoC: HostPath, UnmaskedProc or None (see the
+	// DeviceTreeAccess values). Ignored when privileged. Default HostPath.
+	// +kubebuilder:default=HostPath
+	// +optional
+	DeviceTree DeviceTreeAccess `json:"deviceTree,omitempty"`
+
+	// runAsUser is the user id of the unprivileged containers. Default 65532 (non-root).
+	// 0 runs as root, still without capabilities.
+	// +kubebuilder:default=65532
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=2147483647
+	// +optional
+	RunAsUser *int64 `json:"runAsUser,omitempty"`
+
+	// supplementalGroups are extra group ids of the containers, such as the node's
+	// "render" group that owns the NPU's /dev/dri nodes, so a non-root server can open them.
+	// +kubebuilder:validation:MaxItems=16
+	// +optional
+	SupplementalGroups []int64 `json:"supplementalGroups,omitempty"`
+}
+
+// Phase is a one-word summary of where a model is in its life.
+// +kubebuilder:validation:Enum=Pending;Downloading;Loading;Ready;Failed;Suspended
+type Phase string
+
+// Phases, in the order a healthy model passes through them.
+const (
+	// PhasePending: no server pod has started yet (being created, scheduled, pulled, or
+	// waiting for a missing PVC or Secret).
+	PhasePending Phase = "Pending"
+	// PhaseDownloading: an init container is downloading model files.
+	PhaseDownloading Phase = "Downloading"
+	// PhaseLoading: the server has started and is loading the model.
+	PhaseLoading Phase = "Loading"
+	// PhaseReady: every replica is serving.
+	PhaseReady Phase = "Ready"
+	// PhaseFailed: something needs the user: a failed download, a crashing server, an
+	// image that cannot be pulled, a spec the cluster refuses.
+	PhaseFailed Phase = "Failed"
+	// PhaseSuspended: spec.suspend is true; no server pods run.
+	PhaseSuspended Phase = "Suspended"
+)
+
+// Failure is the most recent failure of a server pod's container.
+type Failure struct {
+	// reason from the kubelet, such as Error, OOMKilled, CrashLoopBackOff or ImagePullBackOff.
+	Reason string `json:"reason"`
+
+	// message is the container's termination message (its last log lines when it wrote
+	// none) or the kubelet's message, at most 1024 characters.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// exitCode of the container, when it exited.
+	// +optional
+	ExitCode *int32 `json:"exitCode,omitempty"`
+
+	// time the failure happened (or was first seen, for failures without a time).
+	Time metav1.Time `json:"time"`
+
+	// pod that failed.
+	// +optional
+	Pod string `json:"pod,omitempty"`
+
+	// container that failed: fetch-model, fetch-lora-NAME and fetch-prompt-cache download
+	// files; server runs rkllm-server.
+	// +optional
+	Container string `json:"container,omitempty"`
+}
+
+// RKLLMModelStatus is what the operator observed.
+type RKLLMModelStatus struct {
+	// observedGeneration is the generation of the spec the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready (the roll-up: every replica serves the current spec),
+	// ModelAvailable, Progressing, Degraded, and while true, Reconciling and Stalled.
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// phase summarises the conditions in one word.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+
+	// replicas is the number of server pods that exist.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// readyReplicas is the number of server pods ready to serve.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+
+	// selector of the server pods, for the scale subresource.
+	// +optional
+	Selector string `json:"selector,omitempty"`
+
+	// endpoint is the in-cluster URL of the model's Service, such as
+	// http://qwen.default.svc:8080.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// model is the file the server loads, as seen inside the container.
+	// +optional
+	Model string `json:"model,omitempty"`
+
+	// lastFailure is the most recent failure of a server pod's init container (a download)
+	// or server container, kept after recovery as a record.
+	// +optional
+	LastFailure *Failure `json:"lastFailure,omitempty"`
+}
+
+// RKLLMModel is one model served by rkllm-server on Rockchip NPUs: the operator runs it
+// as a Deployment with a Service and reports its state in status.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=rkm,categories=rkllm
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.spec.replicas`
+// +kubebuilder:printcolumn:name="Ready Replicas",type=integer,JSONPath=`.status.readyReplicas`,priority=1
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.status.model`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="an RKLLMModel name must be at most 63 lower-case letters, digits and '-', starting with a letter, because it also names the model's Service"
+type RKLLMModel struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the model to serve.
+	// +required
+	Spec RKLLMModelSpec `json:"spec"`
+
+	// status is what the operator observed.
+	// +optional
+	Status RKLLMModelStatus `json:"status,omitempty"`
+}
+
+// RKLLMModelList is a list of RKLLMModels.
+// +kubebuilder:object:root=true
+type RKLLMModelList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []RKLLMModel `json:"items"`
+}
