@@ -29,6 +29,9 @@ GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 K8S_BIN_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
 KWOKCTL ?= $(LOCALBIN)/kwokctl-$(KWOK_VERSION)
 KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
+# helm is pinned in hack/helm/go.mod (built against the project's Kubernetes libraries).
+HELM_VERSION ?= $(shell grep -oE 'helm.sh/helm/v3 v[^ ]+' hack/helm/go.mod | cut -d' ' -f2)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 
 # envtest honours a KUBEBUILDER_ASSETS the user already has; otherwise it uses the
 # binaries hack/k8s-binaries.sh builds.
@@ -47,8 +50,9 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers.
+manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases
+	$(GO) run ./hack/chartsync
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods from the API types.
@@ -56,9 +60,9 @@ generate: controller-gen ## Generate DeepCopy methods from the API types.
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when committed generated files are stale.
-	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
+	@if [ -n "$$(git status --porcelain -- api config charts)" ]; then \
 		echo "generated files are stale; run 'make manifests generate' and commit:"; \
-		git status --porcelain -- api config; git --no-pager diff --stat -- api config; exit 1; \
+		git status --porcelain -- api config charts; git --no-pager diff --stat -- api config charts; exit 1; \
 	fi
 
 .PHONY: fmt
@@ -156,11 +160,16 @@ test-runtime: deps sim sim-leakcheck build-arm64 ## Runtime binding tests agains
 # The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
 ARM64_CC ?= aarch64-linux-gnu-gcc
 
+# What the images under images/ hold; hack/build-binary.sh builds each the way its
+# Dockerfile does.
+IMAGE_BINARIES := manager rknpu-device-plugin rkllm-server
+
 .PHONY: build-arm64
-build-arm64: deps ## Cross-compile the cgo code (runtime binding) for linux/arm64.
+build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly as the Dockerfiles do) and the runtime binding's tests.
 	@command -v $(ARM64_CC) >/dev/null || { echo "$(ARM64_CC) is missing: run make deps"; exit 1; }
 	mkdir -p $(LOCALBIN)/linux-arm64
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) test -c -o $(LOCALBIN)/linux-arm64/runtime.test ./server/runtime
+	for b in $(IMAGE_BINARIES); do CC=$(ARM64_CC) VERSION=$(VERSION) hack/build-binary.sh $$b linux arm64 $(LOCALBIN)/linux-arm64; done
 
 ##@ Device plugin
 
@@ -229,6 +238,17 @@ $(KWOKCTL): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
 kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
 $(KWOK): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
 	$(call kwok-build,$@,kwok)
+
+.PHONY: helm
+helm: $(HELM) ## Build helm (installs the chart in the demo and the e2e test) into bin/.
+$(HELM): hack/helm/go.mod hack/helm/go.sum | $(LOCALBIN)
+	@echo "building helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) into $@"
+	cd hack/helm && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $@.tmp \
+		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+		-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
+		-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION)))" \
+		helm.sh/helm/v3/cmd/helm
+	mv -f $@.tmp $@
 
 # kwok-build builds sigs.k8s.io/kwok/cmd/$(2) from hack/kwok into $(1), with the flags
 # hack/k8s-binaries.sh uses, so the Kubernetes packages compiled there are reused.
