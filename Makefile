@@ -217,6 +217,16 @@ demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operat
 bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
 	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
 
+##@ Packaging and the simulated edge cluster
+
+CHART := charts/rkllm-operator
+KUBECTL := $(K8S_BIN_DIR)/kubectl
+
+.PHONY: test-chart
+test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal config/, schema, determinism, kustomize match.
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
+	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
+
 ##@ Tools
 
 .PHONY: controller-gen
