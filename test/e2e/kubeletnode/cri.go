@@ -29,6 +29,30 @@ type FakeCRI struct {
 	server *grpc.Server
 	mu     sync.Mutex
 	create []*runtimeapi.CreateContainerRequest
+	podIP  string
+}
+
+// SetPodIP makes the runtime report ip as every pod sandbox's IP (empty: the fake's own).
+func (f *FakeCRI) SetPodIP(ip string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.podIP = ip
+}
+
+// PodSandboxStatus reports the sandbox, with the pod IP set by SetPodIP.
+func (f *FakeCRI) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	resp, err := f.RemoteRuntime.PodSandboxStatus(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	ip := f.podIP
+	f.mu.Unlock()
+	if ip != "" && resp.GetStatus().GetNetwork() != nil {
+		// A new value: the fake's own status must not change under it.
+		resp.Status.Network = &runtimeapi.PodSandboxNetworkStatus{Ip: ip}
+	}
+	return resp, nil
 }
 
 // StartFakeCRI serves a FakeCRI on the Unix socket at path.

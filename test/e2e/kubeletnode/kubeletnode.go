@@ -46,6 +46,9 @@ type Options struct {
 	Log io.Writer
 	// StopTimeout bounds a graceful kubelet stop before it is killed (default 10s).
 	StopTimeout time.Duration
+	// PodIP, when set, is the IP the fake runtime reports for every pod sandbox (the
+	// kubelet's probes go there), instead of the fake's fixed 192.168.192.168.
+	PodIP string
 }
 
 // Node is a running kubelet with its fake runtime.
@@ -115,6 +118,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if n.CRI, err = StartFakeCRI(filepath.Join(work, "cri.sock")); err != nil {
 		return nil, err
 	}
+	n.CRI.SetPodIP(opts.PodIP)
 	if err := n.startKubelet(ctx); err != nil {
 		n.CRI.Stop()
 		return nil, err
