@@ -80,7 +80,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime test-server e2e-kubelet ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
@@ -192,6 +192,19 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
 		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
+
+##@ Inference server
+
+# The server's packages besides the runtime binding (tested by test-runtime).
+SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
+
+.PHONY: test-server
+test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
+	$(GO) test -race -count=1 $(SERVER_PKGS)
+
+.PHONY: build-server
+build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
 
 ##@ Build
 

@@ -1,0 +1,201 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+)
+
+// pacedModel generates about 50 tokens/s with replies of 30-40 tokens, so a stream lasts
+// long enough to be interrupted.
+func pacedModel() *simulator.Model {
+	m := simulator.FastModel()
+	m.DecodeTokensPerSecond = 50
+	m.ReplyMinTokens, m.ReplyMaxTokens = 30, 40
+	return &m
+}
+
+// TestSIGTERMDuringStream: on SIGTERM readiness turns false and new requests get -32009
+// (HTTP 503) at once, the running stream completes, then the server exits 0 and removes
+// its socket.
+func TestSIGTERMDuringStream(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		s := startServer(t, abi, serverOpts{model: pacedModel()})
+		params := prompt("Tell me a long story.")
+		params["stream"] = true
+		st := s.openStream(request("long", "rkllm.run", params))
+		st.next(t)
+		s.signal(syscall.SIGTERM)
+		s.eventually("readiness to turn false", waitTimeout, func() bool {
+			code, body := s.status()
+			return code == http.StatusServiceUnavailable && body["draining"] == true
+		})
+		resp, body := s.post(request(2, "rkllm.run", prompt("late")))
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "-32009") {
+			t.Errorf("request while draining: %d %s", resp.StatusCode, body)
+		}
+		var text strings.Builder
+		for {
+			m := st.next(t)
+			if m["id"] == "long" {
+				res := m["result"].(map[string]any)
+				if res["finish_reason"] != "stop" || !strings.HasSuffix(res["text"].(string), text.String()) {
+					t.Errorf("final response after SIGTERM: %v", m)
+				}
+				break
+			}
+			text.WriteString(m["params"].(map[string]any)["text"].(string))
+		}
+		if err := s.waitExit(); err != nil {
+			t.Errorf("exit: %v, want 0", err)
+		}
+		if _, err := os.Stat(s.socket); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket file left behind: %v", err)
+		}
+		if !strings.Contains(s.logs.String(), `"shut down cleanly"`) {
+			t.Error("no clean shutdown in the log")
+		}
+	})
+}
+
+// TestShutdownTimeoutAborts: a generation longer than --shutdown-timeout is aborted and
+// answered (finish_reason "abort"); the server still exits 0.
+func TestShutdownTimeoutAborts(t *testing.T) {
+	m := pacedModel()
+	m.ReplyMinTokens, m.ReplyMaxTokens = 500, 600
+	s := startServer(t, "1.3", serverOpts{model: m, config: map[string]any{"shutdown-timeout": "300ms"}})
+	c := s.dial()
+	params := prompt("Never stop.")
+	params["stream"] = true
+	ch := c.send("rkllm.run", params)
+	c.note()
+	s.signal(syscall.SIGTERM)
+	res := ok[runResult](t, wait(t, ch))
+	if res.FinishReason != "abort" || res.TokenCount == 0 {
+		t.Errorf("run cut by the shutdown: %+v", res)
+	}
+	if err := s.waitExit(); err != nil {
+		t.Errorf("exit: %v, want 0", err)
+	}
+}
+
+// TestSecondSignalExitsAtOnce: a second signal ends the server without waiting.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	m := pacedModel()
+	m.ReplyMinTokens, m.ReplyMaxTokens = 500, 600
+	s := startServer(t, "1.2", serverOpts{model: m})
+	c := s.dial()
+	params := prompt("Never stop.")
+	params["stream"] = true
+	c.send("rkllm.run", params)
+	c.note()
+	s.signal(syscall.SIGTERM)
+	s.eventually("draining", waitTimeout, func() bool { code, _ := s.status(); return code == 503 })
+	s.signal(syscall.SIGTERM)
+	var exitErr *exec.ExitError
+	if err := s.waitExit(); !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
+		t.Errorf("exit after a second signal: %v, want code 1", err)
+	}
+}
+
+func TestAPIKeyAndMetrics(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte("k3y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, "1.3", serverOpts{config: map[string]any{"api-key-file": keyFile}})
+	if resp, _ := s.post(request(1, "rkllm.run", prompt("x"))); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("without the key: %d", resp.StatusCode)
+	}
+	resp, body := s.post(request(1, "rkllm.run", prompt("x")), "Authorization", "Bearer k3y")
+	if resp.StatusCode != 200 || !strings.Contains(body, `"finish_reason":"stop"`) {
+		t.Errorf("with the key: %d %s", resp.StatusCode, body)
+	}
+	_, metrics := s.get("/metrics")
+	for _, want := range []string{
+		`rkllm_requests_total{method="rkllm.run",outcome="ok"} 1`,
+		`rkllm_model_loaded 1`,
+		`rkllm_queue_depth 0`,
+		`rkllm_time_to_first_token_seconds_count 1`,
+		`rkllm_connections_open{transport="http"}`,
+		`rkllm_received_bytes_total{transport="http"}`,
+		`rkllm_tokens_generated_total`,
+		`rkllm_prefill_seconds_count 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestConfigFlagWins: a flag on the command line overrides the configuration file.
+func TestConfigFlagWins(t *testing.T) {
+	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-new-tokens": 7}, flags: []string{"--max-new-tokens=3"}})
+	if res := ok[runResult](t, s.http("rkllm.run", prompt("Hello"))); res.TokenCount != 3 || res.FinishReason != "length" {
+		t.Errorf("run with --max-new-tokens=3 over a file's 7: %+v", res)
+	}
+}
+
+func TestBadConfigExits(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "server.yaml")
+	if err := os.WriteFile(cfg, []byte("mdoel: /models/x.rkllm\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(context.Background(), serverBin, "serve", "--config", cfg).CombinedOutput()
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 2 || !strings.Contains(string(out), `unknown key "mdoel"`) {
+		t.Errorf("bad config: %v %s", err, out)
+	}
+}
+
+// TestFetchCommand runs `rkllm-server fetch` as the init container does.
+func TestFetchCommand(t *testing.T) {
+	data := bytes.Repeat([]byte("RKLLMSIM model bytes "), 5000)
+	sum := sha256.Sum256(data)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/model.rkllm" {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "model.rkllm", time.Unix(0, 0), bytes.NewReader(data))
+	}))
+	defer ts.Close()
+	dest := filepath.Join(t.TempDir(), "models", "model.rkllm")
+	out, err := exec.CommandContext(context.Background(), serverBin, "fetch", "--url", ts.URL+"/model.rkllm", "--dest", dest, "--sha256", hex.EncodeToString(sum[:])).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fetch: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
+		t.Error("fetched file differs")
+	}
+	for name, args := range map[string][]string{
+		"404":          {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
+		"bad checksum": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
+	} {
+		cmd := exec.CommandContext(context.Background(), serverBin, append([]string{"fetch", "--attempts", "1"}, args...)...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exitErr *exec.ExitError
+		last := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+			last = last[i+1:]
+		}
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 || !strings.HasPrefix(last, "rkllm-server fetch: ") {
+			t.Errorf("%s: exit %v, last line %q", name, err, last)
+		}
+	}
+}

@@ -1,0 +1,422 @@
+// Package config holds the options of `rkllm-server serve`: their flags, and the
+// configuration file (--config) that sets the same options by the flags' long names,
+// as the operator writes it. A flag given on the command line wins over the file.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+// Admin values: which transports allow state-changing methods.
+const (
+	AdminSocket = "socket"
+	AdminHTTP   = "http"
+	AdminAll    = "all"
+	AdminNone   = "none"
+)
+
+// Log formats.
+const (
+	LogJSON = "json"
+	LogText = "text"
+)
+
+// Serve is the configuration of `rkllm-server serve`.
+type Serve struct {
+	// ConfigFile is --config: a JSON or YAML object keyed by the long flag names.
+	ConfigFile string
+
+	Model      string
+	ModelDir   string
+	RuntimeLib string
+	RuntimeABI string
+
+	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
+	// defaults.
+	Param runtime.Param
+
+	ChatTemplateSystem  string
+	ChatTemplatePrefix  string
+	ChatTemplatePostfix string
+	Loras               []string
+	PromptCache         string
+
+	Listen          string
+	Socket          string
+	Admin           string
+	APIKeyFile      string
+	MaxConnections  int
+	MaxRequestBytes int64
+	MaxQueue        int
+
+	RequestTimeout     time.Duration
+	TokenStallTimeout  time.Duration
+	ShutdownTimeout    time.Duration
+	AbortTimeout       time.Duration
+	InitTimeout        time.Duration
+	WorkerStartTimeout time.Duration
+	RestartBackoffMin  time.Duration
+	RestartBackoffMax  time.Duration
+	WriteTimeout       time.Duration
+
+	LogFormat string
+	LogLevel  string
+
+	fs *pflag.FlagSet
+}
+
+// paramFlags are the flags that map to RKLLMParam fields.
+var paramFlags = []string{
+	"max-context-len", "max-new-tokens", "top-k", "n-keep", "top-p", "temperature", "repeat-penalty",
+	"frequency-penalty", "presence-penalty", "mirostat", "mirostat-tau", "mirostat-eta",
+	"skip-special-token", "ignore-eos-token", "img-start", "img-end", "img-content",
+	"base-domain-id", "embed-flash", "enabled-cpus-num", "enabled-cpus-mask", "n-batch", "use-cross-attn",
+}
+
+// BindFlags registers the flags with their defaults.
+func (o *Serve) BindFlags(fs *pflag.FlagSet) {
+	o.fs = fs
+	fs.StringVar(&o.ConfigFile, "config", "", "Configuration file (JSON or YAML) keyed by these flags' long names; flags on the command line win.")
+
+	fs.StringVar(&o.Model, "model", "", "Model file (.rkllm) to load at start; without it clients load one with rkllm.init.")
+	fs.StringVar(&o.ModelDir, "model-dir", "", "Folder that every path a client names (models, LoRA adapters, prompt caches) must be inside; empty refuses client paths.")
+	fs.StringVar(&o.RuntimeLib, "runtime-lib", "librkllmrt.so", "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
+	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
+
+	p := &o.Param
+	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
+	fs.Int32Var(&p.MaxNewTokens, "max-new-tokens", 0, "RKLLMParam.max_new_tokens; <= 0 means no limit.")
+	fs.Int32Var(&p.TopK, "top-k", 0, "RKLLMParam.top_k.")
+	fs.Int32Var(&p.NKeep, "n-keep", 0, "RKLLMParam.n_keep: tokens kept when the context window shifts.")
+	fs.Float32Var(&p.TopP, "top-p", 0, "RKLLMParam.top_p, 0-1.")
+	fs.Float32Var(&p.Temperature, "temperature", 0, "RKLLMParam.temperature.")
+	fs.Float32Var(&p.RepeatPenalty, "repeat-penalty", 0, "RKLLMParam.repeat_penalty.")
+	fs.Float32Var(&p.FrequencyPenalty, "frequency-penalty", 0, "RKLLMParam.frequency_penalty.")
+	fs.Float32Var(&p.PresencePenalty, "presence-penalty", 0, "RKLLMParam.presence_penalty.")
+	fs.Int32Var(&p.Mirostat, "mirostat", 0, "RKLLMParam.mirostat: 0 off, 1 or 2.")
+	fs.Float32Var(&p.MirostatTau, "mirostat-tau", 0, "RKLLMParam.mirostat_tau.")
+	fs.Float32Var(&p.MirostatEta, "mirostat-eta", 0, "RKLLMParam.mirostat_eta.")
+	fs.BoolVar(&p.SkipSpecialToken, "skip-special-token", false, "RKLLMParam.skip_special_token.")
+	fs.BoolVar(&p.IgnoreEOSToken, "ignore-eos-token", false, "RKLLMParam.ignore_eos_token (ABI 1.3 only).")
+	fs.StringVar(&p.ImgStart, "img-start", "", "RKLLMParam.img_start (ABI 1.2 only; 1.3 takes it per multimodal input).")
+	fs.StringVar(&p.ImgEnd, "img-end", "", "RKLLMParam.img_end (ABI 1.2 only).")
+	fs.StringVar(&p.ImgContent, "img-content", "", "RKLLMParam.img_content (ABI 1.2 only).")
+	fs.Int32Var(&p.Extend.BaseDomainID, "base-domain-id", 0, "RKLLMExtendParam.base_domain_id: memory domain of the model.")
+	fs.Int8Var(&p.Extend.EmbedFlash, "embed-flash", 0, "RKLLMExtendParam.embed_flash: 1 keeps the embedding table in the file.")
+	fs.Int8Var(&p.Extend.EnabledCPUsNum, "enabled-cpus-num", 0, "RKLLMExtendParam.enabled_cpus_num: CPU threads.")
+	fs.Uint32Var(&p.Extend.EnabledCPUsMask, "enabled-cpus-mask", 0, "RKLLMExtendParam.enabled_cpus_mask, such as 0xF0 (the big cores of an RK3588).")
+	fs.Uint8Var(&p.Extend.NBatch, "n-batch", 1, "RKLLMExtendParam.n_batch: inputs per run, 1-100.")
+	fs.Int8Var(&p.Extend.UseCrossAttn, "use-cross-attn", 0, "RKLLMExtendParam.use_cross_attn: 1 enables the cross-attention decoder.")
+
+	fs.StringVar(&o.ChatTemplateSystem, "chat-template-system", "", "System prompt of the chat template set after the model loads (rkllm_set_chat_template).")
+	fs.StringVar(&o.ChatTemplatePrefix, "chat-template-prefix", "", "Prompt prefix of the chat template.")
+	fs.StringVar(&o.ChatTemplatePostfix, "chat-template-postfix", "", "Prompt postfix of the chat template.")
+	fs.StringArrayVar(&o.Loras, "lora", nil, "LoRA adapter to load after the model, NAME=PATH[:SCALE] (scale 1 by default); repeatable.")
+	fs.StringVar(&o.PromptCache, "prompt-cache", "", "Prompt cache file to load after the model.")
+
+	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
+	fs.StringVar(&o.Socket, "socket", "", "Unix socket path for newline-delimited JSON-RPC, such as /run/rkllm/rkllm.sock; empty disables it.")
+	fs.StringVar(&o.Admin, "admin", AdminSocket, "Where state-changing methods (init, destroy, load_lora, ...) are allowed: socket, http, all or none.")
+	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API key that HTTP clients must send as 'Authorization: Bearer KEY'.")
+	fs.IntVar(&o.MaxConnections, "max-connections", 256, "Client connections held at once, over both transports; 0 means no limit.")
+	fs.Int64Var(&o.MaxRequestBytes, "max-request-bytes", 16<<20, "Largest request message in bytes (an HTTP body, a socket line).")
+	fs.IntVar(&o.MaxQueue, "max-queue", 16, "Requests that may wait for the model; more are refused with -32002 at once.")
+
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", 10*time.Minute, "Longest a request may take, queueing included; 0 means no limit.")
+	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long (prefill included) is aborted.")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "On SIGTERM, how long the running generation may go on before it is aborted.")
+	fs.DurationVar(&o.AbortTimeout, "abort-timeout", 10*time.Second, "How long an aborted run may take to stop before the worker is killed and restarted.")
+	fs.DurationVar(&o.InitTimeout, "init-timeout", 10*time.Minute, "Longest rkllm_init may take before the worker is killed.")
+	fs.DurationVar(&o.WorkerStartTimeout, "worker-start-timeout", 30*time.Second, "Longest the worker process may take to start and load the runtime library.")
+	fs.DurationVar(&o.RestartBackoffMin, "restart-backoff-min", 500*time.Millisecond, "First delay before restarting a dead worker or retrying a failed model load; doubles each time.")
+	fs.DurationVar(&o.RestartBackoffMax, "restart-backoff-max", 30*time.Second, "Longest delay between restarts.")
+	fs.DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "Longest a socket client may take to read one message before it is disconnected.")
+
+	fs.StringVar(&o.LogFormat, "log-format", LogJSON, "Log format: json or text.")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "Log level: error, info, debug, or a verbosity number (1 = debug).")
+}
+
+// Parse parses args, then the configuration file for the flags args did not set.
+func (o *Serve) Parse(args []string) error {
+	if err := o.fs.Parse(args); err != nil {
+		return err
+	}
+	if o.fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: every option is a --flag", o.fs.Arg(0))
+	}
+	if o.ConfigFile != "" {
+		if err := o.applyFile(o.ConfigFile); err != nil {
+			return err
+		}
+	}
+	return o.Validate()
+}
+
+// applyFile sets, from the file, every flag the command line left unset.
+func (o *Serve) applyFile(path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		return fmt.Errorf("config file %s: not JSON or YAML: %w", path, err)
+	}
+	var values map[string]any
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&values); err != nil {
+		return fmt.Errorf("config file %s: must be an object keyed by flag names: %w", path, err)
+	}
+	cmdline := map[string]bool{}
+	o.fs.Visit(func(f *pflag.Flag) { cmdline[f.Name] = true })
+	for _, key := range sortedKeys(values) {
+		f := o.fs.Lookup(key)
+		if f == nil || key == "config" {
+			return fmt.Errorf("config file %s: unknown key %q: keys are the long flag names of rkllm-server serve (see docs/server.md)", path, key)
+		}
+		if cmdline[key] {
+			continue
+		}
+		strs, err := flagStrings(values[key], f.Value.Type() == "stringArray")
+		if err != nil {
+			return fmt.Errorf("config file %s: key %q: %w", path, key, err)
+		}
+		for _, s := range strs {
+			if err := o.fs.Set(key, s); err != nil {
+				return fmt.Errorf("config file %s: key %q: %w", path, key, err)
+			}
+		}
+	}
+	return nil
+}
+
+// flagStrings turns a config value into the strings the flag parses.
+func flagStrings(v any, repeatable bool) ([]string, error) {
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return []string{v}, nil
+	case json.Number:
+		return []string{v.String()}, nil
+	case bool:
+		return []string{strconv.FormatBool(v)}, nil
+	case []any:
+		if !repeatable {
+			return nil, errors.New("a list is only allowed for a repeatable flag (lora)")
+		}
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			s, err := flagStrings(e, false)
+			if err != nil || len(s) != 1 {
+				return nil, errors.New("list entries must be strings")
+			}
+			out = append(out, s[0])
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("value must be a string, number or boolean, not %T", v)
+}
+
+// Validate checks the values that do not depend on the runtime.
+func (o *Serve) Validate() error {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateChoices checks the flags that take one of a set of values.
+func (o *Serve) validateChoices() error {
+	if _, err := runtime.ParseABI(o.RuntimeABI); err != nil {
+		return fmt.Errorf("--runtime-abi: %w", err)
+	}
+	switch o.Admin {
+	case AdminSocket, AdminHTTP, AdminAll, AdminNone:
+	default:
+		return fmt.Errorf("--admin %q: use socket, http, all or none", o.Admin)
+	}
+	switch o.LogFormat {
+	case LogJSON, LogText:
+	default:
+		return fmt.Errorf("--log-format %q: use json or text", o.LogFormat)
+	}
+	if _, err := ParseLogLevel(o.LogLevel); err != nil {
+		return err
+	}
+	if o.Listen == "" && o.Socket == "" {
+		return errors.New("--listen and --socket are both empty: the server would have no way to be reached")
+	}
+	return nil
+}
+
+// validateParam checks the RKLLMParam flags that were set.
+func (o *Serve) validateParam() error {
+	if _, err := o.LoraAdapters(); err != nil {
+		return err
+	}
+	if o.changed("top-p") && (o.Param.TopP < 0 || o.Param.TopP > 1) {
+		return fmt.Errorf("--top-p %g: must be between 0 and 1", o.Param.TopP)
+	}
+	if o.changed("n-batch") && (o.Param.Extend.NBatch < 1 || o.Param.Extend.NBatch > 100) {
+		return fmt.Errorf("--n-batch %d: must be between 1 and 100", o.Param.Extend.NBatch)
+	}
+	return nil
+}
+
+// validateLimits checks sizes and durations.
+func (o *Serve) validateLimits() error {
+	if o.MaxQueue < 1 {
+		return fmt.Errorf("--max-queue %d: must be at least 1", o.MaxQueue)
+	}
+	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > 1<<30 {
+		return fmt.Errorf("--max-request-bytes %d: must be between 1 and 1 GiB", o.MaxRequestBytes)
+	}
+	if o.ShutdownTimeout <= 0 || o.TokenStallTimeout <= 0 || o.AbortTimeout <= 0 {
+		return errors.New("--shutdown-timeout, --token-stall-timeout and --abort-timeout must be positive")
+	}
+	return nil
+}
+
+func (o *Serve) changed(name string) bool { return o.fs != nil && o.fs.Changed(name) }
+
+// ModelParam returns the init parameters of --model: the runtime's defaults with every
+// RKLLMParam flag that was set (on the command line or in the file) applied.
+func (o *Serve) ModelParam(defaults runtime.Param) runtime.Param {
+	p := defaults
+	p.ModelPath = o.Model
+	if p.Extend.NBatch == 0 {
+		p.Extend.NBatch = 1 // undocumented in the runtime; the fact sheet says to set it
+	}
+	set := func(name string, apply func()) {
+		if o.changed(name) {
+			apply()
+		}
+	}
+	f := &o.Param
+	set("max-context-len", func() { p.MaxContextLen = f.MaxContextLen })
+	set("max-new-tokens", func() { p.MaxNewTokens = f.MaxNewTokens })
+	set("top-k", func() { p.TopK = f.TopK })
+	set("n-keep", func() { p.NKeep = f.NKeep })
+	set("top-p", func() { p.TopP = f.TopP })
+	set("temperature", func() { p.Temperature = f.Temperature })
+	set("repeat-penalty", func() { p.RepeatPenalty = f.RepeatPenalty })
+	set("frequency-penalty", func() { p.FrequencyPenalty = f.FrequencyPenalty })
+	set("presence-penalty", func() { p.PresencePenalty = f.PresencePenalty })
+	set("mirostat", func() { p.Mirostat = f.Mirostat })
+	set("mirostat-tau", func() { p.MirostatTau = f.MirostatTau })
+	set("mirostat-eta", func() { p.MirostatEta = f.MirostatEta })
+	set("skip-special-token", func() { p.SkipSpecialToken = f.SkipSpecialToken })
+	set("ignore-eos-token", func() { p.IgnoreEOSToken = f.IgnoreEOSToken })
+	set("img-start", func() { p.ImgStart = f.ImgStart })
+	set("img-end", func() { p.ImgEnd = f.ImgEnd })
+	set("img-content", func() { p.ImgContent = f.ImgContent })
+	set("base-domain-id", func() { p.Extend.BaseDomainID = f.Extend.BaseDomainID })
+	set("embed-flash", func() { p.Extend.EmbedFlash = f.Extend.EmbedFlash })
+	set("enabled-cpus-num", func() { p.Extend.EnabledCPUsNum = f.Extend.EnabledCPUsNum })
+	set("enabled-cpus-mask", func() { p.Extend.EnabledCPUsMask = f.Extend.EnabledCPUsMask })
+	set("n-batch", func() { p.Extend.NBatch = f.Extend.NBatch })
+	set("use-cross-attn", func() { p.Extend.UseCrossAttn = f.Extend.UseCrossAttn })
+	return p
+}
+
+// ParamFlags lists the flags that set RKLLMParam fields.
+func ParamFlags() []string { return append([]string(nil), paramFlags...) }
+
+// ChatTemplate returns the --chat-template-* values, or ok false when none was set.
+func (o *Serve) ChatTemplate() (system, prefix, postfix string, ok bool) {
+	ok = o.changed("chat-template-system") || o.changed("chat-template-prefix") || o.changed("chat-template-postfix")
+	return o.ChatTemplateSystem, o.ChatTemplatePrefix, o.ChatTemplatePostfix, ok
+}
+
+// LoraAdapters parses --lora NAME=PATH[:SCALE] values.
+func (o *Serve) LoraAdapters() ([]runtime.LoraAdapter, error) {
+	out := make([]runtime.LoraAdapter, 0, len(o.Loras))
+	for _, v := range o.Loras {
+		name, rest, ok := strings.Cut(v, "=")
+		if !ok || name == "" || rest == "" {
+			return nil, fmt.Errorf("--lora %q: use NAME=PATH[:SCALE], such as chat=/models/chat.lora:0.8", v)
+		}
+		a := runtime.LoraAdapter{Name: name, Path: rest, Scale: 1}
+		if i := strings.LastIndexByte(rest, ':'); i > 0 {
+			if scale, err := strconv.ParseFloat(rest[i+1:], 32); err == nil {
+				a.Path, a.Scale = rest[:i], float32(scale)
+			}
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// APIKey reads --api-key-file ("" when not set).
+func (o *Serve) APIKey() (string, error) {
+	if o.APIKeyFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(o.APIKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("--api-key-file: %w", err)
+	}
+	key := strings.TrimSpace(string(b))
+	if key == "" {
+		return "", fmt.Errorf("--api-key-file %s is empty", o.APIKeyFile)
+	}
+	return key, nil
+}
+
+// AdminOn reports whether state-changing methods are allowed on a transport ("http" or
+// "unix").
+func (o *Serve) AdminOn(transport string) bool {
+	switch o.Admin {
+	case AdminAll:
+		return true
+	case AdminSocket:
+		return transport == "unix"
+	case AdminHTTP:
+		return transport == "http"
+	}
+	return false
+}
+
+// ParseLogLevel turns --log-level into a logr verbosity: error -> -1 (errors only),
+// info -> 0, debug -> 1, or the number given.
+func ParseLogLevel(s string) (int, error) {
+	switch strings.ToLower(s) {
+	case "error":
+		return -1, nil
+	case "info", "":
+		return 0, nil
+	case "debug":
+		return 1, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("--log-level %q: use error, info, debug or a verbosity number", s)
+	}
+	return n, nil
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

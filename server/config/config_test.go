@@ -1,0 +1,161 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+func parse(t *testing.T, file string, args ...string) (*Serve, error) {
+	t.Helper()
+	var o Serve
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	o.BindFlags(fs)
+	if file != "" {
+		name := "server.json"
+		if !strings.HasPrefix(strings.TrimSpace(file), "{") {
+			name = "server.yaml"
+		}
+		path := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--config", path}, args...)
+	}
+	return &o, o.Parse(args)
+}
+
+var defaults = runtime.Param{
+	MaxContextLen: 512, MaxNewTokens: -1, TopK: 40, NKeep: -1, TopP: 0.9, Temperature: 0.8, RepeatPenalty: 1.1,
+	MirostatTau: 5, MirostatEta: 0.1, SkipSpecialToken: true,
+	Extend: runtime.ExtendParam{EmbedFlash: 1, EnabledCPUsNum: 4, EnabledCPUsMask: 0xF0},
+}
+
+// The example of docs/design.md, as the operator writes it.
+const operatorFile = `{
+  "model": "/models/qwen2.5-1.5b.rkllm",
+  "model-dir": "/models",
+  "runtime-abi": "1.3",
+  "runtime-lib": "librkllmrt.so",
+  "listen": ":8080",
+  "socket": "/run/rkllm/rkllm.sock",
+  "max-context-len": 4096,
+  "top-p": "0.9",
+  "lora": ["chat=/models/chat.lora:1.0"],
+  "max-queue": 16,
+  "request-timeout": "5m",
+  "shutdown-timeout": "30s",
+  "enabled-cpus-mask": "0xF0",
+  "n-batch": 1,
+  "skip-special-token": false,
+  "chat-template-system": "You are helpful."
+}`
+
+func TestOperatorFile(t *testing.T) {
+	o, err := parse(t, operatorFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Model != "/models/qwen2.5-1.5b.rkllm" || o.ModelDir != "/models" || o.Socket != "/run/rkllm/rkllm.sock" ||
+		o.MaxQueue != 16 || o.RequestTimeout != 5*time.Minute || o.ShutdownTimeout != 30*time.Second {
+		t.Errorf("options %+v", o)
+	}
+	p := o.ModelParam(defaults)
+	want := defaults
+	want.ModelPath = "/models/qwen2.5-1.5b.rkllm"
+	want.MaxContextLen = 4096
+	want.SkipSpecialToken = false
+	want.Extend.NBatch = 1
+	if p != want {
+		t.Errorf("param\n got %+v\nwant %+v", p, want)
+	}
+	loras, err := o.LoraAdapters()
+	if err != nil || len(loras) != 1 || loras[0] != (runtime.LoraAdapter{Name: "chat", Path: "/models/chat.lora", Scale: 1}) {
+		t.Errorf("loras %+v %v", loras, err)
+	}
+	sys, _, _, ok := o.ChatTemplate()
+	if !ok || sys != "You are helpful." {
+		t.Errorf("chat template %q %v", sys, ok)
+	}
+}
+
+func TestCommandLineWins(t *testing.T) {
+	o, err := parse(t, "max-queue: 4\ntop-p: 0.5\nlora:\n  - a=/m/a.lora:0.25\n  - b=/m/b.lora\n", "--max-queue=9", "--top-k=7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.MaxQueue != 9 {
+		t.Errorf("max-queue %d, want the flag's 9", o.MaxQueue)
+	}
+	p := o.ModelParam(defaults)
+	if p.TopP != 0.5 || p.TopK != 7 || p.Temperature != 0.8 {
+		t.Errorf("param %+v", p)
+	}
+	loras, _ := o.LoraAdapters()
+	if len(loras) != 2 || loras[0].Scale != 0.25 || loras[1].Scale != 1 || loras[1].Path != "/m/b.lora" {
+		t.Errorf("loras %+v", loras)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name, file string
+		args       []string
+		want       string
+	}{
+		{"unknown key", `{"mdoel": "x"}`, nil, `unknown key "mdoel"`},
+		{"config key in file", `{"config": "x"}`, nil, `unknown key "config"`},
+		{"list for a scalar", `{"model": ["a"]}`, nil, `a list is only allowed for a repeatable flag`},
+		{"bad number", `{"max-queue": "many"}`, nil, `key "max-queue"`},
+		{"bad yaml", "model: [", nil, "not JSON or YAML"},
+		{"bad abi", ``, []string{"--runtime-abi=2.0"}, "unknown runtime ABI"},
+		{"bad admin", ``, []string{"--admin=everyone"}, "--admin"},
+		{"bad lora", ``, []string{"--lora=nopath"}, "NAME=PATH[:SCALE]"},
+		{"top-p range", `{"top-p": "1.5"}`, nil, "--top-p 1.5"},
+		{"n-batch range", ``, []string{"--n-batch=0"}, "--n-batch 0"},
+		{"nothing to listen on", ``, []string{"--listen="}, "no way to be reached"},
+		{"log level", ``, []string{"--log-level=loud"}, "--log-level"},
+		{"positional", ``, []string{"serve"}, `unexpected argument "serve"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(t, tt.file, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOnlySetFlagsOverrideDefaults(t *testing.T) {
+	o, err := parse(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := o.ModelParam(defaults)
+	want := defaults
+	want.Extend.NBatch = 1
+	if p != want {
+		t.Errorf("param without flags\n got %+v\nwant %+v", p, want)
+	}
+	if _, _, _, ok := o.ChatTemplate(); ok {
+		t.Error("chat template set without flags")
+	}
+}
+
+func TestAdminOn(t *testing.T) {
+	for admin, want := range map[string][2]bool{
+		AdminSocket: {false, true}, AdminHTTP: {true, false}, AdminAll: {true, true}, AdminNone: {false, false},
+	} {
+		o := &Serve{Admin: admin}
+		if got := [2]bool{o.AdminOn("http"), o.AdminOn("unix")}; got != want {
+			t.Errorf("--admin %s: http/unix %v, want %v", admin, got, want)
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package httpapi
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+)
+
+const waitTimeout = 10 * time.Second
+
+type health struct{ st supervisor.Status }
+
+func (h *health) Status() supervisor.Status { return h.st }
+
+type fixture struct {
+	base     string
+	d        *jsonrpc.Dispatcher
+	h        *health
+	srv      *Server
+	canceled chan struct{}
+	started  chan struct{}
+}
+
+func newFixture(t *testing.T, opts Options) *fixture {
+	t.Helper()
+	f := &fixture{d: jsonrpc.NewDispatcher(logr.Discard(), nil), h: &health{}, canceled: make(chan struct{}, 1), started: make(chan struct{}, 1)}
+	f.d.Register("echo", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
+		return map[string]any{"admin": c.Peer.Admin, "persistent": c.Peer.Persistent, "can_notify": c.CanNotify()}, nil
+	}))
+	f.d.Register("stream", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
+		for i := range 3 {
+			if err := c.Notify("tick", map[string]int{"i": i}); err != nil {
+				return nil, err
+			}
+		}
+		return "streamed", nil
+	}))
+	f.d.Register("busy", jsonrpc.HandlerFunc(func(context.Context, *jsonrpc.Call) (any, error) {
+		return nil, jsonrpc.ErrBusy.Withf("busy: queue full")
+	}))
+	f.d.Register("hold", jsonrpc.HandlerFunc(func(ctx context.Context, _ *jsonrpc.Call) (any, error) {
+		f.started <- struct{}{}
+		<-ctx.Done()
+		f.canceled <- struct{}{}
+		return nil, jsonrpc.ErrAborted
+	}))
+	opts.Addr = "127.0.0.1:0"
+	opts.Health = f.h
+	opts.Log = logr.Discard()
+	f.srv = New(f.d, opts)
+	ln, err := f.srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = f.srv.Serve(ln) }()
+	t.Cleanup(func() { _ = f.srv.Close() })
+	f.base = "http://" + ln.Addr().String()
+	return f
+}
+
+func post(t *testing.T, url, body string, header ...string) (*http.Response, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func get(t *testing.T, url string) (*http.Response, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestRPC(t *testing.T) {
+	f := newFixture(t, Options{MaxRequestBytes: 1000})
+	tests := []struct {
+		name, body  string
+		header      []string
+		status      int
+		contentType string
+		want        string
+	}{
+		{"single", `{"jsonrpc":"2.0","id":1,"method":"echo"}`, nil, 200, ContentJSON,
+			`{"jsonrpc":"2.0","id":1,"result":{"admin":false,"can_notify":true,"persistent":false}}` + "\n"},
+		{"batch cannot stream", `[{"jsonrpc":"2.0","id":1,"method":"echo"}]`, nil, 200, ContentJSON,
+			`[{"jsonrpc":"2.0","id":1,"result":{"admin":false,"can_notify":false,"persistent":false}}]` + "\n"},
+		{"notification", `{"jsonrpc":"2.0","method":"echo"}`, nil, 204, "", ``},
+		{"ndjson stream", `{"jsonrpc":"2.0","id":7,"method":"stream"}`, nil, 200, ContentNDJSON,
+			`{"jsonrpc":"2.0","method":"tick","params":{"i":0}}` + "\n" + `{"jsonrpc":"2.0","method":"tick","params":{"i":1}}` + "\n" +
+				`{"jsonrpc":"2.0","method":"tick","params":{"i":2}}` + "\n" + `{"jsonrpc":"2.0","id":7,"result":"streamed"}` + "\n"},
+		{"sse stream", `{"jsonrpc":"2.0","id":7,"method":"stream"}`, []string{"Accept", "text/event-stream"}, 200, ContentSSE,
+			`data: {"jsonrpc":"2.0","method":"tick","params":{"i":0}}` + "\n\n" + `data: {"jsonrpc":"2.0","method":"tick","params":{"i":1}}` + "\n\n" +
+				`data: {"jsonrpc":"2.0","method":"tick","params":{"i":2}}` + "\n\n" + `data: {"jsonrpc":"2.0","id":7,"result":"streamed"}` + "\n\n"},
+		{"busy is 429", `{"jsonrpc":"2.0","id":1,"method":"busy"}`, nil, 429, ContentJSON,
+			`{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"busy: queue full"}}` + "\n"},
+		{"too large", `{"jsonrpc":"2.0","id":1,"method":"echo","params":{"x":"` + strings.Repeat("a", 2000) + `"}}`, nil, 413, ContentJSON,
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32008,"message":"request too large: a request may have at most 1000 bytes (--max-request-bytes)"}}` + "\n"},
+		{"parse error", `{`, nil, 200, ContentJSON,
+			`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error: the message is not valid JSON"}}` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := post(t, f.base+"/rpc", tt.body, tt.header...)
+			if resp.StatusCode != tt.status || resp.Header.Get("Content-Type") != tt.contentType || body != tt.want {
+				t.Errorf("got %d %q\n%s\nwant %d %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), body, tt.status, tt.contentType, tt.want)
+			}
+		})
+	}
+	resp, _ := get(t, f.base+"/rpc")
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
+		t.Errorf("GET /rpc: %d", resp.StatusCode)
+	}
+}
+
+func TestAPIKey(t *testing.T) {
+	f := newFixture(t, Options{APIKey: "s3cret", Admin: true})
+	resp, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`)
+	if resp.StatusCode != 401 || !strings.Contains(body, "-32007") || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("without a key: %d %s", resp.StatusCode, body)
+	}
+	resp, _ = post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`, "Authorization", "Bearer wrong")
+	if resp.StatusCode != 401 {
+		t.Errorf("wrong key: %d", resp.StatusCode)
+	}
+	resp, body = post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`, "Authorization", "Bearer s3cret")
+	if resp.StatusCode != 200 || !strings.Contains(body, `"admin":true`) {
+		t.Errorf("right key: %d %s", resp.StatusCode, body)
+	}
+	// Probes and metrics need no key.
+	if resp, _ := get(t, f.base+"/livez"); resp.StatusCode != 200 {
+		t.Errorf("livez with a key configured: %d", resp.StatusCode)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.h.st = supervisor.Status{WorkerUp: true, Reason: "model loading"}
+	if resp, body := get(t, f.base+"/readyz"); resp.StatusCode != 503 || !strings.Contains(body, `"reason":"model loading"`) {
+		t.Errorf("readyz while loading: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, f.base+"/healthz"); resp.StatusCode != 200 {
+		t.Errorf("healthz with the worker up: %d", resp.StatusCode)
+	}
+	f.h.st = supervisor.Status{WorkerUp: true, Ready: true, ModelLoaded: true}
+	if resp, body := get(t, f.base+"/readyz"); resp.StatusCode != 200 || !strings.Contains(body, `"ready":true`) {
+		t.Errorf("readyz when ready: %d %s", resp.StatusCode, body)
+	}
+	f.d.Drain()
+	if resp, body := get(t, f.base+"/readyz"); resp.StatusCode != 503 || !strings.Contains(body, `"draining":true`) {
+		t.Errorf("readyz while draining: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`); resp.StatusCode != 503 || !strings.Contains(body, "-32009") {
+		t.Errorf("rpc while draining: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, f.base+"/livez"); resp.StatusCode != 200 {
+		t.Errorf("livez while draining: %d", resp.StatusCode)
+	}
+	f.h.st = supervisor.Status{}
+	if resp, _ := get(t, f.base+"/healthz"); resp.StatusCode != 503 {
+		t.Errorf("healthz without a worker: %d", resp.StatusCode)
+	}
+}
+
+func TestClientDisconnectCancels(t *testing.T) {
+	f := newFixture(t, Options{})
+	var d net.Dialer
+	nc, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"jsonrpc":"2.0","id":1,"method":"hold"}`
+	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	select {
+	case <-f.started:
+	case <-time.After(waitTimeout):
+		t.Fatal("request not started")
+	}
+	_ = nc.Close()
+	select {
+	case <-f.canceled:
+	case <-time.After(waitTimeout):
+		t.Fatal("the request's context was not cancelled when the client left")
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	f := newFixture(t, Options{Limiter: connlimit.New(1, nil)})
+	var d net.Dialer
+	held, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(f.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = held.Close() }()
+	// Make sure the server has accepted the first connection before the second one.
+	_, _ = io.WriteString(held, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(held), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first connection: %v", err)
+	}
+	resp, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`)
+	var r jsonrpc.Response
+	if resp.StatusCode != 503 || json.Unmarshal([]byte(body), &r) != nil || r.Error == nil || r.Error.Code != -32002 {
+		t.Errorf("over the limit: %d %s", resp.StatusCode, body)
+	}
+}

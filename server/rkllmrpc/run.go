@@ -1,0 +1,314 @@
+package rkllmrpc
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+// Finish reasons of a run's final response.
+const (
+	FinishStop   = "stop"   // the model ended the reply
+	FinishLength = "length" // max_new_tokens was reached
+	FinishAbort  = "abort"  // rkllm.abort (or shutdown) ended it early
+	FinishError  = "error"  // the runtime reported RKLLM_RUN_ERROR (in the error's data)
+)
+
+// runPlan is a checked rkllm.run request.
+type runPlan struct {
+	inputs []runtime.Input
+	batch  bool
+	ip     runtime.InferParams
+	stream bool
+	base64 bool
+}
+
+// plan decodes and checks the params of a run.
+func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
+	var p runParams
+	if err := c.DecodeParams(&p); err != nil {
+		return nil, err
+	}
+	inputs, batch, err := p.inputs()
+	if err != nil {
+		return nil, err
+	}
+	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
+	switch p.Encoding {
+	case "", "json", "base64":
+	default:
+		return nil, jsonrpc.InvalidParams("encoding", `must be "json" (default) or "base64" (little-endian float32)`)
+	}
+	if err := s.checkPromptCache(c, plan.ip.PromptCache); err != nil {
+		return nil, err
+	}
+	if plan.stream && !c.CanNotify() {
+		return nil, jsonrpc.InvalidParams("stream", "streaming is not available for a request inside a batch over HTTP; send it alone, or use the Unix socket")
+	}
+	if async && (c.Peer == nil || !c.Peer.Persistent) {
+		return nil, jsonrpc.ErrNotAllowed.Withf("not allowed: %s delivers its results later on the same connection, which HTTP cannot; use the Unix socket, or rkllm.run with \"stream\": true", c.Method)
+	}
+	return plan, nil
+}
+
+// checkPromptCache confines a run's prompt cache file to --model-dir; writing one needs
+// an admin connection.
+func (s *Service) checkPromptCache(c *jsonrpc.Call, pc *runtime.PromptCacheParams) error {
+	if pc == nil || (!pc.Save && pc.Path == "") {
+		return nil
+	}
+	if c.Peer == nil || !c.Peer.Admin {
+		return jsonrpc.ErrNotAllowed.Withf("not allowed: infer_params.prompt_cache_params writes a file on the server; use the Unix socket, or widen --admin")
+	}
+	var err error
+	pc.Path, err = s.dir.resolve("infer_params.prompt_cache_params.prompt_cache_path", pc.Path, !pc.Save)
+	return err
+}
+
+// run serves rkllm.run and rkllm.run_async.
+func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, error) {
+	plan, err := s.plan(c, async)
+	if err != nil {
+		return nil, err
+	}
+	id := "r-" + strconv.FormatUint(s.ids.Add(1), 10)
+	acc := newRunAcc(id, len(plan.inputs), plan.batch, plan.base64)
+	if plan.stream {
+		acc.notify = func(params any) { _ = c.Notify(NotifyResult, params) }
+	}
+	maxNew := plan.ip.MaxNewTokens
+	if loaded, ok := s.b.Loaded(); ok && maxNew <= 0 {
+		maxNew = loaded.MaxNewTokens
+	}
+	base := ctx
+	if async {
+		base = c.Peer.Context
+	}
+	rctx, cancel := s.requestContext(base)
+	t, err := s.b.Enqueue(rctx, supervisor.Request{
+		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
+		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
+	})
+	if err != nil {
+		cancel()
+		return nil, rpcError(err, nil)
+	}
+	c.Admit()
+	if async {
+		go func() {
+			defer cancel()
+			out, err := t.Wait()
+			if err != nil {
+				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial()))})
+				return
+			}
+			_ = c.Notify(NotifyDone, acc.result(out, maxNew))
+		}()
+		return map[string]any{"request_id": id}, nil
+	}
+	defer cancel()
+	out, err := t.Wait()
+	if err != nil {
+		return nil, rpcError(err, acc.partial())
+	}
+	return acc.result(out, maxNew), nil
+}
+
+// runAcc collects the deliveries of one run, relays them as notifications when the
+// client streams, and builds the final result. deliver runs on the supervisor's
+// executor and result after the run ended, so no lock is needed.
+type runAcc struct {
+	id      string
+	batch   bool
+	base64  bool
+	notify  func(params any)
+	entries []entryAcc
+	perf    *runtime.PerfStat
+}
+
+type entryAcc struct {
+	text     []byte
+	pending  []byte // bytes of a WAITING delivery, joined with the next
+	tokenIDs []int32
+	hidden   []float32
+	embd     int
+	hiddenN  int
+	logits   []float32
+	vocab    int
+	logitsN  int
+}
+
+func newRunAcc(id string, n int, batch, base64 bool) *runAcc {
+	return &runAcc{id: id, batch: batch, base64: base64, entries: make([]entryAcc, n)}
+}
+
+// tokenNote is one entry of a rkllm.result notification.
+type tokenNote struct {
+	Text            string        `json:"text"`
+	TokenID         int32         `json:"token_id"`
+	LastHiddenLayer *hiddenLayerJ `json:"last_hidden_layer,omitempty"`
+	Logits          *logitsJ      `json:"logits,omitempty"`
+}
+
+type hiddenLayerJ struct {
+	EmbdSize     int      `json:"embd_size"`
+	NumTokens    int      `json:"num_tokens"`
+	HiddenStates floatOut `json:"hidden_states"`
+}
+
+type logitsJ struct {
+	VocabSize int      `json:"vocab_size"`
+	NumTokens int      `json:"num_tokens"`
+	Logits    floatOut `json:"logits"`
+}
+
+func (a *runAcc) deliver(d runtime.Delivery) {
+	switch d.State {
+	case runtime.StateFinish:
+		if len(d.Results) > 0 {
+			p := d.Results[0].Perf
+			a.perf = &p
+		}
+		return
+	case runtime.StateError:
+		return
+	}
+	notes := make([]tokenNote, 0, len(d.Results))
+	for i := range d.Results {
+		if i >= len(a.entries) {
+			break
+		}
+		r := &d.Results[i]
+		e := &a.entries[i]
+		note := tokenNote{TokenID: r.TokenID}
+		if d.State == runtime.StateWaiting {
+			e.pending = append(e.pending, r.Text...)
+		} else {
+			chunk := append(e.pending, r.Text...)
+			e.pending = nil
+			e.text = append(e.text, chunk...)
+			note.Text = string(chunk)
+		}
+		if r.TokenID >= 0 {
+			e.tokenIDs = append(e.tokenIDs, r.TokenID)
+		}
+		if len(r.HiddenStates) > 0 {
+			e.hidden = append(e.hidden, r.HiddenStates...)
+			e.embd = r.EmbdSize
+			e.hiddenN += r.NumTokens
+			note.LastHiddenLayer = &hiddenLayerJ{EmbdSize: r.EmbdSize, NumTokens: r.NumTokens, HiddenStates: floatOut{r.HiddenStates, a.base64}}
+		}
+		if len(r.Logits) > 0 {
+			e.logits = append(e.logits, r.Logits...)
+			e.vocab = r.VocabSize
+			e.logitsN += r.NumTokens
+			note.Logits = &logitsJ{VocabSize: r.VocabSize, NumTokens: r.NumTokens, Logits: floatOut{r.Logits, a.base64}}
+		}
+		notes = append(notes, note)
+	}
+	if a.notify == nil {
+		return
+	}
+	params := map[string]any{"request_id": a.id, "state": stateName(int32(d.State))}
+	if a.batch {
+		params["results"] = notes
+	} else if len(notes) == 1 {
+		n := notes[0]
+		params["text"] = n.Text
+		params["token_id"] = n.TokenID
+		if n.LastHiddenLayer != nil {
+			params["last_hidden_layer"] = n.LastHiddenLayer
+		}
+		if n.Logits != nil {
+			params["logits"] = n.Logits
+		}
+	}
+	a.notify(params)
+}
+
+// entryResult is one batch entry of a final result.
+type entryResult struct {
+	Text            string        `json:"text"`
+	TokenIDs        []int32       `json:"token_ids"`
+	TokenCount      int           `json:"token_count"`
+	LastHiddenLayer *hiddenLayerJ `json:"last_hidden_layer,omitempty"`
+	Logits          *logitsJ      `json:"logits,omitempty"`
+}
+
+// runResult is the final response of rkllm.run (and the params of rkllm.done).
+type runResult struct {
+	RequestID    string `json:"request_id"`
+	*entryResult        // one input: its result inline
+	FinishReason string `json:"finish_reason"`
+	Perf         *perfJ `json:"perf"`
+	// Results holds one result per input when the input was an array (n_batch > 1).
+	Results []entryResult `json:"results,omitempty"`
+}
+
+type perfJ struct {
+	PrefillTimeMs  float32 `json:"prefill_time_ms"`
+	PrefillTokens  int32   `json:"prefill_tokens"`
+	GenerateTimeMs float32 `json:"generate_time_ms"`
+	GenerateTokens int32   `json:"generate_tokens"`
+	MemoryUsageMB  float32 `json:"memory_usage_mb"`
+}
+
+func (a *runAcc) entry(i int) entryResult {
+	e := &a.entries[i]
+	text := append(e.text, e.pending...)
+	r := entryResult{Text: string(text), TokenIDs: e.tokenIDs, TokenCount: len(e.tokenIDs)}
+	if r.TokenIDs == nil {
+		r.TokenIDs = []int32{}
+	}
+	if len(e.hidden) > 0 {
+		r.LastHiddenLayer = &hiddenLayerJ{EmbdSize: e.embd, NumTokens: e.hiddenN, HiddenStates: floatOut{e.hidden, a.base64}}
+	}
+	if len(e.logits) > 0 {
+		r.Logits = &logitsJ{VocabSize: e.vocab, NumTokens: e.logitsN, Logits: floatOut{e.logits, a.base64}}
+	}
+	return r
+}
+
+// result builds the final response. maxNew is the effective max_new_tokens (<= 0: no
+// limit), to tell "length" from "stop".
+func (a *runAcc) result(out supervisor.Outcome, maxNew int32) *runResult {
+	res := &runResult{RequestID: a.id, FinishReason: FinishStop}
+	if a.perf != nil {
+		p := a.perf
+		res.Perf = &perfJ{PrefillTimeMs: p.PrefillTimeMs, PrefillTokens: p.PrefillTokens, GenerateTimeMs: p.GenerateTimeMs, GenerateTokens: p.GenerateTokens, MemoryUsageMB: p.MemoryUsageMB}
+	}
+	longest := 0
+	if a.batch {
+		res.Results = make([]entryResult, len(a.entries))
+		for i := range a.entries {
+			res.Results[i] = a.entry(i)
+			longest = max(longest, res.Results[i].TokenCount)
+		}
+	} else {
+		e := a.entry(0)
+		res.entryResult = &e
+		longest = e.TokenCount
+	}
+	switch {
+	case out.Aborted:
+		res.FinishReason = FinishAbort
+	case maxNew > 0 && longest >= int(maxNew):
+		res.FinishReason = FinishLength
+	}
+	return res
+}
+
+// partial is what a run produced before it failed, for the error's data.
+func (a *runAcc) partial() map[string]any {
+	m := map[string]any{"request_id": a.id}
+	if !a.batch && len(a.entries) == 1 {
+		e := a.entry(0)
+		m["text"] = e.Text
+		m["token_count"] = e.TokenCount
+	}
+	return m
+}

@@ -1,0 +1,227 @@
+// Package serve wires rkllm-server's parts together for `rkllm-server serve`: the
+// supervisor with its worker, the JSON-RPC methods, the HTTP and Unix-socket
+// transports and the metrics, and runs them until the context ends, then shuts down
+// in order.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/rkllm-operator/rkllm-operator/server/config"
+	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
+	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/metrics"
+	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+// flushTimeout bounds writing the last responses after the model has stopped.
+const flushTimeout = 5 * time.Second
+
+// Options are what the serve command knows besides the configuration.
+type Options struct {
+	// Executable is the rkllm-server binary, started as `Executable worker ...`.
+	Executable string
+	// Version is reported by rkllm.get_constants.
+	Version string
+	// Ready, when set, is called once the listeners are open (tests learn the HTTP
+	// address from it).
+	Ready func(httpAddr net.Addr)
+}
+
+// WorkerArgs are the arguments of the worker subcommand for a configuration.
+func WorkerArgs(o *config.Serve) []string {
+	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
+		"--max-frame-bytes", strconv.Itoa(workerproto.DefaultMaxFrameBytes)}
+}
+
+// Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
+// requests get -32009 at once, the running generation may finish within
+// --shutdown-timeout (then it is aborted), responses are flushed, the model is
+// destroyed and the socket file removed. It returns nil after a clean shutdown.
+func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) error {
+	a, err := build(o, log, opts)
+	if err != nil {
+		return err
+	}
+	if err := a.listen(); err != nil {
+		return err
+	}
+	if err := a.start(opts); err != nil {
+		return err
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "shutdown_timeout", o.ShutdownTimeout.String())
+	case err := <-a.serveErr:
+		failed = fmt.Errorf("listener failed: %w", err)
+		log.Error(err, "listener failed; shutting down")
+	}
+	if err := a.shutdown(); err != nil && failed == nil {
+		failed = err
+	}
+	if failed == nil {
+		log.Info("shut down cleanly")
+	}
+	return failed
+}
+
+// app is the server's parts.
+type app struct {
+	o        *config.Serve
+	log      logr.Logger
+	sup      *supervisor.Supervisor
+	d        *jsonrpc.Dispatcher
+	httpSrv  *httpapi.Server
+	sockSrv  *socketapi.Server
+	httpLn   net.Listener
+	sockLn   net.Listener
+	serveErr chan error
+}
+
+// build creates the parts without starting anything.
+func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
+	apiKey, err := o.APIKey()
+	if err != nil {
+		return nil, err
+	}
+	loras, err := o.LoraAdapters()
+	if err != nil {
+		return nil, err
+	}
+	m := metrics.New()
+	supOpts := supervisor.Options{
+		Command: func(ctx context.Context) *exec.Cmd {
+			return exec.CommandContext(ctx, opts.Executable, WorkerArgs(o)...) //nolint:gosec // our own binary
+		},
+		MaxQueue:          o.MaxQueue,
+		TokenStallTimeout: o.TokenStallTimeout,
+		AbortTimeout:      o.AbortTimeout,
+		StartTimeout:      o.WorkerStartTimeout,
+		InitTimeout:       o.InitTimeout,
+		RestartBackoffMin: o.RestartBackoffMin,
+		RestartBackoffMax: o.RestartBackoffMax,
+		MaxFrameBytes:     workerproto.DefaultMaxFrameBytes,
+		Log:               log.WithName("supervisor"),
+		Observer:          m,
+	}
+	if o.Model != "" {
+		spec := &supervisor.ModelSpec{Param: o.ModelParam, Loras: loras, PromptCache: o.PromptCache}
+		if sys, prefix, postfix, ok := o.ChatTemplate(); ok {
+			spec.ChatTemplate = &workerproto.SetChatTemplate{SystemPrompt: sys, PromptPrefix: prefix, PromptPostfix: postfix}
+		}
+		supOpts.Model = spec
+	}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
+		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	svc.Register(a.d)
+	limiter := connlimit.New(o.MaxConnections, m)
+	if o.Listen != "" {
+		a.httpSrv = httpapi.New(a.d, httpapi.Options{
+			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
+			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+		})
+	}
+	if o.Socket != "" {
+		a.sockSrv = socketapi.New(a.d, socketapi.Options{
+			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
+			WriteTimeout: o.WriteTimeout, Limiter: limiter, Observer: m, Log: log.WithName("socket"),
+		})
+	}
+	return a, nil
+}
+
+// listen opens the listeners first, so a taken port fails the start at once.
+func (a *app) listen() error {
+	var err error
+	if a.httpSrv != nil {
+		if a.httpLn, err = a.httpSrv.Listen(); err != nil {
+			return err
+		}
+	}
+	if a.sockSrv != nil {
+		if a.sockLn, err = a.sockSrv.Listen(); err != nil {
+			if a.httpLn != nil {
+				_ = a.httpLn.Close()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// start starts the supervisor and serves on the listeners.
+func (a *app) start(opts Options) error {
+	if err := a.sup.Start(); err != nil {
+		return err
+	}
+	var addr net.Addr
+	if a.httpSrv != nil {
+		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
+		addr = a.httpLn.Addr()
+		a.log.Info("serving HTTP", "address", addr.String())
+	}
+	if a.sockSrv != nil {
+		go func() { a.serveErr <- a.sockSrv.Serve(a.sockLn) }()
+		a.log.Info("serving the Unix socket", "path", a.o.Socket)
+	}
+	if opts.Ready != nil {
+		opts.Ready(addr)
+	}
+	return nil
+}
+
+// shutdown drains: new requests get -32009 from here on while the listeners stay open
+// (so probes and clients get that answer), the supervisor lets the running request end
+// (or aborts it after --shutdown-timeout) and stops the worker, then the transports
+// flush their last responses and close.
+func (a *app) shutdown() error {
+	a.d.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
+	defer cancel()
+	if err := a.sup.Shutdown(sctx); err != nil {
+		a.log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", a.o.ShutdownTimeout.String())
+	}
+	fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer fcancel()
+	if a.httpSrv != nil {
+		if err := a.httpSrv.Shutdown(fctx); err != nil {
+			a.log.Error(err, "HTTP responses not flushed in time")
+			_ = a.httpSrv.Close()
+		}
+	}
+	if a.sockSrv != nil {
+		if err := a.sockSrv.Shutdown(fctx); err != nil {
+			a.log.Error(err, "socket responses not flushed in time")
+			_ = a.sockSrv.Close()
+		}
+	}
+	for range cap(a.serveErr) {
+		select {
+		case err := <-a.serveErr:
+			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, socketapi.ErrServerClosed) {
+				return err
+			}
+		default:
+		}
+	}
+	return nil
+}

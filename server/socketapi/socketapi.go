@@ -1,0 +1,442 @@
+// Package socketapi serves JSON-RPC 2.0 on a Unix socket: one JSON message (a request,
+// a notification or a batch) per line in each direction, several requests in flight per
+// connection, answers matched by id, and notifications (tokens, asynchronous results)
+// interleaved between them.
+package socketapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
+
+	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+)
+
+// Transport is the Peer.Transport of socket connections.
+const Transport = "unix"
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("socketapi: server closed")
+
+// Options configure the server. Zero values take the defaults in brackets.
+type Options struct {
+	// Path of the socket file. An existing socket file there is replaced; any other
+	// file is an error.
+	Path string
+	// Mode of the socket file (0660).
+	Mode os.FileMode
+	// Admin allows state-changing methods on this transport.
+	Admin bool
+	// MaxMessageBytes bounds one line (16 MiB). A longer line is answered with -32008 and
+	// skipped; the connection goes on.
+	MaxMessageBytes int
+	// WriteTimeout bounds writing one message to a client (30s); a client that stops
+	// reading is disconnected, which aborts its runs.
+	WriteTimeout time.Duration
+	// Limiter caps connections across transports; nil for none.
+	Limiter *connlimit.Limiter
+	// Observer counts bytes; nil for none.
+	Observer Observer
+	Log      logr.Logger
+}
+
+// Observer counts the bytes the transport reads and writes.
+type Observer interface {
+	BytesIn(transport string, n int)
+	BytesOut(transport string, n int)
+}
+
+// Server is a JSON-RPC server on a Unix socket.
+type Server struct {
+	d    *jsonrpc.Dispatcher
+	opts Options
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[*conn]struct{}
+	closed   bool
+	inflight sync.WaitGroup // requests being served, across connections
+	nextID   atomic.Uint64
+}
+
+// New returns a server for d.
+func New(d *jsonrpc.Dispatcher, opts Options) *Server {
+	if opts.Mode == 0 {
+		opts.Mode = 0o660
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = 16 << 20
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 30 * time.Second
+	}
+	return &Server{d: d, opts: opts, conns: map[*conn]struct{}{}}
+}
+
+// Listen creates the socket file and returns its listener (for Serve). A stale socket
+// left by a crashed server is replaced.
+func (s *Server) Listen() (net.Listener, error) {
+	path := s.opts.Path
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // clients in other containers of the pod reach the socket
+		return nil, fmt.Errorf("socket folder: %w", err)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket; remove it or choose another --socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// The listener must not unlink the file on Close: Shutdown does, after the last
+	// response is out.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, s.opts.Mode); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// ListenAndServe listens on Options.Path and serves until Shutdown or Close.
+func (s *Server) ListenAndServe() error {
+	ln, err := s.Listen()
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// Serve accepts connections on ln until Shutdown or Close, then returns ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.opts.Limiter != nil {
+		ln = s.opts.Limiter.Listener(ln, Transport, s.reject)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		c := s.newConn(nc)
+		if c == nil {
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// reject answers a connection over the cap with one error line and closes it.
+func (s *Server) reject(nc net.Conn) {
+	defer func() { _ = nc.Close() }()
+	max := 0
+	if s.opts.Limiter != nil {
+		max = s.opts.Limiter.Max()
+	}
+	resp := &jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("busy: the server holds its maximum of %d connections; retry later", max)}
+	b, _ := json.Marshal(resp)
+	_ = nc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+	_, _ = nc.Write(append(b, '\n'))
+}
+
+// Shutdown stops accepting, waits until every request in flight has been answered (or
+// ctx ends), then closes the connections and removes the socket file. The dispatcher
+// should be drained first, so that requests still arriving get -32009.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.closeConns()
+	s.removeSocket()
+	return err
+}
+
+// Close closes the listener and every connection at once (their requests are
+// cancelled) and removes the socket file.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	s.closeConns()
+	s.removeSocket()
+	return nil
+}
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+func (s *Server) removeSocket() {
+	if err := os.Remove(s.opts.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.opts.Log.Error(err, "cannot remove the socket file", "path", s.opts.Path)
+	}
+}
+
+// conn is one client connection.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	peer   *jsonrpc.Peer
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	wmu      sync.Mutex
+	inflight sync.WaitGroup // this connection's requests being served
+	once     sync.Once
+}
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{s: s, nc: nc, ctx: ctx, cancel: cancel}
+	c.peer = &jsonrpc.Peer{
+		Transport:  Transport,
+		ID:         "unix-" + strconv.FormatUint(s.nextID.Add(1), 10),
+		Admin:      s.opts.Admin,
+		Persistent: true,
+		Context:    ctx,
+		Notify:     c.notify,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		cancel()
+		_ = nc.Close()
+		return nil
+	}
+	s.conns[c] = struct{}{}
+	return c
+}
+
+// close cancels the connection's requests (queued ones leave the queue, a running one
+// is aborted) and closes it.
+func (c *conn) close() {
+	c.once.Do(func() {
+		c.cancel()
+		_ = c.nc.Close()
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+	})
+}
+
+func (c *conn) serve() {
+	defer c.close()
+	br := bufio.NewReaderSize(c.nc, 64<<10)
+	for {
+		line, tooLong, err := readLine(br, c.s.opts.MaxMessageBytes)
+		if c.s.opts.Observer != nil && len(line) > 0 {
+			c.s.opts.Observer.BytesIn(Transport, len(line))
+		}
+		if tooLong {
+			_ = c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes)})
+		} else if len(bytes.TrimSpace(line)) > 0 {
+			c.handle(line)
+		}
+		if err != nil {
+			break
+		}
+	}
+	// The client closed its side. If it only half-closed (it still reads), answer what it
+	// sent; if it is gone, cancel its requests at once.
+	c.waitForPeerOrDone()
+}
+
+// handle serves one message on its own goroutine and returns once the message's first
+// request has taken its place in the queue, so that requests from one connection are
+// queued in the order they were sent.
+func (c *conn) handle(msg []byte) {
+	admitted := make(chan struct{})
+	c.inflight.Add(1)
+	c.s.inflight.Add(1)
+	go func() {
+		defer c.s.inflight.Done()
+		defer c.inflight.Done()
+		resps, batch := c.s.d.Handle(c.ctx, c.peer, msg, func() { close(admitted) })
+		if len(resps) == 0 {
+			return
+		}
+		// A failed write has closed the connection already; nothing more to do.
+		if batch {
+			_ = c.writeJSON(resps)
+		} else {
+			_ = c.writeJSON(resps[0])
+		}
+	}()
+	select {
+	case <-admitted:
+	case <-c.ctx.Done():
+	}
+}
+
+// waitForPeerOrDone waits for the connection's requests after the client stopped
+// sending, cancelling them as soon as the client has hung up completely.
+func (c *conn) waitForPeerOrDone() {
+	done := make(chan struct{})
+	go func() {
+		c.inflight.Wait()
+		close(done)
+	}()
+	for {
+		if c.peerGone() {
+			c.cancel()
+			<-done
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-c.ctx.Done():
+			<-done
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// peerGone reports whether the client closed both directions (POLLHUP), as opposed to
+// shutting down only its writing side.
+func (c *conn) peerGone() bool {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := true
+	_ = raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}} //nolint:gosec // descriptors fit an int32
+		if n, err := unix.Poll(fds, 0); err == nil {
+			gone = n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone
+}
+
+func (c *conn) notify(n *jsonrpc.Notification) error {
+	return c.writeJSON(n)
+}
+
+// writeJSON writes one message as a line. A failed write (the client stopped reading
+// or left) closes the connection, which cancels its requests.
+func (c *conn) writeJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.s.opts.Log.Error(err, "cannot encode a message")
+		return err
+	}
+	b = append(b, '\n')
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.ctx.Err() != nil && c.isClosed() {
+		return net.ErrClosed
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	n, err := c.nc.Write(b)
+	if c.s.opts.Observer != nil {
+		c.s.opts.Observer.BytesOut(Transport, n)
+	}
+	if err != nil {
+		c.s.opts.Log.V(1).Info("client write failed; closing the connection", "peer", c.peer.ID, "error", err.Error())
+		c.close()
+		return err
+	}
+	return nil
+}
+
+func (c *conn) isClosed() bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	_, open := c.s.conns[c]
+	return !open
+}
+
+// readLine reads one line of at most max bytes. A longer line is consumed to its end
+// and reported as tooLong (without keeping it). err is io.EOF (or another read error)
+// after the last line.
+func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+	for {
+		frag, err := br.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(frag) > max+1 { // +1: the newline itself
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return line, tooLong, err
+		}
+		return line, tooLong, err
+	}
+}

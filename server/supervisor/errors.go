@@ -1,0 +1,80 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Errors the supervisor returns; callers (the JSON-RPC methods) map them to codes.
+var (
+	// ErrQueueFull: the queue holds MaxQueue requests already.
+	ErrQueueFull = errors.New("queue full")
+	// ErrModelNotLoaded: the request needs a model and none is loaded.
+	ErrModelNotLoaded = errors.New("model not loaded")
+	// ErrAlreadyLoaded: init while another model is loaded.
+	ErrAlreadyLoaded = errors.New("a model is already loaded")
+	// ErrShuttingDown: the supervisor is draining or closed.
+	ErrShuttingDown = errors.New("shutting down")
+	// ErrAborted: the request was aborted (by rkllm.abort or its client going away)
+	// before it produced a result.
+	ErrAborted = errors.New("aborted")
+	// ErrTimeout: the request ran out of time (its deadline, a token stall, or a
+	// worker that stopped answering).
+	ErrTimeout = errors.New("timed out")
+	// ErrCrashed: the worker died while serving the request.
+	ErrCrashed = errors.New("runtime crashed")
+	// ErrNoSuchRequest: rkllm.abort named a request the caller does not have.
+	ErrNoSuchRequest = errors.New("no such request")
+)
+
+// ExitInfo describes how a worker process ended.
+type ExitInfo struct {
+	PID      int    `json:"pid"`
+	ExitCode int    `json:"exit_code"`        // -1 when killed by a signal
+	Signal   string `json:"signal,omitempty"` // e.g. "SIGSEGV": the signal that killed it, or the fatal signal its crash report names
+	// Stderr holds the last lines the worker wrote to stderr before it died.
+	Stderr []string `json:"stderr,omitempty"`
+}
+
+func (e *ExitInfo) String() string {
+	switch {
+	case e == nil:
+		return "worker exited"
+	case e.Signal != "" && e.ExitCode < 0:
+		return fmt.Sprintf("worker %d killed by %s", e.PID, e.Signal)
+	case e.Signal != "":
+		return fmt.Sprintf("worker %d exited with code %d after %s", e.PID, e.ExitCode, e.Signal)
+	}
+	return fmt.Sprintf("worker %d exited with code %d", e.PID, e.ExitCode)
+}
+
+// CrashError is ErrCrashed with the worker's exit details.
+type CrashError struct{ Exit *ExitInfo }
+
+func (e *CrashError) Error() string { return "runtime crashed: " + e.Exit.String() }
+
+// Unwrap makes errors.Is(err, ErrCrashed) true.
+func (e *CrashError) Unwrap() error { return ErrCrashed }
+
+// TimeoutError is ErrTimeout with what ran out.
+type TimeoutError struct {
+	// Reason is "request timeout", "token stall" or "worker unresponsive".
+	Reason string
+	// After is the limit that was exceeded, as configured.
+	After string
+	// WorkerKilled is true when the worker had to be killed (abort did not end the run).
+	WorkerKilled bool
+}
+
+func (e *TimeoutError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "timed out: %s (%s)", e.Reason, e.After)
+	if e.WorkerKilled {
+		b.WriteString("; abort did not stop the runtime, so the worker was killed and is restarting")
+	}
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrTimeout) true.
+func (e *TimeoutError) Unwrap() error { return ErrTimeout }

@@ -1,0 +1,555 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+// loop is the executor: it keeps a worker up with the desired model loaded and serves
+// the queue one request at a time. It is the only goroutine that changes the worker
+// and the model state, so those need no further coordination.
+func (s *Supervisor) loop() {
+	defer close(s.loopDone)
+	restart := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
+	load := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
+	var startAt, loadAt time.Time
+	for {
+		select {
+		case <-s.drainCh:
+			return
+		case <-s.loopCtx.Done():
+			return
+		default:
+		}
+		p := s.current()
+		if p == nil {
+			if !s.waitUntil(startAt) {
+				return
+			}
+			var err error
+			p, err = startProc(s.loopCtx, s.opts.Command, s.opts.MaxFrameBytes, s.opts.StartTimeout, s.log)
+			if err != nil {
+				d := restart.next()
+				startAt = time.Now().Add(d)
+				s.setLastExit(err.Error())
+				s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
+				s.opts.Observer.WorkerRestart("start_failed")
+				continue
+			}
+			s.workerUp(p)
+		}
+		if s.needsLoad() && !time.Now().Before(loadAt) {
+			if err := s.load(p); err != nil {
+				if s.current() != p { // the worker died: restart first
+					startAt = time.Now().Add(s.restartDelay(p, &restart))
+					continue
+				}
+				d := load.next()
+				loadAt = time.Now().Add(d)
+				s.log.Error(err, "model failed to load; retrying", "retry_in", d.String())
+			} else {
+				load.reset()
+				loadAt = time.Time{}
+			}
+		}
+		var retry <-chan time.Time
+		var timer *time.Timer
+		if s.needsLoad() {
+			timer = time.NewTimer(time.Until(loadAt))
+			retry = timer.C
+		}
+		t := s.next(p, retry)
+		if timer != nil {
+			timer.Stop()
+		}
+		if t != nil {
+			s.execute(p, t)
+		}
+		if s.current() != p {
+			startAt = time.Now().Add(s.restartDelay(p, &restart))
+		}
+	}
+}
+
+// restartDelay is the backoff before replacing p, which died; a worker that lived
+// HealthyAfter starts the backoff over.
+func (s *Supervisor) restartDelay(p *proc, b *backoff) time.Duration {
+	if time.Since(p.started) >= s.opts.HealthyAfter {
+		b.reset()
+	}
+	d := b.next()
+	s.log.Info("restarting the worker", "after", d.String())
+	return d
+}
+
+// waitUntil waits for t; false when the supervisor stops meanwhile.
+func (s *Supervisor) waitUntil(t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return true
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-s.drainCh:
+	case <-s.loopCtx.Done():
+	}
+	return false
+}
+
+func (s *Supervisor) current() *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc
+}
+
+func (s *Supervisor) setLastExit(msg string) {
+	s.mu.Lock()
+	s.lastExit = msg
+	s.mu.Unlock()
+}
+
+// workerUp installs a worker that said Hello; the first Hello also fixes the
+// configured model's parameters (they build on the runtime's defaults).
+func (s *Supervisor) workerUp(p *proc) {
+	s.mu.Lock()
+	first := s.hello == nil
+	s.proc = p
+	s.hello = p.hello
+	if first && s.opts.Model != nil && s.opts.Model.Param != nil {
+		param := s.opts.Model.Param(p.hello.Default)
+		s.desired = &param
+	}
+	s.mu.Unlock()
+	if first {
+		close(s.helloCh)
+	}
+	if p.hello.Simulator != "" {
+		s.log.Info("worker started with the RKLLM simulator: its output is generated filler, not a model's answer",
+			"worker_pid", p.hello.PID, "abi", p.hello.ABI, "library", p.hello.Library, "simulator", p.hello.Simulator)
+		return
+	}
+	s.log.Info("worker started", "worker_pid", p.hello.PID, "abi", p.hello.ABI, "library", p.hello.Library)
+}
+
+// workerGone forgets p after it died, once.
+func (s *Supervisor) workerGone(p *proc, cause string) {
+	s.mu.Lock()
+	if s.proc != p {
+		s.mu.Unlock()
+		return
+	}
+	s.proc = nil
+	wasLoaded := s.loaded
+	s.loaded = false
+	s.restarts++
+	s.lastExit = p.exit.summary()
+	s.mu.Unlock()
+	s.log.Error(nil, "worker died", "cause", cause, "exit", p.exit.String(), "stderr", p.exit.Stderr)
+	s.opts.Observer.WorkerRestart(cause)
+	if wasLoaded {
+		s.opts.Observer.ModelLoaded(false)
+	}
+}
+
+// lost waits until p has been reaped (killing it if it lingers) and returns the crash.
+func (s *Supervisor) lost(p *proc, cause string) *CrashError {
+	select {
+	case <-p.exited:
+	case <-time.After(s.opts.AbortTimeout):
+		p.kill()
+		<-p.exited
+	}
+	s.workerGone(p, cause)
+	return &CrashError{Exit: p.exit}
+}
+
+func (s *Supervisor) needsLoad() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.desired != nil && !s.loaded
+}
+
+// load initialises the desired model in p and replays the recorded state.
+func (s *Supervisor) load(p *proc) error {
+	s.mu.Lock()
+	param := *s.desired
+	replay := s.state.messages()
+	s.mu.Unlock()
+	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
+	mark := p.mark()
+	r, err := s.call(p, &workerproto.Init{Param: param}, s.opts.InitTimeout, "rkllm_init")
+	if err == nil {
+		err = s.explain(p, mark, r.Err)
+	}
+	if err != nil {
+		err = fmt.Errorf("load %s: %w", param.ModelPath, err)
+		s.mu.Lock()
+		s.loadErr = err
+		s.mu.Unlock()
+		return err
+	}
+	var replayErr []string
+	for _, m := range replay {
+		r, err := s.call(p, m, s.opts.CallTimeout, m.Op().String())
+		if err != nil {
+			return fmt.Errorf("replay %s: %w", m.Op(), err)
+		}
+		if r.Err != nil {
+			msg := fmt.Sprintf("%s: %v", m.Op(), r.Err)
+			s.log.Error(r.Err, "state could not be restored; dropping it", "call", m.Op().String())
+			replayErr = append(replayErr, msg)
+			s.mu.Lock()
+			s.state.forget(m)
+			s.mu.Unlock()
+		}
+	}
+	s.mu.Lock()
+	s.loaded = true
+	s.loadErr = nil
+	s.replayErr = replayErr
+	s.mu.Unlock()
+	s.opts.Observer.ModelLoaded(true)
+	s.log.Info("model loaded", "model", param.ModelPath)
+	return nil
+}
+
+// call sends m to p and waits for its reply. When p dies the result is a *CrashError;
+// when it does not answer within timeout it is killed and the result is a
+// *TimeoutError.
+func (s *Supervisor) call(p *proc, m workerproto.Message, timeout time.Duration, what string) (*workerproto.Reply, error) {
+	pend, err := p.client.Start(m, nil)
+	if err != nil {
+		return nil, s.lost(p, "crash")
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-pend.Done():
+		r, err := pend.Result()
+		if err != nil {
+			return nil, s.lost(p, "crash")
+		}
+		return r, nil
+	case <-timer.C:
+		p.kill()
+		<-pend.Done()
+		_ = s.lost(p, "unresponsive")
+		return nil, &TimeoutError{Reason: "worker unresponsive", After: fmt.Sprintf("%s did not return within %s", what, timeout), WorkerKilled: true}
+	case <-s.loopCtx.Done():
+		p.kill()
+		<-pend.Done()
+		_ = s.lost(p, "shutdown")
+		return nil, ErrShuttingDown
+	}
+}
+
+// next takes the next request from the queue. It returns nil when p died, the load
+// retry is due, or the supervisor stops.
+func (s *Supervisor) next(p *proc, retry <-chan time.Time) *Ticket {
+	for {
+		s.mu.Lock()
+		if len(s.queue) > 0 {
+			t := s.queue[0]
+			s.queue = s.queue[1:]
+			s.running = t
+			depth := len(s.queue)
+			s.mu.Unlock()
+			s.opts.Observer.QueueDepth(depth)
+			s.opts.Observer.QueueWait(time.Since(t.enqueued))
+			return t
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.wake:
+		case <-p.exited:
+			s.workerGone(p, "crash")
+			return nil
+		case <-retry:
+			return nil
+		case <-s.drainCh:
+			return nil
+		case <-s.loopCtx.Done():
+			return nil
+		}
+	}
+}
+
+// execute serves one request and finishes its ticket.
+func (s *Supervisor) execute(p *proc, t *Ticket) {
+	t.stop()
+	defer func() {
+		s.mu.Lock()
+		s.running = nil
+		s.mu.Unlock()
+	}()
+	if err := t.ctx.Err(); err != nil {
+		t.finish(Outcome{}, contextError(t.ctx, "in the queue"))
+		return
+	}
+	switch m := t.req.Msg.(type) {
+	case *workerproto.Init:
+		t.finish(Outcome{}, s.execInit(p, m))
+	case *workerproto.Destroy:
+		t.finish(Outcome{}, s.execDestroy(p))
+	case *workerproto.Run:
+		t.finish(s.execRun(p, t, m))
+	default:
+		t.finish(s.execCall(p, m))
+	}
+}
+
+// modelErr explains why no model is loaded.
+func (s *Supervisor) modelErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loaded {
+		return nil
+	}
+	if s.loadErr != nil {
+		return fmt.Errorf("%w: %v", ErrModelNotLoaded, s.loadErr)
+	}
+	return fmt.Errorf("%w: call rkllm.init first", ErrModelNotLoaded)
+}
+
+func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
+	s.mu.Lock()
+	desired, loaded := s.desired, s.loaded
+	s.mu.Unlock()
+	if loaded {
+		if sameParam(*desired, m.Param) {
+			return nil
+		}
+		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
+	}
+	mark := p.mark()
+	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
+	if err != nil {
+		return err
+	}
+	if r.Err != nil {
+		return s.explain(p, mark, r.Err)
+	}
+	s.mu.Lock()
+	param := m.Param
+	s.desired = &param
+	s.loaded = true
+	s.loadErr = nil
+	s.state = replayState{}
+	s.replayErr = nil
+	s.mu.Unlock()
+	s.opts.Observer.ModelLoaded(true)
+	s.log.Info("model loaded by a client", "model", param.ModelPath)
+	return nil
+}
+
+func (s *Supervisor) execDestroy(p *proc) error {
+	s.mu.Lock()
+	desired, loaded := s.desired, s.loaded
+	s.mu.Unlock()
+	if desired == nil {
+		return fmt.Errorf("%w: nothing to destroy", ErrModelNotLoaded)
+	}
+	if loaded {
+		r, err := s.call(p, &workerproto.Destroy{}, s.opts.CallTimeout, "rkllm_destroy")
+		if err != nil {
+			return err
+		}
+		if r.Err != nil {
+			return r.Err
+		}
+	}
+	s.mu.Lock()
+	s.desired = nil
+	s.loaded = false
+	s.loadErr = nil
+	s.state = replayState{}
+	s.replayErr = nil
+	s.mu.Unlock()
+	s.opts.Observer.ModelLoaded(false)
+	s.log.Info("model destroyed by a client", "model", desired.ModelPath)
+	return nil
+}
+
+// execCall serves the other calls on the model and records the state they set.
+func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
+	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	mark := p.mark()
+	r, err := s.call(p, m, s.opts.CallTimeout, m.Op().String())
+	if err != nil {
+		return Outcome{}, err
+	}
+	if r.Err != nil {
+		return Outcome{}, s.explain(p, mark, r.Err)
+	}
+	s.mu.Lock()
+	s.state.record(m)
+	s.mu.Unlock()
+	return Outcome{Running: r.Running, CacheSizes: r.CacheSizes}, nil
+}
+
+// abortReason is why the executor aborted a run.
+type abortReason int
+
+const (
+	notAborted abortReason = iota
+	abortedByClient
+	abortedByContext
+	abortedByWatchdog
+)
+
+// runWatch is the state of one run's relay loop: its watchdog and why it was aborted.
+type runWatch struct {
+	s         *Supervisor
+	p         *proc
+	t         *Ticket
+	stall     *time.Timer
+	killTimer <-chan time.Time
+	reason    abortReason
+	last      time.Time
+	first     bool
+}
+
+// abort asks the runtime to stop the run (once) and arms the kill timer.
+func (w *runWatch) abort(why abortReason) {
+	if w.reason != notAborted {
+		return
+	}
+	w.reason = why
+	// The reply is not awaited: the run's own reply is what ends the wait.
+	if _, err := w.p.client.Start(&workerproto.Abort{}, nil); err != nil {
+		w.s.log.V(1).Info("cannot send abort", "error", err.Error())
+	}
+	w.killTimer = time.After(w.s.opts.AbortTimeout)
+}
+
+// deliver relays one delivery and rearms the watchdog.
+func (w *runWatch) deliver(d *workerproto.Delivery) {
+	now := time.Now()
+	w.s.opts.Observer.Delivery(w.first, now.Sub(w.last))
+	w.first, w.last = false, now
+	if d.State == runtime.StateFinish && len(d.Results) > 0 {
+		w.s.opts.Observer.Perf(d.Results[0].Perf)
+	}
+	if w.t.req.OnDelivery != nil {
+		w.t.req.OnDelivery(d.Delivery)
+	}
+	if !w.stall.Stop() {
+		select {
+		case <-w.stall.C:
+		default:
+		}
+	}
+	w.stall.Reset(w.s.opts.TokenStallTimeout)
+}
+
+// execRun runs one generation: it relays deliveries, aborts the run when the client
+// asks, when the request's context ends or when no delivery comes for
+// TokenStallTimeout, and kills the worker when an abort does not end the run within
+// AbortTimeout.
+func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, error) {
+	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	deliveries := make(chan *workerproto.Delivery, 64)
+	mark := p.mark()
+	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
+	if err != nil {
+		return Outcome{}, s.lost(p, "crash")
+	}
+	w := &runWatch{s: s, p: p, t: t, stall: time.NewTimer(s.opts.TokenStallTimeout), last: time.Now(), first: true}
+	defer w.stall.Stop()
+	ctxDone := t.ctx.Done()
+	for {
+		select {
+		case d := <-deliveries:
+			w.deliver(d)
+		case <-pend.Done():
+			for drained := false; !drained; {
+				select {
+				case d := <-deliveries:
+					w.deliver(d)
+				default:
+					drained = true
+				}
+			}
+			return s.runResult(p, t, pend, w.reason, mark)
+		case <-w.stall.C:
+			s.log.Info("watchdog: no token delivered; aborting the run", "stall_timeout", s.opts.TokenStallTimeout.String(), "request_id", t.req.ID)
+			w.abort(abortedByWatchdog)
+		case <-t.abort:
+			w.abort(abortedByClient)
+		case <-ctxDone:
+			ctxDone = nil
+			w.abort(abortedByContext)
+		case <-w.killTimer:
+			s.log.Info("abort did not end the run; killing the worker", "abort_timeout", s.opts.AbortTimeout.String(), "request_id", t.req.ID)
+			w.killTimer = nil
+			p.kill()
+		}
+	}
+}
+
+// runResult turns the end of a run into its outcome.
+func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, reason abortReason, mark int) (Outcome, error) {
+	r, err := pend.Result()
+	killed := err != nil
+	if killed {
+		cause := "crash"
+		if reason != notAborted {
+			cause = "abort_timeout"
+		}
+		crash := s.lost(p, cause)
+		if reason == notAborted || reason == abortedByClient {
+			return Outcome{}, crash
+		}
+	}
+	switch reason {
+	case abortedByWatchdog:
+		return Outcome{}, &TimeoutError{Reason: "token stall", After: "no token for " + s.opts.TokenStallTimeout.String(), WorkerKilled: killed}
+	case abortedByContext:
+		if errors.Is(t.ctx.Err(), context.DeadlineExceeded) {
+			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed}
+		}
+		return Outcome{}, fmt.Errorf("%w: the client went away or cancelled the request while running", ErrAborted)
+	}
+	if r.Err != nil {
+		return Outcome{}, s.explain(p, mark, r.Err)
+	}
+	return Outcome{Aborted: reason == abortedByClient}, nil
+}
+
+// runtimeErrorGrace bounds the wait for the runtime's own explanation of a failure.
+const runtimeErrorGrace = 200 * time.Millisecond
+
+// RuntimeError is a runtime call's failure with the reason the runtime printed.
+type RuntimeError struct {
+	Err error
+	// Reason is the runtime's last error line on stderr for this call ("" if none).
+	Reason string
+}
+
+func (e *RuntimeError) Error() string { return fmt.Sprintf("%v: %s", e.Err, e.Reason) }
+
+// Unwrap returns the call's error.
+func (e *RuntimeError) Unwrap() error { return e.Err }
+
+// explain adds the runtime's stderr reason to a failed call's error.
+func (s *Supervisor) explain(p *proc, mark int, err error) error {
+	if err == nil {
+		return nil
+	}
+	if reason := p.runtimeError(mark, runtimeErrorGrace); reason != "" {
+		return &RuntimeError{Err: err, Reason: reason}
+	}
+	return err
+}

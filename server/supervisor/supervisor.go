@@ -1,0 +1,623 @@
+// Package supervisor runs the worker process of rkllm-server and serves the runtime to
+// many clients through it: one request at a time from a bounded FIFO queue, with a
+// watchdog on token delivery, and restarts with backoff that reload the model and
+// replay the state clients set when the worker dies. It never loads the runtime itself.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+// Options configure a Supervisor. A zero duration or size takes the default named in
+// its comment.
+type Options struct {
+	// Command builds the worker command (required). It must use exec.CommandContext
+	// with the context it is given; the supervisor adds the protocol socket as fd 3.
+	Command func(ctx context.Context) *exec.Cmd
+	// Model, when set, is loaded as soon as the worker is up, and reloaded after
+	// every restart until a client destroys it.
+	Model *ModelSpec
+	// MaxQueue bounds the requests waiting for the model (16). A request over it gets
+	// ErrQueueFull at once.
+	MaxQueue int
+	// TokenStallTimeout is the longest a run may go without a delivery, the prefill
+	// before the first token included, before the watchdog aborts it (60s).
+	TokenStallTimeout time.Duration
+	// AbortTimeout is how long an aborted run may take to end before the worker is
+	// killed (10s).
+	AbortTimeout time.Duration
+	// StartTimeout bounds the worker's start, until its Hello (30s).
+	StartTimeout time.Duration
+	// InitTimeout bounds rkllm_init, which takes up to a minute for large models (10m).
+	InitTimeout time.Duration
+	// CallTimeout bounds every other runtime call (60s).
+	CallTimeout time.Duration
+	// RestartBackoffMin and RestartBackoffMax bound the delay before restarting a
+	// worker that died, or retrying a model that failed to load (500ms, 30s).
+	RestartBackoffMin, RestartBackoffMax time.Duration
+	// HealthyAfter is how long a worker must live for the backoff to start over (60s).
+	HealthyAfter time.Duration
+	// MaxFrameBytes bounds one protocol frame (workerproto.DefaultMaxFrameBytes).
+	MaxFrameBytes int
+	// Log receives the supervisor's and the worker's log entries.
+	Log logr.Logger
+	// Observer receives metrics; nil for none.
+	Observer Observer
+}
+
+// ModelSpec is the model loaded at start (from the server's configuration).
+type ModelSpec struct {
+	// Param returns the init parameters given the runtime's defaults
+	// (rkllm_createDefaultParam of the library the worker loaded).
+	Param func(defaults runtime.Param) runtime.Param
+	// Loras are loaded in order after init.
+	Loras []runtime.LoraAdapter
+	// ChatTemplate is set after init when non-nil.
+	ChatTemplate *workerproto.SetChatTemplate
+	// PromptCache is loaded after init when non-empty.
+	PromptCache string
+}
+
+// Observer receives the supervisor's measurements.
+type Observer interface {
+	QueueDepth(n int)
+	QueueWait(d time.Duration)
+	// Delivery reports a token delivery: the time since the run started (first) or
+	// since the previous delivery.
+	Delivery(first bool, d time.Duration)
+	Perf(p runtime.PerfStat)
+	WorkerRestart(cause string)
+	ModelLoaded(loaded bool)
+}
+
+func (o *Options) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.MaxQueue <= 0 {
+		o.MaxQueue = 16
+	}
+	def(&o.TokenStallTimeout, 60*time.Second)
+	def(&o.AbortTimeout, 10*time.Second)
+	def(&o.StartTimeout, 30*time.Second)
+	def(&o.InitTimeout, 10*time.Minute)
+	def(&o.CallTimeout, 60*time.Second)
+	def(&o.RestartBackoffMin, 500*time.Millisecond)
+	def(&o.RestartBackoffMax, 30*time.Second)
+	def(&o.HealthyAfter, 60*time.Second)
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+}
+
+// Request is one queued call of the runtime.
+type Request struct {
+	// Owner identifies the connection that sent it (rkllm.abort stops the caller's own
+	// requests).
+	Owner string
+	// ID names a run for rkllm.abort; empty for other requests.
+	ID string
+	// Msg is the runtime call: *workerproto.Init, Run, LoadLora, ... (not Abort or
+	// IsRunning, which have their own methods and never wait in the queue).
+	Msg workerproto.Message
+	// OnDelivery receives each delivery of a Run in order, on the supervisor's
+	// executor: it must not block for long (a slow client holds up the watchdog).
+	OnDelivery func(runtime.Delivery)
+}
+
+// Outcome is what a finished request returns besides an error.
+type Outcome struct {
+	// Running answers IsRunning.
+	Running bool
+	// CacheSizes answers GetKVCacheSize.
+	CacheSizes []int32
+	// Aborted is true for a run that rkllm.abort (or shutdown) ended early; its
+	// deliveries so far are its result.
+	Aborted bool
+}
+
+// Ticket is a queued request; Wait returns its outcome.
+type Ticket struct {
+	req      Request
+	ctx      context.Context
+	enqueued time.Time
+	abort    chan struct{} // signalled (buffered) to abort the running request
+	stop     func() bool   // stops the queue's watch of ctx
+
+	done    chan struct{}
+	outcome Outcome
+	err     error
+}
+
+// Done is closed when the request has finished.
+func (t *Ticket) Done() <-chan struct{} { return t.done }
+
+// Wait blocks until the request has finished. Every ticket finishes: the supervisor
+// answers each one even when its context ends or the worker dies.
+func (t *Ticket) Wait() (Outcome, error) {
+	<-t.done
+	return t.outcome, t.err
+}
+
+func (t *Ticket) finish(o Outcome, err error) {
+	t.outcome, t.err = o, err
+	close(t.done)
+}
+
+// Status is the supervisor's state, for readiness and the health endpoints.
+type Status struct {
+	Ready     bool   `json:"ready"`
+	Reason    string `json:"reason,omitempty"`
+	Draining  bool   `json:"draining"`
+	WorkerUp  bool   `json:"worker_up"`
+	WorkerPID int    `json:"worker_pid,omitempty"`
+	Restarts  int    `json:"worker_restarts"`
+	LastExit  string `json:"last_worker_exit,omitempty"`
+	ABI       string `json:"abi,omitempty"`
+	// Simulator is set when the runtime library is the project's simulator: its output
+	// is not a model's.
+	Simulator   string `json:"simulator,omitempty"`
+	ModelLoaded bool   `json:"model_loaded"`
+	Model       string `json:"model,omitempty"`
+	LoadError   string `json:"model_load_error,omitempty"`
+	// ReplayErrors lists state that could not be restored after a restart.
+	ReplayErrors []string `json:"replay_errors,omitempty"`
+	QueueDepth   int      `json:"queue_depth"`
+	Running      bool     `json:"running"`
+}
+
+// replayState is what clients set on the handle, replayed after a restart.
+type replayState struct {
+	loras []runtime.LoraAdapter
+	chat  *workerproto.SetChatTemplate
+	tools *workerproto.SetFunctionTools
+	cache string
+	xattn *workerproto.SetCrossAttnParams
+}
+
+// messages returns the calls that restore the state, in a fixed order.
+func (st *replayState) messages() []workerproto.Message {
+	var ms []workerproto.Message
+	for _, l := range st.loras {
+		ms = append(ms, &workerproto.LoadLora{Adapter: l})
+	}
+	if st.chat != nil {
+		ms = append(ms, st.chat)
+	}
+	if st.tools != nil {
+		ms = append(ms, st.tools)
+	}
+	if st.cache != "" {
+		ms = append(ms, &workerproto.LoadPromptCache{Path: st.cache})
+	}
+	if st.xattn != nil {
+		ms = append(ms, st.xattn)
+	}
+	return ms
+}
+
+// record notes a successful state-changing call.
+func (st *replayState) record(m workerproto.Message) {
+	switch m := m.(type) {
+	case *workerproto.LoadLora:
+		st.loras = append(st.loras, m.Adapter)
+	case *workerproto.SetChatTemplate:
+		st.chat = m
+	case *workerproto.SetFunctionTools:
+		st.tools = m
+	case *workerproto.LoadPromptCache:
+		st.cache = m.Path
+	case *workerproto.ReleasePromptCache:
+		st.cache = ""
+	case *workerproto.SetCrossAttnParams:
+		st.xattn = m
+	}
+}
+
+// forget drops a call that failed on replay, so the state reported is the truth.
+func (st *replayState) forget(m workerproto.Message) {
+	switch m := m.(type) {
+	case *workerproto.LoadLora:
+		for i, l := range st.loras {
+			if l == m.Adapter {
+				st.loras = append(st.loras[:i:i], st.loras[i+1:]...)
+				break
+			}
+		}
+	case *workerproto.SetChatTemplate:
+		st.chat = nil
+	case *workerproto.SetFunctionTools:
+		st.tools = nil
+	case *workerproto.LoadPromptCache:
+		st.cache = ""
+	case *workerproto.SetCrossAttnParams:
+		st.xattn = nil
+	}
+}
+
+// Supervisor serves the runtime through a worker process. Create it with New, then
+// Start; stop it with Shutdown (graceful) or Close (immediate).
+type Supervisor struct {
+	opts Options
+	log  logr.Logger
+
+	loopCtx    context.Context
+	loopCancel context.CancelFunc
+	loopDone   chan struct{}
+	drainCh    chan struct{} // closed by Shutdown: stop after the current request
+	wake       chan struct{} // a request was queued
+	helloCh    chan struct{} // closed at the first Hello
+	startOnce  sync.Once
+	drainOnce  sync.Once
+
+	mu       sync.Mutex
+	queue    []*Ticket
+	running  *Ticket
+	proc     *proc
+	hello    *workerproto.Hello
+	draining bool
+	closed   bool
+	restarts int
+	lastExit string
+	// desired is the model that should be loaded (nil: none); loaded is true when the
+	// current worker has it.
+	desired   *runtime.Param
+	loaded    bool
+	loadErr   error
+	state     replayState
+	replayErr []string
+}
+
+// New returns a supervisor; call Start to run it.
+func New(opts Options) *Supervisor {
+	opts.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Supervisor{
+		opts: opts, log: opts.Log, loopCtx: ctx, loopCancel: cancel, loopDone: make(chan struct{}),
+		drainCh: make(chan struct{}), wake: make(chan struct{}, 1), helloCh: make(chan struct{}),
+	}
+	if m := opts.Model; m != nil {
+		for _, l := range m.Loras {
+			s.state.record(&workerproto.LoadLora{Adapter: l})
+		}
+		if m.ChatTemplate != nil {
+			s.state.record(m.ChatTemplate)
+		}
+		if m.PromptCache != "" {
+			s.state.record(&workerproto.LoadPromptCache{Path: m.PromptCache})
+		}
+	}
+	return s
+}
+
+// Start starts the worker and the executor in the background. It returns at once;
+// Status tells when the server is ready.
+func (s *Supervisor) Start() error {
+	if s.opts.Command == nil {
+		return errors.New("supervisor: Options.Command is required")
+	}
+	s.startOnce.Do(func() { go s.loop() })
+	return nil
+}
+
+// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue requests
+// wait already, ErrShuttingDown while draining. The request is removed from the queue
+// (ErrTimeout or ErrAborted) when ctx ends before it runs, and aborted when ctx ends
+// while it runs.
+func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
+	switch req.Msg.(type) {
+	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Hello, *workerproto.Delivery, *workerproto.Reply, nil:
+		return nil, fmt.Errorf("supervisor: %T cannot be queued", req.Msg)
+	}
+	t := &Ticket{req: req, ctx: ctx, enqueued: time.Now(), abort: make(chan struct{}, 1), done: make(chan struct{})}
+	// Watch ctx before the ticket is visible to the executor. If ctx is already done the
+	// watch finds nothing to remove and the executor finishes the ticket instead.
+	t.stop = context.AfterFunc(ctx, func() { s.dequeue(t, contextError(ctx, "in the queue")) })
+	s.mu.Lock()
+	if s.draining || s.closed {
+		s.mu.Unlock()
+		t.stop()
+		return nil, ErrShuttingDown
+	}
+	if len(s.queue) >= s.opts.MaxQueue {
+		s.mu.Unlock()
+		t.stop()
+		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, len(s.queue), s.opts.MaxQueue)
+	}
+	s.queue = append(s.queue, t)
+	depth := len(s.queue)
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(depth)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return t, nil
+}
+
+// contextError turns the end of a request's context into ErrTimeout or ErrAborted.
+func contextError(ctx context.Context, where string) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &TimeoutError{Reason: "request timeout", After: "the deadline passed " + where}
+	}
+	return fmt.Errorf("%w: the client went away or cancelled the request %s", ErrAborted, where)
+}
+
+// dequeue removes t from the queue (if it is still there) and finishes it with err.
+func (s *Supervisor) dequeue(t *Ticket, err error) bool {
+	s.mu.Lock()
+	i := s.indexLocked(t)
+	if i < 0 {
+		s.mu.Unlock()
+		return false
+	}
+	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	depth := len(s.queue)
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(depth)
+	t.finish(Outcome{}, err)
+	return true
+}
+
+func (s *Supervisor) indexLocked(t *Ticket) int {
+	for i, q := range s.queue {
+		if q == t {
+			return i
+		}
+	}
+	return -1
+}
+
+// Abort stops the owner's requests: the one named id, or all of them when id is empty.
+// Queued ones finish with ErrAborted; a running one is aborted in the runtime and
+// finishes with Outcome.Aborted. It returns the ids of the runs it stopped, or
+// ErrNoSuchRequest when id names none of the owner's requests.
+func (s *Supervisor) Abort(owner, id string) ([]string, error) {
+	s.mu.Lock()
+	var stopped []string
+	var queued []*Ticket
+	match := func(t *Ticket) bool { return t.req.Owner == owner && (id == "" || t.req.ID == id) }
+	for _, t := range s.queue {
+		if match(t) {
+			queued = append(queued, t)
+		}
+	}
+	running := s.running
+	if running != nil && match(running) {
+		select {
+		case running.abort <- struct{}{}:
+		default:
+		}
+		if running.req.ID != "" {
+			stopped = append(stopped, running.req.ID)
+		}
+	} else {
+		running = nil
+	}
+	s.mu.Unlock()
+	for _, t := range queued {
+		if s.dequeue(t, fmt.Errorf("%w by rkllm.abort while queued", ErrAborted)) && t.req.ID != "" {
+			stopped = append(stopped, t.req.ID)
+		}
+	}
+	if id != "" && running == nil && len(queued) == 0 {
+		return nil, fmt.Errorf("%w: %q is not a queued or running request of this connection", ErrNoSuchRequest, id)
+	}
+	return stopped, nil
+}
+
+// IsRunning asks the runtime whether a run is in progress (false when no worker is up).
+func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p == nil {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.CallTimeout)
+	defer cancel()
+	r, err := p.client.Call(ctx, &workerproto.IsRunning{})
+	if err != nil {
+		return false, fmt.Errorf("is_running: %w", err)
+	}
+	return r.Running, nil
+}
+
+// Defaults returns the runtime's default parameters and ABI, waiting for the first
+// worker to start if none has yet.
+func (s *Supervisor) Defaults(ctx context.Context) (runtime.Param, runtime.ABI, error) {
+	select {
+	case <-s.helloCh:
+	default:
+		select {
+		case <-s.helloCh:
+		case <-ctx.Done():
+			st := s.Status()
+			return runtime.Param{}, "", fmt.Errorf("the worker has not started (%s): %w", st.Reason, ctx.Err())
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hello.Default, s.hello.ABI, nil
+}
+
+// Status reports the state for readiness.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{
+		Draining: s.draining, WorkerUp: s.proc != nil, Restarts: s.restarts, LastExit: s.lastExit,
+		ModelLoaded: s.loaded, QueueDepth: len(s.queue), Running: s.running != nil,
+		ReplayErrors: append([]string(nil), s.replayErr...),
+	}
+	if s.proc != nil {
+		st.WorkerPID = s.proc.hello.PID
+	}
+	if s.hello != nil {
+		st.ABI = string(s.hello.ABI)
+		st.Simulator = s.hello.Simulator
+	}
+	if s.desired != nil {
+		st.Model = s.desired.ModelPath
+	}
+	if s.loadErr != nil {
+		st.LoadError = s.loadErr.Error()
+	}
+	switch {
+	case s.closed || s.draining:
+		st.Reason = "shutting down"
+	case s.proc == nil && s.lastExit != "":
+		st.Reason = "worker restarting after: " + s.lastExit
+	case s.proc == nil:
+		st.Reason = "worker starting"
+	case s.desired == nil:
+		st.Reason = "no model loaded: start with --model or call rkllm.init"
+	case s.loadErr != nil:
+		st.Reason = "model failed to load (retrying): " + s.loadErr.Error()
+	case !s.loaded:
+		st.Reason = "model loading"
+	default:
+		st.Ready = true
+	}
+	return st
+}
+
+// Shutdown stops taking requests (ErrShuttingDown), fails the queued ones, lets the
+// running request finish until ctx ends (then aborts it), destroys the model and stops
+// the worker. It returns when the worker is gone, with ctx's error if the running
+// request had to be aborted.
+func (s *Supervisor) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	queued := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(0)
+	for _, t := range queued {
+		t.stop()
+		t.finish(Outcome{}, fmt.Errorf("%w: the request was still queued", ErrShuttingDown))
+	}
+	s.drainOnce.Do(func() { close(s.drainCh) })
+	s.startOnce.Do(func() { close(s.loopDone) }) // never started
+	var err error
+	select {
+	case <-s.loopDone:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		if t := s.running; t != nil {
+			select {
+			case t.abort <- struct{}{}:
+			default:
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.loopDone:
+		case <-time.After(s.opts.AbortTimeout):
+			s.loopCancel()
+			<-s.loopDone
+		}
+	}
+	s.stopWorker()
+	return err
+}
+
+// Close kills the worker at once and fails every request.
+func (s *Supervisor) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.draining = true
+	queued := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, t := range queued {
+		t.stop()
+		t.finish(Outcome{}, ErrShuttingDown)
+	}
+	s.drainOnce.Do(func() { close(s.drainCh) })
+	s.startOnce.Do(func() { close(s.loopDone) })
+	s.loopCancel()
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p != nil {
+		p.kill()
+	}
+	<-s.loopDone
+	s.stopWorker()
+	return nil
+}
+
+// stopWorker destroys the model and ends the worker: closing the connection makes it
+// exit; it is killed if it does not within AbortTimeout.
+func (s *Supervisor) stopWorker() {
+	s.mu.Lock()
+	p := s.proc
+	s.proc = nil
+	loaded := s.loaded
+	s.loaded = false
+	s.closed = true
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if loaded && p.alive() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.CallTimeout)
+		if r, err := p.client.Call(ctx, &workerproto.Destroy{}); err != nil || r.Err != nil {
+			s.log.Error(errors.Join(err, replyErr(r)), "destroy the model at shutdown")
+		}
+		cancel()
+	}
+	_ = p.client.Close()
+	select {
+	case <-p.exited:
+	case <-time.After(s.opts.AbortTimeout):
+		p.kill()
+		<-p.exited
+	}
+	s.opts.Observer.ModelLoaded(false)
+}
+
+func replyErr(r *workerproto.Reply) error {
+	if r == nil {
+		return nil
+	}
+	return r.Err
+}
+
+// sameParam reports whether two init parameters are equal (a repeated rkllm.init with
+// the loaded model's parameters succeeds without reloading).
+func sameParam(a, b runtime.Param) bool { return reflect.DeepEqual(a, b) }
+
+type nopObserver struct{}
+
+func (nopObserver) QueueDepth(int)               {}
+func (nopObserver) QueueWait(time.Duration)      {}
+func (nopObserver) Delivery(bool, time.Duration) {}
+func (nopObserver) Perf(runtime.PerfStat)        {}
+func (nopObserver) WorkerRestart(string)         {}
+func (nopObserver) ModelLoaded(bool)             {}
+
+// Loaded returns the parameters of the model loaded now.
+func (s *Supervisor) Loaded() (runtime.Param, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded || s.desired == nil {
+		return runtime.Param{}, false
+	}
+	return *s.desired, true
+}

@@ -1,0 +1,289 @@
+// Package worker is the process of rkllm-server that owns the runtime handle. It reads
+// requests from the supervisor over a socketpair (package workerproto), calls the
+// runtime, and streams result deliveries back. A crash in the closed runtime library
+// kills only this process; the supervisor keeps the clients and restarts it.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/go-logr/logr"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+// Runtime is the loaded runtime library: what the worker needs before a model exists.
+type Runtime interface {
+	// ABI is the layout generation the binding speaks.
+	ABI() runtime.ABI
+	// DefaultParams is rkllm_createDefaultParam().
+	DefaultParams() runtime.Param
+	// Init loads a model (rkllm_init).
+	Init(p runtime.Param) (Model, error)
+}
+
+// Model is one runtime handle. Abort and IsRunning are called while Run is in progress
+// on another goroutine; the worker never calls any other method concurrently.
+type Model interface {
+	Run(ctx context.Context, inputs []runtime.Input, ip runtime.InferParams, fn runtime.ResultFunc) error
+	Abort() error
+	IsRunning() bool
+	Destroy() error
+	LoadLora(a runtime.LoraAdapter) error
+	LoadPromptCache(path string) error
+	ReleasePromptCache() error
+	ClearKVCache(keepSystemPrompt bool, ranges []runtime.KVRange) error
+	KVCacheSize() ([]int, error)
+	SetChatTemplate(systemPrompt, promptPrefix, promptPostfix string) error
+	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
+	SetCrossAttnParams(p runtime.CrossAttnParams) error
+}
+
+// errNoModel answers requests that need a model when none is loaded.
+var errNoModel = errors.New("no model is loaded")
+
+// Worker serves one supervisor connection.
+type Worker struct {
+	rt      Runtime
+	library string
+	conn    *workerproto.Conn
+	log     logr.Logger
+
+	mu    sync.Mutex // guards model
+	model Model
+
+	// busy is held by the one request on the model in progress (all but Abort and
+	// IsRunning). The supervisor never sends two; TryLock turns a bug into an error
+	// instead of two calls racing inside the runtime.
+	busy sync.Mutex
+	wg   sync.WaitGroup
+}
+
+// New returns a worker for conn. library names the runtime library for Hello.
+func New(rt Runtime, library string, conn *workerproto.Conn, log logr.Logger) *Worker {
+	return &Worker{rt: rt, library: library, conn: conn, log: log}
+}
+
+// Serve sends Hello and serves requests until the supervisor closes the connection,
+// then aborts a run in progress, destroys the model and returns nil. It returns an
+// error when the connection fails otherwise.
+func (w *Worker) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hello := &workerproto.Hello{ABI: w.rt.ABI(), PID: os.Getpid(), Library: w.library, Default: w.rt.DefaultParams()}
+	if sim, ok := w.rt.(interface{ Simulator() string }); ok {
+		hello.Simulator = sim.Simulator()
+	}
+	if err := w.conn.Send(0, hello); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	var err error
+	for {
+		var id uint64
+		var m workerproto.Message
+		id, m, err = w.conn.Receive()
+		if err != nil {
+			break
+		}
+		w.dispatch(ctx, id, m)
+	}
+	cancel()
+	w.shutdown()
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return fmt.Errorf("read request: %w", err)
+}
+
+// shutdown stops a run in progress and frees the model once every request is done.
+func (w *Worker) shutdown() {
+	if m := w.current(); m != nil && m.IsRunning() {
+		if err := m.Abort(); err != nil {
+			w.log.Error(err, "abort at shutdown")
+		}
+	}
+	w.wg.Wait()
+	if m := w.current(); m != nil {
+		if err := m.Destroy(); err != nil {
+			w.log.Error(err, "destroy at shutdown")
+		}
+		w.setModel(nil)
+	}
+}
+
+func (w *Worker) current() Model {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.model
+}
+
+func (w *Worker) setModel(m Model) {
+	w.mu.Lock()
+	w.model = m
+	w.mu.Unlock()
+}
+
+// dispatch serves one request on its own goroutine, so Abort and IsRunning are answered
+// while a Run (or a slow Init) is in progress.
+func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message) {
+	w.wg.Add(1)
+	switch m.(type) {
+	case *workerproto.Abort, *workerproto.IsRunning:
+		go func() {
+			defer w.wg.Done()
+			w.reply(id, w.serveConcurrent(m))
+		}()
+		return
+	}
+	if !w.busy.TryLock() {
+		w.wg.Done()
+		w.reply(id, &workerproto.Reply{Err: workerproto.ErrWorkerBusy})
+		return
+	}
+	go func() {
+		defer w.wg.Done()
+		r := w.serve(ctx, id, m)
+		// Unlock before replying: the supervisor may send the next request as soon as
+		// it has the reply.
+		w.busy.Unlock()
+		w.reply(id, r)
+	}()
+}
+
+func (w *Worker) reply(id uint64, r *workerproto.Reply) {
+	if err := w.conn.Send(id, r); err != nil {
+		w.log.V(1).Info("cannot send reply; the supervisor is gone", "error", err.Error())
+	}
+}
+
+// serveConcurrent answers the requests that may run beside a Run.
+func (w *Worker) serveConcurrent(m workerproto.Message) *workerproto.Reply {
+	model := w.current()
+	if model == nil {
+		if _, ok := m.(*workerproto.IsRunning); ok {
+			return &workerproto.Reply{}
+		}
+		return &workerproto.Reply{Err: errNoModel}
+	}
+	if _, ok := m.(*workerproto.IsRunning); ok {
+		return &workerproto.Reply{Running: model.IsRunning()}
+	}
+	return &workerproto.Reply{Err: model.Abort()}
+}
+
+// serve answers a request that needs the model to itself.
+func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *workerproto.Reply {
+	if init, ok := m.(*workerproto.Init); ok {
+		if w.current() != nil {
+			return &workerproto.Reply{Err: errors.New("a model is already loaded; destroy it first")}
+		}
+		model, err := w.rt.Init(init.Param)
+		if err != nil {
+			return &workerproto.Reply{Err: err}
+		}
+		w.setModel(model)
+		return &workerproto.Reply{}
+	}
+	model := w.current()
+	if model == nil {
+		return &workerproto.Reply{Err: errNoModel}
+	}
+	switch m := m.(type) {
+	case *workerproto.Destroy:
+		err := model.Destroy()
+		w.setModel(nil)
+		return &workerproto.Reply{Err: err}
+	case *workerproto.Run:
+		return &workerproto.Reply{Err: w.run(ctx, id, model, m)}
+	case *workerproto.GetKVCacheSize:
+		sizes, err := model.KVCacheSize()
+		out := make([]int32, len(sizes))
+		for i, v := range sizes {
+			out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
+		}
+		return &workerproto.Reply{Err: err, CacheSizes: out}
+	}
+	return &workerproto.Reply{Err: setState(model, m)}
+}
+
+// setState serves the calls that change the handle's state.
+func setState(model Model, m workerproto.Message) error {
+	switch m := m.(type) {
+	case *workerproto.LoadLora:
+		return model.LoadLora(m.Adapter)
+	case *workerproto.LoadPromptCache:
+		return model.LoadPromptCache(m.Path)
+	case *workerproto.ReleasePromptCache:
+		return model.ReleasePromptCache()
+	case *workerproto.ClearKVCache:
+		ranges, err := kvRanges(m.StartPos, m.EndPos)
+		if err != nil {
+			return err
+		}
+		return model.ClearKVCache(m.KeepSystemPrompt, ranges)
+	case *workerproto.SetChatTemplate:
+		return model.SetChatTemplate(m.SystemPrompt, m.PromptPrefix, m.PromptPostfix)
+	case *workerproto.SetFunctionTools:
+		return model.SetFunctionTools(m.SystemPrompt, m.Tools, m.ToolResponseStr)
+	case *workerproto.SetCrossAttnParams:
+		return model.SetCrossAttnParams(m.Params)
+	}
+	return fmt.Errorf("unexpected %s request", m.Op())
+}
+
+// kvRanges pairs the start and end arrays of rkllm_clear_kv_cache (nil: clear all).
+func kvRanges(start, end []int32) ([]runtime.KVRange, error) {
+	if start == nil && end == nil {
+		return nil, nil
+	}
+	if len(start) != len(end) {
+		return nil, fmt.Errorf("clear_kv_cache: %d start positions but %d end positions", len(start), len(end))
+	}
+	ranges := make([]runtime.KVRange, len(start))
+	for i := range start {
+		ranges[i] = runtime.KVRange{Start: int(start[i]), End: int(end[i])}
+	}
+	return ranges, nil
+}
+
+// run calls Run and sends every delivery as it comes. When the supervisor cannot be
+// reached any more the run is aborted, so the NPU is not left generating for nobody.
+func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto.Run) error {
+	var abortOnce sync.Once
+	return model.Run(ctx, m.Inputs, m.Infer, func(d runtime.Delivery) runtime.CallbackAction {
+		if err := w.conn.Send(id, &workerproto.Delivery{Delivery: d}); err != nil {
+			abortOnce.Do(func() {
+				w.log.V(1).Info("cannot send a delivery; aborting the run", "error", err.Error())
+				go func() { _ = model.Abort() }()
+			})
+		}
+		return runtime.Continue
+	})
+}
+
+// InheritedFD is the descriptor on which the supervisor hands the worker its end of
+// the socketpair (the first of exec.Cmd.ExtraFiles).
+const InheritedFD = 3
+
+// ServeInherited serves the supervisor on InheritedFD until it closes the connection.
+func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame int, log logr.Logger) error {
+	f := os.NewFile(InheritedFD, "supervisor")
+	if f == nil {
+		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
+	}
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
+	}
+	conn := workerproto.NewConn(nc, maxFrame)
+	defer func() { _ = conn.Close() }()
+	return New(rt, library, conn, log).Serve(ctx)
+}

@@ -1,0 +1,193 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/worker"
+	"github.com/rkllm-operator/rkllm-operator/server/worker/fakeruntime"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+)
+
+const testTimeout = 10 * time.Second
+
+func startWorker(t *testing.T, rt *fakeruntime.Runtime) (*workerproto.Client, chan error) {
+	t.Helper()
+	a, b := net.Pipe()
+	w := worker.New(rt, "fake.so", workerproto.NewConn(b, 0), logr.Discard())
+	done := make(chan error, 1)
+	go func() { done <- w.Serve(context.Background()) }()
+	c := workerproto.NewClient(workerproto.NewConn(a, 0))
+	t.Cleanup(func() { _ = c.Close() })
+	return c, done
+}
+
+func call(t *testing.T, c *workerproto.Client, m workerproto.Message) *workerproto.Reply {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	r, err := c.Call(ctx, m)
+	if err != nil {
+		t.Fatalf("%s: %v", m.Op(), err)
+	}
+	return r
+}
+
+func TestWorkerServesRuntime(t *testing.T) {
+	rt := fakeruntime.New(runtime.ABI13)
+	c, done := startWorker(t, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.ABI != runtime.ABI13 || h.Library != "fake.so" || h.Default.TopK != 40 || h.Default.Extend.NBatch != 1 {
+		t.Errorf("hello %+v", h)
+	}
+	if r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}}); r.Err == nil {
+		t.Error("run before init succeeded")
+	}
+	p := h.Default
+	p.ModelPath = "/models/m.rkllm"
+	p.MaxNewTokens = 3
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatalf("init: %v", r.Err)
+	}
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err == nil {
+		t.Error("second init succeeded")
+	}
+	if r := call(t, c, &workerproto.SetChatTemplate{SystemPrompt: "S"}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	var got []runtime.Delivery
+	pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "a b", Type: runtime.InputPrompt}}, Infer: runtime.InferParams{KeepHistory: true}},
+		func(d *workerproto.Delivery) { got = append(got, d.Delivery) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-pend.Done()
+	if r, err := pend.Result(); err != nil || r.Err != nil {
+		t.Fatalf("run: %v %v", err, r.Err)
+	}
+	want := []runtime.Delivery{
+		{State: runtime.StateNormal, Results: []runtime.Result{{Text: "[sys=S] w0 ", TokenID: 1000}}},
+		{State: runtime.StateNormal, Results: []runtime.Result{{Text: "w1 ", TokenID: 1001}}},
+		{State: runtime.StateNormal, Results: []runtime.Result{{Text: "w2 ", TokenID: 1002}}},
+		{State: runtime.StateFinish, Results: []runtime.Result{{TokenID: -1, Perf: runtime.PerfStat{PrefillTimeMs: 1.5, PrefillTokens: 2, GenerateTimeMs: 7.5, GenerateTokens: 3, MemoryUsageMB: 64}}}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("deliveries\n got %+v\nwant %+v", got, want)
+	}
+	if r := call(t, c, &workerproto.GetKVCacheSize{}); !reflect.DeepEqual(r.CacheSizes, []int32{5}) {
+		t.Errorf("kv cache %v, want [5]", r.CacheSizes)
+	}
+	r := call(t, c, &workerproto.LoadLora{Adapter: runtime.LoraAdapter{Path: "/bad.lora", Name: "x"}})
+	var ce *runtime.CallError
+	if !errors.As(r.Err, &ce) || ce.Func != "rkllm_load_lora" {
+		t.Errorf("bad lora: %v", r.Err)
+	}
+	r = call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}, Infer: runtime.InferParams{Sampling: &runtime.SamplingParams{}}})
+	if r.Err != nil {
+		t.Errorf("1.3 sampling: %v", r.Err)
+	}
+	if r := call(t, c, &workerproto.Destroy{}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	_ = c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve returned %v after the supervisor closed", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Serve did not return after close")
+	}
+}
+
+func TestAbortAndIsRunningDuringRun(t *testing.T) {
+	rt := fakeruntime.New(runtime.ABI12)
+	c, _ := startWorker(t, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, _ := c.Hello(ctx)
+	p := h.Default
+	p.ModelPath = "m.rkllm"
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	first := make(chan struct{})
+	var n int
+	pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "!hold@1"}}}, func(*workerproto.Delivery) {
+		if n++; n == 1 {
+			close(first)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-first
+	if r := call(t, c, &workerproto.IsRunning{}); !r.Running {
+		t.Error("is_running false during a run")
+	}
+	if r := call(t, c, &workerproto.SetChatTemplate{}); !errors.Is(r.Err, workerproto.ErrWorkerBusy) {
+		t.Errorf("call during run: %v, want ErrWorkerBusy", r.Err)
+	}
+	if r := call(t, c, &workerproto.Abort{}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	<-pend.Done()
+	if r, err := pend.Result(); err != nil || r.Err != nil {
+		t.Fatalf("aborted run: %v %v", err, r.Err)
+	}
+	if n != 2 { // one token, then FINISH
+		t.Errorf("%d deliveries, want 2", n)
+	}
+	if r := call(t, c, &workerproto.IsRunning{}); r.Running {
+		t.Error("is_running true after the run")
+	}
+	r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}, Infer: runtime.InferParams{MaxNewTokens: 2}})
+	if !errors.Is(r.Err, runtime.ErrNotSupported) {
+		t.Errorf("1.2 max_new_tokens: %v, want ErrNotSupported", r.Err)
+	}
+}
+
+// A supervisor that goes away mid-run must not leave the worker generating.
+func TestCloseDuringRunAborts(t *testing.T) {
+	rt := fakeruntime.New(runtime.ABI13)
+	c, done := startWorker(t, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, _ := c.Hello(ctx)
+	p := h.Default
+	p.ModelPath = "m.rkllm"
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	first := make(chan struct{}, 1)
+	if _, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "!hold@1"}}}, func(*workerproto.Delivery) {
+		select {
+		case first <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-first
+	_ = c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("worker kept running after the supervisor closed")
+	}
+}

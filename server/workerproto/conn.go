@@ -1,0 +1,131 @@
+// Package workerproto is the framed protocol between rkllm-server's supervisor and its
+// worker process over a socketpair.
+//
+// A frame is a 4-byte big-endian length (of everything after it), a 1-byte message
+// type (Op), an 8-byte big-endian call id and a payload in the compact binary encoding
+// of this package. Requests carry the supervisor's call id; the worker answers each with
+// one Reply carrying the same id, preceded for a Run by its Deliveries. Abort and
+// IsRunning are answered while a Run is in progress. The worker sends Hello (id 0)
+// first. The encoding is binary rather than JSON so that tokens and float arrays
+// (hidden states, logits) cost little on the hot path.
+package workerproto
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+)
+
+// headerSize is the bytes of a frame after the length: the op and the call id.
+const headerSize = 1 + 8
+
+// DefaultMaxFrameBytes bounds one frame when no limit is given. Frames carry whole
+// logits or hidden-state arrays, which reach tens of megabytes for large vocabularies.
+const DefaultMaxFrameBytes = 256 << 20
+
+// ErrFrameTooLarge is returned for a frame over the limit, before it is read.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// Frame is one decoded frame header and its raw payload.
+type Frame struct {
+	Op      Op
+	ID      uint64
+	Payload []byte
+}
+
+// Conn reads and writes frames. Reads must come from one goroutine; writes are safe
+// for concurrent use and each frame is flushed at once (a token must not wait in a
+// buffer).
+type Conn struct {
+	rwc      io.ReadWriteCloser
+	r        *bufio.Reader
+	maxFrame int
+
+	wmu sync.Mutex
+	w   *bufio.Writer
+}
+
+// NewConn wraps rwc. maxFrame bounds the size of one frame in either direction; zero
+// means DefaultMaxFrameBytes.
+func NewConn(rwc io.ReadWriteCloser, maxFrame int) *Conn {
+	if maxFrame <= 0 {
+		maxFrame = DefaultMaxFrameBytes
+	}
+	maxFrame = min(maxFrame, math.MaxInt32) // the length field is 32 bits
+	return &Conn{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), w: bufio.NewWriterSize(rwc, 64<<10), maxFrame: maxFrame}
+}
+
+// Send encodes and writes one message.
+func (c *Conn) Send(id uint64, m Message) error {
+	return c.WriteFrame(m.Op(), id, Encode(m))
+}
+
+// WriteFrame writes one frame and flushes it.
+func (c *Conn) WriteFrame(op Op, id uint64, payload []byte) error {
+	size := headerSize + len(payload)
+	if size > c.maxFrame {
+		return fmt.Errorf("write %s frame of %d bytes (limit %d): %w", op, size, c.maxFrame, ErrFrameTooLarge)
+	}
+	var hdr [4 + headerSize]byte
+	binary.BigEndian.PutUint32(hdr[0:], uint32(size)) //nolint:gosec // size <= maxFrame, an int32
+	hdr[4] = byte(op)
+	binary.BigEndian.PutUint64(hdr[5:], id)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	if _, err := c.w.Write(payload); err != nil {
+		return err
+	}
+	return c.w.Flush()
+}
+
+// ReadFrame reads the next frame. The length is checked against the limit before the
+// payload is allocated.
+func (c *Conn) ReadFrame() (Frame, error) {
+	var hdr [4 + headerSize]byte
+	if _, err := io.ReadFull(c.r, hdr[:4]); err != nil {
+		return Frame{}, err
+	}
+	size := int(binary.BigEndian.Uint32(hdr[:4]))
+	if size < headerSize {
+		return Frame{}, fmt.Errorf("frame length %d is shorter than its header", size)
+	}
+	if size > c.maxFrame {
+		return Frame{}, fmt.Errorf("read frame of %d bytes (limit %d): %w", size, c.maxFrame, ErrFrameTooLarge)
+	}
+	if _, err := io.ReadFull(c.r, hdr[4:]); err != nil {
+		return Frame{}, unexpectedEOF(err)
+	}
+	f := Frame{Op: Op(hdr[4]), ID: binary.BigEndian.Uint64(hdr[5:])}
+	f.Payload = make([]byte, size-headerSize)
+	if _, err := io.ReadFull(c.r, f.Payload); err != nil {
+		return Frame{}, unexpectedEOF(err)
+	}
+	return f, nil
+}
+
+// Receive reads and decodes the next message.
+func (c *Conn) Receive() (id uint64, m Message, err error) {
+	f, err := c.ReadFrame()
+	if err != nil {
+		return 0, nil, err
+	}
+	m, err = Decode(f.Op, f.Payload)
+	return f.ID, m, err
+}
+
+// Close closes the underlying connection.
+func (c *Conn) Close() error { return c.rwc.Close() }
+
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

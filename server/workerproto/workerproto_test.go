@@ -1,0 +1,200 @@
+package workerproto
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+func sampleMessages() []Message {
+	param := runtime.Param{
+		ModelPath: "/models/m.rkllm", MaxContextLen: 4096, MaxNewTokens: -1, TopK: 40, NKeep: -1,
+		TopP: 0.9, Temperature: 0.8, RepeatPenalty: 1.1, FrequencyPenalty: 0.25, PresencePenalty: -0.5,
+		Mirostat: 2, MirostatTau: 5, MirostatEta: 0.1, SkipSpecialToken: true, IgnoreEOSToken: true,
+		ImgStart: "<img>", ImgEnd: "</img>", ImgContent: "<pad>",
+		Extend: runtime.ExtendParam{BaseDomainID: 3, EmbedFlash: 1, EnabledCPUsNum: 4, EnabledCPUsMask: 0xF0, NBatch: 1, UseCrossAttn: 1},
+	}
+	return []Message{
+		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Simulator: "sim 1.0", Default: param},
+		&Init{Param: param},
+		&Destroy{}, &Abort{}, &IsRunning{}, &ReleasePromptCache{}, &GetKVCacheSize{},
+		&Run{
+			Inputs: []runtime.Input{
+				{Role: "user", EnableThinking: true, Type: runtime.InputPrompt, Prompt: "héllo, 世界"},
+				{Type: runtime.InputToken, TokenIDs: []int32{1, -2, math.MaxInt32, math.MinInt32}},
+				{Type: runtime.InputEmbed, Embed: []float32{0.1, float32(math.Inf(-1)), -0, 3.4e38}, NTokens: 2},
+				{Role: "tool", Type: runtime.InputMultimodal, Multimodal: runtime.MultimodalInput{
+					Prompt: "<image><video>", ImageEmbed: []float32{1, 2, 3}, NImageTokens: 3, NImage: 1, ImageWidth: 392, ImageHeight: 392,
+					ImageStart: "<s>", ImageEnd: "</s>", ImageContent: "<c>", VideoEmbed: []float32{4}, NFrameTokens: 1,
+					NFramePerVideo: 1, NVideo: 1, VideoStart: "<v>", VideoEnd: "</v>", VideoContent: "<vc>", FrameWidth: 2, FrameHeight: 3,
+				}},
+			},
+			Infer: runtime.InferParams{
+				Mode: runtime.InferGetLogits, LoraAdapterName: "chat",
+				PromptCache: &runtime.PromptCacheParams{Save: true, Path: "/models/cache.bin"},
+				Sampling:    &runtime.SamplingParams{TopK: 1, TopP: 0.5, Temperature: 0.1, RepeatPenalty: 1, FrequencyPenalty: 0.2, PresencePenalty: 0.3, Mirostat: 1, MirostatTau: 4, MirostatEta: 0.2},
+				KeepHistory: true, MaxNewTokens: 64,
+			},
+		},
+		&Run{Inputs: []runtime.Input{{Type: runtime.InputPrompt, Prompt: ""}}},
+		&LoadLora{Adapter: runtime.LoraAdapter{Path: "/models/a.lora", Name: "a", Scale: 0.75}},
+		&LoadPromptCache{Path: "/models/c.bin"},
+		&ClearKVCache{KeepSystemPrompt: true},
+		&ClearKVCache{StartPos: []int32{0, 4}, EndPos: []int32{8, 12}},
+		&ClearKVCache{StartPos: []int32{}, EndPos: []int32{}},
+		&SetChatTemplate{SystemPrompt: "sys", PromptPrefix: "<|user|>", PromptPostfix: "<|assistant|>"},
+		&SetFunctionTools{SystemPrompt: "tools", Tools: `[{"type":"function"}]`, ToolResponseStr: "tool_response"},
+		&SetCrossAttnParams{Params: runtime.CrossAttnParams{EncoderKCache: []float32{1}, EncoderVCache: []float32{2}, EncoderMask: []float32{0, -1}, EncoderPos: []int32{0, 1}, NumTokens: 2}},
+		&Delivery{runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "é", TokenID: 17}}}},
+		&Delivery{runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{
+			{TokenID: -1, HiddenStates: []float32{0.5, -0.25}, EmbdSize: 2, Logits: []float32{1e-30}, VocabSize: 1, NumTokens: 1,
+				Perf: runtime.PerfStat{PrefillTimeMs: 12.5, PrefillTokens: 7, GenerateTimeMs: 100.25, GenerateTokens: 9, MemoryUsageMB: 512}},
+			{Text: "b"},
+		}}},
+		&Reply{},
+		&Reply{Running: true},
+		&Reply{CacheSizes: []int32{17, 0}},
+		&Reply{Err: &runtime.UnsupportedError{Feature: "sampling_params", ABI: runtime.ABI12}},
+		&Reply{Err: &RemoteError{Message: "cannot open library"}},
+		&Reply{Err: ErrWorkerBusy},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages() {
+		got, err := Decode(m.Op(), Encode(m))
+		if err != nil {
+			t.Fatalf("%s: %v", m.Op(), err)
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Errorf("%s round trip\n got: %#v\nwant: %#v", m.Op(), got, m)
+		}
+	}
+}
+
+func TestReplyKeepsTypedErrors(t *testing.T) {
+	m := &Reply{Err: &runtime.CallError{Func: "rkllm_init", Code: -1}}
+	got, err := Decode(OpReply, Encode(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *runtime.CallError
+	if !errors.As(got.(*Reply).Err, &ce) || ce.Func != "rkllm_init" || ce.Code != -1 {
+		t.Fatalf("error %v lost its CallError", got.(*Reply).Err)
+	}
+	m = &Reply{Err: &runtime.UnsupportedError{Feature: "ignore_eos_token", ABI: runtime.ABI12}}
+	got, _ = Decode(OpReply, Encode(m))
+	if !errors.Is(got.(*Reply).Err, runtime.ErrNotSupported) {
+		t.Fatalf("error %v does not wrap ErrNotSupported", got.(*Reply).Err)
+	}
+}
+
+func TestDecodeRejectsDamage(t *testing.T) {
+	for _, m := range sampleMessages() {
+		b := Encode(m)
+		for cut := 0; cut < len(b); cut++ {
+			if _, err := Decode(m.Op(), b[:cut]); err == nil {
+				t.Fatalf("%s truncated to %d of %d bytes decoded without error", m.Op(), cut, len(b))
+			}
+		}
+		if _, err := Decode(m.Op(), append(b, 0)); err == nil {
+			t.Fatalf("%s with a trailing byte decoded without error", m.Op())
+		}
+	}
+	// A huge claimed length must fail without allocating it.
+	if _, err := Decode(OpLoadPromptCache, []byte{0xff, 0xff, 0xff, 0xff, 0x0f}); err == nil {
+		t.Fatal("hostile length decoded")
+	}
+	if _, err := Decode(Op(200), nil); err == nil {
+		t.Fatal("unknown op decoded")
+	}
+}
+
+func TestFrameLimit(t *testing.T) {
+	a, b := net.Pipe()
+	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+	w := NewConn(a, 1<<20)
+	r := NewConn(b, 64)
+	if err := NewConn(a, 16).Send(1, &LoadPromptCache{Path: "/a/very/long/path/that/does/not/fit"}); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("oversized write = %v, want ErrFrameTooLarge", err)
+	}
+	go func() { _ = w.Send(1, &LoadPromptCache{Path: string(make([]byte, 100))}) }()
+	if _, err := r.ReadFrame(); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("oversized read = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+// fakeWorker answers requests on the other end of a pipe the way the worker does.
+func fakeWorker(t *testing.T, conn *Conn) {
+	t.Helper()
+	if err := conn.Send(0, &Hello{ABI: runtime.ABI12, PID: 1}); err != nil {
+		t.Error(err)
+		return
+	}
+	for {
+		id, m, err := conn.Receive()
+		if err != nil {
+			return
+		}
+		switch m.(type) {
+		case *Run:
+			for _, text := range []string{"a", "b"} {
+				_ = conn.Send(id, &Delivery{runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: text}}}})
+			}
+			_ = conn.Send(id, &Reply{})
+		case *IsRunning:
+			_ = conn.Send(id, &Reply{Running: true})
+		case *Destroy:
+			_ = conn.Close()
+			return
+		}
+	}
+}
+
+func TestClient(t *testing.T) {
+	a, b := net.Pipe()
+	go fakeWorker(t, NewConn(b, 0))
+	c := NewClient(NewConn(a, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := c.Hello(ctx)
+	if err != nil || h.ABI != runtime.ABI12 {
+		t.Fatalf("hello %+v, %v", h, err)
+	}
+	var texts []string
+	p, err := c.Start(&Run{Inputs: []runtime.Input{{Prompt: "x"}}}, func(d *Delivery) { texts = append(texts, d.Results[0].Text) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if r, err := p.Result(); err != nil || r.Err != nil {
+		t.Fatalf("run reply %+v, %v", r, err)
+	}
+	if !reflect.DeepEqual(texts, []string{"a", "b"}) {
+		t.Errorf("deliveries %q", texts)
+	}
+	r, err := c.Call(ctx, &IsRunning{})
+	if err != nil || !r.Running {
+		t.Fatalf("is_running %+v, %v", r, err)
+	}
+	// The worker closes on Destroy: pending and later calls fail with ErrClosed.
+	p, err = c.Start(&Destroy{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if _, err := p.Result(); !errors.Is(err, ErrClosed) || !errors.Is(err, io.EOF) {
+		t.Fatalf("pending after close = %v, want ErrClosed wrapping EOF", err)
+	}
+	<-c.Done()
+	if _, err := c.Start(&IsRunning{}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("start after close = %v", err)
+	}
+}
