@@ -240,6 +240,17 @@ test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal con
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
 
+# What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
+EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim
+
+.PHONY: e2e
+e2e: test-chart $(EDGE_DEPS) ## The chart on the simulated edge cluster: dry-runs, install, models, scale, suspend, rollout, upgrade, GC, uninstall (root).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_KWOK=$(KWOK) E2E_HELM=$(HELM) \
+		E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) E2E_MANAGER=$(LOCALBIN)/manager E2E_SERVER=$(LOCALBIN)/rkllm-server \
+		E2E_SIM_LIB=$(LOCALBIN)/librkllmrt-sim-1.3.so \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/edge/
+
 ##@ Tools
 
 .PHONY: controller-gen
