@@ -222,10 +222,6 @@ clean: ## Remove everything built into bin/.
 manager: ## Build the operator's manager into bin/manager.
 	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
 
-.PHONY: demo
-demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
-	@$(GO) run ./hack/demo --manager $(LOCALBIN)/manager --samples config/samples
-
 .PHONY: bench-operator
 bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
 	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
@@ -239,6 +235,20 @@ KUBECTL := $(K8S_BIN_DIR)/kubectl
 test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal config/, schema, determinism, kustomize match.
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
+
+DEMO_FLAGS = --state $(LOCALBIN)/demo --k8s-bin-dir $(K8S_BIN_DIR) --kwokctl $(KWOKCTL) --kwok $(KWOK) --helm $(HELM) \
+	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --server $(LOCALBIN)/rkllm-server \
+	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART)
+
+.PHONY: demo
+demo: $(EDGE_DEPS) ## The simulated RK3588 edge cluster with the chart installed, a model walked through, and rkllm-server to stream from (root; keeps running).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	$(GO) build -o $(LOCALBIN)/rkllm-demo ./hack/demo
+	@$(LOCALBIN)/rkllm-demo up $(DEMO_FLAGS)
+
+.PHONY: demo-down
+demo-down: ## Stop everything `make demo` started.
+	@if [ -x $(LOCALBIN)/rkllm-demo ]; then $(LOCALBIN)/rkllm-demo down $(DEMO_FLAGS); else echo "no demo has been built here"; fi
 
 # What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
 EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim

@@ -103,6 +103,18 @@ type Cluster struct {
 	node  *kubeletnode.Node
 	mu    sync.Mutex
 	procs []*Process
+	// logs stay open until Stop: kwokctl and the kubelet write to them until then.
+	logs []*os.File
+}
+
+// openLog creates LogDir()/name.log, closed by Stop.
+func (c *Cluster) openLog(name string) (*os.File, error) {
+	f, err := os.Create(filepath.Join(c.LogDir(), name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	c.logs = append(c.logs, f)
+	return f, nil
 }
 
 // Start starts the control plane, the three nodes and the device plugin, and returns
@@ -130,11 +142,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	opts.Progress("control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller (kwokctl, binary runtime)")
-	kwokLog, err := os.Create(filepath.Join(c.LogDir(), "kwokctl.log"))
+	kwokLog, err := c.openLog("kwokctl")
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = kwokLog.Close() }()
 	c.cp, err = controlplane.Start(ctx, controlplane.Options{
 		Kwokctl: opts.Kwokctl, Kwok: opts.Kwok, BinDir: opts.K8sBinDir, WorkDir: filepath.Join(work, "cp"),
 		ControllerManager: true, Log: kwokLog,
@@ -159,11 +170,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	opts.Progress("node %s: a real kubelet on a fake container runtime; its pods report IP %s", KubeletNode, c.PodIP)
-	kubeletLog, err := os.Create(filepath.Join(c.LogDir(), "kubelet.log"))
+	kubeletLog, err := c.openLog("kubelet")
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = kubeletLog.Close() }()
 	c.node, err = kubeletnode.Start(ctx, kubeletnode.Options{
 		Kubelet: filepath.Join(opts.K8sBinDir, "kubelet"), Kubeconfig: c.Kubeconfig,
 		WorkDir: filepath.Join(work, "node"), NodeName: KubeletNode, Log: kubeletLog, PodIP: c.PodIP,
@@ -216,6 +226,10 @@ func (c *Cluster) Stop() error {
 		}
 		c.cp = nil
 	}
+	for _, f := range c.logs {
+		_ = f.Close()
+	}
+	c.logs = nil
 	return errors.Join(errs...)
 }
 
