@@ -235,7 +235,7 @@ func (c *Cluster) Stop() error {
 
 // Start starts a local process whose output goes to LogDir()/name.log; Stop stops it.
 func (c *Cluster) Start(ctx context.Context, name string, env []string, bin string, args ...string) (*Process, error) {
-	p, err := startProcess(ctx, name, filepath.Join(c.LogDir(), name+".log"), env, bin, args...)
+	p, err := startProcess(ctx, c.WorkDir, name, filepath.Join(c.LogDir(), name+".log"), env, bin, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ type Process struct {
 
 // startProcess starts name with args, its output appended to logPath, in its own
 // process group (so a stop reaches its children too).
-func startProcess(ctx context.Context, name, logPath string, env []string, bin string, args ...string) (*Process, error) {
+func startProcess(ctx context.Context, dir, name, logPath string, env []string, bin string, args ...string) (*Process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -42,6 +42,7 @@ func startProcess(ctx context.Context, name, logPath string, env []string, bin s
 		// Not CommandContext: the process outlives Start's context; Stop and Pdeathsig end it.
 		cmd := exec.Command(bin, args...) //nolint:noctx,gosec // binaries and arguments from the harness
 		cmd.Env = append(os.Environ(), env...)
+		cmd.Dir = dir // never the caller's folder (a repository)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {

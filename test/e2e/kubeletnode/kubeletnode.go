@@ -199,7 +199,7 @@ serializeImagePulls: false
 
 // startKubelet starts the kubelet in its own mount namespace.
 func (n *Node) startKubelet(ctx context.Context) error {
-	p, err := startProcess(ctx, n.opts.Log, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", n.script)
+	p, err := startProcess(ctx, n.opts.WorkDir, n.opts.Log, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", n.script)
 	if err != nil {
 		return fmt.Errorf("starting the kubelet: %w", err)
 	}
@@ -244,7 +244,7 @@ type process struct {
 	err  error
 }
 
-func startProcess(ctx context.Context, log io.Writer, name string, args ...string) (*process, error) {
+func startProcess(ctx context.Context, dir string, log io.Writer, name string, args ...string) (*process, error) {
 	p := &process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
@@ -252,6 +252,8 @@ func startProcess(ctx context.Context, log io.Writer, name string, args ...strin
 		defer runtime.UnlockOSThread()
 		// Not CommandContext: the kubelet outlives Start's context; stop() and Pdeathsig end it.
 		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (unshare), caller-chosen kubelet
+		// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
+		cmd.Dir = dir
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
