@@ -171,7 +171,10 @@ func up(p paths) error {
 	if err != nil {
 		return fmt.Errorf("%w\nthe cluster's log is %s; `make demo-down` cleans up", err, clusterLog(p))
 	}
-	return walkThrough(p, r)
+	if err := walkThrough(p, r); err != nil {
+		return fmt.Errorf("the walk-through stopped: %w\nthe cluster is still running (KUBECONFIG=%s); `make demo-down` stops it", err, r.Kubeconfig)
+	}
+	return nil
 }
 
 // waitReady prints the background process's log until it reports ready or exits.

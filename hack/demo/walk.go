@@ -96,7 +96,7 @@ func (w *walker) walk() error {
 The operator's manager runs here as a process with the chart's Deployment arguments and
 its ServiceAccount's token, since no node can run images.`,
 		edgecluster.KwokNode1, edgecluster.KwokNode2, edgecluster.KubeletNode, w.r.WorkDir, strings.TrimSuffix(w.r.ServerAddr, ":8080"))
-	if err := w.kubectl("get", "nodes", "-L", "rockchip.com/npu.soc", "-o", "custom-columns=NODE:.metadata.name,NPU:.status.allocatable.rockchip\\.com/npu,SOC:.metadata.labels.rockchip\\.com/npu\\.soc,ARCH:.status.nodeInfo.architecture"); err != nil {
+	if err := w.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,NPU:.status.allocatable.rockchip\\.com/npu,SOC:.metadata.labels.rockchip\\.com/npu\\.soc,ARCH:.status.nodeInfo.architecture"); err != nil {
 		return err
 	}
 	if err := w.helm("list", "-n", namespace); err != nil {
@@ -149,7 +149,7 @@ its ServiceAccount's token, since no node can run images.`,
 	}); err != nil {
 		return err
 	}
-	if err := w.kubectl("get", "rkllmmodel,deployment,service,configmap", "-l", "inference.rkllm.io/model="+modelName); err != nil {
+	if err := w.kubectl("get", "deployment,service,configmap", "-l", "inference.rkllm.io/model="+modelName); err != nil {
 		return err
 	}
 	if err := w.kubectl("get", "rkllmmodel", modelName); err != nil {
@@ -187,11 +187,12 @@ its ServiceAccount's token, since no node can run images.`,
   export PATH=%s:$PATH
   kubectl apply -f %s     # the model again
   kubectl get rkllmmodels,pods -o wide
+  %s -n %s status %s
   %s
 
 Logs of every component: %s
 Stop everything: make demo-down`,
-		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), cmd, w.r.LogDir)
+		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), w.p.helm, namespace, release, cmd, w.r.LogDir)
 	return nil
 }
 
