@@ -80,7 +80,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime test-server e2e-kubelet ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime test-server e2e-kubelet e2e ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
