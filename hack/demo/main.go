@@ -154,7 +154,7 @@ func up(p paths) error {
 	}
 	say("Starting a simulated RK3588 edge cluster in the background (its log: %s).", clusterLog(p))
 	say("No container engine is needed: nothing here runs an image.")
-	cmd := exec.Command(self, append([]string{"run"}, p.args()...)...) //nolint:noctx // it outlives this command on purpose
+	cmd := exec.Command(self, append([]string{"run"}, p.args()...)...) //nolint:noctx,gosec // this program itself; it outlives this command on purpose
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // survives this terminal
 	if err := cmd.Start(); err != nil {

@@ -103,4 +103,3 @@ func run(p paths) (err error) {
 		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
 	}
 }
-

@@ -84,6 +84,16 @@ func walkThrough(p paths, r *ready) error {
 }
 
 func (w *walker) walk() error {
+	for _, step := range []func() error{w.cluster, w.apply, w.scale, w.suspend, w.remove, w.stream} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cluster shows the nodes and the release.
+func (w *walker) cluster() error {
 	heading("The cluster")
 	say(`Three RK3588 nodes, each with one rockchip.com/npu:
   %s, %s  simulated by kwok: it keeps them Ready and marks their pods Running
@@ -99,10 +109,11 @@ its ServiceAccount's token, since no node can run images.`,
 	if err := w.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,NPU:.status.allocatable.rockchip\\.com/npu,SOC:.metadata.labels.rockchip\\.com/npu\\.soc,ARCH:.status.nodeInfo.architecture"); err != nil {
 		return err
 	}
-	if err := w.helm("list", "-n", namespace); err != nil {
-		return err
-	}
+	return w.helm("list", "-n", namespace)
+}
 
+// apply applies the model and shows it Ready with a pod on each node.
+func (w *walker) apply() error {
 	heading("1. Apply a model with 3 replicas")
 	file := filepath.Join(w.p.state, modelName+".yaml")
 	if err := os.WriteFile(file, []byte(fmt.Sprintf(modelYAML, w.r.ModelFile)), 0o600); err != nil {
@@ -122,7 +133,11 @@ its ServiceAccount's token, since no node can run images.`,
 		return err
 	}
 	say("One pod per node: each node has one NPU and each pod takes one.")
+	return nil
+}
 
+// scale scales past the cluster's NPUs and shows the scheduler's reason in the status.
+func (w *walker) scale() error {
 	heading("2. Scale to 4: the fourth pod has no NPU to go to")
 	if err := w.kubectl("scale", "rkllmmodel/"+modelName, "--replicas=4"); err != nil {
 		return err
@@ -136,10 +151,11 @@ its ServiceAccount's token, since no node can run images.`,
 	if err := w.kubectl("get", "rkllmmodel", modelName, "-o", `jsonpath=Ready={.status.conditions[?(@.type=="Ready")].status} reason={.status.conditions[?(@.type=="Ready")].reason}{"\n"}message={.status.conditions[?(@.type=="Ready")].message}{"\n"}`); err != nil {
 		return err
 	}
-	if err := w.kubectl("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "-o", "wide"); err != nil {
-		return err
-	}
+	return w.kubectl("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "-o", "wide")
+}
 
+// suspend suspends the model.
+func (w *walker) suspend() error {
 	heading("3. Suspend: no pods, everything else kept")
 	if err := w.kubectl("patch", "rkllmmodel", modelName, "--type=merge", "-p", `{"spec":{"suspend":true}}`); err != nil {
 		return err
@@ -152,24 +168,26 @@ its ServiceAccount's token, since no node can run images.`,
 	if err := w.kubectl("get", "deployment,service,configmap", "-l", "inference.rkllm.io/model="+modelName); err != nil {
 		return err
 	}
-	if err := w.kubectl("get", "rkllmmodel", modelName); err != nil {
-		return err
-	}
+	return w.kubectl("get", "rkllmmodel", modelName)
+}
 
+// remove deletes the model and shows its children gone.
+func (w *walker) remove() error {
 	heading("4. Delete: the garbage collector removes what the model owned")
 	if err := w.kubectl("delete", "rkllmmodel", modelName, "--wait=true"); err != nil {
 		return err
 	}
-	if err := edgecluster.Poll(w.ctx, stepTimeout, "the model's children to be gone", func(ctx context.Context) (bool, string, error) {
+	if err := edgecluster.Poll(w.ctx, stepTimeout, "the model's children to be gone", func(context.Context) (bool, string, error) {
 		out, err := w.output("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName, "-o", "name")
 		return err == nil && strings.TrimSpace(out) == "", out, err
 	}); err != nil {
 		return err
 	}
-	if err := w.kubectl("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName); err != nil {
-		return err
-	}
+	return w.kubectl("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName)
+}
 
+// stream streams tokens from the server and says where to go next.
+func (w *walker) stream() error {
 	heading("5. Stream tokens from rkllm-server (RKLLM simulator library)")
 	say("This server runs the simulator: its tokens are made up by the simulator, not by a model.")
 	cmd := edgecluster.StreamCommand(w.r.ServerAddr, "Why run LLMs on an RK3588?")

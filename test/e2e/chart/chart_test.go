@@ -50,7 +50,7 @@ func tool(t *testing.T, env string) string {
 
 func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(name, args...) //nolint:gosec // test tools from the Makefile
+	cmd := exec.CommandContext(t.Context(), name, args...) //nolint:gosec // test tools from the Makefile
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -228,7 +228,10 @@ func TestEdgeCluster(t *testing.T) {
 	t.Logf("e2e done in %s", time.Since(start).Round(time.Second))
 }
 
-func (s *suite) step(msg string) { s.t.Helper(); s.t.Logf("%s STEP: %s", time.Now().Format("15:04:05"), msg) }
+func (s *suite) step(msg string) {
+	s.t.Helper()
+	s.t.Logf("%s STEP: %s", time.Now().Format("15:04:05"), msg)
+}
 
 // dryRunValueSets renders the chart with each value set in ci/ (and config/default with
 // kustomize) and has the API server validate every object (server-side dry-run).

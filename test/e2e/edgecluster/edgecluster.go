@@ -141,24 +141,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, err
 	}
 
-	opts.Progress("control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller (kwokctl, binary runtime)")
-	kwokLog, err := c.openLog("kwokctl")
-	if err != nil {
-		return nil, err
-	}
-	c.cp, err = controlplane.Start(ctx, controlplane.Options{
-		Kwokctl: opts.Kwokctl, Kwok: opts.Kwok, BinDir: opts.K8sBinDir, WorkDir: filepath.Join(work, "cp"),
-		ControllerManager: true, Log: kwokLog,
-	})
-	if err != nil {
-		return nil, err
-	}
-	c.Kubeconfig = c.cp.Kubeconfig
-	if c.Config, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
-		return nil, err
-	}
-	c.Config.QPS, c.Config.Burst = 50, 100
-	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
+	if err := c.startControlPlane(ctx); err != nil {
 		return nil, err
 	}
 
@@ -169,16 +152,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 
-	opts.Progress("node %s: a real kubelet on a fake container runtime; its pods report IP %s", KubeletNode, c.PodIP)
-	kubeletLog, err := c.openLog("kubelet")
-	if err != nil {
-		return nil, err
-	}
-	c.node, err = kubeletnode.Start(ctx, kubeletnode.Options{
-		Kubelet: filepath.Join(opts.K8sBinDir, "kubelet"), Kubeconfig: c.Kubeconfig,
-		WorkDir: filepath.Join(work, "node"), NodeName: KubeletNode, Log: kubeletLog, PodIP: c.PodIP,
-	})
-	if err != nil {
+	if err := c.startKubelet(ctx); err != nil {
 		return nil, err
 	}
 	if err := c.waitNodesReady(ctx); err != nil {
@@ -190,6 +164,51 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// startControlPlane starts etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler and the kwok controller, and the admin clients.
+func (c *Cluster) startControlPlane(ctx context.Context) error {
+	opts := c.opts
+	opts.Progress("control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller (kwokctl, binary runtime)")
+	kwokLog, err := c.openLog("kwokctl")
+	if err != nil {
+		return err
+	}
+	c.cp, err = controlplane.Start(ctx, controlplane.Options{
+		Kwokctl: opts.Kwokctl, Kwok: opts.Kwok, BinDir: opts.K8sBinDir, WorkDir: filepath.Join(c.WorkDir, "cp"),
+		ControllerManager: true, Log: kwokLog,
+	})
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig = c.cp.Kubeconfig
+	if c.Config, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
+		return err
+	}
+	c.Config.QPS, c.Config.Burst = 50, 100
+	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
+		return err
+	}
+	return nil
+}
+
+// startKubelet starts the real kubelet on the fake runtime.
+func (c *Cluster) startKubelet(ctx context.Context) error {
+	opts := c.opts
+	opts.Progress("node %s: a real kubelet on a fake container runtime; its pods report IP %s", KubeletNode, c.PodIP)
+	kubeletLog, err := c.openLog("kubelet")
+	if err != nil {
+		return err
+	}
+	c.node, err = kubeletnode.Start(ctx, kubeletnode.Options{
+		Kubelet: filepath.Join(opts.K8sBinDir, "kubelet"), Kubeconfig: c.Kubeconfig,
+		WorkDir: filepath.Join(c.WorkDir, "node"), NodeName: KubeletNode, Log: kubeletLog, PodIP: c.PodIP,
+	})
+	if err != nil {
+		return err
+	}
+	return nil
 }
 
 // LogDir is where every component logs.
