@@ -80,15 +80,15 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime test-server e2e-kubelet e2e ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server e2e ## Everything CI runs (.ci/run calls this).
 
 .PHONY: unit
 unit: $(ENVTEST_DEPS) sim ## Unit and envtest tests.
 	$(GO) test ./... -count=1
 
 .PHONY: envtest
-envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s/ (from the Go module proxy).
-	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd
+envtest: ## Build kube-apiserver, etcd and kubectl for envtest into bin/k8s/ (from the Go module proxy).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kube-apiserver etcd kubectl
 
 ##@ Runtime binding and simulator
 

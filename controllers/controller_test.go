@@ -470,3 +470,41 @@ func TestNameHeldByAnotherOwnerIsReported(t *testing.T) {
 		t.Errorf("the operator changed a Service it does not own: %+v", svc)
 	}
 }
+
+func TestSpecTheClusterRefusesStalls(t *testing.T) {
+	needEnv(t)
+	ns := newNamespace(t)
+	// The CRD passes tolerations through; the Deployment's own validation refuses a
+	// value with operator Exists.
+	createModel(t, ns, "refused", func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Tolerations = []corev1.Toleration{{Key: "npu", Operator: corev1.TolerationOpExists, Value: "yes"}}
+	})
+	m := getReconciled(t, ns, "refused", "Stalled", func(m *inferencev1alpha1.RKLLMModel) error {
+		return conditionIs(m, inferencev1alpha1.ConditionStalled, metav1.ConditionTrue, inferencev1alpha1.ReasonInvalidSpec)
+	})
+	ready := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+	if ready.Reason != inferencev1alpha1.ReasonInvalidSpec || !strings.Contains(ready.Message, "tolerations") {
+		t.Errorf("Ready %s: %q should name the refused field", ready.Reason, ready.Message)
+	}
+	if m.Status.ObservedGeneration != m.Generation || m.Status.Phase != inferencev1alpha1.PhaseFailed {
+		t.Errorf("a stalled model reports observedGeneration %d of %d, phase %s", m.Status.ObservedGeneration, m.Generation, m.Status.Phase)
+	}
+	if meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReconciling) != nil {
+		t.Error("a stalled model should not also be Reconciling")
+	}
+	waitEvent(t, ns, "refused", corev1.EventTypeWarning, EventApplyFailed, "Deployment refused")
+
+	// Fixing the spec un-stalls it.
+	patch := client.MergeFrom(m.DeepCopy())
+	m.Spec.Tolerations[0].Value = ""
+	if err := k8sClient.Patch(context.Background(), m, patch); err != nil {
+		t.Fatal(err)
+	}
+	getChild(t, ns, "refused", &appsv1.Deployment{}, "the Deployment after the fix", nil)
+	getReconciled(t, ns, "refused", "no longer Stalled", func(m *inferencev1alpha1.RKLLMModel) error {
+		if c := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionStalled); c != nil {
+			return fmt.Errorf("still stalled: %s", c.Message)
+		}
+		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonPending)
+	})
+}

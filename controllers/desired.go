@@ -271,7 +271,9 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"listen":           fmt.Sprintf(":%d", spec.GetPort()),
 		"socket":           socketPath,
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
-		"log-format":       spec.GetLogFormat(),
+		// The startup probe's budget is also the longest rkllm_init may take.
+		"init-timeout": spec.GetStartupTimeout().String(),
+		"log-format":   spec.GetLogFormat(),
 	}
 	if s := spec.Server; s != nil {
 		if s.APIKeySecretRef != nil {
@@ -296,7 +298,10 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		setIfNotNil(c, "mirostat-eta", p.MirostatEta)
 		setIfNotNil(c, "n-keep", p.NKeep)
 		setIfNotNil(c, "skip-special-token", p.SkipSpecialToken)
-		setIfNotNil(c, "embed-flash", p.EmbedFlash)
+		if p.EmbedFlash != nil {
+			// The server's flag is the runtime's int8 field.
+			c["embed-flash"] = boolToInt(*p.EmbedFlash)
+		}
 		setIfNotNil(c, "n-batch", p.NBatch)
 		setIfNotNil(c, "base-domain-id", p.BaseDomainID)
 		if cpus := p.EnabledCPUs; cpus != nil {
@@ -330,6 +335,13 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		return nil, fmt.Errorf("encoding server configuration: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // setIfNotNil sets c[key] to *v when v is set.

@@ -70,7 +70,7 @@ func build(t *testing.T, m *inferencev1alpha1.RKLLMModel) (*appsv1.Deployment, m
 
 // The keys docs/design.md lets the operator write into server.json.
 var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi listen socket api-key-file
-max-queue request-timeout shutdown-timeout log-format max-context-len max-new-tokens top-k top-p
+max-queue request-timeout shutdown-timeout init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
 chat-template-system chat-template-prefix chat-template-postfix lora prompt-cache`)
@@ -85,6 +85,7 @@ func TestServerConfigMinimal(t *testing.T) {
 		"listen":           ":8080",
 		"socket":           "/run/rkllm/rkllm.sock",
 		"shutdown-timeout": "30s",
+		"init-timeout":     "10m0s",
 		"log-format":       "json",
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -128,7 +129,7 @@ func TestServerConfigEveryField(t *testing.T) {
 	checks := map[string]any{
 		"runtime-abi": "1.2", "runtime-lib": "/opt/rkllm/lib/librkllmrt.so", "listen": ":9000",
 		"top-p": "0.9", "presence-penalty": "-0.2", "max-context-len": float64(4096), "skip-special-token": true,
-		"embed-flash": false, "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
+		"embed-flash": float64(0), "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
 		"shutdown-timeout": "1m0s", "log-format": "text", "api-key-file": "/etc/rkllm/api-key/api-key",
 		"chat-template-prefix": "<u>", "max-queue": float64(16),
 		"prompt-cache": "/models/" + downloadFileName("prompt-cache", "https://example.org/prompt.cache"),

@@ -44,7 +44,7 @@ import (
 // Timeouts of the envtest suite, named so a failure says which wait ran out.
 const (
 	// reconcileTimeout bounds a wait for the controller to react to a change.
-	reconcileTimeout = 30 * time.Second
+	reconcileTimeout = 60 * time.Second
 	// pollInterval is how often a wait looks again.
 	pollInterval = 100 * time.Millisecond
 	// testImage is the manager's --default-server-image in the suite.
@@ -134,6 +134,10 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "envtest: manager stopped: %v\n", err)
 		}
 	}()
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		fmt.Fprintln(os.Stderr, "envtest: the manager's cache did not sync")
+		return 1
+	}
 	return m.Run()
 }
 

@@ -105,7 +105,7 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		}, []string{"request the NPU with spec.npu.units, not in spec.resources.limits"}},
 		{"long shutdownTimeout", "", func(s *spec) {
 			s.Server = &inferencev1alpha1.ServerSpec{ShutdownTimeout: &metav1.Duration{Duration: 2 * time.Hour}}
-		}, []string{`shutdownTimeout must be a duration from 0s to 1h, such as "30s"`}},
+		}, []string{`shutdownTimeout must be a duration from 1s to 1h, such as "30s"`}},
 		{"short startupTimeout", "", func(s *spec) {
 			s.Server = &inferencev1alpha1.ServerSpec{StartupTimeout: &metav1.Duration{Duration: time.Second}}
 		}, []string{"startupTimeout must be a duration from 10s to 24h"}},

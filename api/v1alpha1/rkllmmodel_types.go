@@ -482,13 +482,14 @@ type ServerSpec struct {
 	Port *int32 `json:"port,omitempty"`
 
 	// maxQueue is how many requests may wait for the NPU; more are refused at once.
-	// Default: the server's.
+	// Default: the server's (16).
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
 	// +optional
 	MaxQueue *int32 `json:"maxQueue,omitempty"`
 
-	// requestTimeout caps one request, queueing included, such as "5m". Default: the server's.
+	// requestTimeout caps one request, queueing included, such as "5m". Default: the
+	// server's (10m).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="requestTimeout must be a duration from 1s to 24h, such as \"5m\""
 	// +optional
@@ -499,13 +500,13 @@ type ServerSpec struct {
 	// Default "30s".
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="shutdownTimeout must be a duration from 0s to 1h, such as \"30s\""
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="shutdownTimeout must be a duration from 1s to 1h, such as \"30s\""
 	// +optional
 	ShutdownTimeout *metav1.Duration `json:"shutdownTimeout,omitempty"`
 
 	// startupTimeout is how long the server may take to load the model (after any
-	// download) before the kubelet restarts it. Large models on slow storage take
-	// minutes. Default "10m".
+	// download) before the kubelet restarts it; the server's init-timeout too. Large
+	// models on slow storage take minutes. Default "10m".
 	// +kubebuilder:default="10m"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="startupTimeout must be a duration from 10s to 24h, such as \"10m\""

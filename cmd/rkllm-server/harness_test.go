@@ -330,6 +330,7 @@ type client struct {
 
 	mu      sync.Mutex
 	pending map[string]chan response
+	order   []string // "response <id>" and "note <request_id>", in the order read
 	notes   chan map[string]any
 	closed  chan struct{}
 }
@@ -362,6 +363,10 @@ func (c *client) read() {
 		if _, ok := probe["method"]; ok {
 			var n map[string]any
 			_ = json.Unmarshal(line, &n)
+			p, _ := n["params"].(map[string]any)
+			c.mu.Lock()
+			c.order = append(c.order, fmt.Sprint("note ", p["request_id"]))
+			c.mu.Unlock()
 			c.notes <- n
 			continue
 		}
@@ -369,6 +374,7 @@ func (c *client) read() {
 		_ = json.Unmarshal(line, &r)
 		key := fmt.Sprint(r.ID)
 		c.mu.Lock()
+		c.order = append(c.order, "response "+key)
 		ch := c.pending[key]
 		delete(c.pending, key)
 		c.mu.Unlock()
@@ -566,4 +572,11 @@ func (st *stream) next(t *testing.T) map[string]any {
 func (st *stream) close() {
 	st.cancel()
 	_ = st.resp.Body.Close()
+}
+
+// readOrder is the order of the messages read so far.
+func (c *client) readOrder() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.order...)
 }

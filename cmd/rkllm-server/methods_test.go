@@ -1,8 +1,10 @@
 package main_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -162,6 +164,7 @@ func TestEveryMethod(t *testing.T) {
 
 		// rkllm.run_async: a handle at once, tokens as notifications, then rkllm.done.
 		fails(t, s.http("rkllm.run_async", prompt("Hello")), -32007)
+		asyncID := fmt.Sprint(float64(c.nextID.Load() + 1))
 		handle := ok[map[string]string](t, c.call("rkllm.run_async", prompt("Hello")))["request_id"]
 		var text strings.Builder
 		for {
@@ -171,6 +174,11 @@ func TestEveryMethod(t *testing.T) {
 				t.Fatalf("notification for %v, want %s", p["request_id"], handle)
 			}
 			if n["method"] == "rkllm.done" {
+				order := c.readOrder()
+				iResp, iNote := slices.Index(order, "response "+asyncID), slices.Index(order, "note "+handle)
+				if iResp < 0 || iNote < iResp {
+					t.Errorf("read order %v: a notification of %s came before the response %s naming it", order, handle, asyncID)
+				}
 				if p["text"] != text.String() || p["finish_reason"] != "length" || p["token_count"] != 5.0 {
 					t.Errorf("rkllm.done %v (streamed %q)", p, text.String())
 				}

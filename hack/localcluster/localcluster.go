@@ -99,6 +99,9 @@ func Start(o Options) (*Cluster, error) {
 		BinaryAssetsDirectory:    bin,
 		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
+	// envtest's default service range (a /24) runs out of ClusterIPs at about 250
+	// Services; the benchmark makes 500.
+	c.env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
 	cfg, err := c.env.Start()
 	if err != nil {
 		c.removeWorkDir()

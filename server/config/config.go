@@ -143,7 +143,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WorkerStartTimeout, "worker-start-timeout", 30*time.Second, "Longest the worker process may take to start and load the runtime library.")
 	fs.DurationVar(&o.RestartBackoffMin, "restart-backoff-min", 500*time.Millisecond, "First delay before restarting a dead worker or retrying a failed model load; doubles each time.")
 	fs.DurationVar(&o.RestartBackoffMax, "restart-backoff-max", 30*time.Second, "Longest delay between restarts.")
-	fs.DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "Longest a socket client may take to read one message before it is disconnected.")
+	fs.DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "Longest a client may take to accept one message (a socket message, a piece of an HTTP stream) before it is cut off and its run aborted.")
 
 	fs.StringVar(&o.LogFormat, "log-format", LogJSON, "Log format: json or text.")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "Log level: error, info, debug, or a verbosity number (1 = debug).")

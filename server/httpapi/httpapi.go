@@ -65,6 +65,9 @@ type Options struct {
 	ReadTimeout time.Duration
 	// IdleTimeout closes idle keep-alive connections (120s).
 	IdleTimeout time.Duration
+	// WriteTimeout bounds writing one message of a stream (30s): a client that stops
+	// reading its stream is cut off and its run aborted, instead of holding the model.
+	WriteTimeout time.Duration
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
 	// Health backs /readyz and /healthz.
@@ -99,6 +102,9 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 120 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 30 * time.Second
 	}
 	s := &Server{d: d, opts: opts, mux: http.NewServeMux()}
 	s.mux.HandleFunc("/rpc", s.serveRPC)
@@ -245,27 +251,32 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, http.StatusBadRequest, &jsonrpc.Response{Error: jsonrpc.ErrParse.Withf("parse error: cannot read the request body: %v", err)})
 		return
 	}
-	sw := &streamWriter{w: w, sse: wantsSSE(r), observer: s.opts.Observer}
-	peer := &jsonrpc.Peer{Transport: Transport, ID: Transport, Admin: s.opts.Admin, Context: r.Context()}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	sw := &streamWriter{w: w, sse: wantsSSE(r), observer: s.opts.Observer, timeout: s.opts.WriteTimeout, cancel: cancel}
+	peer := &jsonrpc.Peer{Transport: Transport, ID: Transport, Admin: s.opts.Admin, Context: ctx}
 	// Only a single request can stream: a batch is answered with one JSON array.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
 		peer.Notify = sw.notify
 	}
-	resps, batch := s.d.Handle(r.Context(), peer, body, nil)
-	if sw.finish(resps) {
-		return
-	}
-	switch {
-	case len(resps) == 0:
-		w.WriteHeader(http.StatusNoContent)
-	case batch:
-		s.writeJSON(w, http.StatusOK, resps)
-	default:
+	answered := false
+	s.d.Serve(ctx, peer, body, nil, func(resps []*jsonrpc.Response, batch bool) {
+		answered = true
+		if sw.finish(resps) {
+			return
+		}
+		if batch {
+			s.writeJSON(w, http.StatusOK, resps)
+			return
+		}
 		status := statusOf(resps[0].Error)
 		if status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
 		s.writeJSON(w, status, resps[0])
+	})
+	if !answered {
+		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
@@ -280,6 +291,8 @@ type streamWriter struct {
 	w        http.ResponseWriter
 	sse      bool
 	observer Observer
+	timeout  time.Duration
+	cancel   context.CancelFunc // ends the request when the client cannot keep up
 
 	mu      sync.Mutex
 	started bool
@@ -310,12 +323,14 @@ func (sw *streamWriter) write(v any) error {
 	} else {
 		out = append(b, '\n')
 	}
+	rc := http.NewResponseController(sw.w)
+	_ = rc.SetWriteDeadline(time.Now().Add(sw.timeout))
 	n, err := sw.w.Write(out)
 	if sw.observer != nil {
 		sw.observer.BytesOut(Transport, n)
 	}
 	if err == nil {
-		err = http.NewResponseController(sw.w).Flush()
+		err = rc.Flush()
 	}
 	return err
 }
@@ -327,7 +342,9 @@ func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
 		return net.ErrClosed
 	}
 	if err := sw.write(n); err != nil {
+		// The client stopped reading (or left): abort its run.
 		sw.failed = true
+		sw.cancel()
 		return err
 	}
 	return nil

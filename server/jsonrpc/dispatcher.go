@@ -59,6 +59,36 @@ type Call struct {
 
 	admitOnce sync.Once
 	admit     func()
+	reply     *replyHooks
+}
+
+// replyHooks collects the AfterReply functions of one message's requests.
+type replyHooks struct {
+	mu    sync.Mutex
+	hooks []func()
+}
+
+// AfterReply registers f to run once the response to this request has been written
+// to the client (or its writing failed). A handler whose work sends notifications
+// after it returns (rkllm.run_async) uses it so that they never overtake the response.
+func (c *Call) AfterReply(f func()) {
+	if c.reply == nil {
+		f()
+		return
+	}
+	c.reply.mu.Lock()
+	defer c.reply.mu.Unlock()
+	c.reply.hooks = append(c.reply.hooks, f)
+}
+
+func (h *replyHooks) run() {
+	h.mu.Lock()
+	hooks := h.hooks
+	h.hooks = nil
+	h.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
 }
 
 // Admit tells the transport that this request has taken its place in line (queued),
@@ -206,11 +236,30 @@ func (d *Dispatcher) Draining() bool { return d.draining.Load() }
 
 // Handle serves one message from peer and returns its responses (none for
 // notifications) and whether the message was a batch; EncodeResponses writes them.
-// Requests of a batch are served one after another in order, so a batch such as
-// [set_chat_template, run] behaves like the same requests sent in turn. admitted (may
-// be nil) is called once, when the first request has taken its place in line or
-// finished, so a transport can read the next message while this one is served.
+// AfterReply hooks run before it returns: transports use Serve, which runs them after
+// writing.
 func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitted func()) (resps []*Response, batch bool) {
+	hooks := &replyHooks{}
+	defer hooks.run()
+	return d.handle(ctx, peer, msg, admitted, hooks)
+}
+
+// Serve serves one message from peer: it calls write with the responses (unless there
+// are none), then runs the requests' AfterReply hooks. Requests of a batch are served
+// one after another in order, so a batch such as [set_chat_template, run] behaves like
+// the same requests sent in turn. admitted (may be nil) is called once, when the first
+// request has taken its place in line or finished, so a transport can read the next
+// message while this one is served.
+func (d *Dispatcher) Serve(ctx context.Context, peer *Peer, msg []byte, admitted func(), write func(resps []*Response, batch bool)) {
+	hooks := &replyHooks{}
+	defer hooks.run()
+	resps, batch := d.handle(ctx, peer, msg, admitted, hooks)
+	if len(resps) > 0 {
+		write(resps, batch)
+	}
+}
+
+func (d *Dispatcher) handle(ctx context.Context, peer *Peer, msg []byte, admitted func(), hooks *replyHooks) (resps []*Response, batch bool) {
 	var once sync.Once
 	admit := func() {
 		if admitted != nil {
@@ -225,7 +274,7 @@ func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitte
 			resps = append(resps, it.err)
 			continue
 		}
-		resp := d.serve(ctx, peer, it.req, batch, admit)
+		resp := d.serve(ctx, peer, it.req, batch, admit, hooks)
 		if !it.req.IsNotification() {
 			resps = append(resps, resp)
 		}
@@ -234,7 +283,7 @@ func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitte
 }
 
 // serve runs one request through its handler.
-func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch bool, admit func()) (resp *Response) {
+func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch bool, admit func(), hooks *replyHooks) (resp *Response) {
 	start := time.Now()
 	resp = &Response{ID: req.ID}
 	method := req.Method
@@ -261,7 +310,7 @@ func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch 
 		resp.Error = ErrShuttingDown.Withf("shutting down: the server takes no new requests")
 		return resp
 	}
-	call := &Call{Request: req, Peer: peer, InBatch: batch, admit: admit}
+	call := &Call{Request: req, Peer: peer, InBatch: batch, admit: admit, reply: hooks}
 	result, err := h.ServeRPC(ctx, call)
 	call.Admit()
 	if err != nil {

@@ -182,3 +182,26 @@ func TestErrorIsByCode(t *testing.T) {
 		t.Error("Withf changed the named value")
 	}
 }
+
+func TestAfterReplyRunsAfterTheWrite(t *testing.T) {
+	d := NewDispatcher(logr.Discard(), nil)
+	var events []string
+	d.Register("later", HandlerFunc(func(_ context.Context, c *Call) (any, error) {
+		c.AfterReply(func() { events = append(events, "hook") })
+		return "handle", nil
+	}))
+	d.Serve(context.Background(), &Peer{}, []byte(`{"jsonrpc":"2.0","id":1,"method":"later"}`), nil, func(resps []*Response, _ bool) {
+		events = append(events, "write "+string(resps[0].Result))
+	})
+	if fmt.Sprint(events) != `[write "handle" hook]` {
+		t.Errorf("events %v", events)
+	}
+	// With nothing to write (a notification) the hooks still run.
+	events = nil
+	d.Serve(context.Background(), &Peer{}, []byte(`{"jsonrpc":"2.0","method":"later"}`), nil, func([]*Response, bool) {
+		events = append(events, "write")
+	})
+	if fmt.Sprint(events) != `[hook]` {
+		t.Errorf("events for a notification %v", events)
+	}
+}

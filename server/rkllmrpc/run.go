@@ -2,6 +2,7 @@ package rkllmrpc
 
 import (
 	"context"
+	"errors"
 	"strconv"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
@@ -77,8 +78,20 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	id := "r-" + strconv.FormatUint(s.ids.Add(1), 10)
 	acc := newRunAcc(id, len(plan.inputs), plan.batch, plan.base64)
+	// An asynchronous run's notifications wait until its handle has been sent, so a
+	// client never sees a request_id before the response that names it. Not in a batch:
+	// the batch's answer waits for its other requests, which may wait for this run.
+	replied := make(chan struct{})
+	if async && !c.InBatch {
+		c.AfterReply(func() { close(replied) })
+	} else {
+		close(replied)
+	}
 	if plan.stream {
-		acc.notify = func(params any) { _ = c.Notify(NotifyResult, params) }
+		acc.notify = func(params any) {
+			<-replied
+			_ = c.Notify(NotifyResult, params)
+		}
 	}
 	maxNew := plan.ip.MaxNewTokens
 	if loaded, ok := s.b.Loaded(); ok && maxNew <= 0 {
@@ -102,8 +115,9 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		go func() {
 			defer cancel()
 			out, err := t.Wait()
+			<-replied
 			if err != nil {
-				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial()))})
+				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial(err)))})
 				return
 			}
 			_ = c.Notify(NotifyDone, acc.result(out, maxNew))
@@ -113,7 +127,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	defer cancel()
 	out, err := t.Wait()
 	if err != nil {
-		return nil, rpcError(err, acc.partial())
+		return nil, rpcError(err, acc.partial(err))
 	}
 	return acc.result(out, maxNew), nil
 }
@@ -259,8 +273,10 @@ type perfJ struct {
 
 func (a *runAcc) entry(i int) entryResult {
 	e := &a.entries[i]
-	text := append(e.text, e.pending...)
-	r := entryResult{Text: string(text), TokenIDs: e.tokenIDs, TokenCount: len(e.tokenIDs)}
+	// Bytes still pending belong to a character the run did not finish (it stopped at
+	// max_new_tokens inside it): they are left out, as the stream left them out, so the
+	// text stays valid UTF-8; token_ids still count their tokens.
+	r := entryResult{Text: string(e.text), TokenIDs: e.tokenIDs, TokenCount: len(e.tokenIDs)}
 	if r.TokenIDs == nil {
 		r.TokenIDs = []int32{}
 	}
@@ -302,9 +318,13 @@ func (a *runAcc) result(out supervisor.Outcome, maxNew int32) *runResult {
 	return res
 }
 
-// partial is what a run produced before it failed, for the error's data.
-func (a *runAcc) partial() map[string]any {
+// partial is what a run produced before it failed with err, for the error's data.
+func (a *runAcc) partial(err error) map[string]any {
 	m := map[string]any{"request_id": a.id}
+	var callErr *runtime.CallError
+	if errors.As(err, &callErr) || errors.Is(err, runtime.ErrRunFailed) {
+		m["finish_reason"] = FinishError
+	}
 	if !a.batch && len(a.entries) == 1 {
 		e := a.entry(0)
 		m["text"] = e.Text

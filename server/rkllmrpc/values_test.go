@@ -172,6 +172,11 @@ func TestRunAccumulator(t *testing.T) {
 	if res := acc.result(supervisor.Outcome{}, 0); res.FinishReason != FinishStop {
 		t.Errorf("finish reason without a limit %s", res.FinishReason)
 	}
+	// A run cut inside a character: the dangling byte is counted but not in the text.
+	acc.deliver(runtime.Delivery{State: runtime.StateWaiting, Results: []runtime.Result{{Text: "\xe4", TokenID: 228}}})
+	if res := acc.result(supervisor.Outcome{}, 4); res.Text != "café!" || res.TokenCount != 4 || res.FinishReason != FinishLength {
+		t.Errorf("cut result %+v", res)
+	}
 }
 
 func TestErrorMapping(t *testing.T) {

@@ -137,7 +137,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	if o.Listen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
-			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			WriteTimeout: o.WriteTimeout, Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
 	}
 	if o.Socket != "" {

@@ -317,16 +317,14 @@ func (c *conn) handle(msg []byte) {
 	go func() {
 		defer c.s.inflight.Done()
 		defer c.inflight.Done()
-		resps, batch := c.s.d.Handle(c.ctx, c.peer, msg, func() { close(admitted) })
-		if len(resps) == 0 {
-			return
-		}
-		// A failed write has closed the connection already; nothing more to do.
-		if batch {
-			_ = c.writeJSON(resps)
-		} else {
-			_ = c.writeJSON(resps[0])
-		}
+		c.s.d.Serve(c.ctx, c.peer, msg, func() { close(admitted) }, func(resps []*jsonrpc.Response, batch bool) {
+			// A failed write has closed the connection already; nothing more to do.
+			if batch {
+				_ = c.writeJSON(resps)
+			} else {
+				_ = c.writeJSON(resps[0])
+			}
+		})
 	}()
 	select {
 	case <-admitted:

@@ -1,0 +1,123 @@
+/*
+Copyright 2026 The rkllm-operator Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package controllers
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
+	"github.com/rkllm-operator/rkllm-operator/server/config"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+)
+
+// The contract between the operator and rkllm-server (docs/design.md): the server's own
+// configuration parser accepts every server.json the operator writes and reads back the
+// values the user put in the RKLLMModel.
+func TestServerParsesTheOperatorsConfig(t *testing.T) {
+	m := unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{ABI: "1.2", LibraryPath: "/usr/lib/librkllmrt.so"}
+		m.Spec.Parameters = &inferencev1alpha1.Parameters{
+			MaxContextLen: ptr.To[int32](4096), MaxNewTokens: ptr.To[int32](-1), TopK: ptr.To[int32](20), TopP: ptr.To("0.95"),
+			Temperature: ptr.To("0.7"), RepeatPenalty: ptr.To("1.1"), FrequencyPenalty: ptr.To("-0.5"), PresencePenalty: ptr.To("0.25"),
+			Mirostat: ptr.To[int32](2), MirostatTau: ptr.To("5.0"), MirostatEta: ptr.To("0.1"), NKeep: ptr.To[int32](-1),
+			SkipSpecialToken: ptr.To(true), EmbedFlash: ptr.To(true), NBatch: ptr.To[int32](4), BaseDomainID: ptr.To[int32](2),
+			EnabledCPUs: &inferencev1alpha1.EnabledCPUs{Count: ptr.To[int32](4), Mask: ptr.To("0xF0")},
+		}
+		m.Spec.ChatTemplate = &inferencev1alpha1.ChatTemplate{System: ptr.To("You are helpful."), Prefix: ptr.To("<u>"), Postfix: ptr.To("<a>")}
+		m.Spec.LoraAdapters = []inferencev1alpha1.LoraAdapter{
+			{Name: "chat", URL: "https://example.org/chat.lora", Scale: ptr.To("0.5")},
+			{Name: "code", HostPath: "/opt/lora/code.lora"},
+		}
+		m.Spec.PromptCache = &inferencev1alpha1.PromptCache{HostPath: "/opt/cache/p.bin"}
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{
+			Port: ptr.To[int32](9090), MaxQueue: ptr.To[int32](4), RequestTimeout: &metav1.Duration{Duration: 3 * time.Minute},
+			ShutdownTimeout: &metav1.Duration{Duration: 45 * time.Second}, LogFormat: "text",
+			APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "api"},
+		}
+	})
+	o := parseWithServer(t, m)
+
+	if o.Model != "/models/"+downloadFileName("model", sampleURL) || o.ModelDir != "/models" || o.RuntimeABI != "1.2" ||
+		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.Socket != "/run/rkllm/rkllm.sock" ||
+		o.APIKeyFile != "/etc/rkllm/api-key/api-key" || o.MaxQueue != 4 || o.RequestTimeout != 3*time.Minute ||
+		o.ShutdownTimeout != 45*time.Second || o.LogFormat != "text" || o.PromptCache != "/models/host/prompt-cache/p.bin" {
+		t.Errorf("server options = %+v", o)
+	}
+	p := o.ModelParam(runtime.Param{})
+	want := runtime.Param{
+		ModelPath: o.Model, MaxContextLen: 4096, MaxNewTokens: -1, TopK: 20, NKeep: -1, TopP: 0.95, Temperature: 0.7,
+		RepeatPenalty: 1.1, FrequencyPenalty: -0.5, PresencePenalty: 0.25, Mirostat: 2, MirostatTau: 5, MirostatEta: 0.1,
+		SkipSpecialToken: true,
+		Extend:           runtime.ExtendParam{BaseDomainID: 2, EmbedFlash: 1, EnabledCPUsNum: 4, EnabledCPUsMask: 0xF0, NBatch: 4},
+	}
+	if p != want {
+		t.Errorf("init parameters the server reads:\n%+v\nwant\n%+v", p, want)
+	}
+	if sys, pre, post, ok := o.ChatTemplate(); !ok || sys != "You are helpful." || pre != "<u>" || post != "<a>" {
+		t.Errorf("chat template %q %q %q %v", sys, pre, post, ok)
+	}
+	loras, err := o.LoraAdapters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLoras := []runtime.LoraAdapter{
+		{Name: "chat", Path: "/models/" + downloadFileName("lora-chat", "https://example.org/chat.lora"), Scale: 0.5},
+		{Name: "code", Path: "/models/host/lora-code/code.lora", Scale: 1},
+	}
+	if len(loras) != 2 || loras[0] != wantLoras[0] || loras[1] != wantLoras[1] {
+		t.Errorf("LoRA adapters %+v, want %+v", loras, wantLoras)
+	}
+}
+
+// The smallest model gives a configuration the server accepts with its own defaults.
+func TestServerParsesTheMinimalConfig(t *testing.T) {
+	o := parseWithServer(t, unitModel(nil))
+	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.LogFormat != "json" ||
+		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" {
+		t.Errorf("server options = %+v", o)
+	}
+	if p := o.ModelParam(runtime.Param{TopK: 40}); p.TopK != 40 {
+		t.Errorf("an unset parameter did not keep the runtime's default: %+v", p)
+	}
+}
+
+// parseWithServer writes the model's server.json and parses it as `rkllm-server serve
+// --config` does.
+func parseWithServer(t *testing.T, m *inferencev1alpha1.RKLLMModel) *config.Serve {
+	t.Helper()
+	data, err := serverConfig(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "server.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := &config.Serve{}
+	o.BindFlags(pflag.NewFlagSet("serve", pflag.ContinueOnError))
+	if err := o.Parse([]string{"--config", path}); err != nil {
+		t.Fatalf("rkllm-server refuses the operator's server.json: %v\n%s", err, data)
+	}
+	return o
+}
