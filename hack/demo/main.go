@@ -230,9 +230,16 @@ func down(p paths) error {
 	say("Stopping the demo (pid %d): rkllm-server, the manager, the device plugin, the kubelet, the control plane.", pid)
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	const timeout = 90 * time.Second
-	deadline := time.Now().Add(timeout)
-	for running(p) != 0 && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond) //nolint:forbidigo // polling another process's exit
+	deadline := time.After(timeout)
+	ticker := time.NewTicker(200 * time.Millisecond)
+	defer ticker.Stop()
+wait:
+	for running(p) != 0 {
+		select {
+		case <-deadline:
+			break wait
+		case <-ticker.C:
+		}
 	}
 	if running(p) != 0 {
 		say("It did not stop within %s; killing it (its children die with it).", timeout)
