@@ -4,7 +4,8 @@
 // and the manager's RBAC rules are exactly what controller-gen generated into config/, the
 // schema rejects misspelt values, rendering is deterministic, the ServiceMonitors appear
 // only with their API, and the chart renders the same objects as config/default
-// (kustomize). The cluster e2e (test/e2e/edge) applies the rendered value sets with
+// (kustomize); and the images build what `make build-arm64` cross-compiles. The cluster
+// e2e (test/e2e/edge) applies the rendered value sets with
 // server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm and
 // kubectl and sets E2E_HELM and E2E_KUBECTL.
 package chart_test
@@ -473,4 +474,45 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestDockerfilesBuildWhatBuildArm64Builds: every image builds its binary with
+// hack/build-binary.sh, and `make build-arm64` (which CI runs) builds the same set, so a
+// binary an image holds always cross-compiles in CI.
+func TestDockerfilesBuildWhatBuildArm64Builds(t *testing.T) {
+	dockerfiles, err := filepath.Glob(filepath.Join(repoRoot, "images", "*", "Dockerfile"))
+	if err != nil || len(dockerfiles) == 0 {
+		t.Fatalf("Dockerfiles: %v %v", dockerfiles, err)
+	}
+	build := regexp.MustCompile(`hack/build-binary\.sh (\S+) \$\{TARGETOS\} \$\{TARGETARCH\} /out`)
+	var images []string
+	for _, f := range dockerfiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := build.FindSubmatch(data)
+		if m == nil {
+			t.Errorf("%s does not build its binary with hack/build-binary.sh", f)
+			continue
+		}
+		if dir := filepath.Base(filepath.Dir(f)); dir != string(m[1]) {
+			t.Errorf("%s builds %s; the folder says %s", f, m[1], dir)
+		}
+		images = append(images, string(m[1]))
+	}
+	makefile, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^IMAGE_BINARIES := (.*)$`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("no IMAGE_BINARIES in the Makefile")
+	}
+	arm64 := strings.Fields(string(m[1]))
+	sort.Strings(images)
+	sort.Strings(arm64)
+	if !reflect.DeepEqual(images, arm64) {
+		t.Errorf("images build %v, make build-arm64 builds %v", images, arm64)
+	}
 }
