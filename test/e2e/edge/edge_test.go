@@ -4,7 +4,8 @@
 // the simulated edge cluster (test/e2e/edgecluster: a real control plane, two kwok
 // RK3588 nodes and one real-kubelet node with the device plugin on a fake NPU): every
 // value set of the chart passes server-side dry-run, then the chart is installed, models
-// are applied, get Ready, scale past the cluster's NPUs, are suspended, have their
+// are applied and get Ready (on the real-kubelet node only while rkllm-server answers the
+// kubelet's probes), scale past the cluster's NPUs, are suspended, have their
 // parameters changed (a Recreate rollout), survive a chart upgrade, are deleted (the
 // garbage collector removes their children), and the chart is uninstalled while the CRD
 // and the models stay. Run it with `make e2e` (root; builds everything it needs).
@@ -116,7 +117,8 @@ func TestEdgeCluster(t *testing.T) {
 	if err := edgecluster.WriteSimModel(simModel); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel); err != nil {
+	server, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel)
+	if err != nil {
 		t.Fatal(err)
 	}
 	managerProc, err := c.StartManager(ctx, s.manager, namespace, release+"-controller-manager")
@@ -131,6 +133,20 @@ func TestEdgeCluster(t *testing.T) {
 	s.waitReady("beta")
 	s.checkOnePodPerNode()
 	s.checkRealNodeGotTheNPU()
+
+	s.step("the real-kubelet node's pod is Ready only while rkllm-server answers the kubelet's probes")
+	if err := server.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Forget(server)
+	onReal := s.modelOnNode(edgecluster.KubeletNode)
+	s.waitModel(onReal, "not Ready with its server gone", func(m *inferencev1alpha1.RKLLMModel) bool {
+		return !edgecluster.IsReady(m) && m.Status.ReadyReplicas == m.Spec.GetReplicas()-1
+	})
+	if _, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel); err != nil {
+		t.Fatal(err)
+	}
+	s.waitReady(onReal)
 
 	s.step("scaling alpha to 3 leaves its third pod Pending, with the scheduler's reason in the model's status")
 	if _, err := c.Run(ctx, nil, s.kubectl, "scale", "rkllmmodel/alpha", "--replicas=3", "-n", models); err != nil {
@@ -399,6 +415,22 @@ func (s *suite) checkOnePodPerNode() {
 	if strings.Join(nodes, ",") != strings.Join(want, ",") {
 		s.t.Errorf("model pods on nodes %v, want one on each of %v", nodes, want)
 	}
+}
+
+// modelOnNode names the model whose pod runs on node.
+func (s *suite) modelOnNode(node string) string {
+	s.t.Helper()
+	pods, err := s.c.Client.CoreV1().Pods(models).List(s.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if m := p.Labels["inference.rkllm.io/model"]; m != "" {
+			return m
+		}
+	}
+	s.t.Fatalf("no model pod on %s", node)
+	return ""
 }
 
 // checkRealNodeGotTheNPU: the server container on the real-kubelet node was created
