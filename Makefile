@@ -29,6 +29,9 @@ GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 K8S_BIN_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
 KWOKCTL ?= $(LOCALBIN)/kwokctl-$(KWOK_VERSION)
 KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
+# helm is pinned in hack/helm/go.mod (built against the project's Kubernetes libraries).
+HELM_VERSION ?= $(shell grep -oE 'helm.sh/helm/v3 v[^ ]+' hack/helm/go.mod | cut -d' ' -f2)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 
 # envtest honours a KUBEBUILDER_ASSETS the user already has; otherwise it uses the
 # binaries hack/k8s-binaries.sh builds.
@@ -47,8 +50,9 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers.
+manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases
+	$(GO) run ./hack/chartsync
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods from the API types.
@@ -56,9 +60,9 @@ generate: controller-gen ## Generate DeepCopy methods from the API types.
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when committed generated files are stale.
-	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
+	@if [ -n "$$(git status --porcelain -- api config charts)" ]; then \
 		echo "generated files are stale; run 'make manifests generate' and commit:"; \
-		git status --porcelain -- api config; git --no-pager diff --stat -- api config; exit 1; \
+		git status --porcelain -- api config charts; git --no-pager diff --stat -- api config charts; exit 1; \
 	fi
 
 .PHONY: fmt
@@ -76,7 +80,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node e2e ## Everything CI runs (.ci/run calls this).
 
 # The server's packages and the runtime binding are tested once, under -race, by
 # test-server and test-runtime; unit runs everything else.
@@ -168,12 +172,16 @@ binding-leakcheck: sim ## Runtime binding tests under AddressSanitizer and LeakS
 # The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
 ARM64_CC ?= aarch64-linux-gnu-gcc
 
+# What the images under images/ hold; hack/build-binary.sh builds each the way its
+# Dockerfile does.
+IMAGE_BINARIES := manager rknpu-device-plugin rkllm-server
+
 .PHONY: build-arm64
-build-arm64: deps ## Cross-compile the cgo code (runtime binding) and rkllm-server for linux/arm64.
+build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly as the Dockerfiles do) and the runtime binding's tests.
 	@command -v $(ARM64_CC) >/dev/null || { echo "$(ARM64_CC) is missing: run make deps"; exit 1; }
 	mkdir -p $(LOCALBIN)/linux-arm64
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) test -c -o $(LOCALBIN)/linux-arm64/runtime.test ./server/runtime
-	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(ARM64_CC) $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/linux-arm64/rkllm-server ./cmd/rkllm-server
+	for b in $(IMAGE_BINARIES); do CC=$(ARM64_CC) VERSION=$(VERSION) hack/build-binary.sh $$b linux arm64 $(LOCALBIN)/linux-arm64; done
 
 ##@ Inference server
 
@@ -236,6 +244,19 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
 		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 
+##@ Inference server
+
+# The server's packages besides the runtime binding (tested by test-runtime).
+SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
+
+.PHONY: test-server
+test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
+	$(GO) test -race -count=1 $(SERVER_PKGS)
+
+.PHONY: build-server
+build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
+
 ##@ Build
 
 .PHONY: build
@@ -252,14 +273,44 @@ clean: ## Remove everything built into bin/.
 manager: ## Build the operator's manager into bin/manager.
 	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
 
-.PHONY: demo
-demo: manager $(ENVTEST_DEPS) ## Run the demo: a local control plane, the operator and a sample model (Ctrl-C stops it).
-	@$(GO) build -o $(LOCALBIN)/demo ./hack/demo
-	@exec $(LOCALBIN)/demo --manager $(LOCALBIN)/manager --samples config/samples
-
 .PHONY: bench-operator
 bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
 	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
+
+##@ Packaging and the simulated edge cluster
+
+CHART := charts/rkllm-operator
+KUBECTL := $(K8S_BIN_DIR)/kubectl
+
+.PHONY: test-chart
+test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal config/, schema, determinism, kustomize match.
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
+	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
+
+DEMO_FLAGS = --state $(LOCALBIN)/demo --k8s-bin-dir $(K8S_BIN_DIR) --kwokctl $(KWOKCTL) --kwok $(KWOK) --helm $(HELM) \
+	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --server $(LOCALBIN)/rkllm-server \
+	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART)
+
+.PHONY: demo
+demo: $(EDGE_DEPS) ## The simulated RK3588 edge cluster with the chart installed, a model walked through, and rkllm-server to stream from (root; keeps running).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	$(GO) build -o $(LOCALBIN)/rkllm-demo ./hack/demo
+	@$(LOCALBIN)/rkllm-demo up $(DEMO_FLAGS)
+
+.PHONY: demo-down
+demo-down: ## Stop everything `make demo` started.
+	@if [ -x $(LOCALBIN)/rkllm-demo ]; then $(LOCALBIN)/rkllm-demo down $(DEMO_FLAGS); else echo "no demo has been built here"; fi
+
+# What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
+EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim
+
+.PHONY: e2e
+e2e: test-chart $(EDGE_DEPS) ## The chart on the simulated edge cluster: dry-runs, install, models, scale, suspend, rollout, upgrade, GC, uninstall (root).
+	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
+	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_KWOK=$(KWOK) E2E_HELM=$(HELM) \
+		E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) E2E_MANAGER=$(LOCALBIN)/manager E2E_SERVER=$(LOCALBIN)/rkllm-server \
+		E2E_SIM_LIB=$(LOCALBIN)/librkllmrt-sim-1.3.so \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/edge/
 
 ##@ Tools
 
@@ -282,6 +333,17 @@ $(KWOKCTL): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
 kwok: $(KWOK) ## Build kwok (the fake-node controller kwokctl can run) into bin/.
 $(KWOK): hack/kwok/go.mod hack/kwok/go.sum | $(LOCALBIN)
 	$(call kwok-build,$@,kwok)
+
+.PHONY: helm
+helm: $(HELM) ## Build helm (installs the chart in the demo and the e2e test) into bin/.
+$(HELM): hack/helm/go.mod hack/helm/go.sum | $(LOCALBIN)
+	@echo "building helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) into $@"
+	cd hack/helm && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $@.tmp \
+		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+		-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
+		-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION)))" \
+		helm.sh/helm/v3/cmd/helm
+	mv -f $@.tmp $@
 
 # kwok-build builds sigs.k8s.io/kwok/cmd/$(2) from hack/kwok into $(1), with the flags
 # hack/k8s-binaries.sh uses, so the Kubernetes packages compiled there are reused.

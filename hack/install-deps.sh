@@ -7,13 +7,14 @@
 #   gcc-aarch64-linux-gnu    cross-compiling the cgo code for linux/arm64 (make build-arm64)
 #   valgrind                 the simulator's leak check (make sim-leakcheck)
 #   make                     the Makefile itself
-#   util-linux, mount        unshare and mount for the real-kubelet e2e (make e2e-kubelet)
+#   util-linux, mount        unshare and mount for the real-kubelet e2e (make e2e-kubelet, make e2e)
+#   curl                     the demo's request to rkllm-server (make demo)
 #   nodejs, npm              the OpenAI Node.js client test (make test-openai-node); only
 #                            when the node or npm command is missing (a Node.js from
 #                            elsewhere, with its own npm, is used as it is)
 set -euo pipefail
 
-packages=(gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross valgrind make util-linux mount)
+packages=(gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross valgrind make util-linux mount curl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -36,6 +36,10 @@ type Options struct {
 	// ControllerManager also runs kube-controller-manager (Deployments, ServiceAccounts,
 	// garbage collection); tests that only schedule bare pods can leave it out.
 	ControllerManager bool
+	// Kwok, when set, is the kwok binary (make kwok): kwokctl also runs the kwok
+	// controller, which simulates the nodes annotated kwok.x-k8s.io/node=fake and their
+	// pods (kwokctl's default stages) and leaves every other node alone.
+	Kwok string
 	// Log receives kwokctl's own output (nil discards it).
 	Log io.Writer
 }
@@ -64,6 +68,9 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 		filepath.Join(opts.BinDir, "kube-scheduler"), filepath.Join(opts.BinDir, "kubectl")}
 	if opts.ControllerManager {
 		bins = append(bins, filepath.Join(opts.BinDir, "kube-controller-manager"))
+	}
+	if opts.Kwok != "" {
+		bins = append(bins, opts.Kwok)
 	}
 	for _, bin := range bins {
 		if _, err := os.Stat(bin); err != nil {
@@ -158,10 +165,29 @@ options:
   etcdBinary: {{.BinDir}}/etcd
   cacheDir: {{.WorkDir}}/cache
   quietPull: true
+{{- if .Kwok}}
+  kwokControllerBinary: {{.Kwok}}
+{{- end}}
+{{- if or (not .Kwok) (not .ControllerManager)}}
   disable:
+{{- if not .Kwok}}
   - kwok-controller
+{{- end}}
 {{- if not .ControllerManager}}
   - kube-controller-manager
+{{- end}}
+{{- end}}
+{{- if .Kwok}}
+componentsPatches:
+# kwokctl's binary runtime makes kwok manage every node; a real kubelet's node must be
+# left to its kubelet.
+- name: kwok-controller
+  extraArgs:
+  - key: manage-all-nodes
+    value: "false"
+    override: true
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
 {{- end}}
 `))
 

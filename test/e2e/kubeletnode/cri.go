@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -29,6 +30,32 @@ type FakeCRI struct {
 	server *grpc.Server
 	mu     sync.Mutex
 	create []*runtimeapi.CreateContainerRequest
+	podIP  string
+	// logPaths are the absolute log paths of the containers, by ID.
+	logPaths map[string]string
+}
+
+// SetPodIP makes the runtime report ip as every pod sandbox's IP (empty: the fake's own).
+func (f *FakeCRI) SetPodIP(ip string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.podIP = ip
+}
+
+// PodSandboxStatus reports the sandbox, with the pod IP set by SetPodIP.
+func (f *FakeCRI) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	resp, err := f.RemoteRuntime.PodSandboxStatus(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	ip := f.podIP
+	f.mu.Unlock()
+	if ip != "" && resp.GetStatus().GetNetwork() != nil {
+		// A new value: the fake's own status must not change under it.
+		resp.Status.Network = &runtimeapi.PodSandboxNetworkStatus{Ip: ip}
+	}
+	return resp, nil
 }
 
 // StartFakeCRI serves a FakeCRI on the Unix socket at path.
@@ -41,7 +68,7 @@ func StartFakeCRI(path string) (*FakeCRI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fake CRI: %w", err)
 	}
-	f := &FakeCRI{RemoteRuntime: fake.NewFakeRemoteRuntime(), Endpoint: "unix://" + path, server: grpc.NewServer()}
+	f := &FakeCRI{RemoteRuntime: fake.NewFakeRemoteRuntime(), Endpoint: "unix://" + path, server: grpc.NewServer(), logPaths: map[string]string{}}
 	f.ImageService.SetFakeImageSize(fakeImageSize)
 	f.RuntimeService.FakeStatus = &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
 		{Type: runtimeapi.RuntimeReady, Status: true},
@@ -59,7 +86,34 @@ func (f *FakeCRI) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 	f.mu.Lock()
 	f.create = append(f.create, req)
 	f.mu.Unlock()
-	return f.RemoteRuntime.CreateContainer(ctx, req)
+	resp, err := f.RemoteRuntime.CreateContainer(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.logPaths[resp.GetContainerId()] = filepath.Join(req.GetSandboxConfig().GetLogDirectory(), req.GetConfig().GetLogPath())
+	f.mu.Unlock()
+	return resp, nil
+}
+
+// ContainerStatus reports the container with its absolute log path, as real runtimes
+// do. The fake's own status has an empty or relative path, and the kubelet removes
+// "<log path>*" when it removes a container: with an empty path that is every file in
+// its working folder.
+func (f *FakeCRI) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	resp, err := f.RemoteRuntime.ContainerStatus(ctx, req)
+	if err != nil || resp.GetStatus() == nil {
+		return resp, err
+	}
+	f.mu.Lock()
+	path, ok := f.logPaths[req.GetContainerId()]
+	f.mu.Unlock()
+	if !ok || !filepath.IsAbs(path) {
+		// Never let the kubelet glob a relative pattern.
+		path = filepath.Join(os.TempDir(), "kubeletnode-no-log", req.GetContainerId())
+	}
+	resp.Status.LogPath = path
+	return resp, nil
 }
 
 // Created returns the CreateContainer requests received so far.

@@ -46,6 +46,9 @@ type Options struct {
 	Log io.Writer
 	// StopTimeout bounds a graceful kubelet stop before it is killed (default 10s).
 	StopTimeout time.Duration
+	// PodIP, when set, is the IP the fake runtime reports for every pod sandbox (the
+	// kubelet's probes go there), instead of the fake's fixed 192.168.192.168.
+	PodIP string
 }
 
 // Node is a running kubelet with its fake runtime.
@@ -115,6 +118,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if n.CRI, err = StartFakeCRI(filepath.Join(work, "cri.sock")); err != nil {
 		return nil, err
 	}
+	n.CRI.SetPodIP(opts.PodIP)
 	if err := n.startKubelet(ctx); err != nil {
 		n.CRI.Stop()
 		return nil, err
@@ -195,7 +199,7 @@ serializeImagePulls: false
 
 // startKubelet starts the kubelet in its own mount namespace.
 func (n *Node) startKubelet(ctx context.Context) error {
-	p, err := startProcess(ctx, n.opts.Log, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", n.script)
+	p, err := startProcess(ctx, n.opts.WorkDir, n.opts.Log, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", n.script)
 	if err != nil {
 		return fmt.Errorf("starting the kubelet: %w", err)
 	}
@@ -240,7 +244,7 @@ type process struct {
 	err  error
 }
 
-func startProcess(ctx context.Context, log io.Writer, name string, args ...string) (*process, error) {
+func startProcess(ctx context.Context, dir string, log io.Writer, name string, args ...string) (*process, error) {
 	p := &process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
@@ -248,6 +252,8 @@ func startProcess(ctx context.Context, log io.Writer, name string, args ...strin
 		defer runtime.UnlockOSThread()
 		// Not CommandContext: the kubelet outlives Start's context; stop() and Pdeathsig end it.
 		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (unshare), caller-chosen kubelet
+		// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
+		cmd.Dir = dir
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+)
+
+const (
+	release   = "rkllm-operator"
+	namespace = "rkllm-operator-system"
+)
+
+// demoValues are what the simulated cluster needs from the chart: the manager
+// Deployment at 0 replicas (no node here can run its image: the manager runs as a local
+// process with that Deployment's arguments and ServiceAccount instead), and the device
+// plugin on the nodes labelled as NPU nodes (the real-kubelet node is this amd64
+// machine).
+const demoValues = `manager:
+  replicas: 0
+devicePlugin:
+  nodeSelector:
+    kubernetes.io/arch: null
+    rockchip.com/npu.present: "true"
+`
+
+func logf(format string, args ...any) {
+	fmt.Printf("%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// run owns the cluster: it starts everything, reports ready, and stops everything on
+// SIGTERM (make demo-down) or when a part of it dies.
+func run(p paths) (err error) {
+	ctx, stop := signalContext()
+	defer stop()
+	work, err := os.MkdirTemp("", "rkllm-demo-")
+	if err != nil {
+		return err
+	}
+	c, err := edgecluster.Start(ctx, edgecluster.Options{
+		K8sBinDir: p.k8sBin, Kwokctl: p.kwokctl, Kwok: p.kwok, DevicePlugin: p.plugin, WorkDir: work,
+		Progress: func(f string, a ...any) { logf("starting "+f, a...) },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		logf("stopping everything")
+		err = errors.Join(err, c.Stop())
+		logf("stopped")
+	}()
+
+	logf("helm install %s %s -n %s (values: %s)", release, p.chart, namespace, "manager.replicas=0, device plugin on rockchip.com/npu.present=true nodes")
+	values := filepath.Join(work, "demo-values.yaml")
+	if err := os.WriteFile(values, []byte(demoValues), 0o600); err != nil {
+		return err
+	}
+	if _, err := c.Run(ctx, nil, p.helm, "install", release, p.chart, "-n", namespace, "--create-namespace", "-f", values); err != nil {
+		return err
+	}
+
+	modelFile := filepath.Join(work, "models", "qwen2.5-1.5b-sim.rkllm")
+	if err := edgecluster.WriteSimModel(modelFile); err != nil {
+		return err
+	}
+	logf("starting rkllm-server on the RKLLM simulator library (%s) at %s:8080", filepath.Base(p.simLib), c.PodIP)
+	server, err := c.StartServer(ctx, p.server, p.simLib, "1.3", modelFile)
+	if err != nil {
+		return err
+	}
+	logf("starting the manager as the chart's Deployment would run it (its arguments, its ServiceAccount's token)")
+	manager, err := c.StartManager(ctx, p.manager, namespace, release+"-controller-manager")
+	if err != nil {
+		return err
+	}
+
+	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, ServerAddr: c.PodIP + ":8080", ModelFile: modelFile, LogDir: c.LogDir()}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(readyFile(p)+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(readyFile(p)+".tmp", readyFile(p)); err != nil {
+		return err
+	}
+	logf("ready")
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-manager.Exited():
+		return fmt.Errorf("the manager exited (%v); its log: %s", manager.Err(), manager.Log)
+	case <-server.Exited():
+		return fmt.Errorf("rkllm-server exited (%v); its log: %s", server.Err(), server.Log)
+	case <-c.Plugin.Exited():
+		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
+	}
+}

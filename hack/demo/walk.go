@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+)
+
+// stepTimeout bounds each wait of the walk-through.
+const stepTimeout = 3 * time.Minute
+
+const modelName = "qwen-sim"
+
+// modelYAML is the demo's model: a simulator file on the node. All three nodes are this
+// machine, so the file is on each; the kwok nodes' pods never open it.
+const modelYAML = `# A model served by rkllm-server on 3 NPUs. The file is a simulator model file (for the
+# RKLLM simulator library, not a real model), and this x86 machine has no device tree,
+# so security.deviceTree is None.
+apiVersion: inference.rkllm.io/v1alpha1
+kind: RKLLMModel
+metadata:
+  name: qwen-sim
+  namespace: default
+spec:
+  model:
+    hostPath: %s
+  replicas: 3
+  parameters:
+    maxContextLen: 4096
+    temperature: "0.8"
+  resources:
+    requests:
+      memory: 1Gi
+    limits:
+      memory: 2Gi
+  security:
+    deviceTree: None
+`
+
+type walker struct {
+	p    paths
+	r    *ready
+	ctx  context.Context
+	cl   client.Client
+	kctl string
+}
+
+// walkThrough shows what the operator does with a model, with the commands a user
+// would type and their output.
+func walkThrough(p paths, r *ready) error {
+	ctx, stop := signalContext()
+	defer stop()
+	cfg, err := clientcmd.BuildConfigFromFlags("", r.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := inferencev1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	w := &walker{p: p, r: r, ctx: ctx, cl: cl, kctl: filepath.Join(p.k8sBin, "kubectl")}
+	return w.walk()
+}
+
+func (w *walker) walk() error {
+	for _, step := range []func() error{w.cluster, w.apply, w.scale, w.suspend, w.remove, w.stream} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cluster shows the nodes and the release.
+func (w *walker) cluster() error {
+	heading("The cluster")
+	say(`Three RK3588 nodes, each with one rockchip.com/npu:
+  %s, %s  simulated by kwok: it keeps them Ready and marks their pods Running
+                                 and Ready without running anything (no probes run there);
+  %s                 a real kubelet on a fake container runtime, whose NPU comes from
+                                 the real rknpu-device-plugin registering with it (fake RK3588
+                                 files under %s/npu-root). The kubelet really probes
+                                 its pods: the fake runtime gives them the address %s,
+                                 where a real rkllm-server (simulator library) answers /readyz.
+The operator's manager runs here as a process with the chart's Deployment arguments and
+its ServiceAccount's token, since no node can run images.`,
+		edgecluster.KwokNode1, edgecluster.KwokNode2, edgecluster.KubeletNode, w.r.WorkDir, strings.TrimSuffix(w.r.ServerAddr, ":8080"))
+	if err := w.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,NPU:.status.allocatable.rockchip\\.com/npu,SOC:.metadata.labels.rockchip\\.com/npu\\.soc,ARCH:.status.nodeInfo.architecture"); err != nil {
+		return err
+	}
+	return w.helm("list", "-n", namespace)
+}
+
+// apply applies the model and shows it Ready with a pod on each node.
+func (w *walker) apply() error {
+	heading("1. Apply a model with 3 replicas")
+	file := filepath.Join(w.p.state, modelName+".yaml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf(modelYAML, w.r.ModelFile)), 0o600); err != nil {
+		return err
+	}
+	say("%s:\n%s", file, indent(fmt.Sprintf(modelYAML, w.r.ModelFile)))
+	if err := w.kubectl("apply", "-f", file); err != nil {
+		return err
+	}
+	if err := w.kubectl("wait", "--for=condition=Ready", "rkllmmodel/"+modelName, "--timeout=3m"); err != nil {
+		return err
+	}
+	if err := w.kubectl("get", "rkllmmodels", "-o", "wide"); err != nil {
+		return err
+	}
+	if err := w.kubectl("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "-o", "wide"); err != nil {
+		return err
+	}
+	say("One pod per node: each node has one NPU and each pod takes one.")
+	return nil
+}
+
+// scale scales past the cluster's NPUs and shows the scheduler's reason in the status.
+func (w *walker) scale() error {
+	heading("2. Scale to 4: the fourth pod has no NPU to go to")
+	if err := w.kubectl("scale", "rkllmmodel/"+modelName, "--replicas=4"); err != nil {
+		return err
+	}
+	if _, err := edgecluster.WaitModel(w.ctx, w.cl, stepTimeout, "default", modelName, "Unschedulable", func(m *inferencev1alpha1.RKLLMModel) bool {
+		r := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+		return m.Status.ObservedGeneration == m.Generation && r != nil && r.Reason == inferencev1alpha1.ReasonUnschedulable
+	}); err != nil {
+		return err
+	}
+	if err := w.kubectl("get", "rkllmmodel", modelName, "-o", `jsonpath=Ready={.status.conditions[?(@.type=="Ready")].status} reason={.status.conditions[?(@.type=="Ready")].reason}{"\n"}message={.status.conditions[?(@.type=="Ready")].message}{"\n"}`); err != nil {
+		return err
+	}
+	return w.kubectl("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "-o", "wide")
+}
+
+// suspend suspends the model.
+func (w *walker) suspend() error {
+	heading("3. Suspend: no pods, everything else kept")
+	if err := w.kubectl("patch", "rkllmmodel", modelName, "--type=merge", "-p", `{"spec":{"suspend":true}}`); err != nil {
+		return err
+	}
+	if _, err := edgecluster.WaitModel(w.ctx, w.cl, stepTimeout, "default", modelName, "Suspended with no pods", func(m *inferencev1alpha1.RKLLMModel) bool {
+		return m.Status.Phase == inferencev1alpha1.PhaseSuspended && m.Status.Replicas == 0
+	}); err != nil {
+		return err
+	}
+	if err := w.kubectl("get", "deployment,service,configmap", "-l", "inference.rkllm.io/model="+modelName); err != nil {
+		return err
+	}
+	return w.kubectl("get", "rkllmmodel", modelName)
+}
+
+// remove deletes the model and shows its children gone.
+func (w *walker) remove() error {
+	heading("4. Delete: the garbage collector removes what the model owned")
+	if err := w.kubectl("delete", "rkllmmodel", modelName, "--wait=true"); err != nil {
+		return err
+	}
+	if err := edgecluster.Poll(w.ctx, stepTimeout, "the model's children to be gone", func(context.Context) (bool, string, error) {
+		out, err := w.output("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName, "-o", "name")
+		return err == nil && strings.TrimSpace(out) == "", out, err
+	}); err != nil {
+		return err
+	}
+	return w.kubectl("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName)
+}
+
+// stream streams tokens from the server and says where to go next.
+func (w *walker) stream() error {
+	heading("5. Stream tokens from rkllm-server (RKLLM simulator library)")
+	say("This server runs the simulator: its tokens are made up by the simulator, not by a model.")
+	cmd := edgecluster.StreamCommand(w.r.ServerAddr, "Why run LLMs on an RK3588?")
+	say("$ %s", cmd)
+	out, err := exec.CommandContext(w.ctx, "sh", "-c", cmd).CombinedOutput() //nolint:gosec // the command printed above
+	fmt.Print(string(out))
+	if err != nil {
+		say("(curl failed: %v; is curl installed?)", err)
+	}
+
+	heading("Explore")
+	say(`The cluster keeps running. In this shell:
+
+  export KUBECONFIG=%s
+  export PATH=%s:$PATH
+  kubectl apply -f %s     # the model again
+  kubectl get rkllmmodels,pods -o wide
+  %s -n %s status %s
+  %s
+
+Logs of every component: %s
+Stop everything: make demo-down`,
+		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), w.p.helm, namespace, release, cmd, w.r.LogDir)
+	return nil
+}
+
+func heading(s string) { fmt.Printf("\n=== %s\n\n", s) }
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ") + "\n"
+}
+
+// kubectl runs kubectl, showing the command and its output.
+func (w *walker) kubectl(args ...string) error { return w.show(w.kctl, "kubectl", args...) }
+
+func (w *walker) helm(args ...string) error { return w.show(w.p.helm, "helm", args...) }
+
+func (w *walker) show(bin, name string, args ...string) error {
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = a
+		if strings.ContainsAny(a, ` {}"[]()?=@*\`) && !strings.HasPrefix(a, "--") {
+			quoted[i] = "'" + a + "'"
+		}
+	}
+	fmt.Printf("$ %s %s\n", name, strings.Join(quoted, " "))
+	cmd := exec.CommandContext(w.ctx, bin, args...) //nolint:gosec // the demo's own tools
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+w.r.Kubeconfig, "HELM_CACHE_HOME="+filepath.Join(w.r.WorkDir, "helm", "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(w.r.WorkDir, "helm", "config"), "HELM_DATA_HOME="+filepath.Join(w.r.WorkDir, "helm", "data"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	fmt.Print(indent(out.String()))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+func (w *walker) output(args ...string) (string, error) {
+	cmd := exec.CommandContext(w.ctx, w.kctl, args...) //nolint:gosec // the demo's own kubectl
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+w.r.Kubeconfig)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}

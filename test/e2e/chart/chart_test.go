@@ -1,0 +1,518 @@
+//go:build e2e
+
+// Package chart_test checks the Helm chart without a cluster: helm lint is clean, the CRD
+// and the manager's RBAC rules are exactly what controller-gen generated into config/, the
+// schema rejects misspelt values, rendering is deterministic, the ServiceMonitors appear
+// only with their API, and the chart renders the same objects as config/default
+// (kustomize); and the images build what `make build-arm64` cross-compiles. The cluster
+// e2e (test/e2e/edge) applies the rendered value sets with
+// server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm and
+// kubectl and sets E2E_HELM and E2E_KUBECTL.
+package chart_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+)
+
+const (
+	release   = "rkllm-operator"
+	namespace = "rkllm-operator-system"
+)
+
+// repoRoot is the repository's top folder (tests run in their package folder).
+var repoRoot = filepath.Join("..", "..", "..")
+
+var chartDir = filepath.Join(repoRoot, "charts", "rkllm-operator")
+
+func tool(t *testing.T, env string) string {
+	t.Helper()
+	p := os.Getenv(env)
+	if p == "" {
+		t.Fatalf("%s is not set: run this test with `make test-chart` or `make e2e`, which build the tools and set it", env)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s: %v", env, err)
+	}
+	return p
+}
+
+func run(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), name, args...) //nolint:gosec // test tools from the Makefile
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// render runs helm template with the given extra arguments.
+func render(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := run(t, tool(t, "E2E_HELM"), append([]string{"template", release, chartDir, "--namespace", namespace}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// decode splits a multi-document YAML stream into objects.
+func decode(t *testing.T, stream string) []*unstructured.Unstructured {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(stream), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if err == io.EOF {
+				return objs
+			}
+			t.Fatalf("decoding rendered YAML: %v", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		objs = append(objs, &unstructured.Unstructured{Object: m})
+	}
+}
+
+func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o
+		}
+	}
+	return nil
+}
+
+func mustFind(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	o := find(objs, kind, name)
+	if o == nil {
+		t.Fatalf("no %s %s in the rendered chart", kind, name)
+	}
+	return o
+}
+
+func readObjects(t *testing.T, path string) []*unstructured.Unstructured {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decode(t, string(data))
+}
+
+func TestLint(t *testing.T) {
+	for _, values := range valueSets(t) {
+		out, err := run(t, tool(t, "E2E_HELM"), "lint", "--strict", chartDir, "-f", values)
+		if err != nil {
+			t.Fatalf("helm lint with %s: %v\n%s", values, err, out)
+		}
+		if strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+			t.Errorf("helm lint with %s is not clean:\n%s", values, out)
+		}
+	}
+}
+
+// valueSets are the chart's ci/*.yaml files.
+func valueSets(t *testing.T) []string {
+	t.Helper()
+	sets, err := filepath.Glob(filepath.Join(chartDir, "ci", "*.yaml"))
+	if err != nil || len(sets) < 3 {
+		t.Fatalf("value sets in %s/ci: %v %v", chartDir, sets, err)
+	}
+	return sets
+}
+
+// chartOnlyCRDMetadata removes what the chart adds to a generated CRD.
+func chartOnlyCRDMetadata(crd *unstructured.Unstructured) *unstructured.Unstructured {
+	c := crd.DeepCopy()
+	ann := c.GetAnnotations()
+	delete(ann, "helm.sh/resource-policy")
+	c.SetAnnotations(ann)
+	c.SetLabels(nil)
+	return c
+}
+
+// crdDiff says how the chart's CRD differs from the generated one, or "" when equal.
+func crdDiff(chart, generated *unstructured.Unstructured) string {
+	got := chartOnlyCRDMetadata(chart).Object
+	want := generated.Object
+	if reflect.DeepEqual(got, want) {
+		return ""
+	}
+	var diffs []string
+	for _, key := range []string{"apiVersion", "kind", "metadata", "spec"} {
+		if !reflect.DeepEqual(got[key], want[key]) {
+			diffs = append(diffs, key)
+		}
+	}
+	return "the chart's CRD differs from config/crd/bases in " + strings.Join(diffs, ", ") + "; run `make manifests` and commit"
+}
+
+func TestCRDEqualsGenerated(t *testing.T) {
+	bases, err := filepath.Glob(filepath.Join(repoRoot, "config", "crd", "bases", "*.yaml"))
+	if err != nil || len(bases) == 0 {
+		t.Fatalf("generated CRDs: %v %v", bases, err)
+	}
+	objs := decode(t, render(t))
+	for _, base := range bases {
+		generated := readObjects(t, base)[0]
+		chart := mustFind(t, objs, "CustomResourceDefinition", generated.GetName())
+		if d := crdDiff(chart, generated); d != "" {
+			t.Error(d)
+		}
+		if got := chart.GetAnnotations()["helm.sh/resource-policy"]; got != "keep" {
+			t.Errorf("CRD annotation helm.sh/resource-policy = %q, want keep (crds.keep defaults to true)", got)
+		}
+
+		// The comparison catches a stale chart: change one description in the generated
+		// CRD, as a regenerated API would, and it must report the difference.
+		stale := generated.DeepCopy()
+		versions, _, _ := unstructured.NestedSlice(stale.Object, "spec", "versions")
+		v0 := versions[0].(map[string]any)
+		if err := unstructured.SetNestedField(v0, "changed by a newer API", "schema", "openAPIV3Schema", "description"); err != nil {
+			t.Fatal(err)
+		}
+		_ = unstructured.SetNestedSlice(stale.Object, versions, "spec", "versions")
+		if d := crdDiff(chart, stale); !strings.Contains(d, "spec") {
+			t.Errorf("a changed generated CRD was not reported as stale (diff %q)", d)
+		}
+	}
+
+	noKeep := decode(t, render(t, "--set", "crds.keep=false"))
+	for _, o := range noKeep {
+		if o.GetKind() == "CustomResourceDefinition" {
+			if _, ok := o.GetAnnotations()["helm.sh/resource-policy"]; ok {
+				t.Error("crds.keep=false still renders helm.sh/resource-policy")
+			}
+		}
+	}
+	for _, o := range decode(t, render(t, "--set", "crds.enabled=false")) {
+		if o.GetKind() == "CustomResourceDefinition" {
+			t.Errorf("crds.enabled=false still renders CRD %s", o.GetName())
+		}
+	}
+}
+
+func TestManagerRulesEqualGenerated(t *testing.T) {
+	generated := readObjects(t, filepath.Join(repoRoot, "config", "rbac", "role.yaml"))[0]
+	chart := mustFind(t, decode(t, render(t)), "ClusterRole", release+"-manager-role")
+	if !reflect.DeepEqual(chart.Object["rules"], generated.Object["rules"]) {
+		t.Errorf("the manager's ClusterRole rules differ from config/rbac/role.yaml; run `make manifests` and commit\nchart: %v\ngenerated: %v",
+			chart.Object["rules"], generated.Object["rules"])
+	}
+}
+
+func TestSchemaRejectsTypos(t *testing.T) {
+	cases := []struct {
+		set, want string
+	}{
+		{"manager.replica=2", "additional properties 'replica' not allowed"},
+		{"devicePlugin.nodeSelecter.a=b", "additional properties 'nodeSelecter' not allowed"},
+		{"crd.enabled=false", "additional properties 'crd' not allowed"},
+		{"devicePlugin.mode=shared", "/devicePlugin/mode"},
+		{"manager.metrics.port=0", "/manager/metrics/port"},
+		{"server.image.pullPolicy=Always", "additional properties 'pullPolicy' not allowed"},
+		{"manager.image.digest=latest", "/manager/image/digest"},
+	}
+	for _, c := range cases {
+		t.Run(c.set, func(t *testing.T) {
+			_, err := run(t, tool(t, "E2E_HELM"), "template", release, chartDir, "--set", c.set)
+			if err == nil {
+				t.Fatalf("--set %s rendered; want a schema error", c.set)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("--set %s: error %q does not mention %q", c.set, err, c.want)
+			}
+		})
+	}
+	// A combination the schema cannot express is refused by the templates, with the fix.
+	_, err := run(t, tool(t, "E2E_HELM"), "template", release, chartDir, "--set", "manager.replicas=2", "--set", "manager.leaderElect=false")
+	if err == nil || !strings.Contains(err.Error(), "needs manager.leaderElect: true") {
+		t.Errorf("2 replicas without leader election: err %v, want a message naming manager.leaderElect", err)
+	}
+}
+
+func TestRenderingIsDeterministic(t *testing.T) {
+	for _, values := range valueSets(t) {
+		first := render(t, "-f", values)
+		if second := render(t, "-f", values); first != second {
+			t.Errorf("%s renders differently on a second run", values)
+		}
+	}
+	// No function whose output changes between runs or depends on the live cluster.
+	nondeterministic := regexp.MustCompile(`\b(lookup|now|randAlpha|randAlphaNum|randNumeric|randAscii|randBytes|uuidv4|genCA|genPrivateKey|genSelfSignedCert|genSignedCert)\b`)
+	templates, _ := filepath.Glob(filepath.Join(chartDir, "templates", "*"))
+	for _, tpl := range templates {
+		data, err := os.ReadFile(tpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, action := range regexp.MustCompile(`\{\{.*?\}\}`).FindAllString(string(data), -1) {
+			if m := nondeterministic.FindString(action); m != "" {
+				t.Errorf("%s uses %s (%s): rendering must not depend on time, randomness or the cluster", tpl, m, action)
+			}
+		}
+	}
+}
+
+func TestServiceMonitorOnlyWithItsAPI(t *testing.T) {
+	count := func(objs []*unstructured.Unstructured) int {
+		n := 0
+		for _, o := range objs {
+			if o.GetKind() == "ServiceMonitor" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(decode(t, render(t, "--set", "serviceMonitor.enabled=true"))); n != 0 {
+		t.Errorf("without monitoring.coreos.com/v1 the chart rendered %d ServiceMonitors, want 0", n)
+	}
+	withAPI := decode(t, render(t, "--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+	if n := count(withAPI); n != 2 {
+		t.Errorf("with the API the chart rendered %d ServiceMonitors, want 2 (manager, device plugin)", n)
+	}
+	if n := count(decode(t, render(t, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))); n != 0 {
+		t.Errorf("serviceMonitor.enabled=false rendered %d ServiceMonitors", n)
+	}
+}
+
+func TestWatchNamespacesGrantsOnlyThere(t *testing.T) {
+	objs := decode(t, render(t, "--set", "manager.watchNamespaces={models-a,models-b}"))
+	if o := find(objs, "ClusterRoleBinding", release+"-manager-rolebinding"); o != nil {
+		t.Error("with watchNamespaces the manager still gets a ClusterRoleBinding")
+	}
+	var bound []string
+	for _, o := range objs {
+		if o.GetKind() == "RoleBinding" && o.GetName() == release+"-manager-rolebinding" {
+			bound = append(bound, o.GetNamespace())
+		}
+	}
+	sort.Strings(bound)
+	if strings.Join(bound, ",") != "models-a,models-b" {
+		t.Errorf("manager RoleBindings in %v, want models-a and models-b", bound)
+	}
+	dep := mustFind(t, objs, "Deployment", release+"-controller-manager")
+	if args := containerArgs(t, dep); !contains(args, "--watch-namespaces=models-a,models-b") {
+		t.Errorf("manager args %v lack --watch-namespaces", args)
+	}
+}
+
+func TestDevicePluginHasNoAPIAccess(t *testing.T) {
+	objs := decode(t, render(t))
+	sa := mustFind(t, objs, "ServiceAccount", release+"-device-plugin")
+	if v, _, _ := unstructured.NestedBool(sa.Object, "automountServiceAccountToken"); v {
+		t.Error("the device plugin's ServiceAccount mounts a token")
+	}
+	for _, o := range objs {
+		if o.GetKind() != "RoleBinding" && o.GetKind() != "ClusterRoleBinding" {
+			continue
+		}
+		subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
+		for _, s := range subjects {
+			if s.(map[string]any)["name"] == release+"-device-plugin" {
+				t.Errorf("%s %s binds a role to the device plugin", o.GetKind(), o.GetName())
+			}
+		}
+	}
+	ds := mustFind(t, objs, "DaemonSet", release+"-device-plugin")
+	c := container(t, ds)
+	sc := c["securityContext"].(map[string]any)
+	if sc["privileged"] == true || sc["allowPrivilegeEscalation"] != false || sc["readOnlyRootFilesystem"] != true {
+		t.Errorf("device plugin securityContext %v: want unprivileged, no escalation, read-only root", sc)
+	}
+}
+
+func TestImageTagsDefaultToAppVersion(t *testing.T) {
+	chartYAML, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^appVersion: "?([^"\n]+)"?$`).FindSubmatch(chartYAML)
+	if m == nil {
+		t.Fatal("no appVersion in Chart.yaml")
+	}
+	app := string(m[1])
+	objs := decode(t, render(t))
+	dep := mustFind(t, objs, "Deployment", release+"-controller-manager")
+	if got := container(t, dep)["image"]; got != "ghcr.io/rkllm-operator/rkllm-operator:"+app {
+		t.Errorf("manager image %v, want tag %s", got, app)
+	}
+	if args := containerArgs(t, dep); !contains(args, "--default-server-image=ghcr.io/rkllm-operator/rkllm-server:"+app) {
+		t.Errorf("manager args %v: want the server image at %s", args, app)
+	}
+	ds := mustFind(t, objs, "DaemonSet", release+"-device-plugin")
+	if got := container(t, ds)["image"]; got != "ghcr.io/rkllm-operator/rknpu-device-plugin:"+app {
+		t.Errorf("device plugin image %v, want tag %s", got, app)
+	}
+	pinned := decode(t, render(t, "--set", "manager.image.digest=sha256:"+strings.Repeat("ab", 32)))
+	if got := container(t, mustFind(t, pinned, "Deployment", release+"-controller-manager"))["image"]; got != "ghcr.io/rkllm-operator/rkllm-operator@sha256:"+strings.Repeat("ab", 32) {
+		t.Errorf("a digest gives image %v", got)
+	}
+}
+
+// TestMatchesKustomize: config/default and the chart (release rkllm-operator in
+// rkllm-operator-system, default values) render the same objects with the same pod specs,
+// apart from the differences listed here.
+func TestMatchesKustomize(t *testing.T) {
+	kustomized, err := run(t, tool(t, "E2E_KUBECTL"), "kustomize", filepath.Join(repoRoot, "config", "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kobjs := decode(t, kustomized)
+	cobjs := decode(t, render(t))
+	key := func(o *unstructured.Unstructured) string {
+		return o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
+	}
+	var kkeys, ckeys []string
+	for _, o := range kobjs {
+		if o.GetKind() == "Namespace" { // helm install --create-namespace makes it
+			continue
+		}
+		kkeys = append(kkeys, key(o))
+	}
+	for _, o := range cobjs {
+		ckeys = append(ckeys, key(o))
+	}
+	sort.Strings(kkeys)
+	sort.Strings(ckeys)
+	if !reflect.DeepEqual(kkeys, ckeys) {
+		t.Errorf("objects differ:\nkustomize: %v\nchart:     %v", kkeys, ckeys)
+	}
+	for _, k := range kobjs {
+		c := find(cobjs, k.GetKind(), k.GetName())
+		if c == nil {
+			continue
+		}
+		switch k.GetKind() {
+		case "ClusterRole", "Role":
+			if !reflect.DeepEqual(k.Object["rules"], c.Object["rules"]) {
+				t.Errorf("%s %s: rules differ", k.GetKind(), k.GetName())
+			}
+		case "Deployment", "DaemonSet":
+			comparePodSpecs(t, k, c)
+		}
+	}
+}
+
+// comparePodSpecs compares the pod specs of a kustomize and a chart workload. Images
+// differ by design (kustomize: latest, chart: appVersion), and the chart passes its own
+// flags that have the binary's defaults in kustomize.
+func comparePodSpecs(t *testing.T, k, c *unstructured.Unstructured) {
+	t.Helper()
+	chartOnlyArgs := regexp.MustCompile(`^--(default-server-image|max-concurrent-reconciles|zap-log-level|zap-encoder)=`)
+	norm := func(o *unstructured.Unstructured) map[string]any {
+		spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+		containers := spec["containers"].([]any)
+		for _, ci := range containers {
+			ctr := ci.(map[string]any)
+			delete(ctr, "image")
+			var args []any
+			for _, a := range ctr["args"].([]any) {
+				if !chartOnlyArgs.MatchString(a.(string)) {
+					args = append(args, a)
+				}
+			}
+			ctr["args"] = args
+		}
+		return spec
+	}
+	if kn, cn := norm(k), norm(c); !reflect.DeepEqual(kn, cn) {
+		for field := range kn {
+			if !reflect.DeepEqual(kn[field], cn[field]) {
+				t.Errorf("%s %s: pod spec field %s differs\nkustomize: %v\nchart:     %v", k.GetKind(), k.GetName(), field, kn[field], cn[field])
+			}
+		}
+		for field := range cn {
+			if _, ok := kn[field]; !ok {
+				t.Errorf("%s %s: the chart sets pod spec field %s, kustomize does not", k.GetKind(), k.GetName(), field)
+			}
+		}
+	}
+}
+
+func container(t *testing.T, o *unstructured.Unstructured) map[string]any {
+	t.Helper()
+	cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+	if len(cs) != 1 {
+		t.Fatalf("%s %s has %d containers, want 1", o.GetKind(), o.GetName(), len(cs))
+	}
+	return cs[0].(map[string]any)
+}
+
+func containerArgs(t *testing.T, o *unstructured.Unstructured) []string {
+	t.Helper()
+	var args []string
+	for _, a := range container(t, o)["args"].([]any) {
+		args = append(args, a.(string))
+	}
+	return args
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDockerfilesBuildWhatBuildArm64Builds: every image builds its binary with
+// hack/build-binary.sh, and `make build-arm64` (which CI runs) builds the same set, so a
+// binary an image holds always cross-compiles in CI.
+func TestDockerfilesBuildWhatBuildArm64Builds(t *testing.T) {
+	dockerfiles, err := filepath.Glob(filepath.Join(repoRoot, "images", "*", "Dockerfile"))
+	if err != nil || len(dockerfiles) == 0 {
+		t.Fatalf("Dockerfiles: %v %v", dockerfiles, err)
+	}
+	build := regexp.MustCompile(`hack/build-binary\.sh (\S+) \$\{TARGETOS\} \$\{TARGETARCH\} /out`)
+	var images []string
+	for _, f := range dockerfiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := build.FindSubmatch(data)
+		if m == nil {
+			t.Errorf("%s does not build its binary with hack/build-binary.sh", f)
+			continue
+		}
+		if dir := filepath.Base(filepath.Dir(f)); dir != string(m[1]) {
+			t.Errorf("%s builds %s; the folder says %s", f, m[1], dir)
+		}
+		images = append(images, string(m[1]))
+	}
+	makefile, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^IMAGE_BINARIES := (.*)$`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("no IMAGE_BINARIES in the Makefile")
+	}
+	arm64 := strings.Fields(string(m[1]))
+	sort.Strings(images)
+	sort.Strings(arm64)
+	if !reflect.DeepEqual(images, arm64) {
+		t.Errorf("images build %v, make build-arm64 builds %v", images, arm64)
+	}
+}

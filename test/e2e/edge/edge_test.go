@@ -1,0 +1,612 @@
+//go:build e2e
+
+// Package edge_test runs the chart, the operator, the device plugin and rkllm-server on
+// the simulated edge cluster (test/e2e/edgecluster: a real control plane, two kwok
+// RK3588 nodes and one real-kubelet node with the device plugin on a fake NPU): every
+// value set of the chart passes server-side dry-run, then the chart is installed, models
+// are applied and get Ready (on the real-kubelet node only while rkllm-server answers the
+// kubelet's probes), scale past the cluster's NPUs, are suspended, have their
+// parameters changed (a Recreate rollout), survive a chart upgrade, are deleted (the
+// garbage collector removes their children), and the chart is uninstalled while the CRD
+// and the models stay. Run it with `make e2e` (root; builds everything it needs).
+package edge_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+)
+
+const (
+	release   = "rkllm-operator"
+	namespace = "rkllm-operator-system"
+	models    = "default"
+)
+
+// Named timeouts for a loaded 2-core machine.
+const (
+	readyTimeout    = 3 * time.Minute
+	statusTimeout   = time.Minute
+	deletionTimeout = time.Minute
+)
+
+var repoRoot = filepath.Join("..", "..", "..")
+
+func env(t *testing.T, name string) string {
+	t.Helper()
+	p := os.Getenv(name)
+	if p == "" {
+		t.Fatalf("%s is not set: run this test with `make e2e`, which builds the binaries and sets it", name)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
+}
+
+type suite struct {
+	t       *testing.T
+	ctx     context.Context
+	c       *edgecluster.Cluster
+	cl      client.Client
+	helm    string
+	kubectl string
+	manager string
+	work    string
+}
+
+func TestEdgeCluster(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the edge cluster e2e test needs root (a private mount namespace for the kubelet and the manager)")
+	}
+	k8sBin := env(t, "E2E_K8S_BIN_DIR")
+	s := &suite{t: t, helm: env(t, "E2E_HELM"), kubectl: filepath.Join(k8sBin, "kubectl"), manager: env(t, "E2E_MANAGER"), work: t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	if deadline, ok := t.Deadline(); ok {
+		ctx, cancel = context.WithDeadline(context.Background(), deadline.Add(-time.Minute))
+	}
+	defer cancel()
+	s.ctx = ctx
+
+	start := time.Now()
+	c, err := edgecluster.Start(ctx, edgecluster.Options{
+		K8sBinDir: k8sBin, Kwokctl: env(t, "E2E_KWOKCTL"), Kwok: env(t, "E2E_KWOK"), DevicePlugin: env(t, "E2E_DEVICE_PLUGIN"),
+		WorkDir: filepath.Join(s.work, "cluster"), Progress: func(f string, a ...any) { t.Logf("starting "+f, a...) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.c = c
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+		if t.Failed() {
+			dumpLogs(t, c.LogDir())
+		}
+	})
+	t.Logf("cluster up in %s", time.Since(start).Round(time.Second))
+	if s.cl, err = c.ModelClient(); err != nil {
+		t.Fatal(err)
+	}
+
+	s.dryRunValueSets()
+	s.install()
+	simModel := filepath.Join(s.work, "models", "qwen2.5-sim.rkllm")
+	if err := edgecluster.WriteSimModel(simModel); err != nil {
+		t.Fatal(err)
+	}
+	server, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	managerProc, err := c.StartManager(ctx, s.manager, namespace, release+"-controller-manager")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s.step("models alpha (2 replicas) and beta (1) get Ready, one pod per node")
+	s.apply(model("alpha", simModel, 2))
+	s.apply(model("beta", simModel, 1))
+	s.waitReady("alpha")
+	s.waitReady("beta")
+	s.checkOnePodPerNode()
+	s.checkRealNodeGotTheNPU()
+
+	s.step("the real-kubelet node's pod is Ready only while rkllm-server answers the kubelet's probes")
+	if err := server.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Forget(server)
+	onReal := s.modelOnNode(edgecluster.KubeletNode)
+	s.waitModel(onReal, "not Ready with its server gone", func(m *inferencev1alpha1.RKLLMModel) bool {
+		return !edgecluster.IsReady(m) && m.Status.ReadyReplicas == m.Spec.GetReplicas()-1
+	})
+	if _, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel); err != nil {
+		t.Fatal(err)
+	}
+	s.waitReady(onReal)
+
+	s.step("scaling alpha to 3 leaves its third pod Pending, with the scheduler's reason in the model's status")
+	if _, err := c.Run(ctx, nil, s.kubectl, "scale", "rkllmmodel/alpha", "--replicas=3", "-n", models); err != nil {
+		t.Fatal(err)
+	}
+	m := s.waitModel("alpha", "Unschedulable for lack of NPUs", func(m *inferencev1alpha1.RKLLMModel) bool {
+		r := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+		return m.Generation == m.Status.ObservedGeneration && r != nil && r.Status == metav1.ConditionFalse &&
+			r.Reason == inferencev1alpha1.ReasonUnschedulable && strings.Contains(r.Message, "Insufficient rockchip.com/npu")
+	})
+	t.Logf("alpha: %s", edgecluster.DescribeModel(m))
+
+	s.step("suspending beta frees its NPU: beta has no pods, alpha gets Ready with 3")
+	s.patch("beta", `{"spec":{"suspend":true}}`)
+	s.waitModel("beta", "Suspended", func(m *inferencev1alpha1.RKLLMModel) bool {
+		return m.Status.Phase == inferencev1alpha1.PhaseSuspended
+	})
+	s.waitNoPods("beta")
+	s.waitReady("alpha")
+
+	s.step("changing alpha's parameters rolls its pods with Recreate: no new pod while an old one runs")
+	oldHash := s.podHashes("alpha")
+	rec := s.recordPods("alpha")
+	s.patch("alpha", `{"spec":{"parameters":{"temperature":"0.5","topK":20}}}`)
+	s.waitRolledOver("alpha", oldHash)
+	rec.stop()
+	rec.checkRecreate(t, oldHash)
+	cm, err := c.Client.CoreV1().ConfigMaps(models).Get(ctx, "alpha-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := cm.Data["server.json"]; !strings.Contains(cfg, `"temperature": "0.5"`) || !strings.Contains(cfg, `"top-k": 20`) {
+		t.Errorf("alpha's server.json does not carry the new parameters:\n%s", cfg)
+	}
+
+	s.step("upgrading the chart (new chart version, new default server image) updates the CRD and, after the manager restarts, the models")
+	s.upgrade()
+	crd, err := c.Run(ctx, nil, s.kubectl, "get", "crd", "rkllmmodels.inference.rkllm.io", "-o", `jsonpath={.metadata.labels.helm\.sh/chart} {.metadata.annotations.helm\.sh/resource-policy}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crd != "rkllm-operator-0.1.1 keep" {
+		t.Errorf("after the upgrade the CRD has chart label and policy %q, want %q", crd, "rkllm-operator-0.1.1 keep")
+	}
+	if err := managerProc.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Forget(managerProc)
+	if managerProc, err = c.StartManager(ctx, s.manager, namespace, release+"-controller-manager"); err != nil {
+		t.Fatal(err)
+	}
+	s.waitModel("alpha", "Ready on the upgraded server image", func(m *inferencev1alpha1.RKLLMModel) bool {
+		if !edgecluster.IsReady(m) {
+			return false
+		}
+		pods, err := c.ModelPods(ctx, models, "alpha")
+		if err != nil || len(pods) != 3 {
+			return false
+		}
+		for _, p := range pods {
+			if p.Spec.Containers[0].Image != "ghcr.io/rkllm-operator/rkllm-server:0.1.1-e2e" || p.DeletionTimestamp != nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	s.step("deleting alpha: the garbage collector removes its Deployment, ReplicaSets, pods, Service and ConfigMap")
+	if err := s.cl.Delete(ctx, &inferencev1alpha1.RKLLMModel{ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: "alpha"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.waitChildrenGone("alpha")
+
+	s.step("uninstalling the chart keeps the CRD and the models")
+	if err := managerProc.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Forget(managerProc)
+	if _, err := c.Run(ctx, nil, s.helm, "uninstall", release, "-n", namespace, "--wait"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.AppsV1().DaemonSets(namespace).Get(ctx, release+"-device-plugin", metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+		t.Errorf("the device plugin DaemonSet after uninstall: %v, want NotFound", err)
+	}
+	if _, err := c.Client.RbacV1().ClusterRoles().Get(ctx, release+"-manager-role", metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+		t.Errorf("the manager's ClusterRole after uninstall: %v, want NotFound", err)
+	}
+	if _, err := c.Run(ctx, nil, s.kubectl, "get", "crd", "rkllmmodels.inference.rkllm.io"); err != nil {
+		t.Errorf("the CRD is gone after uninstall (crds.keep): %v", err)
+	}
+	var beta inferencev1alpha1.RKLLMModel
+	if err := s.cl.Get(ctx, client.ObjectKey{Namespace: models, Name: "beta"}, &beta); err != nil {
+		t.Errorf("model beta after uninstall: %v", err)
+	}
+	t.Logf("e2e done in %s", time.Since(start).Round(time.Second))
+}
+
+func (s *suite) step(msg string) {
+	s.t.Helper()
+	s.t.Logf("%s STEP: %s", time.Now().Format("15:04:05"), msg)
+}
+
+// dryRunValueSets renders the chart with each value set in ci/ (and config/default with
+// kustomize) and has the API server validate every object (server-side dry-run).
+func (s *suite) dryRunValueSets() {
+	s.step("every chart value set and config/default pass server-side dry-run")
+	for _, ns := range []string{namespace, "models-a", "models-b"} {
+		if _, err := s.c.Client.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	sets, _ := filepath.Glob(filepath.Join(repoRoot, "charts", "rkllm-operator", "ci", "*.yaml"))
+	if len(sets) < 3 {
+		s.t.Fatalf("value sets: %v", sets)
+	}
+	for _, set := range sets {
+		manifest, err := s.c.Run(s.ctx, nil, s.helm, "template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace, "-f", set)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		out, err := s.c.Run(s.ctx, []byte(manifest), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-")
+		if err != nil {
+			s.t.Errorf("%s: %v", filepath.Base(set), err)
+			continue
+		}
+		s.t.Logf("%s: %d objects valid", filepath.Base(set), strings.Count(out, "(server dry run)"))
+	}
+	kustomized, err := s.c.Run(s.ctx, nil, s.kubectl, "kustomize", filepath.Join(repoRoot, "config", "default"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.c.Run(s.ctx, []byte(kustomized), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-"); err != nil {
+		s.t.Errorf("config/default: %v", err)
+	}
+}
+
+// clusterValues are what the simulated cluster needs: no manager pod (no node can run
+// the image; the manager runs as a local process with the Deployment's arguments and
+// ServiceAccount), and the plugin on the nodes labelled as NPU nodes (the real-kubelet
+// node is amd64).
+const clusterValues = `manager:
+  replicas: 0
+devicePlugin:
+  nodeSelector:
+    kubernetes.io/arch: null
+    rockchip.com/npu.present: "true"
+`
+
+func (s *suite) install() {
+	s.step("helm install")
+	values := filepath.Join(s.work, "cluster-values.yaml")
+	if err := os.WriteFile(values, []byte(clusterValues), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.c.Run(s.ctx, nil, s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace, "-f", values); err != nil {
+		s.t.Fatal(err)
+	}
+	err := edgecluster.Poll(s.ctx, statusTimeout, "the device plugin DaemonSet on the 3 NPU nodes", func(ctx context.Context) (bool, string, error) {
+		ds, err := s.c.Client.AppsV1().DaemonSets(namespace).Get(ctx, release+"-device-plugin", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		st := ds.Status
+		return st.DesiredNumberScheduled == 3 && st.NumberReady == 3, fmt.Sprintf("desired %d, ready %d", st.DesiredNumberScheduled, st.NumberReady), nil
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *suite) upgrade() {
+	// A copy of the chart with the next chart version, as a release would have.
+	chart := filepath.Join(s.work, "chart-next", "rkllm-operator")
+	if err := os.MkdirAll(filepath.Dir(chart), 0o750); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.c.Run(s.ctx, nil, "cp", "-r", filepath.Join(repoRoot, "charts", "rkllm-operator"), filepath.Dir(chart)); err != nil {
+		s.t.Fatal(err)
+	}
+	chartYAML := filepath.Join(chart, "Chart.yaml")
+	data, err := os.ReadFile(chartYAML)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	next := regexp.MustCompile(`(?m)^version: .*$`).ReplaceAll(data, []byte("version: 0.1.1"))
+	if err := os.WriteFile(chartYAML, next, 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	values := filepath.Join(s.work, "cluster-values.yaml")
+	if _, err := s.c.Run(s.ctx, nil, s.helm, "upgrade", release, chart, "-n", namespace, "-f", values,
+		"--set", "server.image.tag=0.1.1-e2e"); err != nil {
+		s.t.Fatal(err)
+	}
+	d, err := s.c.Client.AppsV1().Deployments(namespace).Get(s.ctx, release+"-controller-manager", metav1.GetOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if args := strings.Join(d.Spec.Template.Spec.Containers[0].Args, " "); !strings.Contains(args, "--default-server-image=ghcr.io/rkllm-operator/rkllm-server:0.1.1-e2e") {
+		s.t.Errorf("after the upgrade the manager's args are %s", args)
+	}
+}
+
+// model is a model served from a simulator file on the node. security.deviceTree is
+// None: this x86 machine has no device tree for the default HostPath mount.
+func model(name, file string, replicas int32) *inferencev1alpha1.RKLLMModel {
+	return &inferencev1alpha1.RKLLMModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: name},
+		Spec: inferencev1alpha1.RKLLMModelSpec{
+			Model:    inferencev1alpha1.ModelSource{HostPath: file},
+			Replicas: &replicas,
+			Resources: &inferencev1alpha1.Resources{
+				Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
+			},
+			Security: &inferencev1alpha1.SecuritySpec{DeviceTree: inferencev1alpha1.DeviceTreeNone},
+		},
+	}
+}
+
+func (s *suite) apply(m *inferencev1alpha1.RKLLMModel) {
+	s.t.Helper()
+	if err := s.cl.Create(s.ctx, m); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *suite) patch(name, patch string) {
+	s.t.Helper()
+	m := &inferencev1alpha1.RKLLMModel{ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: name}}
+	if err := s.cl.Patch(s.ctx, m, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *suite) waitModel(name, what string, done func(*inferencev1alpha1.RKLLMModel) bool) *inferencev1alpha1.RKLLMModel {
+	s.t.Helper()
+	m, err := edgecluster.WaitModel(s.ctx, s.cl, readyTimeout, models, name, what, done)
+	if err != nil {
+		pods, _ := s.c.ModelPods(s.ctx, models, name)
+		s.t.Fatalf("%v\npods:\n%s", err, edgecluster.DescribePods(pods))
+	}
+	return m
+}
+
+func (s *suite) waitReady(name string) {
+	s.t.Helper()
+	m := s.waitModel(name, "Ready", edgecluster.IsReady)
+	s.t.Logf("%s: %s", name, edgecluster.DescribeModel(m))
+}
+
+func (s *suite) checkOnePodPerNode() {
+	s.t.Helper()
+	var nodes []string
+	for _, name := range []string{"alpha", "beta"} {
+		pods, err := s.c.ModelPods(s.ctx, models, name)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		for _, p := range pods {
+			nodes = append(nodes, p.Spec.NodeName)
+		}
+	}
+	sort.Strings(nodes)
+	want := []string{edgecluster.KubeletNode, edgecluster.KwokNode1, edgecluster.KwokNode2}
+	sort.Strings(want)
+	if strings.Join(nodes, ",") != strings.Join(want, ",") {
+		s.t.Errorf("model pods on nodes %v, want one on each of %v", nodes, want)
+	}
+}
+
+// modelOnNode names the model whose pod runs on node.
+func (s *suite) modelOnNode(node string) string {
+	s.t.Helper()
+	pods, err := s.c.Client.CoreV1().Pods(models).List(s.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if m := p.Labels["inference.rkllm.io/model"]; m != "" {
+			return m
+		}
+	}
+	s.t.Fatalf("no model pod on %s", node)
+	return ""
+}
+
+// checkRealNodeGotTheNPU: the server container on the real-kubelet node was created
+// with the device plugin's device nodes and variables.
+func (s *suite) checkRealNodeGotTheNPU() {
+	s.t.Helper()
+	for _, req := range s.c.CRI().Created() {
+		if req.GetConfig().GetMetadata().GetName() != "server" {
+			continue
+		}
+		envs := map[string]string{}
+		for _, e := range req.GetConfig().GetEnvs() {
+			envs[e.Key] = string(e.Value)
+		}
+		var devices []string
+		for _, d := range req.GetConfig().GetDevices() {
+			devices = append(devices, d.HostPath)
+		}
+		if envs["RKNPU_SOC"] != "rk3588" || envs["RKNPU_UNIT_IDS"] != "npu0" || !strings.Contains(strings.Join(devices, ","), "/dev/dri/renderD129") {
+			s.t.Errorf("the server container on %s got envs %v and devices %v; want the plugin's RKNPU_* and /dev/dri/renderD129", edgecluster.KubeletNode, envs, devices)
+		}
+		return
+	}
+	s.t.Errorf("the fake runtime of %s never created a server container", edgecluster.KubeletNode)
+}
+
+func (s *suite) waitNoPods(name string) {
+	s.t.Helper()
+	err := edgecluster.Poll(s.ctx, deletionTimeout, "model "+name+" to have no pods", func(ctx context.Context) (bool, string, error) {
+		pods, err := s.c.ModelPods(ctx, models, name)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return len(pods) == 0, edgecluster.DescribePods(pods), nil
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+const hashAnnotation = "inference.rkllm.io/rollout-hash"
+
+func (s *suite) podHashes(name string) string {
+	s.t.Helper()
+	pods, err := s.c.ModelPods(s.ctx, models, name)
+	if err != nil || len(pods) == 0 {
+		s.t.Fatalf("pods of %s: %v (%d)", name, err, len(pods))
+	}
+	return pods[0].Annotations[hashAnnotation]
+}
+
+func (s *suite) waitRolledOver(name, oldHash string) {
+	s.t.Helper()
+	s.waitModel(name, "Ready on the new spec", func(m *inferencev1alpha1.RKLLMModel) bool {
+		if !edgecluster.IsReady(m) {
+			return false
+		}
+		pods, err := s.c.ModelPods(s.ctx, models, name)
+		if err != nil || len(pods) != int(m.Spec.GetReplicas()) {
+			return false
+		}
+		for _, p := range pods {
+			if p.Annotations[hashAnnotation] == oldHash || p.DeletionTimestamp != nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// podRecorder records a model's pod events from a watch.
+type podRecorder struct {
+	w      watch.Interface
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	events []watch.Event
+}
+
+func (s *suite) recordPods(name string) *podRecorder {
+	s.t.Helper()
+	w, err := s.c.Client.CoreV1().Pods(models).Watch(s.ctx, metav1.ListOptions{LabelSelector: "inference.rkllm.io/model=" + name})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	r := &podRecorder{w: w}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for ev := range w.ResultChan() {
+			r.mu.Lock()
+			r.events = append(r.events, ev)
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+func (r *podRecorder) stop() { r.w.Stop(); r.wg.Wait() }
+
+// checkRecreate replays the events: when the first pod of the new spec appeared, no pod
+// of the old spec may still have been running or starting.
+func (r *podRecorder) checkRecreate(t *testing.T, oldHash string) {
+	t.Helper()
+	live := map[string]bool{}
+	sawNew := false
+	for _, ev := range r.events {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		old := p.Annotations[hashAnnotation] == oldHash
+		terminal := p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+		switch {
+		case old && (ev.Type == watch.Deleted || terminal):
+			delete(live, p.Name)
+		case old:
+			live[p.Name] = true
+		case !sawNew:
+			sawNew = true
+			if len(live) > 0 {
+				t.Errorf("new pod %s appeared while old pods %v were still running: not a Recreate rollout", p.Name, keys(live))
+			}
+		}
+	}
+	if !sawNew {
+		t.Error("no pod of the new spec was seen during the rollout")
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *suite) waitChildrenGone(name string) {
+	s.t.Helper()
+	sel := metav1.ListOptions{LabelSelector: "inference.rkllm.io/model=" + name}
+	err := edgecluster.Poll(s.ctx, deletionTimeout, "the garbage collector to remove "+name+"'s children", func(ctx context.Context) (bool, string, error) {
+		var left []string
+		if l, err := s.c.Client.AppsV1().Deployments(models).List(ctx, sel); err == nil && len(l.Items) > 0 {
+			left = append(left, fmt.Sprintf("%d Deployments", len(l.Items)))
+		}
+		if l, err := s.c.Client.AppsV1().ReplicaSets(models).List(ctx, sel); err == nil && len(l.Items) > 0 {
+			left = append(left, fmt.Sprintf("%d ReplicaSets", len(l.Items)))
+		}
+		if l, err := s.c.Client.CoreV1().Pods(models).List(ctx, sel); err == nil && len(l.Items) > 0 {
+			left = append(left, fmt.Sprintf("%d pods", len(l.Items)))
+		}
+		if _, err := s.c.Client.CoreV1().Services(models).Get(ctx, name, metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+			left = append(left, "the Service")
+		}
+		if _, err := s.c.Client.CoreV1().ConfigMaps(models).Get(ctx, name+"-config", metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+			left = append(left, "the ConfigMap")
+		}
+		return len(left) == 0, "left: " + strings.Join(left, ", "), nil
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func dumpLogs(t *testing.T, dir string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if len(data) > 4000 {
+			data = data[len(data)-4000:]
+		}
+		t.Logf("--- last lines of %s:\n%s", f, data)
+	}
+}
