@@ -16,15 +16,23 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/daemon"
 )
 
+// version is stamped by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
 func main() {
 	opts := daemon.DefaultOptions()
 	opts.AddFlags(flag.CommandLine)
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	logFormat := flag.String("log-format", "text", "Log format: text or json.")
 	verbosity := flag.Int("v", 0, "Log verbosity; 1 adds debug messages.")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "unexpected arguments %q; all settings are flags (see -help)\n", flag.Args())
 		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("rknpu-device-plugin", version)
+		return
 	}
 
 	handlerOpts := &slog.HandlerOptions{Level: slog.Level(-*verbosity)}
@@ -39,6 +47,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logr.FromSlogHandler(handler)
+	log.Info("starting rknpu-device-plugin", "version", version)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
