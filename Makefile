@@ -244,19 +244,6 @@ e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet 
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
 		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 
-##@ Inference server
-
-# The server's packages besides the runtime binding (tested by test-runtime).
-SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
-
-.PHONY: test-server
-test-server: sim ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators.
-	$(GO) test -race -count=1 $(SERVER_PKGS)
-
-.PHONY: build-server
-build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
-
 ##@ Build
 
 .PHONY: build
