@@ -190,7 +190,7 @@ SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm
 
 .PHONY: test-server
 test-server: sim fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
-	$(GO) test -race -count=1 $(SERVER_PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(SERVER_PKGS)
 
 .PHONY: test-openai-node
 test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
@@ -274,6 +274,9 @@ test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal con
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
 
+# What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
+EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim
+
 DEMO_FLAGS = --state $(LOCALBIN)/demo --k8s-bin-dir $(K8S_BIN_DIR) --kwokctl $(KWOKCTL) --kwok $(KWOK) --helm $(HELM) \
 	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --server $(LOCALBIN)/rkllm-server \
 	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART)
@@ -287,9 +290,6 @@ demo: $(EDGE_DEPS) ## The simulated RK3588 edge cluster with the chart installed
 .PHONY: demo-down
 demo-down: ## Stop everything `make demo` started.
 	@if [ -x $(LOCALBIN)/rkllm-demo ]; then $(LOCALBIN)/rkllm-demo down $(DEMO_FLAGS); else echo "no demo has been built here"; fi
-
-# What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
-EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim
 
 .PHONY: e2e
 e2e: test-chart $(EDGE_DEPS) ## The chart on the simulated edge cluster: dry-runs, install, models, scale, suspend, rollout, upgrade, GC, uninstall (root).

@@ -95,11 +95,11 @@ func (e *blockedError) Error() string { return e.reason + ": " + e.message }
 // step is one part of a reconcile; it records what it learns in obs.
 type step func(ctx context.Context, model *inferencev1alpha1.RKLLMModel, obs *observation) (ctrl.Result, error)
 
-// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels,verbs=get;list;watch
+// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels/status,verbs=get;patch
 // +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets;persistentvolumeclaims,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

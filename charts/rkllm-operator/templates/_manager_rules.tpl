@@ -7,11 +7,9 @@
   - services
   verbs:
   - create
-  - delete
   - get
   - list
   - patch
-  - update
   - watch
 - apiGroups:
   - ""
@@ -34,11 +32,9 @@
   - deployments
   verbs:
   - create
-  - delete
   - get
   - list
   - patch
-  - update
   - watch
 - apiGroups:
   - events.k8s.io
@@ -54,8 +50,6 @@
   verbs:
   - get
   - list
-  - patch
-  - update
   - watch
 - apiGroups:
   - inference.rkllm.io
@@ -70,5 +64,4 @@
   verbs:
   - get
   - patch
-  - update
 {{- end }}
