@@ -417,9 +417,15 @@ func TestOpenAISampling(t *testing.T) {
 		if echo == nil {
 			t.Fatalf("loaded values refused: %s", body)
 		}
+		// The server stops the run after 3 tokens; the unpaced simulator has usually
+		// generated more by the time the abort lands, as a runtime whose abort lags
+		// would: usage counts what the client got, and the whole prompt.
 		c := s.chat([]msg{{"role": "user", "content": "Hello"}}, map[string]any{"max_tokens": 3})
 		if c.Choices[0].FinishReason != "length" || c.Usage.CompletionTokens != 3 {
 			t.Errorf("max_tokens 3 on 1.2: finish %q, %d tokens", c.Choices[0].FinishReason, c.Usage.CompletionTokens)
+		}
+		if n := len(s.model.Tokenize(chatML(t, []chattemplate.Message{{Role: "user", Content: "Hello"}}))); c.Usage.PromptTokens != n {
+			t.Errorf("max_tokens 3 on 1.2: prompt tokens %d, want %d", c.Usage.PromptTokens, n)
 		}
 	})
 }

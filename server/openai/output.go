@@ -49,18 +49,17 @@ func newOutput(stops []string, tools bool, endOfReply string, maxTokens int) *ou
 // whether the run should be stopped (a stop sequence appeared, or max_tokens was
 // reached).
 func (o *output) add(d runtime.Delivery) (string, bool) {
-	if o.stopped != "" {
-		return "", false
-	}
-	switch d.State {
-	case runtime.StateFinish:
+	switch {
+	case d.State == runtime.StateFinish:
+		// Also after a stop: the perf counters give the prompt's token count.
 		if len(d.Results) > 0 {
 			p := d.Results[0].Perf
 			o.perf = &p
 		}
 		return "", false
-	case runtime.StateNormal, runtime.StateWaiting:
-	default:
+	case o.stopped != "":
+		return "", false
+	case d.State != runtime.StateNormal && d.State != runtime.StateWaiting:
 		return "", false
 	}
 	if len(d.Results) == 0 {
