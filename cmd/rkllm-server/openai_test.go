@@ -279,9 +279,13 @@ func TestOpenAIModelsAndChat(t *testing.T) {
 			t.Errorf("last event %q", rest[2])
 		}
 
-		// Without include_usage, chunks have no usage member.
-		_, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "max_tokens": 2}))
+		// Without include_usage, chunks have no usage member. (sseEvents checks this
+		// response's status and content type.)
+		resp, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "max_tokens": 2}))
 		events = sseEvents(t, resp, body)
+		if len(events) < 3 || events[len(events)-1] != "[DONE]" {
+			t.Fatalf("stream without include_usage: %q", events)
+		}
 		for _, ev := range events[:len(events)-1] {
 			if strings.Contains(ev, `"usage"`) {
 				t.Errorf("usage without include_usage: %s", ev)
