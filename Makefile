@@ -218,6 +218,10 @@ soak: sim build-server ## Soak rkllm-server (minutes, not in CI): thousands of r
 bench-server: sim build-server ## Benchmarks of rkllm-server against the unpaced simulator (docs/benchmarks.md).
 	$(GO) run ./bench/server -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN)
 
+.PHONY: bench-prefix-reuse
+bench-prefix-reuse: sim build-server ## Time to first token of a 10-turn chat with and without conversation-prefix reuse, simulator paced like an RK3588 (docs/benchmarks.md).
+	$(GO) run ./bench/prefix-reuse -server $(LOCALBIN)/rkllm-server -sim $(LOCALBIN)/librkllmrt-sim-1.3.so
+
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server

@@ -4,7 +4,10 @@
 // RK3588 (150 prompt tokens per second by default). It prints a Markdown table for
 // docs/benchmarks.md.
 //
-//	make sim build-server
+//	make bench-prefix-reuse
+//
+// which builds the simulator and the server, then runs
+//
 //	go run ./bench/prefix-reuse -server bin/rkllm-server -sim bin/librkllmrt-sim-1.3.so
 package main
 

@@ -279,9 +279,13 @@ func TestOpenAIModelsAndChat(t *testing.T) {
 			t.Errorf("last event %q", rest[2])
 		}
 
-		// Without include_usage, chunks have no usage member.
-		_, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "max_tokens": 2}))
+		// Without include_usage, chunks have no usage member. (sseEvents checks this
+		// response's status and content type.)
+		resp, body = s.v1(http.MethodPost, "/v1/chat/completions", chatBody(msgs, map[string]any{"stream": true, "max_tokens": 2}))
 		events = sseEvents(t, resp, body)
+		if len(events) < 3 || events[len(events)-1] != "[DONE]" {
+			t.Fatalf("stream without include_usage: %q", events)
+		}
 		for _, ev := range events[:len(events)-1] {
 			if strings.Contains(ev, `"usage"`) {
 				t.Errorf("usage without include_usage: %s", ev)
@@ -417,9 +421,15 @@ func TestOpenAISampling(t *testing.T) {
 		if echo == nil {
 			t.Fatalf("loaded values refused: %s", body)
 		}
+		// The server stops the run after 3 tokens; the unpaced simulator has usually
+		// generated more by the time the abort lands, as a runtime whose abort lags
+		// would: usage counts what the client got, and the whole prompt.
 		c := s.chat([]msg{{"role": "user", "content": "Hello"}}, map[string]any{"max_tokens": 3})
 		if c.Choices[0].FinishReason != "length" || c.Usage.CompletionTokens != 3 {
 			t.Errorf("max_tokens 3 on 1.2: finish %q, %d tokens", c.Choices[0].FinishReason, c.Usage.CompletionTokens)
+		}
+		if n := len(s.model.Tokenize(chatML(t, []chattemplate.Message{{Role: "user", Content: "Hello"}}))); c.Usage.PromptTokens != n {
+			t.Errorf("max_tokens 3 on 1.2: prompt tokens %d, want %d", c.Usage.PromptTokens, n)
 		}
 	})
 }

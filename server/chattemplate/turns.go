@@ -39,7 +39,8 @@ type Turns struct {
 	// TrimContent trims white space around message contents (Llama 3).
 	TrimContent bool `json:"trim_content"`
 	// Thinking is how the family marks reasoning: "" (none), "qwen3" (on by default,
-	// switched off with an empty <think></think> block) or "deepseek-r1" (always on).
+	// switched off with an empty <think></think> block) or "deepseek-r1" (always on: the
+	// generation prompt opens the <think> block).
 	Thinking string `json:"thinking"`
 	// ThinkingOff makes thinking off by default (qwen3-no-thinking).
 	ThinkingOff bool `json:"thinking_off"`
@@ -101,12 +102,28 @@ func (t *Turns) content(s string) string {
 
 // RuntimeTemplate returns the template as the runtime's rkllm_set_chat_template takes
 // it: the system turn with the default system prompt, the user prefix, and the user
-// suffix followed by the assistant's prefix.
+// suffix followed by the generation prompt (with the reasoning block a thinking
+// family puts there by default).
 func (t *Turns) RuntimeTemplate() (system, prefix, postfix string) {
 	if t.DefaultSystem != "" && !t.SystemInUser {
 		system = t.SystemPrefix + t.DefaultSystem + t.SystemSuffix
 	}
-	return system, t.UserPrefix, t.UserSuffix + t.AssistantPrefix
+	return system, t.UserPrefix, t.UserSuffix + t.generationPrompt(nil)
+}
+
+// generationPrompt is the assistant's prefix that ends a prompt, with the reasoning
+// block the family's template puts after it: qwen3's empty one when thinking is off,
+// DeepSeek-R1's opening tag always.
+func (t *Turns) generationPrompt(enableThinking *bool) string {
+	switch {
+	case t.Thinking == thinkQwen3 && !t.thinking(enableThinking):
+		return t.AssistantPrefix + "<think>\n\n</think>\n\n"
+	case t.Thinking == thinkDeepSeek:
+		// DeepSeek's templates open the reasoning block themselves (since February
+		// 2025) so that the model does not skip it; the reply starts inside it.
+		return t.AssistantPrefix + "<think>\n"
+	}
+	return t.AssistantPrefix
 }
 
 // Render implements Template.
@@ -153,10 +170,7 @@ func (t *Turns) Render(c *Conversation) (string, error) {
 	if pending != "" {
 		b.WriteString(t.UserPrefix + pending + t.UserSuffix)
 	}
-	b.WriteString(t.AssistantPrefix)
-	if t.Thinking == thinkQwen3 && !t.thinking(c.EnableThinking) {
-		b.WriteString("<think>\n\n</think>\n\n")
-	}
+	b.WriteString(t.generationPrompt(c.EnableThinking))
 	return b.String(), nil
 }
 
@@ -187,13 +201,18 @@ func (t *Turns) thinking(enable *bool) bool {
 	return !t.ThinkingOff
 }
 
-// writeAssistant writes a past assistant turn. The reasoning of turns before the last
-// user message is dropped, as the families' own templates do.
+// writeAssistant writes a past assistant turn without its reasoning, as the families'
+// own templates do: Qwen 3 drops it from turns before the last user message and trims
+// the newlines after it, DeepSeek-R1 drops it from every turn and keeps the rest as it
+// is.
 func (t *Turns) writeAssistant(b *strings.Builder, m Message, beforeLastUser bool) {
 	content := m.Content
-	if t.Thinking != "" && beforeLastUser {
-		if i := strings.LastIndex(content, thinkEnd); i >= 0 {
+	if i := strings.LastIndex(content, thinkEnd); i >= 0 {
+		switch {
+		case t.Thinking == thinkQwen3 && beforeLastUser:
 			content = strings.TrimLeft(content[i+len(thinkEnd):], "\n")
+		case t.Thinking == thinkDeepSeek:
+			content = content[i+len(thinkEnd):]
 		}
 	}
 	content = t.content(content)

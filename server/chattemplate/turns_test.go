@@ -25,7 +25,7 @@ func TestPresets(t *testing.T) {
 		"qwen3-no-thinking": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
 		"llama3": "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>" +
 			"<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-		"deepseek-r1": "Be brief.<｜User｜> Hi <｜Assistant｜>Hello.<｜end▁of▁sentence｜><｜User｜>Bye<｜Assistant｜>",
+		"deepseek-r1": "Be brief.<｜User｜> Hi <｜Assistant｜>Hello.<｜end▁of▁sentence｜><｜User｜>Bye<｜Assistant｜><think>\n",
 		"gemma":       "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n",
 		"phi3":        "<|system|>\nBe brief.<|end|>\n<|user|>\n Hi <|end|>\n<|assistant|>\nHello.<|end|>\n<|user|>\nBye<|end|>\n<|assistant|>\n",
 	}
@@ -76,10 +76,25 @@ func TestTurnsDetails(t *testing.T) {
 	if strings.Contains(on, "<think>") || !strings.HasSuffix(off, "<|im_start|>assistant\n<think>\n\n</think>\n\n") {
 		t.Errorf("qwen3 thinking on %q, off %q", on, off)
 	}
+	// DeepSeek-R1's template (as its distills' tokenizer_config.json has it since
+	// February 2025) opens the reasoning in the generation prompt, and drops a past
+	// turn's reasoning up to </think>, keeping what follows as it is. The model's
+	// reply starts inside the block, so it has no <think> of its own.
 	r1, _ := Preset("deepseek-r1")
-	got, _ = r1.Render(&Conversation{Messages: msgs("user", "a", "assistant", "<think>\nhmm\n</think>\n\nB", "user", "c")})
-	if got != "<｜User｜>a<｜Assistant｜>B<｜end▁of▁sentence｜><｜User｜>c<｜Assistant｜>" {
+	got, _ = r1.Render(&Conversation{Messages: msgs("user", "a", "assistant", "hmm\n</think>\n\nB", "user", "c")})
+	if got != "<｜User｜>a<｜Assistant｜>\n\nB<｜end▁of▁sentence｜><｜User｜>c<｜Assistant｜><think>\n" {
 		t.Errorf("deepseek-r1 drops past reasoning: %q", got)
+	}
+	got, _ = r1.Render(&Conversation{Messages: msgs("user", "a", "assistant", "<think>\nhmm\n</think>B", "tool", "1")})
+	if !strings.HasPrefix(got, "<｜User｜>a<｜Assistant｜>B<｜end▁of▁sentence｜>") || !strings.HasSuffix(got, "<｜Assistant｜><think>\n") {
+		t.Errorf("deepseek-r1 drops the reasoning of a turn after the last user message too: %q", got)
+	}
+	for name, want := range map[string]string{"chatml": "<|im_end|>\n<|im_start|>assistant\n", "qwen3": "<|im_end|>\n<|im_start|>assistant\n",
+		"qwen3-no-thinking": "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", "deepseek-r1": "<｜Assistant｜><think>\n"} {
+		p, _ := Preset(name)
+		if _, _, post := p.(*Turns).RuntimeTemplate(); post != want {
+			t.Errorf("%s: runtime template postfix %q, want %q (the generation prompt)", name, post, want)
+		}
 	}
 	ends := map[string]string{"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "phi3": "<|end|>", "deepseek-r1": "<｜end▁of▁sentence｜>"}
 	for name, eos := range ends {

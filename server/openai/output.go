@@ -49,26 +49,9 @@ func newOutput(stops []string, tools bool, endOfReply string, maxTokens int) *ou
 // whether the run should be stopped (a stop sequence appeared, or max_tokens was
 // reached).
 func (o *output) add(d runtime.Delivery) (string, bool) {
-	if o.stopped != "" {
+	r, ok := o.token(d)
+	if !ok {
 		return "", false
-	}
-	switch d.State {
-	case runtime.StateFinish:
-		if len(d.Results) > 0 {
-			p := d.Results[0].Perf
-			o.perf = &p
-		}
-		return "", false
-	case runtime.StateNormal, runtime.StateWaiting:
-	default:
-		return "", false
-	}
-	if len(d.Results) == 0 {
-		return "", false
-	}
-	r := d.Results[0]
-	if r.TokenID >= 0 {
-		o.tokens++
 	}
 	if d.State == runtime.StateWaiting {
 		o.pending = append(o.pending, r.Text...)
@@ -95,6 +78,27 @@ func (o *output) add(d runtime.Delivery) (string, bool) {
 		return o.emit(text, o.toolAt), o.checkMax()
 	}
 	return o.emit(text, len(text)-o.holdBack(text)), o.checkMax()
+}
+
+// token takes the perf counters of the FINISH delivery (also after a stop: they give
+// the prompt's token count) and counts a token delivery; ok is false for a delivery
+// that brings no text to give out.
+func (o *output) token(d runtime.Delivery) (r runtime.Result, ok bool) {
+	if d.State == runtime.StateFinish {
+		if len(d.Results) > 0 {
+			p := d.Results[0].Perf
+			o.perf = &p
+		}
+		return r, false
+	}
+	if o.stopped != "" || d.State != runtime.StateNormal && d.State != runtime.StateWaiting || len(d.Results) == 0 {
+		return r, false
+	}
+	r = d.Results[0]
+	if r.TokenID >= 0 {
+		o.tokens++
+	}
+	return r, true
 }
 
 // checkMax reports (once) that the server-enforced max_tokens is reached.

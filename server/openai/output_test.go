@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
 func tok(text string) runtime.Delivery {
@@ -111,5 +112,47 @@ func TestDeliveryQueue(t *testing.T) {
 	q.push(tok("late"))
 	if len(q.take()) != 0 {
 		t.Error("a cut-off client still gets deliveries")
+	}
+}
+
+func finished(prefill, generated int32) runtime.Delivery {
+	return runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{{TokenID: -1, Perf: runtime.PerfStat{PrefillTokens: prefill, GenerateTokens: generated}}}}
+}
+
+// TestUsage: completion_tokens is the runtime's count of generated tokens, except for
+// a run the server cut short, whose abort lagged behind (the runtime went on
+// generating tokens the client never got): then it counts the tokens up to the cut.
+func TestUsage(t *testing.T) {
+	cases := []struct {
+		name             string
+		o                *output
+		in               []runtime.Delivery
+		cached           int
+		prompt, complete int
+	}{
+		{name: "ended by the model", o: newOutput(nil, false, "", 0), in: []runtime.Delivery{tok("a"), tok("b"), finished(10, 3)},
+			prompt: 10, complete: 3},
+		{name: "with cached positions", o: newOutput(nil, false, "", 0), in: []runtime.Delivery{tok("a"), finished(4, 1)}, cached: 6,
+			prompt: 10, complete: 1},
+		{name: "server max_tokens, the abort lagged", o: newOutput(nil, false, "", 2),
+			in: []runtime.Delivery{tok("a"), tok("b"), tok("c"), tok("d"), tok("e"), finished(10, 5)}, prompt: 10, complete: 2},
+		{name: "stop sequence, the abort lagged", o: newOutput([]string{"END"}, false, "", 0),
+			in: []runtime.Delivery{tok("a"), tok("E"), tok("ND"), tok("x"), tok("y"), tok("z"), finished(10, 6)}, prompt: 10, complete: 3},
+		{name: "cut short, the runtime counted fewer", o: newOutput(nil, false, "", 3),
+			in: []runtime.Delivery{tok("a"), tok("b"), tok("c"), finished(10, 2)}, prompt: 10, complete: 2},
+		{name: "no perf counters", o: newOutput(nil, false, "", 0), in: []runtime.Delivery{tok("a"), tok("b")}, complete: 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			feed(c.o, c.in...)
+			var out supervisor.Outcome
+			if c.cached > 0 {
+				out.Conversation = &supervisor.ConversationOutcome{Reused: true, CachedTokens: c.cached}
+			}
+			u := usage(c.o, out)
+			if u.PromptTokens != c.prompt || u.CompletionTokens != c.complete || u.TotalTokens != c.prompt+c.complete || u.PromptTokensDetails.CachedTokens != c.cached {
+				t.Errorf("usage %+v, want prompt %d (cached %d) completion %d", u, c.prompt, c.cached, c.complete)
+			}
+		})
 	}
 }

@@ -316,7 +316,10 @@ func (h *Handler) runFailed(w http.ResponseWriter, st *stream, q *deliveryQueue,
 	h.fail(w, e)
 }
 
-// usage counts the prompt as the cached positions plus those prefilled now.
+// usage counts the prompt as the cached positions plus those prefilled now, and the
+// completion as the runtime's generated tokens; for a run the server cut short (a stop
+// sequence, or max_tokens on ABI 1.2) only the tokens up to the cut, because a
+// runtime's abort lags and the tokens generated meanwhile never reach the client.
 func usage(o *output, out supervisor.Outcome) *Usage {
 	u := &Usage{CompletionTokens: o.tokens}
 	cached := 0
@@ -325,8 +328,8 @@ func usage(o *output, out supervisor.Outcome) *Usage {
 	}
 	if o.perf != nil {
 		u.PromptTokens = cached + int(o.perf.PrefillTokens)
-		if o.perf.GenerateTokens > 0 {
-			u.CompletionTokens = int(o.perf.GenerateTokens)
+		if n := int(o.perf.GenerateTokens); n > 0 && (!o.cutShort || n < o.tokens) {
+			u.CompletionTokens = n
 		}
 	}
 	u.PromptTokensDetails.CachedTokens = cached
