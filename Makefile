@@ -59,11 +59,12 @@ generate: controller-gen ## Generate DeepCopy methods from the API types.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
 
 .PHONY: verify-generated
-verify-generated: manifests generate ## Fail when committed generated files are stale.
+verify-generated: manifests generate ## Fail when committed generated files are stale or go.mod is not tidy.
 	@if [ -n "$$(git status --porcelain -- api config charts)" ]; then \
 		echo "generated files are stale; run 'make manifests generate' and commit:"; \
 		git status --porcelain -- api config charts; git --no-pager diff --stat -- api config charts; exit 1; \
 	fi
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy; run 'go mod tidy' and commit"; exit 1; }
 
 .PHONY: fmt
 fmt: ## Run go fmt.
