@@ -1,10 +1,12 @@
 package main_test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCrashRecovery: the runtime crashes (SIGSEGV) in the middle of a stream while
@@ -148,12 +150,46 @@ func TestModelLoadFailure(t *testing.T) {
 	if e := fails(t, s.http("rkllm.run", prompt("x")), -32001); !strings.Contains(e.Message, "simulated init failure") {
 		t.Errorf("run while the model fails: %s", e.Message)
 	}
-	s.eventually("a retry", waitTimeout, func() bool {
-		return strings.Count(s.logs.String(), "model failed to load; retrying") >= 2
+	// The retries back off (--restart-backoff-min 20ms, -max 200ms, ±20% jitter): each
+	// delay doubles, so each of the first four is longer than the one before, and none
+	// is over the cap.
+	var delays []time.Duration
+	s.eventually("six retries", waitTimeout, func() bool {
+		delays = retryDelays(t, s.logs.String())
+		return len(delays) >= 6
 	})
+	for i, d := range delays {
+		if i > 0 && i < 4 && d <= delays[i-1] {
+			t.Errorf("retry delays %v: delay %d is not longer than the one before", delays, i+1)
+		}
+		if d > 240*time.Millisecond {
+			t.Errorf("retry delays %v: over the cap of 200ms +20%%", delays)
+		}
+	}
 	if resp, _ := s.get("/livez"); resp.StatusCode != 200 {
 		t.Errorf("livez %d", resp.StatusCode)
 	}
+}
+
+// retryDelays reads the retry_in of each "model failed to load; retrying" log entry.
+func retryDelays(t *testing.T, logs string) []time.Duration {
+	t.Helper()
+	var out []time.Duration
+	for _, l := range strings.Split(logs, "\n") {
+		var e struct {
+			Msg     string `json:"msg"`
+			RetryIn string `json:"retry_in"`
+		}
+		if json.Unmarshal([]byte(l), &e) != nil || e.Msg != "model failed to load; retrying" {
+			continue
+		}
+		d, err := time.ParseDuration(e.RetryIn)
+		if err != nil {
+			t.Fatalf("retry_in of %s: %v", l, err)
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 func grepLines(s, substr string) string {

@@ -408,6 +408,11 @@ func (s *server) dial() *client {
 	if err != nil {
 		s.t.Fatalf("dial %s: %v", s.socket, err)
 	}
+	return s.clientOn(nc)
+}
+
+// clientOn makes a client of a socket connection.
+func (s *server) clientOn(nc net.Conn) *client {
 	c := &client{t: s.t, nc: nc, pending: map[string]chan response{}, notes: make(chan map[string]any, 10000), closed: make(chan struct{})}
 	s.t.Cleanup(func() { _ = nc.Close() })
 	go c.read()

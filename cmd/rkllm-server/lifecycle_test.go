@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,36 +113,109 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	}
 }
 
+// TestAPIKeyAndMetrics: /rpc over HTTP needs the key; after runs over both
+// transports (one plain, two streamed) every metric of a run has counted them: the
+// request, queue, latency and perf histograms once per run, and the bytes each
+// transport sent and received exactly as the clients counted them.
 func TestAPIKeyAndMetrics(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key")
 	if err := os.WriteFile(keyFile, []byte("k3y\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := startServer(t, "1.3", serverOpts{config: map[string]any{"api-key-file": keyFile}})
-	if resp, _ := s.post(request(1, "rkllm.run", prompt("x"))); resp.StatusCode != http.StatusUnauthorized {
+	var httpIn, httpOut int // JSON-RPC bytes of /rpc as this client counts them
+	post := func(body string, header ...string) (*http.Response, string) {
+		resp, out := s.post(body, header...)
+		httpIn += len(body)
+		httpOut += len(out)
+		return resp, out
+	}
+	if resp, _ := post(request(1, "rkllm.run", prompt("x"))); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("without the key: %d", resp.StatusCode)
 	}
-	resp, body := s.post(request(1, "rkllm.run", prompt("x")), "Authorization", "Bearer k3y")
+	httpIn -= len(request(1, "rkllm.run", prompt("x"))) // refused before its body is read
+	resp, body := post(request(1, "rkllm.run", prompt("x")), "Authorization", "Bearer k3y")
 	if resp.StatusCode != 200 || !strings.Contains(body, `"finish_reason":"stop"`) {
 		t.Errorf("with the key: %d %s", resp.StatusCode, body)
 	}
-	_, metrics := s.get("/metrics")
-	for _, want := range []string{
-		`rkllm_requests_total{method="rkllm.run",outcome="ok"} 1`,
-		`rkllm_model_loaded 1`,
-		`rkllm_queue_depth 0`,
-		`rkllm_time_to_first_token_seconds_count 1`,
-		`rkllm_connections_open{transport="http"}`,
-		`rkllm_received_bytes_total{transport="http"}`,
-		`rkllm_tokens_generated_total`,
-		`rkllm_prefill_seconds_count 1`,
-		`rkllm_inflight_request_bytes 0`,
-		`rkllm_clients_cut_off_total{transport="unix"} 0`,
-		`rkllm_connections_rejected_total{reason="file_descriptors",transport="http"} 0`,
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("metrics lack %s", want)
+	streamed := prompt("stream it")
+	streamed["stream"] = true
+	tokens := 0
+	resp, body = post(request(2, "rkllm.run", streamed), "Authorization", "Bearer k3y")
+	if n := strings.Count(body, `"rkllm.result"`); resp.StatusCode != 200 || n < 2 || !strings.Contains(body, `"finish_reason":"stop"`) {
+		t.Errorf("streamed over HTTP: %d %s", resp.StatusCode, body)
+	} else {
+		tokens += n
+	}
+	// A streamed run over the socket, every byte it reads counted.
+	c := s.rawDial()
+	line := request(3, "rkllm.run", streamed) + "\n"
+	_ = c.nc.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.WriteString(c.nc, line); err != nil {
+		t.Fatal(err)
+	}
+	unixOut := 0
+	for {
+		l, err := c.br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("streamed over the socket: %v", err)
 		}
+		unixOut += len(l)
+		if strings.Contains(l, `"rkllm.result"`) {
+			tokens++
+			continue
+		}
+		if !strings.Contains(l, `"finish_reason":"stop"`) {
+			t.Errorf("streamed over the socket: %s", l)
+		}
+		break
+	}
+
+	_, metrics := s.get("/metrics")
+	sample := func(name string) float64 {
+		for _, l := range strings.Split(metrics, "\n") {
+			if v, found := strings.CutPrefix(l, name+" "); found {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatalf("metric %s: %v", l, err)
+				}
+				return f
+			}
+		}
+		t.Errorf("metrics lack %s", name)
+		return -1
+	}
+	for name, want := range map[string]float64{
+		`rkllm_requests_total{method="rkllm.run",outcome="ok"}`:                        3,
+		`rkllm_request_duration_seconds_count{method="rkllm.run"}`:                     3,
+		`rkllm_queue_wait_seconds_count`:                                               3,
+		`rkllm_time_to_first_token_seconds_count`:                                      3,
+		`rkllm_prefill_seconds_count`:                                                  3,
+		`rkllm_generate_seconds_count`:                                                 3,
+		`rkllm_model_loaded`:                                                           1,
+		`rkllm_queue_depth`:                                                            0,
+		`rkllm_inflight_request_bytes`:                                                 0,
+		`rkllm_clients_cut_off_total{transport="unix"}`:                                0,
+		`rkllm_connections_rejected_total{reason="file_descriptors",transport="http"}`: 0,
+		`rkllm_received_bytes_total{transport="http"}`:                                 float64(httpIn),
+		`rkllm_sent_bytes_total{transport="http"}`:                                     float64(httpOut),
+		`rkllm_received_bytes_total{transport="unix"}`:                                 float64(len(line)),
+		`rkllm_sent_bytes_total{transport="unix"}`:                                     float64(unixOut),
+	} {
+		if got := sample(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	// Every token after a run's first is one inter-token interval (the final delivery
+	// adds one more per run).
+	if got := sample(`rkllm_inter_token_seconds_count`); got < float64(tokens) {
+		t.Errorf("rkllm_inter_token_seconds_count = %v, want at least the %d tokens streamed", got, tokens)
+	}
+	if got := sample(`rkllm_tokens_generated_total`); got < float64(tokens) {
+		t.Errorf("rkllm_tokens_generated_total = %v, want at least the %d tokens streamed", got, tokens)
+	}
+	if got := sample(`rkllm_connections_open{transport="unix"}`); got != 1 {
+		t.Errorf("rkllm_connections_open{transport=\"unix\"} = %v, want 1", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -40,30 +41,93 @@ func TestLimitFlags(t *testing.T) {
 	})
 	t.Run("connections", func(t *testing.T) {
 		t.Parallel()
-		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-connections": 2, "idle-timeout": "300ms"}})
-		a := s.rawDial()
-		ok[int](t, a.call1(req("rkllm.is_running", "")))
-		b := s.rawDial()
-		ok[int](t, b.call1(req("rkllm.is_running", "")))
-		// The third gets one error line, then the connection closes.
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-connections": 2, "idle-timeout": "300ms"}, env: hangFirstRun})
+		// Two connections with requests in flight (so not idle): a running stream and a
+		// request queued behind it. Nothing may scrape /metrics meanwhile (it would be
+		// refused too).
+		a, b := s.dialAccepted(), s.dialAccepted()
+		held := prompt("hold")
+		held["stream"] = true
+		running := a.send("rkllm.run", held)
+		a.note()
+		queued := b.send("rkllm.run", prompt("queued"))
+		// A third socket connection gets one error line, then the connection closes.
 		extra := s.rawDial()
 		_ = extra.nc.SetReadDeadline(time.Now().Add(waitTimeout))
 		out, err := io.ReadAll(extra.br)
 		if err != nil || strings.Count(string(out), "\n") != 1 || !strings.Contains(string(out), `"code":-32002`) || !strings.Contains(string(out), "max_connections") {
 			t.Errorf("connection over --max-connections read %q, %v", out, err)
 		}
-		// Idle ones are closed after --idle-timeout, which frees their slots.
-		for _, c := range []*rawClient{a, b} {
-			_ = c.nc.SetReadDeadline(time.Now().Add(waitTimeout))
-			if _, err := c.br.ReadByte(); err != io.EOF {
-				t.Errorf("idle connection: %v, want EOF", err)
+		// Over HTTP: 503 with the JSON-RPC error and Retry-After, then the close.
+		hc, err := dialNet("tcp", strings.TrimPrefix(s.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = hc.Close() })
+		_ = hc.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := io.WriteString(hc, httpRequest(req("rkllm.is_running", ""))); err != nil {
+			t.Fatal(err)
+		}
+		hr := bufio.NewReader(hc)
+		if resp, err := http.ReadResponse(hr, nil); err != nil {
+			t.Errorf("HTTP connection over --max-connections: %v", err)
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			var r response
+			_ = json.Unmarshal(body, &r)
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" || !resp.Close ||
+				r.Error == nil || r.Error.Code != -32002 || r.Error.Data["reason"] != "max_connections" {
+				t.Errorf("HTTP connection over --max-connections: %d %v %s", resp.StatusCode, resp.Header, body)
+			}
+			if _, err := hr.ReadByte(); err != io.EOF {
+				t.Errorf("HTTP connection over --max-connections after the answer: %v, want EOF", err)
+			}
+		}
+		// Once their requests are answered the two are idle, and closed after
+		// --idle-timeout, which frees their slots.
+		ok[map[string]any](t, a.call("rkllm.abort", nil))
+		wait(t, running)
+		ok[runResult](t, wait(t, queued))
+		for _, c := range []*client{a, b} {
+			select {
+			case <-c.closed:
+			case <-time.After(waitTimeout):
+				t.Fatalf("an idle socket connection still open after %s", waitTimeout)
 			}
 		}
 		s.eventually("the slots to be free", waitTimeout, func() bool { return s.metric(`rkllm_connections_open{transport="unix"}`) == 0 })
-		if got := s.metric(`rkllm_connections_rejected_total{reason="max_connections",transport="unix"}`); got != 1 {
-			t.Errorf("rejections counted: %v", got)
+		for _, transport := range []string{"unix", "http"} {
+			if got := s.metric(`rkllm_connections_rejected_total{reason="max_connections",transport="` + transport + `"}`); got != 1 {
+				t.Errorf("rejections counted over %s: %v, want 1", transport, got)
+			}
 		}
 		ok[int](t, s.rawDial().call1(req("rkllm.is_running", "")))
+
+		// An HTTP keep-alive connection serves request after request, and is closed once
+		// idle for --idle-timeout.
+		kc, err := dialNet("tcp", strings.TrimPrefix(s.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = kc.Close() })
+		_ = kc.SetDeadline(time.Now().Add(waitTimeout))
+		kr := bufio.NewReader(kc)
+		for i := range 2 {
+			if _, err := io.WriteString(kc, httpRequest(req("rkllm.is_running", ""))); err != nil {
+				t.Fatalf("request %d on the keep-alive connection: %v", i+1, err)
+			}
+			resp, err := http.ReadResponse(kr, nil)
+			if err != nil {
+				t.Fatalf("request %d on the keep-alive connection: %v", i+1, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || resp.Close || !strings.Contains(string(body), `"result":0`) {
+				t.Errorf("request %d on the keep-alive connection: %d close=%v %s", i+1, resp.StatusCode, resp.Close, body)
+			}
+		}
+		if _, err := kr.ReadByte(); err != io.EOF {
+			t.Errorf("idle keep-alive connection: %v, want EOF (closed after --idle-timeout)", err)
+		}
 	})
 	t.Run("in flight", func(t *testing.T) {
 		t.Parallel()
@@ -183,4 +247,42 @@ func TestLimitFlags(t *testing.T) {
 			t.Errorf("body never finished: %v %v", resp, err)
 		}
 	})
+}
+
+// httpRequest is a raw HTTP/1.1 request posting body to /rpc (keep-alive, the default).
+func httpRequest(body string) string {
+	return fmt.Sprintf("POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
+
+// dialAccepted connects to the socket until the server takes the connection: the
+// slot of a connection just closed (such as the readiness probe's) is freed only once
+// the server has closed its end.
+func (s *server) dialAccepted() *client {
+	s.t.Helper()
+	var c *client
+	s.eventually("a socket connection the server accepts", waitTimeout, func() bool {
+		nc, err := dialNet("unix", s.socket)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		_ = nc.SetDeadline(time.Now().Add(waitTimeout))
+		// A refused connection may be closed before this write (EPIPE): its one line is
+		// still there to read. The line is read byte by byte so that nothing after it is
+		// taken from the client made of nc.
+		_, _ = io.WriteString(nc, req("rkllm.is_running", "")+"\n")
+		var line []byte
+		for b := []byte{0}; b[0] != '\n'; line = append(line, b[0]) {
+			if _, err := nc.Read(b); err != nil {
+				s.t.Fatalf("probe of a new connection: %v", err)
+			}
+		}
+		if strings.Contains(string(line), "max_connections") {
+			_ = nc.Close()
+			return false
+		}
+		_ = nc.SetDeadline(time.Time{})
+		c = s.clientOn(nc)
+		return true
+	})
+	return c
 }

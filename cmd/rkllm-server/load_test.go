@@ -328,13 +328,19 @@ func churnModel() *simulator.Model {
 
 // TestChurn: 1,000 connections that leave at random points: before sending, in the
 // middle of a message, right after a request (queued or running), in the middle of a
-// stream (socket and HTTP), after an asynchronous run was accepted, or after a whole
-// answer. Afterwards the server's goroutines and open descriptors are back to what
-// they were, nothing is queued or running, and every run the runtime started was
-// aborted in the runtime (none ran on for nobody).
+// stream (socket and HTTP), after an asynchronous run was accepted, in the middle of a
+// stream with an asynchronous run queued behind it, or after a whole answer.
+// Afterwards the server's goroutines and open descriptors are back to what they were,
+// nothing is queued or running, and every run the runtime started was aborted in the
+// runtime (none ran on for nobody), at least one for each client seen leaving
+// mid-stream; no run of a client that left while it was queued reached the runtime.
+// Some clients must have left mid-stream and some while queued, or the test proves
+// nothing.
 func TestChurn(t *testing.T) {
 	m := churnModel()
-	s := startServer(t, "1.3", serverOpts{race: true, model: m, config: map[string]any{"max-queue": 8, "max-context-len": m.MaxContextLimit}})
+	// A queue as long as the clients are many: with a shorter one most runs are refused
+	// and few clients get to leave mid-stream or queued at all.
+	s := startServer(t, "1.3", serverOpts{race: true, model: m, config: map[string]any{"max-queue": 16, "max-context-len": m.MaxContextLimit}})
 	// Warm up every path once, so lazily started goroutines are in the baseline.
 	warm := prompt("warm up")
 	warm["stream"] = true
@@ -358,13 +364,13 @@ func TestChurn(t *testing.T) {
 
 	const conns, workers = 1000, 16
 	jobs := make(chan int)
-	var started atomic.Int32 // runs known to have started (a token was seen)
+	var left churnCounts
 	var failures sync.Map
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for i := range jobs {
-				if err := churnOne(s, i, &started); err != nil {
+				if err := churnOne(s, i, &left); err != nil {
 					failures.Store(i, err)
 				}
 			}
@@ -392,30 +398,62 @@ func TestChurn(t *testing.T) {
 		now = s.state()
 		return now == baseline
 	}, func() string { return fmt.Sprintf("now %+v, baseline %+v", now, baseline) })
+	midStream, queued := int(left.midStream.Load()), int(left.queued.Load())
+	if midStream == 0 || queued == 0 {
+		t.Errorf("%d clients left mid-stream and %d while queued: the churn must include both", midStream, queued)
+	}
 	runs := s.statsEvents("event=run")
 	aborted := s.statsEvents("event=run", "outcome=aborted")
-	if len(runs) != len(aborted) || len(runs) < int(started.Load())+2 {
-		t.Errorf("%d runs in the runtime, %d of them aborted; %d were seen streaming: every run must have been aborted", len(runs), len(aborted), started.Load())
+	if len(runs) != len(aborted) || len(aborted) < midStream+2 {
+		t.Errorf("%d runs in the runtime, %d of them aborted; %d clients left mid-stream (and 2 warm-ups): every run must have been aborted", len(runs), len(aborted), midStream)
+	}
+	for _, r := range runs {
+		if prefillOf(r) >= len(queuedPrompt) {
+			t.Errorf("a run of a client that left while queued reached the runtime: %s", r)
+		}
 	}
 	if n := len(s.statsEvents("event=abort")); n < len(aborted) {
 		t.Errorf("%d aborts reached the runtime for %d aborted runs", n, len(aborted))
 	}
-	t.Logf("%d connections: %d runs started and aborted in the runtime; goroutines %d, descriptors %d (baseline %+v)",
-		conns, len(runs)-2, now.goroutines, now.fds, baseline)
+	t.Logf("%d connections: %d runs started and aborted in the runtime, %d clients left mid-stream, %d while queued; goroutines %d, descriptors %d (baseline %+v)",
+		conns, len(runs)-2, midStream, queued, now.goroutines, now.fds, baseline)
 	// And the server still serves.
 	if res := ok[runResult](t, s.http("rkllm.run", map[string]any{"input": map[string]any{"prompt_input": "done"}, "infer_params": map[string]any{"max_new_tokens": 3}})); res.TokenCount != 3 {
 		t.Errorf("a run after the churn: %+v", res)
 	}
 }
 
+// churnCounts counts the TestChurn clients that are known to have left mid-stream
+// (they read a token of their run) or while queued (their run was accepted behind
+// their own running stream).
+type churnCounts struct{ midStream, queued atomic.Int32 }
+
+// queuedPrompt is the prompt of the runs TestChurn's clients leave in the queue: its
+// byte tokens make the prefill of such a run, if it ever reached the runtime, longer
+// than any other run's.
+var queuedPrompt = strings.Repeat("#", 1000)
+
+// prefillOf reads the prefill field of a simulator stats line (-1 without one).
+func prefillOf(line string) int {
+	for _, f := range strings.Fields(line) {
+		if v, found := strings.CutPrefix(f, "prefill="); found {
+			n, err := strconv.Atoi(v)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
 // churnOne is one connection of TestChurn, leaving at the point i chooses.
-func churnOne(s *server, i int, started *atomic.Int32) error {
+func churnOne(s *server, i int, left *churnCounts) error {
 	long := prompt(fmt.Sprintf("churn %d", i))
 	long["stream"] = true
 	line := request(i, "rkllm.run", long) + "\n"
 	switch i % 8 {
 	case 6, 7:
-		return churnHTTP(s, i, line, started)
+		return churnHTTP(s, i, line, left)
 	}
 	nc, err := dialNet("unix", s.socket)
 	if err != nil {
@@ -439,10 +477,14 @@ func churnOne(s *server, i int, started *atomic.Int32) error {
 		}
 		first, err := br.ReadString('\n')
 		if err == nil && strings.Contains(first, `"rkllm.result"`) {
-			started.Add(1)
+			left.midStream.Add(1)
 		}
 		return err
-	case 4: // an asynchronous run, leave once it is accepted
+	case 4:
+		if i%16 == 12 {
+			return churnQueuedBehind(nc, br, i, line, left)
+		}
+		// An asynchronous run, leave once it is accepted (queued or running).
 		if _, err := io.WriteString(nc, strings.Replace(line, `"rkllm.run"`, `"rkllm.run_async"`, 1)); err != nil {
 			return err
 		}
@@ -460,7 +502,45 @@ func churnOne(s *server, i int, started *atomic.Int32) error {
 	}
 }
 
-func churnHTTP(s *server, i int, line string, started *atomic.Int32) error {
+// churnQueuedBehind starts a stream, and once its first token shows it running, queues
+// an asynchronous run behind it on the same connection. Once the server has accepted
+// that run (it cannot start before the stream ends) the client leaves: mid-stream and
+// while queued.
+func churnQueuedBehind(nc net.Conn, br *bufio.Reader, i int, line string, left *churnCounts) error {
+	if _, err := io.WriteString(nc, line); err != nil {
+		return err
+	}
+	first, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(first, `"rkllm.result"`) {
+		return err // refused: the queue was full
+	}
+	left.midStream.Add(1)
+	id := fmt.Sprintf("queued-%d", i)
+	if _, err := io.WriteString(nc, request(id, "rkllm.run_async", prompt(queuedPrompt))+"\n"); err != nil {
+		return err
+	}
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		var r response
+		if json.Unmarshal([]byte(l), &r) != nil {
+			return fmt.Errorf("line %q", l)
+		}
+		if r.ID != id {
+			continue // the stream's tokens
+		}
+		if r.Error == nil {
+			left.queued.Add(1)
+		} else if r.Error.Code != -32002 {
+			return fmt.Errorf("run_async behind a stream: %+v", r.Error)
+		}
+		return nil
+	}
+}
+
+func churnHTTP(s *server, i int, line string, left *churnCounts) error {
 	var d net.Dialer
 	nc, err := d.DialContext(context.Background(), "tcp", strings.TrimPrefix(s.base, "http://"))
 	if err != nil {
@@ -486,7 +566,7 @@ func churnHTTP(s *server, i int, line string, started *atomic.Int32) error {
 			return err
 		}
 		if strings.Contains(first, `"rkllm.result"`) {
-			started.Add(1)
+			left.midStream.Add(1)
 		}
 	}
 	return nil

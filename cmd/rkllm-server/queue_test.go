@@ -116,3 +116,30 @@ func TestHTTPDisconnectAbortsItsRun(t *testing.T) {
 		return len(s.statsEvents("event=run", "outcome=aborted")) == 1
 	})
 }
+
+// TestRequestTimeout: a request still queued when --request-timeout passes is
+// answered -32005 (reason "request timeout"), over the socket and over HTTP, and counted
+// with outcome timeout. The model is held by a run wedged in the runtime (abort does
+// not stop it, and --abort-timeout is long), so the queued requests cannot start.
+func TestRequestTimeout(t *testing.T) {
+	s := startServer(t, "1.3", serverOpts{config: map[string]any{"request-timeout": "300ms", "abort-timeout": "10m"},
+		env: append([]string{"RKLLM_SIM_HANG_IGNORES_ABORT=1"}, hangFirstRun...)})
+	holder := s.dial()
+	held := prompt("hold")
+	held["stream"] = true
+	holder.send("rkllm.run", held)
+	holder.note()
+	queued := []chan response{s.dial().send("rkllm.run", prompt("queued")), s.httpAsync("rkllm.run", prompt("queued"))}
+	for i, ch := range queued {
+		e := fails(t, wait(t, ch), -32005)
+		if e.Data["reason"] != "request timeout" || !strings.Contains(e.Message, "in the queue") {
+			t.Errorf("queued request %d: %+v", i, e)
+		}
+	}
+	s.eventually("both timeouts counted", waitTimeout, func() bool {
+		return s.metric(`rkllm_requests_total{method="rkllm.run",outcome="timeout"}`) == 2
+	})
+	if n := len(s.statsEvents("event=run")); n != 0 {
+		t.Errorf("%d runs ended in the runtime, want none (the held one is wedged, the queued ones never ran)", n)
+	}
+}

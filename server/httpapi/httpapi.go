@@ -280,17 +280,25 @@ func statusOf(e *jsonrpc.Error) int {
 	return http.StatusOK
 }
 
-func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON writes v as a JSON response and returns the bytes of the body written.
+func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) int {
 	b, err := json.Marshal(v)
 	if err != nil {
 		s.opts.Log.Error(err, "cannot encode a response")
 		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
+		return 0
 	}
 	b = append(b, '\n')
 	w.Header().Set("Content-Type", ContentJSON)
 	w.WriteHeader(status)
 	n, _ := w.Write(b)
+	return n
+}
+
+// writeRPC writes a JSON-RPC answer of /rpc and counts its bytes (the probes' answers
+// are not JSON-RPC and are not counted).
+func (s *Server) writeRPC(w http.ResponseWriter, status int, v any) {
+	n := s.writeJSON(w, status, v)
 	if s.opts.Observer != nil {
 		s.opts.Observer.BytesOut(Transport, n)
 	}
@@ -299,12 +307,12 @@ func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		s.writeJSON(w, http.StatusMethodNotAllowed, &jsonrpc.Response{Error: jsonrpc.ErrInvalidRequest.Withf("invalid request: /rpc takes POST with a JSON-RPC 2.0 body, not %s", r.Method)})
+		s.writeRPC(w, http.StatusMethodNotAllowed, &jsonrpc.Response{Error: jsonrpc.ErrInvalidRequest.Withf("invalid request: /rpc takes POST with a JSON-RPC 2.0 body, not %s", r.Method)})
 		return
 	}
 	if !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rkllm-server"`)
-		s.writeJSON(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
+		s.writeRPC(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
 		return
 	}
 	body, err := io.ReadAll(r.Body)
@@ -315,12 +323,12 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			w.Header().Set("Connection", "close")
-			s.writeJSON(w, http.StatusRequestEntityTooLarge, &jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a request may have at most %d bytes (--max-request-bytes)", s.opts.MaxRequestBytes).
+			s.writeRPC(w, http.StatusRequestEntityTooLarge, &jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a request may have at most %d bytes (--max-request-bytes)", s.opts.MaxRequestBytes).
 				WithData(map[string]any{"limit": "max-request-bytes", "max": s.opts.MaxRequestBytes})})
 			return
 		}
 		w.Header().Set("Connection", "close")
-		s.writeJSON(w, http.StatusBadRequest, &jsonrpc.Response{Error: jsonrpc.ErrParse.Withf("parse error: cannot read the request body within %s (--body-read-timeout): %v", s.opts.BodyTimeout, err)})
+		s.writeRPC(w, http.StatusBadRequest, &jsonrpc.Response{Error: jsonrpc.ErrParse.Withf("parse error: cannot read the request body within %s (--body-read-timeout): %v", s.opts.BodyTimeout, err)})
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())
@@ -339,14 +347,14 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if batch {
-			s.writeJSON(w, http.StatusOK, resps)
+			s.writeRPC(w, http.StatusOK, resps)
 			return
 		}
 		status := statusOf(resps[0].Error)
 		if status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
-		s.writeJSON(w, status, resps[0])
+		s.writeRPC(w, status, resps[0])
 	})
 	if !answered && !sw.streaming() {
 		w.WriteHeader(http.StatusNoContent)

@@ -25,10 +25,23 @@ import (
 // variable set, and it serves the fake runtime on fd 3.
 const workerEnv = "SUPERVISOR_TEST_WORKER_ABI"
 
+// initHangEnv, set for the worker, makes its rkllm_init never return (a wedged NPU
+// driver), for the tests of the supervisor's call timeouts.
+const initHangEnv = "SUPERVISOR_TEST_WORKER_INIT_HANGS"
+
+// hangingInit is the fake runtime whose Init never returns.
+type hangingInit struct{ *fakeruntime.Runtime }
+
+func (hangingInit) Init(runtime.Param) (worker.Model, error) { select {} }
+
 func TestMain(m *testing.M) {
 	if abi := os.Getenv(workerEnv); abi != "" {
 		log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		if err := worker.ServeInherited(context.Background(), fakeruntime.New(runtime.ABI(abi)), "fake", 0, log); err != nil {
+		var rt worker.Runtime = fakeruntime.New(runtime.ABI(abi))
+		if os.Getenv(initHangEnv) != "" {
+			rt = hangingInit{fakeruntime.New(runtime.ABI(abi))}
+		}
+		if err := worker.ServeInherited(context.Background(), rt, "fake", 0, log); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			os.Exit(1)
 		}
@@ -66,6 +79,37 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// restarts records the causes the supervisor reports to its Observer.
+type restarts struct {
+	nopObserver
+	mu     sync.Mutex
+	causes []string
+}
+
+func (r *restarts) WorkerRestart(cause string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.causes = append(r.causes, cause)
+}
+
+// seen returns the causes reported so far.
+func (r *restarts) seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.causes...)
+}
+
+// only reports whether every cause seen so far is cause, and there is at least one.
+func (r *restarts) only(cause string) bool {
+	seen := r.seen()
+	for _, c := range seen {
+		if c != cause {
+			return false
+		}
+	}
+	return len(seen) > 0
 }
 
 func withModel(o Options, path string, mutate func(*runtime.Param)) Options {
@@ -331,7 +375,10 @@ func TestContextEndAbortsRun(t *testing.T) {
 }
 
 func TestCrashRecoveryReplaysState(t *testing.T) {
-	s := start(t, withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil))
+	o := withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil)
+	rec := &restarts{}
+	o.Observer = rec
+	s := start(t, o)
 	waitReady(t, s)
 	for _, m := range []workerproto.Message{
 		&workerproto.SetChatTemplate{SystemPrompt: "S", PromptPrefix: "<u>", PromptPostfix: "<a>"},
@@ -369,12 +416,17 @@ func TestCrashRecoveryReplaysState(t *testing.T) {
 	if !st.Ready || st.Restarts != 1 || st.WorkerPID == pid || !strings.Contains(st.LastExit, "SIGKILL") {
 		t.Errorf("status after recovery %+v", st)
 	}
+	if got := rec.seen(); fmt.Sprint(got) != "[crash]" {
+		t.Errorf("restart causes %v, want [crash]", got)
+	}
 }
 
 func TestWatchdog(t *testing.T) {
 	o := withModel(testOptions(t, runtime.ABI12), "/models/m.rkllm", nil)
 	o.TokenStallTimeout = 300 * time.Millisecond
 	o.AbortTimeout = 300 * time.Millisecond
+	rec := &restarts{}
+	o.Observer = rec
 	s := start(t, o)
 	waitReady(t, s)
 	ctx := context.Background()
@@ -390,6 +442,9 @@ func TestWatchdog(t *testing.T) {
 	if r.Text() != "w0 w1 " || s.Status().WorkerPID != pid {
 		t.Errorf("text %q, worker %d (was %d)", r.Text(), s.Status().WorkerPID, pid)
 	}
+	if got := rec.seen(); len(got) != 0 {
+		t.Errorf("restart causes %v after an abort that worked, want none", got)
+	}
 
 	// A hung runtime that ignores abort: the worker is killed and restarted.
 	r, _ = startRun(ctx, t, s, "c1", "hang", "!hang@1", runtime.InferParams{})
@@ -404,6 +459,9 @@ func TestWatchdog(t *testing.T) {
 	}
 	if st := s.Status(); st.Restarts != 1 {
 		t.Errorf("restarts %d", st.Restarts)
+	}
+	if got := rec.seen(); fmt.Sprint(got) != "[abort_timeout]" {
+		t.Errorf("restart causes %v, want [abort_timeout]", got)
 	}
 }
 
@@ -508,6 +566,8 @@ func TestWorkerStartFailure(t *testing.T) {
 	o.Command = func(ctx context.Context) *exec.Cmd {
 		return exec.CommandContext(ctx, "sh", "-c", "echo 'cannot open librkllmrt.so: no such file' >&2; exit 3")
 	}
+	rec := &restarts{}
+	o.Observer = rec
 	s := start(t, o)
 	eventually(t, readyTimeout, "start failure reported", func() bool {
 		return strings.Contains(s.Status().Reason, "cannot open librkllmrt.so")
@@ -515,4 +575,62 @@ func TestWorkerStartFailure(t *testing.T) {
 	if st := s.Status(); st.Ready || st.WorkerUp || !strings.Contains(st.Reason, "exited with code 3") {
 		t.Errorf("status %+v", st)
 	}
+	// Each failed start is counted, and retried (with backoff).
+	eventually(t, waitTimeout, "a second failed start", func() bool { return len(rec.seen()) >= 2 })
+	if !rec.only("start_failed") {
+		t.Errorf("restart causes %v, want only start_failed", rec.seen())
+	}
+}
+
+// TestUnresponsiveWorker: a worker whose rkllm_init never returns is killed after
+// InitTimeout and restarted (cause unresponsive), the reason on the status; at shutdown
+// a worker stuck in a call is killed too (cause shutdown).
+func TestUnresponsiveWorker(t *testing.T) {
+	hangingOptions := func(t *testing.T) (Options, *restarts) {
+		o := withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil)
+		o.Command = func(ctx context.Context) *exec.Cmd {
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), workerEnv+"=1.3", initHangEnv+"=1")
+			return cmd
+		}
+		rec := &restarts{}
+		o.Observer = rec
+		return o, rec
+	}
+	t.Run("init timeout", func(t *testing.T) {
+		o, rec := hangingOptions(t)
+		o.InitTimeout = 200 * time.Millisecond
+		s := start(t, o)
+		eventually(t, waitTimeout, "the hung worker to be killed", func() bool { return len(rec.seen()) >= 1 })
+		if !rec.only("unresponsive") {
+			t.Errorf("restart causes %v, want only unresponsive", rec.seen())
+		}
+		eventually(t, waitTimeout, "the load error on the status", func() bool { return s.Status().LoadError != "" })
+		if st := s.Status(); st.Ready || st.Restarts < 1 || !strings.Contains(st.LoadError, "rkllm_init did not return within 200ms") {
+			t.Errorf("status %+v", st)
+		}
+	})
+	t.Run("shutdown", func(t *testing.T) {
+		o, rec := hangingOptions(t)
+		o.InitTimeout = time.Hour
+		o.AbortTimeout = 100 * time.Millisecond
+		s := New(o)
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		eventually(t, readyTimeout, "the worker to be up (and loading)", func() bool { return s.Status().WorkerUp })
+		pid := s.Status().WorkerPID
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("shutdown with a hung rkllm_init: %v", err)
+		}
+		if got := rec.seen(); fmt.Sprint(got) != "[shutdown]" {
+			t.Errorf("restart causes %v, want [shutdown]", got)
+		}
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("worker %d alive after shutdown", pid)
+		}
+	})
 }
