@@ -250,29 +250,51 @@ func (s *suite) step(msg string) {
 }
 
 // dryRunValueSets renders the chart with each value set in ci/ (and config/default with
-// kustomize) and has the API server validate every object (server-side dry-run).
+// kustomize) and has the API server validate every object (server-side dry-run). The
+// Prometheus Operator's ServiceMonitor CRD is installed first and the chart rendered with
+// its API, so the ServiceMonitors are validated against the real schema too.
 func (s *suite) dryRunValueSets() {
-	s.step("every chart value set and config/default pass server-side dry-run")
+	s.step("every chart value set and config/default pass server-side dry-run, ServiceMonitors included")
 	for _, ns := range []string{namespace, "models-a", "models-b"} {
 		if _, err := s.c.Client.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			s.t.Fatal(err)
 		}
 	}
+	s.installServiceMonitorCRD()
 	sets, _ := filepath.Glob(filepath.Join(repoRoot, "charts", "rkllm-operator", "ci", "*.yaml"))
 	if len(sets) < 3 {
 		s.t.Fatalf("value sets: %v", sets)
 	}
+	type valueSet struct {
+		name string
+		args []string
+	}
+	var cases []valueSet
 	for _, set := range sets {
-		manifest, err := s.c.Run(s.ctx, nil, s.helm, "template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace, "-f", set)
+		cases = append(cases, valueSet{filepath.Base(set), []string{"-f", set}})
+	}
+	// The secure metrics endpoint's ServiceMonitor (https, bearer token); full-values.yaml
+	// has the plain one.
+	cases = append(cases, valueSet{"defaults with serviceMonitor.enabled", []string{"--set", "serviceMonitor.enabled=true"}})
+	monitors := 0
+	for _, c := range cases {
+		args := append([]string{"template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace,
+			"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"}, c.args...)
+		manifest, err := s.c.Run(s.ctx, nil, s.helm, args...)
 		if err != nil {
 			s.t.Fatal(err)
 		}
 		out, err := s.c.Run(s.ctx, []byte(manifest), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-")
 		if err != nil {
-			s.t.Errorf("%s: %v", filepath.Base(set), err)
+			s.t.Errorf("%s: %v", c.name, err)
 			continue
 		}
-		s.t.Logf("%s: %d objects valid", filepath.Base(set), strings.Count(out, "(server dry run)"))
+		n := strings.Count(out, "servicemonitor.monitoring.coreos.com/")
+		monitors += n
+		s.t.Logf("%s: %d objects valid, %d of them ServiceMonitors", c.name, strings.Count(out, "(server dry run)"), n)
+	}
+	if monitors < 4 {
+		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager and device plugin, plain and secure metrics)", monitors)
 	}
 	kustomized, err := s.c.Run(s.ctx, nil, s.kubectl, "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
@@ -280,6 +302,34 @@ func (s *suite) dryRunValueSets() {
 	}
 	if _, err := s.c.Run(s.ctx, []byte(kustomized), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-"); err != nil {
 		s.t.Errorf("config/default: %v", err)
+	}
+}
+
+// installServiceMonitorCRD installs the ServiceMonitor CRD (make servicemonitor-crd
+// generates it from the Prometheus Operator's API types) and checks that the API server
+// validates ServiceMonitors with it: a misspelt endpoint field is refused.
+func (s *suite) installServiceMonitorCRD() {
+	s.t.Helper()
+	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", env(s.t, "E2E_SERVICEMONITOR_CRD")); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "wait", "--for=condition=Established", "--timeout=1m", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+		s.t.Fatal(err)
+	}
+	const misspelt = `apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: misspelt
+  namespace: ` + namespace + `
+spec:
+  selector: {}
+  endpoints:
+  - port: https
+    schem: https
+`
+	_, err := s.c.Run(s.ctx, []byte(misspelt), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-")
+	if err == nil || !strings.Contains(err.Error(), "schem") {
+		s.t.Fatalf("a ServiceMonitor with the misspelt field spec.endpoints[0].schem passed dry-run (%v): the CRD does not validate", err)
 	}
 }
 
