@@ -38,8 +38,11 @@ func logf(format string, args ...any) {
 func run(p paths) (err error) {
 	ctx, stop := signalContext()
 	defer stop()
-	work, err := os.MkdirTemp("", "rkllm-demo-")
+	work, err := os.MkdirTemp("", workDirPrefix)
 	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(workDirFile(p), []byte(work+"\n"), 0o600); err != nil {
 		return err
 	}
 	c, err := edgecluster.Start(ctx, edgecluster.Options{
