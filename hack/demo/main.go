@@ -7,7 +7,9 @@
 //	demo down --state DIR       stop everything the demo started
 //
 // `up` starts `demo run` as a background process (its log is DIR/cluster.log) that owns
-// the cluster and stops it on SIGTERM; `down` sends that and waits. Needs root.
+// the cluster and stops it on SIGTERM; `down` sends that and waits, then stops whatever
+// still runs from the cluster's work folder (all of it, if the process crashed). Needs
+// root.
 package main
 
 import (
@@ -26,6 +28,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
 )
 
 // paths are the binaries and files the demo uses (flags; the Makefile sets them).
@@ -82,6 +86,10 @@ func main() {
 	var p paths
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	p.bind(fs)
+	walk := true
+	if os.Args[1] == "up" {
+		fs.BoolVar(&walk, "walk", walk, "Walk through the scenario once the cluster is ready; false returns as soon as it is ready (scripts, the e2e test).")
+	}
 	_ = fs.Parse(os.Args[2:])
 	if err := p.absolutize(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -90,7 +98,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "up":
-		err = up(p)
+		err = up(p, walk)
 	case "run":
 		err = run(p)
 	case "down":
@@ -108,6 +116,13 @@ func main() {
 func pidFile(p paths) string    { return filepath.Join(p.state, "demo.pid") }
 func readyFile(p paths) string  { return filepath.Join(p.state, "ready.json") }
 func clusterLog(p paths) string { return filepath.Join(p.state, "cluster.log") }
+
+// workDirFile holds the path of the background process's work folder, written before
+// anything starts there, so down finds what a crashed demo left.
+func workDirFile(p paths) string { return filepath.Join(p.state, "workdir") }
+
+// workDirPrefix begins the name of every work folder run creates.
+const workDirPrefix = "rkllm-demo-"
 
 // running returns the pid of a demo that is still running, or 0.
 func running(p paths) int {
@@ -128,12 +143,15 @@ func running(p paths) int {
 
 // up starts the background cluster, waits for it while showing its progress, and walks
 // through the scenario.
-func up(p paths) error {
+func up(p paths, walk bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo needs root: the real-kubelet node and the manager run in private mount namespaces")
 	}
 	if pid := running(p); pid != 0 {
 		return fmt.Errorf("a demo is already running (pid %d); stop it with `make demo-down`", pid)
+	}
+	if work := workDir(p); work != "" {
+		return fmt.Errorf("a previous demo in %s was not stopped (work folder %s); run `make demo-down` first", p.state, work)
 	}
 	for _, f := range []string{p.k8sBin + "/kubelet", p.kwokctl, p.kwok, p.helm, p.plugin, p.manager, p.server, p.simLib} {
 		if _, err := os.Stat(f); err != nil {
@@ -170,6 +188,10 @@ func up(p paths) error {
 	r, err := waitReady(p, exited)
 	if err != nil {
 		return fmt.Errorf("%w\nthe cluster's log is %s; `make demo-down` cleans up", err, clusterLog(p))
+	}
+	if !walk {
+		say("The cluster is ready (KUBECONFIG=%s); `make demo-down` stops it.", r.Kubeconfig)
+		return nil
 	}
 	if err := walkThrough(p, r); err != nil {
 		return fmt.Errorf("the walk-through stopped: %w\nthe cluster is still running (KUBECONFIG=%s); `make demo-down` stops it", err, r.Kubeconfig)
@@ -219,73 +241,78 @@ func waitReady(p paths, exited <-chan error) (*ready, error) {
 	}
 }
 
-// down stops the background process, which stops everything it started, and checks
-// that nothing of the demo is left running.
+// down stops everything the demo started, whatever state it is in: the background
+// process (SIGTERM, which stops what it started; SIGKILL after a while), then, with or
+// without it (it may have crashed or been killed, leaving kwokctl's detached control
+// plane behind), whatever still runs from the demo's work folder: kwokctl deletes the
+// control plane and every leftover process is killed. It fails if anything survives.
 func down(p paths) error {
 	pid := running(p)
-	if pid == 0 {
-		say("No demo is running.")
+	if pid != 0 {
+		say("Stopping the demo (pid %d): rkllm-server, the manager, the device plugin, the kubelet, the control plane.", pid)
+		stopRun(pid, p)
+	}
+	work := workDir(p)
+	if work == "" {
+		if pid == 0 {
+			say("No demo is running here (no state in %s).", p.state)
+		}
 		return cleanState(p)
 	}
-	say("Stopping the demo (pid %d): rkllm-server, the manager, the device plugin, the kubelet, the control plane.", pid)
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	const timeout = 90 * time.Second
-	deadline := time.After(timeout)
-	ticker := time.NewTicker(200 * time.Millisecond)
-	defer ticker.Stop()
-wait:
-	for running(p) != 0 {
-		select {
-		case <-deadline:
-			break wait
-		case <-ticker.C:
-		}
+	if pid == 0 {
+		say("The demo's process is not running; stopping whatever it left running from %s.", work)
 	}
-	if running(p) != 0 {
-		say("It did not stop within %s; killing it (its children die with it).", timeout)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := edgecluster.Cleanup(ctx, p.kwokctl, work); err != nil {
+		return fmt.Errorf("stopping what the demo left running: %w", err)
 	}
-	var work string
-	if data, err := os.ReadFile(readyFile(p)); err == nil {
-		var r ready
-		if json.Unmarshal(data, &r) == nil {
-			work = r.WorkDir
-		}
-	}
-	if work != "" {
-		if left := leftovers(work); len(left) > 0 {
-			return fmt.Errorf("processes still running from %s: %v", work, left)
-		}
-		_ = os.RemoveAll(work)
+	if err := os.RemoveAll(work); err != nil {
+		return err
 	}
 	say("Stopped; nothing of the demo is running.")
 	return cleanState(p)
 }
 
+// stopRun sends the background process SIGTERM and waits for it, with SIGKILL after a
+// while (its children die with it; Cleanup takes care of the control plane).
+func stopRun(pid int, p paths) {
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	const timeout = 90 * time.Second
+	deadline := time.After(timeout)
+	ticker := time.NewTicker(200 * time.Millisecond)
+	defer ticker.Stop()
+	for running(p) != 0 {
+		select {
+		case <-deadline:
+			say("It did not stop within %s; killing it.", timeout)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// workDir is the work folder the background process recorded, or "".
+func workDir(p paths) string {
+	data, err := os.ReadFile(workDirFile(p))
+	if err != nil {
+		return ""
+	}
+	work := strings.TrimSpace(string(data))
+	if !filepath.IsAbs(work) || !strings.HasPrefix(filepath.Base(work), workDirPrefix) {
+		return "" // not what run writes: never clean up an arbitrary folder
+	}
+	return work
+}
+
 func cleanState(p paths) error {
-	for _, f := range []string{pidFile(p), readyFile(p)} {
+	for _, f := range []string{pidFile(p), readyFile(p), workDirFile(p)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
 	return nil
-}
-
-// leftovers lists processes whose command line mentions the work folder.
-func leftovers(work string) []string {
-	var left []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), work) {
-			left = append(left, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
-		}
-	}
-	return left
 }
 
 func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }

@@ -38,7 +38,7 @@ func logf(format string, args ...any) {
 func run(p paths) (err error) {
 	ctx, stop := signalContext()
 	defer stop()
-	work, err := os.MkdirTemp("", "rkllm-demo-")
+	work, err := newWorkDir(p)
 	if err != nil {
 		return err
 	}
@@ -102,4 +102,17 @@ func run(p paths) (err error) {
 	case <-c.Plugin.Exited():
 		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
 	}
+}
+
+// newWorkDir creates the cluster's work folder and records it in the state folder
+// before anything starts there, so `demo down` finds whatever a crash leaves running.
+func newWorkDir(p paths) (string, error) {
+	work, err := os.MkdirTemp("", workDirPrefix)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(workDirFile(p), []byte(work+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return work, nil
 }

@@ -341,6 +341,108 @@ func TestDevicePluginHasNoAPIAccess(t *testing.T) {
 	}
 }
 
+// TestDevicePluginMountsWhatItReads: the plugin reads everything under --root=/host, and
+// refuses to start when the runtime library it is told to hand out (--runtime-lib-mount
+// HOST[:CONTAINER]) is not at /host/HOST; and it serves its socket in the kubelet's folder
+// and writes the CDI spec and the NFD features file into folders that must be the host's. Each must be a hostPath mount of the same
+// host path, with every value set and with the library given without a container path.
+func TestDevicePluginMountsWhatItReads(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		wantLib string // the host path of the runtime library, "" for none
+	}{
+		{"defaults", nil, ""},
+		{"full-values", []string{"-f", filepath.Join(chartDir, "ci", "full-values.yaml")}, "/usr/lib/librkllmrt.so"},
+		{"host path only", []string{"--set", "devicePlugin.runtimeLibMount=/opt/rockchip/librkllmrt.so"}, "/opt/rockchip/librkllmrt.so"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ds := mustFind(t, decode(t, render(t, c.args...)), "DaemonSet", release+"-device-plugin")
+			mounts := hostMounts(t, ds)
+			args := containerArgs(t, ds)
+			want := map[string]hostMount{
+				"/host/sys": {hostPath: "/sys", readOnly: true},
+				"/host/dev": {hostPath: "/dev", readOnly: true},
+			}
+			if !contains(args, "--root=/host") {
+				t.Fatalf("device plugin args %v lack --root=/host", args)
+			}
+			for _, a := range args {
+				switch {
+				case strings.HasPrefix(a, "--kubelet-dir="):
+					dir := strings.TrimPrefix(a, "--kubelet-dir=")
+					want[dir] = hostMount{hostPath: dir, hostType: "Directory"}
+				case strings.HasPrefix(a, "--runtime-lib-mount="):
+					host, _, _ := strings.Cut(strings.TrimPrefix(a, "--runtime-lib-mount="), ":")
+					if host != c.wantLib {
+						t.Errorf("%s: want the host library %q", a, c.wantLib)
+					}
+					want["/host"+host] = hostMount{hostPath: host, hostType: "File", readOnly: true}
+				case strings.HasPrefix(a, "--cdi-spec-dir="):
+					dir := strings.TrimPrefix(a, "--cdi-spec-dir=")
+					want[dir] = hostMount{hostPath: dir, hostType: "DirectoryOrCreate"}
+				case strings.HasPrefix(a, "--node-labels="):
+					dir := filepath.Dir(strings.TrimPrefix(a, "--node-labels="))
+					want[dir] = hostMount{hostPath: dir, hostType: "DirectoryOrCreate"}
+				}
+			}
+			if c.wantLib != "" && want["/host"+c.wantLib].hostPath == "" {
+				t.Errorf("device plugin args %v lack --runtime-lib-mount for %s", args, c.wantLib)
+			}
+			for path, w := range want {
+				got, ok := mounts[path]
+				if !ok {
+					t.Errorf("the device plugin reads or writes %s but nothing is mounted there (mounts: %v)", path, mounts)
+					continue
+				}
+				if got.hostPath != w.hostPath || got.readOnly != w.readOnly || (w.hostType != "" && got.hostType != w.hostType) {
+					t.Errorf("mount at %s is %+v, want %+v", path, got, w)
+				}
+			}
+			if c.wantLib == "" {
+				for path, m := range mounts {
+					if strings.Contains(m.hostPath, "librkllmrt") {
+						t.Errorf("without runtimeLibMount the DaemonSet still mounts %s at %s", m.hostPath, path)
+					}
+				}
+			}
+		})
+	}
+}
+
+// hostMount is a container mount of a hostPath volume.
+type hostMount struct {
+	hostPath, hostType string
+	readOnly           bool
+}
+
+// hostMounts maps the container's mount paths of hostPath volumes to those volumes.
+func hostMounts(t *testing.T, o *unstructured.Unstructured) map[string]hostMount {
+	t.Helper()
+	volumes, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "volumes")
+	byName := map[string]map[string]any{}
+	for _, v := range volumes {
+		vol := v.(map[string]any)
+		if hp, ok := vol["hostPath"].(map[string]any); ok {
+			byName[vol["name"].(string)] = hp
+		}
+	}
+	out := map[string]hostMount{}
+	vms, _ := container(t, o)["volumeMounts"].([]any)
+	for _, m := range vms {
+		vm := m.(map[string]any)
+		hp, ok := byName[vm["name"].(string)]
+		if !ok {
+			continue
+		}
+		typ, _ := hp["type"].(string)
+		ro, _ := vm["readOnly"].(bool)
+		out[vm["mountPath"].(string)] = hostMount{hostPath: hp["path"].(string), hostType: typ, readOnly: ro}
+	}
+	return out
+}
+
 func TestImageTagsDefaultToAppVersion(t *testing.T) {
 	chartYAML, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {

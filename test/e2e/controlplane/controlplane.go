@@ -21,6 +21,9 @@ import (
 	"time"
 )
 
+// defaultName is the cluster's name when Options.Name is empty.
+const defaultName = "rkllm"
+
 // Options configures a control plane.
 type Options struct {
 	// Kwokctl is the kwokctl binary (make kwokctl builds bin/kwokctl-<version>).
@@ -31,7 +34,7 @@ type Options struct {
 	// WorkDir is a private folder for kwokctl's state, certificates, logs and etcd data;
 	// it must be new or empty, and is left in place for inspection.
 	WorkDir string
-	// Name is the cluster's name (default "rkllm").
+	// Name is the cluster's name (default defaultName, "rkllm").
 	Name string
 	// ControllerManager also runs kube-controller-manager (Deployments, ServiceAccounts,
 	// garbage collection); tests that only schedule bare pods can leave it out.
@@ -59,7 +62,7 @@ type ControlPlane struct {
 // it stops whatever it had started.
 func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	if opts.Name == "" {
-		opts.Name = "rkllm"
+		opts.Name = defaultName
 	}
 	if opts.Log == nil {
 		opts.Log = io.Discard
@@ -105,6 +108,19 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 		return nil, errors.Join(fmt.Errorf("kwokctl wrote no kubeconfig: %w", err), stopErr)
 	}
 	return cp, nil
+}
+
+// Leftover is the control plane that a Start with this kwokctl, working folder and name
+// left behind when its owner died without calling Stop (kwokctl's processes are detached
+// and outlive it): its Stop deletes the cluster as if it had started it.
+func Leftover(kwokctl, workDir, name string) *ControlPlane {
+	if name == "" {
+		name = defaultName
+	}
+	return &ControlPlane{
+		opts:       Options{Kwokctl: kwokctl, WorkDir: workDir, Name: name, Log: io.Discard},
+		clusterDir: filepath.Join(workDir, "clusters", name),
+	}
 }
 
 // Stop deletes the cluster (stopping its processes) and then kills any process still

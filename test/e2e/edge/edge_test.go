@@ -3,17 +3,23 @@
 // Package edge_test runs the chart, the operator, the device plugin and rkllm-server on
 // the simulated edge cluster (test/e2e/edgecluster: a real control plane, two kwok
 // RK3588 nodes and one real-kubelet node with the device plugin on a fake NPU): every
-// value set of the chart passes server-side dry-run, then the chart is installed, models
-// are applied and get Ready (on the real-kubelet node only while rkllm-server answers the
-// kubelet's probes), scale past the cluster's NPUs, are suspended, have their
-// parameters changed (a Recreate rollout), survive a chart upgrade, are deleted (the
-// garbage collector removes their children), and the chart is uninstalled while the CRD
-// and the models stay. Run it with `make e2e` (root; builds everything it needs).
+// value set of the chart passes server-side dry-run (ServiceMonitors included, against
+// the Prometheus Operator's CRD), then the chart is installed, models are applied and get
+// Ready (on the real-kubelet node only while rkllm-server answers the kubelet's probes),
+// a model's Service leads to its server (/v1/models, /rpc), the manager's HTTPS metrics
+// answer only tokens allowed by the chart's metrics-reader role, models scale past the
+// cluster's NPUs, are suspended, have their parameters changed (a Recreate rollout),
+// survive a chart upgrade, are deleted (the garbage collector removes their children),
+// and the chart is uninstalled while the CRD and the models stay. Run it with `make e2e`
+// (root; builds everything it needs).
 package edge_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +30,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -133,13 +140,19 @@ func TestEdgeCluster(t *testing.T) {
 	s.waitReady("beta")
 	s.checkOnePodPerNode()
 	s.checkRealNodeGotTheNPU()
+	onReal := s.modelOnNode(edgecluster.KubeletNode)
+
+	s.step("the model's Service reaches rkllm-server: /v1/models names the model, /rpc runs a prompt")
+	s.checkServiceServes(onReal, strings.TrimSuffix(filepath.Base(simModel), ".rkllm"))
+
+	s.step("the manager's HTTPS /metrics answers a token bound to the chart's metrics-reader role, and refuses others")
+	s.checkSecureMetrics(managerProc)
 
 	s.step("the real-kubelet node's pod is Ready only while rkllm-server answers the kubelet's probes")
 	if err := server.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	c.Forget(server)
-	onReal := s.modelOnNode(edgecluster.KubeletNode)
 	s.waitModel(onReal, "not Ready with its server gone", func(m *inferencev1alpha1.RKLLMModel) bool {
 		return !edgecluster.IsReady(m) && m.Status.ReadyReplicas == m.Spec.GetReplicas()-1
 	})
@@ -194,7 +207,7 @@ func TestEdgeCluster(t *testing.T) {
 	if err := managerProc.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	c.Forget(managerProc)
+	c.Forget(managerProc.Process)
 	if managerProc, err = c.StartManager(ctx, s.manager, namespace, release+"-controller-manager"); err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +237,7 @@ func TestEdgeCluster(t *testing.T) {
 	if err := managerProc.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	c.Forget(managerProc)
+	c.Forget(managerProc.Process)
 	if _, err := c.Run(ctx, nil, s.helm, "uninstall", release, "-n", namespace, "--wait"); err != nil {
 		t.Fatal(err)
 	}
@@ -250,29 +263,51 @@ func (s *suite) step(msg string) {
 }
 
 // dryRunValueSets renders the chart with each value set in ci/ (and config/default with
-// kustomize) and has the API server validate every object (server-side dry-run).
+// kustomize) and has the API server validate every object (server-side dry-run). The
+// Prometheus Operator's ServiceMonitor CRD is installed first and the chart rendered with
+// its API, so the ServiceMonitors are validated against the real schema too.
 func (s *suite) dryRunValueSets() {
-	s.step("every chart value set and config/default pass server-side dry-run")
+	s.step("every chart value set and config/default pass server-side dry-run, ServiceMonitors included")
 	for _, ns := range []string{namespace, "models-a", "models-b"} {
 		if _, err := s.c.Client.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			s.t.Fatal(err)
 		}
 	}
+	s.installServiceMonitorCRD()
 	sets, _ := filepath.Glob(filepath.Join(repoRoot, "charts", "rkllm-operator", "ci", "*.yaml"))
 	if len(sets) < 3 {
 		s.t.Fatalf("value sets: %v", sets)
 	}
+	type valueSet struct {
+		name string
+		args []string
+	}
+	var cases []valueSet
 	for _, set := range sets {
-		manifest, err := s.c.Run(s.ctx, nil, s.helm, "template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace, "-f", set)
+		cases = append(cases, valueSet{filepath.Base(set), []string{"-f", set}})
+	}
+	// The secure metrics endpoint's ServiceMonitor (https, bearer token); full-values.yaml
+	// has the plain one.
+	cases = append(cases, valueSet{"defaults with serviceMonitor.enabled", []string{"--set", "serviceMonitor.enabled=true"}})
+	monitors := 0
+	for _, c := range cases {
+		args := append([]string{"template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace,
+			"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"}, c.args...)
+		manifest, err := s.c.Run(s.ctx, nil, s.helm, args...)
 		if err != nil {
 			s.t.Fatal(err)
 		}
 		out, err := s.c.Run(s.ctx, []byte(manifest), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-")
 		if err != nil {
-			s.t.Errorf("%s: %v", filepath.Base(set), err)
+			s.t.Errorf("%s: %v", c.name, err)
 			continue
 		}
-		s.t.Logf("%s: %d objects valid", filepath.Base(set), strings.Count(out, "(server dry run)"))
+		n := strings.Count(out, "servicemonitor.monitoring.coreos.com/")
+		monitors += n
+		s.t.Logf("%s: %d objects valid, %d of them ServiceMonitors", c.name, strings.Count(out, "(server dry run)"), n)
+	}
+	if monitors < 4 {
+		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager and device plugin, plain and secure metrics)", monitors)
 	}
 	kustomized, err := s.c.Run(s.ctx, nil, s.kubectl, "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
@@ -280,6 +315,34 @@ func (s *suite) dryRunValueSets() {
 	}
 	if _, err := s.c.Run(s.ctx, []byte(kustomized), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-"); err != nil {
 		s.t.Errorf("config/default: %v", err)
+	}
+}
+
+// installServiceMonitorCRD installs the ServiceMonitor CRD (make servicemonitor-crd
+// generates it from the Prometheus Operator's API types) and checks that the API server
+// validates ServiceMonitors with it: a misspelt endpoint field is refused.
+func (s *suite) installServiceMonitorCRD() {
+	s.t.Helper()
+	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", env(s.t, "E2E_SERVICEMONITOR_CRD")); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "wait", "--for=condition=Established", "--timeout=1m", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+		s.t.Fatal(err)
+	}
+	const misspelt = `apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: misspelt
+  namespace: ` + namespace + `
+spec:
+  selector: {}
+  endpoints:
+  - port: https
+    schem: https
+`
+	_, err := s.c.Run(s.ctx, []byte(misspelt), s.kubectl, "apply", "--server-side", "--dry-run=server", "-f", "-")
+	if err == nil || !strings.Contains(err.Error(), "schem") {
+		s.t.Fatalf("a ServiceMonitor with the misspelt field spec.endpoints[0].schem passed dry-run (%v): the CRD does not validate", err)
 	}
 }
 
@@ -455,6 +518,122 @@ func (s *suite) checkRealNodeGotTheNPU() {
 		return
 	}
 	s.t.Errorf("the fake runtime of %s never created a server container", edgecluster.KubeletNode)
+}
+
+// checkServiceServes sends requests to model name's Service, resolved to its pod on
+// the real-kubelet node (where rkllm-server answers on the simulator library): the
+// OpenAI-compatible model list names the model by its file, and a JSON-RPC prompt runs.
+func (s *suite) checkServiceServes(name, wantID string) {
+	s.t.Helper()
+	addr, err := s.c.ServiceEndpoint(s.ctx, models, name, "http", edgecluster.KubeletNode)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var list struct {
+		Object string `json:"object"`
+		Data   []struct {
+			ID     string `json:"id"`
+			Object string `json:"object"`
+		} `json:"data"`
+	}
+	if err := s.httpJSON(http.MethodGet, "http://"+addr+"/v1/models", "", &list); err != nil {
+		s.t.Fatal(err)
+	}
+	if list.Object != "list" || len(list.Data) != 1 || list.Data[0].ID != wantID || list.Data[0].Object != "model" {
+		s.t.Errorf("GET /v1/models through Service %s (%s) = %+v; want a list with one model, id %q", name, addr, list, wantID)
+	}
+	var rpc struct {
+		Result *struct {
+			Text         string `json:"text"`
+			TokenCount   int    `json:"token_count"`
+			FinishReason string `json:"finish_reason"`
+		} `json:"result"`
+		Error *struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	req := `{"jsonrpc":"2.0","id":1,"method":"rkllm.run","params":{"input":{"role":"user","input_type":"RKLLM_INPUT_PROMPT","prompt_input":"Hello from the e2e test"}}}`
+	if err := s.httpJSON(http.MethodPost, "http://"+addr+"/rpc", req, &rpc); err != nil {
+		s.t.Fatal(err)
+	}
+	if rpc.Error != nil || rpc.Result == nil || rpc.Result.TokenCount == 0 || rpc.Result.Text == "" || rpc.Result.FinishReason == "" {
+		s.t.Errorf("rkllm.run through Service %s (%s): result %+v, error %+v; want generated text", name, addr, rpc.Result, rpc.Error)
+	}
+}
+
+// httpJSON sends a request (a JSON body unless body is empty) and decodes a 200 answer.
+func (s *suite) httpJSON(method, url, body string, into any) error {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(s.ctx, method, url, r)
+	if err != nil {
+		return err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, data)
+	}
+	if err := json.Unmarshal(data, into); err != nil {
+		return fmt.Errorf("%s %s: decoding %s: %w", method, url, data, err)
+	}
+	return nil
+}
+
+// checkSecureMetrics scrapes the manager's secure metrics endpoint as Prometheus would:
+// with the token of a ServiceAccount bound to the chart's metrics-reader ClusterRole it
+// gets the controller's metrics; an unbound ServiceAccount's token gets 403 and no token
+// 401 (the manager asks the API server: TokenReview, SubjectAccessReview).
+func (s *suite) checkSecureMetrics(m *edgecluster.Manager) {
+	s.t.Helper()
+	const scraper, stranger = "e2e-metrics-scraper", "e2e-stranger"
+	strangerToken, err := s.c.ServiceAccountToken(s.ctx, namespace, stranger)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if code, body, err := m.GetMetrics(s.ctx, strangerToken); err != nil || code != http.StatusForbidden {
+		s.t.Errorf("GET /metrics with an unbound ServiceAccount's token: %d %v (%.200s); want 403", code, err, body)
+	}
+	if code, body, err := m.GetMetrics(s.ctx, ""); err != nil || code != http.StatusUnauthorized {
+		s.t.Errorf("GET /metrics without a token: %d %v (%.200s); want 401", code, err, body)
+	}
+
+	scraperToken, err := s.c.ServiceAccountToken(s.ctx, namespace, scraper)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: scraper},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: release + "-metrics-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: scraper}},
+	}
+	if _, err := s.c.Client.RbacV1().ClusterRoleBindings().Create(s.ctx, binding, metav1.CreateOptions{}); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.c.WaitAllowed(s.ctx, namespace, scraper, "/metrics"); err != nil {
+		s.t.Fatal(err)
+	}
+	code, body, err := m.GetMetrics(s.ctx, scraperToken)
+	if err != nil || code != http.StatusOK {
+		s.t.Fatalf("GET /metrics with a metrics-reader token: %d %v (%.300s); want 200", code, err, body)
+	}
+	// The models have been reconciled, so the controller's count is above zero.
+	reconciles := regexp.MustCompile(`(?m)^controller_runtime_reconcile_total\{controller="rkllmmodel",result="[a-z_]+"\} [1-9]`)
+	if !reconciles.MatchString(body) {
+		s.t.Errorf("the manager's metrics have no controller_runtime_reconcile_total above 0 for the rkllmmodel controller:\n%.3000s", body)
+	}
 }
 
 func (s *suite) waitNoPods(name string) {

@@ -30,8 +30,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -250,6 +252,60 @@ func (c *Cluster) Stop() error {
 	}
 	c.logs = nil
 	return errors.Join(errs...)
+}
+
+// Cleanup stops what a cluster in workDir left running when its owner died without Stop
+// (a crash, SIGKILL): it deletes the control plane with kwokctl (whose processes are
+// detached and do not die with their parent), then kills every process still running
+// from workDir (see Leftovers), and returns an error naming any that outlive the kill.
+func Cleanup(ctx context.Context, kwokctl, workDir string) error {
+	work, err := filepath.Abs(workDir)
+	if err != nil {
+		return err
+	}
+	cpErr := controlplane.Leftover(kwokctl, filepath.Join(work, "cp"), "").Stop(ctx)
+	for _, p := range Leftovers(work) {
+		if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			cpErr = errors.Join(cpErr, fmt.Errorf("killing %s: %w", p, err))
+		}
+	}
+	err = Poll(ctx, stopTimeout, "the processes of "+work+" to end", func(context.Context) (bool, string, error) {
+		left := Leftovers(work)
+		return len(left) == 0, fmt.Sprint(left), nil
+	})
+	return errors.Join(cpErr, err)
+}
+
+// LeftProcess is a process running from a cluster's folder.
+type LeftProcess struct {
+	PID     int
+	Cmdline string
+}
+
+func (p LeftProcess) String() string { return fmt.Sprintf("pid %d (%s)", p.PID, p.Cmdline) }
+
+// Leftovers lists the live processes (zombies excluded) that run from workDir: it is in
+// their command line (the control plane, the kubelet, the device plugin, rkllm-server)
+// or is their working folder (every process Start starts, the manager included).
+func Leftovers(workDir string) []LeftProcess {
+	var left []LeftProcess
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		proc := filepath.Join("/proc", e.Name())
+		cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
+		if err != nil || len(cmdline) == 0 { // gone, or a zombie
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join(proc, "cwd"))
+		if bytes.Contains(cmdline, []byte(workDir)) || cwd == workDir || strings.HasPrefix(cwd, workDir+"/") {
+			left = append(left, LeftProcess{PID: pid, Cmdline: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))})
+		}
+	}
+	return left
 }
 
 // Start starts a local process whose output goes to LogDir()/name.log; Stop stops it.

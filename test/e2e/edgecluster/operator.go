@@ -2,11 +2,17 @@ package edgecluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -16,8 +22,13 @@ import (
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 )
 
-// managerStartTimeout bounds the wait for a started manager to serve its health probe.
-const managerStartTimeout = time.Minute
+// Named timeouts.
+const (
+	// managerStartTimeout bounds the wait for a started manager to serve its health probe.
+	managerStartTimeout = time.Minute
+	// rbacTimeout bounds the wait for a new RBAC binding to take effect.
+	rbacTimeout = 30 * time.Second
+)
 
 // ModelClient is a controller-runtime client that knows RKLLMModels.
 func (c *Cluster) ModelClient() (client.Client, error) {
@@ -31,12 +42,20 @@ func (c *Cluster) ModelClient() (client.Client, error) {
 	return client.New(c.Config, client.Options{Scheme: scheme})
 }
 
+// Manager is a running manager process.
+type Manager struct {
+	*Process
+	// MetricsAddr is the loopback host:port of its metrics endpoint (HTTPS with the
+	// chart's defaults).
+	MetricsAddr string
+}
+
 // StartManager runs the manager binary the way the chart's Deployment would: with that
 // Deployment's container arguments, as its ServiceAccount (StartInCluster), with the
 // metrics and probe listeners moved to free loopback ports (no pod network here). It
 // returns when the manager's /readyz answers. The Deployment itself is expected at 0
 // replicas: no node here can run the image.
-func (c *Cluster) StartManager(ctx context.Context, bin, namespace, deployment string) (*Process, error) {
+func (c *Cluster) StartManager(ctx context.Context, bin, namespace, deployment string) (*Manager, error) {
 	d, err := c.Client.AppsV1().Deployments(namespace).Get(ctx, deployment, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading the manager's Deployment: %w", err)
@@ -71,7 +90,70 @@ func (c *Cluster) StartManager(ctx context.Context, bin, namespace, deployment s
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &Manager{Process: p, MetricsAddr: metrics}, nil
+}
+
+// GetMetrics gets the manager's /metrics over HTTPS with a bearer token (none when
+// token is empty) and returns the status code and the body. The manager's certificate
+// is self-signed (the chart's default), so it is not verified, as the chart's
+// ServiceMonitor does not.
+func (m *Manager) GetMetrics(ctx context.Context, token string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+m.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return 0, "", err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	cl := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the manager's self-signed certificate
+	}}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s: %w", req.URL, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return 0, "", fmt.Errorf("reading %s: %w", req.URL, err)
+	}
+	return resp.StatusCode, string(body), nil
+}
+
+// ServiceAccountToken creates a ServiceAccount (if missing) and returns a short-lived
+// token of it (TokenRequest).
+func (c *Cluster) ServiceAccountToken(ctx context.Context, namespace, name string) (string, error) {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	if _, err := c.Client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("creating ServiceAccount %s/%s: %w", namespace, name, err)
+	}
+	tr, err := c.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(time.Hour.Seconds()))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("requesting a token for %s/%s: %w", namespace, name, err)
+	}
+	return tr.Status.Token, nil
+}
+
+// WaitAllowed waits until the API server's authorizer lets a ServiceAccount get a
+// non-resource path (RBAC bindings take effect a moment after they are created), so a
+// component that caches denials (the manager's metrics filter) is asked only after.
+func (c *Cluster) WaitAllowed(ctx context.Context, namespace, serviceAccount, path string) error {
+	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
+	return Poll(ctx, rbacTimeout, user+" to be allowed to get "+path, func(ctx context.Context) (bool, string, error) {
+		sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:                  user,
+				Groups:                []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace},
+				NonResourceAttributes: &authorizationv1.NonResourceAttributes{Path: path, Verb: "get"},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return sar.Status.Allowed, fmt.Sprintf("allowed %v: %s", sar.Status.Allowed, sar.Status.Reason), nil
+	})
 }
 
 // WaitModel polls a model until done says so; done returns a description of what it saw.

@@ -3,15 +3,21 @@ package edgecluster
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
@@ -20,6 +26,7 @@ import (
 const (
 	inClusterTokenLifetime = 24 * time.Hour
 	serverReadyTimeout     = time.Minute
+	endpointTimeout        = 30 * time.Second
 )
 
 // StartInCluster runs bin as if it were a container of a pod in namespace with
@@ -118,6 +125,72 @@ func (c *Cluster) StartServer(ctx context.Context, bin, lib, abi, modelPath stri
 		return nil, err
 	}
 	return p, nil
+}
+
+// ServiceEndpoint resolves a Service's port to the address behind it on node, as the
+// EndpointSlice controller and kube-proxy would: a ready pod on node that the Service's
+// selector selects, and the container port the Service port's targetPort names. (The
+// controller cannot do it here: the API server refuses EndpointSlices with this cluster's
+// loopback pod addresses, and there is no kube-proxy.)
+func (c *Cluster) ServiceEndpoint(ctx context.Context, namespace, service, portName, node string) (string, error) {
+	svc, err := c.Client.CoreV1().Services(namespace).Get(ctx, service, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("reading Service %s/%s: %w", namespace, service, err)
+	}
+	i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == portName })
+	if i < 0 {
+		return "", fmt.Errorf("service %s/%s has no port named %s", namespace, service, portName)
+	}
+	target := svc.Spec.Ports[i].TargetPort
+	if len(svc.Spec.Selector) == 0 {
+		return "", fmt.Errorf("service %s/%s has no selector", namespace, service)
+	}
+	var addr string
+	err = Poll(ctx, endpointTimeout, fmt.Sprintf("a ready pod of Service %s/%s on %s", namespace, service, node), func(ctx context.Context) (bool, string, error) {
+		pods, err := c.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: labels.SelectorFromSet(svc.Spec.Selector).String(), FieldSelector: "spec.nodeName=" + node,
+		})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil || p.Status.PodIP == "" || !podReady(&p) {
+				continue
+			}
+			port := target.IntValue()
+			if target.Type == intstr.String {
+				port = namedPort(&p, target.StrVal)
+			}
+			if port == 0 {
+				return false, "", fmt.Errorf("pod %s has no container port %s, the target of Service %s/%s port %s", p.Name, target.String(), namespace, service, portName)
+			}
+			addr = net.JoinHostPort(p.Status.PodIP, strconv.Itoa(port))
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("%d pods selected on %s, none ready", len(pods.Items), node), nil
+	})
+	return addr, err
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// namedPort is the number of a pod's container port called name, or 0.
+func namedPort(p *corev1.Pod, name string) int {
+	for _, ctr := range p.Spec.Containers {
+		for _, cp := range ctr.Ports {
+			if cp.Name == name {
+				return int(cp.ContainerPort)
+			}
+		}
+	}
+	return 0
 }
 
 // StreamCommand is a shell command that sends the server at addr a JSON-RPC request

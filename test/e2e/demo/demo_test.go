@@ -1,0 +1,255 @@
+//go:build e2e
+
+// Package demo_test checks that `make demo-down` leaves nothing of the demo running, in
+// the hardest case: the demo's background process was killed (SIGKILL: no chance to stop
+// what it started), so the control plane kwokctl started, which is detached, is still
+// running. `demo up --walk=false` starts the cluster, the test kills the background
+// process, and `demo down` must stop every process of the demo, free its ports and
+// remove its state. Run it with `make e2e` (root; builds everything it needs).
+package demo_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Named timeouts for a loaded 2-core machine.
+const (
+	upTimeout   = 3 * time.Minute
+	downTimeout = 3 * time.Minute
+	exitTimeout = 30 * time.Second
+)
+
+var repoRoot = filepath.Join("..", "..", "..")
+
+func env(t *testing.T, name string) string {
+	t.Helper()
+	p := os.Getenv(name)
+	if p == "" {
+		t.Fatalf("%s is not set: run this test with `make e2e`, which builds the binaries and sets it", name)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return abs
+}
+
+// ready is what the demo records in its state folder once the cluster serves.
+type ready struct {
+	WorkDir    string `json:"workDir"`
+	Kubeconfig string `json:"kubeconfig"`
+	ServerAddr string `json:"serverAddr"`
+}
+
+func TestDownAfterACrash(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the demo needs root (private mount namespaces for the kubelet and the manager)")
+	}
+	k8sBin := env(t, "E2E_K8S_BIN_DIR")
+	state := t.TempDir()
+	chart, err := filepath.Abs(filepath.Join(repoRoot, "charts", "rkllm-operator"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo := env(t, "E2E_DEMO")
+	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", env(t, "E2E_KWOKCTL"), "--kwok", env(t, "E2E_KWOK"),
+		"--helm", env(t, "E2E_HELM"), "--device-plugin", env(t, "E2E_DEVICE_PLUGIN"), "--manager", env(t, "E2E_MANAGER"),
+		"--server", env(t, "E2E_SERVER"), "--sim-lib", env(t, "E2E_SIM_LIB"), "--chart", chart}
+	runDemo := func(timeout time.Duration, args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, demo, append(args, flags...)...) //nolint:gosec // the binary from the Makefile
+		cmd.Dir = state
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	start := time.Now()
+	out, err := runDemo(upTimeout, "up", "--walk=false")
+	var r ready
+	// Whatever happens below, nothing may outlive the test: demo down, then, should that
+	// have failed too, SIGKILL for whatever still runs from the demo's folders.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		_, _ = runDemo(downTimeout, "down")
+		dirs := []string{state}
+		if r.WorkDir != "" {
+			dirs = append(dirs, r.WorkDir)
+		}
+		for _, p := range processesOf(dirs...) {
+			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	})
+	if err != nil {
+		t.Fatalf("demo up: %v\n%s\ncluster log:\n%s", err, out, readFile(filepath.Join(state, "cluster.log")))
+	}
+	t.Logf("demo up in %s", time.Since(start).Round(time.Second))
+	if err := json.Unmarshal([]byte(readFile(filepath.Join(state, "ready.json"))), &r); err != nil || r.WorkDir == "" {
+		t.Fatalf("the demo's ready.json: %v (%+v)", err, r)
+	}
+	ports := demoPorts(t, r)
+	// The checks below can fail: with the demo up, its processes run and its ports are taken.
+	if left := processesOf(r.WorkDir, state); len(left) == 0 {
+		t.Fatalf("no process runs from %s while the demo is up: the leftover check sees nothing", r.WorkDir)
+	}
+	if taken := takenPorts(ports); len(taken) == 0 {
+		t.Fatalf("none of the demo's ports %v is taken while it is up: the port check sees nothing", ports)
+	}
+
+	pid, err := strconv.Atoi(strings.TrimSpace(readFile(filepath.Join(state, "demo.pid"))))
+	if err != nil {
+		t.Fatalf("the demo's pid file: %v", err)
+	}
+	t.Logf("killing the demo's background process (pid %d) with SIGKILL", pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	t.Logf("after the crash, still running: %d processes of the demo, ports taken: %v", len(processesOf(r.WorkDir, state)), takenPorts(ports))
+
+	start = time.Now()
+	out, err = runDemo(downTimeout, "down")
+	if err != nil {
+		t.Fatalf("demo down after a crash: %v\n%s", err, out)
+	}
+	t.Logf("demo down in %s:\n%s", time.Since(start).Round(time.Second), out)
+	if left := processesOf(r.WorkDir, state); len(left) > 0 {
+		t.Errorf("after demo down, processes of the demo still run:\n%s", left)
+	}
+	if taken := takenPorts(ports); len(taken) > 0 {
+		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
+	}
+	for _, f := range []string{r.WorkDir, filepath.Join(state, "demo.pid"), filepath.Join(state, "ready.json"), filepath.Join(state, "workdir")} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after demo down, %s is still there (%v)", f, err)
+		}
+	}
+
+	out, err = runDemo(downTimeout, "down")
+	if err != nil || !strings.Contains(out, "No demo is running") {
+		t.Errorf("a second demo down: %v\n%s\nwant success and \"No demo is running\"", err, out)
+	}
+}
+
+// demoPorts are the demo's listening addresses: the control plane's ports (kwokctl's
+// configuration in the work folder) and rkllm-server's.
+func demoPorts(t *testing.T, r ready) []string {
+	t.Helper()
+	cfg := readFile(filepath.Join(r.WorkDir, "cp", "kwokctl.yaml"))
+	var addrs []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+\w+Port: (\d+)$`).FindAllStringSubmatch(cfg, -1) {
+		addrs = append(addrs, net.JoinHostPort("127.0.0.1", m[1]))
+	}
+	if len(addrs) < 5 {
+		t.Fatalf("found the control plane ports %v in %s/cp/kwokctl.yaml; want at least 5", addrs, r.WorkDir)
+	}
+	kc, err := clientcmd.LoadFromFile(r.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kc.Clusters {
+		u, err := url.Parse(c.Server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, u.Host)
+	}
+	return append(addrs, r.ServerAddr)
+}
+
+// takenPorts lists the addresses something listens on (they cannot be bound).
+func takenPorts(addrs []string) []string {
+	var taken []string
+	var lc net.ListenConfig
+	for _, a := range addrs {
+		l, err := lc.Listen(context.Background(), "tcp", a)
+		if err != nil {
+			taken = append(taken, a)
+			continue
+		}
+		_ = l.Close()
+	}
+	return taken
+}
+
+type process struct {
+	pid     int
+	cmdline string
+}
+
+func (p process) String() string { return fmt.Sprintf("%d %s\n", p.pid, p.cmdline) }
+
+// processesOf lists the live processes (zombies excluded) whose command line mentions
+// one of the folders or whose working folder is under one.
+func processesOf(dirs ...string) []process {
+	var left []process
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		for _, d := range dirs {
+			if bytes.Contains(cmdline, []byte(d)) || cwd == d || strings.HasPrefix(cwd, d+"/") {
+				left = append(left, process{pid, string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))})
+				break
+			}
+		}
+	}
+	return left
+}
+
+// waitGone waits until pid has exited (a zombie has no command line).
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.NewTimer(exitTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("pid %d still runs %s after SIGKILL", pid, exitTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
+func readFile(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return string(data)
+}
