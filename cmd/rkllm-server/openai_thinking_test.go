@@ -79,3 +79,38 @@ func TestOpenAIPrefixReuseThinkingTemplates(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenAIReasoningOpening: DeepSeek-R1's generation prompt opens the reasoning block
+// itself, so the model's reply starts inside it. The client gets the reply with that
+// opening in front, in a whole response and in the first streamed delta, so it sees a
+// whole <think>...</think> block; the usage counts only the generated tokens. A template
+// that leaves the block to the model (qwen2.5 here) adds nothing.
+func TestOpenAIReasoningOpening(t *testing.T) {
+	for _, c := range []struct{ preset, opening string }{{"deepseek-r1", "<think>\n"}, {"qwen2.5", ""}} {
+		t.Run(c.preset, func(t *testing.T) {
+			t.Parallel()
+			tmpl, err := chattemplate.Preset(c.preset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := simulator.FastModel()
+			m.Vocab = []string{" step", " answer", "."} // no tag of its own: what the client sees of one is the server's
+			m.ByteFallback = nil
+			m.EOS = tmpl.EndOfReply()
+			s := startServer(t, "1.3", serverOpts{model: &m, config: map[string]any{"chat-template": c.preset}})
+			conv := []msg{{"role": "user", "content": "Why is the sky blue?"}}
+			whole := s.chat(conv, map[string]any{"max_tokens": 6})
+			reply, ok := strings.CutPrefix(whole.content(), c.opening)
+			if !ok || reply == "" || strings.Contains(reply, "<think>") {
+				t.Fatalf("content %q, want %q and the generated reply", whole.content(), c.opening)
+			}
+			if n := len(m.Tokenize(reply)); whole.Usage.CompletionTokens != n {
+				t.Errorf("completion tokens %d, the generated reply %q has %d", whole.Usage.CompletionTokens, reply, n)
+			}
+			streamed := s.streamChat(conv, map[string]any{"max_tokens": 6})
+			if streamed.content != whole.content() {
+				t.Errorf("streamed content %q, whole %q", streamed.content, whole.content())
+			}
+		})
+	}
+}

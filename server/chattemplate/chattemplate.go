@@ -117,3 +117,16 @@ func leadingSystem(msgs []Message) (system []string, rest []Message) {
 	}
 	return system, msgs[i:]
 }
+
+// OpenReasoning returns the reasoning block's opening that prompt ends with ("<think>"
+// and the white space after it), or "" when the prompt does not end inside a reasoning
+// block. Templates that make a model think (DeepSeek-R1's) open the block in the
+// generation prompt, so the reply starts inside it; a client given the reply alone
+// would see a closing tag without its opening.
+func OpenReasoning(prompt string) string {
+	i := strings.LastIndex(prompt, thinkStart)
+	if i < 0 || strings.TrimSpace(prompt[i+len(thinkStart):]) != "" {
+		return ""
+	}
+	return prompt[i:]
+}

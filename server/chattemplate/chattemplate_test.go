@@ -170,3 +170,35 @@ func TestLoadJinja(t *testing.T) {
 		t.Error("a broken template loads")
 	}
 }
+
+// TestOpenReasoning: the reply of a prompt that opened the reasoning block starts inside
+// it; a prompt with the block closed (Qwen 3 with thinking off) or none does not.
+func TestOpenReasoning(t *testing.T) {
+	render := func(preset string, thinking *bool) string {
+		t.Helper()
+		tmpl, err := Preset(preset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := tmpl.Render(&Conversation{Messages: []Message{{Role: RoleUser, Content: "Is <think> a tag?"}}, EnableThinking: thinking})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	off := false
+	for _, c := range []struct {
+		name, prompt, want string
+	}{
+		{"deepseek-r1", render("deepseek-r1", nil), "<think>\n"},
+		{"qwen3, thinking on: the model opens the block itself", render("qwen3", nil), ""},
+		{"qwen3, thinking off: the block is closed", render("qwen3", &off), ""},
+		{"qwen2.5: a <think> in the user's words is not an opening", render("qwen2.5", nil), ""},
+		{"an opening followed by text", "<think>\nhmm", ""},
+		{"no prompt", "", ""},
+	} {
+		if got := OpenReasoning(c.prompt); got != c.want {
+			t.Errorf("%s: OpenReasoning(%q) = %q, want %q", c.name, c.prompt, got, c.want)
+		}
+	}
+}

@@ -49,6 +49,7 @@ type Turns struct {
 const (
 	thinkQwen3    = "qwen3"
 	thinkDeepSeek = "deepseek-r1"
+	thinkStart    = "<think>"
 	thinkEnd      = "</think>"
 	toolResponse  = "tool_response"
 )

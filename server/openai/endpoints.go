@@ -110,7 +110,7 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 		}
 		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
 	}
-	spec.prompt = prompt
+	spec.prompt, spec.opening = prompt, chattemplate.OpenReasoning(prompt)
 	return spec, nil
 }
 

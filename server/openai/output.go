@@ -30,6 +30,10 @@ type output struct {
 	tools      bool   // parse <tool_call> blocks
 	endOfReply string // the end-of-sequence text, left out when it is delivered
 	maxTokens  int    // > 0: stop after this many tokens (the server enforces max_tokens)
+	// opening is given out in front of the first content: the reasoning block's opening
+	// that the prompt ended with (chattemplate.OpenReasoning), so the client sees the
+	// block whole.
+	opening string
 
 	raw      strings.Builder // joined text so far
 	pending  []byte          // bytes of a WAITING delivery
@@ -158,6 +162,9 @@ func (o *output) emit(text string, upto int) string {
 		return ""
 	}
 	s := text[o.emitted:upto]
+	if o.emitted == 0 {
+		s = o.opening + s
+	}
 	o.emitted = upto
 	return s
 }

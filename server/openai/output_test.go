@@ -69,6 +69,15 @@ func TestOutput(t *testing.T) {
 			stopAt: -1, rest: "<tool_call>{not json</tool_call>", finish: "stop"},
 		{name: "tool call text without tools is content", o: newOutput(nil, false, "", 0), in: []runtime.Delivery{tok("<tool_call>{\"name\": \"f\"}</tool_call>")},
 			pieces: []string{"<tool_call>{\"name\": \"f\"}</tool_call>"}, stopAt: -1, finish: "stop"},
+		{name: "the prompt's reasoning opening comes first, once", o: opened(newOutput(nil, false, "<eos>", 0), "<think>\n"),
+			in:     []runtime.Delivery{tok("why"), tok("</think>"), tok("ok<eos>")},
+			pieces: []string{"<think>\nwhy", "</think>", "ok"}, stopAt: -1, finish: "stop"},
+		{name: "the opening in front of held back text", o: opened(newOutput(nil, false, "<eos>", 0), "<think>\n"),
+			in:     []runtime.Delivery{tok("<e")},
+			stopAt: -1, rest: "<think>\n<e", finish: "stop"},
+		{name: "no opening before a reply that is a tool call alone", o: opened(newOutput(nil, true, "", 0), "<think>\n"),
+			in:     []runtime.Delivery{tok("<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>")},
+			stopAt: -1, finish: "tool_calls", toolNames: []string{"f"}, toolArgs: []string{"{}"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -155,4 +164,9 @@ func TestUsage(t *testing.T) {
 			}
 		})
 	}
+}
+
+func opened(o *output, opening string) *output {
+	o.opening = opening
+	return o
 }

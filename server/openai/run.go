@@ -19,6 +19,7 @@ type runSpec struct {
 	chat       bool // chat.completion (else text_completion)
 	model      string
 	prompt     string
+	opening    string // given out before the reply: the reasoning opening the prompt ended with
 	tools      *workerproto.SetFunctionTools
 	parseTools bool
 	infer      runtime.InferParams
@@ -214,6 +215,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, spec *runSpec) {
 		serverMax = *spec.sampling.MaxTokens
 	}
 	out := newOutput(spec.sampling.Stop, spec.parseTools, h.opts.Template.EndOfReply(), serverMax)
+	out.opening = spec.opening
 	q := &deliveryQueue{max: h.opts.MaxBacklogBytes, wake: make(chan struct{}, 1), cancel: cancel}
 	owner := "openai/" + id
 	t, err := h.b.Enqueue(ctx, supervisor.Request{Owner: owner, ID: id, OnDelivery: q.push, Conversation: &supervisor.Conversation{
