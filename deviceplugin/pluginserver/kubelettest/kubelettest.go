@@ -60,14 +60,16 @@ func (s *Stub) listen() error {
 	return nil
 }
 
-// Stop stops serving and removes kubelet.sock.
+// Stop stops serving and removes kubelet.sock. A registration the stub has taken is
+// answered first (GracefulStop): the test has seen it, so the plugin must too, or it
+// would retry and the test's count of registrations would depend on timing.
 func (s *Stub) Stop() {
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
 	s.mu.Unlock()
 	if srv != nil {
-		srv.Stop()
+		srv.GracefulStop()
 	}
 	_ = os.Remove(s.SocketPath())
 }
