@@ -72,9 +72,9 @@ func newFixture(t *testing.T, opts Options) *fixture {
 		}
 		return nil, ctx.Err()
 	}))
-	// big answers 32 MiB.
+	// big answers bigAnswer bytes.
 	f.d.Register("big", jsonrpc.HandlerFunc(func(context.Context, *jsonrpc.Call) (any, error) {
-		return strings.Repeat("b", 32<<20), nil
+		return strings.Repeat("b", bigAnswer), nil
 	}))
 	// slowstream sends a notification, waits for release, then answers.
 	f.d.Register("slowstream", jsonrpc.HandlerFunc(func(ctx context.Context, c *jsonrpc.Call) (any, error) {
@@ -393,6 +393,11 @@ func await[T any](t *testing.T, what string, ch <-chan T) T {
 	}
 }
 
+// bigAnswer is more than a loopback TCP connection buffers (Linux's send buffer grows to
+// 4 MiB by default; the test's client reads into 4 KiB), and small enough to encode
+// quickly under -race on a loaded machine.
+const bigAnswer = 8 << 20
+
 // TestPlainAnswerWriteTimeout: a client that does not read a plain (not streamed)
 // answer does not hold the handler: the write gives up after the write timeout.
 func TestPlainAnswerWriteTimeout(t *testing.T) {
@@ -403,7 +408,7 @@ func TestPlainAnswerWriteTimeout(t *testing.T) {
 	}
 	body := `{"jsonrpc":"2.0","id":1,"method":"big"}`
 	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
-	if n := await(t, "the write to give up", f.written.out); n >= 32<<20 {
+	if n := await(t, "the write to give up", f.written.out); n >= bigAnswer {
 		t.Errorf("%d bytes written to a client that reads nothing", n)
 	}
 }
