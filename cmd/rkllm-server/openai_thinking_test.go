@@ -34,14 +34,8 @@ func TestOpenAIPrefixReuseThinkingTemplates(t *testing.T) {
 	}{{"qwen3", false}, {"qwen3-no-thinking", false}, {"deepseek-r1", false}, {"qwen2.5", true}} {
 		t.Run(c.preset, func(t *testing.T) {
 			t.Parallel()
-			tmpl, err := chattemplate.Preset(c.preset)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := simulator.FastModel()
-			m.Vocab = []string{"<think>", "\n", " step", "</think>", " answer", "."} // none joins others into a longer one: a reply retokenizes into the tokens generated
-			m.ByteFallback = nil
-			m.EOS = tmpl.EndOfReply()
+			// No word joins others into a longer one: a reply retokenizes into the tokens generated.
+			tmpl, m := presetModel(t, c.preset, "<think>", "\n", " step", "</think>", " answer", ".")
 			cfg := map[string]any{"chat-template": c.preset, "max-context-len": 4096}
 			reuse := startServer(t, "1.3", serverOpts{model: &m, config: cfg})
 			fresh := startServer(t, "1.3", serverOpts{model: &m, config: map[string]any{"chat-template": c.preset, "max-context-len": 4096, "prefix-reuse": false}})
@@ -89,14 +83,8 @@ func TestOpenAIReasoningOpening(t *testing.T) {
 	for _, c := range []struct{ preset, opening string }{{"deepseek-r1", "<think>\n"}, {"qwen2.5", ""}} {
 		t.Run(c.preset, func(t *testing.T) {
 			t.Parallel()
-			tmpl, err := chattemplate.Preset(c.preset)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := simulator.FastModel()
-			m.Vocab = []string{" step", " answer", "."} // no tag of its own: what the client sees of one is the server's
-			m.ByteFallback = nil
-			m.EOS = tmpl.EndOfReply()
+			// No tag of its own: what the client sees of one is the server's.
+			_, m := presetModel(t, c.preset, " step", " answer", ".")
 			s := startServer(t, "1.3", serverOpts{model: &m, config: map[string]any{"chat-template": c.preset}})
 			conv := []msg{{"role": "user", "content": "Why is the sky blue?"}}
 			whole := s.chat(conv, map[string]any{"max_tokens": 6})
@@ -113,4 +101,19 @@ func TestOpenAIReasoningOpening(t *testing.T) {
 			}
 		})
 	}
+}
+
+// presetModel returns a chat template preset and an unpaced simulator model that writes
+// only the given words and ends its replies with the preset's end-of-reply text.
+func presetModel(t *testing.T, preset string, words ...string) (chattemplate.Template, simulator.Model) {
+	t.Helper()
+	tmpl, err := chattemplate.Preset(preset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := simulator.FastModel()
+	m.Vocab = words
+	m.ByteFallback = nil
+	m.EOS = tmpl.EndOfReply()
+	return tmpl, m
 }

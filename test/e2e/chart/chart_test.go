@@ -25,6 +25,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
 const (
@@ -36,18 +38,6 @@ const (
 var repoRoot = filepath.Join("..", "..", "..")
 
 var chartDir = filepath.Join(repoRoot, "charts", "rkllm-operator")
-
-func tool(t *testing.T, env string) string {
-	t.Helper()
-	p := os.Getenv(env)
-	if p == "" {
-		t.Fatalf("%s is not set: run this test with `make test-chart` or `make e2e`, which build the tools and set it", env)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s: %v", env, err)
-	}
-	return p
-}
 
 func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
@@ -64,7 +54,7 @@ func run(t *testing.T, name string, args ...string) (string, error) {
 // render runs helm template with the given extra arguments.
 func render(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := run(t, tool(t, "E2E_HELM"), append([]string{"template", release, chartDir, "--namespace", namespace}, args...)...)
+	out, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), append([]string{"template", release, chartDir, "--namespace", namespace}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +110,7 @@ func readObjects(t *testing.T, path string) []*unstructured.Unstructured {
 
 func TestLint(t *testing.T) {
 	for _, values := range valueSets(t) {
-		out, err := run(t, tool(t, "E2E_HELM"), "lint", "--strict", chartDir, "-f", values)
+		out, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "lint", "--strict", chartDir, "-f", values)
 		if err != nil {
 			t.Fatalf("helm lint with %s: %v\n%s", values, err, out)
 		}
@@ -234,7 +224,7 @@ func TestSchemaRejectsTypos(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.set, func(t *testing.T) {
-			_, err := run(t, tool(t, "E2E_HELM"), "template", release, chartDir, "--set", c.set)
+			_, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", c.set)
 			if err == nil {
 				t.Fatalf("--set %s rendered; want a schema error", c.set)
 			}
@@ -244,7 +234,7 @@ func TestSchemaRejectsTypos(t *testing.T) {
 		})
 	}
 	// A combination the schema cannot express is refused by the templates, with the fix.
-	_, err := run(t, tool(t, "E2E_HELM"), "template", release, chartDir, "--set", "manager.replicas=2", "--set", "manager.leaderElect=false")
+	_, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "manager.replicas=2", "--set", "manager.leaderElect=false")
 	if err == nil || !strings.Contains(err.Error(), "needs manager.leaderElect: true") {
 		t.Errorf("2 replicas without leader election: err %v, want a message naming manager.leaderElect", err)
 	}
@@ -475,7 +465,7 @@ func TestImageTagsDefaultToAppVersion(t *testing.T) {
 // rkllm-operator-system, default values) render the same objects with the same pod specs,
 // apart from the differences listed here.
 func TestMatchesKustomize(t *testing.T) {
-	kustomized, err := run(t, tool(t, "E2E_KUBECTL"), "kustomize", filepath.Join(repoRoot, "config", "default"))
+	kustomized, err := run(t, makevars.Path(t, "E2E_KUBECTL", "test-chart"), "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
 		t.Fatal(err)
 	}

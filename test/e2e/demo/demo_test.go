@@ -9,11 +9,9 @@
 package demo_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -27,6 +25,9 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
 // Named timeouts for a loaded 2-core machine.
@@ -37,22 +38,6 @@ const (
 )
 
 var repoRoot = filepath.Join("..", "..", "..")
-
-func env(t *testing.T, name string) string {
-	t.Helper()
-	p := os.Getenv(name)
-	if p == "" {
-		t.Fatalf("%s is not set: run this test with `make e2e`, which builds the binaries and sets it", name)
-	}
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(abs); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return abs
-}
 
 // ready is what the demo records in its state folder once the cluster serves.
 type ready struct {
@@ -65,16 +50,16 @@ func TestDownAfterACrash(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the demo needs root (private mount namespaces for the kubelet and the manager)")
 	}
-	k8sBin := env(t, "E2E_K8S_BIN_DIR")
+	k8sBin := makevars.Path(t, "E2E_K8S_BIN_DIR", "e2e")
 	state := t.TempDir()
 	chart, err := filepath.Abs(filepath.Join(repoRoot, "charts", "rkllm-operator"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	demo := env(t, "E2E_DEMO")
-	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", env(t, "E2E_KWOKCTL"), "--kwok", env(t, "E2E_KWOK"),
-		"--helm", env(t, "E2E_HELM"), "--device-plugin", env(t, "E2E_DEVICE_PLUGIN"), "--manager", env(t, "E2E_MANAGER"),
-		"--server", env(t, "E2E_SERVER"), "--sim-lib", env(t, "E2E_SIM_LIB"), "--chart", chart}
+	demo := makevars.Path(t, "E2E_DEMO", "e2e")
+	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", makevars.Path(t, "E2E_KWOKCTL", "e2e"), "--kwok", makevars.Path(t, "E2E_KWOK", "e2e"),
+		"--helm", makevars.Path(t, "E2E_HELM", "e2e"), "--device-plugin", makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), "--manager", makevars.Path(t, "E2E_MANAGER", "e2e"),
+		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart}
 	runDemo := func(timeout time.Duration, args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), timeout)
 		defer cancel()
@@ -98,8 +83,8 @@ func TestDownAfterACrash(t *testing.T) {
 		if r.WorkDir != "" {
 			dirs = append(dirs, r.WorkDir)
 		}
-		for _, p := range processesOf(dirs...) {
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		for _, p := range edgecluster.Leftovers(dirs...) {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
 		}
 	})
 	if err != nil {
@@ -111,7 +96,9 @@ func TestDownAfterACrash(t *testing.T) {
 	}
 	ports := demoPorts(t, r)
 	// The checks below can fail: with the demo up, its processes run and its ports are taken.
-	if left := processesOf(r.WorkDir, state); len(left) == 0 {
+	// The process check is the one `demo down` uses to find what to stop (Leftovers); the
+	// ports are the check that does not depend on it.
+	if left := edgecluster.Leftovers(r.WorkDir, state); len(left) == 0 {
 		t.Fatalf("no process runs from %s while the demo is up: the leftover check sees nothing", r.WorkDir)
 	}
 	if taken := takenPorts(ports); len(taken) == 0 {
@@ -127,7 +114,7 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
-	t.Logf("after the crash, still running: %d processes of the demo, ports taken: %v", len(processesOf(r.WorkDir, state)), takenPorts(ports))
+	t.Logf("after the crash, still running: %d processes of the demo, ports taken: %v", len(edgecluster.Leftovers(r.WorkDir, state)), takenPorts(ports))
 
 	start = time.Now()
 	out, err = runDemo(downTimeout, "down")
@@ -135,7 +122,7 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatalf("demo down after a crash: %v\n%s", err, out)
 	}
 	t.Logf("demo down in %s:\n%s", time.Since(start).Round(time.Second), out)
-	if left := processesOf(r.WorkDir, state); len(left) > 0 {
+	if left := edgecluster.Leftovers(r.WorkDir, state); len(left) > 0 {
 		t.Errorf("after demo down, processes of the demo still run:\n%s", left)
 	}
 	if taken := takenPorts(ports); len(taken) > 0 {
@@ -192,38 +179,6 @@ func takenPorts(addrs []string) []string {
 		_ = l.Close()
 	}
 	return taken
-}
-
-type process struct {
-	pid     int
-	cmdline string
-}
-
-func (p process) String() string { return fmt.Sprintf("%d %s\n", p.pid, p.cmdline) }
-
-// processesOf lists the live processes (zombies excluded) whose command line mentions
-// one of the folders or whose working folder is under one.
-func processesOf(dirs ...string) []process {
-	var left []process
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(cmdline) == 0 {
-			continue
-		}
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		for _, d := range dirs {
-			if bytes.Contains(cmdline, []byte(d)) || cwd == d || strings.HasPrefix(cwd, d+"/") {
-				left = append(left, process{pid, string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))})
-				break
-			}
-		}
-	}
-	return left
 }
 
 // waitGone waits until pid has exited (a zombie has no command line).

@@ -39,6 +39,7 @@ import (
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
 const (
@@ -56,22 +57,6 @@ const (
 
 var repoRoot = filepath.Join("..", "..", "..")
 
-func env(t *testing.T, name string) string {
-	t.Helper()
-	p := os.Getenv(name)
-	if p == "" {
-		t.Fatalf("%s is not set: run this test with `make e2e`, which builds the binaries and sets it", name)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return abs
-}
-
 type suite struct {
 	t       *testing.T
 	ctx     context.Context
@@ -87,8 +72,8 @@ func TestEdgeCluster(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the edge cluster e2e test needs root (a private mount namespace for the kubelet and the manager)")
 	}
-	k8sBin := env(t, "E2E_K8S_BIN_DIR")
-	s := &suite{t: t, helm: env(t, "E2E_HELM"), kubectl: filepath.Join(k8sBin, "kubectl"), manager: env(t, "E2E_MANAGER"), work: t.TempDir()}
+	k8sBin := makevars.Path(t, "E2E_K8S_BIN_DIR", "e2e")
+	s := &suite{t: t, helm: makevars.Path(t, "E2E_HELM", "e2e"), kubectl: filepath.Join(k8sBin, "kubectl"), manager: makevars.Path(t, "E2E_MANAGER", "e2e"), work: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	if deadline, ok := t.Deadline(); ok {
 		ctx, cancel = context.WithDeadline(context.Background(), deadline.Add(-time.Minute))
@@ -98,7 +83,7 @@ func TestEdgeCluster(t *testing.T) {
 
 	start := time.Now()
 	c, err := edgecluster.Start(ctx, edgecluster.Options{
-		K8sBinDir: k8sBin, Kwokctl: env(t, "E2E_KWOKCTL"), Kwok: env(t, "E2E_KWOK"), DevicePlugin: env(t, "E2E_DEVICE_PLUGIN"),
+		K8sBinDir: k8sBin, Kwokctl: makevars.Path(t, "E2E_KWOKCTL", "e2e"), Kwok: makevars.Path(t, "E2E_KWOK", "e2e"), DevicePlugin: makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"),
 		WorkDir: filepath.Join(s.work, "cluster"), Progress: func(f string, a ...any) { t.Logf("starting "+f, a...) },
 	})
 	if err != nil {
@@ -124,7 +109,7 @@ func TestEdgeCluster(t *testing.T) {
 	if err := edgecluster.WriteSimModel(simModel); err != nil {
 		t.Fatal(err)
 	}
-	server, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel)
+	server, err := c.StartServer(ctx, makevars.Path(t, "E2E_SERVER", "e2e"), makevars.Path(t, "E2E_SIM_LIB", "e2e"), "1.3", simModel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +141,7 @@ func TestEdgeCluster(t *testing.T) {
 	s.waitModel(onReal, "not Ready with its server gone", func(m *inferencev1alpha1.RKLLMModel) bool {
 		return !edgecluster.IsReady(m) && m.Status.ReadyReplicas == m.Spec.GetReplicas()-1
 	})
-	if _, err := c.StartServer(ctx, env(t, "E2E_SERVER"), env(t, "E2E_SIM_LIB"), "1.3", simModel); err != nil {
+	if _, err := c.StartServer(ctx, makevars.Path(t, "E2E_SERVER", "e2e"), makevars.Path(t, "E2E_SIM_LIB", "e2e"), "1.3", simModel); err != nil {
 		t.Fatal(err)
 	}
 	s.waitReady(onReal)
@@ -323,7 +308,7 @@ func (s *suite) dryRunValueSets() {
 // validates ServiceMonitors with it: a misspelt endpoint field is refused.
 func (s *suite) installServiceMonitorCRD() {
 	s.t.Helper()
-	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", env(s.t, "E2E_SERVICEMONITOR_CRD")); err != nil {
+	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", makevars.Path(s.t, "E2E_SERVICEMONITOR_CRD", "e2e")); err != nil {
 		s.t.Fatal(err)
 	}
 	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "wait", "--for=condition=Established", "--timeout=1m", "crd/servicemonitors.monitoring.coreos.com"); err != nil {

@@ -284,10 +284,11 @@ type LeftProcess struct {
 
 func (p LeftProcess) String() string { return fmt.Sprintf("pid %d (%s)", p.PID, p.Cmdline) }
 
-// Leftovers lists the live processes (zombies excluded) that run from workDir: it is in
-// their command line (the control plane, the kubelet, the device plugin, rkllm-server)
-// or is their working folder (every process Start starts, the manager included).
-func Leftovers(workDir string) []LeftProcess {
+// Leftovers lists the live processes (zombies excluded) that run from one of dirs: it
+// is in their command line (the control plane, the kubelet, the device plugin,
+// rkllm-server) or is their working folder (every process Start starts, the manager
+// included).
+func Leftovers(dirs ...string) []LeftProcess {
 	var left []LeftProcess
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -301,8 +302,11 @@ func Leftovers(workDir string) []LeftProcess {
 			continue
 		}
 		cwd, _ := os.Readlink(filepath.Join(proc, "cwd"))
-		if bytes.Contains(cmdline, []byte(workDir)) || cwd == workDir || strings.HasPrefix(cwd, workDir+"/") {
-			left = append(left, LeftProcess{PID: pid, Cmdline: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))})
+		for _, d := range dirs {
+			if bytes.Contains(cmdline, []byte(d)) || cwd == d || strings.HasPrefix(cwd, d+"/") {
+				left = append(left, LeftProcess{PID: pid, Cmdline: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))})
+				break
+			}
 		}
 	}
 	return left

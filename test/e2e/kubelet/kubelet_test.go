@@ -35,6 +35,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/discovery/discoverytest"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/controlplane"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/kubeletnode"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
 // Named timeouts for things that take seconds on a loaded 2-core machine.
@@ -47,23 +48,10 @@ const (
 
 const npuResource corev1.ResourceName = "rockchip.com/npu"
 
-// binaries come from the Makefile (make e2e-kubelet).
-func binary(t *testing.T, env string) string {
-	t.Helper()
-	p := os.Getenv(env)
-	if p == "" {
-		t.Fatalf("%s is not set: run this test with `make e2e-kubelet`, which builds the binaries and sets it", env)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s: %v", env, err)
-	}
-	return p
-}
-
 func TestDevicePluginWithRealKubelet(t *testing.T) {
-	k8sBin := binary(t, "E2E_K8S_BIN_DIR")
-	kwokctl := binary(t, "E2E_KWOKCTL")
-	pluginBin := binary(t, "E2E_DEVICE_PLUGIN")
+	k8sBin := makevars.Path(t, "E2E_K8S_BIN_DIR", "e2e-kubelet")
+	kwokctl := makevars.Path(t, "E2E_KWOKCTL", "e2e-kubelet")
+	pluginBin := makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e-kubelet")
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-kubelet e2e test needs root (a private mount namespace for the kubelet)")
 	}
