@@ -255,6 +255,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 	opts.MinDriverVersion = "new"
 	opts.RuntimeLibMount = "/usr/lib/librkllmrt.so"
 	opts.NodeLabels = "labels.txt"
+	opts.HealthInterval = 0
 	err := daemon.Run(context.Background(), opts, testr.New(t))
 	if err == nil {
 		t.Fatal("Run accepted bad options")
@@ -265,6 +266,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 		`--min-driver-version: version "new"`,
 		"--runtime-lib-mount: /usr/lib/librkllmrt.so does not exist on the host (looked under --root " + root,
 		`--node-labels "labels.txt" must be an absolute path`,
+		"--health-interval 0s must be a positive duration, such as 1s",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)

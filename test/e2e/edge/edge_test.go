@@ -271,9 +271,9 @@ func (s *suite) dryRunValueSets() {
 	for _, set := range sets {
 		cases = append(cases, valueSet{filepath.Base(set), []string{"-f", set}})
 	}
-	// The secure metrics endpoint's ServiceMonitor (https, bearer token); full-values.yaml
-	// has the plain one.
-	cases = append(cases, valueSet{"defaults with serviceMonitor.enabled", []string{"--set", "serviceMonitor.enabled=true"}})
+	// monitoring-values.yaml has the secure metrics endpoint's ServiceMonitor (a token
+	// Secret, verified TLS) and the model servers' NetworkPolicy; full-values.yaml the
+	// plain one.
 	monitors := 0
 	for _, c := range cases {
 		args := append([]string{"template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace,
@@ -292,7 +292,7 @@ func (s *suite) dryRunValueSets() {
 		s.t.Logf("%s: %d objects valid, %d of them ServiceMonitors", c.name, strings.Count(out, "(server dry run)"), n)
 	}
 	if monitors < 4 {
-		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager and device plugin, plain and secure metrics)", monitors)
+		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager, device plugin and model servers, plain and secure metrics)", monitors)
 	}
 	kustomized, err := s.c.Run(s.ctx, nil, s.kubectl, "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
