@@ -231,6 +231,11 @@ func TestEscapeHatchValidation(t *testing.T) {
 			[]string{"args must not set"}},
 		{"duplicate env names", func(s *spec) { s.Env = []corev1.EnvVar{{Name: "A", Value: "1"}, {Name: "A", Value: "2"}} },
 			[]string{"spec.env[1]", "Duplicate value"}},
+		{"env hiding the device plugin's", func(s *spec) { s.Env = []corev1.EnvVar{{Name: "RKNPU_DEVICE_NODES", Value: "/dev/mem"}} },
+			[]string{"spec.env", "env must not set RKNPU_ variables"}},
+		{"envFrom prefix of the device plugin's", func(s *spec) {
+			s.EnvFrom = []corev1.EnvFromSource{{Prefix: "RKNPU_X", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}}}}
+		}, []string{"envFrom must not use a prefix starting with RKNPU_"}},
 		{"runtime class with capitals", func(s *spec) { s.RuntimeClassName = ptr.To("Kata") },
 			[]string{"runtimeClassName must be a RuntimeClass name"}},
 		{"priority class with a slash", func(s *spec) { s.PriorityClassName = "a/b" },

@@ -123,16 +123,19 @@ type RKLLMModelSpec struct {
 
 	// env are environment variables of the server container and of the init containers
 	// that download files (which honour HTTPS_PROXY, HTTP_PROXY and NO_PROXY). Values can
-	// come from Secrets and ConfigMaps (valueFrom).
+	// come from Secrets and ConfigMaps (valueFrom). The RKNPU_ variables are the device
+	// plugin's (they name the NPU it allocated), so they are refused.
 	// +listType=map
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule="self.all(e, !e.name.startsWith('RKNPU_'))",message="env must not set RKNPU_ variables: the device plugin sets them for the NPU it allocates"
 	// +optional
 	Env []corev1.EnvVar `json:"env,omitempty"`
 
 	// envFrom fills environment variables of the same containers from whole Secrets and
-	// ConfigMaps; env wins over them.
+	// ConfigMaps; env wins over them. A prefix must not start with RKNPU_.
 	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.all(e, !has(e.prefix) || !e.prefix.startsWith('RKNPU_'))",message="envFrom must not use a prefix starting with RKNPU_: the device plugin sets those variables"
 	// +optional
 	EnvFrom []corev1.EnvFromSource `json:"envFrom,omitempty"`
 
