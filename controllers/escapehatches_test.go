@@ -183,8 +183,10 @@ func TestEscapeHatchesRollThePods(t *testing.T) {
 	}
 	base := hash(nil)
 	for name, mutate := range map[string]func(*inferencev1alpha1.RKLLMModel){
-		"env":            func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Env = []corev1.EnvVar{{Name: "A", Value: "1"}} },
-		"envFrom":        func(m *inferencev1alpha1.RKLLMModel) { m.Spec.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{}}} },
+		"env": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Env = []corev1.EnvVar{{Name: "A", Value: "1"}} },
+		"envFrom": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{}}}
+		},
 		"args":           func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Args = []string{"--max-queue=2"} },
 		"podLabels":      func(m *inferencev1alpha1.RKLLMModel) { m.Spec.PodLabels = map[string]string{"a": "b"} },
 		"podAnnotations": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.PodAnnotations = map[string]string{"a": "b"} },
