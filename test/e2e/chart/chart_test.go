@@ -232,6 +232,10 @@ func TestSchemaRejectsTypos(t *testing.T) {
 		{"fullnameOverride=a.b", "/fullnameOverride"},
 		{"commonLabels.team=edge team", "/commonLabels"},
 		{"manager.podLabels.tier=" + strings.Repeat("x", 64), "/manager/podLabels"},
+		// Paths the plugin would accept but that mount a folder, or over the root.
+		{"devicePlugin.runtimeLibMount=/", "/devicePlugin/runtimeLibMount"},
+		{"devicePlugin.runtimeLibMount=/usr/lib/", "/devicePlugin/runtimeLibMount"},
+		{"devicePlugin.deviceTreeMount=/", "/devicePlugin/deviceTreeMount"},
 	}
 	for _, c := range cases {
 		t.Run(c.set, func(t *testing.T) {
@@ -253,6 +257,10 @@ func TestSchemaRejectsTypos(t *testing.T) {
 	_, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "manager.replicas=2", "--set", "manager.leaderElect=false")
 	if err == nil || !strings.Contains(err.Error(), "needs manager.leaderElect: true") {
 		t.Errorf("2 replicas without leader election: err %v, want a message naming manager.leaderElect", err)
+	}
+	_, err = run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "manager.healthPort=8443")
+	if err == nil || !strings.Contains(err.Error(), "manager.metrics.port and manager.healthPort are both 8443") {
+		t.Errorf("one port for metrics and probes: err %v, want a message naming both", err)
 	}
 }
 
