@@ -24,7 +24,7 @@ func startWorker(t *testing.T, rt *fakeruntime.Runtime) (*workerproto.Client, ch
 	w := worker.New(rt, "fake.so", workerproto.NewConn(b, 0), logr.Discard())
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(context.Background()) }()
-	c := workerproto.NewClient(workerproto.NewConn(a, 0))
+	c := workerproto.NewClient(workerproto.NewConn(a, 0), workerproto.ClientOptions{})
 	t.Cleanup(func() { _ = c.Close() })
 	return c, done
 }

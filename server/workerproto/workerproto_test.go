@@ -181,7 +181,7 @@ func fakeWorker(t *testing.T, conn *Conn) {
 func TestClient(t *testing.T) {
 	a, b := net.Pipe()
 	go fakeWorker(t, NewConn(b, 0))
-	c := NewClient(NewConn(a, 0))
+	c := NewClient(NewConn(a, 0), ClientOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	h, err := c.Hello(ctx)
