@@ -486,6 +486,8 @@ type runWatch struct {
 	stall      *time.Timer
 	killTimer  <-chan time.Time
 	reason     abortReason
+	// stallLimit is the limit a stalled run exceeded, noted when the watchdog fired.
+	stallLimit string
 	last       time.Time
 	first      bool
 }
@@ -585,7 +587,8 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 			}
 			return s.runResult(p, t, pend, w, mark)
 		case <-w.stall.C:
-			s.log.Info("watchdog: no token delivered; aborting the run", "limit", w.stalled(), "request_id", t.req.ID)
+			w.stallLimit = w.stalled()
+			s.log.Info("watchdog: no token delivered; aborting the run", "limit", w.stallLimit, "request_id", t.req.ID)
 			w.abort(abortedByWatchdog)
 		case <-t.abort:
 			w.abort(abortedByClient)
@@ -615,7 +618,7 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w 
 	}
 	switch w.reason {
 	case abortedByWatchdog:
-		return Outcome{}, &TimeoutError{Reason: "token stall", After: w.stalled(), WorkerKilled: killed}
+		return Outcome{}, &TimeoutError{Reason: "token stall", After: w.stallLimit, WorkerKilled: killed}
 	case abortedByContext:
 		if errors.Is(t.ctx.Err(), context.DeadlineExceeded) {
 			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed}
