@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -284,6 +285,9 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 			c["request-timeout"] = s.RequestTimeout.Duration.String()
 		}
 	}
+	if _, set := c["request-timeout"]; !set && spec.Parameters != nil && spec.Parameters.MaxContextLen != nil {
+		c["request-timeout"] = contextRequestTimeout(*spec.Parameters.MaxContextLen).String()
+	}
 	if p := spec.Parameters; p != nil {
 		setIfNotNil(c, "max-context-len", p.MaxContextLen)
 		setIfNotNil(c, "max-new-tokens", p.MaxNewTokens)
@@ -346,6 +350,20 @@ func boolToInt(b bool) int {
 }
 
 // setIfNotNil sets c[key] to *v when v is set.
+// The server's defaults the operator builds on (a contract test checks them).
+const (
+	serverRequestTimeout = 10 * time.Minute
+	serverMinPrefillRate = 10 // prompt tokens per second
+)
+
+// contextRequestTimeout is the request timeout of a model whose context the user set:
+// the server's default plus a full context's prefill at the server's minimum prefill
+// rate, which its watchdog allows before the first token. A prompt that fills a long
+// context is then not cut by the request timeout while the NPU prefills it.
+func contextRequestTimeout(maxContextLen int32) time.Duration {
+	return serverRequestTimeout + time.Duration(max(maxContextLen, 0))*time.Second/serverMinPrefillRate
+}
+
 func setIfNotNil[T any](c map[string]any, key string, v *T) {
 	if v != nil {
 		c[key] = *v
