@@ -52,9 +52,13 @@ func TestStoppedWorker(t *testing.T) {
 		big := s.httpAsync("rkllm.run", prompt(strings.Repeat("stop ", 1<<18)))
 		s.eventually("the big run to be running", waitTimeout, func() bool { _, st := s.status(); return st["running"] == true })
 		queued := s.dial().send("rkllm.run", prompt("next"))
+		polled := s.httpAsync("rkllm.is_running", nil)
 		e := fails(t, wait(t, big), -32005)
 		if e.Data["reason"] != "worker unresponsive" || e.Data["worker_killed"] != true || !strings.Contains(e.Message, "no sign of life") {
 			t.Errorf("run on the stopped worker: %+v", e)
+		}
+		if n := ok[int](t, wait(t, polled)); n != 0 && n != 1 {
+			t.Errorf("is_running while the worker was stopped: %d", n)
 		}
 		if res := ok[runResult](t, wait(t, queued)); res.Text == "" || res.FinishReason != "stop" {
 			t.Errorf("queued run: %+v", res)

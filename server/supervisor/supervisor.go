@@ -464,8 +464,10 @@ func (s *Supervisor) Abort(owner, id string) ([]string, error) {
 	return stopped, nil
 }
 
-// IsRunning asks the runtime whether a run is in progress (false when no worker is up).
-// Callers at the same time share one request to the worker.
+// IsRunning asks the runtime whether a run is in progress: false when no worker is up,
+// or when the worker is lost meanwhile (its run, if any, ended with it); a TimeoutError
+// when the runtime does not answer within CallTimeout. Callers at the same time share
+// one request to the worker.
 func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	p := s.proc
@@ -475,18 +477,20 @@ func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
 	}
 	pend, err := s.isRunningRequest(p)
 	if err != nil {
-		return false, fmt.Errorf("is_running: %w", err)
+		return false, nil // the worker's connection has ended: no run is in progress
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.CallTimeout)
-	defer cancel()
+	timer := time.NewTimer(s.opts.CallTimeout)
+	defer timer.Stop()
 	select {
 	case <-pend.Done():
+	case <-timer.C:
+		return false, &TimeoutError{Reason: "worker unresponsive", After: "rkllm_is_running did not return within " + s.opts.CallTimeout.String()}
 	case <-ctx.Done():
-		return false, fmt.Errorf("is_running: %w", ctx.Err())
+		return false, contextError(ctx, "waiting for is_running")
 	}
 	r, err := pend.Result()
 	if err != nil {
-		return false, fmt.Errorf("is_running: %w", err)
+		return false, nil // the worker is gone, and no run with it
 	}
 	return r.Running, nil
 }
