@@ -281,12 +281,9 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 			c["api-key-file"] = path.Join(configDir, apiKeyDir, apiKeyFileName)
 		}
 		setIfNotNil(c, "max-queue", s.MaxQueue)
-		if s.RequestTimeout != nil {
-			c["request-timeout"] = s.RequestTimeout.Duration.String()
-		}
 	}
-	if _, set := c["request-timeout"]; !set && spec.Parameters != nil && spec.Parameters.MaxContextLen != nil {
-		c["request-timeout"] = contextRequestTimeout(*spec.Parameters.MaxContextLen).String()
+	if rt, ok := requestTimeout(spec); ok {
+		c["request-timeout"] = rt.String()
 	}
 	if p := spec.Parameters; p != nil {
 		setIfNotNil(c, "max-context-len", p.MaxContextLen)
@@ -356,12 +353,19 @@ const (
 	serverMinPrefillRate = 10 // prompt tokens per second
 )
 
-// contextRequestTimeout is the request timeout of a model whose context the user set:
-// the server's default plus a full context's prefill at the server's minimum prefill
-// rate, which its watchdog allows before the first token. A prompt that fills a long
-// context is then not cut by the request timeout while the NPU prefills it.
-func contextRequestTimeout(maxContextLen int32) time.Duration {
-	return serverRequestTimeout + time.Duration(max(maxContextLen, 0))*time.Second/serverMinPrefillRate
+// requestTimeout is the server's request timeout: the one the user set, else for a
+// model whose context the user set, the server's default plus a full context's prefill
+// at the server's minimum prefill rate, which its watchdog allows before the first
+// token, so a prompt that fills a long context is not cut while the NPU prefills it.
+// ok is false when the server's default applies.
+func requestTimeout(spec *inferencev1alpha1.RKLLMModelSpec) (time.Duration, bool) {
+	if s := spec.Server; s != nil && s.RequestTimeout != nil {
+		return s.RequestTimeout.Duration, true
+	}
+	if p := spec.Parameters; p != nil && p.MaxContextLen != nil {
+		return serverRequestTimeout + time.Duration(max(*p.MaxContextLen, 0))*time.Second/serverMinPrefillRate, true
+	}
+	return 0, false
 }
 
 func setIfNotNil[T any](c map[string]any, key string, v *T) {

@@ -288,7 +288,7 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
-	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateTemplate} {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateWatchdog, o.validateTemplate} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -345,9 +345,6 @@ func (o *Serve) validateLimits() error {
 	if o.ShutdownTimeout <= 0 || o.TokenStallTimeout <= 0 || o.AbortTimeout <= 0 {
 		return errors.New("--shutdown-timeout, --token-stall-timeout and --abort-timeout must be positive")
 	}
-	if !(o.MinPrefillRate > 0 && o.MinPrefillRate <= 1e6) {
-		return fmt.Errorf("--min-prefill-rate %g: must be more than 0 and at most 1000000 tokens per second", o.MinPrefillRate)
-	}
 	for _, b := range []struct {
 		flag      string
 		v, lo, hi int64
@@ -368,6 +365,14 @@ func (o *Serve) validateLimits() error {
 	}
 	if o.IdleTimeout <= 0 || o.ReadHeaderTimeout <= 0 || o.BodyReadTimeout <= 0 || o.WriteTimeout <= 0 {
 		return errors.New("--idle-timeout, --read-header-timeout, --body-read-timeout and --write-timeout must be positive")
+	}
+	return nil
+}
+
+// validateWatchdog checks the watchdog's prefill rate.
+func (o *Serve) validateWatchdog() error {
+	if !(o.MinPrefillRate > 0 && o.MinPrefillRate <= 1e6) {
+		return fmt.Errorf("--min-prefill-rate %g: must be more than 0 and at most 1000000 tokens per second", o.MinPrefillRate)
 	}
 	return nil
 }

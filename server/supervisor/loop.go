@@ -198,7 +198,7 @@ func (s *Supervisor) ended(p *proc) *ExitInfo {
 		timer.Stop()
 	}
 	p.kill()
-	return p.reaped(reapTimeout)
+	return p.reaped()
 }
 
 // connLost handles the end of p's connection in the middle of a request and returns
@@ -206,7 +206,7 @@ func (s *Supervisor) ended(p *proc) *ExitInfo {
 // (stopped, or not reading its socket), else a crash.
 func (s *Supervisor) connLost(p *proc) error {
 	if reason := p.unresponsiveReason(); reason != "" {
-		s.lost(p, "unresponsive")
+		_ = s.lost(p, "unresponsive")
 		return unresponsiveError(reason)
 	}
 	return s.lost(p, "crash")
@@ -641,11 +641,11 @@ type runEnd struct {
 // aborted for (the watchdog, its client leaving) explains its end better.
 func (s *Supervisor) runLost(p *proc, reason abortReason) (runEnd, bool) {
 	if why := p.unresponsiveReason(); why != "" {
-		s.lost(p, "unresponsive")
+		_ = s.lost(p, "unresponsive")
 		return runEnd{err: unresponsiveError(why)}, reason != abortedByContext
 	}
 	if s.loopCtx.Err() != nil {
-		s.lost(p, "shutdown")
+		_ = s.lost(p, "shutdown")
 		if reason == abortedByClient { // a shutdown's abort: the run so far is its answer
 			return runEnd{out: Outcome{Aborted: true}}, true
 		}

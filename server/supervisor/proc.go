@@ -55,9 +55,9 @@ type proc struct {
 	// unresponsive says why the supervisor killed the worker as unresponsive ("" if it
 	// did not): the requests it was serving get a timeout, not a crash.
 	unresponsive string
-	tail  []string      // last stderr lines
-	lines int           // lines logged so far
-	added chan struct{} // closed (and replaced) when a line is added
+	tail         []string      // last stderr lines
+	lines        int           // lines logged so far
+	added        chan struct{} // closed (and replaced) when a line is added
 	// fatal is the signal a Go crash report named ("SIGSEGV: segmentation violation"
 	// from a fault inside the runtime), which the exit status alone does not show.
 	fatal string
@@ -147,7 +147,7 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o pr
 	p.hello, err = p.client.Hello(hctx)
 	if err != nil {
 		p.kill()
-		exit := p.reaped(reapTimeout)
+		exit := p.reaped()
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("worker did not start within %s: %s", o.helloTimeout, exit.summary())
 		}
@@ -222,9 +222,10 @@ func (p *proc) unresponsiveReason() string {
 	return ""
 }
 
-// reaped waits up to timeout for the process to be reaped and returns how it ended; a
-// process not reaped yet is reported as killed (and left to be reaped later).
-func (p *proc) reaped(timeout time.Duration) *ExitInfo {
+// reaped waits up to reapTimeout for the process to be reaped and returns how it ended;
+// a process not reaped yet is reported as killed (and left to be reaped later).
+func (p *proc) reaped() *ExitInfo {
+	timeout := reapTimeout
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {

@@ -671,10 +671,10 @@ func (s *Supervisor) stopWorker(hard context.Context) {
 	case <-p.exited:
 	case <-timer.C:
 		p.kill()
-		p.reaped(reapTimeout)
+		p.reaped()
 	case <-hard.Done():
 		p.kill()
-		p.reaped(reapTimeout)
+		p.reaped()
 	}
 	s.opts.Observer.ModelLoaded(false)
 }
