@@ -149,7 +149,7 @@ func (s *Supervisor) procOptions() procOptions {
 	heartbeat := min(s.opts.AbortTimeout/2, 5*time.Second)
 	return procOptions{
 		maxFrame: s.opts.MaxFrameBytes, helloTimeout: s.opts.StartTimeout,
-		liveness: max(s.opts.TokenStallTimeout+s.opts.AbortTimeout/2, time.Second), heartbeat: max(heartbeat, 10*time.Millisecond),
+		liveness: max(addDurations(s.opts.TokenStallTimeout, s.opts.AbortTimeout/2), time.Second), heartbeat: max(heartbeat, 10*time.Millisecond),
 	}
 }
 

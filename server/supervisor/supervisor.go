@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"reflect"
 	"sync"
@@ -46,7 +47,9 @@ type Options struct {
 	StartTimeout time.Duration
 	// InitTimeout bounds rkllm_init, which takes up to a minute for large models (10m).
 	InitTimeout time.Duration
-	// CallTimeout bounds every other runtime call (60s).
+	// CallTimeout bounds every other runtime call (TokenStallTimeout plus AbortTimeout,
+	// at least 1s): a worker blocked in one is killed as soon as one stopped or stalled
+	// in a run would be.
 	CallTimeout time.Duration
 	// RestartBackoffMin and RestartBackoffMax bound the delay before restarting a
 	// worker that died, or retrying a model that failed to load (500ms, 30s).
@@ -107,7 +110,7 @@ func (o *Options) setDefaults() {
 	def(&o.AbortTimeout, 10*time.Second)
 	def(&o.StartTimeout, 30*time.Second)
 	def(&o.InitTimeout, 10*time.Minute)
-	def(&o.CallTimeout, 60*time.Second)
+	def(&o.CallTimeout, max(addDurations(o.TokenStallTimeout, o.AbortTimeout), time.Second))
 	def(&o.RestartBackoffMin, 500*time.Millisecond)
 	def(&o.RestartBackoffMax, 30*time.Second)
 	def(&o.HealthyAfter, 60*time.Second)
@@ -118,6 +121,15 @@ func (o *Options) setDefaults() {
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
+}
+
+// addDurations adds two positive durations, saturating instead of overflowing (the
+// flags take durations up to centuries).
+func addDurations(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // Request is one queued call of the runtime.
