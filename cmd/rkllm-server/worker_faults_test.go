@@ -54,7 +54,7 @@ func TestStoppedWorker(t *testing.T) {
 		queued := s.dial().send("rkllm.run", prompt("next"))
 		polled := s.httpAsync("rkllm.is_running", nil)
 		e := fails(t, wait(t, big), -32005)
-		if e.Data["reason"] != "worker unresponsive" || e.Data["worker_killed"] != true || !strings.Contains(e.Message, "no sign of life") {
+		if e.Data["reason"] != "worker unresponsive" || e.Data["worker_killed"] != true || !strings.Contains(e.Message, "stopped") {
 			t.Errorf("run on the stopped worker: %+v", e)
 		}
 		if n := ok[int](t, wait(t, polled)); n != 0 && n != 1 {

@@ -43,7 +43,7 @@ func TestStoppedWorkerIsReplaced(t *testing.T) {
 	queued, _ := startRun(ctx, t, s, "c2", "next", "x", runtime.InferParams{})
 	_, err := wait(t, big.t)
 	var te *TimeoutError
-	if !errors.As(err, &te) || te.Reason != "worker unresponsive" || !te.WorkerKilled || !strings.Contains(te.After, "no sign of life") {
+	if !errors.As(err, &te) || te.Reason != "worker unresponsive" || !te.WorkerKilled || !strings.Contains(te.After, "stopped") {
 		t.Fatalf("run on a stopped worker: %v", err)
 	}
 	if _, err := wait(t, queued.t); err != nil || queued.Text() != "w0 w1 w2 " {

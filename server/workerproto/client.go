@@ -16,7 +16,7 @@ var ErrClosed = errors.New("worker connection closed")
 
 // ErrWriteTimeout ends a client's connection when the worker did not take a frame
 // within the write timeout: it is not reading its socket (stopped, or wedged).
-var ErrWriteTimeout = errors.New("the worker did not read its socket")
+var ErrWriteTimeout = errors.New("the worker did not read its socket (stopped, or wedged)")
 
 // ClientOptions configure a Client.
 type ClientOptions struct {
