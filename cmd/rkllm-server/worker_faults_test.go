@@ -50,7 +50,12 @@ func TestStoppedWorker(t *testing.T) {
 		s := startServer(t, abi, serverOpts{config: map[string]any{"token-stall-timeout": "1s", "abort-timeout": "1s"}})
 		pid := s.stopWorker()
 		big := s.httpAsync("rkllm.run", prompt(strings.Repeat("stop ", 1<<18)))
-		s.eventually("the big run to be running", waitTimeout, func() bool { _, st := s.status(); return st["running"] == true })
+		// The big run is taken first (it may even have failed already: the worker is
+		// replaced within seconds).
+		s.eventually("the big run to be taken", waitTimeout, func() bool {
+			_, st := s.status()
+			return st["running"] == true || st["worker_restarts"] != 0.0
+		})
 		queued := s.dial().send("rkllm.run", prompt("next"))
 		polled := s.httpAsync("rkllm.is_running", nil)
 		e := fails(t, wait(t, big), -32005)
