@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/go-logr/logr"
@@ -158,7 +159,16 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message)
 }
 
 func (w *Worker) reply(id uint64, r *workerproto.Reply) {
-	if err := w.conn.Send(id, r); err != nil {
+	err := w.conn.Send(id, r)
+	var fe *workerproto.FrameTooLargeError
+	if errors.As(err, &fe) && r.Err != nil {
+		// An error that quotes a client's input (a model path) may not fit a small
+		// frame: the supervisor gets it cut rather than no reply at all.
+		msg := r.Err.Error()
+		msg = msg[:min(len(msg), fe.Limit/2)] + "... (cut to fit a frame)"
+		err = w.conn.Send(id, &workerproto.Reply{Err: &workerproto.RemoteError{Message: strings.ToValidUTF8(msg, "")}, Running: r.Running})
+	}
+	if err != nil {
 		w.log.V(1).Info("cannot send reply; the supervisor is gone", "error", err.Error())
 	}
 }

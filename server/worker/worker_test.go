@@ -3,8 +3,10 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -250,5 +252,26 @@ func TestResultTooLargeFailsTheRun(t *testing.T) {
 	}
 	if r, got := hiddenRun(10); r.Err != nil || len(got) != 10*fakeruntime.EmbdSize {
 		t.Errorf("the run after: %v, %d floats", r.Err, len(got))
+	}
+}
+
+// longErrorRuntime fails Init with an error that quotes the model path twice.
+type longErrorRuntime struct{ *fakeruntime.Runtime }
+
+func (longErrorRuntime) Init(p runtime.Param) (worker.Model, error) {
+	return nil, fmt.Errorf("cannot load %s: %s not found", p.ModelPath, p.ModelPath)
+}
+
+// TestLongErrorIsCut: an error reply too large for a frame (it quotes a long model
+// path) reaches the supervisor cut, instead of never.
+func TestLongErrorIsCut(t *testing.T) {
+	a, b := net.Pipe()
+	w := worker.New(longErrorRuntime{fakeruntime.New(runtime.ABI13)}, "fake.so", workerproto.NewConn(b, 4096), logr.Discard())
+	go func() { _ = w.Serve(context.Background()) }()
+	c := workerproto.NewClient(workerproto.NewConn(a, 4096), workerproto.ClientOptions{})
+	t.Cleanup(func() { _ = c.Close() })
+	r := call(t, c, &workerproto.Init{Param: runtime.Param{ModelPath: "/models/" + strings.Repeat("é", 1500)}})
+	if r.Err == nil || !strings.HasPrefix(r.Err.Error(), "cannot load /models/é") || !strings.HasSuffix(r.Err.Error(), "(cut to fit a frame)") {
+		t.Fatalf("init error %v", r.Err)
 	}
 }
