@@ -461,7 +461,7 @@ func desiredDeployment(model *inferencev1alpha1.RKLLMModel, opts Options, config
 func podMetadata(model *inferencev1alpha1.RKLLMModel) (labels, annotations map[string]string) {
 	labels = map[string]string{}
 	for k, v := range model.Spec.PodLabels {
-		labels[k] = v
+		labels[k] = string(v)
 	}
 	for k, v := range objectLabels(model) {
 		labels[k] = v

@@ -99,7 +99,7 @@ func TestEscapeHatchesInDesiredObjects(t *testing.T) {
 			return nil
 		}},
 		{"pod labels and annotations join the operator's", func(m *model) {
-			m.Spec.PodLabels = map[string]string{"team": "edge", "sidecar.istio.io/inject": "false"}
+			m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": "edge", "sidecar.istio.io/inject": "false"}
 			m.Spec.PodAnnotations = map[string]string{"prometheus.io/scrape": "true"}
 		}, func(d *appsv1.Deployment, _ *corev1.Service) error {
 			tpl := d.Spec.Template
@@ -121,7 +121,7 @@ func TestEscapeHatchesInDesiredObjects(t *testing.T) {
 		}},
 		{"the operator's labels win over colliding ones", func(m *model) {
 			// The CRD refuses these; the builder must not trust that alone.
-			m.Spec.PodLabels = map[string]string{LabelInstance: "other", LabelManagedBy: "someone"}
+			m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{LabelInstance: "other", LabelManagedBy: "someone"}
 		}, func(d *appsv1.Deployment, _ *corev1.Service) error {
 			if l := d.Spec.Template.Labels; l[LabelInstance] != "qwen" || l[LabelManagedBy] != managedByValue {
 				return fmt.Errorf("pod labels %v", l)
@@ -187,8 +187,10 @@ func TestEscapeHatchesRollThePods(t *testing.T) {
 		"envFrom": func(m *inferencev1alpha1.RKLLMModel) {
 			m.Spec.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{}}}
 		},
-		"args":           func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Args = []string{"--max-queue=2"} },
-		"podLabels":      func(m *inferencev1alpha1.RKLLMModel) { m.Spec.PodLabels = map[string]string{"a": "b"} },
+		"args": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Args = []string{"--max-queue=2"} },
+		"podLabels": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{"a": "b"}
+		},
 		"podAnnotations": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.PodAnnotations = map[string]string{"a": "b"} },
 		"runtimeClass":   func(m *inferencev1alpha1.RKLLMModel) { m.Spec.RuntimeClassName = ptr.To("kata") },
 	} {
@@ -214,14 +216,18 @@ func TestEscapeHatchValidation(t *testing.T) {
 		mutate func(s *spec)
 		want   []string
 	}{
-		{"pod label selecting the pods", func(s *spec) { s.PodLabels = map[string]string{"app.kubernetes.io/instance": "x"} },
+		{"pod label selecting the pods", func(s *spec) {
+			s.PodLabels = map[string]inferencev1alpha1.LabelValue{"app.kubernetes.io/instance": "x"}
+		},
 			[]string{"spec.podLabels", "podLabels must not set app.kubernetes.io/name, app.kubernetes.io/instance"}},
-		{"pod label in the operator's prefix", func(s *spec) { s.PodLabels = map[string]string{"inference.rkllm.io/model": "x"} },
+		{"pod label in the operator's prefix", func(s *spec) { s.PodLabels = map[string]inferencev1alpha1.LabelValue{"inference.rkllm.io/model": "x"} },
 			[]string{"podLabels must not set"}},
-		{"pod label value too long", func(s *spec) { s.PodLabels = map[string]string{"team": strings.Repeat("a", 64)} },
-			[]string{"podLabels values must be at most 63 letters"}},
-		{"pod label value with a space", func(s *spec) { s.PodLabels = map[string]string{"team": "edge team"} },
-			[]string{"podLabels values must be at most 63 letters"}},
+		{"pod label value too long", func(s *spec) {
+			s.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": inferencev1alpha1.LabelValue(strings.Repeat("a", 64))}
+		},
+			[]string{"spec.podLabels.team", "may not be more than 63"}},
+		{"pod label value with a space", func(s *spec) { s.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": "edge team"} },
+			[]string{"spec.podLabels.team", "should match"}},
 		{"pod annotation in the operator's prefix", func(s *spec) {
 			s.PodAnnotations = map[string]string{"inference.rkllm.io/rollout-hash": "0"}
 		}, []string{"spec.podAnnotations", "podAnnotations must not use the inference.rkllm.io/ prefix"}},
@@ -271,7 +277,7 @@ func TestEscapeHatchValidation(t *testing.T) {
 			Env:              []corev1.EnvVar{{Name: "HTTPS_PROXY", Value: "http://proxy:3128"}, {Name: "NO_PROXY", Value: ".svc"}},
 			EnvFrom:          []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}}}},
 			Args:             []string{"--max-queue=64", "--served-model-name=qwen", "--log-level=debug"},
-			PodLabels:        map[string]string{"team": "edge", "example.org/tier": "gold", "empty": ""},
+			PodLabels:        map[string]inferencev1alpha1.LabelValue{"team": "edge", "example.org/tier": "gold", "empty": ""},
 			PodAnnotations:   map[string]string{"example.org/inference.rkllm.io": "fine"},
 			RuntimeClassName: ptr.To("kata.npu"),
 			// The default of the chart's device plugin, which model pods may share.
@@ -294,7 +300,7 @@ func TestEscapeHatchesReconciled(t *testing.T) {
 	m := createModel(t, ns, "hatch", func(m *inferencev1alpha1.RKLLMModel) {
 		m.Spec.Env = []corev1.EnvVar{{Name: "HTTPS_PROXY", Value: "http://proxy:3128"}}
 		m.Spec.Args = []string{"--max-queue=64"}
-		m.Spec.PodLabels = map[string]string{"team": "edge"}
+		m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": "edge"}
 		m.Spec.PodAnnotations = map[string]string{"example.org/note": "user"}
 		m.Spec.RuntimeClassName = ptr.To("kata")
 		m.Spec.Service = &inferencev1alpha1.ServiceSpec{Type: corev1.ServiceTypeNodePort,

@@ -32,7 +32,7 @@ func TestServerLabelsSelectEveryServer(t *testing.T) {
 		unitModel(nil),
 		unitModel(func(m *inferencev1alpha1.RKLLMModel) {
 			m.Name = "other"
-			m.Spec.PodLabels = map[string]string{"team": "a"}
+			m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": "a"}
 			m.Spec.Service = &inferencev1alpha1.ServiceSpec{Type: corev1.ServiceTypeNodePort}
 			m.Spec.Replicas = ptr.To[int32](2)
 		}),

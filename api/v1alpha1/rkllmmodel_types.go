@@ -110,9 +110,8 @@ type RKLLMModelSpec struct {
 	// and the inference.rkllm.io/ prefix) select and track its pods, so they are refused.
 	// +kubebuilder:validation:MaxProperties=32
 	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by']) && !k.startsWith('inference.rkllm.io/'))",message="podLabels must not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by or inference.rkllm.io/ labels: the operator selects and tracks its pods by them"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k].size() <= 63 && self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))",message="podLabels values must be at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 	// +optional
-	PodLabels map[string]string `json:"podLabels,omitempty"`
+	PodLabels map[string]LabelValue `json:"podLabels,omitempty"`
 
 	// podAnnotations are added to the server pods, such as a service mesh's or a log
 	// collector's settings. The inference.rkllm.io/ prefix is the operator's.
@@ -592,6 +591,15 @@ type ServerSpec struct {
 	// +optional
 	LogFormat string `json:"logFormat,omitempty"`
 }
+
+// A pattern, not a CEL rule: a rule over every value of a map costs more than the API
+// server allows a CRD.
+
+// LabelValue is a Kubernetes label value: at most 63 letters, digits, '-', '_' and '.',
+// starting and ending with a letter or digit, or empty.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`
+type LabelValue string
 
 // ServiceSpec configures the Service in front of a model's server pods.
 type ServiceSpec struct {

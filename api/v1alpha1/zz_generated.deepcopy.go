@@ -493,7 +493,7 @@ func (in *RKLLMModelSpec) DeepCopyInto(out *RKLLMModelSpec) {
 	}
 	if in.PodLabels != nil {
 		in, out := &in.PodLabels, &out.PodLabels
-		*out = make(map[string]string, len(*in))
+		*out = make(map[string]LabelValue, len(*in))
 		for key, val := range *in {
 			(*out)[key] = val
 		}
