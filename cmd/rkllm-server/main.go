@@ -31,7 +31,7 @@ const usage = `rkllm-server serves an RKLLM model over JSON-RPC 2.0.
 
 Usage:
   rkllm-server serve [flags]     serve (see rkllm-server serve --help)
-  rkllm-server fetch --url URL --dest PATH [--sha256 HEX]
+  rkllm-server fetch --url URL --dest PATH [--sha256 HEX] [--max-size BYTES]
                                  download a model file (resumable, verified)
   rkllm-server version           print the version
 `
@@ -163,6 +163,8 @@ func runFetch(args []string) int {
 	fs.StringVar(&o.SHA256, "sha256", "", "Expected SHA-256 (hex); the download fails when it differs.")
 	fs.IntVar(&o.Attempts, "attempts", 5, "Attempts for transient failures.")
 	fs.DurationVar(&o.ProgressEvery, "progress-interval", 0, "Interval of progress log lines (default 5s).")
+	fs.Int64Var(&o.MaxSize, "max-size", fetch.DefaultMaxSize, "Largest file accepted, in bytes; a server that announces or sends more is refused.")
+	fs.BoolVar(&o.AllowInsecureRedirect, "allow-insecure-redirect", false, "Follow redirects from https to plain http (refused by default: anyone on the way could change the file).")
 	logFormat := fs.String("log-format", config.LogJSON, "Log format: json or text.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
