@@ -1,6 +1,6 @@
 // Command rkllm-server serves one RKLLM model on one NPU to many clients over JSON-RPC
-// 2.0 (HTTP and a Unix socket). Subcommands: serve, fetch, version (and worker, which
-// serve starts itself). See docs/server.md.
+// 2.0 (HTTP and a Unix socket). Subcommands: serve, fetch, version (and worker and
+// render-chat-template, which serve starts itself). See docs/server.md.
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/fetch"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/worker"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -47,6 +48,8 @@ func main() {
 		os.Exit(runServe(args))
 	case "worker":
 		os.Exit(runWorker(args))
+	case serve.RendererArgs[0]:
+		os.Exit(runRenderer())
 	case "fetch":
 		os.Exit(runFetch(args))
 	case "version", "--version":
@@ -150,6 +153,19 @@ func runWorker(args []string) int {
 	}
 	if err := worker.ServeInherited(context.Background(), worker.Library{Library: l}, l.Path(), *maxFrame, log); err != nil {
 		fmt.Fprintln(os.Stderr, "E worker:", err)
+		return 1
+	}
+	return 0
+}
+
+// runRenderer is a chat template renderer process; serve starts it with
+// --chat-template-file and talks to it over stdin and stdout (server/templatehost).
+func runRenderer() int {
+	// Signals go to the server, which kills its renderers (and the kernel does if the
+	// server dies first).
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+	if err := templatehost.Serve(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "E chat template renderer:", err)
 		return 1
 	}
 	return 0

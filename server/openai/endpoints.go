@@ -103,7 +103,7 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 			conv.OmitSystem = true
 		}
 	}
-	prompt, err := tmpl.Render(conv)
+	prompt, err := tmpl.Render(r.Context(), conv)
 	if err != nil {
 		if errors.Is(err, chattemplate.ErrInvalid) {
 			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %v.", tmpl.Name(), err)
