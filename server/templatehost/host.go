@@ -391,7 +391,7 @@ func (r *renderer) failure(ioErr error) error {
 	switch {
 	case w.recursion:
 		return fmt.Errorf("%w: the chat template %s recursed too deeply (past the renderer's %d MiB stack); the renderer was stopped", chattemplate.ErrInvalid, id, maxStack>>20)
-	case w.oom:
+	case w.oom || r.cmd.ProcessState != nil && r.cmd.ProcessState.ExitCode() == exitMemory:
 		return fmt.Errorf("%w: the chat template %s used more memory than --chat-template-max-memory %d; the renderer was stopped", chattemplate.ErrInvalid, id, r.o.MaxMemory)
 	}
 	state := "running"
@@ -402,7 +402,10 @@ func (r *renderer) failure(ioErr error) error {
 	if said == "" {
 		said = w.lastLine
 	}
-	return fmt.Errorf("the chat template renderer failed (%v; %s): %s", ioErr, state, said)
+	// The renderer died running the template on this conversation: the request's
+	// failure, reported as such, with the runtime's own words.
+	r.log.Info("chat template renderer crashed", "error", fmt.Sprint(ioErr), "state", state, "said", said)
+	return fmt.Errorf("%w: the chat template %s crashed the renderer (%s: %s); the renderer was stopped", chattemplate.ErrInvalid, id, state, said)
 }
 
 // kill ends the process at once; reason, when given, is logged.
@@ -475,7 +478,7 @@ func (w *stderrWatch) note(line string, log logr.Logger) {
 	case strings.Contains(line, "out of memory") || strings.Contains(line, "cannot allocate memory") || strings.Contains(line, "pthread_create failed"):
 		w.oom = true
 	}
-	if w.fatal == "" && (strings.HasPrefix(line, "fatal error:") || strings.HasPrefix(line, "panic:")) {
+	if w.fatal == "" && (strings.HasPrefix(line, "fatal error:") || strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "SIG")) {
 		w.fatal = line
 	}
 	if strings.TrimSpace(line) != "" {

@@ -12,8 +12,10 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 )
@@ -21,7 +23,7 @@ import (
 // maxStack bounds a renderer's goroutine stack: a template that recurses (a macro
 // calling itself) overflows it and the renderer dies with "stack exceeds", which the
 // host reports as too deep a recursion. Real chat templates nest a few levels.
-const maxStack = 64 << 20
+const maxStack = 16 << 20
 
 // Serve is the renderer process (`rkllm-server render-chat-template`): it reads the
 // load frame from in, limits its own memory, compiles the template, then renders each
@@ -48,6 +50,8 @@ func Serve(in io.Reader, out io.Writer) error {
 	if err := writeFrame(w, []byte{statusOK}); err != nil {
 		return err
 	}
+	// What the runtime holds when ready is not the render's: the budget counts from it.
+	baseline := mappedNow()
 	for {
 		frame, err := readFrame(r, math.MaxUint32)
 		if errors.Is(err, io.EOF) {
@@ -56,7 +60,9 @@ func Serve(in io.Reader, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("read a render frame: %w", err)
 		}
+		stop := watchMemory(load.MaxMemory, baseline)
 		status, text := render(j, frame, load.MaxOutput)
+		stop()
 		if err := writeFrame(w, []byte{status}, text); err != nil {
 			return err
 		}
@@ -98,6 +104,38 @@ func render(j *chattemplate.Jinja, frame []byte, maxOutput int64) (status byte, 
 	return statusOK, []byte(prompt)
 }
 
+// exitMemory is the renderer's exit status when its memory watch stopped it.
+const exitMemory = 3
+
+// watchEvery is how often a render's memory is looked at.
+const watchEvery = 2 * time.Millisecond
+
+// watchMemory watches the memory the Go runtime has mapped while a render runs, and
+// ends the renderer (exitMemory, with a line on stderr) once it is over budget. It
+// catches a template that grows step by step with a clear cause; RLIMIT_DATA (limitSelf)
+// remains the hard bound for a single huge allocation, which the runtime may report as
+// "out of memory" or, in some of its paths, as a fault. It returns the function that
+// stops the watch.
+func watchMemory(budget, baseline int64) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(watchEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if used := mappedNow(); used > budget+baseline {
+				fmt.Fprintf(os.Stderr, "renderer: out of memory: %d bytes in use, over the budget of %d\n", used-baseline, budget)
+				os.Exit(exitMemory)
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // limitSelf bounds the renderer: its data segment (heap, goroutine stacks, thread
 // stacks) to what it uses now plus budget, so a template that allocates without end
 // makes this process fail with "out of memory" instead of growing; the Go heap's soft
@@ -111,7 +149,8 @@ func limitSelf(budget int64) error {
 	if err != nil {
 		return err
 	}
-	lim := uint64(used + budget) //nolint:gosec // both are positive and far below 2^63
+	// Twice the budget: the memory watch stops gradual growth at the budget first.
+	lim := uint64(used + 2*budget) //nolint:gosec // both are positive and far below 2^63
 	if err := syscall.Setrlimit(syscall.RLIMIT_DATA, &syscall.Rlimit{Cur: lim, Max: lim}); err != nil {
 		return fmt.Errorf("limit the renderer's memory (RLIMIT_DATA): %w", err)
 	}
@@ -137,4 +176,11 @@ func dataSize() (int64, error) {
 		}
 	}
 	return 0, errors.New("read the renderer's memory use: no VmData in /proc/self/status")
+}
+
+// mappedNow is the memory the Go runtime has mapped and not released.
+func mappedNow() int64 {
+	samples := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	metrics.Read(samples)
+	return int64(samples[0].Value.Uint64() - samples[1].Value.Uint64()) //nolint:gosec // mapped bytes fit int64
 }
