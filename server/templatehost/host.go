@@ -123,8 +123,10 @@ func TestConversation() *chattemplate.Conversation {
 	}}
 }
 
-// Start starts a renderer, which compiles the template, and renders TestConversation
-// under the same bounds as any render. Its error says why the template is refused.
+// Start starts the renderers, each of which compiles the template, and renders
+// TestConversation under the same bounds as any render. Its error says why the
+// template is refused. (A renderer killed later is started again by the render that
+// next finds its slot empty.)
 func (h *Host) Start(ctx context.Context) error {
 	c := TestConversation()
 	prompt, err := h.Render(ctx, c)
@@ -133,6 +135,19 @@ func (h *Host) Start(ctx context.Context) error {
 	}
 	if last := c.Messages[len(c.Messages)-1].Content; !strings.Contains(prompt, last) {
 		return fmt.Errorf("chat template %s is refused: its prompt for a test conversation lacks the last user message %q: %q", h.ID, last, prompt)
+	}
+	taken := make([]*renderer, 0, h.o.Renderers)
+	defer func() {
+		for _, r := range taken {
+			h.release(r)
+		}
+	}()
+	for range h.o.Renderers {
+		r, err := h.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		taken = append(taken, r)
 	}
 	return nil
 }
@@ -154,7 +169,8 @@ func (h *Host) Render(ctx context.Context, c *chattemplate.Conversation) (string
 	return prompt, err
 }
 
-// acquire takes a free renderer, starting one in an empty slot.
+// acquire takes a free renderer, starting one in an empty slot (or in place of one
+// that died while idle).
 func (h *Host) acquire(ctx context.Context) (*renderer, error) {
 	var r *renderer
 	select {
@@ -162,8 +178,19 @@ func (h *Host) acquire(ctx context.Context) (*renderer, error) {
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
-	if r != nil {
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		h.slots <- r
+		return nil, ErrClosed
+	}
+	if r != nil && !r.isDead() {
 		return r, nil
+	}
+	if r != nil { // it died while idle
+		<-r.exited
+		h.forget(r)
 	}
 	r, err := h.start(ctx)
 	if err != nil {
@@ -475,7 +502,8 @@ func (w *stderrWatch) note(line string, log logr.Logger) {
 	switch {
 	case strings.Contains(line, "stack exceeds") || strings.Contains(line, "fatal error: stack overflow"):
 		w.recursion = true
-	case strings.Contains(line, "out of memory") || strings.Contains(line, "cannot allocate memory") || strings.Contains(line, "pthread_create failed"):
+	case strings.Contains(line, "out of memory") || strings.Contains(line, "cannot allocate memory") || strings.Contains(line, "pthread_create failed") ||
+		strings.Contains(line, "failed to allocate"): // the race detector's words
 		w.oom = true
 	}
 	if w.fatal == "" && (strings.HasPrefix(line, "fatal error:") || strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "SIG")) {
