@@ -373,42 +373,45 @@ func (r *renderer) render(ctx context.Context, req []byte) (string, error) {
 	return "", fmt.Errorf("%w: %s", chattemplate.ErrInvalid, msg)
 }
 
-// exchange sends one frame and reads the answer, within timeout and while ctx lasts.
-// The I/O runs in a goroutine so that a renderer that does not answer is killed, which
-// ends the I/O. Any failure leaves the renderer dead.
+// exchange sends one frame and reads the answer, within timeout (deadlines on the
+// pipes) and while ctx lasts (its end kills the renderer, which ends the I/O). Any
+// failure leaves the renderer dead.
 func (r *renderer) exchange(ctx context.Context, req []byte, timeout time.Duration) (byte, []byte, error) {
-	type answer struct {
-		frame []byte
-		err   error
+	deadline := time.Now().Add(timeout)
+	if err := errors.Join(r.in.SetWriteDeadline(deadline), r.out.SetReadDeadline(deadline)); err != nil {
+		r.kill("")
+		return 0, nil, fmt.Errorf("chat template renderer pipes: %w", err)
 	}
-	done := make(chan answer, 1)
-	go func() {
-		if err := writeFrame(r.w, req); err != nil {
-			done <- answer{err: err}
-			return
-		}
-		f, err := readFrame(r.r, r.o.MaxOutput+replySlack)
-		done <- answer{f, err}
-	}()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case a := <-done:
-		if a.err == nil && len(a.frame) > 0 {
-			return a.frame[0], a.frame[1:], nil
-		}
+	stop := context.AfterFunc(ctx, func() { r.kill("the request ended (its client left or its time ran out)") })
+	frame, err := r.roundTrip(req)
+	stop()
+	switch {
+	case ctx.Err() != nil:
 		r.kill("")
 		<-r.exited
-		return 0, nil, r.failure(a.err)
-	case <-ctx.Done():
-		r.kill("the request ended (its client left or its time ran out)")
-		<-done
 		return 0, nil, context.Cause(ctx)
-	case <-t.C:
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		r.kill("no answer within " + timeout.String())
-		<-done
+		<-r.exited
 		return 0, nil, errTimeout
+	case err != nil:
+		r.kill("")
+		<-r.exited
+		return 0, nil, r.failure(err)
 	}
+	return frame[0], frame[1:], nil
+}
+
+// roundTrip writes req and reads the answer frame (never empty).
+func (r *renderer) roundTrip(req []byte) ([]byte, error) {
+	if err := writeFrame(r.w, req); err != nil {
+		return nil, err
+	}
+	f, err := readFrame(r.r, r.o.MaxOutput+replySlack)
+	if err == nil && len(f) == 0 {
+		err = errors.New("empty answer")
+	}
+	return f, err
 }
 
 // failure explains a renderer that stopped answering by how it ended.

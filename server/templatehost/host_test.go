@@ -44,7 +44,7 @@ const chatML = `{% for m in messages %}<|im_start|>{{ m.role }}
 {% endfor %}<|im_start|>assistant
 `
 
-func newHost(t *testing.T, source string, o Options) *Host {
+func newHost(t testing.TB, source string, o Options) *Host {
 	t.Helper()
 	o.Template = &chattemplate.JinjaSource{ID: "jinja:test", Source: source, EOS: "<|im_end|>"}
 	o.Command = func() *exec.Cmd {
@@ -304,7 +304,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func testLog(t *testing.T) logr.Logger {
+func testLog(t testing.TB) logr.Logger {
 	if os.Getenv("TEMPLATEHOST_TEST_LOG") == "" {
 		return logr.Discard()
 	}

@@ -140,9 +140,11 @@ func watchMemory(budget, baseline int64) (stop func()) {
 // stacks) to what it uses now plus budget, so a template that allocates without end
 // makes this process fail with "out of memory" instead of growing; the Go heap's soft
 // limit to budget, so garbage is collected before the hard limit is near; the stack of
-// a goroutine to maxStack; and one P, so a template that loops burns one core at most.
+// a goroutine to maxStack; and two Ps: the render runs on one goroutine (a template
+// that loops burns one core), the memory watch on the other, so it is not left waiting
+// for the render to be preempted.
 func limitSelf(budget int64) error {
-	runtime.GOMAXPROCS(1)
+	runtime.GOMAXPROCS(2)
 	debug.SetMaxStack(min(maxStack, int(budget/4)))
 	debug.SetMemoryLimit(budget)
 	used, err := dataSize()
