@@ -200,18 +200,33 @@ func (h *Host) acquire(ctx context.Context) (*renderer, error) {
 	return r, nil
 }
 
-// release gives a renderer back, or its slot when it was killed.
+// release gives a renderer back; one that was killed is replaced in the background.
 func (h *Host) release(r *renderer) {
 	h.mu.Lock()
 	closed := h.closed
 	h.mu.Unlock()
-	if r.isDead() || closed {
-		r.kill("")
-		<-r.exited
-		h.forget(r)
-		r = nil
+	if !r.isDead() && !closed {
+		h.slots <- r
+		return
 	}
-	h.slots <- r
+	r.kill("")
+	<-r.exited
+	h.forget(r)
+	if closed {
+		h.slots <- nil
+		return
+	}
+	// Start the replacement now, so the next request does not wait for a process start
+	// and a compile (tens of milliseconds); it holds the slot meanwhile.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), h.o.StartTimeout)
+		defer cancel()
+		next, err := h.start(ctx)
+		if err != nil && !errors.Is(err, ErrClosed) {
+			h.o.Log.Error(err, "cannot start a chat template renderer; the next request tries again")
+		}
+		h.slots <- next // nil on failure: the next render that takes the slot starts one
+	}()
 }
 
 // Close kills every renderer; renders after it fail with ErrClosed.
