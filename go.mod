@@ -3,11 +3,12 @@ module github.com/rkllm-operator/rkllm-operator
 go 1.26.0
 
 require (
-	// Pinned: v1.9.0 and newer (up to v1.12.0) declare go 1.27.0, and the build machines and
 	// CI run Go 1.26. Upgrade with the toolchain; the chattemplate golden tests check it.
+	// Pinned: v1.9.0 and newer (up to v1.12.0) declare go 1.27.0, and the build machines and
 	github.com/ardanlabs/jinja v1.8.0
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/go-logr/logr v1.4.4
+	github.com/gofrs/flock v0.13.2
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spf13/pflag v1.0.10
 	go.uber.org/zap v1.27.1
@@ -28,8 +29,6 @@ require (
 	tags.cncf.io/container-device-interface v1.1.2
 	tags.cncf.io/container-device-interface/specs-go v1.1.1
 )
-
-require github.com/gofrs/flock v0.13.2
 
 require (
 	cel.dev/expr v0.25.3 // indirect
