@@ -3,8 +3,8 @@ module github.com/rkllm-operator/rkllm-operator
 go 1.26.0
 
 require (
-	// CI run Go 1.26. Upgrade with the toolchain; the chattemplate golden tests check it.
 	// Pinned: v1.9.0 and newer (up to v1.12.0) declare go 1.27.0, and the build machines and
+	// CI run Go 1.26. Upgrade with the toolchain; the chattemplate golden tests check it.
 	github.com/ardanlabs/jinja v1.8.0
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/go-logr/logr v1.4.4
