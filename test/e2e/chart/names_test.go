@@ -47,13 +47,13 @@ var everything = []string{
 // selectors are valid, that are unique, and whose references (ServiceAccounts, roles,
 // Secrets, selectors) point at objects of the same render.
 func TestNamesFitForAnyRelease(t *testing.T) {
-	sets := [][]string{everything}
+	sets := map[string][]string{"everything": everything}
 	for _, v := range valueSets(t) {
-		sets = append(sets, []string{"-f", v, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"})
+		sets[filepath.Base(v)] = []string{"-f", v, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"}
 	}
 	for _, rel := range releaseNames {
-		for _, set := range sets {
-			t.Run(fmt.Sprintf("%d-chars/%s", len(rel), strings.Join(set, " ")), func(t *testing.T) {
+		for setName, set := range sets {
+			t.Run(fmt.Sprintf("%s/%s", rel, setName), func(t *testing.T) {
 				objs := decode(t, renderRelease(t, rel, set...))
 				checkNames(t, objs)
 				checkLabels(t, objs)
