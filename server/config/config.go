@@ -46,6 +46,8 @@ type Serve struct {
 	ModelDir   string
 	RuntimeLib string
 	RuntimeABI string
+	// EmbeddingWidth is the model's embedding width when known; 0 learns it at load.
+	EmbeddingWidth int
 
 	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
 	// defaults.
@@ -118,6 +120,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ModelDir, "model-dir", "", "Folder that every path a client names (models, LoRA adapters, prompt caches) must be inside; empty refuses client paths.")
 	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
+	fs.IntVar(&o.EmbeddingWidth, "embedding-width", 0, "The models' embedding width (hidden size: the floats in one row of an embedding input); 0 learns it at each load from a one-token hidden-layer run.")
 
 	p := &o.Param
 	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
@@ -282,7 +285,7 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
-	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateTemplate} {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateFiles, o.validateTemplate} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -328,6 +331,30 @@ func (o *Serve) validateParam() error {
 	return nil
 }
 
+// validateFiles refuses a configured model, LoRA adapter or prompt cache that exists
+// but is not a regular file: the runtime would block opening a FIFO or a device until
+// --init-timeout, and fail on a folder. A file that does not exist yet is left to the
+// load, which reports it and retries.
+func (o *Serve) validateFiles() error {
+	files := []struct{ flag, path string }{{"model", o.Model}, {"prompt-cache", o.PromptCache}}
+	loras, err := o.LoraAdapters()
+	if err != nil {
+		return err
+	}
+	for _, l := range loras {
+		files = append(files, struct{ flag, path string }{"lora", l.Path})
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if err := runtime.CheckFile(f.path); err != nil {
+			return fmt.Errorf("--%s: %w", f.flag, err)
+		}
+	}
+	return nil
+}
+
 // validateLimits checks sizes and durations.
 func (o *Serve) validateLimits() error {
 	if o.MaxQueue < 1 {
@@ -351,6 +378,7 @@ func (o *Serve) validateLimits() error {
 		{"max-inflight-bytes", o.MaxInflightBytes, 1, 1 << 40},
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
+		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
 	} {
 		if b.v < b.lo || b.v > b.hi {
 			return fmt.Errorf("--%s %d: must be between %d and %d", b.flag, b.v, b.lo, b.hi)

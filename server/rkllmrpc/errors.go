@@ -27,6 +27,16 @@ func rpcError(err error, extra map[string]any) error {
 	if errors.Is(err, supervisor.ErrNoSuchRequest) {
 		return jsonrpc.InvalidParams("request_id", "%v", err)
 	}
+	var input *runtime.InputError
+	if errors.As(err, &input) {
+		// The worker's own check of what the runtime would read (the methods check
+		// first; this answers what reached the worker anyway).
+		field := input.Field
+		if input.Input >= 0 {
+			field = inputField(input.Input, input.Input > 0) + "." + field
+		}
+		return jsonrpc.InvalidParams(field, "%s", input.Reason)
+	}
 	data := map[string]any{}
 	for k, v := range extra {
 		data[k] = v

@@ -34,7 +34,8 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	inputs, batch, err := p.inputs()
+	lim := s.limits()
+	inputs, batch, err := p.inputs(lim)
 	if err != nil {
 		return nil, err
 	}
@@ -42,6 +43,9 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 		return nil, err
 	}
 	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
+	if err := runtime.CheckInferParams(&plan.ip, lim); err != nil {
+		return nil, invalidInput(err, batch, lim)
+	}
 	switch p.Encoding {
 	case "", "json", "base64":
 	default:
@@ -133,9 +137,23 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	defer cancel()
 	out, err := t.Wait()
 	if err != nil {
+		if errors.Is(err, runtime.ErrInvalidInput) {
+			// The worker's own check (another model was loaded after this plan).
+			return nil, invalidInput(err, plan.batch, runtime.Limits{})
+		}
 		return nil, rpcError(err, acc.partial(err))
 	}
 	return acc.result(out, maxNew), nil
+}
+
+// limits are the loaded model's bounds for the checks of a request (Known false when
+// no model is loaded: the request then fails for want of one).
+func (s *Service) limits() runtime.Limits {
+	m, ok := s.b.LoadedModel()
+	if !ok {
+		return runtime.Limits{}
+	}
+	return m.Limits()
 }
 
 // runAcc collects the deliveries of one run, relays them as notifications when the

@@ -27,6 +27,8 @@ type Backend interface {
 	Defaults(ctx context.Context) (runtime.Param, runtime.ABI, error)
 	// Loaded returns the parameters of the loaded model.
 	Loaded() (runtime.Param, bool)
+	// LoadedModel describes the loaded model, whose limits requests are checked against.
+	LoadedModel() (supervisor.LoadedModel, bool)
 }
 
 // Options configure the methods.
@@ -119,7 +121,7 @@ func (s *Service) Register(d *jsonrpc.Dispatcher) {
 	d.Register(MethodGetKVCacheSize, h(s.getKVCacheSize))
 	d.Register(MethodSetChatTemplate, admin(s.simple(setChatTemplate)))
 	d.Register(MethodSetFunctionTools, admin(s.simple(setFunctionTools)))
-	d.Register(MethodSetCrossAttnParams, admin(s.simple(setCrossAttnParams)))
+	d.Register(MethodSetCrossAttnParams, admin(s.simple(s.setCrossAttnParams)))
 }
 
 func notAllowed(c *jsonrpc.Call) error {
@@ -305,7 +307,7 @@ func (s *Service) loadLora(ctx context.Context, c *jsonrpc.Call) (any, error) {
 	if p.LoraAdapter == nil {
 		return nil, jsonrpc.InvalidParams("lora_adapter", "is required: {lora_adapter_path, lora_adapter_name, scale}")
 	}
-	a := runtime.LoraAdapter{Name: p.LoraAdapter.LoraAdapterName, Scale: 1}
+	a := runtime.LoraAdapter{Name: string(p.LoraAdapter.LoraAdapterName), Scale: 1}
 	if p.LoraAdapter.Scale != nil {
 		a.Scale = *p.LoraAdapter.Scale
 	}
@@ -313,7 +315,7 @@ func (s *Service) loadLora(ctx context.Context, c *jsonrpc.Call) (any, error) {
 		return nil, jsonrpc.InvalidParams("lora_adapter.lora_adapter_name", "is required: runs pick the adapter by this name")
 	}
 	var err error
-	if a.Path, err = s.dir.resolve("lora_adapter.lora_adapter_path", p.LoraAdapter.LoraAdapterPath, true); err != nil {
+	if a.Path, err = s.dir.resolve("lora_adapter.lora_adapter_path", string(p.LoraAdapter.LoraAdapterPath), true); err != nil {
 		return nil, err
 	}
 	if _, err := s.queued(ctx, c, &workerproto.LoadLora{Adapter: a}); err != nil {
@@ -327,7 +329,7 @@ func (s *Service) loadPromptCache(ctx context.Context, c *jsonrpc.Call) (any, er
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	path, err := s.dir.resolve("prompt_cache_path", p.PromptCachePath, true)
+	path, err := s.dir.resolve("prompt_cache_path", string(p.PromptCachePath), true)
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +375,7 @@ func setChatTemplate(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	return &workerproto.SetChatTemplate{SystemPrompt: p.SystemPrompt, PromptPrefix: p.PromptPrefix, PromptPostfix: p.PromptPostfix}, nil
+	return &workerproto.SetChatTemplate{SystemPrompt: string(p.SystemPrompt), PromptPrefix: string(p.PromptPrefix), PromptPostfix: string(p.PromptPostfix)}, nil
 }
 
 func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
@@ -390,10 +392,15 @@ func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := json.Unmarshal([]byte(tools), &arr); err != nil {
 		return nil, jsonrpc.InvalidParams("tools", "must be a JSON array of OpenAI-style function specs (or a string holding one)")
 	}
-	return &workerproto.SetFunctionTools{SystemPrompt: p.SystemPrompt, Tools: tools, ToolResponseStr: p.ToolResponseStr}, nil
+	if err := runtime.CheckCString("tools", tools); err != nil {
+		return nil, invalidInput(err, false, runtime.Limits{})
+	}
+	return &workerproto.SetFunctionTools{SystemPrompt: string(p.SystemPrompt), Tools: tools, ToolResponseStr: string(p.ToolResponseStr)}, nil
 }
 
-func setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
+// setCrossAttnParams checks the buffers against the loaded model: the runtime reads
+// num_tokens rows of its embedding width from each cache.
+func (s *Service) setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
 	var p crossAttnParams
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
@@ -402,17 +409,13 @@ func setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
 	if x == nil {
 		return nil, jsonrpc.InvalidParams("cross_attn_params", "is required: {encoder_k_cache, encoder_v_cache, encoder_mask, encoder_pos, num_tokens}")
 	}
-	if x.NumTokens < 1 {
-		return nil, jsonrpc.InvalidParams("cross_attn_params.num_tokens", "must be at least 1")
-	}
-	if len(x.EncoderMask) != x.NumTokens || len(x.EncoderPos) != x.NumTokens {
-		return nil, jsonrpc.InvalidParams("cross_attn_params", "encoder_mask and encoder_pos hold num_tokens (%d) values each, got %d and %d", x.NumTokens, len(x.EncoderMask), len(x.EncoderPos))
-	}
-	if len(x.EncoderKCache) == 0 || len(x.EncoderKCache) != len(x.EncoderVCache) || len(x.EncoderKCache)%x.NumTokens != 0 {
-		return nil, jsonrpc.InvalidParams("cross_attn_params", "encoder_k_cache and encoder_v_cache hold num_tokens x hidden size floats each, got %d and %d", len(x.EncoderKCache), len(x.EncoderVCache))
-	}
-	return &workerproto.SetCrossAttnParams{Params: runtime.CrossAttnParams{
+	params := runtime.CrossAttnParams{
 		EncoderKCache: x.EncoderKCache, EncoderVCache: x.EncoderVCache, EncoderMask: x.EncoderMask,
 		EncoderPos: x.EncoderPos, NumTokens: x.NumTokens,
-	}}, nil
+	}
+	lim := s.limits()
+	if err := runtime.CheckCrossAttn(&params, lim); err != nil {
+		return nil, invalidInput(err, false, lim)
+	}
+	return &workerproto.SetCrossAttnParams{Params: params}, nil
 }

@@ -116,6 +116,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
 		MaxFrameBytes:     workerproto.DefaultMaxFrameBytes,
+		EmbedWidth:        o.EmbeddingWidth,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}

@@ -63,15 +63,21 @@ type TimeoutError struct {
 	Reason string
 	// After is the limit that was exceeded, as configured.
 	After string
-	// WorkerKilled is true when the worker had to be killed (abort did not end the run).
+	// WorkerKilled is true when the worker had to be killed.
 	WorkerKilled bool
+	// AbortSent is true when an abort was sent before the kill (it did not end the
+	// run); false when the worker was killed without one (a call that never returned).
+	AbortSent bool
 }
 
 func (e *TimeoutError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "timed out: %s (%s)", e.Reason, e.After)
-	if e.WorkerKilled {
+	switch {
+	case e.WorkerKilled && e.AbortSent:
 		b.WriteString("; abort did not stop the runtime, so the worker was killed and is restarting")
+	case e.WorkerKilled:
+		b.WriteString("; the worker was killed and is restarting")
 	}
 	return b.String()
 }

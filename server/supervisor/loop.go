@@ -188,7 +188,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -216,6 +216,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -338,6 +339,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
+	m.EmbedWidth = s.opts.EmbedWidth
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -349,6 +351,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -556,10 +559,10 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, re
 	}
 	switch reason {
 	case abortedByWatchdog:
-		return Outcome{}, &TimeoutError{Reason: "token stall", After: "no token for " + s.opts.TokenStallTimeout.String(), WorkerKilled: killed}
+		return Outcome{}, &TimeoutError{Reason: "token stall", After: "no token for " + s.opts.TokenStallTimeout.String(), WorkerKilled: killed, AbortSent: true}
 	case abortedByContext:
 		if errors.Is(t.ctx.Err(), context.DeadlineExceeded) {
-			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed}
+			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed, AbortSent: true}
 		}
 		return Outcome{}, fmt.Errorf("%w: the client went away or cancelled the request while running", ErrAborted)
 	}

@@ -50,6 +50,9 @@ type Options struct {
 	HealthyAfter time.Duration
 	// MaxFrameBytes bounds one protocol frame (workerproto.DefaultMaxFrameBytes).
 	MaxFrameBytes int
+	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
+	// configuration knows it; 0 has the worker learn it at every load.
+	EmbedWidth int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -181,7 +184,10 @@ type Status struct {
 	Simulator   string `json:"simulator,omitempty"`
 	ModelLoaded bool   `json:"model_loaded"`
 	Model       string `json:"model,omitempty"`
-	LoadError   string `json:"model_load_error,omitempty"`
+	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
+	// carry embeddings are refused).
+	EmbedWidth int    `json:"embed_width,omitempty"`
+	LoadError  string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -285,6 +291,7 @@ type Supervisor struct {
 	// current worker has it.
 	desired   *runtime.Param
 	loaded    bool
+	width     int // the loaded model's embedding width (0: not known)
 	loadErr   error
 	state     replayState
 	replayErr []string
@@ -494,6 +501,9 @@ func (s *Supervisor) Status() Status {
 	if s.desired != nil {
 		st.Model = s.desired.ModelPath
 	}
+	if s.loaded {
+		st.EmbedWidth = s.width
+	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
 	}
@@ -635,10 +645,43 @@ func (nopObserver) ModelLoaded(bool)             {}
 
 // Loaded returns the parameters of the model loaded now.
 func (s *Supervisor) Loaded() (runtime.Param, bool) {
+	m, ok := s.LoadedModel()
+	return m.Param, ok
+}
+
+// LoadedModel describes the model loaded now: what a request is checked against
+// before it is queued.
+type LoadedModel struct {
+	// Param is what the model was initialised with.
+	Param runtime.Param
+	// ABI is the layout the runtime library speaks.
+	ABI runtime.ABI
+	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
+	// row of an embedding input), configured or learned at load; 0 when not known.
+	EmbedWidth int
+	// Loras are the names of the LoRA adapters loaded, in order.
+	Loras []string
+}
+
+// Limits are the bounds of the runtime's input checks for this model.
+func (m LoadedModel) Limits() runtime.Limits {
+	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
+		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+}
+
+// LoadedModel returns the model loaded now, false when none is.
+func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded || s.desired == nil {
-		return runtime.Param{}, false
+		return LoadedModel{}, false
 	}
-	return *s.desired, true
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	if s.hello != nil {
+		m.ABI = s.hello.ABI
+	}
+	for _, l := range s.state.loras {
+		m.Loras = append(m.Loras, l.Name)
+	}
+	return m, true
 }

@@ -66,8 +66,12 @@ type Hello struct {
 	Default runtime.Param
 }
 
-// Init loads a model (rkllm_init).
-type Init struct{ Param runtime.Param }
+// Init loads a model (rkllm_init). EmbedWidth is the model's embedding width when the
+// configuration gives it; 0 makes the worker learn it with a run right after init.
+type Init struct {
+	Param      runtime.Param
+	EmbedWidth int
+}
 
 // Destroy frees the model (rkllm_destroy).
 type Destroy struct{}
@@ -115,11 +119,13 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct{ runtime.Delivery }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
-// answers GetKVCacheSize.
+// answers GetKVCacheSize, EmbedWidth answers Init (the model's embedding width; 0 when
+// it could not be learned).
 type Reply struct {
 	Err        error
 	Running    bool
 	CacheSizes []int32
+	EmbedWidth int
 }
 
 // Op implements Message.
@@ -283,8 +289,15 @@ func decodeParam(d *decoder, p *runtime.Param) {
 	p.Extend.UseCrossAttn = d.i8()
 }
 
-func (m *Init) encode(e *encoder) { encodeParam(e, &m.Param) }
-func (m *Init) decode(d *decoder) { decodeParam(d, &m.Param) }
+func (m *Init) encode(e *encoder) {
+	encodeParam(e, &m.Param)
+	e.int(m.EmbedWidth)
+}
+
+func (m *Init) decode(d *decoder) {
+	decodeParam(d, &m.Param)
+	m.EmbedWidth = d.int()
+}
 
 func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
@@ -529,6 +542,7 @@ const (
 	errDestroyed   = 6 // runtime.ErrDestroyed, with the message
 	errSymbol      = 7 // *runtime.SymbolError
 	errRunFailed   = 8 // runtime.ErrRunFailed, with the message
+	errInput       = 9 // *runtime.InputError
 )
 
 // sentinels are the runtime's sentinel errors that cross the wire as themselves (the
@@ -570,6 +584,7 @@ func (m *Reply) encode(e *encoder) {
 	encodeErr(e, m.Err)
 	e.bool(m.Running)
 	e.optI32s(m.CacheSizes)
+	e.int(m.EmbedWidth)
 }
 
 // encodeErr writes an error as its kind and what rebuilds it on the other side.
@@ -578,10 +593,17 @@ func encodeErr(e *encoder, err error) {
 		callErr     *runtime.CallError
 		unsupported *runtime.UnsupportedError
 		symbol      *runtime.SymbolError
+		input       *runtime.InputError
 	)
 	switch {
 	case err == nil:
 		e.u8(errNone)
+		return
+	case errors.As(err, &input):
+		e.u8(errInput)
+		e.int(input.Input)
+		e.str(input.Field)
+		e.str(input.Reason)
 		return
 	case errors.As(err, &callErr):
 		e.u8(errCall)
@@ -632,6 +654,8 @@ func (m *Reply) decode(d *decoder) {
 		m.Err = &RemoteError{Message: d.str()}
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
+	case errInput:
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
 		msg := d.str()
 		for _, st := range sentinels {
@@ -646,6 +670,7 @@ func (m *Reply) decode(d *decoder) {
 	}
 	m.Running = d.bool()
 	m.CacheSizes = d.optI32s()
+	m.EmbedWidth = d.int()
 }
 
 func trimSuffix(s, suffix string) string {
