@@ -145,7 +145,14 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		// A deadline left by the previous request on this keep-alive connection must not
 		// cut this one (net/http leaves write deadlines alone without its WriteTimeout).
 		_ = rc.SetWriteDeadline(time.Time{})
-		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		switch {
+		case r.ContentLength > s.opts.MaxRequestBytes:
+			// Known too large from its head: the handler's first read fails at once, so
+			// the 413 goes out without waiting for a body that will not be read, and
+			// the connection is closed rather than drained.
+			w.Header().Set("Connection", "close")
+			r.Body = tooLarge{limit: s.opts.MaxRequestBytes}
+		case r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody:
 			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
 			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
 		}
@@ -173,6 +180,13 @@ func (w *timedWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w *timedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// tooLarge is the body of a request whose Content-Length is over the limit: reading it
+// fails as http.MaxBytesReader does, so every handler answers 413 its own way.
+type tooLarge struct{ limit int64 }
+
+func (b tooLarge) Read([]byte) (int, error) { return 0, &http.MaxBytesError{Limit: b.limit} }
+func (tooLarge) Close() error               { return nil }
 
 // deadlineBody lifts the body's read deadline once the body has been read.
 type deadlineBody struct {

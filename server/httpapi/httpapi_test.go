@@ -412,3 +412,34 @@ func TestPlainAnswerWriteTimeout(t *testing.T) {
 		t.Errorf("%d bytes written to a client that reads nothing", n)
 	}
 }
+
+// TestContentLengthOverTheLimit: a request whose head declares a body over
+// MaxRequestBytes is answered 413 at once, on /rpc and beside it, without the body
+// (here never sent) and without waiting for BodyTimeout (an hour here); the
+// connection is closed after the answer.
+func TestContentLengthOverTheLimit(t *testing.T) {
+	f := newFixture(t, Options{MaxRequestBytes: 100, BodyTimeout: time.Hour})
+	f.srv.Handle("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	for _, path := range []string{"/rpc", "/v1/chat/completions"} {
+		nc := rawConn(t, f)
+		_, _ = io.WriteString(nc, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
+		_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+		resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+		if err != nil {
+			t.Fatalf("%s: no answer to a head declaring 1 GB: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Errorf("%s: %d (close %v) %s, want 413 and the connection closed", path, resp.StatusCode, resp.Close, body)
+		}
+		if path == "/rpc" && !strings.Contains(string(body), `"code":-32008`) {
+			t.Errorf("%s: body %s, want -32008", path, body)
+		}
+	}
+}
