@@ -124,7 +124,7 @@ func hostileInputs() []hostile {
 		{name: "embedding of strings", msg: run(`{"embed_input":{"embed":["a"],"n_tokens":1}}`), code: -32602, field: "input.embed_input.embed"},
 		{name: "image count and embedding", msg: run(`{"multimodal_input":{"prompt":"<image><image>","image_embed":[1,2,3],"n_image":2,"n_image_tokens":1}}`), code: -32602, field: "input.multimodal_input.image_embed"},
 		{name: "image embedding without images", msg: run(`{"multimodal_input":{"prompt":"x","image_embed":[1,2]}}`), code: -32602, field: "input.multimodal_input.image_embed"},
-		{name: "negative image size", msg: run(`{"multimodal_input":{"prompt":"x","image_width":-1}}`), code: -32602, field: "input.multimodal_input"},
+		{name: "negative image size", msg: run(`{"multimodal_input":{"prompt":"x","image_width":-1}}`), code: -32602, field: "input.multimodal_input.image_width"},
 		{name: "empty input array", msg: run(`[]`), code: -32602, field: "input"},
 		{name: "top_p above 1", msg: runWith(`{"sampling_params":{"top_p":1.5}}`), code: -32602, field: "infer_params.sampling_params.top_p"},
 		{name: "negative temperature", msg: runWith(`{"sampling_params":{"temperature":-1}}`), code: -32602, field: "infer_params.sampling_params.temperature"},

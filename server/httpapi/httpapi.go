@@ -147,11 +147,8 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		_ = rc.SetWriteDeadline(time.Time{})
 		switch {
 		case r.ContentLength > s.opts.MaxRequestBytes:
-			// Known too large from its head: the handler's first read fails at once, so
-			// the 413 goes out without waiting for a body that will not be read, and
-			// the connection is closed rather than drained.
-			w.Header().Set("Connection", "close")
-			r.Body = tooLarge{limit: s.opts.MaxRequestBytes}
+			s.refuseBody(h, w, r) // toolarge.go: 413 at once, without reading the body
+			return
 		case r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody:
 			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
 			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
@@ -180,13 +177,6 @@ func (w *timedWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w *timedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// tooLarge is the body of a request whose Content-Length is over the limit: reading it
-// fails as http.MaxBytesReader does, so every handler answers 413 its own way.
-type tooLarge struct{ limit int64 }
-
-func (b tooLarge) Read([]byte) (int, error) { return 0, &http.MaxBytesError{Limit: b.limit} }
-func (tooLarge) Close() error               { return nil }
 
 // deadlineBody lifts the body's read deadline once the body has been read.
 type deadlineBody struct {
