@@ -138,6 +138,26 @@ $(LOCALBIN)/librkllmrt-sim-1.3.so: $(call sim_objs,13)
 .SECONDARY: $(SIM_BUILD)/anon12/sim.o $(SIM_BUILD)/anon13/sim.o
 -include $(wildcard $(SIM_BUILD)/*/*.d)
 
+# The simulator built with AddressSanitizer, for the end-to-end fuzz target: a server
+# built with -asan loads it, so a read or write past a buffer the server handed the
+# runtime is reported (and fails the target) instead of passing unnoticed.
+SIM_ASAN_LIBS := $(LOCALBIN)/librkllmrt-sim-asan-1.2.so $(LOCALBIN)/librkllmrt-sim-asan-1.3.so
+SIM_ASAN_CFLAGS := $(filter-out -O2,$(SIM_CFLAGS)) -O1 -fsanitize=address -fno-omit-frame-pointer
+
+.PHONY: sim-asan
+sim-asan: $(SIM_ASAN_LIBS) ## Build the simulator libraries with AddressSanitizer (bin/librkllmrt-sim-asan-1.2.so and -1.3.so).
+
+$(SIM_BUILD)/asan12/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_ASAN_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=12 -MMD -MP -c $< -o $@
+$(SIM_BUILD)/asan13/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_ASAN_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=13 -MMD -MP -c $< -o $@
+$(LOCALBIN)/librkllmrt-sim-asan-1.2.so: $(call sim_objs,asan12)
+	$(SIM_CC) -shared -pthread -fsanitize=address -o $@ $^
+$(LOCALBIN)/librkllmrt-sim-asan-1.3.so: $(call sim_objs,asan13)
+	$(SIM_CC) -shared -pthread -fsanitize=address -o $@ $^
+
 .PHONY: sim-models
 sim-models: ## Write sample simulator model and LoRA files into bin/sim-models/.
 	$(GO) run ./cmd/rkllm-sim-model -samples $(LOCALBIN)/sim-models

@@ -207,6 +207,11 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if !o.noModel {
 		cfg["model"] = filepath.Join(dir, "model.rkllm")
 	}
+	// The embedding width is given, so the simulator's run numbers (RKLLM_SIM_FAULT_RUN,
+	// run=N in its stats) count only the tests' own runs; without it the server learns
+	// the width with a run at load, which the embedding tests (input_test.go) cover by
+	// deleting this key.
+	cfg["embedding-width"] = m.HiddenSize
 	for k, v := range o.config {
 		if v == nil {
 			delete(cfg, k)

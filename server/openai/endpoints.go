@@ -110,6 +110,9 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 		}
 		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
 	}
+	if e := noNUL("messages", prompt); e != nil { // a template may add what no message held
+		return nil, e
+	}
 	spec.prompt, spec.opening = prompt, chattemplate.OpenReasoning(prompt)
 	return spec, nil
 }
@@ -197,6 +200,9 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSp
 	}
 	prompt, e := decodePrompt(m["prompt"])
 	if e != nil {
+		return nil, e
+	}
+	if e := noNUL("prompt", prompt); e != nil {
 		return nil, e
 	}
 	s, e := decodeSampling(m, "max_tokens")

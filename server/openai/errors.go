@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
@@ -86,6 +87,8 @@ func fromBackend(err error) *Error {
 		return invalid("messages", "context_length_exceeded", "The conversation is longer than the model's context (%s): shorten it.", rt.Reason)
 	case errors.As(err, &rt):
 		return &Error{Status: http.StatusInternalServerError, Type: typeServer, Code: strp("runtime_error"), Message: "The runtime failed: " + rt.Error()}
+	case errors.Is(err, runtime.ErrInvalidInput):
+		return invalid("messages", "invalid_value", "The request cannot be given to the model: %v.", err)
 	case errors.Is(err, supervisor.ErrAborted):
 		return &Error{Status: 499, Type: typeInvalidRequest, Code: strp("aborted"), Message: err.Error()}
 	}

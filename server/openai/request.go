@@ -324,7 +324,27 @@ func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Er
 	if err := decodeMessageTools(m, where, &msg); err != nil {
 		return msg, err
 	}
+	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
+		if err := noNUL(where+f.param, f.v); err != nil {
+			return msg, err
+		}
+	}
+	for i, tc := range msg.ToolCalls {
+		if err := noNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, i), tc.Name+tc.Arguments); err != nil {
+			return msg, err
+		}
+	}
 	return msg, nil
+}
+
+// noNUL refuses a string that would reach the runtime with a NUL character: the
+// prompt is a C string, which ends at the first NUL, so the model would not see the
+// rest.
+func noNUL(param, s string) *Error {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return invalid(param, "invalid_value", "Invalid '%s': it contains a NUL character (\\u0000) at byte %d, where the model's prompt (a C string) would end. Remove it.", param, i)
+	}
+	return nil
 }
 
 // decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a

@@ -250,19 +250,21 @@ func (p *runParams) inputs(lim runtime.Limits) ([]runtime.Input, bool, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, false, jsonrpc.InvalidParams("input", "is required: an RKLLMInput object such as {\"input_type\":\"RKLLM_INPUT_PROMPT\",\"prompt_input\":\"Hello\"}")
 	}
-	var wires []inputJSON
+	elems := []json.RawMessage{raw}
 	batch := raw[0] == '['
 	if batch {
-		if err := strictDecode(raw, &wires); err != nil {
+		if err := strictDecode(raw, &elems); err != nil {
 			return nil, true, prefixField("input", err)
 		}
-		if len(wires) == 0 {
+		if len(elems) == 0 {
 			return nil, true, jsonrpc.InvalidParams("input", "an array of inputs must not be empty (it holds n_batch inputs)")
 		}
-	} else {
-		wires = make([]inputJSON, 1)
-		if err := strictDecode(raw, &wires[0]); err != nil {
-			return nil, false, prefixField("input", err)
+	}
+	// Each element on its own, so that an error names its index.
+	wires := make([]inputJSON, len(elems))
+	for i, e := range elems {
+		if err := strictDecode(e, &wires[i]); err != nil {
+			return nil, batch, prefixField(inputField(i, batch), err)
 		}
 	}
 	out := make([]runtime.Input, len(wires))
