@@ -210,7 +210,7 @@ build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly a
 SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
 
 .PHONY: test-server
-test-server: sim fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
+test-server: sim sim-asan fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
 	$(GO) test -race -count=1 -timeout 20m $(SERVER_PKGS)
 
 .PHONY: test-openai-node
@@ -220,19 +220,26 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
 FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
 FUZZTIME ?= 2m
+# The end-to-end target: each input is a request to a server whose worker runs the
+# AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its
+# seeds are cmd/rkllm-server/testdata/e2e-seeds/ (a file each).
+E2E_FUZZ_TARGET := cmd/rkllm-server:FuzzServe
+E2E_FUZZTIME ?= $(FUZZTIME)
 
 .PHONY: fuzz
-fuzz: ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target.
+fuzz: sim-asan ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target, then the server end to end for E2E_FUZZTIME.
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ || exit 1; \
 	done
+	t=$(E2E_FUZZ_TARGET); $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(E2E_FUZZTIME) ./$${t%%:*}/
 
 .PHONY: fuzz-ci
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a run that ends on a
 # -fuzztime deadline with "context deadline exceeded" (golang/go#75804, fixed in 1.27).
-# 100,000 inputs take about 4 s a target on an idle 2-core machine.
-fuzz-ci: ## A brief fuzz run of each target (CI): 100,000 inputs each.
-	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x
+# 100,000 inputs take about 4 s a target on an idle 2-core machine; the end-to-end
+# target's 300 take about a minute, most of it starting its servers.
+fuzz-ci: ## A brief fuzz run of each target (CI): 100,000 inputs each, 300 end to end.
+	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x E2E_FUZZTIME=300x
 
 .PHONY: soak
 soak: sim build-server ## Soak rkllm-server (minutes, not in CI): thousands of requests, RSS and goroutines over time. SOAK_DURATION=10m.

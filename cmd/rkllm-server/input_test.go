@@ -195,7 +195,7 @@ func TestNULInStrings(t *testing.T) {
 		}
 	}
 	// The OpenAI API renders messages into the prompt, a C string too.
-	resp, body := s.postTo("/v1/chat/completions", `{"model":"x","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}]}`)
+	resp, body := s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}]}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"messages[1].content"`) {
 		t.Errorf("/v1/chat/completions with a NUL: %d %s", resp.StatusCode, body)
 	}
