@@ -45,6 +45,16 @@ func FuzzServe(f *testing.F) {
 	for _, s := range e2eSeeds(f) {
 		f.Add(s.mode, s.data)
 	}
+	// The worker binary is built here, before f.Fuzz: in the process that runs the seeds,
+	// or the fuzz coordinator, whose fuzzing processes inherit its environment. Running
+	// `go build` inside a fuzzing process kills that process.
+	if os.Getenv(asanBinEnv) == "" {
+		bin, err := buildASanServer()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Setenv(asanBinEnv, bin)
+	}
 	servers := [2]*fuzzServer{newFuzzServer(f, "1.2"), newFuzzServer(f, "1.3")}
 	f.Fuzz(func(t *testing.T, mode uint8, data []byte) {
 		z := servers[mode>>2&1]
@@ -174,30 +184,28 @@ func newFuzzServer(f *testing.F, abi string) *fuzzServer {
 	return z
 }
 
-var (
-	asanBinOnce sync.Once
-	asanBin     string
-	asanBinErr  error
-)
+// asanBinEnv names the AddressSanitizer build of rkllm-server for the fuzzing processes.
+const asanBinEnv = "RKLLM_FUZZ_ASAN_SERVER"
 
-// asanServer builds rkllm-server with AddressSanitizer (once per test process) and
-// returns a wrapper that runs it as the worker with the sanitizer's options.
-func asanServer(dir string) (string, error) {
-	asanBinOnce.Do(func() {
-		asanBin = serverBin + "-asan"
-		build := exec.CommandContext(context.Background(), "go", "build", "-asan", "-o", asanBin, ".")
-		build.Env = append(os.Environ(), "CGO_ENABLED=1")
-		if out, err := build.CombinedOutput(); err != nil {
-			asanBinErr = fmt.Errorf("go build -asan: %w\n%s", err, out)
-		}
-	})
-	if asanBinErr != nil {
-		return "", asanBinErr
+// buildASanServer builds rkllm-server with AddressSanitizer next to the test's build.
+func buildASanServer() (string, error) {
+	bin := serverBin + "-asan"
+	build := exec.CommandContext(context.Background(), "go", "build", "-asan", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -asan: %w\n%s", err, out)
 	}
-	// handle_segv=0 leaves a crash to the supervisor (which reports the signal);
-	// halt_on_error stops the worker at the first report, which lands in dir.
+	return bin, nil
+}
+
+// asanWrapper writes a script that runs the AddressSanitizer build as the worker with
+// the sanitizer's options: handle_segv=0 leaves a crash to the supervisor (which reports
+// the signal); halt_on_error stops the worker at the first report, written into
+// dir/asan.
+func asanWrapper(dir string) (string, error) {
 	wrapper := filepath.Join(dir, "rkllm-server-asan")
-	script := fmt.Sprintf("#!/bin/sh\nASAN_OPTIONS=handle_segv=0:detect_leaks=0:halt_on_error=1:log_path=%s/asan/report exec %s \"$@\"\n", dir, asanBin)
+	script := fmt.Sprintf("#!/bin/sh\nASAN_OPTIONS=handle_segv=0:detect_leaks=0:halt_on_error=1:log_path=%s/asan/report exec %s \"$@\"\n",
+		dir, os.Getenv(asanBinEnv))
 	return wrapper, os.WriteFile(wrapper, []byte(script), 0o755) //nolint:gosec // an executable script of the test's own
 }
 
@@ -239,7 +247,7 @@ func (z *fuzzServer) launch() error {
 	if err := syscall.Mkfifo(filepath.Join(z.dir, "pipe.rkllm"), 0o600); err != nil {
 		return err
 	}
-	exe, err := asanServer(filepath.Dir(z.asan))
+	exe, err := asanWrapper(filepath.Dir(z.asan))
 	if err != nil {
 		return err
 	}

@@ -29,13 +29,9 @@ func rpcError(err error, extra map[string]any) error {
 	}
 	var input *runtime.InputError
 	if errors.As(err, &input) {
-		// The worker's own check of what the runtime would read (the methods check
-		// first; this answers what reached the worker anyway).
-		field := input.Field
-		if input.Input >= 0 {
-			field = inputField(input.Input, input.Input > 0) + "." + field
-		}
-		return jsonrpc.InvalidParams(field, "%s", input.Reason)
+		// The check of what the runtime would read against the model loaded when the
+		// call executed (the supervisor's, or the worker's own).
+		return invalidInput(input, input.Input > 0)
 	}
 	data := map[string]any{}
 	for k, v := range extra {

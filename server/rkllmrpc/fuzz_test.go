@@ -60,6 +60,20 @@ func FuzzRunParams(f *testing.F) {
 		if len(plan.inputs) == 0 {
 			t.Fatal("a run without inputs was accepted")
 		}
+		// The supervisor checks the rest against the model loaded when the run executes.
+		lim := fuzzModel.m.Limits()
+		if err := runtime.CheckInputs(plan.inputs, lim); err != nil {
+			if e := invalidInput(err, plan.batch); !isInvalidParams(e) {
+				t.Fatalf("refusal %v at execution is not -32602", e)
+			}
+			return
+		}
+		if err := runtime.CheckInferParams(&plan.ip, lim); err != nil {
+			if e := invalidInput(err, plan.batch); !isInvalidParams(e) {
+				t.Fatalf("refusal %v at execution is not -32602", e)
+			}
+			return
+		}
 		if p := plan.ip.Sampling; p != nil && (p.TopP < 0 || p.TopP > 1 || p.Temperature < 0 || p.TopK < 0) {
 			t.Fatalf("sampling out of range accepted: %+v", p)
 		}
@@ -67,6 +81,11 @@ func FuzzRunParams(f *testing.F) {
 			checkInput(t, in)
 		}
 	})
+}
+
+func isInvalidParams(err error) bool {
+	var e *jsonrpc.Error
+	return errors.As(err, &e) && e.Code == -32602
 }
 
 // fuzzModel is a backend with a model loaded: its limits are what FuzzRunParams

@@ -276,7 +276,7 @@ func (p *runParams) inputs(lim runtime.Limits) ([]runtime.Input, bool, error) {
 		out[i] = in
 	}
 	if err := runtime.CheckInputs(out, lim); err != nil {
-		return nil, batch, invalidInput(err, batch, lim)
+		return nil, batch, invalidInput(err, batch)
 	}
 	return out, batch, nil
 }
@@ -291,7 +291,7 @@ func inputField(i int, batch bool) string {
 
 // invalidInput turns a *runtime.InputError (or an *UnsupportedError) into invalid
 // params naming the member; batch tells how the input was given.
-func invalidInput(err error, batch bool, lim runtime.Limits) error {
+func invalidInput(err error, batch bool) error {
 	var ie *runtime.InputError
 	if !errors.As(err, &ie) {
 		return rpcError(err, nil)
@@ -301,7 +301,7 @@ func invalidInput(err error, batch bool, lim runtime.Limits) error {
 		field = inputField(ie.Input, batch) + "." + field
 	}
 	reason := ie.Reason
-	if ie.NoWidth && lim.Known {
+	if ie.NoWidth {
 		reason += "; the server learns it when the model loads, which failed (the server log says why): set --embedding-width to the model's hidden size"
 	}
 	return jsonrpc.InvalidParams(field, "%s", reason)

@@ -34,7 +34,9 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	lim := s.limits()
+	// What does not depend on the model is checked now; the supervisor checks the rest
+	// against the model loaded when the run executes (runtime.Limits).
+	lim := runtime.Limits{ABI: s.abi()}
 	inputs, batch, err := p.inputs(lim)
 	if err != nil {
 		return nil, err
@@ -44,7 +46,7 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	}
 	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
 	if err := runtime.CheckInferParams(&plan.ip, lim); err != nil {
-		return nil, invalidInput(err, batch, lim)
+		return nil, invalidInput(err, batch)
 	}
 	switch p.Encoding {
 	case "", "json", "base64":
@@ -127,7 +129,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 			out, err := t.Wait()
 			<-replied
 			if err != nil {
-				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial(err)))})
+				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(runError(err, plan.batch, acc))})
 				return
 			}
 			_ = c.Notify(NotifyDone, acc.result(out, maxNew))
@@ -137,23 +139,26 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	defer cancel()
 	out, err := t.Wait()
 	if err != nil {
-		if errors.Is(err, runtime.ErrInvalidInput) {
-			// The worker's own check (another model was loaded after this plan).
-			return nil, invalidInput(err, plan.batch, runtime.Limits{})
-		}
-		return nil, rpcError(err, acc.partial(err))
+		return nil, runError(err, plan.batch, acc)
 	}
 	return acc.result(out, maxNew), nil
 }
 
-// limits are the loaded model's bounds for the checks of a request (Known false when
-// no model is loaded: the request then fails for want of one).
-func (s *Service) limits() runtime.Limits {
-	m, ok := s.b.LoadedModel()
-	if !ok {
-		return runtime.Limits{}
+// runError maps the error of a run: an input the model's limits refused is invalid
+// params naming the member (batch tells how the input was given).
+func runError(err error, batch bool, acc *runAcc) error {
+	if errors.Is(err, runtime.ErrInvalidInput) {
+		return invalidInput(err, batch)
 	}
-	return m.Limits()
+	return rpcError(err, acc.partial(err))
+}
+
+// abi is the runtime library's ABI, "" before the worker has said which.
+func (s *Service) abi() runtime.ABI {
+	if m, ok := s.b.LoadedModel(); ok {
+		return m.ABI
+	}
+	return ""
 }
 
 // runAcc collects the deliveries of one run, relays them as notifications when the

@@ -121,7 +121,7 @@ func (s *Service) Register(d *jsonrpc.Dispatcher) {
 	d.Register(MethodGetKVCacheSize, h(s.getKVCacheSize))
 	d.Register(MethodSetChatTemplate, admin(s.simple(setChatTemplate)))
 	d.Register(MethodSetFunctionTools, admin(s.simple(setFunctionTools)))
-	d.Register(MethodSetCrossAttnParams, admin(s.simple(s.setCrossAttnParams)))
+	d.Register(MethodSetCrossAttnParams, admin(s.simple(setCrossAttnParams)))
 }
 
 func notAllowed(c *jsonrpc.Call) error {
@@ -393,14 +393,14 @@ func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
 		return nil, jsonrpc.InvalidParams("tools", "must be a JSON array of OpenAI-style function specs (or a string holding one)")
 	}
 	if err := runtime.CheckCString("tools", tools); err != nil {
-		return nil, invalidInput(err, false, runtime.Limits{})
+		return nil, invalidInput(err, false)
 	}
 	return &workerproto.SetFunctionTools{SystemPrompt: string(p.SystemPrompt), Tools: tools, ToolResponseStr: string(p.ToolResponseStr)}, nil
 }
 
-// setCrossAttnParams checks the buffers against the loaded model: the runtime reads
-// num_tokens rows of its embedding width from each cache.
-func (s *Service) setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
+// setCrossAttnParams checks the buffers: the runtime reads num_tokens rows of the
+// model's embedding width from each cache.
+func setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
 	var p crossAttnParams
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
@@ -413,9 +413,9 @@ func (s *Service) setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, erro
 		EncoderKCache: x.EncoderKCache, EncoderVCache: x.EncoderVCache, EncoderMask: x.EncoderMask,
 		EncoderPos: x.EncoderPos, NumTokens: x.NumTokens,
 	}
-	lim := s.limits()
-	if err := runtime.CheckCrossAttn(&params, lim); err != nil {
-		return nil, invalidInput(err, false, lim)
+	// The model's width is checked when the call executes (supervisor.checkLimits).
+	if err := runtime.CheckCrossAttn(&params, runtime.Limits{}); err != nil {
+		return nil, invalidInput(err, false)
 	}
 	return &workerproto.SetCrossAttnParams{Params: params}, nil
 }

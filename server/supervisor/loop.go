@@ -395,9 +395,34 @@ func (s *Supervisor) execDestroy(p *proc) error {
 	return nil
 }
 
+// checkLimits checks a run's inputs or cross-attention buffers against the model
+// loaded when it executes (not when it was queued: a client may have loaded another
+// model, or a LoRA adapter, in between), so that the runtime reads nothing past them.
+// The error is a *runtime.InputError naming the member; the worker checks again.
+func (s *Supervisor) checkLimits(m workerproto.Message) error {
+	lm, ok := s.LoadedModel()
+	if !ok {
+		return s.modelErr()
+	}
+	lim := lm.Limits()
+	switch m := m.(type) {
+	case *workerproto.Run:
+		if err := runtime.CheckInputs(m.Inputs, lim); err != nil {
+			return err
+		}
+		return runtime.CheckInferParams(&m.Infer, lim)
+	case *workerproto.SetCrossAttnParams:
+		return runtime.CheckCrossAttn(&m.Params, lim)
+	}
+	return nil
+}
+
 // execCall serves the other calls on the model and records the state they set.
 func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	if err := s.checkLimits(m); err != nil {
 		return Outcome{}, err
 	}
 	if _, query := m.(*workerproto.GetKVCacheSize); !query {
@@ -484,6 +509,9 @@ func (w *runWatch) deliver(d *workerproto.Delivery) {
 // set, and the KV cache is no longer what a conversation left.
 func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	if err := s.checkLimits(m); err != nil {
 		return Outcome{}, err
 	}
 	s.kv.invalidate()

@@ -604,6 +604,7 @@ func encodeErr(e *encoder, err error) {
 		e.int(input.Input)
 		e.str(input.Field)
 		e.str(input.Reason)
+		e.bool(input.NoWidth)
 		return
 	case errors.As(err, &callErr):
 		e.u8(errCall)
@@ -655,7 +656,7 @@ func (m *Reply) decode(d *decoder) {
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
 	case errInput:
-		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str()}
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
 		msg := d.str()
 		for _, st := range sentinels {
