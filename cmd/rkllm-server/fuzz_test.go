@@ -177,7 +177,9 @@ func newFuzzServer(f *testing.F, abi string) *fuzzServer {
 	f.Cleanup(func() {
 		if z.cancel != nil {
 			z.cancel()
-			<-z.done
+			if err := <-z.done; err != nil {
+				f.Logf("the %s fuzz server shut down: %v", abi, err)
+			}
 		}
 		_ = os.RemoveAll(sockDir)
 	})

@@ -34,7 +34,7 @@ func (s *Server) refuseBody(h http.Handler, w http.ResponseWriter, r *http.Reque
 	}
 	defer func() { _ = nc.Close() }()
 	_ = nc.SetDeadline(time.Now().Add(s.opts.WriteTimeout))
-	fmt.Fprintf(brw, "HTTP/1.1 %03d %s\r\n", rec.status, http.StatusText(rec.status))
+	_, _ = fmt.Fprintf(brw, "HTTP/1.1 %03d %s\r\n", rec.status, http.StatusText(rec.status))
 	_ = rec.header.Write(brw)
 	_, _ = brw.WriteString("\r\n")
 	_, _ = brw.Write(rec.body.Bytes())

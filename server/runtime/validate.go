@@ -307,17 +307,22 @@ func CheckInferParams(p *InferParams, l Limits) error {
 			return err
 		}
 	}
+	return checkLora(p.LoraAdapterName, l)
+}
+
+// checkLora checks a run's adapter name: a C string, and one of the adapters loaded.
+func checkLora(name string, l Limits) error {
 	const lora = "infer_params.lora_params.lora_adapter_name"
-	if err := CheckCString(lora, p.LoraAdapterName); err != nil {
+	if err := CheckCString(lora, name); err != nil {
 		return err
 	}
-	if p.LoraAdapterName != "" && l.Known && l.Loras != nil && !contains(l.Loras, p.LoraAdapterName) {
-		if len(l.Loras) == 0 {
-			return inputErr(lora, "is %q, but no LoRA adapter is loaded", p.LoraAdapterName)
-		}
-		return inputErr(lora, "is %q, which is not a loaded LoRA adapter (loaded: %s)", p.LoraAdapterName, strings.Join(l.Loras, ", "))
+	if name == "" || !l.Known || l.Loras == nil || contains(l.Loras, name) {
+		return nil
 	}
-	return nil
+	if len(l.Loras) == 0 {
+		return inputErr(lora, "is %q, but no LoRA adapter is loaded", name)
+	}
+	return inputErr(lora, "is %q, which is not a loaded LoRA adapter (loaded: %s)", name, strings.Join(l.Loras, ", "))
 }
 
 func contains(list []string, s string) bool {
