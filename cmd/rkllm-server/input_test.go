@@ -96,6 +96,11 @@ func TestOverflowingCountsAreRefused(t *testing.T) {
 		if r := sock.call1(xattn); r.Error == nil || r.Error.Code != -32602 || r.Error.Data["field"] != "cross_attn_params.encoder_k_cache" {
 			t.Errorf("cross-attention caches of rows one float wide: %+v", r.Error)
 		}
+		// rkllm_clear_kv_cache reads one start and one end per batch entry.
+		clear := req("rkllm.clear_kv_cache", `{"keep_system_prompt":1,"start_pos":[0,0,0],"end_pos":[1,1,1]}`)
+		if r := sock.call1(clear); r.Error == nil || r.Error.Code != -32602 || r.Error.Data["field"] != "start_pos" {
+			t.Errorf("three KV-cache ranges for n_batch 1: %+v", r.Error)
+		}
 		sameWorker(t, s, pid)
 
 		// Rows of exactly the width run, over both transports, and come back as hidden

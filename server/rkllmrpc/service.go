@@ -6,7 +6,6 @@ package rkllmrpc
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -359,13 +358,9 @@ func clearKVCache(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	if (p.StartPos == nil) != (p.EndPos == nil) || len(p.StartPos) != len(p.EndPos) {
-		return nil, jsonrpc.InvalidParams("end_pos", "start_pos and end_pos go together: give both (one entry per batch entry) or neither (clear all)")
-	}
-	for i := range p.StartPos {
-		if p.StartPos[i] < 0 || p.EndPos[i] < p.StartPos[i] {
-			return nil, jsonrpc.InvalidParams(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", p.StartPos[i], p.EndPos[i])
-		}
+	// n_batch is checked when the call executes (supervisor.checkLimits).
+	if err := runtime.CheckKVRanges(p.StartPos, p.EndPos, runtime.Limits{}); err != nil {
+		return nil, invalidInput(err, false)
 	}
 	return &workerproto.ClearKVCache{KeepSystemPrompt: bool(p.KeepSystemPrompt), StartPos: p.StartPos, EndPos: p.EndPos}, nil
 }

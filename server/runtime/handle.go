@@ -10,6 +10,7 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -282,12 +283,12 @@ func (h *Handle) ClearKVCache(keepSystemPrompt bool, ranges []KVRange) error {
 		return callErr("rkllm_clear_kv_cache", C.rk_clear_kv_cache(h.lib.c, h.c, keep, nil, nil))
 	}
 	if len(ranges) != h.nBatch {
-		return fmt.Errorf("clear kv cache: %d ranges given, want one per batch entry (%d)", len(ranges), h.nBatch)
+		return fmt.Errorf("clear kv cache: %w", inputErr("start_pos", "holds %d positions, but the model was loaded with n_batch %d: the runtime reads one per batch entry", len(ranges), h.nBatch))
 	}
 	starts, ends := make([]int, len(ranges)), make([]int, len(ranges))
 	for i, r := range ranges {
-		if r.Start < 0 || r.End < r.Start {
-			return fmt.Errorf("clear kv cache: range %d [%d, %d) is not a valid range", i, r.Start, r.End)
+		if r.Start < 0 || r.End < r.Start || r.End > math.MaxInt32 {
+			return fmt.Errorf("clear kv cache: %w", inputErr(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", r.Start, r.End))
 		}
 		starts[i], ends[i] = r.Start, r.End
 	}

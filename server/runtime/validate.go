@@ -334,6 +334,26 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// CheckKVRanges checks the ranges of rkllm_clear_kv_cache: the runtime reads one start
+// and one end per batch entry, so there must be exactly n_batch of each (or none: clear
+// all), each range inside 0 <= start <= end.
+func CheckKVRanges(start, end []int32, l Limits) error {
+	switch {
+	case (start == nil) != (end == nil) || len(start) != len(end):
+		return inputErr("end_pos", "start_pos and end_pos go together: one entry each per batch entry, or neither (clear all)")
+	case start == nil:
+		return nil
+	case l.Known && l.NBatch > 0 && len(start) != l.NBatch:
+		return inputErr("start_pos", "holds %d positions, but the model was loaded with n_batch %d: the runtime reads one per batch entry", len(start), l.NBatch)
+	}
+	for i := range start {
+		if start[i] < 0 || end[i] < start[i] {
+			return inputErr(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", start[i], end[i])
+		}
+	}
+	return nil
+}
+
 // CheckCrossAttn checks cross-attention parameters: the runtime reads num_tokens mask
 // values and positions and num_tokens rows of the embedding width from each cache.
 func CheckCrossAttn(p *CrossAttnParams, l Limits) error {

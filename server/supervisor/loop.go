@@ -440,7 +440,7 @@ func (s *Supervisor) execDestroy(p *proc) error {
 	return nil
 }
 
-// checkLimits checks a run's inputs or cross-attention buffers against the model
+// checkLimits checks a run's inputs, cross-attention buffers or KV-cache ranges against the model
 // loaded when it executes (not when it was queued: a client may have loaded another
 // model, or a LoRA adapter, in between), so that the runtime reads nothing past them.
 // The error is a *runtime.InputError naming the member; the worker checks again.
@@ -458,6 +458,8 @@ func (s *Supervisor) checkLimits(m workerproto.Message) error {
 		return runtime.CheckInferParams(&m.Infer, lim)
 	case *workerproto.SetCrossAttnParams:
 		return runtime.CheckCrossAttn(&m.Params, lim)
+	case *workerproto.ClearKVCache:
+		return runtime.CheckKVRanges(m.StartPos, m.EndPos, lim)
 	}
 	return nil
 }
