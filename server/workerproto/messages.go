@@ -585,15 +585,15 @@ func (m *Delivery) decode(d *decoder) {
 // Error kinds on the wire, so the supervisor gets back the typed runtime errors.
 const (
 	errNone        = 0
-	errCall        = 1 // *runtime.CallError
-	errUnsupported = 2 // *runtime.UnsupportedError
-	errOther       = 3 // message only
-	errBusy        = 4 // ErrWorkerBusy
-	errRuntimeBusy = 5 // runtime.ErrBusy, with the message
-	errDestroyed   = 6 // runtime.ErrDestroyed, with the message
-	errSymbol      = 7 // *runtime.SymbolError
-	errRunFailed   = 8 // runtime.ErrRunFailed, with the message
-	errTooLarge    = 9 // *ResultTooLargeError
+	errCall        = 1  // *runtime.CallError
+	errUnsupported = 2  // *runtime.UnsupportedError
+	errOther       = 3  // message only
+	errBusy        = 4  // ErrWorkerBusy
+	errRuntimeBusy = 5  // runtime.ErrBusy, with the message
+	errDestroyed   = 6  // runtime.ErrDestroyed, with the message
+	errSymbol      = 7  // *runtime.SymbolError
+	errRunFailed   = 8  // runtime.ErrRunFailed, with the message
+	errTooLarge    = 9  // *ResultTooLargeError
 	errInput       = 10 // *runtime.InputError
 )
 
