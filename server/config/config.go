@@ -160,7 +160,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
 	fs.StringVar(&o.Socket, "socket", "", "Unix socket path for newline-delimited JSON-RPC, such as /run/rkllm/rkllm.sock; empty disables it.")
 	fs.StringVar(&o.Admin, "admin", AdminSocket, "Where state-changing methods (init, destroy, load_lora, ...) are allowed: socket, http, all or none.")
-	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API key that HTTP clients must send as 'Authorization: Bearer KEY'.")
+	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API keys (one a line) of which HTTP clients must send one as 'Authorization: Bearer KEY'.")
 	fs.IntVar(&o.MaxConnections, "max-connections", 256, "Client connections held at once, over both transports; 0 means no limit.")
 	fs.Int64Var(&o.MaxRequestBytes, "max-request-bytes", 16<<20, "Largest request message in bytes (an HTTP body, a socket line).")
 	fs.IntVar(&o.MaxQueue, "max-queue", 16, "Requests that may wait for the model; more are refused with -32002 at once.")
@@ -493,20 +493,26 @@ func (o *Serve) LoraAdapters() ([]runtime.LoraAdapter, error) {
 	return out, nil
 }
 
-// APIKey reads --api-key-file ("" when not set).
-func (o *Serve) APIKey() (string, error) {
+// APIKeys reads --api-key-file: one key a line, blank lines and lines starting with #
+// skipped (none when the flag is not set).
+func (o *Serve) APIKeys() ([]string, error) {
 	if o.APIKeyFile == "" {
-		return "", nil
+		return nil, nil
 	}
 	b, err := os.ReadFile(o.APIKeyFile)
 	if err != nil {
-		return "", fmt.Errorf("--api-key-file: %w", err)
+		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}
-	key := strings.TrimSpace(string(b))
-	if key == "" {
-		return "", fmt.Errorf("--api-key-file %s is empty", o.APIKeyFile)
+	var keys []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if key := strings.TrimSpace(line); key != "" && !strings.HasPrefix(key, "#") {
+			keys = append(keys, key)
+		}
 	}
-	return key, nil
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--api-key-file %s holds no key", o.APIKeyFile)
+	}
+	return keys, nil
 }
 
 // AdminOn reports whether state-changing methods are allowed on a transport ("http" or

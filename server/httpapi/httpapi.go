@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,9 +58,11 @@ type Options struct {
 	Addr string
 	// Admin allows state-changing methods over HTTP.
 	Admin bool
-	// APIKey, when set, is the bearer token /rpc requires (health and metrics stay open,
-	// for the kubelet and Prometheus).
-	APIKey string
+	// APIKeys, when set, are the bearer tokens /rpc accepts (health and metrics stay
+	// open, for the kubelet and Prometheus). The key a request presents also owns the
+	// runs it starts: rkllm.abort over HTTP stops a run only for a caller that names
+	// its request_id and presents the same key.
+	APIKeys []string
 	// MaxRequestBytes bounds a request body on every path, /v1/ included (16 MiB); on
 	// /rpc a larger one gets 413 and -32008.
 	MaxRequestBytes int64
@@ -257,11 +261,35 @@ func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if s.opts.APIKey == "" {
-		return true
+	_, ok := s.caller(r)
+	return ok
+}
+
+// caller names the owner of the runs a request starts, and reports whether the request
+// may be served: without API keys every HTTP caller is "http"; with them the owner is
+// a digest of the key presented (never the key, which could reach a log), so a run is
+// bound to its key.
+func (s *Server) caller(r *http.Request) (owner string, ok bool) {
+	if len(s.opts.APIKeys) == 0 {
+		return Transport, true
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.opts.APIKey)) == 1
+	token, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !found {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	match := -1
+	for i, key := range s.opts.APIKeys {
+		// Every key is compared, so the time taken does not tell which one matched.
+		if subtle.ConstantTimeCompare([]byte(token), []byte(key)) == 1 {
+			match = i
+		}
+	}
+	if match < 0 {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(s.opts.APIKeys[match]))
+	return Transport + "/key-" + hex.EncodeToString(sum[:8]), true
 }
 
 // statusOf is the HTTP status of a single (non-streamed) response: JSON-RPC errors are
@@ -310,7 +338,8 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.writeRPC(w, http.StatusMethodNotAllowed, &jsonrpc.Response{Error: jsonrpc.ErrInvalidRequest.Withf("invalid request: /rpc takes POST with a JSON-RPC 2.0 body, not %s", r.Method)})
 		return
 	}
-	if !s.authorized(r) {
+	owner, authorized := s.caller(r)
+	if !authorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rkllm-server"`)
 		s.writeRPC(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
 		return
@@ -335,7 +364,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	sw := &streamWriter{w: w, sse: wantsSSE(r), s: s, cancel: cancel}
 	defer sw.close()
-	peer := &jsonrpc.Peer{Transport: Transport, ID: Transport, Admin: s.opts.Admin, Context: ctx}
+	peer := &jsonrpc.Peer{Transport: Transport, ID: owner, Admin: s.opts.Admin, Context: ctx}
 	// Only a single request can stream: a batch is answered with one JSON array.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
 		peer.Notify = sw.notify

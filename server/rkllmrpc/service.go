@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -48,7 +47,6 @@ type Service struct {
 	b    Backend
 	opts Options
 	dir  modelDir
-	ids  atomic.Uint64
 }
 
 // New returns the service; the model directory must exist.

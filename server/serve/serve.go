@@ -95,7 +95,7 @@ type app struct {
 
 // build creates the parts without starting anything.
 func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
-	apiKey, err := o.APIKey()
+	apiKeys, err := o.APIKeys()
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +145,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
 	if o.Listen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
-			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
+			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
 			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),

@@ -435,7 +435,7 @@ func (s *Supervisor) Abort(owner, id string) ([]string, error) {
 		}
 	}
 	if id != "" && running == nil && len(queued) == 0 {
-		return nil, fmt.Errorf("%w: %q is not a queued or running request of this connection", ErrNoSuchRequest, id)
+		return nil, fmt.Errorf("%w: %q is not a queued or running request of this caller (on the socket: of this connection; over HTTP: started with the same API key)", ErrNoSuchRequest, id)
 	}
 	return stopped, nil
 }
