@@ -228,4 +228,3 @@ func TestSeveralInFlightOnOneConnection(t *testing.T) {
 		}
 	}
 }
-
