@@ -66,6 +66,7 @@ type Serve struct {
 	PrefixReuse        bool
 
 	Listen          string
+	ProbeListen     string
 	Socket          string
 	Admin           string
 	APIKeyFile      string
@@ -158,6 +159,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.PrefixReuse, "prefix-reuse", true, "Reuse the KV cache when a conversation continues the previous one (feed only the new part).")
 
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
+	fs.StringVar(&o.ProbeListen, "probe-listen", ":8081", "HTTP listen address of the probes alone (/livez, /readyz, /healthz, /metrics), which client connections cannot fill; empty serves them on --listen only.")
 	fs.StringVar(&o.Socket, "socket", "", "Unix socket path for newline-delimited JSON-RPC, such as /run/rkllm/rkllm.sock; empty disables it.")
 	fs.StringVar(&o.Admin, "admin", AdminSocket, "Where state-changing methods (init, destroy, load_lora, ...) are allowed: socket, http, all or none.")
 	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API keys (one a line) of which HTTP clients must send one as 'Authorization: Bearer KEY'.")

@@ -5,7 +5,6 @@
 package httpapi
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -92,10 +91,11 @@ type Options struct {
 
 // Server is the HTTP listener.
 type Server struct {
-	d    *jsonrpc.Dispatcher
-	opts Options
-	mux  *http.ServeMux
-	srv  *http.Server
+	d      *jsonrpc.Dispatcher
+	opts   Options
+	mux    *http.ServeMux
+	srv    *http.Server
+	probes *http.Server // the probe listener's (ServeProbes)
 }
 
 // New returns a server for d.
@@ -136,6 +136,7 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
 	}
+	s.probes = s.newProbeServer()
 	return s
 }
 
@@ -216,11 +217,14 @@ func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Han
 }
 
 // Listen opens the listen address.
-func (s *Server) Listen() (net.Listener, error) {
+func (s *Server) Listen() (net.Listener, error) { return ListenTCP(s.opts.Addr) }
+
+// ListenTCP opens a TCP listen address.
+func ListenTCP(addr string) (net.Listener, error) {
 	var lc net.ListenConfig
-	ln, err := lc.Listen(context.Background(), "tcp", s.opts.Addr)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", s.opts.Addr, err)
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return ln, nil
 }
@@ -228,9 +232,49 @@ func (s *Server) Listen() (net.Listener, error) {
 // Serve serves on ln until Shutdown or Close; it returns http.ErrServerClosed then.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.opts.Limiter != nil {
-		ln = s.opts.Limiter.Listener(ln, Transport, s.reject)
+		ln = s.opts.Limiter.Listener(ln, Transport, refusal)
 	}
 	return s.srv.Serve(ln)
+}
+
+// Probe listener bounds: the kubelet and Prometheus send one short GET at a time, so a
+// few connections and short timeouts are plenty, and a client that holds more gains
+// little.
+const (
+	// ProbeTransport is the transport label of probe connections (metrics).
+	ProbeTransport = "probe"
+	// ProbeMaxConnections caps the probe listener's connections.
+	ProbeMaxConnections = 32
+	probeTimeout        = 5 * time.Second
+)
+
+// ServeProbes serves /livez, /readyz, /healthz and /metrics on ln, a listener of their
+// own (--probe-listen), so that no number of client connections can make a probe wait
+// or fail: client connections are capped on the other listener, and this one has its
+// own small cap (limiter; nil for none), short timeouts and no keep-alive. It returns
+// http.ErrServerClosed after Shutdown or Close.
+func (s *Server) ServeProbes(ln net.Listener, limiter *connlimit.Limiter) error {
+	if limiter != nil {
+		ln = limiter.Listener(ln, ProbeTransport, refusal)
+	}
+	return s.probes.Serve(ln)
+}
+
+// newProbeServer is the probe listener's server (ServeProbes).
+func (s *Server) newProbeServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", s.livez)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /healthz", s.healthz)
+	if s.opts.Metrics != nil {
+		mux.Handle("GET /metrics", s.opts.Metrics)
+	}
+	srv := &http.Server{
+		Handler: mux, ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
+		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10,
+	}
+	srv.SetKeepAlivesEnabled(false)
+	return srv
 }
 
 // ListenAndServe listens on Options.Addr and serves.
@@ -243,21 +287,21 @@ func (s *Server) ListenAndServe() error {
 }
 
 // Shutdown stops accepting and waits for the requests in flight (their streams
-// included) until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// included) until ctx ends; then the probe listener stops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return errors.Join(s.srv.Shutdown(ctx), s.probes.Shutdown(ctx))
+}
 
-// Close closes the listener and every connection at once.
-func (s *Server) Close() error { return s.srv.Close() }
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	return errors.Join(s.srv.Close(), s.probes.Close())
+}
 
-// reject answers a refused connection with a 503 and closes it.
-func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
-	defer func() { _ = nc.Close() }()
-	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
-	// Read the request head first, so the client sees the answer rather than a reset.
-	_, _ = http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 64<<10)))
+// refusal is the answer of a connection over the cap: a 503 with the JSON-RPC error,
+// Retry-After and Connection: close (the connection is closed after it).
+func refusal(why *connlimit.Refusal) []byte {
 	body, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})})
-	resp := fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	_, _ = io.WriteString(nc, resp)
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }
 
 func (s *Server) authorized(r *http.Request) bool {

@@ -89,7 +89,9 @@ type app struct {
 	httpSrv  *httpapi.Server
 	sockSrv  *socketapi.Server
 	httpLn   net.Listener
+	probeLn  net.Listener
 	sockLn   net.Listener
+	metrics  *metrics.Metrics
 	serveErr chan error
 }
 
@@ -129,7 +131,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		supOpts.Model = spec
 	}
-	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), metrics: m, serveErr: make(chan error, 3)}
 	a.d.SetLimits(jsonrpc.Limits{
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
@@ -143,7 +145,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	}
 	svc.Register(a.d)
 	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
-	if o.Listen != "" {
+	if o.Listen != "" || o.ProbeListen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
@@ -173,18 +175,28 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 }
 
 // listen opens the listeners first, so a taken port fails the start at once.
-func (a *app) listen() error {
-	var err error
-	if a.httpSrv != nil {
+func (a *app) listen() (err error) {
+	defer func() {
+		if err != nil {
+			for _, ln := range []net.Listener{a.httpLn, a.probeLn} {
+				if ln != nil {
+					_ = ln.Close()
+				}
+			}
+		}
+	}()
+	if a.o.Listen != "" {
 		if a.httpLn, err = a.httpSrv.Listen(); err != nil {
+			return err
+		}
+	}
+	if a.o.ProbeListen != "" {
+		if a.probeLn, err = httpapi.ListenTCP(a.o.ProbeListen); err != nil {
 			return err
 		}
 	}
 	if a.sockSrv != nil {
 		if a.sockLn, err = a.sockSrv.Listen(); err != nil {
-			if a.httpLn != nil {
-				_ = a.httpLn.Close()
-			}
 			return err
 		}
 	}
@@ -197,10 +209,17 @@ func (a *app) start(opts Options) error {
 		return err
 	}
 	var addr net.Addr
-	if a.httpSrv != nil {
+	if a.httpLn != nil {
 		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
 		addr = a.httpLn.Addr()
 		a.log.Info("serving HTTP", "address", addr.String())
+	}
+	if a.probeLn != nil {
+		// The probes may use half the descriptor reserve; the other half is the
+		// worker's (a restart takes a socketpair and pipes).
+		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
+		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}
 	if a.sockSrv != nil {
 		go func() { a.serveErr <- a.sockSrv.Serve(a.sockLn) }()

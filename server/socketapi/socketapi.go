@@ -146,7 +146,7 @@ func (s *Server) ListenAndServe() error {
 // Serve accepts connections on ln until Shutdown or Close, then returns ErrServerClosed.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.opts.Limiter != nil {
-		ln = s.opts.Limiter.Listener(ln, Transport, s.reject)
+		ln = s.opts.Limiter.Listener(ln, Transport, refusal)
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -201,13 +201,11 @@ func temporary(err error) bool {
 	return false
 }
 
-// reject answers a refused connection with one error line and closes it.
-func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
-	defer func() { _ = nc.Close() }()
-	resp := &jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})}
-	b, _ := json.Marshal(resp)
-	_ = nc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-	_, _ = nc.Write(append(b, '\n'))
+// refusal is the answer of a connection over the cap: one error line (the connection
+// is closed after it).
+func refusal(why *connlimit.Refusal) []byte {
+	b, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})})
+	return append(b, '\n')
 }
 
 // Shutdown stops accepting, waits until every request in flight has been answered (or
