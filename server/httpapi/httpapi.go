@@ -18,11 +18,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -81,6 +83,9 @@ type Options struct {
 	OutputBufferBytes int
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
+	// Hangup, when set, ends a request as soon as its client closes the connection,
+	// even while net/http is not reading it (a pipelined request waits behind it).
+	Hangup *hangup.Watcher
 	// Health backs /readyz and /healthz.
 	Health Health
 	// Metrics serves /metrics; nil leaves it out.
@@ -135,15 +140,20 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
+		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) },
 	}
 	s.probes = s.newProbeServer()
 	return s
 }
 
+// connKey keys a request's connection in its context.
+type connKey struct{}
+
 // limitBody bounds every request on every path: its body to MaxRequestBytes, read
 // within BodyTimeout (a read deadline lifted when the body has been read to its end),
 // and each write of its response to WriteTimeout, so a client that does not read a
-// plain answer cannot hold a goroutine and a connection forever either.
+// plain answer cannot hold a goroutine and a connection forever either. It also ends
+// the request when its client leaves (watchHangup).
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
@@ -154,24 +164,75 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
 			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
 		}
-		h.ServeHTTP(&timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}, r)
+		tw := &timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}
+		r, done := s.watchHangup(r, tw)
+		defer done()
+		h.ServeHTTP(tw, r)
 	})
 }
 
-// timedWriter gives each write of a response WriteTimeout.
+// watchHangup cancels r's context as soon as its client closes the connection. net/http
+// notices a close only by reading, which it stops doing when the client has pipelined
+// another request, so a plain run would go on for nobody, and the pipelined request
+// would run after it. Once the client has gone, the answer says Connection: close and
+// the connection is closed when the handler returns, so nothing pipelined behind runs.
+func (s *Server) watchHangup(r *http.Request, tw *timedWriter) (*http.Request, func()) {
+	nc, _ := r.Context().Value(connKey{}).(net.Conn)
+	if s.opts.Hangup == nil || nc == nil {
+		return r, func() {}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	stop, err := s.opts.Hangup.Watch(nc, hangup.Closed, func() {
+		tw.gone.Store(true)
+		cancel()
+	})
+	if err != nil {
+		s.opts.Log.V(1).Info("cannot watch the connection for a hang-up", "error", err.Error())
+		cancel()
+		return r, func() {}
+	}
+	return r.WithContext(ctx), func() {
+		stop()
+		cancel()
+		if tw.gone.Load() {
+			_ = nc.Close()
+		}
+	}
+}
+
+// timedWriter gives each write of a response WriteTimeout, and closes the connection
+// after the answer of a client that has gone.
 type timedWriter struct {
 	http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+	gone    atomic.Bool // the client closed the connection
+	wrote   bool
+}
+
+func (w *timedWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.wrote = true
+		if w.gone.Load() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *timedWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher (within the write timeout).
 func (w *timedWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
 	_ = w.rc.Flush()
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
@@ -92,6 +93,7 @@ type app struct {
 	probeLn  net.Listener
 	sockLn   net.Listener
 	metrics  *metrics.Metrics
+	hangup   *hangup.Watcher
 	serveErr chan error
 }
 
@@ -145,12 +147,15 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	}
 	svc.Register(a.d)
 	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
+	if a.hangup, err = hangup.New(); err != nil {
+		return nil, err
+	}
 	if o.Listen != "" || o.ProbeListen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
-			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			Limiter: limiter, Hangup: a.hangup, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
 		tmpl, err := o.Template()
 		if err != nil {
@@ -168,7 +173,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes, IdleTimeout: o.IdleTimeout,
-			Limiter: limiter, Observer: m, Log: log.WithName("socket"),
+			Limiter: limiter, Hangup: a.hangup, Observer: m, Log: log.WithName("socket"),
 		})
 	}
 	return a, nil
@@ -256,6 +261,7 @@ func (a *app) shutdown() error {
 			_ = a.sockSrv.Close()
 		}
 	}
+	_ = a.hangup.Close()
 	for range cap(a.serveErr) {
 		select {
 		case err := <-a.serveErr:

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 )
@@ -61,6 +62,9 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
+	// Hangup, when set, tells at once that a client which stopped sending has closed
+	// its connection (without it the connection is polled four times a second).
+	Hangup *hangup.Watcher
 	// Observer counts bytes; nil for none.
 	Observer Observer
 	Log      logr.Logger
@@ -426,6 +430,13 @@ func (c *conn) waitForPeerOrDone() {
 		c.inflight.Wait()
 		close(done)
 	}()
+	if w := c.s.opts.Hangup; w != nil {
+		if stop, err := w.Watch(c.nc, hangup.HungUp, c.cancel); err == nil {
+			defer stop()
+			<-done
+			return
+		}
+	}
 	for {
 		if c.peerGone() {
 			c.cancel()
