@@ -133,7 +133,7 @@ func decodeChat(body []byte) (*chatRequest, *Error) {
 	if _, ok := m["messages"]; !ok {
 		return nil, invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
 	}
-	if req.msgs, e = decodeMessages(m["messages"]); e != nil {
+	if req.msgs, e = decodeMessages(m["messages"], nil); e != nil {
 		return nil, e
 	}
 	if req.sampling, e = decodeSampling(m, "max_tokens"); e != nil {
