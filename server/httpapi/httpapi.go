@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -83,6 +85,10 @@ type Options struct {
 	OutputBufferBytes int
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
+	// Budget, when set, is the server's budget of bytes in flight: every request has an
+	// account of it (in its context, for the handlers' stages) and pays for its body
+	// before reading it; over the budget a request is answered busy (429 and -32002).
+	Budget *inflight.Budget
 	// Hangup, when set, ends a request as soon as its client closes the connection,
 	// even while net/http is not reading it (a pipelined request waits behind it).
 	Hangup *hangup.Watcher
@@ -167,6 +173,11 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		tw := &timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}
 		r, done := s.watchHangup(r, tw)
 		defer done()
+		if s.opts.Budget != nil {
+			acct := s.opts.Budget.Open()
+			defer acct.Close()
+			r = r.WithContext(inflight.WithAccount(r.Context(), acct))
+		}
 		h.ServeHTTP(tw, r)
 	})
 }
@@ -449,9 +460,16 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.writeRPC(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
 		return
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := inflight.ReadBody(r, s.opts.MaxRequestBytes)
 	if s.opts.Observer != nil {
 		s.opts.Observer.BytesIn(Transport, len(body))
+	}
+	var over *inflight.OverError
+	if errors.As(err, &over) {
+		w.Header().Set("Connection", "close") // the rest of the body is not read
+		w.Header().Set("Retry-After", strconv.Itoa(inflight.RetryAfterSeconds))
+		s.writeRPC(w, http.StatusTooManyRequests, &jsonrpc.Response{Error: jsonrpc.BusyError(err)})
+		return
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError

@@ -17,10 +17,15 @@ import (
 
 // fields splits a JSON object into its members, keeping the raw value of each (as
 // slices of raw: nothing is copied).
-func fields(raw []byte, where string) (map[string]json.RawMessage, *Error) {
+func fields(raw []byte, where string, pay payFunc) (map[string]json.RawMessage, *Error) {
 	var m map[string]json.RawMessage
 	if json.Valid(raw) {
-		m = map[string]json.RawMessage{}
+		n := 0
+		eachMember(raw, func(_, _ []byte) { n++ })
+		if e := pay.pay(n * memberCost); e != nil {
+			return nil, e
+		}
+		m = make(map[string]json.RawMessage, n)
 		if !eachMember(raw, func(key, value []byte) { m[memberName(key)] = value }) {
 			m = nil
 		}
@@ -38,6 +43,26 @@ func fields(raw []byte, where string) (map[string]json.RawMessage, *Error) {
 	}
 	return nil, invalid("", "", "We could not parse the JSON body of your request: data after the JSON object.")
 }
+
+// payFunc charges a request's account of the budget of bytes in flight before an
+// allocation; nil charges nothing.
+type payFunc func(n int) *Error
+
+func (p payFunc) pay(n int) *Error {
+	if p == nil || n <= 0 {
+		return nil
+	}
+	return p(n)
+}
+
+// Costs charged before decoding, beyond the bytes of the text itself.
+const (
+	// memberCost is a member of a map of raw members.
+	memberCost = 64
+	// elementCost is an element decoded by encoding/json into a map or struct (rare
+	// arrays: content parts, tool calls, tools), its garbage included.
+	elementCost = 512
+)
 
 // memberName is a member's name as written (without quotes), its escapes decoded
 // (and invalid UTF-8 replaced) as encoding/json does.
@@ -293,7 +318,7 @@ func flagName(param string) string {
 // conversation costs its messages and not a copy of each one's members on the way (a
 // 15 MiB body of one-character messages once took 950 MiB of allocations to decode).
 // budget, when set, is charged for each message before it is decoded.
-func decodeMessages(raw json.RawMessage, budget func(n int) *Error) ([]chattemplate.Message, *Error) {
+func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *Error) {
 	n := 0
 	if ok, _ := eachElement(raw, func(int, []byte) *Error { n++; return nil }); !ok {
 		return nil, invalid("messages", "invalid_type", "Invalid type for 'messages': expected an array of message objects, but got %s.", jsonKind(raw))
@@ -301,24 +326,28 @@ func decodeMessages(raw json.RawMessage, budget func(n int) *Error) ([]chattempl
 	if n == 0 {
 		return nil, invalid("messages", "empty_array", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
-	if budget != nil {
-		if e := budget(n * messageCost); e != nil {
-			return nil, e
-		}
+	if e := pay.pay(n * messageCost); e != nil {
+		return nil, e
 	}
 	out := make([]chattemplate.Message, n)
 	_, e := eachElement(raw, func(i int, one []byte) *Error {
-		if budget != nil {
-			if e := budget(len(one)); e != nil { // at most what its strings take
-				return e
-			}
+		// Its strings take at most its length, and joining content parts as much again.
+		if e := pay.pay(2 * len(one)); e != nil {
+			return e
 		}
-		return decodeMessage(one, i, &out[i])
+		return decodeMessage(one, i, &out[i], pay)
 	})
 	if e != nil {
 		return nil, e
 	}
 	return out, nil
+}
+
+// elements counts the elements of raw, a valid JSON array (0 for anything else).
+func elements(raw []byte) int {
+	n := 0
+	eachElement(raw, func(int, []byte) *Error { n++; return nil })
+	return n
 }
 
 // messageCost is what a decoded message holds besides its text.
@@ -390,7 +419,7 @@ func plainString(raw []byte, s *string) bool {
 }
 
 // decodeMessage decodes message i, raw (valid JSON), into msg.
-func decodeMessage(raw []byte, i int, msg *chattemplate.Message) *Error {
+func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *Error {
 	var w wireMessage
 	if !readWireMessage(raw, &w) {
 		where := messagePath(i)
@@ -427,20 +456,20 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message) *Error {
 	if err := decodeRaw(w.Name, at("name"), &msg.Name, "a string"); err != nil {
 		return err
 	}
-	content, err := decodeContent(w.Content, at("content"))
+	content, err := decodeContent(w.Content, at("content"), pay)
 	if err != nil {
 		return err
 	}
 	msg.Content = content
-	return decodeMessageTools(&w, i, msg)
+	return decodeMessageTools(&w, i, msg, pay)
 }
 
 // decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a
 // tool result's tool_call_id.
-func decodeMessageTools(w *wireMessage, i int, msg *chattemplate.Message) *Error {
+func decodeMessageTools(w *wireMessage, i int, msg *chattemplate.Message, pay payFunc) *Error {
 	var err *Error
 	if msg.Role == chattemplate.RoleAssistant {
-		if msg.ToolCalls, err = decodeToolCalls(w.ToolCalls, messagePath(i)+".tool_calls"); err != nil {
+		if msg.ToolCalls, err = decodeToolCalls(w.ToolCalls, messagePath(i)+".tool_calls", pay); err != nil {
 			return err
 		}
 	} else if len(w.ToolCalls) > 0 {
@@ -463,7 +492,7 @@ func decodeMessageTools(w *wireMessage, i int, msg *chattemplate.Message) *Error
 }
 
 // decodeContent reads a content: a string, or an array of text parts.
-func decodeContent(raw json.RawMessage, param func() string) (string, *Error) {
+func decodeContent(raw json.RawMessage, param func() string, pay payFunc) (string, *Error) {
 	if isNull(raw) {
 		return "", nil
 	}
@@ -477,6 +506,9 @@ func decodeContent(raw json.RawMessage, param func() string) (string, *Error) {
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
+	}
+	if e := pay.pay(elements(raw) * elementCost); e != nil {
+		return "", e
 	}
 	var parts []map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &parts); err != nil {
@@ -503,9 +535,12 @@ func decodeContent(raw json.RawMessage, param func() string) (string, *Error) {
 	return b.String(), nil
 }
 
-func decodeToolCalls(raw json.RawMessage, where string) ([]chattemplate.ToolCall, *Error) {
+func decodeToolCalls(raw json.RawMessage, where string, pay payFunc) ([]chattemplate.ToolCall, *Error) {
 	if isNull(raw) {
 		return nil, nil
+	}
+	if e := pay.pay(elements(raw) * elementCost); e != nil {
+		return nil, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {
@@ -539,9 +574,12 @@ type tool struct {
 	Raw  json.RawMessage
 }
 
-func decodeTools(raw json.RawMessage) ([]tool, *Error) {
+func decodeTools(raw json.RawMessage, pay payFunc) ([]tool, *Error) {
 	if isNull(raw) {
 		return nil, nil
+	}
+	if e := pay.pay(elements(raw)*elementCost + len(raw)); e != nil {
+		return nil, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {

@@ -76,7 +76,7 @@ func TestDecodeMessagesBudget(t *testing.T) {
 	if e != nil || len(msgs) != 3 || msgs[2].Content != "more" || msgs[1].Role != "assistant" {
 		t.Fatalf("messages %+v, %v", msgs, e)
 	}
-	if len(charged) != 4 || charged[0] != 3*messageCost || charged[1] != len(`{"role":"user","content":"hello"}`) {
+	if len(charged) != 4 || charged[0] != 3*messageCost || charged[1] != 2*len(`{"role":"user","content":"hello"}`) {
 		t.Errorf("charges %v: want the messages' slice first, then each message's text before it is decoded", charged)
 	}
 	busy := &Error{Status: 429}

@@ -20,6 +20,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/openai"
@@ -138,7 +139,9 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
-	m.InflightBytes(a.d.InflightBytes)
+	budget := inflight.New(o.MaxInflightBytes)
+	a.d.SetBudget(budget)
+	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
 		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
 	})
@@ -155,7 +158,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
-			Limiter: limiter, Hangup: a.hangup, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
 		tmpl, err := o.Template()
 		if err != nil {
@@ -173,7 +176,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes, IdleTimeout: o.IdleTimeout,
-			Limiter: limiter, Hangup: a.hangup, Observer: m, Log: log.WithName("socket"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Observer: m, Log: log.WithName("socket"),
 		})
 	}
 	return a, nil

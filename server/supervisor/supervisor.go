@@ -28,8 +28,9 @@ type Options struct {
 	// Model, when set, is loaded as soon as the worker is up, and reloaded after
 	// every restart until a client destroys it.
 	Model *ModelSpec
-	// MaxQueue bounds the requests waiting for the model (16). A request over it gets
-	// ErrQueueFull at once.
+	// MaxQueue, when positive, bounds the requests waiting for the model: a request
+	// over it gets ErrQueueFull at once. Zero: no count, the queue is bounded by what
+	// its requests cost (the server's budget of bytes in flight, and its connections).
 	MaxQueue int
 	// TokenStallTimeout is the longest a run may go without a delivery, the prefill
 	// before the first token included, before the watchdog aborts it (60s).
@@ -90,9 +91,6 @@ func (o *Options) setDefaults() {
 		if *d <= 0 {
 			*d = v
 		}
-	}
-	if o.MaxQueue <= 0 {
-		o.MaxQueue = 16
 	}
 	def(&o.TokenStallTimeout, 60*time.Second)
 	def(&o.AbortTimeout, 10*time.Second)
@@ -330,8 +328,8 @@ func (s *Supervisor) Start() error {
 	return nil
 }
 
-// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue requests
-// wait already, ErrShuttingDown while draining. The request is removed from the queue
+// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue (if set)
+// requests wait already, ErrShuttingDown while draining. The request is removed from the queue
 // (ErrTimeout or ErrAborted) when ctx ends before it runs, and aborted when ctx ends
 // while it runs.
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
@@ -353,7 +351,7 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 		t.stop()
 		return nil, ErrShuttingDown
 	}
-	if n := len(s.queue); n >= s.opts.MaxQueue {
+	if n := len(s.queue); s.opts.MaxQueue > 0 && n >= s.opts.MaxQueue {
 		s.mu.Unlock()
 		t.stop()
 		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, n, s.opts.MaxQueue)
