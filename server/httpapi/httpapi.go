@@ -466,7 +466,6 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	}
 	var over *inflight.OverError
 	if errors.As(err, &over) {
-		w.Header().Set("Connection", "close") // the rest of the body is not read
 		w.Header().Set("Retry-After", strconv.Itoa(inflight.RetryAfterSeconds))
 		s.writeRPC(w, http.StatusTooManyRequests, &jsonrpc.Response{Error: jsonrpc.BusyError(err)})
 		return

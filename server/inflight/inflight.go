@@ -9,6 +9,7 @@ package inflight
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -165,11 +166,19 @@ func ReadAll(r io.Reader, a *Account, size int64) ([]byte, error) {
 // ReadBody reads a request's body, paying for it first from the request's account (in
 // its context): its size at once when the client sent a Content-Length, capped at
 // limit, which the body cannot exceed (http.MaxBytesReader), else as it comes. An
-// *OverError says the body does not fit.
+// *OverError says the body does not fit; the rest of it has then been read and thrown
+// away (within the body's limit and deadline, holding no more memory), so that the
+// client, still sending, reads the answer instead of a reset connection.
 func ReadBody(r *http.Request, limit int64) ([]byte, error) {
 	size := r.ContentLength
 	if size > limit {
 		size = limit
 	}
-	return ReadAll(r.Body, FromContext(r.Context()), size)
+	body, err := ReadAll(r.Body, FromContext(r.Context()), size)
+	var over *OverError
+	if errors.As(err, &over) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		return nil, err
+	}
+	return body, err
 }
