@@ -271,7 +271,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *Err
 			return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: strp("request_too_large"),
 				Message: fmt.Sprintf("The request body is larger than %d bytes (--max-request-bytes): shorten the conversation.", h.opts.MaxRequestBytes)}
 		case errors.As(err, &over):
-				return nil, overBudget(err)
+			return nil, overBudget(err)
 		}
 		return nil, invalid("", "", "Cannot read the request body: %v.", err)
 	}
