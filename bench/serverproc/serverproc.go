@@ -205,18 +205,24 @@ func (s *Server) Metric(name string) (float64, error) {
 }
 
 // VMRSS is a process's resident memory in bytes.
-func VMRSS(pid int) (int64, error) {
+func VMRSS(pid int) (int64, error) { return procStatus(pid, "VmRSS") }
+
+// PeakRSS is the supervisor's highest resident memory so far (VmHWM), in bytes.
+func (s *Server) PeakRSS() (int64, error) { return procStatus(s.PID(), "VmHWM") }
+
+// procStatus reads a memory figure (in kB) of /proc/PID/status, in bytes.
+func procStatus(pid int, field string) (int64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, errors.New("no " + field)
 }
 
 // Machine writes what the numbers were measured on.

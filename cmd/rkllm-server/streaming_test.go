@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -186,18 +188,22 @@ func TestSeveralInFlightOnOneConnection(t *testing.T) {
 	for _, ch := range chans {
 		results = append(results, ok[runResult](t, wait(t, ch)))
 	}
-	// Runs started in the order sent, one at a time: their answers came in that order.
-	var answered []string
-	for _, o := range c.readOrder() {
-		if id, found := strings.CutPrefix(o, "response "); found && id != fmt.Sprint(float64(len(longPrompts)+1)) {
-			answered = append(answered, id)
+	// Runs ran in the order sent: the simulator's stats list them in the order it ran
+	// them, told apart by their prefill (the prompts' lengths differ).
+	index := map[string]int{}
+	for i, r := range results {
+		index["prefill="+strconv.Itoa(r.Perf.PrefillTokens)] = i
+	}
+	var ran []int
+	for _, line := range s.statsEvents("event=run") {
+		for _, f := range strings.Fields(line) {
+			if i, found := index[f]; found {
+				ran = append(ran, i)
+			}
 		}
 	}
-	for i, id := range answered {
-		if id != fmt.Sprint(float64(i+1)) {
-			t.Errorf("answers in the order %v, want the order sent", answered)
-			break
-		}
+	if len(ran) != len(results) || !sort.IntsAreSorted(ran) {
+		t.Errorf("runs ran in the order %v, want the order sent", ran)
 	}
 	byID := map[string]*streamed{}
 	for range len(c.notes) {

@@ -40,7 +40,7 @@ const (
 	DefaultMaxArrayLen      = 1 << 20
 	DefaultMaxBatch         = 64
 	DefaultMaxPeerMessages  = 32
-	DefaultMaxInflightBytes = 256 << 20
+	DefaultMaxInflightBytes = 64 << 20
 )
 
 func (l Limits) withDefaults() Limits {
