@@ -12,8 +12,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,10 +24,13 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
-// startDefaults starts a server with the default flags (only the model, the runtime
-// and the addresses are configured) on an unpaced model.
-func startDefaults(o options, dir string) (*serverproc.Server, error) {
-	return serverproc.Start(serverproc.Options{Server: o.server, SimDir: o.simDir, ABI: o.abi, Dir: dir, Model: simulator.FastModel()})
+// startDefaults starts a server with the default flags (only the model, its context
+// length, the runtime and the addresses are configured) on an unpaced model; the
+// simulator writes a line for each run into stats.
+func startDefaults(o options, dir, stats string) (*serverproc.Server, error) {
+	m := simulator.FastModel()
+	return serverproc.Start(serverproc.Options{Server: o.server, SimDir: o.simDir, ABI: o.abi, Dir: dir, Model: m,
+		Config: map[string]any{"max-context-len": m.MaxContextLimit}, Env: []string{"RKLLM_SIM_STATS_FILE=" + stats}})
 }
 
 // client is what one client of the burst saw.
@@ -34,6 +39,7 @@ type client struct {
 	sent      time.Time
 	accepted  time.Time // the socket's run_async answer
 	firstTok  time.Time
+	prefill   int // the run's prefill_tokens: unique to the client (its prompt's length)
 	busy, bad bool
 }
 
@@ -42,7 +48,8 @@ type client struct {
 // served, the time each waited for its first token, whether the queue kept the order
 // it accepted them in, and the supervisor's peak resident memory.
 func burst(o options, dir string, n int, report io.Writer) error {
-	s, err := startDefaults(o, dir)
+	stats := filepath.Join(dir, "stats.log")
+	s, err := startDefaults(o, dir, stats)
 	if err != nil {
 		return err
 	}
@@ -84,14 +91,37 @@ func burst(o options, dir string, n int, report io.Writer) error {
 			waits = append(waits, c.firstTok.Sub(c.sent))
 		}
 	}
-	fmt.Fprintf(report, "| %s clients at once, default flags (half socket `run_async`, half HTTP streams; 8-token runs) | %d served, %d refused, %d failed in %s; wait for the first token p50 %s, p99 %s; %d of %d ordered pairs out of order; supervisor peak RSS %.1f MiB | all served, in order |\n",
-		thousands(n), served, busy, bad, took.Round(time.Millisecond), pct(waits, 50), pct(waits, 99), outOfOrder(clients), orderedPairs(clients), serverproc.MiB(peak))
+	pairs, outOfOrder, err := runOrder(clients, stats)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(report, "| %s clients at once, default flags (half socket `run_async`, half HTTP streams; 8-token runs) | %d served, %d refused, %d failed in %s; queue wait (sent to first token) p50 %s, p99 %s; %d of %d ordered pairs out of order; supervisor peak RSS %.1f MiB | all served, in order |\n",
+		thousands(n), served, busy, bad, took.Round(time.Millisecond), pct(waits, 50), pct(waits, 99), outOfOrder, pairs, serverproc.MiB(peak))
 	return nil
 }
 
-// burstRun is the run each client of the burst sends.
+// burstRun is the run each client of the burst sends: its prompt's length is unique,
+// and so is the run's prefill.
 func burstRun(method string, i int, stream bool) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":%q,"params":{"stream":%v,"input":{"prompt_input":"burst %d"},"infer_params":{"max_new_tokens":8}}}`, i, method, stream, i)
+	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":%q,"params":{"stream":%v,"input":{"prompt_input":"%s"},"infer_params":{"max_new_tokens":8}}}`,
+		i, method, stream, strings.Repeat("#", i+1))
+}
+
+// prefillOf reads the prefill_tokens of a final answer.
+func prefillOf(line []byte) int {
+	_, rest, found := bytes.Cut(line, []byte(`"prefill_tokens":`))
+	if !found {
+		return -1
+	}
+	end := bytes.IndexAny(rest, ",}")
+	if end < 0 {
+		return -1
+	}
+	n, err := strconv.Atoi(string(rest[:end]))
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 func burstSocket(s *serverproc.Server, i int, c *client) {
@@ -123,6 +153,7 @@ func burstSocket(s *serverproc.Server, i int, c *client) {
 		case bytes.Contains(line, []byte(`"rkllm.result"`)) && c.firstTok.IsZero():
 			c.firstTok = time.Now()
 		case bytes.Contains(line, []byte(`"rkllm.done"`)):
+			c.prefill = prefillOf(line)
 			return
 		case bytes.Contains(line, []byte(`"result"`)):
 			c.accepted = time.Now()
@@ -158,46 +189,68 @@ func burstHTTP(s *serverproc.Server, httpc *http.Client, i int, c *client) {
 		if bytes.Contains(line, []byte(`"error"`)) {
 			c.bad = true
 		}
+		if bytes.Contains(line, []byte(`"result"`)) {
+			c.prefill = prefillOf(line)
+		}
 	}
 }
 
-// orderedPairs counts the pairs whose order the queue promised: a socket client the
-// server had accepted before another client sent its run.
-func orderedPairs(clients []client) int {
-	n := 0
+// runOrder checks the order the runtime ran the clients in (the simulator's stats,
+// one line a run, told apart by prefill: the prompts' lengths differ) against the order the queue promised: a socket
+// client the server had accepted before another client sent its run runs first. It
+// returns the pairs so promised and how many ran the other way round.
+func runOrder(clients []client, stats string) (pairs, outOfOrder int, err error) {
+	raw, err := os.ReadFile(stats)
+	if err != nil {
+		return 0, 0, err
+	}
+	// The first run also prefills the system prompt, so its prefill may equal another
+	// run's: such runs cannot be told apart and are left out.
+	position := map[int]int{} // prefill -> the run's place
+	twice := map[int]bool{}
+	runs := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(line, "event=run") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, found := strings.CutPrefix(f, "prefill="); found {
+				if n, err := strconv.Atoi(v); err == nil {
+					if _, dup := position[n]; dup {
+						twice[n] = true
+					}
+					position[n] = runs
+				}
+			}
+		}
+		runs++
+	}
+	for n := range twice {
+		delete(position, n)
+	}
 	for _, a := range clients {
-		if !a.socket || a.accepted.IsZero() || a.firstTok.IsZero() {
+		pa, ranA := position[a.prefill]
+		if !a.socket || a.accepted.IsZero() || !ranA {
 			continue
 		}
 		for _, b := range clients {
-			if !b.firstTok.IsZero() && a.accepted.Before(b.sent) {
-				n++
+			pb, ranB := position[b.prefill]
+			if !ranB || !a.accepted.Before(b.sent) {
+				continue
+			}
+			pairs++
+			if pb < pa {
+				outOfOrder++
 			}
 		}
 	}
-	return n
-}
-
-// outOfOrder counts those pairs whose runs started the other way round.
-func outOfOrder(clients []client) int {
-	n := 0
-	for _, a := range clients {
-		if !a.socket || a.accepted.IsZero() || a.firstTok.IsZero() {
-			continue
-		}
-		for _, b := range clients {
-			if !b.firstTok.IsZero() && a.accepted.Before(b.sent) && b.firstTok.Before(a.firstTok) {
-				n++
-			}
-		}
-	}
-	return n
+	return pairs, outOfOrder, nil
 }
 
 // longChats sends 8 chats at once, each a 15 MiB body of one-character messages, and
 // reports what they got and the supervisor's peak resident memory.
 func longChats(o options, dir string, report io.Writer) error {
-	s, err := startDefaults(o, dir)
+	s, err := startDefaults(o, dir, os.DevNull)
 	if err != nil {
 		return err
 	}
@@ -269,7 +322,7 @@ func sortedKeys(m map[int]int) []int {
 // default flags (a tenth HTTP keep-alive, the rest socket, each answered once), then
 // times the probes on the probe listener.
 func probesWithSlotsTaken(o options, dir string, report io.Writer) error {
-	s, err := startDefaults(o, dir)
+	s, err := startDefaults(o, dir, os.DevNull)
 	if err != nil {
 		return err
 	}
