@@ -95,7 +95,7 @@ func burst(o options, dir string, n int, report io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| %s clients at once, default flags (half socket `run_async`, half HTTP streams; 8-token runs) | %d served, %d refused, %d failed in %s; queue wait (sent to first token) p50 %s, p99 %s; %d of %d ordered pairs out of order; supervisor peak RSS %.1f MiB | all served, in order |\n",
+	_, _ = fmt.Fprintf(report, "| %s clients at once, default flags (half socket `run_async`, half HTTP streams; 8-token runs) | %d served, %d refused, %d failed in %s; queue wait (sent to first token) p50 %s, p99 %s; %d of %d ordered pairs out of order; supervisor peak RSS %.1f MiB | all served, in order |\n",
 		thousands(n), served, busy, bad, took.Round(time.Millisecond), pct(waits, 50), pct(waits, 99), outOfOrder, pairs, serverproc.MiB(peak))
 	return nil
 }
@@ -195,21 +195,14 @@ func burstHTTP(s *serverproc.Server, httpc *http.Client, i int, c *client) {
 	}
 }
 
-// runOrder checks the order the runtime ran the clients in (the simulator's stats,
-// one line a run, told apart by prefill: the prompts' lengths differ) against the order the queue promised: a socket
-// client the server had accepted before another client sent its run runs first. It
-// returns the pairs so promised and how many ran the other way round.
-func runOrder(clients []client, stats string) (pairs, outOfOrder int, err error) {
-	raw, err := os.ReadFile(stats)
-	if err != nil {
-		return 0, 0, err
-	}
-	// The first run also prefills the system prompt, so its prefill may equal another
-	// run's: such runs cannot be told apart and are left out.
-	position := map[int]int{} // prefill -> the run's place
+// runPositions maps each run's prefill to its place in the simulator's stats. The first
+// run also prefills the system prompt, so its prefill may equal another run's: such
+// runs cannot be told apart and are left out.
+func runPositions(stats string) map[int]int {
+	position := map[int]int{}
 	twice := map[int]bool{}
 	runs := 0
-	for _, line := range strings.Split(string(raw), "\n") {
+	for _, line := range strings.Split(stats, "\n") {
 		if !strings.Contains(line, "event=run") {
 			continue
 		}
@@ -228,6 +221,19 @@ func runOrder(clients []client, stats string) (pairs, outOfOrder int, err error)
 	for n := range twice {
 		delete(position, n)
 	}
+	return position
+}
+
+// runOrder checks the order the runtime ran the clients in (the simulator's stats,
+// one line a run, told apart by prefill: the prompts' lengths differ) against the order the queue promised: a socket
+// client the server had accepted before another client sent its run runs first. It
+// returns the pairs so promised and how many ran the other way round.
+func runOrder(clients []client, stats string) (pairs, outOfOrder int, err error) {
+	raw, err := os.ReadFile(stats)
+	if err != nil {
+		return 0, 0, err
+	}
+	position := runPositions(string(raw))
 	for _, a := range clients {
 		pa, ranA := position[a.prefill]
 		if !a.socket || a.accepted.IsZero() || !ranA {
@@ -304,7 +310,7 @@ func longChats(o options, dir string, report io.Writer) error {
 	for _, c := range sortedKeys(counts) {
 		parts = append(parts, fmt.Sprintf("%d x %d", counts[c], c))
 	}
-	fmt.Fprintf(report, "| 8 chats at once over `/v1/`, each %.1f MiB of %s one-character messages, default flags | answered %s (400: longer than the model's context, so each was decoded and rendered; 429: over `--max-inflight-bytes`); supervisor RSS %.1f MiB before, peak %.1f MiB | peak < 300 MiB |\n",
+	_, _ = fmt.Fprintf(report, "| 8 chats at once over `/v1/`, each %.1f MiB of %s one-character messages, default flags | answered %s (400: longer than the model's context, so each was decoded and rendered; 429: over `--max-inflight-bytes`); supervisor RSS %.1f MiB before, peak %.1f MiB | peak < 300 MiB |\n",
 		serverproc.MiB(int64(len(body))), thousands(messages), strings.Join(parts, ", "), serverproc.MiB(before), serverproc.MiB(peak))
 	return nil
 }
@@ -384,7 +390,7 @@ func probesWithSlotsTaken(o options, dir string, report io.Writer) error {
 			took = append(took, time.Since(start))
 		}
 	}
-	fmt.Fprintf(report, "| probes (`/livez`, `/readyz`, `/healthz`, `/metrics` on `--probe-listen`) with all %s client slots taken (the next client %s) | %d answered, %d failed; p50 %s, p99 %s, max %s | every probe answered < 100 ms |\n",
+	_, _ = fmt.Fprintf(report, "| probes (`/livez`, `/readyz`, `/healthz`, `/metrics` on `--probe-listen`) with all %s client slots taken (the next client %s) | %d answered, %d failed; p50 %s, p99 %s, max %s | every probe answered < 100 ms |\n",
 		thousands(slots), refused, len(took)-failed, failed, pct(took, 50), pct(took, 99), pct(took, 100))
 	return nil
 }

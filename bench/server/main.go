@@ -85,7 +85,7 @@ func run(o options) error {
 	began := time.Now()
 	report := &strings.Builder{}
 	serverproc.Machine(report)
-	fmt.Fprintf(report, "\n| measurement | result | target |\n|---|---|---|\n")
+	_, _ = fmt.Fprintf(report, "\n| measurement | result | target |\n|---|---|---|\n")
 	if o.only != "defaults" {
 		if err := tuned(o, dir, report); err != nil {
 			return err
@@ -94,7 +94,7 @@ func run(o options) error {
 	if err := defaults(o, dir, report); err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "\n(%s in all)\n", time.Since(began).Round(time.Second))
+	_, _ = fmt.Fprintf(report, "\n(%s in all)\n", time.Since(began).Round(time.Second))
 	fmt.Print(report.String())
 	return nil
 }
@@ -122,15 +122,15 @@ func tuned(o options, dir string, report io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| time to first token, idle (send to first token at the client, 50 runs) | p50 %s, p99 %s | |\n", pct(ttft, 50), pct(ttft, 99))
+	_, _ = fmt.Fprintf(report, "| time to first token, idle (send to first token at the client, 50 runs) | p50 %s, p99 %s | |\n", pct(ttft, 50), pct(ttft, 99))
 	handover, err := b.ttftQueued(100)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| time to first token with 100 clients queued (previous answer at its client to the next run's first token, 100 runs) | p50 %s, p99 %s | |\n", pct(handover, 50), pct(handover, 99))
+	_, _ = fmt.Fprintf(report, "| time to first token with 100 clients queued (previous answer at its client to the next run's first token, 100 runs) | p50 %s, p99 %s | |\n", pct(handover, 50), pct(handover, 99))
 
-	fmt.Fprintf(report, "| RSS idle, supervisor (model loaded) | %.1f MiB | < 30 MiB |\n", serverproc.MiB(idleSup))
-	fmt.Fprintf(report, "| RSS idle, worker (simulator and model loaded) | %.1f MiB | |\n", serverproc.MiB(idleWorker))
+	_, _ = fmt.Fprintf(report, "| RSS idle, supervisor (model loaded) | %.1f MiB | < 30 MiB |\n", serverproc.MiB(idleSup))
+	_, _ = fmt.Fprintf(report, "| RSS idle, worker (simulator and model loaded) | %.1f MiB | |\n", serverproc.MiB(idleWorker))
 	held, failed, err := b.holdConnections(o.connections)
 	if err != nil {
 		return err
@@ -139,7 +139,7 @@ func tuned(o options, dir string, report io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| %d connections held, each answered once | %d held, %d failed; supervisor RSS %.1f MiB | all held without error |\n",
+	_, _ = fmt.Fprintf(report, "| %d connections held, each answered once | %d held, %d failed; supervisor RSS %.1f MiB | all held without error |\n",
 		o.connections, held, failed, serverproc.MiB(sup))
 	return nil
 }

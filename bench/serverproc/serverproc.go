@@ -68,11 +68,7 @@ func Start(o Options) (*Server, error) {
 	if err := simulator.WriteModel(model, o.Model); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	probeAddr, err := freeAddr()
+	addr, probeAddr, err := freeAddrs()
 	if err != nil {
 		return nil, err
 	}
@@ -251,6 +247,16 @@ func MiB(b int64) float64 { return float64(b) / (1 << 20) }
 func Dial(network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(context.Background(), network, addr)
+}
+
+// freeAddrs are two loopback addresses with ports free now.
+func freeAddrs() (string, string, error) {
+	a, err := freeAddr()
+	if err != nil {
+		return "", "", err
+	}
+	b, err := freeAddr()
+	return a, b, err
 }
 
 // freeAddr is a loopback address with a port free now.

@@ -346,7 +346,7 @@ func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *
 // elements counts the elements of raw, a valid JSON array (0 for anything else).
 func elements(raw []byte) int {
 	n := 0
-	eachElement(raw, func(int, []byte) *Error { n++; return nil })
+	_, _ = eachElement(raw, func(int, []byte) *Error { n++; return nil })
 	return n
 }
 
