@@ -198,11 +198,11 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/openai:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
 
 .PHONY: fuzz
-fuzz: ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target.
+fuzz: ## Fuzz the message decoder, parameter validation and /v1/'s body walker, FUZZTIME (2m) per target.
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ || exit 1; \
 	done
