@@ -37,8 +37,9 @@ func (f HandlerFunc) ServeRPC(ctx context.Context, call *Call) (any, error) { re
 type Peer struct {
 	// Transport is "http" or "unix".
 	Transport string
-	// ID identifies the connection among all connections (it owns the requests it
-	// started, for rkllm.abort).
+	// ID names the owner of the requests that arrive on it, for rkllm.abort: a socket
+	// connection owns its own; over HTTP, the API key a request presents owns the
+	// requests made with it (every request when no key is configured).
 	ID string
 	// Admin is true when state-changing methods are allowed on this connection.
 	Admin bool
