@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -113,7 +114,7 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 	if e := pay.pay(estimate); e != nil {
 		return nil, e
 	}
-	prompt, err := tmpl.Render(conv)
+	prompt, err := tmpl.Render(r.Context(), conv)
 	if extra := len(prompt) - estimate; err == nil && extra > 0 {
 		if e := pay.pay(extra); e != nil {
 			return nil, e
@@ -121,7 +122,8 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 	}
 	if err != nil {
 		if errors.Is(err, chattemplate.ErrInvalid) {
-			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %v.", tmpl.Name(), err)
+			why := strings.TrimPrefix(err.Error(), chattemplate.ErrInvalid.Error()+": ")
+			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %s.", tmpl.Name(), why)
 		}
 		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
 	}

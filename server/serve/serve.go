@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
@@ -27,6 +28,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -101,6 +103,8 @@ type app struct {
 	metrics  *metrics.Metrics
 	hangup   *hangup.Watcher
 	serveErr chan error
+	// templates renders --chat-template-file in renderer processes (nil without one).
+	templates *templatehost.Host
 }
 
 // build creates the parts without starting anything.
@@ -166,7 +170,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
 			Limiter: limiter, Hangup: a.hangup, Budget: budget, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
-		tmpl, err := o.Template()
+		tmpl, err := a.chatTemplate(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -187,6 +191,30 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	}
 	return a, nil
 }
+
+// chatTemplate is the template of /v1/: a preset or custom one, or a Jinja file
+// rendered by renderer processes (started by start).
+func (a *app) chatTemplate(opts Options) (chattemplate.Template, error) {
+	src, err := a.o.JinjaTemplate()
+	if err != nil || src == nil {
+		if err != nil {
+			return nil, err
+		}
+		return a.o.Template()
+	}
+	a.templates = templatehost.New(templatehost.Options{
+		Template: src,
+		Command: func() *exec.Cmd {
+			return exec.CommandContext(context.Background(), opts.Executable, RendererArgs...) //nolint:gosec // our own binary
+		},
+		Timeout: a.o.ChatTemplateTimeout, MaxMemory: a.o.ChatTemplateMaxMemory, MaxOutput: a.o.ChatTemplateMaxOutput,
+		Renderers: a.o.ChatTemplateRenderers, StartTimeout: a.o.WorkerStartTimeout, Log: a.log.WithName("chattemplate"),
+	})
+	return a.templates, nil
+}
+
+// RendererArgs are the arguments of the chat template renderer subcommand.
+var RendererArgs = []string{"render-chat-template"}
 
 // listen opens the listeners first, so a taken port fails the start at once.
 func (a *app) listen() (err error) {
@@ -217,8 +245,19 @@ func (a *app) listen() (err error) {
 	return nil
 }
 
-// start starts the supervisor and serves on the listeners.
+// start checks the chat template (a Jinja file must render a test conversation within
+// its bounds, or the server does not start), starts the supervisor and serves on the
+// listeners.
 func (a *app) start(opts Options) error {
+	if a.templates != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.o.WorkerStartTimeout+a.o.ChatTemplateTimeout)
+		err := a.templates.Start(ctx)
+		cancel()
+		if err != nil {
+			a.templates.Close()
+			return err
+		}
+	}
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
@@ -276,6 +315,9 @@ func (a *app) shutdown() error {
 		}
 	}
 	_ = a.hangup.Close()
+	if a.templates != nil {
+		a.templates.Close()
+	}
 	for range cap(a.serveErr) {
 		select {
 		case err := <-a.serveErr:
