@@ -20,9 +20,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
@@ -291,9 +293,26 @@ func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Han
 // Listen opens the listen address.
 func (s *Server) Listen() (net.Listener, error) { return ListenTCP(s.opts.Addr) }
 
-// ListenTCP opens a TCP listen address.
+// deferAcceptSeconds is how long the kernel holds a new connection that has sent
+// nothing before handing it over anyway (TCP_DEFER_ACCEPT).
+const deferAcceptSeconds = 5
+
+// ListenTCP opens a TCP listen address whose connections are handed to the server once
+// they have sent something (TCP_DEFER_ACCEPT, as nginx's deferred): an HTTP client
+// speaks first, so a connection refused over the cap is answered after its request
+// has arrived (a client that gets an answer before it has written takes it for a
+// broken connection), and one that sends nothing costs the server no descriptor
+// meanwhile.
 func ListenTCP(addr string) (net.Listener, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, deferAcceptSeconds) //nolint:gosec // descriptors fit an int
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
