@@ -218,7 +218,7 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/openai:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
 # The end-to-end target: each input is a request to a server whose worker runs the
 # AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its
@@ -227,7 +227,7 @@ E2E_FUZZ_TARGET := cmd/rkllm-server:FuzzServe
 E2E_FUZZTIME ?= $(FUZZTIME)
 
 .PHONY: fuzz
-fuzz: sim-asan ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target, then the server end to end for E2E_FUZZTIME.
+fuzz: sim-asan ## Fuzz the message decoder, parameter validation and /v1/'s body walker, FUZZTIME (2m) per target, then the server end to end for E2E_FUZZTIME.
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ || exit 1; \
 	done

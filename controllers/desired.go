@@ -75,6 +75,7 @@ const (
 const (
 	serverContainer = "server"
 	httpPortName    = "http"
+	probePortName   = "probes"
 	volConfig       = "config"
 	volModels       = "models"
 	volRun          = "run"
@@ -270,6 +271,7 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"runtime-abi":      spec.GetABI(),
 		"runtime-lib":      runtimeLib(spec),
 		"listen":           fmt.Sprintf(":%d", spec.GetPort()),
+		"probe-listen":     fmt.Sprintf(":%d", probePort(spec)),
 		"socket":           socketPath,
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
 		// The startup probe's budget is also the longest rkllm_init may take.
@@ -673,12 +675,22 @@ func fetchContainer(spec *inferencev1alpha1.RKLLMModelSpec, f modelFile, image s
 	return c
 }
 
+// probePort is the server's probe listener (--probe-listen), which client connections
+// cannot fill: 8081, or 8082 when the model's HTTP port is 8081. The Service does not
+// expose it.
+func probePort(spec *inferencev1alpha1.RKLLMModelSpec) int32 {
+	if spec.GetPort() == 8081 {
+		return 8082
+	}
+	return 8081
+}
+
 // serverContainerSpec runs `rkllm-server serve` with the NPU, probes and a graceful stop.
 func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile, image string, pull corev1.PullPolicy,
 	resources *corev1ac.ResourceRequirementsApplyConfiguration) *corev1ac.ContainerApplyConfiguration {
 	spec := &model.Spec
 	probe := func(p string) *corev1ac.ProbeApplyConfiguration {
-		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(p).WithPort(intstr.FromString(httpPortName)))
+		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(p).WithPort(intstr.FromString(probePortName)))
 	}
 	startupFailures := int32(spec.GetStartupTimeout().Seconds()) / startupProbePeriod
 	if startupFailures < 1 {
@@ -710,7 +722,8 @@ func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile,
 		WithImage(image).
 		WithCommand(serverBinary).
 		WithArgs("serve", "--config", path.Join(configDir, configFileName)).
-		WithPorts(corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(spec.GetPort()).WithProtocol(corev1.ProtocolTCP)).
+		WithPorts(corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(spec.GetPort()).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(probePortName).WithContainerPort(probePort(spec)).WithProtocol(corev1.ProtocolTCP)).
 		WithResources(resources).
 		WithStartupProbe(probe("/readyz").
 			WithPeriodSeconds(startupProbePeriod).WithTimeoutSeconds(5).WithFailureThreshold(startupFailures)).

@@ -491,8 +491,9 @@ type ServerSpec struct {
 	// +optional
 	Port *int32 `json:"port,omitempty"`
 
-	// maxQueue is how many requests may wait for the NPU; more are refused at once.
-	// Default: the server's (16).
+	// maxQueue is a count of requests that may wait for the NPU; more are refused at
+	// once. Default: no count; the server bounds its queue by the memory the requests
+	// hold (its max-inflight-bytes) and by its connections.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
 	// +optional

@@ -137,6 +137,8 @@ func hostileInputs() []hostile {
 		{name: "params for a method without", msg: req("rkllm.is_running", `{"x":1}`), code: -32602, field: "x"},
 		{name: "abort of an unknown run", msg: req("rkllm.abort", `{"request_id":"r-999999"}`), code: -32602, field: "request_id"},
 		{name: "abort over HTTP without an id", msg: req("rkllm.abort", `{}`), http: true, code: -32602, field: "request_id"},
+		{name: "abort of a guessed id over HTTP", msg: req("rkllm.abort", `{"request_id":"r-1"}`), http: true, code: -32602, field: "request_id"},
+		{name: "abort of a guessed long id", msg: req("rkllm.abort", `{"request_id":"r-00000000000000000000000000000001"}`), code: -32602, field: "request_id"},
 		{name: "init is_async", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","is_async":true}}`), code: -32602, field: "param.is_async"},
 		{name: "init n_batch 0", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","extend_param":{"n_batch":0}}}`), code: -32602, field: "param.extend_param.n_batch"},
 		{name: "NUL in a path", msg: req("rkllm.load_prompt_cache", `{"prompt_cache_path":"a\u0000b"}`), code: -32602, field: "prompt_cache_path"},

@@ -91,6 +91,9 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	f.d.Register("echo", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		return map[string]any{"admin": c.Peer.Admin, "persistent": c.Peer.Persistent, "can_notify": c.CanNotify()}, nil
 	}))
+	f.d.Register("owner", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
+		return c.Peer.ID, nil
+	}))
 	f.d.Register("stream", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		for i := range 3 {
 			if err := c.Notify("tick", map[string]int{"i": i}); err != nil {
@@ -198,7 +201,7 @@ func TestRPC(t *testing.T) {
 }
 
 func TestAPIKey(t *testing.T) {
-	f := newFixture(t, Options{APIKey: "s3cret", Admin: true})
+	f := newFixture(t, Options{APIKeys: []string{"s3cret", "other"}, Admin: true})
 	resp, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`)
 	if resp.StatusCode != 401 || !strings.Contains(body, "-32007") || resp.Header.Get("WWW-Authenticate") == "" {
 		t.Errorf("without a key: %d %s", resp.StatusCode, body)
@@ -210,6 +213,19 @@ func TestAPIKey(t *testing.T) {
 	resp, body = post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`, "Authorization", "Bearer s3cret")
 	if resp.StatusCode != 200 || !strings.Contains(body, `"admin":true`) {
 		t.Errorf("right key: %d %s", resp.StatusCode, body)
+	}
+	// Each key owns the runs its requests start, under a name that does not show it.
+	owners := map[string]bool{}
+	for _, key := range []string{"s3cret", "other", "s3cret"} {
+		_, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"owner"}`, "Authorization", "Bearer "+key)
+		var r struct{ Result string }
+		if err := json.Unmarshal([]byte(body), &r); err != nil || r.Result == "" || strings.Contains(r.Result, key) {
+			t.Fatalf("owner of a request with key %q: %s", key, body)
+		}
+		owners[r.Result] = true
+	}
+	if len(owners) != 2 {
+		t.Errorf("owners of requests with two keys: %v, want one a key", owners)
 	}
 	// Probes and metrics need no key.
 	if resp, _ := get(t, f.base+"/livez"); resp.StatusCode != 200 {

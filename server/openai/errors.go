@@ -1,11 +1,14 @@
 package openai
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
@@ -63,6 +66,26 @@ func modelNotFound(model, served string) *Error {
 func unavailable(reason string) *Error {
 	return &Error{Status: http.StatusServiceUnavailable, Type: typeServer, Code: strp("service_unavailable"), RetryAfter: "5",
 		Message: "The server is not ready: " + reason + ". Retry later."}
+}
+
+// overBudget answers a request that does not fit the budget of bytes in flight.
+func overBudget(err error) *Error {
+	return &Error{Status: http.StatusTooManyRequests, Type: typeRateLimit, Code: strp("rate_limit_exceeded"), RetryAfter: strconv.Itoa(inflight.RetryAfterSeconds),
+		Message: "The server is busy: " + err.Error() + "."}
+}
+
+// payFor charges the request's account (in ctx) before an allocation.
+func payFor(ctx context.Context) payFunc {
+	acct := inflight.FromContext(ctx)
+	if acct == nil {
+		return nil
+	}
+	return func(n int) *Error {
+		if err := acct.Charge(n); err != nil {
+			return overBudget(err)
+		}
+		return nil
+	}
 }
 
 // fromBackend maps the supervisor's errors.

@@ -2,8 +2,9 @@ package rkllmrpc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
-	"strconv"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -79,13 +80,21 @@ func (s *Service) checkPromptCache(c *jsonrpc.Call, pc *runtime.PromptCacheParam
 	return err
 }
 
+// newRequestID names a run with 128 random bits: the id is what lets a caller abort
+// the run (over HTTP, with the same API key), so it must not be guessable.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics rather than return short)
+	return "r-" + hex.EncodeToString(b[:])
+}
+
 // run serves rkllm.run and rkllm.run_async.
 func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, error) {
 	plan, err := s.plan(c, async)
 	if err != nil {
 		return nil, err
 	}
-	id := "r-" + strconv.FormatUint(s.ids.Add(1), 10)
+	id := newRequestID()
 	acc := newRunAcc(id, len(plan.inputs), plan.batch, plan.base64)
 	// An asynchronous run's notifications wait until its handle has been sent, so a
 	// client never sees a request_id before the response that names it. Not in a batch:

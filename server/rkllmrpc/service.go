@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -49,7 +48,6 @@ type Service struct {
 	b    Backend
 	opts Options
 	dir  modelDir
-	ids  atomic.Uint64
 }
 
 // New returns the service; the model directory must exist.

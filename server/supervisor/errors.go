@@ -10,7 +10,7 @@ import (
 
 // Errors the supervisor returns; callers (the JSON-RPC methods) map them to codes.
 var (
-	// ErrQueueFull: the queue holds MaxQueue requests already.
+	// ErrQueueFull: the queue holds MaxQueue requests already (when MaxQueue is set).
 	ErrQueueFull = errors.New("queue full")
 	// ErrModelNotLoaded: the request needs a model and none is loaded.
 	ErrModelNotLoaded = errors.New("model not loaded")

@@ -29,8 +29,9 @@ type Options struct {
 	// Model, when set, is loaded as soon as the worker is up, and reloaded after
 	// every restart until a client destroys it.
 	Model *ModelSpec
-	// MaxQueue bounds the requests waiting for the model (16). A request over it gets
-	// ErrQueueFull at once.
+	// MaxQueue, when positive, bounds the requests waiting for the model: a request
+	// over it gets ErrQueueFull at once. Zero: no count, the queue is bounded by what
+	// its requests cost (the server's budget of bytes in flight, and its connections).
 	MaxQueue int
 	// TokenStallTimeout is the longest a run may go without a delivery before the
 	// watchdog aborts it (60s). Before the first delivery the run also gets its
@@ -105,9 +106,6 @@ func (o *Options) setDefaults() {
 		if *d <= 0 {
 			*d = v
 		}
-	}
-	if o.MaxQueue <= 0 {
-		o.MaxQueue = 16
 	}
 	def(&o.TokenStallTimeout, 60*time.Second)
 	def(&o.AbortTimeout, 10*time.Second)
@@ -373,8 +371,8 @@ func (s *Supervisor) Start() error {
 	return nil
 }
 
-// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue requests
-// wait already, ErrShuttingDown while draining. The request is removed from the queue
+// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue (if set)
+// requests wait already, ErrShuttingDown while draining. The request is removed from the queue
 // (ErrTimeout or ErrAborted) when ctx ends before it runs, and aborted when ctx ends
 // while it runs.
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
@@ -396,7 +394,7 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 		t.stop()
 		return nil, ErrShuttingDown
 	}
-	if n := len(s.queue); n >= s.opts.MaxQueue {
+	if n := len(s.queue); s.opts.MaxQueue > 0 && n >= s.opts.MaxQueue {
 		s.mu.Unlock()
 		t.stop()
 		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, n, s.opts.MaxQueue)
@@ -478,7 +476,7 @@ func (s *Supervisor) Abort(owner, id string) ([]string, error) {
 		}
 	}
 	if id != "" && running == nil && len(queued) == 0 {
-		return nil, fmt.Errorf("%w: %q is not a queued or running request of this connection", ErrNoSuchRequest, id)
+		return nil, fmt.Errorf("%w: %q is not a queued or running request of this caller (on the socket: of this connection; over HTTP: started with the same API key)", ErrNoSuchRequest, id)
 	}
 	return stopped, nil
 }
