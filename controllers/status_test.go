@@ -74,16 +74,16 @@ func crashLooping(name string, code int32, msg string, at metav1.Time) corev1.Co
 }
 
 type want struct {
-	phase        inferencev1alpha1.Phase
-	conds        map[string]string // type -> "Status/Reason"; absent types must be absent
-	observedGen  int64
-	failureExit  *int32
-	failureCont  string
-	failureTime  *metav1.Time
-	messageHas   string // in the Ready message
+	phase       inferencev1alpha1.Phase
+	conds       map[string]string // type -> "Status/Reason"; absent types must be absent
+	observedGen int64
+	failureExit *int32
+	failureCont string
+	failureTime *metav1.Time
+	messageHas  string // in the Ready message
 	// failureReason is the reason of a lastFailure without an exit code (a waiting container).
 	failureReason string
-	readyReplica int32
+	readyReplica  int32
 	// kstatus is what cli-utils' kstatus computes; argo what the shipped Argo CD health
 	// check says.
 	kstatus status.Status
