@@ -414,18 +414,17 @@ func inspectCurrentPod(pod *corev1.Pod, mountFailure string, r *podReport) {
 		}
 	}
 	if mountFailure != "" && !containersStarted(pod) {
-		// The kubelet mounts volumes before it starts any container; what it cannot mount
-		// shows only in its events.
-		if p := secretProblem("the server pod cannot start", mountFailure); p != nil {
-			setProblem(r, p)
-		} else if r.mountFailed == "" {
-			r.mountFailed = truncate(mountFailure)
-		}
+		inspectMountFailure(mountFailure, r)
 		return
 	}
 	if !inspectInitContainers(pod, r) {
 		return
 	}
+	inspectServerContainer(pod, r)
+}
+
+// inspectServerContainer reports the server container of a pod past its downloads.
+func inspectServerContainer(pod *corev1.Pod, r *podReport) {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if cs.Name != serverContainer {
 			continue
@@ -440,6 +439,17 @@ func inspectCurrentPod(pod *corev1.Pod, mountFailure string, r *podReport) {
 		} else if cs.State.Running != nil && !cs.Ready {
 			r.loading = true
 		}
+	}
+}
+
+// inspectMountFailure reports a volume the kubelet cannot mount. It mounts volumes
+// before it starts any container, and what it cannot mount shows only in its events: a
+// missing Secret or key needs someone; anything else it may get over.
+func inspectMountFailure(msg string, r *podReport) {
+	if p := secretProblem("the server pod cannot start", msg); p != nil {
+		setProblem(r, p)
+	} else if r.mountFailed == "" {
+		r.mountFailed = truncate(msg)
 	}
 }
 

@@ -72,7 +72,7 @@ func TestReconcileDependencies(t *testing.T) {
 				}
 				return c.Get(ctx, key, obj, opts...)
 			}}
-			c = interceptor.NewClient(c.(client.WithWatch), noSecrets)
+			c = interceptor.NewClient(c, noSecrets)
 			r := &RKLLMModelReconciler{Client: c, APIReader: c, Scheme: scheme}
 			_, err := r.reconcileDependencies(context.Background(), unitModel(tc.model), &observation{})
 			var be *blockedError
