@@ -75,7 +75,8 @@ type RKLLMModelReconciler struct {
 	// objects) and writes to the API server.
 	client.Client
 	// APIReader reads straight from the API server: PVCs, the kubelet's events about
-	// server pods, and objects the cache cannot see. The operator never reads Secrets.
+	// server pods, and each child just before it is applied. The operator never reads
+	// Secrets.
 	APIReader client.Reader
 	Scheme    *runtime.Scheme
 	Recorder  events.EventRecorder
@@ -246,12 +247,10 @@ func (r *RKLLMModelReconciler) reconcileService(ctx context.Context, model *infe
 func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alpha1.RKLLMModel, desired runtime.ApplyConfiguration, name string, into client.Object) error {
 	kind := kindOf(into, r.Scheme)
 	key := client.ObjectKey{Namespace: model.Namespace, Name: name}
-	err := r.Get(ctx, key, into)
-	if apierrors.IsNotFound(err) {
-		// The cache holds only objects labelled as the operator's; ask the API server
-		// whether someone else's object has this name.
-		err = r.APIReader.Get(ctx, key, into)
-	}
+	// Read from the API server, not the cache: the cache holds only objects labelled as
+	// the operator's (someone else's object may have the name), and it can lag behind the
+	// operator's own last apply, which would make that apply look new again.
+	err := r.APIReader.Get(ctx, key, into)
 	existed := err == nil
 	switch {
 	case apierrors.IsNotFound(err):
