@@ -289,9 +289,10 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 }
 
 // changedByApply reports whether an apply changed the object: whether before and after
-// differ in the fields the operator applies now or applied last time. Others' writes
-// (status, the Deployment controller's annotations, a scale by someone else's field
-// manager) are not the operator's changes, and a new resourceVersion alone says nothing.
+// differ in the fields the operator applies now or applied last time. Others' writes to
+// other fields (status, the Deployment controller's annotations) are not the operator's
+// changes, and a new resourceVersion alone says nothing; taking back a field someone else
+// changed is.
 // When the fields cannot be worked out it says true: an extra event beats a lost one.
 func (r *RKLLMModelReconciler) changedByApply(ctx context.Context, desired runtime.ApplyConfiguration, before, after client.Object) bool {
 	changed, err := appliedFieldsDiffer(r.converter(), desired, before, after)
