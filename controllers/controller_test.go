@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -455,12 +456,17 @@ func TestMissingAPIKeySecretIsTheKubeletsReport(t *testing.T) {
 		ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "PodInitializing", "")},
 	}
 	pod := serverPod(t, d, starting, true)
+	// The kubelet retries the mount and reports each failure; the newest report counts.
+	at := metav1.Now()
 	for _, c := range []struct{ reason, kubelet string }{
 		{inferencev1alpha1.ReasonSecretNotFound, `MountVolume.SetUp failed for volume "config" : secret "api" not found`},
 		{inferencev1alpha1.ReasonSecretKeyNotFound, `MountVolume.SetUp failed for volume "config" : references non-existent secret key: token`},
 	} {
-		kubeletEvent(t, pod, eventFailedMount, c.kubelet)
-		writeDeploymentStatus(t, d, false, nil)
+		at = metav1.NewTime(at.Add(time.Minute))
+		kubeletEvent(t, pod, eventFailedMount, c.kubelet, at)
+		// Nothing the controller watches changed: it reads the kubelet's events when it
+		// looks again (every ProgressInterval), or, as here, when something wakes it.
+		poke(t, d, c.reason)
 		m := getReconciled(t, ns, "with-key", c.reason, func(m *inferencev1alpha1.RKLLMModel) error {
 			return conditionIs(m, inferencev1alpha1.ConditionStalled, metav1.ConditionTrue, c.reason)
 		})

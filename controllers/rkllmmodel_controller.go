@@ -264,6 +264,8 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 	if !ok {
 		return fmt.Errorf("copying %s %s", kind, name)
 	}
+	// The fields the apply sets, before the apply fills desired with the answer.
+	diff, diffErr := r.fieldDiff(into, desired)
 
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		if apierrors.IsInvalid(err) {
@@ -282,32 +284,38 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 	switch {
 	case !existed:
 		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventCreated, "Create", "Created %s %s", kind, name)
-	case r.changedByApply(ctx, desired, before, into):
+	case changedByApply(ctx, diff, diffErr, before, into):
 		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventUpdated, "Update", "Updated %s %s", kind, name)
 	}
 	return nil
 }
 
-// changedByApply reports whether an apply changed the object: whether before and after
-// differ in the fields the operator applies now or applied last time. Others' writes to
-// other fields (status, the Deployment controller's annotations) are not the operator's
-// changes, and a new resourceVersion alone says nothing; taking back a field someone else
-// changed is.
-// When the fields cannot be worked out it says true: an extra event beats a lost one.
-func (r *RKLLMModelReconciler) changedByApply(ctx context.Context, desired runtime.ApplyConfiguration, before, after client.Object) bool {
-	changed, err := appliedFieldsDiffer(r.converter(), desired, before, after)
-	if err != nil {
-		ctrl.LoggerFrom(ctx).V(1).Info("cannot compare applied fields; reporting an update", "error", err.Error())
+// changedByApply reports whether an apply changed a field the operator sets (fieldDiff):
+// status updates and others' fields are not the operator's changes, and a new
+// resourceVersion alone says nothing; taking back a field someone else changed is. When
+// the fields cannot be worked out it says true: an extra event beats a lost one.
+func changedByApply(ctx context.Context, diff *fieldDiff, diffErr error, before, after client.Object) bool {
+	changed := true
+	if diffErr == nil {
+		changed, diffErr = diff.changed(before, after)
+	}
+	if diffErr != nil {
+		ctrl.LoggerFrom(ctx).V(1).Info("cannot compare applied fields; reporting an update", "error", diffErr.Error())
 		return true
 	}
 	return changed
 }
 
-func (r *RKLLMModelReconciler) converter() managedfields.TypeConverter {
+// fieldDiff works out the fields desired sets on an object like obj.
+func (r *RKLLMModelReconciler) fieldDiff(obj client.Object, desired runtime.ApplyConfiguration) (*fieldDiff, error) {
+	gvk, err := apiutil.GVKForObject(obj, r.Scheme)
+	if err != nil {
+		return nil, err
+	}
 	r.typeConverterOnce.Do(func() {
 		r.typeConverter = applyconfigurations.NewTypeConverter(r.Scheme)
 	})
-	return r.typeConverter
+	return newFieldDiff(r.typeConverter, r.Scheme, gvk, desired)
 }
 
 // summarizeStatus is the deferred end of every reconcile: it lists the model's pods (and
@@ -325,15 +333,20 @@ func (r *RKLLMModelReconciler) summarizeStatus(ctx context.Context, original, mo
 	status := summarize(model, *obs, metav1.NewTime(r.clock().Now()))
 	r.recordReadyChange(model, original.Status.Conditions, status.Conditions)
 
-	if reconcileErr == nil && result.IsZero() && meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionReconciling) {
-		// Pod and Deployment events wake the model too; this is the safety net.
+	if reconcileErr == nil && result.IsZero() && (meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionReconciling) ||
+		(obs.applied && meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionStalled))) {
+		// Pod and Deployment events wake the model too; this is the safety net, and how
+		// the kubelet's events about pods that cannot start (which wake nothing) are read.
 		result.RequeueAfter = r.progressInterval()
 	}
 	if equality.Semantic.DeepEqual(original.Status, status) {
 		return result, nil
 	}
 	model.Status = status
-	if err := r.Status().Patch(ctx, model, client.MergeFrom(original)); err != nil {
+	// Optimistic locking: a status derived from a model the cache had not caught up with
+	// (the operator's own last status write not in it yet) would write old conditions
+	// back; the conflict sends the model back for a fresh look instead.
+	if err := r.Status().Patch(ctx, model, client.MergeFromWithOptions(original, client.MergeFromWithOptimisticLock{})); err != nil {
 		return result, client.IgnoreNotFound(fmt.Errorf("writing status: %w", err))
 	}
 	return result, nil

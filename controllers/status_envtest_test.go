@@ -160,7 +160,8 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 				InitContainerStatuses: []corev1.ContainerStatus{fetchDone},
 				ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "CreateContainerConfigError", "couldn't find key token in Secret ns/hf")},
 			},
-			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonSecretKeyNotFound, available: metav1.ConditionFalse,
+			// The download finished: the model file is in place, the server cannot start.
+			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonSecretKeyNotFound, available: metav1.ConditionTrue,
 			degraded: inferencev1alpha1.ReasonSecretKeyNotFound, kstatus: failed, argo: "Degraded",
 			failure: &inferencev1alpha1.Failure{Reason: "CreateContainerConfigError", Container: "server", Message: "couldn't find key token"},
 		},
@@ -185,7 +186,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 			if tc.deployment == nil {
 				pod = serverPod(t, d, tc.podStatus, len(tc.kubeletEvents) > 0)
 				for _, msg := range tc.kubeletEvents {
-					kubeletEvent(t, pod, eventFailedMount, msg)
+					kubeletEvent(t, pod, eventFailedMount, msg, metav1.Now())
 				}
 			}
 			writeDeploymentStatus(t, d, tc.ready, tc.deployment)
@@ -328,10 +329,10 @@ func writeDeploymentStatus(t *testing.T, d *appsv1.Deployment, ready bool, edit 
 }
 
 // kubeletEvent records an event about a pod as the kubelet does (core/v1, the source
-// naming the kubelet and the node).
-func kubeletEvent(t *testing.T, pod *corev1.Pod, reason, msg string) {
+// naming the kubelet and the node), last seen at.
+func kubeletEvent(t *testing.T, pod *corev1.Pod, reason, msg string, at metav1.Time) {
 	t.Helper()
-	now := metav1.Now()
+	now := at
 	ev := &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, GenerateName: pod.Name + "."},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,

@@ -47,6 +47,8 @@ const (
 	reconcileTimeout = 60 * time.Second
 	// pollInterval is how often a wait looks again.
 	pollInterval = 100 * time.Millisecond
+	// checkTimeout bounds one look.
+	checkTimeout = 10 * time.Second
 	// testImage is the manager's --default-server-image in the suite.
 	testImage = "registry.test/rkllm-server:test"
 	// testErrorGracePeriod is how long the suite's controller lets errors go on before
@@ -204,7 +206,11 @@ func newNamespace(t *testing.T) string {
 func eventually(t *testing.T, what string, check func(ctx context.Context) error) {
 	t.Helper()
 	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, reconcileTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, reconcileTimeout, true, func(context.Context) (bool, error) {
+		// Each check has its own deadline, so the last one is not cut short by the
+		// wait's and says what was wrong.
+		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+		defer cancel()
 		last = check(ctx)
 		return last == nil, nil
 	})
