@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
@@ -25,11 +26,17 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // flushTimeout bounds writing the last responses after the model has stopped.
 const flushTimeout = 5 * time.Second
+
+// shutdownMargin is how long after --shutdown-timeout the process may take to exit,
+// whatever the worker and the clients do: the supervisor's grace to stop the worker,
+// then flushing the last responses in what is left.
+const shutdownMargin = 5 * time.Second
 
 // Options are what the serve command knows besides the configuration.
 type Options struct {
@@ -45,7 +52,7 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(workerproto.DefaultMaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
@@ -91,6 +98,8 @@ type app struct {
 	httpLn   net.Listener
 	sockLn   net.Listener
 	serveErr chan error
+	// templates renders --chat-template-file in renderer processes (nil without one).
+	templates *templatehost.Host
 }
 
 // build creates the parts without starting anything.
@@ -110,12 +119,13 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		},
 		MaxQueue:          o.MaxQueue,
 		TokenStallTimeout: o.TokenStallTimeout,
+		MinPrefillRate:    o.MinPrefillRate,
 		AbortTimeout:      o.AbortTimeout,
 		StartTimeout:      o.WorkerStartTimeout,
 		InitTimeout:       o.InitTimeout,
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
-		MaxFrameBytes:     workerproto.DefaultMaxFrameBytes,
+		MaxFrameBytes:     o.MaxFrameBytes,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -150,7 +160,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
 			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
-		tmpl, err := o.Template()
+		tmpl, err := a.chatTemplate(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -172,6 +182,30 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	return a, nil
 }
 
+// chatTemplate is the template of /v1/: a preset or custom one, or a Jinja file
+// rendered by renderer processes (started by start).
+func (a *app) chatTemplate(opts Options) (chattemplate.Template, error) {
+	src, err := a.o.JinjaTemplate()
+	if err != nil || src == nil {
+		if err != nil {
+			return nil, err
+		}
+		return a.o.Template()
+	}
+	a.templates = templatehost.New(templatehost.Options{
+		Template: src,
+		Command: func() *exec.Cmd {
+			return exec.CommandContext(context.Background(), opts.Executable, RendererArgs...) //nolint:gosec // our own binary
+		},
+		Timeout: a.o.ChatTemplateTimeout, MaxMemory: a.o.ChatTemplateMaxMemory, MaxOutput: a.o.ChatTemplateMaxOutput,
+		Renderers: a.o.ChatTemplateRenderers, StartTimeout: a.o.WorkerStartTimeout, Log: a.log.WithName("chattemplate"),
+	})
+	return a.templates, nil
+}
+
+// RendererArgs are the arguments of the chat template renderer subcommand.
+var RendererArgs = []string{"render-chat-template"}
+
 // listen opens the listeners first, so a taken port fails the start at once.
 func (a *app) listen() error {
 	var err error
@@ -191,8 +225,19 @@ func (a *app) listen() error {
 	return nil
 }
 
-// start starts the supervisor and serves on the listeners.
+// start checks the chat template (a Jinja file must render a test conversation within
+// its bounds, or the server does not start), starts the supervisor and serves on the
+// listeners.
 func (a *app) start(opts Options) error {
+	if a.templates != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.o.WorkerStartTimeout+a.o.ChatTemplateTimeout)
+		err := a.templates.Start(ctx)
+		cancel()
+		if err != nil {
+			a.templates.Close()
+			return err
+		}
+	}
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
@@ -218,12 +263,17 @@ func (a *app) start(opts Options) error {
 // flush their last responses and close.
 func (a *app) shutdown() error {
 	a.d.Drain()
+	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
 	if err := a.sup.Shutdown(sctx); err != nil {
 		a.log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", a.o.ShutdownTimeout.String())
 	}
-	fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
+	flushBy := time.Now().Add(flushTimeout)
+	if exitBy.Before(flushBy) {
+		flushBy = exitBy
+	}
+	fctx, fcancel := context.WithDeadline(context.Background(), flushBy)
 	defer fcancel()
 	if a.httpSrv != nil {
 		if err := a.httpSrv.Shutdown(fctx); err != nil {
@@ -236,6 +286,9 @@ func (a *app) shutdown() error {
 			a.log.Error(err, "socket responses not flushed in time")
 			_ = a.sockSrv.Close()
 		}
+	}
+	if a.templates != nil {
+		a.templates.Close()
 	}
 	for range cap(a.serveErr) {
 		select {
