@@ -497,14 +497,16 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 		// An unmasked /proc is allowed only inside a user namespace.
 		ps.WithHostUsers(false)
 	}
-	if err := withScheduling(ps, spec); err != nil {
+	if err := withScheduling(ps, model); err != nil {
 		return nil, err
 	}
 	return ps, nil
 }
 
-// withScheduling passes the model's scheduling fields and pull secrets on to the pod.
-func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alpha1.RKLLMModelSpec) error {
+// withScheduling passes the model's scheduling fields and pull secrets on to the pod,
+// with the placement the model needs (podAffinity).
+func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, model *inferencev1alpha1.RKLLMModel) error {
+	spec := &model.Spec
 	if len(spec.NodeSelector) > 0 {
 		ps.WithNodeSelector(spec.NodeSelector)
 	}
@@ -518,9 +520,9 @@ func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alp
 		}
 		ps.WithTolerations(tols...)
 	}
-	if spec.Affinity != nil {
+	if a := podAffinity(model); a != nil {
 		aff := &corev1ac.AffinityApplyConfiguration{}
-		if err := convert(spec.Affinity, aff); err != nil {
+		if err := convert(a, aff); err != nil {
 			return fmt.Errorf("spec.affinity: %w", err)
 		}
 		ps.WithAffinity(aff)
