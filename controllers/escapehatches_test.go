@@ -237,6 +237,8 @@ func TestEscapeHatchValidation(t *testing.T) {
 			[]string{"args must not set --config"}},
 		{"args replacing the model", func(s *spec) { s.Args = []string{"--model", "/etc/passwd"} },
 			[]string{"args must not set"}},
+		{"args moving the probes", func(s *spec) { s.Args = []string{"--probe-listen="} },
+			[]string{"args must not set --config, --listen, --probe-listen"}},
 		{"duplicate env names", func(s *spec) { s.Env = []corev1.EnvVar{{Name: "A", Value: "1"}, {Name: "A", Value: "2"}} },
 			[]string{"spec.env[1]", "Duplicate value"}},
 		{"env hiding the device plugin's", func(s *spec) { s.Env = []corev1.EnvVar{{Name: "RKNPU_DEVICE_NODES", Value: "/dev/mem"}} },

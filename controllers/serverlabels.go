@@ -16,6 +16,10 @@ limitations under the License.
 
 package controllers
 
+// ServerMetricsPort names the server container's port that serves /metrics apart from
+// client traffic (the probe listener): what monitors scrape.
+const ServerMetricsPort = probePortName
+
 // ServerLabels are the labels every model server the operator runs carries, on its pods
 // and on its Service, whatever the model: what selects all model servers from outside
 // the operator (the chart's NetworkPolicy and ServiceMonitor).

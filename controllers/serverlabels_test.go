@@ -42,6 +42,13 @@ func TestServerLabelsSelectEveryServer(t *testing.T) {
 		if err := convert(desiredService(m), svc); err != nil {
 			t.Fatal(err)
 		}
+		found := false
+		for _, p := range d.Spec.Template.Spec.Containers[0].Ports {
+			found = found || p.Name == ServerMetricsPort
+		}
+		if !found {
+			t.Errorf("model %s: the server has no port named %s: %v", m.Name, ServerMetricsPort, d.Spec.Template.Spec.Containers[0].Ports)
+		}
 		for k, v := range ServerLabels() {
 			if d.Spec.Template.Labels[k] != v || svc.Labels[k] != v {
 				t.Errorf("model %s: label %s=%s missing from pods %v or Service %v", m.Name, k, v, d.Spec.Template.Labels, svc.Labels)

@@ -143,11 +143,11 @@ type RKLLMModelSpec struct {
 	// args are appended to `rkllm-server serve --config /etc/rkllm/server.json`: server
 	// flags (docs/server.md) the spec has no field for. A flag given here wins over the
 	// same key in server.json. The flags that tie the server to its pod (config, listen,
-	// socket, model, model-dir, runtime-lib and api-key-file) come from the spec and are
-	// refused here.
+	// probe-listen, socket, model, model-dir, runtime-lib and api-key-file) come from the
+	// spec and are refused here.
 	// +kubebuilder:validation:MaxItems=32
 	// +kubebuilder:validation:items:MaxLength=4096
-	// +kubebuilder:validation:XValidation:rule="!self.exists(a, a.matches('^--?(config|listen|socket|model|model-dir|runtime-lib|api-key-file)(=.*)?$'))",message="args must not set --config, --listen, --socket, --model, --model-dir, --runtime-lib or --api-key-file: the operator sets them from the spec (spec.server.port, spec.model, spec.runtime, spec.server.apiKeySecretRef)"
+	// +kubebuilder:validation:XValidation:rule="!self.exists(a, a.matches('^--?(config|listen|probe-listen|socket|model|model-dir|runtime-lib|api-key-file)(=.*)?$'))",message="args must not set --config, --listen, --probe-listen, --socket, --model, --model-dir, --runtime-lib or --api-key-file: the operator sets them from the spec (spec.server, spec.model, spec.runtime)"
 	// +optional
 	Args []string `json:"args,omitempty"`
 

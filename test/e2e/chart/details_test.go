@@ -134,6 +134,9 @@ func TestModelServerMonitorAndPolicy(t *testing.T) {
 	if sel, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels"); !reflect.DeepEqual(sel, controllers.ServerLabels()) {
 		t.Errorf("the model servers' ServiceMonitor selects %v, the operator labels servers %v", sel, controllers.ServerLabels())
 	}
+	if port := firstEndpoint(t, sm)["targetPort"]; port != controllers.ServerMetricsPort {
+		t.Errorf("the model servers' ServiceMonitor scrapes port %v, the servers serve metrics apart from clients on %s", port, controllers.ServerMetricsPort)
+	}
 	if any, _, _ := unstructured.NestedBool(sm.Object, "spec", "namespaceSelector", "any"); !any {
 		t.Errorf("without watchNamespaces the ServiceMonitor must look in every namespace: %v", sm.Object["spec"])
 	}
