@@ -305,7 +305,7 @@ CHART := charts/rkllm-operator
 KUBECTL := $(K8S_BIN_DIR)/kubectl
 
 .PHONY: test-chart
-test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal config/, schema, determinism, kustomize match.
+test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal config/, schema, determinism, names for any release, a stock helm, monitors, the same objects as kustomize.
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh kubectl
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
 

@@ -2,9 +2,11 @@
 
 // Package chart_test checks the Helm chart without a cluster: helm lint is clean, the CRD
 // and the manager's RBAC rules are exactly what controller-gen generated into config/, the
-// schema rejects misspelt values, rendering is deterministic, the ServiceMonitors appear
-// only with their API, and the chart renders the same objects as config/default
-// (kustomize); and the images build what `make build-arm64` cross-compiles. The cluster
+// schema rejects misspelt values, rendering is deterministic, names and labels are valid
+// for any release name, a stock helm renders it, the ServiceMonitors appear only with
+// their API and use current fields, and the chart renders the same objects as
+// config/default (kustomize), compared whole; and the images build what
+// `make build-arm64` cross-compiles. The cluster
 // e2e (test/e2e/edge) applies the rendered value sets with
 // server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm and
 // kubectl and sets E2E_HELM and E2E_KUBECTL.
