@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -99,6 +100,8 @@ type Serve struct {
 	LogLevel  string
 
 	fs *pflag.FlagSet
+	// args are the command-line arguments Parse got, for Reload.
+	args []string
 }
 
 // paramFlags are the flags that map to RKLLMParam fields.
@@ -190,8 +193,21 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LogLevel, "log-level", "info", "Log level: error, info, debug, or a verbosity number (1 = debug).")
 }
 
+// retunableFlags are the options a running server takes from a changed configuration
+// file without a restart: the sampling defaults and max_new_tokens, which runtime ABI
+// 1.3 takes per run.
+var retunableFlags = []string{
+	"max-new-tokens", "top-k", "top-p", "temperature", "repeat-penalty", "frequency-penalty",
+	"presence-penalty", "mirostat", "mirostat-tau", "mirostat-eta",
+}
+
+// RetunableFlags lists the options a running server takes from a changed configuration
+// file (with runtime ABI 1.3); every other change needs a restart.
+func RetunableFlags() []string { return append([]string(nil), retunableFlags...) }
+
 // Parse parses args, then the configuration file for the flags args did not set.
 func (o *Serve) Parse(args []string) error {
+	o.args = append([]string(nil), args...)
 	if err := o.fs.Parse(args); err != nil {
 		return err
 	}
@@ -204,6 +220,32 @@ func (o *Serve) Parse(args []string) error {
 		}
 	}
 	return o.Validate()
+}
+
+// Reload parses the same command line again with the configuration file as it is now,
+// into a new Serve: the running server's view of a changed file.
+func (o *Serve) Reload() (*Serve, error) {
+	n := &Serve{}
+	fs := pflag.NewFlagSet(o.fs.Name(), pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	n.BindFlags(fs)
+	if err := n.Parse(o.args); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// ChangedFlags lists the options whose value, or whether they are set at all (a
+// runtime default against an explicit value), differs between o and n, in name order.
+func (o *Serve) ChangedFlags(n *Serve) []string {
+	var out []string
+	o.fs.VisitAll(func(f *pflag.Flag) {
+		g := n.fs.Lookup(f.Name)
+		if g == nil || f.Value.String() != g.Value.String() || f.Changed != g.Changed {
+			out = append(out, f.Name)
+		}
+	})
+	return out
 }
 
 // applyFile sets, from the file, every flag the command line left unset.
@@ -502,9 +544,19 @@ func (o *Serve) APIKey() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--api-key-file: %w", err)
 	}
-	key := strings.TrimSpace(string(b))
+	key, err := ParseAPIKey(b)
+	if err != nil {
+		return "", fmt.Errorf("--api-key-file %s: %w", o.APIKeyFile, err)
+	}
+	return key, nil
+}
+
+// ParseAPIKey returns the key in the content of an API key file: the whole file, with
+// surrounding white space (a trailing newline) removed.
+func ParseAPIKey(content []byte) (string, error) {
+	key := strings.TrimSpace(string(content))
 	if key == "" {
-		return "", fmt.Errorf("--api-key-file %s is empty", o.APIKeyFile)
+		return "", errors.New("the file is empty")
 	}
 	return key, nil
 }

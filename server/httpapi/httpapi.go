@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -57,7 +58,7 @@ type Options struct {
 	// Admin allows state-changing methods over HTTP.
 	Admin bool
 	// APIKey, when set, is the bearer token /rpc requires (health and metrics stay open,
-	// for the kubelet and Prometheus).
+	// for the kubelet and Prometheus). SetAPIKey replaces it while serving.
 	APIKey string
 	// MaxRequestBytes bounds a request body on every path, /v1/ included (16 MiB); on
 	// /rpc a larger one gets 413 and -32008.
@@ -92,6 +93,8 @@ type Server struct {
 	opts Options
 	mux  *http.ServeMux
 	srv  *http.Server
+	// apiKey is the key requests must carry now ("" for none).
+	apiKey atomic.Pointer[string]
 }
 
 // New returns a server for d.
@@ -115,6 +118,7 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 		opts.WriteTimeout = 30 * time.Second
 	}
 	s := &Server{d: d, opts: opts, mux: http.NewServeMux()}
+	s.SetAPIKey(opts.APIKey)
 	s.mux.HandleFunc("/rpc", s.serveRPC)
 	s.mux.HandleFunc("GET /livez", s.livez)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
@@ -211,6 +215,10 @@ func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Han
 	})
 }
 
+// SetAPIKey makes key the bearer token requests need from now on (the key file was
+// rotated); a request already admitted keeps running. "" requires none.
+func (s *Server) SetAPIKey(key string) { s.apiKey.Store(&key) }
+
 // Listen opens the listen address.
 func (s *Server) Listen() (net.Listener, error) {
 	var lc net.ListenConfig
@@ -257,11 +265,12 @@ func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if s.opts.APIKey == "" {
+	key := *s.apiKey.Load()
+	if key == "" {
 		return true
 	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.opts.APIKey)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(key)) == 1
 }
 
 // statusOf is the HTTP status of a single (non-streamed) response: JSON-RPC errors are

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strconv"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/filewatch"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
@@ -91,6 +93,11 @@ type app struct {
 	httpLn   net.Listener
 	sockLn   net.Listener
 	serveErr chan error
+	// watchers follow the API key and configuration files; closed at shutdown.
+	watchers []*filewatch.Watcher
+	// seen is the configuration as last read from the file (the config watcher's
+	// goroutine only).
+	seen *config.Serve
 }
 
 // build creates the parts without starting anything.
@@ -129,7 +136,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		supOpts.Model = spec
 	}
-	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2), seen: o}
 	a.d.SetLimits(jsonrpc.Limits{
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
@@ -191,9 +198,12 @@ func (a *app) listen() error {
 	return nil
 }
 
-// start starts the supervisor and serves on the listeners.
+// start starts the supervisor, the file watchers and serves on the listeners.
 func (a *app) start(opts Options) error {
 	if err := a.sup.Start(); err != nil {
+		return err
+	}
+	if err := a.watch(); err != nil {
 		return err
 	}
 	var addr net.Addr
@@ -217,6 +227,9 @@ func (a *app) start(opts Options) error {
 // (or aborts it after --shutdown-timeout) and stops the worker, then the transports
 // flush their last responses and close.
 func (a *app) shutdown() error {
+	for _, w := range a.watchers {
+		_ = w.Close()
+	}
 	a.d.Drain()
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
@@ -247,4 +260,88 @@ func (a *app) shutdown() error {
 		}
 	}
 	return nil
+}
+
+// watch follows the API key file and the configuration file, so a rotated key and
+// changed sampling defaults take effect without a restart (docs/server.md, "Changes
+// while running"). Kubernetes updates both through a symlink swap, which filewatch
+// follows.
+func (a *app) watch() error {
+	if a.httpSrv != nil && a.o.APIKeyFile != "" {
+		w, first, err := filewatch.New(a.o.APIKeyFile, filewatch.Options{Log: a.log}, a.apiKeyChanged)
+		if err != nil {
+			return fmt.Errorf("--api-key-file: %w", err)
+		}
+		a.watchers = append(a.watchers, w)
+		// The key may have changed since build read it.
+		a.apiKeyChanged(first)
+	}
+	if a.o.ConfigFile != "" {
+		w, _, err := filewatch.New(a.o.ConfigFile, filewatch.Options{Log: a.log}, func([]byte) { a.configChanged() })
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		a.watchers = append(a.watchers, w)
+	}
+	return nil
+}
+
+// apiKeyChanged puts a new key in force; requests with the old one get 401 from now on.
+// A file that is empty or cannot be parsed keeps the old key: locking every client out
+// because of a half-written file would be worse.
+func (a *app) apiKeyChanged(content []byte) {
+	key, err := config.ParseAPIKey(content)
+	if err != nil {
+		a.log.Error(err, "the API key file changed but holds no key; keeping the previous key", "file", a.o.APIKeyFile)
+		return
+	}
+	a.httpSrv.SetAPIKey(key)
+	a.log.Info("API key file read; requests need this key from now on", "file", a.o.APIKeyFile)
+}
+
+// reloadTimeout bounds waiting for the worker's defaults when the configuration changes
+// before the first worker started.
+const reloadTimeout = time.Minute
+
+// configChanged reads the changed configuration file: the sampling defaults and
+// max_new_tokens take effect at once (runtime ABI 1.3); any other change is logged as
+// waiting for a restart. An invalid file changes nothing.
+func (a *app) configChanged() {
+	n, err := a.seen.Reload()
+	if err != nil {
+		a.log.Error(err, "the configuration file changed but is invalid; nothing changed", "file", a.o.ConfigFile)
+		return
+	}
+	changed := a.seen.ChangedFlags(n)
+	a.seen = n
+	var retune, restart []string
+	for _, name := range changed {
+		if slices.Contains(config.RetunableFlags(), name) {
+			retune = append(retune, name)
+		} else {
+			restart = append(restart, name)
+		}
+	}
+	if len(restart) > 0 {
+		a.log.Info("the configuration file changed options that take effect at the next restart", "options", restart)
+	}
+	if len(retune) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
+	defer cancel()
+	defaults, _, err := a.sup.Defaults(ctx)
+	if err != nil {
+		a.log.Error(err, "cannot apply the changed sampling defaults", "options", retune)
+		return
+	}
+	p := n.ModelParam(defaults)
+	switch err := a.sup.Retune(supervisor.SamplingOf(p), p.MaxNewTokens); {
+	case errors.Is(err, supervisor.ErrNeedsReload):
+		a.log.Info("the configuration file changed sampling options that take effect at the next restart", "options", retune, "reason", err.Error())
+	case err != nil:
+		a.log.Error(err, "cannot apply the changed sampling defaults", "options", retune)
+	default:
+		a.log.Info("sampling defaults changed; runs that do not set their own use them", "options", retune)
+	}
 }

@@ -26,6 +26,9 @@ var (
 	ErrCrashed = errors.New("runtime crashed")
 	// ErrNoSuchRequest: rkllm.abort named a request the caller does not have.
 	ErrNoSuchRequest = errors.New("no such request")
+	// ErrNeedsReload: Retune on a runtime that takes sampling only when the model
+	// loads (a restart of the server applies the change).
+	ErrNeedsReload = errors.New("the runtime takes this only when the model loads")
 )
 
 // ExitInfo describes how a worker process ended.

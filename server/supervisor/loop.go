@@ -216,6 +216,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
+	s.inited = param
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -349,6 +350,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
+	s.inited = param
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -501,6 +503,7 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 // TokenStallTimeout, and kills the worker when an abort does not end the run within
 // AbortTimeout.
 func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
+	m = s.retuned(m)
 	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
 	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
