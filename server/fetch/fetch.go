@@ -74,20 +74,26 @@ func (e *permanentError) Unwrap() error { return e.err }
 // ErrChecksum is wrapped by the error for a download whose SHA-256 is not the one asked.
 var ErrChecksum = errors.New("sha256 mismatch")
 
+// Result says what Fetch did.
+type Result struct {
+	// UpToDate is true when Dest already held the file and nothing was downloaded.
+	UpToDate bool
+}
+
 // Fetch downloads o.URL to o.Dest. Its errors are one line a user can act on.
-func Fetch(ctx context.Context, o Options) error {
+func Fetch(ctx context.Context, o Options) (Result, error) {
 	o.setDefaults()
 	want, err := o.check()
 	if err != nil {
-		return err
+		return Result{}, err
 	}
 	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil { //nolint:gosec // the model folder is shared with the server container
-		return fmt.Errorf("create the folder of %s: %w", o.Dest, err)
+		return Result{}, fmt.Errorf("create the folder of %s: %w", o.Dest, err)
 	}
 	if done, err := upToDate(ctx, &o, want); err != nil || done {
-		return err
+		return Result{UpToDate: done}, err
 	}
-	return fetchLoop(ctx, &o, want)
+	return Result{}, fetchLoop(ctx, &o, want)
 }
 
 // check validates the options and returns the wanted digest in lower case.

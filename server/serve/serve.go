@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -23,8 +24,10 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
+	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/openai"
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -62,7 +65,8 @@ func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) er
 	if err := a.listen(); err != nil {
 		return err
 	}
-	if err := a.start(opts); err != nil {
+	loras, _ := o.LoraAdapters() // build checked them
+	if err := a.start(opts, loras); err != nil {
 		return err
 	}
 	var failed error
@@ -98,6 +102,8 @@ type app struct {
 	// seen is the configuration as last read from the file (the config watcher's
 	// goroutine only).
 	seen *config.Serve
+	// pins keep the model files from being evicted from the node's cache while served.
+	pins []*os.File
 }
 
 // build creates the parts without starting anything.
@@ -199,13 +205,14 @@ func (a *app) listen() error {
 }
 
 // start starts the supervisor, the file watchers and serves on the listeners.
-func (a *app) start(opts Options) error {
+func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
 	if err := a.watch(); err != nil {
 		return err
 	}
+	a.pin(loras)
 	var addr net.Addr
 	if a.httpSrv != nil {
 		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
@@ -230,6 +237,11 @@ func (a *app) shutdown() error {
 	for _, w := range a.watchers {
 		_ = w.Close()
 	}
+	defer func() {
+		for _, f := range a.pins {
+			_ = f.Close()
+		}
+	}()
 	a.d.Drain()
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
@@ -343,5 +355,26 @@ func (a *app) configChanged() {
 		a.log.Error(err, "cannot apply the changed sampling defaults", "options", retune)
 	default:
 		a.log.Info("sampling defaults changed; runs that do not set their own use them", "options", retune)
+	}
+}
+
+// pin holds a shared lock on each model file the configuration names, so another pod's
+// fetch does not evict it from the node's model cache while this server may load it again
+// (after a worker restart). A file that is not there is left to the model load to report.
+func (a *app) pin(loras []runtime.LoraAdapter) {
+	paths := []string{a.o.Model, a.o.PromptCache}
+	for _, l := range loras {
+		paths = append(paths, l.Path)
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		f, err := modelcache.Pin(p)
+		if err != nil {
+			a.log.V(1).Info("cannot pin a model file in the cache", "file", p, "error", err.Error())
+			continue
+		}
+		a.pins = append(a.pins, f)
 	}
 }
