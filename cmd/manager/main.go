@@ -47,6 +47,7 @@ func main() {
 		secureMetrics, enableHTTP2, leaderElect bool
 		defaultImage, watchNamespaces           string
 		concurrency                             int
+		rollOnUpgrade                           bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP), or 0 to disable it.")
@@ -60,7 +61,9 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", false,
 		"Elect a leader, so only one of several manager replicas reconciles at a time.")
 	flag.StringVar(&defaultImage, "default-server-image", defaultServerImage(),
-		"Server image for models without spec.runtime.image.")
+		"Server image for models without spec.runtime.image. Running models keep the image they run until their spec changes (see --roll-on-upgrade).")
+	flag.BoolVar(&rollOnUpgrade, "roll-on-upgrade", false,
+		"Rebuild every model's pods with this operator's layout and default server image, rolling them where they differ; off: only a model's spec change rolls its pods.")
 	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces whose RKLLMModels are reconciled; all namespaces when empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many models are reconciled at once.")
@@ -73,7 +76,7 @@ func main() {
 	if err := run(runOptions{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, metricsCertPath: metricsCertPath,
 		secureMetrics: secureMetrics, enableHTTP2: enableHTTP2, leaderElect: leaderElect,
-		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency,
+		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency, rollOnUpgrade: rollOnUpgrade,
 	}); err != nil {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
@@ -86,6 +89,7 @@ type runOptions struct {
 	defaultImage                            string
 	namespaces                              []string
 	concurrency                             int
+	rollOnUpgrade                           bool
 }
 
 func run(o runOptions) error {
@@ -129,7 +133,7 @@ func run(o runOptions) error {
 		APIReader:               mgr.GetAPIReader(),
 		Scheme:                  mgr.GetScheme(),
 		Recorder:                mgr.GetEventRecorder("rkllm-operator"),
-		Options:                 controllers.Options{DefaultImage: o.defaultImage},
+		Options:                 controllers.Options{DefaultImage: o.defaultImage, RollOnUpgrade: o.rollOnUpgrade},
 		MaxConcurrentReconciles: o.concurrency,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
