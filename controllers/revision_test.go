@@ -61,10 +61,16 @@ func TestSpecHash(t *testing.T) {
 		}
 	}
 	for name, mutate := range map[string]func(*inferencev1alpha1.RKLLMModel){
-		"the image":            func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Image: "x:1"} },
-		"an init parameter":    func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Parameters = &inferencev1alpha1.Parameters{NKeep: ptr.To[int32](3)} },
-		"resources":            func(m *inferencev1alpha1.RKLLMModel) { m.Spec.NPU = &inferencev1alpha1.NPUSpec{Units: ptr.To[int32](2)} },
-		"the security context": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Security = &inferencev1alpha1.SecuritySpec{RunAsUser: ptr.To[int64](7)} },
+		"the image": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Image: "x:1"} },
+		"an init parameter": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{NKeep: ptr.To[int32](3)}
+		},
+		"resources": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.NPU = &inferencev1alpha1.NPUSpec{Units: ptr.To[int32](2)}
+		},
+		"the security context": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Security = &inferencev1alpha1.SecuritySpec{RunAsUser: ptr.To[int64](7)}
+		},
 	} {
 		if h(mutate) == base {
 			t.Errorf("%s does not change the spec hash", name)
@@ -129,8 +135,11 @@ func TestKeptRevision(t *testing.T) {
 		"the same generation, an upgraded CRD's new default": func(m *inferencev1alpha1.RKLLMModel) {
 			m.Spec.Server = &inferencev1alpha1.ServerSpec{LogFormat: "json"}
 		},
-		"a scale":                    func(m *inferencev1alpha1.RKLLMModel) { m.Generation = 2; m.Spec.Replicas = ptr.To[int32](3) },
-		"a temperature on ABI 1.3":   func(m *inferencev1alpha1.RKLLMModel) { m.Generation = 2; m.Spec.Parameters = &inferencev1alpha1.Parameters{Temperature: ptr.To("0.1")} },
+		"a scale": func(m *inferencev1alpha1.RKLLMModel) { m.Generation = 2; m.Spec.Replicas = ptr.To[int32](3) },
+		"a temperature on ABI 1.3": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Generation = 2
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{Temperature: ptr.To("0.1")}
+		},
 		"nothing (steady reconcile)": func(*inferencev1alpha1.RKLLMModel) {},
 	} {
 		m := unitModel(mutate)

@@ -810,15 +810,6 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 func (s *suite) waitChildrenGone(name string) {
 	s.t.Helper()
 	sel := metav1.ListOptions{LabelSelector: "inference.rkllm.io/model=" + name}
