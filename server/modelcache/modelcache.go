@@ -253,7 +253,7 @@ func scan(dir string) ([]entry, int64) {
 	var total int64
 	for _, de := range des {
 		name := de.Name()
-		if strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".part") || !de.Type().IsRegular() {
+		if strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".part") || strings.HasSuffix(name, ".lock") || !de.Type().IsRegular() {
 			continue
 		}
 		fi, err := de.Info()
