@@ -156,3 +156,32 @@ func TestChatTemplatePresetsMatchTheServer(t *testing.T) {
 		t.Errorf("CRD presets %v, server presets %v", enum, chattemplate.Presets())
 	}
 }
+
+// A prompt that fills the model's context gets, from the server's watchdog, its prefill
+// at the server's minimum rate before the first token; the request timeout the operator
+// writes from the context length must leave that and the server's default time besides,
+// or a long prompt on a slow model would be cut as a timeout while the NPU prefills it.
+// A timeout the user set is kept as it is.
+func TestRequestTimeoutCoversAFullContextPrefill(t *testing.T) {
+	defaults := parseWithServer(t, unitModel(nil))
+	if serverRequestTimeout != defaults.RequestTimeout || float64(serverMinPrefillRate) != defaults.MinPrefillRate {
+		t.Fatalf("the operator assumes the server's request timeout %s and prefill rate %d; the server's are %s and %g",
+			serverRequestTimeout, serverMinPrefillRate, defaults.RequestTimeout, defaults.MinPrefillRate)
+	}
+	for _, ctxLen := range []int32{512, 4096, 16384, 131072} {
+		o := parseWithServer(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To(ctxLen)}
+		}))
+		prefill := o.TokenStallTimeout + time.Duration(float64(ctxLen)/o.MinPrefillRate*float64(time.Second))
+		if o.RequestTimeout < prefill+defaults.RequestTimeout-o.TokenStallTimeout {
+			t.Errorf("maxContextLen %d: request timeout %s, but a full context may prefill for %s", ctxLen, o.RequestTimeout, prefill)
+		}
+	}
+	o := parseWithServer(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](16384)}
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{RequestTimeout: &metav1.Duration{Duration: time.Minute}}
+	}))
+	if o.RequestTimeout != time.Minute {
+		t.Errorf("the user's request timeout became %s", o.RequestTimeout)
+	}
+}

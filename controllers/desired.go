@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -290,9 +291,9 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 			c["api-key-file"] = path.Join(configDir, apiKeyDir, apiKeyFileName)
 		}
 		setIfNotNil(c, "max-queue", s.MaxQueue)
-		if s.RequestTimeout != nil {
-			c["request-timeout"] = s.RequestTimeout.Duration.String()
-		}
+	}
+	if rt, ok := requestTimeout(spec); ok {
+		c["request-timeout"] = rt.String()
 	}
 	if p := spec.Parameters; p != nil {
 		setIfNotNil(c, "max-context-len", p.MaxContextLen)
@@ -356,6 +357,27 @@ func boolToInt(b bool) int {
 }
 
 // setIfNotNil sets c[key] to *v when v is set.
+// The server's defaults the operator builds on (a contract test checks them).
+const (
+	serverRequestTimeout = 10 * time.Minute
+	serverMinPrefillRate = 10 // prompt tokens per second
+)
+
+// requestTimeout is the server's request timeout: the one the user set, else for a
+// model whose context the user set, the server's default plus a full context's prefill
+// at the server's minimum prefill rate, which its watchdog allows before the first
+// token, so a prompt that fills a long context is not cut while the NPU prefills it.
+// ok is false when the server's default applies.
+func requestTimeout(spec *inferencev1alpha1.RKLLMModelSpec) (time.Duration, bool) {
+	if s := spec.Server; s != nil && s.RequestTimeout != nil {
+		return s.RequestTimeout.Duration, true
+	}
+	if p := spec.Parameters; p != nil && p.MaxContextLen != nil {
+		return serverRequestTimeout + time.Duration(max(*p.MaxContextLen, 0))*time.Second/serverMinPrefillRate, true
+	}
+	return 0, false
+}
+
 func setIfNotNil[T any](c map[string]any, key string, v *T) {
 	if v != nil {
 		c[key] = *v

@@ -514,7 +514,8 @@ type ServerSpec struct {
 	MaxQueue *int32 `json:"maxQueue,omitempty"`
 
 	// requestTimeout caps one request, queueing included, such as "5m". Default: the
-	// server's (10m).
+	// server's (10m), plus parameters.maxContextLen / 10 seconds when that is set (a
+	// full context's prefill at the server's minimum prefill rate).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="requestTimeout must be a duration from 1s to 24h, such as \"5m\""
 	// +optional

@@ -22,6 +22,8 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // Admin values: which transports allow state-changing methods.
@@ -82,12 +84,14 @@ type Serve struct {
 	MaxInflightBytes         int64
 	ClientBufferBytes        int
 	ReservedFDs              int
+	MaxFrameBytes            int
 	IdleTimeout              time.Duration
 	ReadHeaderTimeout        time.Duration
 	BodyReadTimeout          time.Duration
 
 	RequestTimeout     time.Duration
 	TokenStallTimeout  time.Duration
+	MinPrefillRate     float64
 	ShutdownTimeout    time.Duration
 	AbortTimeout       time.Duration
 	InitTimeout        time.Duration
@@ -174,13 +178,15 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxInflightPerConnection, "max-inflight-per-connection", jsonrpc.DefaultMaxPeerMessages, "Messages one socket connection may have in flight; more are answered -32002 at once.")
 	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Bytes of requests being served at once over all connections; more are answered -32002 at once.")
 	fs.IntVar(&o.ClientBufferBytes, "client-buffer-bytes", outbuf.DefaultMaxBytes, "Bytes that may wait for one client to read them; a client further behind is cut off and its runs aborted.")
+	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", workerproto.DefaultMaxFrameBytes, "Largest message between the supervisor and its worker: a run's request, or one delivery of hidden states or logits; over it the request or the run fails with -32008.")
 	fs.IntVar(&o.ReservedFDs, "reserved-fds", 64, "File descriptors kept free: a connection that would leave fewer is refused with -32002 (0: no check).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "A connection with nothing in flight that sends nothing for this long is closed (HTTP keep-alive and the socket).")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "Longest an HTTP client may take to send its request headers.")
 	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", time.Minute, "Longest an HTTP client may take to send its request body.")
 
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 10*time.Minute, "Longest a request may take, queueing included; 0 means no limit.")
-	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long (prefill included) is aborted.")
+	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long is aborted (before the first token, plus the prompt's prefill at --min-prefill-rate); a worker that shows no sign of life for this long plus --abort-timeout is killed.")
+	fs.Float64Var(&o.MinPrefillRate, "min-prefill-rate", supervisor.DefaultMinPrefillRate, "Watchdog: the slowest prefill, in prompt tokens per second, allowed before the first token (the default suits the largest models an RK3588 runs).")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "On SIGTERM, how long the running generation may go on before it is aborted.")
 	fs.DurationVar(&o.AbortTimeout, "abort-timeout", 10*time.Second, "How long an aborted run may take to stop before the worker is killed and restarted.")
 	fs.DurationVar(&o.InitTimeout, "init-timeout", 10*time.Minute, "Longest rkllm_init may take before the worker is killed.")
@@ -324,7 +330,7 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
-	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateTemplate} {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateWatchdog, o.validateTemplate} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -393,6 +399,7 @@ func (o *Serve) validateLimits() error {
 		{"max-inflight-bytes", o.MaxInflightBytes, 1, 1 << 40},
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
+		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
 	} {
 		if b.v < b.lo || b.v > b.hi {
 			return fmt.Errorf("--%s %d: must be between %d and %d", b.flag, b.v, b.lo, b.hi)
@@ -400,6 +407,14 @@ func (o *Serve) validateLimits() error {
 	}
 	if o.IdleTimeout <= 0 || o.ReadHeaderTimeout <= 0 || o.BodyReadTimeout <= 0 || o.WriteTimeout <= 0 {
 		return errors.New("--idle-timeout, --read-header-timeout, --body-read-timeout and --write-timeout must be positive")
+	}
+	return nil
+}
+
+// validateWatchdog checks the watchdog's prefill rate.
+func (o *Serve) validateWatchdog() error {
+	if !(o.MinPrefillRate > 0 && o.MinPrefillRate <= 1e6) {
+		return fmt.Errorf("--min-prefill-rate %g: must be more than 0 and at most 1000000 tokens per second", o.MinPrefillRate)
 	}
 	return nil
 }

@@ -77,6 +77,8 @@ func fromBackend(err error) *Error {
 		return unavailable("it is shutting down")
 	case errors.Is(err, supervisor.ErrModelNotLoaded):
 		return unavailable(err.Error())
+	case errors.Is(err, supervisor.ErrTooLarge):
+		return &Error{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: strp("request_too_large"), Message: err.Error()}
 	case errors.As(err, &crash):
 		return &Error{Status: http.StatusInternalServerError, Type: typeServer, Code: strp("runtime_crashed"),
 			Message: crash.Error() + "; the server is restarting it, retry the request"}

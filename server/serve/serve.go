@@ -36,6 +36,11 @@ import (
 // flushTimeout bounds writing the last responses after the model has stopped.
 const flushTimeout = 5 * time.Second
 
+// shutdownMargin is how long after --shutdown-timeout the process may take to exit,
+// whatever the worker and the clients do: the supervisor's grace to stop the worker,
+// then flushing the last responses in what is left.
+const shutdownMargin = 5 * time.Second
+
 // Options are what the serve command knows besides the configuration.
 type Options struct {
 	// Executable is the rkllm-server binary, started as `Executable worker ...`.
@@ -50,7 +55,7 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(workerproto.DefaultMaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
@@ -123,12 +128,13 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		},
 		MaxQueue:          o.MaxQueue,
 		TokenStallTimeout: o.TokenStallTimeout,
+		MinPrefillRate:    o.MinPrefillRate,
 		AbortTimeout:      o.AbortTimeout,
 		StartTimeout:      o.WorkerStartTimeout,
 		InitTimeout:       o.InitTimeout,
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
-		MaxFrameBytes:     workerproto.DefaultMaxFrameBytes,
+		MaxFrameBytes:     o.MaxFrameBytes,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -243,12 +249,17 @@ func (a *app) shutdown() error {
 		}
 	}()
 	a.d.Drain()
+	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
 	if err := a.sup.Shutdown(sctx); err != nil {
 		a.log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", a.o.ShutdownTimeout.String())
 	}
-	fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
+	flushBy := time.Now().Add(flushTimeout)
+	if exitBy.Before(flushBy) {
+		flushBy = exitBy
+	}
+	fctx, fcancel := context.WithDeadline(context.Background(), flushBy)
 	defer fcancel()
 	if a.httpSrv != nil {
 		if err := a.httpSrv.Shutdown(fctx); err != nil {

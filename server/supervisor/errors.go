@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // Errors the supervisor returns; callers (the JSON-RPC methods) map them to codes.
@@ -29,7 +31,20 @@ var (
 	// ErrNeedsReload: Retune on a runtime that takes sampling only when the model
 	// loads (a restart of the server applies the change).
 	ErrNeedsReload = errors.New("the runtime takes this only when the model loads")
+	// ErrTooLarge: a request does not fit in one frame of the worker protocol (the
+	// worker is unharmed). A run whose result does not fit fails with a
+	// *workerproto.ResultTooLargeError instead.
+	ErrTooLarge = errors.New("request too large")
 )
+
+// tooLarge explains a request refused by the worker protocol's frame limit.
+func tooLarge(err error) error {
+	var fe *workerproto.FrameTooLargeError
+	if errors.As(err, &fe) {
+		return fmt.Errorf("%w: the %s request takes %d bytes, over the %d bytes one worker frame carries (--max-frame-bytes)", ErrTooLarge, fe.Op, fe.Size, fe.Limit)
+	}
+	return fmt.Errorf("%w: %w", ErrTooLarge, err)
+}
 
 // ExitInfo describes how a worker process ended.
 type ExitInfo struct {
