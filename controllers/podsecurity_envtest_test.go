@@ -134,9 +134,10 @@ func TestPodSecurityAdmission(t *testing.T) {
 		}, levelPrivileged},
 		{"privileged", sec(inferencev1alpha1.SecuritySpec{Privileged: ptr.To(true)}), levelPrivileged},
 	}
-	admits := map[string][]string{
-		levelRestricted: {levelRestricted},
-		levelBaseline:   {levelRestricted, levelBaseline},
+	// The namespaces that admit a pod whose strictest level is the key.
+	admittedIn := map[string][]string{
+		levelRestricted: {levelRestricted, levelBaseline},
+		levelBaseline:   {levelBaseline},
 		levelPrivileged: {},
 	}
 	for _, tc := range cases {
@@ -146,7 +147,7 @@ func TestPodSecurityAdmission(t *testing.T) {
 			getChild(t, ns, tc.name, d, "the Deployment", nil)
 			for _, level := range []string{levelRestricted, levelBaseline} {
 				want := false
-				for _, l := range admits[tc.strictest] {
+				for _, l := range admittedIn[tc.strictest] {
 					want = want || l == level
 				}
 				err := admitted(ctx, d, levels[level])
