@@ -727,9 +727,9 @@ type RKLLMModelStatus struct {
 type FetchResult string
 
 const (
-	// FetchCacheHit: the file was in the cache; nothing was downloaded.
+	// FetchCacheHit means the file was in the cache; nothing was downloaded.
 	FetchCacheHit FetchResult = "CacheHit"
-	// FetchDownloaded: the file was downloaded.
+	// FetchDownloaded means the file was downloaded.
 	FetchDownloaded FetchResult = "Downloaded"
 )
 
@@ -738,11 +738,11 @@ const (
 type FetchCache string
 
 const (
-	// FetchCacheNode: the node's model cache, shared by the pods of the node.
+	// FetchCacheNode is the node's model cache, shared by the pods of the node.
 	FetchCacheNode FetchCache = "Node"
-	// FetchCachePod: the pod's own volume (no node cache, or spec.model.cache.emptyDir).
+	// FetchCachePod is the pod's own volume (no node cache, or spec.model.cache.emptyDir).
 	FetchCachePod FetchCache = "Pod"
-	// FetchCacheHostPath: spec.model.cache.hostPath.
+	// FetchCacheHostPath is spec.model.cache.hostPath.
 	FetchCacheHostPath FetchCache = "HostPath"
 )
 
