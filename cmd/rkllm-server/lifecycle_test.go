@@ -262,8 +262,9 @@ func TestFetchCommand(t *testing.T) {
 		t.Error("fetched file differs")
 	}
 	for name, args := range map[string][]string{
-		"404":          {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
-		"bad checksum": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
+		"404":             {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
+		"bad checksum":    {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
+		"over --max-size": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "4", "--max-size", "1000"},
 	} {
 		cmd := exec.CommandContext(context.Background(), serverBin, append([]string{"fetch", "--attempts", "1"}, args...)...)
 		var stderr bytes.Buffer

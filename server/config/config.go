@@ -23,6 +23,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -67,6 +68,11 @@ type Serve struct {
 	ChatTemplateEOS    string
 	ChatTemplateCustom string
 	PrefixReuse        bool
+	// Bounds of --chat-template-file renders (server/templatehost).
+	ChatTemplateTimeout   time.Duration
+	ChatTemplateMaxMemory int64
+	ChatTemplateMaxOutput int64
+	ChatTemplateRenderers int
 
 	Listen          string
 	Socket          string
@@ -162,6 +168,10 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ChatTemplateFile, "chat-template-file", "", "Hugging Face chat template for the OpenAI-compatible API: a Jinja file, or the model's tokenizer_config.json.")
 	fs.StringVar(&o.ChatTemplateEOS, "chat-template-eos", "", "Text of the model's end-of-sequence token, for --chat-template-file (a tokenizer_config.json has it).")
 	fs.StringVar(&o.ChatTemplateCustom, "chat-template-custom", "", "Custom chat template for the OpenAI-compatible API: a JSON object of turn strings (see docs/openai.md).")
+	fs.DurationVar(&o.ChatTemplateTimeout, "chat-template-timeout", templatehost.DefaultTimeout, "Longest one render of --chat-template-file may take; past it the renderer process is killed and the request gets 400.")
+	fs.Int64Var(&o.ChatTemplateMaxMemory, "chat-template-max-memory", templatehost.DefaultMaxMemory, "Memory in bytes one renderer process of --chat-template-file may take beyond its start; past it the renderer dies and the request gets 400.")
+	fs.Int64Var(&o.ChatTemplateMaxOutput, "chat-template-max-output", templatehost.DefaultMaxOutput, "Largest prompt in bytes --chat-template-file may render (400 beyond).")
+	fs.IntVar(&o.ChatTemplateRenderers, "chat-template-renderers", templatehost.DefaultRenderers, "Renderer processes of --chat-template-file; renders beyond them wait for one.")
 	fs.BoolVar(&o.PrefixReuse, "prefix-reuse", true, "Reuse the KV cache when a conversation continues the previous one (feed only the new part).")
 
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
@@ -419,8 +429,9 @@ func (o *Serve) validateWatchdog() error {
 	return nil
 }
 
-// validateTemplate checks that at most one chat template is configured, and that it
-// loads.
+// validateTemplate checks that at most one chat template is configured, that it loads
+// (a Jinja file is only read: it is compiled and test-rendered by its renderer
+// processes when the server starts), and the bounds of Jinja renders.
 func (o *Serve) validateTemplate() error {
 	n := 0
 	for _, v := range []string{o.ChatTemplateName, o.ChatTemplateFile, o.ChatTemplateCustom} {
@@ -431,19 +442,31 @@ func (o *Serve) validateTemplate() error {
 	if n > 1 {
 		return errors.New("--chat-template, --chat-template-file and --chat-template-custom each choose the chat template: give one")
 	}
+	if o.ChatTemplateTimeout <= 0 || o.ChatTemplateMaxOutput <= 0 || o.ChatTemplateRenderers <= 0 {
+		return errors.New("--chat-template-timeout, --chat-template-max-output and --chat-template-renderers must be positive")
+	}
+	if o.ChatTemplateMaxMemory < minRendererMemory {
+		return fmt.Errorf("--chat-template-max-memory must be at least %d (a renderer needs that much to start)", minRendererMemory)
+	}
+	if o.ChatTemplateFile != "" {
+		_, err := o.JinjaTemplate()
+		return err
+	}
 	_, err := o.Template()
 	return err
 }
 
-// Template returns the chat template of the OpenAI-compatible API.
+// minRendererMemory is the least --chat-template-max-memory: what a renderer process
+// needs beyond its start to decode a conversation and run the Go runtime.
+const minRendererMemory = 16 << 20
+
+// Template returns the chat template of the OpenAI-compatible API when it renders in
+// the server's process: a preset or a custom template. With --chat-template-file it
+// returns an error: that template runs in renderer processes (JinjaTemplate).
 func (o *Serve) Template() (chattemplate.Template, error) {
 	switch {
 	case o.ChatTemplateFile != "":
-		t, err := chattemplate.LoadJinja(o.ChatTemplateFile, o.ChatTemplateEOS)
-		if err != nil {
-			return nil, fmt.Errorf("--chat-template-file: %w", err)
-		}
-		return t, nil
+		return nil, errors.New("--chat-template-file renders in renderer processes: see JinjaTemplate")
 	case o.ChatTemplateCustom != "":
 		t, err := chattemplate.ParseCustom(o.ChatTemplateCustom)
 		if err != nil {
@@ -458,6 +481,20 @@ func (o *Serve) Template() (chattemplate.Template, error) {
 		return t, nil
 	}
 	return chattemplate.Preset(chattemplate.Default)
+}
+
+// JinjaTemplate reads --chat-template-file without compiling it (compiling runs the
+// template library on text from outside, which only renderer processes do); nil when
+// the flag is not set.
+func (o *Serve) JinjaTemplate() (*chattemplate.JinjaSource, error) {
+	if o.ChatTemplateFile == "" {
+		return nil, nil
+	}
+	src, err := chattemplate.ReadJinja(o.ChatTemplateFile, o.ChatTemplateEOS)
+	if err != nil {
+		return nil, fmt.Errorf("--chat-template-file: %w", err)
+	}
+	return src, nil
 }
 
 // RuntimeFallbackTemplate is the runtime chat template JSON-RPC runs get after the

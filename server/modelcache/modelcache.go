@@ -2,9 +2,9 @@
 // on a node (the node's model cache, which the device plugin mounts into NPU containers),
 // so a model is downloaded once per node instead of once per pod.
 //
-// One writer per file: a fetch holds an exclusive lock on the file's lock file while it
-// checks and downloads, so a second pod of the same model waits and then finds the file
-// in place. Files are verified by SHA-256 when one is given (at every fetch, hit or not).
+// One writer per file: fetch.Fetch holds the file's lock (fetch.LockPath) while it checks
+// and downloads, so a second pod of the same model waits and then finds the file in
+// place; eviction takes the same lock. Files are verified by SHA-256 when one is given (at every fetch, hit or not).
 // The cache is bounded: after a download the least recently used files are removed until
 // the folder is within its size limit, skipping files a running server holds (Pin takes
 // a shared lock the eviction's exclusive try cannot get). A hit marks the file used.
@@ -83,12 +83,7 @@ func Fetch(ctx context.Context, o Options) (Outcome, error) {
 	}
 	dest := o.Fetch.Dest
 	cached := filepath.Join(o.Dir, filepath.Base(dest))
-	unlock, err := lockFile(ctx, lockPath(cached), o.Log)
-	if err != nil {
-		return Outcome{}, err
-	}
 	out, err := fetchCached(ctx, o, cached)
-	unlock()
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -98,7 +93,8 @@ func Fetch(ctx context.Context, o Options) (Outcome, error) {
 	return out, nil
 }
 
-// fetchCached fetches into the cache with the file's lock held.
+// fetchCached fetches into the cache; fetch.Fetch holds the file's lock while it checks
+// and downloads (one writer per file across the node's pods).
 func fetchCached(ctx context.Context, o Options, cached string) (Outcome, error) {
 	fo := o.Fetch
 	fo.Dest = cached
@@ -142,11 +138,6 @@ func fetchDirect(ctx context.Context, o Options) (Outcome, error) {
 	return out, nil
 }
 
-// lockPath is the lock file of a cached file: a fetch of the file holds it.
-func lockPath(cached string) string {
-	return filepath.Join(filepath.Dir(cached), "."+filepath.Base(cached)+".lock")
-}
-
 // link makes dest a symlink to target, replacing what is there in one rename.
 func link(target, dest string) error {
 	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil { //nolint:gosec // the model folder is shared with the server container
@@ -162,34 +153,6 @@ func link(target, dest string) error {
 		return fmt.Errorf("link %s to the cached file: %w", dest, err)
 	}
 	return nil
-}
-
-// lockFile takes an exclusive lock on path (created when missing), waiting for the
-// process that holds it. The wait ends with ctx; the lock ends with the returned
-// function or the process.
-func lockFile(ctx context.Context, path string, log logr.Logger) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o644) //nolint:gosec // every pod of the node shares the lock
-	if err != nil {
-		return nil, fmt.Errorf("open the cache lock %s: %w", path, err)
-	}
-	unlock := func() { _ = f.Close() } // closing the descriptor releases the lock
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-		return unlock, nil
-	}
-	log.Info("another pod is fetching this file into the node's cache; waiting for it", "lock", path)
-	done := make(chan error, 1)
-	go func() { done <- syscall.Flock(int(f.Fd()), syscall.LOCK_EX) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			unlock()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		return unlock, nil
-	case <-ctx.Done():
-		// The waiting flock ends when the process exits; the caller is about to.
-		return nil, ctx.Err()
-	}
 }
 
 // Pin keeps path (a cached file, or a link to one) from being evicted while the returned
@@ -274,7 +237,7 @@ func scan(dir string) ([]entry, int64) {
 
 // evict removes path unless a server holds it or a fetch is checking it (ok false).
 func evict(path string) (ok bool, err error) {
-	for _, p := range []string{lockPath(path), path} {
+	for _, p := range []string{fetch.LockPath(path), path} {
 		locked, err := tryLock(p)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) && p != path {

@@ -63,7 +63,7 @@ func sum(b []byte) string {
 
 func options(t *testing.T, url, dest, dir string) modelcache.Options {
 	return modelcache.Options{
-		Fetch: fetch.Options{URL: url, Dest: dest, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, Log: testr.New(t)},
+		Fetch: fetch.Options{URL: url, Dest: dest, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, LockRetry: 10 * time.Millisecond, Log: testr.New(t)},
 		Dir:   dir, Log: testr.New(t),
 	}
 }

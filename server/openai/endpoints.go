@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -103,10 +104,11 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 			conv.OmitSystem = true
 		}
 	}
-	prompt, err := tmpl.Render(conv)
+	prompt, err := tmpl.Render(r.Context(), conv)
 	if err != nil {
 		if errors.Is(err, chattemplate.ErrInvalid) {
-			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %v.", tmpl.Name(), err)
+			why := strings.TrimPrefix(err.Error(), chattemplate.ErrInvalid.Error()+": ")
+			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %s.", tmpl.Name(), why)
 		}
 		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
 	}

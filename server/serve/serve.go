@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/filewatch"
@@ -30,6 +31,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -102,6 +104,8 @@ type app struct {
 	httpLn   net.Listener
 	sockLn   net.Listener
 	serveErr chan error
+	// templates renders --chat-template-file in renderer processes (nil without one).
+	templates *templatehost.Host
 	// watchers follow the API key and configuration files; closed at shutdown.
 	watchers []*filewatch.Watcher
 	// seen is the configuration as last read from the file (the config watcher's
@@ -169,7 +173,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
 			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
-		tmpl, err := o.Template()
+		tmpl, err := a.chatTemplate(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -191,6 +195,30 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	return a, nil
 }
 
+// chatTemplate is the template of /v1/: a preset or custom one, or a Jinja file
+// rendered by renderer processes (started by start).
+func (a *app) chatTemplate(opts Options) (chattemplate.Template, error) {
+	src, err := a.o.JinjaTemplate()
+	if err != nil || src == nil {
+		if err != nil {
+			return nil, err
+		}
+		return a.o.Template()
+	}
+	a.templates = templatehost.New(templatehost.Options{
+		Template: src,
+		Command: func() *exec.Cmd {
+			return exec.CommandContext(context.Background(), opts.Executable, RendererArgs...) //nolint:gosec // our own binary
+		},
+		Timeout: a.o.ChatTemplateTimeout, MaxMemory: a.o.ChatTemplateMaxMemory, MaxOutput: a.o.ChatTemplateMaxOutput,
+		Renderers: a.o.ChatTemplateRenderers, StartTimeout: a.o.WorkerStartTimeout, Log: a.log.WithName("chattemplate"),
+	})
+	return a.templates, nil
+}
+
+// RendererArgs are the arguments of the chat template renderer subcommand.
+var RendererArgs = []string{"render-chat-template"}
+
 // listen opens the listeners first, so a taken port fails the start at once.
 func (a *app) listen() error {
 	var err error
@@ -210,8 +238,19 @@ func (a *app) listen() error {
 	return nil
 }
 
-// start starts the supervisor, the file watchers and serves on the listeners.
+// start checks the chat template (a Jinja file must render a test conversation within
+// its bounds, or the server does not start), starts the supervisor and the file
+// watchers, and serves on the listeners.
 func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
+	if a.templates != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.o.WorkerStartTimeout+a.o.ChatTemplateTimeout)
+		err := a.templates.Start(ctx)
+		cancel()
+		if err != nil {
+			a.templates.Close()
+			return err
+		}
+	}
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
@@ -272,6 +311,9 @@ func (a *app) shutdown() error {
 			a.log.Error(err, "socket responses not flushed in time")
 			_ = a.sockSrv.Close()
 		}
+	}
+	if a.templates != nil {
+		a.templates.Close()
 	}
 	for range cap(a.serveErr) {
 		select {
