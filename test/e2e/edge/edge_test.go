@@ -228,7 +228,7 @@ func TestEdgeCluster(t *testing.T) {
 		t.Errorf("alpha's server.json does not carry the new parameters:\n%s", cfg)
 	}
 
-	s.step("deleting alpha: the garbage collector removes its Deployment, ReplicaSets, pods, Service and ConfigMap")
+	s.step("deleting alpha: the garbage collector removes its Deployment, ReplicaSets, pods, PodDisruptionBudget, Service and ConfigMap")
 	if err := s.cl.Delete(ctx, &inferencev1alpha1.RKLLMModel{ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -826,6 +826,9 @@ func (s *suite) waitChildrenGone(name string) {
 		}
 		if _, err := s.c.Client.CoreV1().Services(models).Get(ctx, name, metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
 			left = append(left, "the Service")
+		}
+		if _, err := s.c.Client.PolicyV1().PodDisruptionBudgets(models).Get(ctx, name, metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+			left = append(left, "the PodDisruptionBudget")
 		}
 		if _, err := s.c.Client.CoreV1().ConfigMaps(models).Get(ctx, name+"-config", metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
 			left = append(left, "the ConfigMap")
