@@ -70,17 +70,23 @@ func New(path string, opts Options, onChange func(content []byte)) (*Watcher, []
 	if err != nil {
 		return nil, nil, fmt.Errorf("watch %s: %w", path, err)
 	}
+	w := &Watcher{path: abs, opts: opts, onChange: onChange, watched: map[string]bool{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, nil, fmt.Errorf("watch %s: %w", path, err)
+		// Out of inotify instances (a per-user limit shared by the node's processes):
+		// a change is still seen, at the next periodic read.
+		opts.Log.Info("no file events; reading the file periodically instead", "path", abs, "interval", opts.PollInterval.String(), "error", err.Error())
+	} else {
+		w.fs = fw
 	}
-	w := &Watcher{path: abs, opts: opts, onChange: onChange, fs: fw, watched: map[string]bool{},
-		stop: make(chan struct{}), done: make(chan struct{})}
 	// Watches first, then the read: a change between the two is not missed.
 	w.rewatch()
 	content, err := w.read()
 	if err != nil {
-		_ = fw.Close()
+		if w.fs != nil {
+			_ = w.fs.Close()
+		}
 		return nil, nil, err
 	}
 	w.last = content
@@ -94,7 +100,9 @@ func (w *Watcher) Close() error {
 	w.once.Do(func() {
 		close(w.stop)
 		<-w.done
-		err = w.fs.Close()
+		if w.fs != nil {
+			err = w.fs.Close()
+		}
 	})
 	return err
 }
@@ -103,17 +111,23 @@ func (w *Watcher) loop() {
 	defer close(w.done)
 	poll := time.NewTicker(w.opts.PollInterval)
 	defer poll.Stop()
+	// Without a watcher both channels are nil and never ready.
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w.fs != nil {
+		events, errs = w.fs.Events, w.fs.Errors
+	}
 	for {
 		select {
 		case <-w.stop:
 			return
-		case _, ok := <-w.fs.Events:
+		case _, ok := <-events:
 			if !ok {
 				return
 			}
 			w.rewatch()
 			w.check()
-		case err, ok := <-w.fs.Errors:
+		case err, ok := <-errs:
 			if !ok {
 				return
 			}
@@ -163,6 +177,9 @@ func (w *Watcher) read() ([]byte, error) {
 // resolve now. Every watch is set again: a folder swapped behind a symlink is a new
 // inode under the same name, and a watch set before the swap follows the old one.
 func (w *Watcher) rewatch() {
+	if w.fs == nil {
+		return
+	}
 	for dir := range w.watched {
 		_ = w.fs.Remove(dir)
 	}
