@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -48,6 +49,7 @@ func main() {
 		defaultImage, watchNamespaces           string
 		concurrency                             int
 		rollOnUpgrade                           bool
+		errorGrace                              time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP), or 0 to disable it.")
@@ -67,6 +69,8 @@ func main() {
 	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces whose RKLLMModels are reconciled; all namespaces when empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many models are reconciled at once.")
+	flag.DurationVar(&errorGrace, "error-grace-period", controllers.DefaultErrorGracePeriod,
+		"How long errors talking to the cluster may go on before a model's Ready turns False (and it stalls); shorter ones only set Reconciling.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -77,6 +81,7 @@ func main() {
 		metricsAddr: metricsAddr, probeAddr: probeAddr, metricsCertPath: metricsCertPath,
 		secureMetrics: secureMetrics, enableHTTP2: enableHTTP2, leaderElect: leaderElect,
 		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency, rollOnUpgrade: rollOnUpgrade,
+		errorGrace: errorGrace,
 	}); err != nil {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
@@ -90,6 +95,7 @@ type runOptions struct {
 	namespaces                              []string
 	concurrency                             int
 	rollOnUpgrade                           bool
+	errorGrace                              time.Duration
 }
 
 func run(o runOptions) error {
@@ -135,6 +141,7 @@ func run(o runOptions) error {
 		Recorder:                mgr.GetEventRecorder("rkllm-operator"),
 		Options:                 controllers.Options{DefaultImage: o.defaultImage, RollOnUpgrade: o.rollOnUpgrade},
 		MaxConcurrentReconciles: o.concurrency,
+		ErrorGracePeriod:        o.errorGrace,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the RKLLMModel controller: %w", err)
