@@ -37,7 +37,7 @@ const (
 	DefaultLibraryPath           = "librkllmrt.so"
 	DefaultAPIKeySecretKey       = "api-key"
 	DefaultLogFormat             = "json"
-	DefaultDeviceTree            = DeviceTreeHostPath
+	DefaultDeviceTree            = DeviceTreeDevicePlugin
 	DefaultServiceType           = corev1.ServiceTypeClusterIP
 	DefaultColocation            = ColocationForbidden
 	// DefaultMemoryRequest and DefaultMemoryLimit apply when spec.resources sets no memory.
@@ -159,4 +159,18 @@ func (s *RKLLMModelSpec) GetServiceType() corev1.ServiceType {
 		return DefaultServiceType
 	}
 	return s.Service.Type
+}
+
+// GetCache returns where downloads are kept: Node (the default), Pod (emptyDir) or
+// HostPath.
+func (m *ModelSource) GetCache() FetchCache {
+	switch c := m.Cache; {
+	case c == nil, c.Node != nil:
+		return FetchCacheNode
+	case c.HostPath != nil:
+		return FetchCacheHostPath
+	case c.EmptyDir != nil:
+		return FetchCachePod
+	}
+	return FetchCacheNode
 }
