@@ -484,7 +484,7 @@ func hostMounts(t *testing.T, o *unstructured.Unstructured) map[string]hostMount
 // Security privileged (hostPath volumes); the manager stays in the release namespace.
 func TestDevicePluginNamespace(t *testing.T) {
 	objs := decode(t, render(t, "--set", "devicePlugin.namespace=rknpu-system", "--set", "devicePlugin.createNamespace=true",
-		"--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+		"--set", "serviceMonitor.enabled=true", "--set", "manager.metrics.certSecret=tls", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
 	for _, kind := range []string{"ServiceAccount", "DaemonSet", "ServiceMonitor"} {
 		if o := mustFind(t, objs, kind, release+"-device-plugin"); o.GetNamespace() != "rknpu-system" {
 			t.Errorf("device plugin %s in namespace %q, want rknpu-system", kind, o.GetNamespace())
@@ -519,8 +519,6 @@ func TestRollOnUpgradeFlag(t *testing.T) {
 		}
 	}
 }
-
-func TestImageTagsDefaultToAppVersion(t *testing.T) {
 
 // appVersion is the chart's appVersion: the release of the images.
 func appVersion(t *testing.T) string {

@@ -68,20 +68,21 @@ func TestNamesFitForAnyRelease(t *testing.T) {
 }
 
 // TestLongReleasesDoNotCollide: two releases whose names share a long start, in two
-// namespaces, get different names for the cluster-wide objects (roles, bindings).
+// namespaces, get different names for the cluster-wide objects (roles, bindings). The
+// CRD and a Namespace the values name are the same object for both on purpose.
 func TestLongReleasesDoNotCollide(t *testing.T) {
 	common := strings.Repeat("edge-cluster-", 3)
 	a := decode(t, renderRelease(t, common+"north", everything...))
 	b := decode(t, helm(t, "template", common+"south", chartDir, "--namespace", "other", everything[0], everything[1]))
 	names := map[string]bool{}
 	for _, o := range a {
-		if o.GetNamespace() == "" && o.GetKind() != "CustomResourceDefinition" {
+		if releaseScoped(o) {
 			names[o.GetKind()+"/"+o.GetName()] = true
 		}
 	}
 	shared := 0
 	for _, o := range b {
-		if o.GetNamespace() == "" && o.GetKind() != "CustomResourceDefinition" {
+		if releaseScoped(o) {
 			if names[o.GetKind()+"/"+o.GetName()] {
 				t.Errorf("both releases render %s %s", o.GetKind(), o.GetName())
 			}
@@ -91,6 +92,11 @@ func TestLongReleasesDoNotCollide(t *testing.T) {
 	if shared == 0 {
 		t.Fatal("no cluster-wide objects rendered")
 	}
+}
+
+// releaseScoped: a cluster-wide object named after the release.
+func releaseScoped(o *unstructured.Unstructured) bool {
+	return o.GetNamespace() == "" && o.GetKind() != "CustomResourceDefinition" && o.GetKind() != "Namespace"
 }
 
 func renderRelease(t *testing.T, rel string, args ...string) string {
