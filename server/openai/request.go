@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
-	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/generation"
 )
 
 // fields decodes a JSON object into its members, keeping the raw value of each.
@@ -27,6 +26,11 @@ func fields(raw []byte, where string) (map[string]json.RawMessage, *Error) {
 	}
 	return m, nil
 }
+
+var (
+	isNull   = generation.IsNull
+	jsonKind = generation.JSONKind
+)
 
 func errText(err error) string {
 	if err == nil {
@@ -61,8 +65,6 @@ func checkKnown(m map[string]json.RawMessage, where string, known map[string]boo
 	return nil
 }
 
-func isNull(raw json.RawMessage) bool { return len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null" }
-
 // decodeField decodes one member into v; a type mismatch is a 400 naming it.
 func decodeField(m map[string]json.RawMessage, key, param string, v any, what string) *Error {
 	raw, ok := m[key]
@@ -75,54 +77,27 @@ func decodeField(m map[string]json.RawMessage, key, param string, v any, what st
 	return nil
 }
 
-func jsonKind(raw json.RawMessage) string {
-	t := bytes.TrimSpace(raw)
-	if len(t) == 0 {
-		return "nothing"
-	}
-	switch t[0] {
-	case '"':
-		return "a string"
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	if bytes.ContainsAny(t, ".eE") {
-		return "a decimal number"
-	}
-	return "an integer"
-}
-
 // sampling holds the sampling members common to both endpoints.
 type sampling struct {
-	MaxTokens         *int     // max_tokens / max_completion_tokens
-	Temperature       *float64 // 0-2
-	TopP              *float64 // 0-1
-	TopK              *int     // >= 0 (an extension, as vLLM)
-	FrequencyPenalty  *float64 // -2..2
-	PresencePenalty   *float64 // -2..2
-	RepetitionPenalty *float64 // > 0 (an extension, as vLLM): repeat_penalty
-	Seed              *int64
-	Stop              []string
-	N                 *int
-	Stream            bool
-	IncludeUsage      bool
+	// Sampling has max_tokens (or max_completion_tokens) as MaxTokens and the
+	// extensions top_k and repetition_penalty (as vLLM's) as TopK and RepeatPenalty.
+	generation.Sampling
+	Seed         *int64
+	N            *int
+	Stream       bool
+	IncludeUsage bool
 }
 
 // samplingFields are the members decodeSampling reads.
 var samplingFields = []string{"max_tokens", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
 	"repetition_penalty", "seed", "stop", "n", "stream", "stream_options"}
 
-func rangeCheck(param string, v *float64, lo, hi float64) *Error {
-	if v != nil && (math.IsNaN(*v) || *v < lo || *v > hi) {
-		return invalid(param, "invalid_value", "Invalid '%s': %g is out of range: it must be between %g and %g.", param, *v, lo, hi)
+// memberName is a sampling member's name in OpenAI's API.
+func memberName(member string) string {
+	if member == generation.MemberRepeatPenalty {
+		return "repetition_penalty"
 	}
-	return nil
+	return member
 }
 
 func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*sampling, *Error) {
@@ -137,7 +112,7 @@ func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*samplin
 	for _, f := range []field{
 		{maxTokensKey, &s.MaxTokens, "an integer"}, {"temperature", &s.Temperature, "a number"}, {"top_p", &s.TopP, "a number"},
 		{"top_k", &s.TopK, "an integer"}, {"frequency_penalty", &s.FrequencyPenalty, "a number"},
-		{"presence_penalty", &s.PresencePenalty, "a number"}, {"repetition_penalty", &s.RepetitionPenalty, "a number"},
+		{"presence_penalty", &s.PresencePenalty, "a number"}, {"repetition_penalty", &s.RepeatPenalty, "a number"},
 		{"seed", &s.Seed, "an integer"}, {"n", &s.N, "an integer"}, {"stream", &s.Stream, "a boolean"},
 		{"stop", &stop, "a string or an array of strings"}, {"stream_options", &so, "an object"},
 	} {
@@ -170,19 +145,10 @@ func (s *sampling) validate(maxTokensKey string) *Error {
 	if s.MaxTokens != nil && *s.MaxTokens < 1 {
 		return invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
 	}
-	for _, c := range []struct {
-		p      string
-		v      *float64
-		lo, hi float64
-	}{{"temperature", s.Temperature, 0, 2}, {"top_p", s.TopP, 0, 1}, {"frequency_penalty", s.FrequencyPenalty, -2, 2},
-		{"presence_penalty", s.PresencePenalty, -2, 2}, {"repetition_penalty", s.RepetitionPenalty, 0.01, 10}} {
-		if err := rangeCheck(c.p, c.v, c.lo, c.hi); err != nil {
-			return err
-		}
+	if err := s.Sampling.Validate(memberName); err != nil {
+		return err
 	}
 	switch {
-	case s.TopK != nil && *s.TopK < 0:
-		return invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
 	case s.N != nil && *s.N != 1:
 		return unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
 	case s.Seed != nil:
@@ -211,59 +177,6 @@ func (s *sampling) decodeStop(stop json.RawMessage) *Error {
 		}
 	}
 	return nil
-}
-
-// inferParams turns the sampling members into per-run parameters for abi. ABI 1.3
-// takes sampling per run (the members not given keep the loaded model's values); 1.2
-// takes it only at init, so a member that differs from the loaded value is refused.
-// max_tokens on 1.2 is enforced by the server (the run is stopped there).
-func (s *sampling) inferParams(abi runtime.ABI, loaded runtime.Param) (runtime.InferParams, *Error) {
-	sp := runtime.SamplingParams{
-		TopK: loaded.TopK, TopP: loaded.TopP, Temperature: loaded.Temperature, RepeatPenalty: loaded.RepeatPenalty,
-		FrequencyPenalty: loaded.FrequencyPenalty, PresencePenalty: loaded.PresencePenalty,
-		Mirostat: loaded.Mirostat, MirostatTau: loaded.MirostatTau, MirostatEta: loaded.MirostatEta,
-	}
-	set := false
-	for _, f := range []struct {
-		name string
-		v    *float64
-		dst  *float32
-	}{{"temperature", s.Temperature, &sp.Temperature}, {"top_p", s.TopP, &sp.TopP}, {"frequency_penalty", s.FrequencyPenalty, &sp.FrequencyPenalty},
-		{"presence_penalty", s.PresencePenalty, &sp.PresencePenalty}, {"repetition_penalty", s.RepetitionPenalty, &sp.RepeatPenalty}} {
-		if f.v == nil || float32(*f.v) == *f.dst {
-			continue
-		}
-		if abi != runtime.ABI13 {
-			return runtime.InferParams{}, perRunSampling(f.name, fmt.Sprintf("%g", *f.dst), abi)
-		}
-		*f.dst, set = float32(*f.v), true
-	}
-	if s.TopK != nil && int32(*s.TopK) != sp.TopK { //nolint:gosec // top_k is a small count
-		if abi != runtime.ABI13 {
-			return runtime.InferParams{}, perRunSampling("top_k", fmt.Sprint(sp.TopK), abi)
-		}
-		sp.TopK, set = int32(*s.TopK), true //nolint:gosec // as above
-	}
-	ip := runtime.InferParams{Mode: runtime.InferGenerate}
-	if set {
-		ip.Sampling = &sp
-	}
-	if s.MaxTokens != nil && abi == runtime.ABI13 {
-		ip.MaxNewTokens = int32(min(*s.MaxTokens, math.MaxInt32)) //nolint:gosec // bounded above
-	}
-	return ip, nil
-}
-
-func perRunSampling(param, loadedValue string, abi runtime.ABI) *Error {
-	return unsupported(param, "'%s' cannot be set per request with runtime ABI %s: runtime 1.2.x takes sampling parameters only when the model loads, and this model was loaded with %s = %s. Leave '%s' out (or send %s), or configure it on the server (--%s), or use runtime 1.3.",
-		param, abi, param, loadedValue, param, loadedValue, flagName(param))
-}
-
-func flagName(param string) string {
-	if param == "repetition_penalty" {
-		return "repeat-penalty"
-	}
-	return strings.ReplaceAll(param, "_", "-")
 }
 
 // message is a decoded chat message.
@@ -416,52 +329,11 @@ func decodeToolCalls(raw json.RawMessage, where string) ([]chattemplate.ToolCall
 	return out, nil
 }
 
-// tool is one entry of the request's tools.
-type tool struct {
-	Name string
-	Raw  json.RawMessage
-}
-
-func decodeTools(raw json.RawMessage) ([]tool, *Error) {
-	if isNull(raw) {
-		return nil, nil
-	}
-	var list []json.RawMessage
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, invalid("tools", "invalid_type", "Invalid type for 'tools': expected an array, but got %s.", jsonKind(raw))
-	}
-	out := make([]tool, 0, len(list))
-	for i, r := range list {
-		param := fmt.Sprintf("tools[%d]", i)
-		var t struct {
-			Type     string `json:"type"`
-			Function *struct {
-				Name       string          `json:"name"`
-				Parameters json.RawMessage `json:"parameters"`
-			} `json:"function"`
-		}
-		if err := json.Unmarshal(r, &t); err != nil {
-			return nil, invalid(param, "invalid_type", "Invalid '%s': expected an object {type: \"function\", function: {name, description, parameters}}.", param)
-		}
-		if t.Type != "function" {
-			return nil, invalid(param+".type", "invalid_value", "Invalid value: '%s'. Supported values are: 'function'.", t.Type)
-		}
-		if t.Function == nil || t.Function.Name == "" {
-			return nil, invalid(param+".function.name", "missing_required_parameter", "Missing required parameter: '%s.function.name'.", param)
-		}
-		if len(t.Function.Parameters) > 0 && !isNull(t.Function.Parameters) && bytes.TrimSpace(t.Function.Parameters)[0] != '{' {
-			return nil, invalid(param+".function.parameters", "invalid_type", "Invalid '%s.function.parameters': expected a JSON Schema object.", param)
-		}
-		out = append(out, tool{Name: t.Function.Name, Raw: r})
-	}
-	return out, nil
-}
-
 // toolChoice applies tool_choice: "none" drops the tools, "auto" and "required" keep
 // them, {type: function, function: {name}} keeps only that one. The runtime cannot be
 // forced to call a tool, so "required" and a named function narrow what the model is
 // offered but do not constrain its reply.
-func toolChoice(raw json.RawMessage, tools []tool) ([]tool, *Error) {
+func toolChoice(raw json.RawMessage, tools []generation.Tool) ([]generation.Tool, *Error) {
 	if isNull(raw) {
 		return tools, nil
 	}
@@ -489,22 +361,8 @@ func toolChoice(raw json.RawMessage, tools []tool) ([]tool, *Error) {
 	}
 	for _, t := range tools {
 		if t.Name == named.Function.Name {
-			return []tool{t}, nil
+			return []generation.Tool{t}, nil
 		}
 	}
 	return nil, invalid("tool_choice", "invalid_value", "Invalid 'tool_choice': no function named '%s' in 'tools'.", named.Function.Name)
-}
-
-// toolsJSON is the array of tool specs as the client sent them.
-func toolsJSON(tools []tool) json.RawMessage {
-	var b bytes.Buffer
-	b.WriteByte('[')
-	for i, t := range tools {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		_ = json.Compact(&b, t.Raw)
-	}
-	b.WriteByte(']')
-	return b.Bytes()
 }
