@@ -23,6 +23,14 @@ type EmbedRequest struct {
 	Param string
 }
 
+// at names input i in errors: the member alone when it holds one input.
+func (req *EmbedRequest) at(i int) string {
+	if len(req.Inputs) == 1 {
+		return req.Param
+	}
+	return fmt.Sprintf("%s[%d]", req.Param, i)
+}
+
 // Embeddings are a request's vectors, in the order of its inputs.
 type Embeddings struct {
 	Vectors [][]float32
@@ -44,10 +52,7 @@ func (s *Service) CheckInputs(req *EmbedRequest) *Error {
 		return Invalid("dimensions", "invalid_value", "Invalid 'dimensions': %d must be positive.", req.Dimensions)
 	}
 	for i, in := range req.Inputs {
-		at := fmt.Sprintf("%s[%d]", req.Param, i)
-		if n == 1 {
-			at = req.Param
-		}
+		at := req.at(i)
 		if in.Type == runtime.InputToken {
 			if len(in.TokenIDs) == 0 {
 				return Invalid(at, "invalid_value", "Invalid '%s': an empty token array has nothing to embed.", at)
@@ -141,7 +146,7 @@ func (s *Service) embedFailed(req *EmbedRequest, err error) *Error {
 	if !errors.As(err, &in) {
 		return FromBackend(err)
 	}
-	at := fmt.Sprintf("%s[%d]", req.Param, in.Input)
+	at := req.at(in.Input)
 	var tooLarge *workerproto.ResultTooLargeError
 	var rt *supervisor.RuntimeError
 	switch {
