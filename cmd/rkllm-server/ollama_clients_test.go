@@ -203,4 +203,3 @@ func postOllama(t *testing.T, s *server, body string) ollamaChat {
 	}
 	return c
 }
-

@@ -431,7 +431,10 @@ func TestOllamaPrefixReuse(t *testing.T) {
 		reuse := startServer(t, abi, serverOpts{config: map[string]any{"max-context-len": 4096}})
 		fresh := startServer(t, abi, serverOpts{config: map[string]any{"max-context-len": 4096, "prefix-reuse": false}})
 		convs := map[string][]msg{"O": {{"role": "user", "content": "Tell me about NPUs."}}, "V": {{"role": "user", "content": "And about edge boards."}}}
-		hits := func() string { _, m := reuse.get("/metrics"); return grepLines(m, `rkllm_prefix_reuse_total{result="hit"}`) }
+		hits := func() string {
+			_, m := reuse.get("/metrics")
+			return grepLines(m, `rkllm_prefix_reuse_total{result="hit"}`)
+		}
 		step := 0
 		say := func(name string, wantReuse bool) {
 			t.Helper()
