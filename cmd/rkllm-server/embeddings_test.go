@@ -235,14 +235,27 @@ func TestEmbeddingsAndConversations(t *testing.T) {
 
 // TestEmbeddingLimits: a batch is bounded by --max-embedding-inputs; an input whose
 // hidden states do not fit one worker frame (--max-frame-bytes) or the model's context
-// fails naming it, and the server goes on serving; empty inputs and a dimensions that
-// is not the model's width are refused, before and after the width is known.
+// fails naming it, and the server goes on serving; empty inputs are refused, and a
+// dimensions that is not the model's width (learned when the model loaded) before
+// anything runs.
 func TestEmbeddingLimits(t *testing.T) {
 	wide := simulator.FastModel()
 	wide.HiddenSize = 4096
 	// 64 KiB frames hold the hidden states of 3 positions of 4096 floats, not 10.
-	s := startServer(t, "1.3", serverOpts{model: &wide, config: map[string]any{"max-frame-bytes": 65536, "max-embedding-inputs": 3, "max-context-len": 64}})
+	s := startServer(t, "1.3", serverOpts{model: &wide, config: map[string]any{"max-frame-bytes": 65536, "max-embedding-inputs": 3, "max-context-len": 64,
+		"embedding-width": nil}})
 	short, long := "hi", "the quick brown fox jumps over the lazy dog and the cat"
+	// The width was learned at load: a dimensions it is not is refused before anything
+	// runs, and one it is accepted.
+	runs := len(s.statsEvents("event=run"))
+	resp, body := s.v1(http.MethodPost, "/v1/embeddings", jsonBody(map[string]any{"model": modelID, "input": short, "dimensions": 512}))
+	wantError(t, resp, body, http.StatusBadRequest, "dimensions", "unsupported_parameter", "this model's embeddings have 4096")
+	if n := len(s.statsEvents("event=run")); n != runs {
+		t.Errorf("a wrong dimensions still ran %d runs", n-runs)
+	}
+	if _, v := s.embedV1(map[string]any{"input": short, "dimensions": 4096}); len(v[0]) != 4096 {
+		t.Errorf("dimensions 4096: %d floats", len(v[0]))
+	}
 	for _, c := range []struct {
 		path   string
 		body   map[string]any
@@ -255,13 +268,12 @@ func TestEmbeddingLimits(t *testing.T) {
 		{"/v1/embeddings", map[string]any{"input": []string{"a", ""}}, 400, "input[1]", "an empty string"},
 		{"/v1/embeddings", map[string]any{"input": [][]int32{{1}, {-2}}}, 400, "input[1]", "token id -2 is negative"},
 		{"/v1/embeddings", map[string]any{"input": []any{"a", 1}}, 400, "input", "expected a string, an array of strings"},
-		{"/v1/embeddings", map[string]any{"input": short, "dimensions": 512}, 400, "dimensions", "this model's embeddings have 4096"},
 		{"/v1/embeddings", map[string]any{"input": short, "encoding_format": "int8"}, 400, "encoding_format", "'float' and 'base64'"},
 		{"/v1/embeddings", map[string]any{"input": short, "user": "u", "extra": 1}, 400, "extra", "Unrecognized request argument supplied: extra"},
 		{"/v1/embeddings", map[string]any{"input": strings.Repeat("zq", 40)}, 400, "input", "longer than the model's context"},
 	} {
 		c.body["model"] = modelID
-		resp, body := s.v1(http.MethodPost, c.path, jsonBody(c.body))
+		resp, body = s.v1(http.MethodPost, c.path, jsonBody(c.body))
 		code := ""
 		switch c.status {
 		case 413:
@@ -280,24 +292,13 @@ func TestEmbeddingLimits(t *testing.T) {
 		}
 		wantError(t, resp, body, c.status, c.param, code, c.says)
 	}
-	// The width is known now: dimensions is refused before anything runs, and accepted
-	// when it is the width.
-	runs := len(s.statsEvents("event=run"))
-	resp, body := s.v1(http.MethodPost, "/v1/embeddings", jsonBody(map[string]any{"model": modelID, "input": short, "dimensions": 8}))
-	wantError(t, resp, body, http.StatusBadRequest, "dimensions", "unsupported_parameter", "have 4096")
-	if n := len(s.statsEvents("event=run")); n != runs {
-		t.Errorf("a known wrong dimensions still ran %d runs", n-runs)
-	}
-	if _, v := s.embedV1(map[string]any{"input": short, "dimensions": 4096}); len(v[0]) != 4096 {
-		t.Errorf("dimensions 4096: %d floats", len(v[0]))
-	}
 	// Over Ollama's API: the same bounds, its error shape.
 	for _, c := range []struct {
 		input  any
 		status int
 		says   string
 	}{{[]string{short, long}, 413, "'input[1]' is too long to embed"}, {[]string{"a", "b", "c", "d"}, 400, "--max-embedding-inputs"}} {
-		resp, body := s.v1(http.MethodPost, "/api/embed", jsonBody(map[string]any{"model": modelID, "input": c.input}))
+		resp, body = s.v1(http.MethodPost, "/api/embed", jsonBody(map[string]any{"model": modelID, "input": c.input}))
 		wantOllamaError(t, resp, body, c.status, c.says)
 	}
 	// Empty inputs only load the model, as Ollama's do.

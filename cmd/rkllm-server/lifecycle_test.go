@@ -171,6 +171,11 @@ func TestAPIKeyAndMetrics(t *testing.T) {
 		break
 	}
 
+	// The last line is counted once its write has returned, which may be after the
+	// client has read it.
+	s.eventually("the socket's bytes counted", waitTimeout, func() bool {
+		return s.metric(`rkllm_sent_bytes_total{transport="unix"}`) == float64(unixOut)
+	})
 	_, metrics := s.get("/metrics")
 	sample := func(name string) float64 {
 		for _, l := range strings.Split(metrics, "\n") {

@@ -88,7 +88,7 @@ func TestHomeAssistantOllamaBodies(t *testing.T) {
 				Model string `json:"model"`
 			} `json:"models"`
 		}
-		_, body := s.get("/api/tags")
+		_, body := s.v1(http.MethodGet, "/api/tags", "")
 		if json.Unmarshal([]byte(body), &tags) != nil || len(tags.Models) != 1 || tags.Models[0].Model != "model:latest" {
 			t.Errorf("tags: %s", body)
 		}
@@ -130,7 +130,7 @@ func haStream(t *testing.T, s *server, body string) []ollamaChat {
 func TestOpenWebUIOllamaBodies(t *testing.T) {
 	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-context-len": 4096}})
 	for _, path := range []string{"/api/version", "/api/tags", "/api/ps"} {
-		if resp, body := s.get(path); resp.StatusCode != http.StatusOK {
+		if resp, body := s.v1(http.MethodGet, path, ""); resp.StatusCode != http.StatusOK {
 			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
 		}
 	}
@@ -140,7 +140,7 @@ func TestOpenWebUIOllamaBodies(t *testing.T) {
 			ExpiresAt string `json:"expires_at"`
 		} `json:"models"`
 	}
-	if _, body := s.get("/api/ps"); json.Unmarshal([]byte(body), &ps) != nil || len(ps.Models) != 1 || ps.Models[0].Model != "model:latest" {
+	if _, body := s.v1(http.MethodGet, "/api/ps", ""); json.Unmarshal([]byte(body), &ps) != nil || len(ps.Models) != 1 || ps.Models[0].Model != "model:latest" {
 		t.Errorf("ps: %s", body)
 	} else if _, err := time.Parse(time.RFC3339Nano, ps.Models[0].ExpiresAt); err != nil {
 		t.Errorf("expires_at %q: %v", ps.Models[0].ExpiresAt, err)

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -161,7 +162,8 @@ func TestOllamaModelEndpoints(t *testing.T) {
 		if show.Template != "<|im_start|>system\n{{ .System }}<|im_end|>\n<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n" ||
 			!strings.Contains(show.Parameters, "num_ctx                        2048") || !strings.Contains(show.Parameters, "num_predict                    64") ||
 			!strings.Contains(show.Parameters, `stop                           "<|im_end|>"`) || !strings.Contains(show.Modelfile, "managed by the RKLLMModel resource") ||
-			strings.Join(show.Capabilities, ",") != "completion,tools,embedding" || show.ModelInfo["rkllm.context_length"] != 2048.0 {
+			strings.Join(show.Capabilities, ",") != "completion,tools,embedding" || show.ModelInfo["rkllm.context_length"] != 2048.0 ||
+			show.ModelInfo["rkllm.embedding_length"] != 16.0 {
 			t.Errorf("show %s: %s", name, body)
 		}
 	}
@@ -543,4 +545,90 @@ func TestOllamaLimits(t *testing.T) {
 			t.Fatal("the queued chat did not finish")
 		}
 	})
+}
+
+// longOllamaChat is an /api/chat body of n one-character messages.
+func longOllamaChat(n int) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"model":"model","stream":false,"options":{"num_predict":4},"messages":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		role := "user"
+		if i%2 == 1 {
+			role = "assistant"
+		}
+		fmt.Fprintf(&b, `{"role":%q,"content":"x"}`, role)
+	}
+	b.WriteString(`]}`)
+	return b.Bytes()
+}
+
+// TestOllamaInflightBudget: /api/ is under the one budget of bytes in flight. While
+// the model is held, long chats over /api/chat are queued as long as what they hold
+// fits, then one is answered 429 with Retry-After in Ollama's shape, and so is an
+// embeddings request; once the model is free the queued chats are served and the budget
+// is whole again.
+func TestOllamaInflightBudget(t *testing.T) {
+	const budget = 8 << 20
+	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-bytes": budget, "max-queue": nil},
+		env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "hang-once")}})
+	holder := s.dial()
+	hold := prompt("hold the model")
+	hold["stream"] = true
+	held := holder.send("rkllm.run", hold)
+	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	body := string(longOllamaChat(20000))
+	type answer struct {
+		code        int
+		retry, body string
+	}
+	answers := make(chan answer, 50)
+	waiting := 0
+	for refused := false; !refused; {
+		if waiting == 40 {
+			t.Fatalf("%d chats queued and none refused", waiting)
+		}
+		go func() {
+			resp, b := s.v1(http.MethodPost, "/api/chat", body)
+			answers <- answer{resp.StatusCode, resp.Header.Get("Retry-After"), b}
+		}()
+		for queued := false; !queued && !refused; {
+			select {
+			case a := <-answers:
+				if a.code != http.StatusTooManyRequests || a.retry != "1" || !strings.Contains(a.body, `{"error":"The server is busy`) || !strings.Contains(a.body, "--max-inflight-bytes") {
+					t.Fatalf("a chat while the model is held: %d (Retry-After %q) %s", a.code, a.retry, a.body)
+				}
+				refused = true
+			case <-time.After(pollEvery):
+				queued = s.queueDepth() == waiting+1
+			}
+		}
+		if !refused {
+			waiting++
+		}
+	}
+	if waiting == 0 {
+		t.Fatal("the first chat was refused: the budget holds none")
+	}
+	inputs := make([]string, 200)
+	for i := range inputs {
+		inputs[i] = strings.Repeat("y", 20000)
+	}
+	resp, b := s.v1(http.MethodPost, "/api/embed", jsonBody(map[string]any{"model": modelID, "input": inputs}))
+	wantOllamaError(t, resp, b, http.StatusTooManyRequests, "--max-inflight-bytes")
+	ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
+	wait(t, held)
+	for range waiting {
+		select {
+		case a := <-answers:
+			if a.code != http.StatusOK && !(a.code == http.StatusBadRequest && strings.Contains(a.body, "longer than the model's context")) {
+				t.Errorf("a queued chat: %d %.300s", a.code, a.body)
+			}
+		case <-time.After(2 * waitTimeout):
+			t.Fatal("a queued chat got no answer")
+		}
+	}
+	s.eventually("the budget whole again", waitTimeout, func() bool { return s.metric("rkllm_inflight_request_bytes") == 0 })
 }

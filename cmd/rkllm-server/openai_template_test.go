@@ -138,7 +138,7 @@ func TestChatTemplateRefusedAtStart(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			cmd := exec.CommandContext(context.Background(), serverBin, "serve", "--listen", "127.0.0.1:0", //nolint:gosec // the test's binary
+			cmd := exec.CommandContext(context.Background(), serverBin, "serve", "--listen", "127.0.0.1:0", "--probe-listen", "", //nolint:gosec // the test's binary
 				"--chat-template-file", writeTemplate(t, tt.src), "--chat-template-eos", "</s>", "--chat-template-timeout", "500ms", "--log-format", "text")
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out

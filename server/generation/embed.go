@@ -1,6 +1,7 @@
 package generation
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -64,8 +65,8 @@ func (s *Service) CheckInputs(req *EmbedRequest) *Error {
 			}
 		} else if in.Prompt == "" {
 			return Invalid(at, "invalid_value", "Invalid '%s': an empty string has nothing to embed.", at)
-		} else if strings.IndexByte(in.Prompt, 0) >= 0 {
-			return Invalid(at, "invalid_value", "Invalid '%s': it contains a NUL character, which the runtime's C strings cannot carry.", at)
+		} else if e := NoNUL(at, in.Prompt); e != nil {
+			return e
 		}
 	}
 	return nil
@@ -76,8 +77,11 @@ func (s *Service) CheckInputs(req *EmbedRequest) *Error {
 // configured. The conversation the KV cache held is dropped (see
 // supervisor.Embedding).
 func (s *Service) Embed(r *http.Request, loaded Loaded, req *EmbedRequest) (*Embeddings, *Error) {
-	if w := s.EmbedWidth(loaded); req.Dimensions > 0 && w > 0 && req.Dimensions != w {
+	if w := loaded.EmbedWidth; req.Dimensions > 0 && w > 0 && req.Dimensions != w {
 		return nil, dimensionsError(req.Dimensions, w)
+	}
+	if e := holdForEmbeddings(r.Context(), req, loaded.EmbedWidth); e != nil {
+		return nil, e
 	}
 	ctx, cancel := s.requestContext(r.Context())
 	defer cancel()
@@ -100,8 +104,9 @@ func (s *Service) Embed(r *http.Request, loaded Loaded, req *EmbedRequest) (*Emb
 		}
 		out.Vectors[i] = p.Vector(!s.opts.Embedding.Raw)
 	}
+	// The width is checked again against the vectors: a runtime that could not tell it at
+	// load (0) still gets a dimensions it does not have refused.
 	width := len(out.Vectors[0])
-	s.rememberWidth(loaded, width)
 	if req.Dimensions > 0 && req.Dimensions != width {
 		return nil, dimensionsError(req.Dimensions, width)
 	}
@@ -156,25 +161,20 @@ func (s *Service) embedFailed(req *EmbedRequest, err error) *Error {
 				at, tooLarge.Size, tooLarge.Limit)}
 	case errors.As(err, &rt) && strings.Contains(rt.Reason, "max context"):
 		return Invalid(at, "context_length_exceeded", "'%s' is longer than the model's context (%s): shorten it.", at, rt.Reason)
+	case errors.Is(err, runtime.ErrInvalidInput):
+		return Invalid(at, "invalid_value", "'%s' cannot be given to the model: %v.", at, in.Err)
 	}
 	e := FromBackend(in.Err)
 	e.Message = at + ": " + e.Message
 	return e
 }
 
-// EmbedWidth is the loaded model's embedding width (its hidden size) once an
-// embedding request has shown it, else 0.
-func (s *Service) EmbedWidth(l Loaded) int {
-	s.width.Lock()
-	defer s.width.Unlock()
-	if s.width.model != l.Param.ModelPath {
-		return 0
-	}
-	return s.width.n
-}
+// embedCost is what one float of a vector holds while a request is served: its pooled
+// sum (float64), the vector (float32), and its text in the response.
+const embedCost = 8 + 4 + 20
 
-func (s *Service) rememberWidth(l Loaded, n int) {
-	s.width.Lock()
-	s.width.model, s.width.n = l.Param.ModelPath, n
-	s.width.Unlock()
+// holdForEmbeddings pays for the vectors of a request before it runs, when the width is
+// known; the inputs were paid for when they were decoded.
+func holdForEmbeddings(ctx context.Context, req *EmbedRequest, width int) *Error {
+	return BudgetFor(ctx).Pay(len(req.Inputs) * width * embedCost)
 }

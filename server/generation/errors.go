@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -93,6 +94,8 @@ func FromBackend(err error) *Error {
 		return Invalid("messages", "context_length_exceeded", "The conversation is longer than the model's context (%s): shorten it.", rt.Reason)
 	case errors.As(err, &rt):
 		return &Error{Status: http.StatusInternalServerError, Type: TypeServer, Code: Strp("runtime_error"), Message: "The runtime failed: " + rt.Error()}
+	case errors.Is(err, runtime.ErrInvalidInput):
+		return Invalid("messages", "invalid_value", "The request cannot be given to the model: %v.", err)
 	case errors.Is(err, supervisor.ErrAborted):
 		return &Error{Status: 499, Type: TypeInvalidRequest, Code: Strp("aborted"), Message: err.Error()}
 	}

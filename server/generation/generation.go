@@ -15,17 +15,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/embedding"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -36,8 +35,8 @@ type Backend interface {
 	Enqueue(ctx context.Context, req supervisor.Request) (*supervisor.Ticket, error)
 	Abort(owner, id string) ([]string, error)
 	Status() supervisor.Status
-	// Loaded returns the parameters of the loaded model.
-	Loaded() (runtime.Param, bool)
+	// LoadedModel describes the loaded model: its parameters, ABI and embedding width.
+	LoadedModel() (supervisor.LoadedModel, bool)
 }
 
 // Observer receives the measurements both APIs share.
@@ -96,13 +95,6 @@ type EmbeddingOptions struct {
 type Service struct {
 	b    Backend
 	opts Options
-	// width remembers the embedding width the model's hidden states had, for the
-	// checks before a run (dimensions); keyed by the model file it was seen with.
-	width struct {
-		sync.Mutex
-		model string
-		n     int
-	}
 }
 
 // New returns the Service.
@@ -156,8 +148,8 @@ func (s *Service) ModelID() string {
 // ModelPath is the model file: the loaded one, else the one being loaded, else the
 // configured one.
 func (s *Service) ModelPath() string {
-	if p, ok := s.b.Loaded(); ok {
-		return p.ModelPath
+	if m, ok := s.b.LoadedModel(); ok {
+		return m.Param.ModelPath
 	}
 	if st := s.b.Status(); st.Model != "" {
 		return st.Model
@@ -179,6 +171,9 @@ func NoModel() *Error {
 type Loaded struct {
 	Param runtime.Param
 	ABI   runtime.ABI
+	// EmbedWidth is its embedding width (hidden size), learned at load or configured
+	// (--embedding-width); 0 when the runtime could not tell.
+	EmbedWidth int
 }
 
 // Ready checks that the server can take a request now: not draining, the model
@@ -188,7 +183,7 @@ func (s *Service) Ready() (Loaded, *Error) {
 		return Loaded{}, Unavailable("it is shutting down")
 	}
 	st := s.b.Status()
-	param, ok := s.b.Loaded()
+	m, ok := s.b.LoadedModel()
 	if !st.Ready || !ok {
 		reason := st.Reason
 		if reason == "" {
@@ -196,20 +191,26 @@ func (s *Service) Ready() (Loaded, *Error) {
 		}
 		return Loaded{}, Unavailable(reason)
 	}
-	return Loaded{Param: param, ABI: runtime.ABI(st.ABI)}, nil
+	return Loaded{Param: m.Param, ABI: m.ABI, EmbedWidth: m.EmbedWidth}, nil
 }
 
-// ReadBody reads the request body within MaxRequestBytes.
+// ReadBody reads the request body within MaxRequestBytes, paying for it first from the
+// request's account of the budget of bytes in flight.
 func (s *Service) ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, *Error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes))
+	r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes)
+	body, err := inflight.ReadBody(r, s.opts.MaxRequestBytes)
 	if s.opts.Observer != nil {
 		s.opts.Observer.BytesIn(Transport, len(body))
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		var over *inflight.OverError
+		switch {
+		case errors.As(err, &tooLarge):
 			return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: TypeInvalidRequest, Code: Strp("request_too_large"),
 				Message: fmt.Sprintf("The request body is larger than %d bytes (--max-request-bytes): shorten it.", s.opts.MaxRequestBytes)}
+		case errors.As(err, &over):
+			return nil, OverBudget(err)
 		}
 		return nil, Invalid("", "", "Cannot read the request body: %v.", err)
 	}

@@ -37,6 +37,16 @@ func (s *Service) PrepareChat(ctx context.Context, c *Chat, spec *Spec) *Error {
 			conv.OmitSystem = true
 		}
 	}
+	// The prompt is about as long as the conversation's text plus each turn's markers;
+	// a template that writes more pays for the rest once it is known.
+	pay := BudgetFor(ctx)
+	estimate := renderCost * len(c.Messages)
+	for i := range c.Messages {
+		estimate += len(c.Messages[i].Content)
+	}
+	if e := pay.Pay(estimate); e != nil {
+		return e
+	}
 	prompt, err := tmpl.Render(ctx, conv)
 	if err != nil {
 		if errors.Is(err, chattemplate.ErrInvalid) {
@@ -44,6 +54,12 @@ func (s *Service) PrepareChat(ctx context.Context, c *Chat, spec *Spec) *Error {
 			return Invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %s.", tmpl.Name(), why)
 		}
 		return Internal("%v", err)
+	}
+	if e := pay.Pay(len(prompt) - estimate); e != nil {
+		return e
+	}
+	if e := NoNUL("messages", prompt); e != nil { // a template may add what no message held
+		return e
 	}
 	spec.Prompt, spec.Opening = prompt, chattemplate.OpenReasoning(prompt)
 	return nil
@@ -58,9 +74,12 @@ type Tool struct {
 // DecodeTools reads the tools member (named param in errors): function specs
 // {type: "function", function: {name, description, parameters}}, the same in OpenAI's
 // and Ollama's APIs.
-func DecodeTools(raw json.RawMessage, param string) ([]Tool, *Error) {
+func DecodeTools(raw json.RawMessage, param string, pay Budget) ([]Tool, *Error) {
 	if IsNull(raw) {
 		return nil, nil
+	}
+	if e := pay.Pay(Elements(raw)*ElementCost + len(raw)); e != nil {
+		return nil, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {

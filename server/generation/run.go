@@ -74,6 +74,9 @@ type Run struct {
 // Start queues a run for spec. The run is bound to the request's context (and
 // RequestTimeout): a client that leaves aborts it. Close releases it.
 func (s *Service) Start(r *http.Request, spec *Spec) (*Run, *Error) {
+	if e := holdForRun(r.Context(), spec); e != nil {
+		return nil, e
+	}
 	id := NewID(spec.IDPrefix)
 	ctx, cancel := s.requestContext(r.Context())
 	serverMax := 0

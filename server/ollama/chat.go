@@ -41,19 +41,20 @@ func (h *Handler) decodeChat(w http.ResponseWriter, r *http.Request) (*common, [
 	if e != nil {
 		return nil, nil, nil, e
 	}
-	m, e := members(body)
+	pay := generation.BudgetFor(r.Context())
+	m, e := members(body, pay)
 	if e != nil {
 		return nil, nil, nil, e
 	}
-	c, e := decodeCommon(m)
+	c, e := decodeCommon(m, pay)
 	if e != nil {
 		return nil, nil, nil, e
 	}
-	msgs, e := decodeMessages(m["messages"])
+	msgs, e := decodeMessages(m["messages"], pay)
 	if e != nil {
 		return nil, nil, nil, e
 	}
-	tools, e := generation.DecodeTools(m["tools"], "tools")
+	tools, e := generation.DecodeTools(m["tools"], "tools", pay)
 	return c, msgs, tools, e
 }
 
@@ -66,8 +67,9 @@ func (h *Handler) generate(w http.ResponseWriter, r *http.Request) {
 		t.model, t.stream = c.model, c.stream
 		e = h.prepare(r, t, c, chat, prompt == "")
 	}
-	if e == nil && raw {
+	if e == nil && raw && t.spec != nil {
 		t.spec.Prompt, t.spec.Opening, t.spec.Tools, t.spec.ParseTools = prompt, "", nil, false
+		e = generation.NoNUL("prompt", prompt)
 	}
 	if e != nil {
 		h.fail(w, e)
@@ -81,11 +83,12 @@ func (h *Handler) decodeGenerate(w http.ResponseWriter, r *http.Request) (c *com
 	if e != nil {
 		return nil, nil, false, "", e
 	}
-	m, e := members(body)
+	pay := generation.BudgetFor(r.Context())
+	m, e := members(body, pay)
 	if e != nil {
 		return nil, nil, false, "", e
 	}
-	if c, e = decodeCommon(m); e != nil {
+	if c, e = decodeCommon(m, pay); e != nil {
 		return nil, nil, false, "", e
 	}
 	var system, suffix string

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"time"
+	"unsafe"
 
 	"github.com/rkllm-operator/rkllm-operator/server/generation"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -18,7 +19,7 @@ func (h *Handler) embed(w http.ResponseWriter, r *http.Request) {
 	m, model, e := h.embedRequest(w, r)
 	var req *generation.EmbedRequest
 	if e == nil {
-		req, e = decodeEmbedInput(m)
+		req, e = decodeEmbedInput(m, generation.BudgetFor(r.Context()))
 	}
 	var loaded generation.Loaded
 	if e == nil {
@@ -79,18 +80,17 @@ func (h *Handler) embedRequest(w http.ResponseWriter, r *http.Request) (map[stri
 	if e != nil {
 		return nil, "", e
 	}
-	m, e := members(body)
+	m, e := members(body, generation.BudgetFor(r.Context()))
 	if e != nil {
 		return nil, "", e
 	}
 	var model string
 	var truncate bool
-	var options map[string]json.RawMessage
 	for _, f := range []struct {
 		key  string
 		v    any
 		what string
-	}{{"model", &model, "a string"}, {"truncate", &truncate, "a boolean"}, {"options", &options, "an object"}} {
+	}{{"model", &model, "a string"}, {"truncate", &truncate, "a boolean"}} {
 		if e := decode(m, f.key, f.key, f.v, f.what); e != nil {
 			return nil, "", e
 		}
@@ -98,8 +98,11 @@ func (h *Handler) embedRequest(w http.ResponseWriter, r *http.Request) (map[stri
 	return m, model, nil
 }
 
-// decodeEmbedInput reads /api/embed's input and dimensions.
-func decodeEmbedInput(m map[string]json.RawMessage) (*generation.EmbedRequest, *generation.Error) {
+// inputCost is what a decoded input holds besides its text.
+const inputCost = int(unsafe.Sizeof(runtime.Input{}))
+
+// decodeEmbedInput reads /api/embed's input and dimensions, paying first for the inputs.
+func decodeEmbedInput(m map[string]json.RawMessage, pay generation.Budget) (*generation.EmbedRequest, *generation.Error) {
 	req := &generation.EmbedRequest{Param: "input"}
 	if e := decode(m, "dimensions", "dimensions", &req.Dimensions, "an integer"); e != nil {
 		return nil, e
@@ -107,6 +110,9 @@ func decodeEmbedInput(m map[string]json.RawMessage) (*generation.EmbedRequest, *
 	raw := m["input"]
 	if generation.IsNull(raw) {
 		return req, nil
+	}
+	if e := pay.Pay(len(raw) + generation.Elements(raw)*inputCost); e != nil {
+		return nil, e
 	}
 	var one string
 	if json.Unmarshal(raw, &one) == nil {

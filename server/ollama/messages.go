@@ -4,20 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"unsafe"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/generation"
 )
 
-// wireMessage is a chat message as Ollama's clients send it. thinking (an assistant's
-// past reasoning) is read and left out, as the chat templates leave past reasoning out.
+// wireMessage is the members of a chat message as Ollama's clients send it that the
+// server reads, as slices of the body. thinking (an assistant's past reasoning) is
+// left out, as the chat templates leave past reasoning out; other members are ignored.
 type wireMessage struct {
-	Role       string            `json:"role"`
-	Content    string            `json:"content"`
-	Images     []json.RawMessage `json:"images"`
-	ToolCalls  []wireToolCall    `json:"tool_calls"`
-	ToolName   string            `json:"tool_name"`
-	ToolCallID string            `json:"tool_call_id"`
+	Role, Content, Images, ToolCalls, ToolName, ToolCallID json.RawMessage
 }
 
 // wireToolCall is an assistant's past tool call: the arguments are an object.
@@ -29,61 +26,129 @@ type wireToolCall struct {
 	} `json:"function"`
 }
 
-// decodeMessages reads the messages member; an empty list is valid (a request that
+// messageCost is what a decoded message holds besides its text: the message and its
+// wire form.
+const messageCost = int(unsafe.Sizeof(chattemplate.Message{}) + unsafe.Sizeof(wireMessage{}))
+
+// decodeMessages reads the messages member (valid JSON, from the body) one message at
+// a time, paying for each before it is decoded; an empty list is valid (a request that
 // only loads the model).
-func decodeMessages(raw json.RawMessage) ([]chattemplate.Message, *generation.Error) {
+func decodeMessages(raw json.RawMessage, pay generation.Budget) ([]chattemplate.Message, *generation.Error) {
 	if generation.IsNull(raw) {
 		return nil, nil
 	}
-	var list []json.RawMessage
-	if err := json.Unmarshal(raw, &list); err != nil {
+	n := 0
+	if ok, _ := generation.EachElement(raw, func(int, []byte) *generation.Error { n++; return nil }); !ok {
 		return nil, generation.Invalid("messages", "invalid_type", "messages must be an array of messages, not %s", generation.JSONKind(raw))
 	}
-	out := make([]chattemplate.Message, 0, len(list))
-	for i, r := range list {
-		m, e := decodeMessage(r, fmt.Sprintf("messages[%d]", i))
-		if e != nil {
-			return nil, e
+	if e := pay.Pay(n * messageCost); e != nil {
+		return nil, e
+	}
+	out := make([]chattemplate.Message, n)
+	_, e := generation.EachElement(raw, func(i int, one []byte) *generation.Error {
+		// Its strings take at most its length, and the tool calls' arguments as much again.
+		if e := pay.Pay(2 * len(one)); e != nil {
+			return e
 		}
-		out = append(out, m)
+		var e *generation.Error
+		out[i], e = decodeMessage(one, fmt.Sprintf("messages[%d]", i), pay)
+		return e
+	})
+	if e != nil {
+		return nil, e
 	}
 	return out, nil
 }
 
-func decodeMessage(raw json.RawMessage, at string) (chattemplate.Message, *generation.Error) {
+// decodeMessage decodes one message (valid JSON) into the chat template's shape. Only
+// tool calls, which are rare, go through encoding/json (paid for each).
+func decodeMessage(raw json.RawMessage, at string, pay generation.Budget) (chattemplate.Message, *generation.Error) {
 	var w wireMessage
-	if err := json.Unmarshal(raw, &w); err != nil {
-		return chattemplate.Message{}, generation.Invalid(at, "invalid_type", "%s must be a message {role, content, ...}: %v", at, err)
+	if !generation.EachMember(raw, func(key, value []byte) { w.set(generation.MemberName(key), value) }) {
+		return chattemplate.Message{}, generation.Invalid(at, "invalid_type", "%s must be a message {role, content, ...}, not %s", at, generation.JSONKind(raw))
 	}
-	switch w.Role {
+	var m chattemplate.Message
+	for _, f := range []struct {
+		raw    json.RawMessage
+		member string
+		dst    *string
+	}{{w.Role, "role", &m.Role}, {w.Content, "content", &m.Content}, {w.ToolName, "tool_name", &m.Name}, {w.ToolCallID, "tool_call_id", &m.ToolCallID}} {
+		if e := decodeString(f.raw, at+"."+f.member, f.dst); e != nil {
+			return m, e
+		}
+	}
+	switch m.Role {
 	case chattemplate.RoleSystem, chattemplate.RoleUser, chattemplate.RoleAssistant, chattemplate.RoleTool:
 	case "":
-		return chattemplate.Message{}, generation.Invalid(at+".role", "missing_required_parameter", "%s.role is required", at)
+		return m, generation.Invalid(at+".role", "missing_required_parameter", "%s.role is required", at)
 	default:
-		return chattemplate.Message{}, generation.Invalid(at+".role", "invalid_value", "%s.role %q: use system, user, assistant or tool", at, w.Role)
+		return m, generation.Invalid(at+".role", "invalid_value", "%s.role %q: use system, user, assistant or tool", at, m.Role)
 	}
-	if len(w.Images) > 0 {
-		return chattemplate.Message{}, generation.Unsupported(at+".images", "%s.images: images are not supported, this server serves a text model", at)
+	if generation.Elements(w.Images) > 0 {
+		return m, generation.Unsupported(at+".images", "%s.images: images are not supported, this server serves a text model", at)
 	}
-	m := chattemplate.Message{Role: w.Role, Content: w.Content, ToolCallID: w.ToolCallID, Name: w.ToolName}
-	if len(w.ToolCalls) > 0 && w.Role != chattemplate.RoleAssistant {
+	if generation.IsNull(w.ToolCalls) || generation.Elements(w.ToolCalls) == 0 {
+		return m, nil
+	}
+	if m.Role != chattemplate.RoleAssistant {
 		return m, generation.Invalid(at+".tool_calls", "", "%s.tool_calls: only assistant messages have tool calls", at)
 	}
-	for j, tc := range w.ToolCalls {
+	var e *generation.Error
+	m.ToolCalls, e = decodeToolCalls(w.ToolCalls, at, pay)
+	return m, e
+}
+
+// set keeps the member key of a message.
+func (w *wireMessage) set(key string, value json.RawMessage) {
+	switch key {
+	case "role":
+		w.Role = value
+	case "content":
+		w.Content = value
+	case "images":
+		w.Images = value
+	case "tool_calls":
+		w.ToolCalls = value
+	case "tool_name":
+		w.ToolName = value
+	case "tool_call_id":
+		w.ToolCallID = value
+	}
+}
+
+// decodeString decodes a string member (null or absent: nothing).
+func decodeString(raw json.RawMessage, param string, dst *string) *generation.Error {
+	if generation.IsNull(raw) || generation.PlainString(raw, dst) || json.Unmarshal(raw, dst) == nil {
+		return nil
+	}
+	return generation.Invalid(param, "invalid_type", "%s must be a string, not %s", param, generation.JSONKind(raw))
+}
+
+// decodeToolCalls reads an assistant's past tool calls.
+func decodeToolCalls(raw json.RawMessage, at string, pay generation.Budget) ([]chattemplate.ToolCall, *generation.Error) {
+	if e := pay.Pay(generation.Elements(raw) * generation.ElementCost); e != nil {
+		return nil, e
+	}
+	var calls []wireToolCall
+	if err := json.Unmarshal(raw, &calls); err != nil {
+		return nil, generation.Invalid(at+".tool_calls", "invalid_type", "%s.tool_calls must be an array of {function: {name, arguments}}: %v", at, err)
+	}
+	out := make([]chattemplate.ToolCall, 0, len(calls))
+	for j, tc := range calls {
 		param := fmt.Sprintf("%s.tool_calls[%d].function", at, j)
 		if tc.Function.Name == "" {
-			return m, generation.Invalid(param+".name", "missing_required_parameter", "%s.name is required", param)
+			return nil, generation.Invalid(param+".name", "missing_required_parameter", "%s.name is required", param)
 		}
 		args := bytes.TrimSpace(tc.Function.Arguments)
 		if generation.IsNull(args) {
 			args = []byte("{}")
 		}
 		if args[0] != '{' {
-			return m, generation.Invalid(param+".arguments", "invalid_type", "%s.arguments must be an object, not %s", param, generation.JSONKind(args))
+			return nil, generation.Invalid(param+".arguments", "invalid_type", "%s.arguments must be an object, not %s", param, generation.JSONKind(args))
 		}
-		m.ToolCalls = append(m.ToolCalls, chattemplate.ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: string(spaced(args))})
+		out = append(out, chattemplate.ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: string(spaced(args))})
 	}
-	return m, nil
+	return out, nil
 }
 
 // spaced rewrites valid JSON with the separators Python's json.dumps writes (", " and

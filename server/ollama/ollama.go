@@ -218,7 +218,8 @@ const neverExpires = "2318-01-01T00:00:00Z"
 // ps serves GET /api/ps: the model, once loaded.
 func (h *Handler) ps(w http.ResponseWriter, _ *http.Request) {
 	list := ProcessResponse{Models: []ProcessModel{}}
-	if p, ok := h.g.Backend().Loaded(); ok && h.name() != "" {
+	if lm, ok := h.g.Backend().LoadedModel(); ok && h.name() != "" {
+		p := lm.Param
 		f := h.file()
 		list.Models = append(list.Models, ProcessModel{Name: h.name(), Model: h.name(), Size: f.size, Digest: f.digest,
 			Details: h.details(), ExpiresAt: neverExpires, ContextLength: int(p.MaxContextLen)})

@@ -66,7 +66,7 @@ func TestSpaced(t *testing.T) {
 func TestOptions(t *testing.T) {
 	s, e := decodeOptions(json.RawMessage(`{"temperature": 0.5, "top_p": 0.25, "top_k": 7.0, "repeat_penalty": 1.5, "presence_penalty": 0.5,
 		"frequency_penalty": -0.5, "mirostat": 2, "mirostat_tau": 4, "mirostat_eta": 0.2, "num_predict": 9, "stop": ["x", "y"],
-		"num_ctx": 8192, "num_gpu": 1, "use_mmap": true, "min_p": 0, "typical_p": 1, "tfs_z": 1, "new_topic_penalty": 3}`))
+		"num_ctx": 8192, "num_gpu": 1, "use_mmap": true, "min_p": 0, "typical_p": 1, "tfs_z": 1, "new_topic_penalty": 3}`), nil)
 	if e != nil {
 		t.Fatal(e)
 	}
@@ -75,7 +75,7 @@ func TestOptions(t *testing.T) {
 		strings.Join(s.Stop, ",") != "x,y" {
 		t.Errorf("options %+v", s)
 	}
-	if s, e := decodeOptions(json.RawMessage(`{"num_predict": -1}`)); e != nil || s.MaxTokens != nil {
+	if s, e := decodeOptions(json.RawMessage(`{"num_predict": -1}`), nil); e != nil || s.MaxTokens != nil {
 		t.Errorf("num_predict -1: %+v %v", s, e)
 	}
 	for in, says := range map[string]string{
@@ -92,7 +92,7 @@ func TestOptions(t *testing.T) {
 		`[1]`:                     "options must be an object",
 		`{"repeat_penalty": 100}`: "options.repeat_penalty",
 	} {
-		if _, e := decodeOptions(json.RawMessage(in)); e == nil || e.Status != 400 || !strings.Contains(e.Message, says) {
+		if _, e := decodeOptions(json.RawMessage(in), nil); e == nil || e.Status != 400 || !strings.Contains(e.Message, says) {
 			t.Errorf("%s: %v, want a 400 saying %q", in, e, says)
 		}
 	}
@@ -107,9 +107,9 @@ func TestCommon(t *testing.T) {
 		`{"model": "m", "keep_alive": 0, "metadata": {"chat_id": "x"}, "system": "ignored member"}`,
 	}
 	for _, in := range ok {
-		m, e := members([]byte(in))
+		m, e := members([]byte(in), nil)
 		if e == nil {
-			_, e = decodeCommon(m)
+			_, e = decodeCommon(m, nil)
 		}
 		if e != nil {
 			t.Errorf("%s: %v", in, e)
@@ -128,9 +128,9 @@ func TestCommon(t *testing.T) {
 		`{"model": "m"} {"model": "n"}`:       "one JSON object",
 		`[{"model": "m"}]`:                    "must be a JSON object",
 	} {
-		m, e := members([]byte(in))
+		m, e := members([]byte(in), nil)
 		if e == nil {
-			_, e = decodeCommon(m)
+			_, e = decodeCommon(m, nil)
 		}
 		if e == nil || e.Status != 400 || !strings.Contains(e.Message, says) {
 			t.Errorf("%s: %v, want a 400 saying %q", in, e, says)
@@ -143,7 +143,7 @@ func TestCommon(t *testing.T) {
 func TestMessages(t *testing.T) {
 	msgs, e := decodeMessages(json.RawMessage(`[{"role": "system", "content": "Be brief."},
 		{"role": "assistant", "content": "", "thinking": "past", "tool_calls": [{"function": {"name": "f", "arguments": {"a":1,"b":"x"}}}]},
-		{"role": "tool", "content": "{\"ok\": true}", "tool_name": "f"}, {"role": "user", "content": "go", "images": []}]`))
+		{"role": "tool", "content": "{\"ok\": true}", "tool_name": "f"}, {"role": "user", "content": "go", "images": []}]`), nil)
 	if e != nil {
 		t.Fatal(e)
 	}
@@ -158,10 +158,11 @@ func TestMessages(t *testing.T) {
 		`[{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]`:        "only assistant messages",
 		`[{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "x"}}]}]`: "arguments must be an object",
 		`[{"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}]`:               "name is required",
-		`[{"role": "user", "content": 5}]`:                                                       "messages[0] must be a message",
+		`[{"role": "user", "content": 5}]`:                                                       "messages[0].content must be a string, not an integer",
+		`[5]`:                                                                                    "messages[0] must be a message",
 		`{"role": "user"}`:                                                                       "messages must be an array",
 	} {
-		if _, e := decodeMessages(json.RawMessage(in)); e == nil || e.Status != 400 || !strings.Contains(e.Message, says) {
+		if _, e := decodeMessages(json.RawMessage(in), nil); e == nil || e.Status != 400 || !strings.Contains(e.Message, says) {
 			t.Errorf("%s: %v, want a 400 saying %q", in, e, says)
 		}
 	}

@@ -14,17 +14,27 @@ import (
 // send their own, such as Open WebUI's), the members it knows are checked, and a value
 // the runtime cannot honour is refused with a 400 saying why.
 
-// members splits a request body into its members.
-func members(body []byte) (map[string]json.RawMessage, *generation.Error) {
+// members splits a request body into its members, as slices of the body (nothing is
+// copied), paying first for the map that holds them.
+func members(body []byte, pay generation.Budget) (map[string]json.RawMessage, *generation.Error) {
+	if json.Valid(body) {
+		n := 0
+		generation.EachMember(body, func(_, _ []byte) { n++ })
+		if e := pay.Pay(n * generation.MemberCost); e != nil {
+			return nil, e
+		}
+		m := make(map[string]json.RawMessage, n)
+		if generation.EachMember(body, func(key, value []byte) { m[generation.MemberName(key)] = value }) {
+			return m, nil
+		}
+	}
+	// Say what is wrong the way encoding/json does.
 	var m map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&m); err != nil || m == nil {
 		return nil, generation.Invalid("", "", "the request body must be a JSON object: %v", errText(err))
 	}
-	if dec.More() {
-		return nil, generation.Invalid("", "", "the request body must be one JSON object: there is data after it")
-	}
-	return m, nil
+	return nil, generation.Invalid("", "", "the request body must be one JSON object: there is data after it")
 }
 
 func errText(err error) string {
@@ -57,7 +67,7 @@ type common struct {
 // decodeCommon reads the shared members: model, stream (true when left out), options,
 // think, and the members that are accepted without effect (keep_alive) or refused when
 // they ask for what the runtime cannot do (format, logprobs, template).
-func decodeCommon(m map[string]json.RawMessage) (*common, *generation.Error) {
+func decodeCommon(m map[string]json.RawMessage, pay generation.Budget) (*common, *generation.Error) {
 	c := &common{stream: true}
 	var logprobs bool
 	var template string
@@ -86,7 +96,7 @@ func decodeCommon(m map[string]json.RawMessage) (*common, *generation.Error) {
 	if c.think, e = decodeThink(m["think"]); e != nil {
 		return nil, e
 	}
-	if c.sampling, e = decodeOptions(m["options"]); e != nil {
+	if c.sampling, e = decodeOptions(m["options"], pay); e != nil {
 		return nil, e
 	}
 	return c, nil
@@ -131,14 +141,17 @@ var (
 	neutralOptions = map[string]float64{"min_p": 0, "typical_p": 1, "tfs_z": 1}
 )
 
-// decodeOptions reads the options member.
-func decodeOptions(raw json.RawMessage) (generation.Sampling, *generation.Error) {
+// decodeOptions reads the options member (valid JSON, from the body).
+func decodeOptions(raw json.RawMessage, pay generation.Budget) (generation.Sampling, *generation.Error) {
 	var s generation.Sampling
 	if generation.IsNull(raw) {
 		return s, nil
 	}
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
+	if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] == '{' {
+		m, _ = members(t, pay)
+	}
+	if m == nil {
 		return s, generation.Invalid("options", "invalid_type", "options must be an object, not %s", generation.JSONKind(raw))
 	}
 	keys := make([]string, 0, len(m))

@@ -19,7 +19,7 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	body, e := h.g.ReadBody(w, r)
 	var m map[string]json.RawMessage
 	if e == nil {
-		m, e = members(body)
+		m, e = members(body, generation.BudgetFor(r.Context()))
 	}
 	var model string
 	if e == nil {
@@ -42,7 +42,8 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	resp := ShowResponse{Details: h.details(), Template: h.templateText(r.Context()), ModifiedAt: f.modified.UTC().Format(time.RFC3339Nano),
 		Capabilities: h.capabilities(), ModelInfo: map[string]any{"general.architecture": "rkllm", "general.basename": h.g.ModelID()}}
 	var params []string
-	if p, ok := h.g.Backend().Loaded(); ok {
+	if lm, ok := h.g.Backend().LoadedModel(); ok {
+		p := lm.Param
 		resp.ModelInfo["rkllm.context_length"] = p.MaxContextLen
 		params = append(params, parameter("num_ctx", p.MaxContextLen))
 		if p.MaxNewTokens > 0 {
@@ -51,8 +52,8 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 		params = append(params, parameter("temperature", p.Temperature), parameter("top_k", p.TopK), parameter("top_p", p.TopP),
 			parameter("repeat_penalty", p.RepeatPenalty), parameter("frequency_penalty", p.FrequencyPenalty),
 			parameter("presence_penalty", p.PresencePenalty), parameter("mirostat", p.Mirostat))
-		if w := h.g.EmbedWidth(generation.Loaded{Param: p}); w > 0 {
-			resp.ModelInfo["rkllm.embedding_length"] = w
+		if lm.EmbedWidth > 0 {
+			resp.ModelInfo["rkllm.embedding_length"] = lm.EmbedWidth
 		}
 	}
 	if eor := h.g.Template().EndOfReply(); eor != "" {

@@ -6,10 +6,15 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"unsafe"
 
 	"github.com/rkllm-operator/rkllm-operator/server/generation"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
+
+// inputCost is what a decoded input holds besides its text (runtime.Input), with its
+// vector and pooling state bounded by the model's width, paid when the width is known.
+const inputCost = int(unsafe.Sizeof(runtime.Input{}))
 
 var embeddingFields = set("model", "input", "encoding_format", "dimensions", "user")
 
@@ -21,7 +26,7 @@ func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, e)
 		return
 	}
-	req, model, base64Out, e := decodeEmbeddings(body)
+	req, model, base64Out, e := decodeEmbeddings(body, generation.BudgetFor(r.Context()))
 	if e == nil {
 		e = h.g.CheckInputs(req)
 	}
@@ -50,8 +55,8 @@ func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
 
 // decodeEmbeddings reads an embeddings request: input a string, an array of strings, an
 // array of token ids or an array of those.
-func decodeEmbeddings(body []byte) (req *generation.EmbedRequest, model string, base64Out bool, e *Error) {
-	m, e := fields(body, "")
+func decodeEmbeddings(body []byte, pay payFunc) (req *generation.EmbedRequest, model string, base64Out bool, e *Error) {
+	m, e := fields(body, "", pay)
 	if e != nil {
 		return nil, "", false, e
 	}
@@ -76,16 +81,20 @@ func decodeEmbeddings(body []byte) (req *generation.EmbedRequest, model string, 
 	default:
 		return nil, "", false, invalid("encoding_format", "invalid_value", "Invalid value: '%s'. Supported values are: 'float' and 'base64'.", format)
 	}
-	if req.Inputs, e = decodeInput(m["input"]); e != nil {
+	if req.Inputs, e = decodeInput(m["input"], pay); e != nil {
 		return nil, "", false, e
 	}
 	return req, model, base64Out, nil
 }
 
-// decodeInput reads OpenAI's input member.
-func decodeInput(raw json.RawMessage) ([]runtime.Input, *Error) {
+// decodeInput reads OpenAI's input member, paying first for the inputs it decodes:
+// their text or token ids and an input each.
+func decodeInput(raw json.RawMessage, pay payFunc) ([]runtime.Input, *Error) {
 	if isNull(raw) {
 		return nil, invalid("input", "missing_required_parameter", "Missing required parameter: 'input'.")
+	}
+	if e := pay.Pay(2*len(raw) + generation.Elements(raw)*inputCost); e != nil {
+		return nil, e
 	}
 	var one string
 	if json.Unmarshal(raw, &one) == nil {

@@ -79,7 +79,7 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*generation.
 	if e != nil {
 		return nil, nil, e
 	}
-	req, e := decodeChat(body)
+	req, e := decodeChat(body, generation.BudgetFor(r.Context()))
 	if e != nil {
 		return nil, nil, e
 	}
@@ -99,7 +99,7 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*generation.
 
 // newSpec starts a run's spec from the sampling members.
 func newSpec(prefix string, s *sampling, loaded generation.Loaded) (*generation.Spec, *Error) {
-	infer, e := s.InferParams(loaded, memberName)
+	infer, e := s.InferParams(loaded, samplingName)
 	if e != nil {
 		return nil, e
 	}
@@ -107,8 +107,8 @@ func newSpec(prefix string, s *sampling, loaded generation.Loaded) (*generation.
 }
 
 // decodeChat decodes and checks a chat completion request.
-func decodeChat(body []byte) (*chatRequest, *Error) {
-	m, e := fields(body, "")
+func decodeChat(body []byte, pay payFunc) (*chatRequest, *Error) {
+	m, e := fields(body, "", pay)
 	if e != nil {
 		return nil, e
 	}
@@ -125,7 +125,7 @@ func decodeChat(body []byte) (*chatRequest, *Error) {
 	if _, ok := m["messages"]; !ok {
 		return nil, invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
 	}
-	if req.msgs, e = decodeMessages(m["messages"]); e != nil {
+	if req.msgs, e = decodeMessages(m["messages"], pay); e != nil {
 		return nil, e
 	}
 	if req.sampling, e = decodeSampling(m, "max_tokens"); e != nil {
@@ -141,7 +141,7 @@ func decodeChat(body []byte) (*chatRequest, *Error) {
 		}
 		req.sampling.MaxTokens = mct
 	}
-	tools, e := generation.DecodeTools(m["tools"], "tools")
+	tools, e := generation.DecodeTools(m["tools"], "tools", pay)
 	if e != nil {
 		return nil, e
 	}
@@ -173,7 +173,7 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*gener
 	if e != nil {
 		return nil, "", nil, e
 	}
-	m, e := fields(body, "")
+	m, e := fields(body, "", generation.BudgetFor(r.Context()))
 	if e != nil {
 		return nil, "", nil, e
 	}
@@ -189,6 +189,9 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*gener
 	}
 	prompt, e := decodePrompt(m["prompt"])
 	if e != nil {
+		return nil, "", nil, e
+	}
+	if e := generation.NoNUL("prompt", prompt); e != nil {
 		return nil, "", nil, e
 	}
 	s, e := decodeSampling(m, "max_tokens")

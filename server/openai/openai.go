@@ -109,8 +109,8 @@ func (h *Handler) modelEntry() (Model, bool) {
 		return Model{}, false
 	}
 	m := Model{ID: h.g.ModelID(), Object: "model", Created: 0, OwnedBy: "rkllm-server"}
-	if p, ok := h.g.Backend().Loaded(); ok {
-		m.MaxModelLen, m.ContextLength = p.MaxContextLen, p.MaxContextLen
+	if lm, ok := h.g.Backend().LoadedModel(); ok {
+		m.MaxModelLen, m.ContextLength = lm.Param.MaxContextLen, lm.Param.MaxContextLen
 	}
 	return m, true
 }

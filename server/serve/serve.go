@@ -20,7 +20,9 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/generation"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/ollama"
@@ -98,7 +100,10 @@ type app struct {
 	httpSrv  *httpapi.Server
 	sockSrv  *socketapi.Server
 	httpLn   net.Listener
+	probeLn  net.Listener
 	sockLn   net.Listener
+	metrics  *metrics.Metrics
+	hangup   *hangup.Watcher
 	serveErr chan error
 	// templates renders --chat-template-file in renderer processes (nil without one).
 	templates *templatehost.Host
@@ -106,7 +111,7 @@ type app struct {
 
 // build creates the parts without starting anything.
 func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
-	apiKey, err := o.APIKey()
+	apiKeys, err := o.APIKeys()
 	if err != nil {
 		return nil, err
 	}
@@ -128,6 +133,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
 		MaxFrameBytes:     o.MaxFrameBytes,
+		EmbedWidth:        o.EmbeddingWidth,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -141,12 +147,14 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		supOpts.Model = spec
 	}
-	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), metrics: m, serveErr: make(chan error, 3)}
 	a.d.SetLimits(jsonrpc.Limits{
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
-	m.InflightBytes(a.d.InflightBytes)
+	budget := inflight.New(o.MaxInflightBytes)
+	a.d.SetBudget(budget)
+	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
 		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
 	})
@@ -155,12 +163,15 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	}
 	svc.Register(a.d)
 	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
-	if o.Listen != "" {
+	if a.hangup, err = hangup.New(); err != nil {
+		return nil, err
+	}
+	if o.Listen != "" || o.ProbeListen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
-			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
+			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
-			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
 		tmpl, err := a.chatTemplate(opts)
 		if err != nil {
@@ -183,7 +194,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes, IdleTimeout: o.IdleTimeout,
-			Limiter: limiter, Observer: m, Log: log.WithName("socket"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Observer: m, Log: log.WithName("socket"),
 		})
 	}
 	return a, nil
@@ -214,18 +225,28 @@ func (a *app) chatTemplate(opts Options) (chattemplate.Template, error) {
 var RendererArgs = []string{"render-chat-template"}
 
 // listen opens the listeners first, so a taken port fails the start at once.
-func (a *app) listen() error {
-	var err error
-	if a.httpSrv != nil {
+func (a *app) listen() (err error) {
+	defer func() {
+		if err != nil {
+			for _, ln := range []net.Listener{a.httpLn, a.probeLn} {
+				if ln != nil {
+					_ = ln.Close()
+				}
+			}
+		}
+	}()
+	if a.o.Listen != "" {
 		if a.httpLn, err = a.httpSrv.Listen(); err != nil {
+			return err
+		}
+	}
+	if a.o.ProbeListen != "" {
+		if a.probeLn, err = httpapi.ListenTCP(a.o.ProbeListen); err != nil {
 			return err
 		}
 	}
 	if a.sockSrv != nil {
 		if a.sockLn, err = a.sockSrv.Listen(); err != nil {
-			if a.httpLn != nil {
-				_ = a.httpLn.Close()
-			}
 			return err
 		}
 	}
@@ -249,10 +270,17 @@ func (a *app) start(opts Options) error {
 		return err
 	}
 	var addr net.Addr
-	if a.httpSrv != nil {
+	if a.httpLn != nil {
 		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
 		addr = a.httpLn.Addr()
 		a.log.Info("serving HTTP", "address", addr.String())
+	}
+	if a.probeLn != nil {
+		// The probes may use half the descriptor reserve; the other half is the
+		// worker's (a restart takes a socketpair and pipes).
+		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
+		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}
 	if a.sockSrv != nil {
 		go func() { a.serveErr <- a.sockSrv.Serve(a.sockLn) }()
@@ -294,6 +322,7 @@ func (a *app) shutdown() error {
 			_ = a.sockSrv.Close()
 		}
 	}
+	_ = a.hangup.Close()
 	if a.templates != nil {
 		a.templates.Close()
 	}

@@ -58,6 +58,9 @@ func (s *Supervisor) execEmbedding(p *proc, t *Ticket, e *Embedding) (Outcome, e
 			return Outcome{}, contextError(t.ctx, "while running")
 		}
 		run := &workerproto.Run{Inputs: []runtime.Input{in}, Infer: runtime.InferParams{Mode: runtime.InferGetLastHiddenLayer}}
+		if err := s.checkLimits(run); err != nil {
+			return Outcome{}, &InputError{Input: i, Err: err}
+		}
 		out, err := s.execRun(p, t, run, func(d runtime.Delivery) { e.Deliver(i, d) })
 		if err != nil {
 			return out, &InputError{Input: i, Err: err}
