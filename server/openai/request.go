@@ -103,7 +103,6 @@ func decodeField(m map[string]json.RawMessage, key, param string, v any, what st
 	return nil
 }
 
-
 // sampling holds the sampling members common to both endpoints.
 type sampling struct {
 	// Sampling has max_tokens (or max_completion_tokens) as MaxTokens and the
@@ -205,6 +204,7 @@ func (s *sampling) decodeStop(stop json.RawMessage) *Error {
 	}
 	return nil
 }
+
 // decodeMessages decodes the messages one at a time from the array: a long
 // conversation costs its messages and not a copy of each one's members on the way (a
 // 15 MiB body of one-character messages once took 950 MiB of allocations to decode).
@@ -287,7 +287,6 @@ func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Er
 	}
 	return nil
 }
-
 
 // decodeMessage decodes message i, raw (valid JSON), into msg.
 func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *Error {
