@@ -183,22 +183,13 @@ func setOption(s *generation.Sampling, key string, raw json.RawMessage) *generat
 		}
 		return e
 	}
+	if dst := numberOptions(s)[key]; dst != nil {
+		v, e := number(raw, param)
+		*dst = v
+		return e
+	}
 	var e *generation.Error
 	switch key {
-	case "temperature":
-		s.Temperature, e = number(raw, param)
-	case "top_p":
-		s.TopP, e = number(raw, param)
-	case "repeat_penalty":
-		s.RepeatPenalty, e = number(raw, param)
-	case "presence_penalty":
-		s.PresencePenalty, e = number(raw, param)
-	case "frequency_penalty":
-		s.FrequencyPenalty, e = number(raw, param)
-	case "mirostat_tau":
-		s.MirostatTau, e = number(raw, param)
-	case "mirostat_eta":
-		s.MirostatEta, e = number(raw, param)
 	case "top_k":
 		s.TopK, e = integer(raw, param)
 	case "mirostat":
@@ -211,6 +202,13 @@ func setOption(s *generation.Sampling, key string, raw json.RawMessage) *generat
 		e = generation.Unsupported(param, "%s cannot be honoured: the RKLLM runtime has no sampling seed; leave it out", param)
 	}
 	return e
+}
+
+// numberOptions are the options that are numbers, and the members they set.
+func numberOptions(s *generation.Sampling) map[string]**float64 {
+	return map[string]**float64{"temperature": &s.Temperature, "top_p": &s.TopP, "repeat_penalty": &s.RepeatPenalty,
+		"presence_penalty": &s.PresencePenalty, "frequency_penalty": &s.FrequencyPenalty, "mirostat_tau": &s.MirostatTau,
+		"mirostat_eta": &s.MirostatEta}
 }
 
 // number reads a number option.

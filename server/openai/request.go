@@ -171,7 +171,7 @@ func (s *sampling) validate(maxTokensKey string) *Error {
 	if s.MaxTokens != nil && *s.MaxTokens < 1 {
 		return invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
 	}
-	if err := s.Sampling.Validate(samplingName); err != nil {
+	if err := s.Validate(samplingName); err != nil {
 		return err
 	}
 	switch {
@@ -288,6 +288,10 @@ func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Er
 	return nil
 }
 
+// roles maps the roles a message may have to the chat template's.
+var roles = map[string]string{"developer": chattemplate.RoleSystem, chattemplate.RoleSystem: chattemplate.RoleSystem,
+	chattemplate.RoleUser: chattemplate.RoleUser, chattemplate.RoleAssistant: chattemplate.RoleAssistant, chattemplate.RoleTool: chattemplate.RoleTool}
+
 // decodeMessage decodes message i, raw (valid JSON), into msg.
 func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *Error {
 	var w wireMessage
@@ -309,18 +313,10 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 	if err := decodeRaw(w.Role, at("role"), &role, "a string"); err != nil {
 		return err
 	}
-	switch role {
-	case "developer", chattemplate.RoleSystem:
-		msg.Role = chattemplate.RoleSystem
-	case chattemplate.RoleUser:
-		msg.Role = chattemplate.RoleUser
-	case chattemplate.RoleAssistant:
-		msg.Role = chattemplate.RoleAssistant
-	case chattemplate.RoleTool:
-		msg.Role = chattemplate.RoleTool
-	case "":
+	switch msg.Role = roles[role]; {
+	case role == "":
 		return invalid(at("role")(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
-	default:
+	case msg.Role == "":
 		return invalid(at("role")(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
 	}
 	if err := decodeRaw(w.Name, at("name"), &msg.Name, "a string"); err != nil {
