@@ -126,9 +126,6 @@ func New(b Backend, opts Options) *Service {
 // Template is the chat template conversations are rendered with.
 func (s *Service) Template() chattemplate.Template { return s.opts.Template }
 
-// Options returns the configuration.
-func (s *Service) Options() Options { return s.opts }
-
 // Backend returns the supervisor the Service queues on.
 func (s *Service) Backend() Backend { return s.b }
 

@@ -63,13 +63,15 @@ func (h *Handler) decodeChat(w http.ResponseWriter, r *http.Request) (*common, [
 func (h *Handler) generate(w http.ResponseWriter, r *http.Request) {
 	t := &turn{start: time.Now()}
 	c, chat, raw, prompt, e := h.decodeGenerate(w, r)
+	if e == nil && raw {
+		chat, e = nil, generation.NoNUL("prompt", prompt)
+	}
 	if e == nil {
 		t.model, t.stream = c.model, c.stream
 		e = h.prepare(r, t, c, chat, prompt == "")
 	}
 	if e == nil && raw && t.spec != nil {
-		t.spec.Prompt, t.spec.Opening, t.spec.Tools, t.spec.ParseTools = prompt, "", nil, false
-		e = generation.NoNUL("prompt", prompt)
+		t.spec.Prompt = prompt
 	}
 	if e != nil {
 		h.fail(w, e)
@@ -120,8 +122,9 @@ func (h *Handler) decodeGenerate(w http.ResponseWriter, r *http.Request) (c *com
 	return c, chat, raw, prompt, nil
 }
 
-// prepare checks the model and makes the run's spec; load is true for a request that
-// only loads the model (no messages, no prompt), which gets no spec.
+// prepare checks the model and makes the run's spec, with chat rendered into its
+// prompt (nil: the caller gives the prompt); load is true for a request that only
+// loads the model (no messages, no prompt), which gets no spec.
 func (h *Handler) prepare(r *http.Request, t *turn, c *common, chat *generation.Chat, load bool) *generation.Error {
 	loaded, e := h.ready(c.model)
 	if e != nil || load {
@@ -138,6 +141,9 @@ func (h *Handler) prepare(r *http.Request, t *turn, c *common, chat *generation.
 		return e
 	}
 	t.spec = &generation.Spec{IDPrefix: "ollama-", Infer: infer, Stop: c.sampling.Stop, MaxTokens: c.sampling.MaxTokens, Loaded: loaded}
+	if chat == nil {
+		return nil
+	}
 	return h.g.PrepareChat(r.Context(), chat, t.spec)
 }
 
