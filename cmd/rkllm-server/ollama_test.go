@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -547,24 +546,6 @@ func TestOllamaLimits(t *testing.T) {
 	})
 }
 
-// longOllamaChat is an /api/chat body of n one-character messages.
-func longOllamaChat(n int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"model":"model","stream":false,"options":{"num_predict":4},"messages":[`)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		role := "user"
-		if i%2 == 1 {
-			role = "assistant"
-		}
-		fmt.Fprintf(&b, `{"role":%q,"content":"x"}`, role)
-	}
-	b.WriteString(`]}`)
-	return b.Bytes()
-}
-
 // TestOllamaInflightBudget: /api/ is under the one budget of bytes in flight. While
 // the model is held, long chats over /api/chat are queued as long as what they hold
 // fits, then one is answered 429 with Retry-After in Ollama's shape, and so is an
@@ -579,39 +560,13 @@ func TestOllamaInflightBudget(t *testing.T) {
 	hold["stream"] = true
 	held := holder.send("rkllm.run", hold)
 	holdID := holder.note()["params"].(map[string]any)["request_id"]
-	body := string(longOllamaChat(20000))
-	type answer struct {
-		code        int
-		retry, body string
-	}
-	answers := make(chan answer, 50)
-	waiting := 0
-	for refused := false; !refused; {
-		if waiting == 40 {
-			t.Fatalf("%d chats queued and none refused", waiting)
-		}
-		go func() {
-			resp, b := s.v1(http.MethodPost, "/api/chat", body)
-			answers <- answer{resp.StatusCode, resp.Header.Get("Retry-After"), b}
-		}()
-		for queued := false; !queued && !refused; {
-			select {
-			case a := <-answers:
-				if a.code != http.StatusTooManyRequests || a.retry != "1" || !strings.Contains(a.body, `{"error":"The server is busy`) || !strings.Contains(a.body, "--max-inflight-bytes") {
-					t.Fatalf("a chat while the model is held: %d (Retry-After %q) %s", a.code, a.retry, a.body)
-				}
-				refused = true
-			case <-time.After(pollEvery):
-				queued = s.queueDepth() == waiting+1
-			}
-		}
-		if !refused {
-			waiting++
-		}
-	}
-	if waiting == 0 {
-		t.Fatal("the first chat was refused: the budget holds none")
-	}
+	body := string(chatOf(`{"model":"model","stream":false,"options":{"num_predict":4},"messages":[`, 20000))
+	waiting, answers := queueUntilRefused(t, s, func() httpAnswer {
+		resp, b := s.v1(http.MethodPost, "/api/chat", body)
+		return httpAnswer{resp.StatusCode, resp.Header.Get("Retry-After"), b}
+	}, func(a httpAnswer) bool {
+		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.HasPrefix(a.body, `{"error":"The server is busy`) && strings.Contains(a.body, "--max-inflight-bytes")
+	})
 	inputs := make([]string, 200)
 	for i := range inputs {
 		inputs[i] = strings.Repeat("y", 20000)

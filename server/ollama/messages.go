@@ -30,34 +30,21 @@ type wireToolCall struct {
 // wire form.
 const messageCost = int(unsafe.Sizeof(chattemplate.Message{}) + unsafe.Sizeof(wireMessage{}))
 
-// decodeMessages reads the messages member (valid JSON, from the body) one message at
-// a time, paying for each before it is decoded; an empty list is valid (a request that
-// only loads the model).
+// decodeMessages reads the messages member (valid JSON, from the body); an empty list
+// is valid (a request that only loads the model).
 func decodeMessages(raw json.RawMessage, pay generation.Budget) ([]chattemplate.Message, *generation.Error) {
 	if generation.IsNull(raw) {
 		return nil, nil
 	}
-	n := 0
-	if ok, _ := generation.EachElement(raw, func(int, []byte) *generation.Error { n++; return nil }); !ok {
-		return nil, generation.Invalid("messages", "invalid_type", "messages must be an array of messages, not %s", generation.JSONKind(raw))
-	}
-	if e := pay.Pay(n * messageCost); e != nil {
-		return nil, e
-	}
-	out := make([]chattemplate.Message, n)
-	_, e := generation.EachElement(raw, func(i int, one []byte) *generation.Error {
-		// Its strings take at most its length, and the tool calls' arguments as much again.
-		if e := pay.Pay(2 * len(one)); e != nil {
-			return e
-		}
+	msgs, isArray, e := generation.DecodeMessages(raw, pay, messageCost, func(i int, one []byte, m *chattemplate.Message) *generation.Error {
 		var e *generation.Error
-		out[i], e = decodeMessage(one, fmt.Sprintf("messages[%d]", i), pay)
+		*m, e = decodeMessage(one, fmt.Sprintf("messages[%d]", i), pay)
 		return e
 	})
-	if e != nil {
-		return nil, e
+	if !isArray {
+		return nil, generation.Invalid("messages", "invalid_type", "messages must be an array of messages, not %s", generation.JSONKind(raw))
 	}
-	return out, nil
+	return msgs, e
 }
 
 // decodeMessage decodes one message (valid JSON) into the chat template's shape. Only

@@ -210,28 +210,18 @@ func (s *sampling) decodeStop(stop json.RawMessage) *Error {
 // 15 MiB body of one-character messages once took 950 MiB of allocations to decode).
 // budget, when set, is charged for each message before it is decoded.
 func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *Error) {
-	n := 0
-	if ok, _ := generation.EachElement(raw, func(int, []byte) *Error { n++; return nil }); !ok {
+	msgs, isArray, e := generation.DecodeMessages(raw, pay, messageCost, func(i int, one []byte, m *chattemplate.Message) *Error {
+		return decodeMessage(one, i, m, pay)
+	})
+	switch {
+	case !isArray:
 		return nil, invalid("messages", "invalid_type", "Invalid type for 'messages': expected an array of message objects, but got %s.", jsonKind(raw))
-	}
-	if n == 0 {
+	case e != nil:
+		return nil, e
+	case len(msgs) == 0:
 		return nil, invalid("messages", "empty_array", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
-	if e := pay.Pay(n * messageCost); e != nil {
-		return nil, e
-	}
-	out := make([]chattemplate.Message, n)
-	_, e := generation.EachElement(raw, func(i int, one []byte) *Error {
-		// Its strings take at most its length, and joining content parts as much again.
-		if e := pay.Pay(2 * len(one)); e != nil {
-			return e
-		}
-		return decodeMessage(one, i, &out[i], pay)
-	})
-	if e != nil {
-		return nil, e
-	}
-	return out, nil
+	return msgs, nil
 }
 
 // messageCost is what a decoded message holds besides its text.
