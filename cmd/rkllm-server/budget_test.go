@@ -65,11 +65,7 @@ func TestInflightBudget(t *testing.T) {
 	const budget = 8 << 20
 	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-bytes": budget, "max-queue": nil},
 		env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "hang-once")}})
-	holder := s.dial()
-	hold := prompt("hold the model")
-	hold["stream"] = true
-	held := holder.send("rkllm.run", hold)
-	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	release := holdModel(t, s)
 
 	// Chats of 0.6 MiB, sent one after the other: each is queued while what the queued
 	// ones hold and what it needs to be decoded fit, then one is refused at once.
@@ -98,8 +94,7 @@ func TestInflightBudget(t *testing.T) {
 		t.Errorf("a large socket message: %+v", e)
 	}
 
-	ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
-	wait(t, held)
+	release()
 	for range waiting {
 		select {
 		case a := <-answers:
@@ -114,6 +109,22 @@ func TestInflightBudget(t *testing.T) {
 	// Alone, a request larger than the budget is still served.
 	if code, _, b := s.postV1(longChat(60000)); !reachedModel(code, b) {
 		t.Errorf("a chat over the budget, alone: %d %.300s", code, b)
+	}
+}
+
+// holdModel keeps the model busy with a JSON-RPC run that hangs (the server must run
+// with RKLLM_SIM_HANG_AFTER) until release aborts it.
+func holdModel(t *testing.T, s *server) (release func()) {
+	t.Helper()
+	holder := s.dial()
+	hold := prompt("hold the model")
+	hold["stream"] = true
+	held := holder.send("rkllm.run", hold)
+	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	return func() {
+		t.Helper()
+		ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
+		wait(t, held)
 	}
 }
 

@@ -555,11 +555,7 @@ func TestOllamaInflightBudget(t *testing.T) {
 	const budget = 8 << 20
 	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-bytes": budget, "max-queue": nil},
 		env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "hang-once")}})
-	holder := s.dial()
-	hold := prompt("hold the model")
-	hold["stream"] = true
-	held := holder.send("rkllm.run", hold)
-	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	release := holdModel(t, s)
 	body := string(chatOf(`{"model":"model","stream":false,"options":{"num_predict":4},"messages":[`, 20000))
 	waiting, answers := queueUntilRefused(t, s, func() httpAnswer {
 		resp, b := s.v1(http.MethodPost, "/api/chat", body)
@@ -573,8 +569,7 @@ func TestOllamaInflightBudget(t *testing.T) {
 	}
 	resp, b := s.v1(http.MethodPost, "/api/embed", jsonBody(map[string]any{"model": modelID, "input": inputs}))
 	wantOllamaError(t, resp, b, http.StatusTooManyRequests, "--max-inflight-bytes")
-	ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
-	wait(t, held)
+	release()
 	for range waiting {
 		select {
 		case a := <-answers:
