@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -145,8 +146,9 @@ func TestEmbeddingPooling(t *testing.T) {
 		for _, c := range cases {
 			t.Run(abi+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
-				c.config["max-context-len"] = 4096
-				s := startServer(t, abi, serverOpts{model: &m, config: c.config})
+				config := map[string]any{"max-context-len": 4096}
+				maps.Copy(config, c.config)
+				s := startServer(t, abi, serverOpts{model: &m, config: config})
 				want := make([][]float32, len(texts))
 				tokens := 0
 				for i, text := range texts {
