@@ -278,10 +278,6 @@ func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Er
 	return nil
 }
 
-// roles maps the roles a message may have to the chat template's.
-var roles = map[string]string{"developer": chattemplate.RoleSystem, chattemplate.RoleSystem: chattemplate.RoleSystem,
-	chattemplate.RoleUser: chattemplate.RoleUser, chattemplate.RoleAssistant: chattemplate.RoleAssistant, chattemplate.RoleTool: chattemplate.RoleTool}
-
 // decodeMessage decodes message i, raw (valid JSON), into msg.
 func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *Error {
 	var w wireMessage
@@ -299,16 +295,11 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 			return unsupported(where+"."+u.key, "%s.%s is not supported by this server: %s.", where, u.key, u.why)
 		}
 	}
-	var role string
-	if err := decodeRaw(w.Role, at("role"), &role, "a string"); err != nil {
+	role, err := decodeRole(w.Role, i)
+	if err != nil {
 		return err
 	}
-	switch msg.Role = roles[role]; {
-	case role == "":
-		return invalid(at("role")(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
-	case msg.Role == "":
-		return invalid(at("role")(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
-	}
+	msg.Role = role
 	if err := decodeRaw(w.Name, at("name"), &msg.Name, "a string"); err != nil {
 		return err
 	}
@@ -320,7 +311,11 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 	if err := decodeMessageTools(&w, i, msg, pay); err != nil {
 		return err
 	}
-	where := messagePath(i)
+	return messageNoNUL(msg, messagePath(i))
+}
+
+// messageNoNUL refuses a message whose text members hold a NUL character.
+func messageNoNUL(msg *chattemplate.Message, where string) *Error {
 	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
 		if err := generation.NoNUL(where+f.param, f.v); err != nil {
 			return err
@@ -332,6 +327,29 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 		}
 	}
 	return nil
+}
+
+// decodeRole reads message i's role; "developer" is a system message.
+func decodeRole(raw json.RawMessage, i int) (string, *Error) {
+	param := func() string { return messagePath(i) + ".role" }
+	var role string
+	if err := decodeRaw(raw, param, &role, "a string"); err != nil {
+		return "", err
+	}
+	switch role {
+	case "developer", chattemplate.RoleSystem:
+		return chattemplate.RoleSystem, nil
+	case chattemplate.RoleUser:
+		return chattemplate.RoleUser, nil
+	case chattemplate.RoleAssistant:
+		return chattemplate.RoleAssistant, nil
+	case chattemplate.RoleTool:
+		return chattemplate.RoleTool, nil
+	case "":
+		return "", invalid(param(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
+	default:
+		return "", invalid(param(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
+	}
 }
 
 // decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a
