@@ -301,6 +301,9 @@ func TestEscapeHatchesReconciled(t *testing.T) {
 	ctx := context.Background()
 	m := createModel(t, ns, "hatch", func(m *inferencev1alpha1.RKLLMModel) {
 		m.Spec.Env = []corev1.EnvVar{{Name: "HTTPS_PROXY", Value: "http://proxy:3128"}}
+		m.Spec.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "proxy-settings"}}}}
+		m.Spec.PriorityClassName = "edge-high"
 		m.Spec.Args = []string{"--max-queue=64"}
 		m.Spec.PodLabels = map[string]inferencev1alpha1.LabelValue{"team": "edge"}
 		m.Spec.PodAnnotations = map[string]string{"example.org/note": "user"}
@@ -314,6 +317,12 @@ func TestEscapeHatchesReconciled(t *testing.T) {
 		c := pod.Containers[0]
 		if len(c.Env) != 1 || c.Env[0].Name != "HTTPS_PROXY" || c.Args[len(c.Args)-1] != "--max-queue=64" {
 			return fmt.Errorf("server env %v args %v", c.Env, c.Args)
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil || c.EnvFrom[0].ConfigMapRef.Name != "proxy-settings" {
+			return fmt.Errorf("server envFrom %v", c.EnvFrom)
+		}
+		if pod.PriorityClassName != "edge-high" {
+			return fmt.Errorf("priority class %q", pod.PriorityClassName)
 		}
 		if d.Spec.Template.Labels["team"] != "edge" || d.Spec.Template.Annotations["example.org/note"] != "user" {
 			return fmt.Errorf("pod metadata %v %v", d.Spec.Template.Labels, d.Spec.Template.Annotations)
@@ -342,7 +351,8 @@ func TestEscapeHatchesReconciled(t *testing.T) {
 	if err := k8sClient.Get(ctx, key(ns, "hatch"), m); err != nil {
 		t.Fatal(err)
 	}
-	m.Spec.Env, m.Spec.Args, m.Spec.PodLabels, m.Spec.PodAnnotations, m.Spec.RuntimeClassName = nil, nil, nil, nil, nil
+	m.Spec.Env, m.Spec.EnvFrom, m.Spec.Args, m.Spec.PodLabels, m.Spec.PodAnnotations = nil, nil, nil, nil, nil
+	m.Spec.RuntimeClassName, m.Spec.PriorityClassName = nil, ""
 	m.Spec.Service = nil
 	if err := k8sClient.Update(ctx, m); err != nil {
 		t.Fatal(err)
@@ -350,8 +360,9 @@ func TestEscapeHatchesReconciled(t *testing.T) {
 	getChild(t, ns, "hatch", d, "the Deployment without the hatches", func() error {
 		pod := d.Spec.Template.Spec
 		c := pod.Containers[0]
-		if len(c.Env) != 0 || len(c.Args) != 3 || pod.RuntimeClassName != nil {
-			return fmt.Errorf("server env %v args %v runtime class %v", c.Env, c.Args, pod.RuntimeClassName)
+		if len(c.Env) != 0 || len(c.EnvFrom) != 0 || len(c.Args) != 3 || pod.RuntimeClassName != nil || pod.PriorityClassName != "" {
+			return fmt.Errorf("server env %v envFrom %v args %v runtime class %v priority class %q",
+				c.Env, c.EnvFrom, c.Args, pod.RuntimeClassName, pod.PriorityClassName)
 		}
 		if _, ok := d.Spec.Template.Labels["team"]; ok {
 			return fmt.Errorf("pod labels %v", d.Spec.Template.Labels)
