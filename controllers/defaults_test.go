@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +28,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/defaulting"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
@@ -49,6 +51,26 @@ func TestCRDDefaultsEqualTheOperatorsDefaults(t *testing.T) {
 				t.Errorf("the CRD's defaults and the operator's disagree: %s differs between the spec as written and as defaulted by the CRD", d)
 			}
 		})
+	}
+
+	// The sparse specs reach every default the CRD declares outside lists (those inside
+	// are Kubernetes' own types'), so a new default under a new parent is compared too.
+	reached := map[string]bool{}
+	for _, m := range sparseModels() {
+		raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(applyCRDDefaults(t, m, schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range defaultPaths(schema, nil) {
+			if _, found, _ := unstructured.NestedFieldNoCopy(raw, p...); found {
+				reached[strings.Join(p, ".")] = true
+			}
+		}
+	}
+	for _, p := range defaultPaths(schema, nil) {
+		if !reached[strings.Join(p, ".")] {
+			t.Errorf("no sparse model reaches the CRD's default at %s: add its parent to sparseModels", strings.Join(p, "."))
+		}
 	}
 
 	// The check has teeth: a CRD default that differs from the getter's is reported.
@@ -75,6 +97,18 @@ func sparseModels() map[string]*inferencev1alpha1.RKLLMModel {
 			m.Spec.Service = &inferencev1alpha1.ServiceSpec{Annotations: map[string]string{"a": "b"}}
 		}),
 	}
+}
+
+// defaultPaths lists the fields under s that have a default, outside lists and maps.
+func defaultPaths(s *structuralschema.Structural, at []string) [][]string {
+	var out [][]string
+	if s.Default.Object != nil {
+		out = append(out, at)
+	}
+	for name, prop := range s.Properties {
+		out = append(out, defaultPaths(&prop, append(append([]string{}, at...), name))...)
+	}
+	return out
 }
 
 // crdSchema is the structural schema of the generated CRD's served version.
