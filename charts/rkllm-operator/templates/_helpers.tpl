@@ -7,8 +7,9 @@
 The prefix of object names: the release name, followed by the chart's name unless the
 release name already contains it. With the release "rkllm-operator" the names match
 config/default (kustomize). Helm allows dots in release names; object names such as a
-Service's do not, so they become dashes. Not truncated here: rkllm-operator.objectName
-fits the whole name into 63 characters.
+Service's do not, so they become dashes. Helm also allows a digit first, which a Service's
+name does not (a DNS-1035 label): such a release name comes after the chart's name. Not
+truncated here: rkllm-operator.objectName fits the whole name into 63 characters.
 */}}
 {{- define "rkllm-operator.fullname" -}}
 {{- $full := "" }}
@@ -16,7 +17,9 @@ fits the whole name into 63 characters.
 {{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
+{{- if regexMatch "^[0-9]" .Release.Name }}
+{{- $full = printf "%s-%s" $name .Release.Name }}
+{{- else if contains $name .Release.Name }}
 {{- $full = .Release.Name }}
 {{- else }}
 {{- $full = printf "%s-%s" .Release.Name $name }}
@@ -48,8 +51,8 @@ release names that share a start still get different names. Call with
 {{/* Labels of every object. */}}
 {{- define "rkllm-operator.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-app.kubernetes.io/name: {{ include "rkllm-operator.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "rkllm-operator.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: rkllm-operator
@@ -60,15 +63,15 @@ app.kubernetes.io/part-of: rkllm-operator
 
 {{/* Selector labels of the manager's pods (immutable in a Deployment). */}}
 {{- define "rkllm-operator.manager.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "rkllm-operator.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "rkllm-operator.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 control-plane: controller-manager
 {{- end }}
 
 {{/* Selector labels of the device plugin's pods (immutable in a DaemonSet). */}}
 {{- define "rkllm-operator.devicePlugin.selectorLabels" -}}
 app.kubernetes.io/name: rknpu-device-plugin
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: device-plugin
 {{- end }}
 

@@ -232,6 +232,9 @@ func TestSchemaRejectsTypos(t *testing.T) {
 		// Names and labels the API server would refuse.
 		{"nameOverride=Big", "/nameOverride"},
 		{"fullnameOverride=a.b", "/fullnameOverride"},
+		// A Service's name must start with a letter.
+		{"fullnameOverride=7edge", "/fullnameOverride"},
+		{"nameOverride=7x", "/nameOverride"},
 		{"commonLabels.team=edge team", "/commonLabels"},
 		{"manager.podLabels.tier=" + strings.Repeat("x", 64), "/manager/podLabels"},
 		// Paths the plugin would accept but that mount a folder, or over the root.

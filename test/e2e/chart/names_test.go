@@ -11,7 +11,9 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	clientscheme "k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/rkllm-operator/rkllm-operator/controllers"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
@@ -20,9 +22,14 @@ import (
 func helmPath(t *testing.T) string { return makevars.Path(t, "E2E_HELM", "test-chart") }
 
 // releaseNames are names Helm accepts (at most 53 characters of DNS-subdomain syntax,
-// dots included), from the shortest to the longest, with and without the chart's name.
+// dots included, a digit first too), from the shortest to the longest, with and without
+// the chart's name.
 var releaseNames = []string{
 	"r",
+	"7",
+	"7edge",
+	"2026.edge.llm",
+	"1-rkllm-operator",
 	"rkllm-operator",
 	"edge-llm-stack",
 	"edge.llm.stack",
@@ -30,6 +37,7 @@ var releaseNames = []string{
 	strings.Repeat("a", 53),
 	strings.Repeat("b1.", 17) + "bb",
 	"rkllm-operator-" + strings.Repeat("c", 38),
+	"9" + strings.Repeat("d", 52),
 }
 
 // everything switches on every optional object, for the name checks.
@@ -44,8 +52,9 @@ var everything = []string{
 
 // TestNamesFitForAnyRelease: with any release name Helm accepts, every value set renders
 // objects whose names are DNS labels (Services: DNS-1035 labels), whose labels and
-// selectors are valid, that are unique, and whose references (ServiceAccounts, roles,
-// Secrets, selectors) point at objects of the same render.
+// selectors are valid, that are unique, whose references (ServiceAccounts, roles,
+// Secrets, selectors) point at objects of the same render, and that decode into their
+// Go types (a release or namespace name such as "7" or "on" stays a string).
 func TestNamesFitForAnyRelease(t *testing.T) {
 	sets := map[string][]string{"everything": everything}
 	for _, v := range valueSets(t) {
@@ -58,11 +67,17 @@ func TestNamesFitForAnyRelease(t *testing.T) {
 				checkNames(t, objs)
 				checkLabels(t, objs)
 				checkReferences(t, objs)
+				checkTypes(t, objs)
 			})
 		}
 	}
+	// A namespace and a release that YAML would read as a number and a boolean.
+	objs := decode(t, helm(t, append([]string{"template", "on", chartDir, "--namespace", "7",
+		"--set-string", "devicePlugin.namespace=8", "--set", "devicePlugin.createNamespace=true"}, everything...)...))
+	checkTypes(t, objs)
+	checkReferences(t, objs)
 	// The override sets the whole prefix; a long one is shortened like a release name.
-	objs := decode(t, renderRelease(t, "r", append([]string{"--set", "fullnameOverride=" + strings.Repeat("f", 63)}, everything...)...))
+	objs = decode(t, renderRelease(t, "r", append([]string{"--set", "fullnameOverride=" + strings.Repeat("f", 63)}, everything...)...))
 	checkNames(t, objs)
 	checkReferences(t, objs)
 }
@@ -91,6 +106,22 @@ func TestLongReleasesDoNotCollide(t *testing.T) {
 	}
 	if shared == 0 {
 		t.Fatal("no cluster-wide objects rendered")
+	}
+}
+
+// checkTypes: every object of a kind client-go knows decodes into its Go type, with no
+// field unknown to it, as the API server would decode it (a release or namespace name
+// YAML reads as a number or a boolean, in a label or a namespace, would not).
+func checkTypes(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, o := range objs {
+		typed, err := clientscheme.Scheme.New(o.GroupVersionKind())
+		if err != nil {
+			continue // CRDs and ServiceMonitors: the edge e2e applies them with a server dry-run
+		}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, typed, true); err != nil {
+			t.Errorf("%s %s/%s does not decode as the API server would: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
 	}
 }
 
