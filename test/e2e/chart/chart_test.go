@@ -8,8 +8,9 @@
 // config/default (kustomize), compared whole; and the images build what
 // `make build-arm64` cross-compiles. The cluster
 // e2e (test/e2e/edge) applies the rendered value sets with
-// server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm and
-// kubectl and sets E2E_HELM and E2E_KUBECTL.
+// server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm,
+// kubectl and the ServiceMonitor CRD and sets E2E_HELM, E2E_KUBECTL and
+// E2E_SERVICEMONITOR_CRD.
 package chart_test
 
 import (

@@ -3,13 +3,18 @@
 package chart_test
 
 import (
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
 
 	"github.com/rkllm-operator/rkllm-operator/controllers"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
 // TestStockHelmTemplate: a helm without a cluster renders for the Kubernetes version
@@ -53,9 +58,10 @@ func TestStockHelmTemplate(t *testing.T) {
 	}
 }
 
-// TestServiceMonitorsUseCurrentFields: no value set renders the Prometheus Operator's
-// deprecated bearerTokenFile or an unverified TLS connection; the secure endpoint
-// authenticates with a Secret's token and verifies the manager's certificate.
+// TestServiceMonitorsUseCurrentFields: no value set renders a field the Prometheus
+// Operator's CRD marks deprecated (bearerTokenFile, bearerTokenSecret) or does not know,
+// or an unverified TLS connection; the secure endpoint authenticates with a Secret's token
+// and verifies the manager's certificate.
 func TestServiceMonitorsUseCurrentFields(t *testing.T) {
 	sets := [][]string{everything, {"--set", "serviceMonitor.enabled=true", "--set", "manager.metrics.certSecret=tls"}}
 	for _, v := range valueSets(t) {
@@ -69,6 +75,20 @@ func TestServiceMonitorsUseCurrentFields(t *testing.T) {
 			}
 		}
 	}
+	// Every field the ServiceMonitors set is one the Prometheus Operator's CRD knows and
+	// does not mark deprecated.
+	schema := serviceMonitorSchema(t)
+	for _, set := range sets {
+		out := render(t, append([]string{"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"}, set...)...)
+		for _, o := range decode(t, out) {
+			if o.GetKind() == "ServiceMonitor" {
+				for _, p := range schemaProblems("spec", o.Object["spec"], schema.Properties["spec"]) {
+					t.Errorf("values %v: ServiceMonitor %s: %s", set, o.GetName(), p)
+				}
+			}
+		}
+	}
+
 	objs := decode(t, render(t, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
 		"--set", "serviceMonitor.enabled=true", "--set", "manager.metrics.certSecret=manager-metrics-tls"))
 	sm := mustFind(t, objs, "ServiceMonitor", release+"-controller-manager")
@@ -102,6 +122,60 @@ func TestServiceMonitorsUseCurrentFields(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "needs manager.metrics.certSecret") {
 		t.Errorf("a secure ServiceMonitor without a certificate: err %v", err)
 	}
+}
+
+// serviceMonitorSchema is the OpenAPI schema of the ServiceMonitor CRD the Makefile
+// generates from the Prometheus Operator's Go types.
+func serviceMonitorSchema(t *testing.T) apiextensionsv1.JSONSchemaProps {
+	t.Helper()
+	data, err := os.ReadFile(makevars.Path(t, "E2E_SERVICEMONITOR_CRD", "test-chart"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := yaml.Unmarshal(data, crd); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Name == "v1" && v.Schema != nil && v.Schema.OpenAPIV3Schema != nil {
+			return *v.Schema.OpenAPIV3Schema
+		}
+	}
+	t.Fatal("the ServiceMonitor CRD has no v1 schema")
+	return apiextensionsv1.JSONSchemaProps{}
+}
+
+// schemaProblems lists the fields of v, at path, that the schema does not know or marks
+// deprecated.
+func schemaProblems(path string, v any, s apiextensionsv1.JSONSchemaProps) []string {
+	var out []string
+	if strings.Contains(s.Description, "Deprecated") {
+		out = append(out, fmt.Sprintf("%s is deprecated: %s", path, s.Description))
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		if s.XPreserveUnknownFields != nil && *s.XPreserveUnknownFields {
+			return out
+		}
+		for key, child := range v {
+			prop, ok := s.Properties[key]
+			if !ok && s.AdditionalProperties != nil && s.AdditionalProperties.Schema != nil {
+				prop, ok = *s.AdditionalProperties.Schema, true
+			}
+			if !ok {
+				out = append(out, fmt.Sprintf("%s.%s is not a field of the CRD", path, key))
+				continue
+			}
+			out = append(out, schemaProblems(path+"."+key, child, prop)...)
+		}
+	case []any:
+		if s.Items != nil && s.Items.Schema != nil {
+			for i, child := range v {
+				out = append(out, schemaProblems(fmt.Sprintf("%s[%d]", path, i), child, *s.Items.Schema)...)
+			}
+		}
+	}
+	return out
 }
 
 func firstEndpoint(t *testing.T, sm *unstructured.Unstructured) map[string]any {
