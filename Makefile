@@ -335,7 +335,7 @@ demo-down: ## Stop everything `make demo` started.
 
 # The two packages run one after the other (-p 1): each starts a cluster.
 .PHONY: e2e
-e2e: test-chart $(EDGE_DEPS) servicemonitor-crd rkllm-demo ## The chart on the simulated edge cluster (dry-runs, install, models, metrics, scale, suspend, rollout, upgrade, GC, uninstall); demo-down after a crash (root).
+e2e: test-chart $(EDGE_DEPS) servicemonitor-crd rkllm-demo ## The chart on the simulated edge cluster (dry-runs, install, models, metrics, scale, suspend, rollout, upgrade, GC, uninstall, kustomize to Helm); demo-down after a crash (root).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_KWOK=$(KWOK) E2E_HELM=$(HELM) \
 		E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) E2E_MANAGER=$(LOCALBIN)/manager E2E_SERVER=$(LOCALBIN)/rkllm-server \

@@ -257,7 +257,47 @@ func TestEdgeCluster(t *testing.T) {
 	if err := s.cl.Get(ctx, client.ObjectKey{Namespace: models, Name: "beta"}, &beta); err != nil {
 		t.Errorf("model beta after uninstall: %v", err)
 	}
+
+	s.step("moving from kustomize to Helm (docs/install.md): helm install adopts what `kubectl apply -k config/default` made, the workloads are kept, not replaced")
+	s.kustomizeToHelm()
 	t.Logf("e2e done in %s", time.Since(start).Round(time.Second))
+}
+
+// kustomizeToHelm follows docs/install.md: config/default applied, its objects annotated
+// and labelled for the release, then helm install. Helm cannot change an immutable
+// selector, so an install that succeeds with the Deployment's and the DaemonSet's UIDs
+// unchanged shows the chart's objects are the ones kustomize made.
+func (s *suite) kustomizeToHelm() {
+	kustomization := filepath.Join(repoRoot, "config", "default")
+	run := func(bin string, args ...string) {
+		if _, err := s.c.Run(s.ctx, nil, bin, args...); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	// The CRD is the one the uninstalled release kept; kustomize takes it over.
+	run(s.kubectl, "apply", "--server-side", "--force-conflicts", "-k", kustomization)
+	before := s.workloadUIDs()
+	run(s.kubectl, "annotate", "-k", kustomization, "--overwrite",
+		"meta.helm.sh/release-name="+release, "meta.helm.sh/release-namespace="+namespace)
+	run(s.kubectl, "label", "-k", kustomization, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+	run(s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace)
+	if after := s.workloadUIDs(); after != before {
+		s.t.Errorf("helm install replaced workloads that kubectl apply -k made: UIDs %s before, %s after", before, after)
+	}
+	run(s.helm, "uninstall", release, "-n", namespace, "--wait")
+}
+
+// workloadUIDs are the UIDs of the manager's Deployment and the plugin's DaemonSet.
+func (s *suite) workloadUIDs() string {
+	d, err := s.c.Client.AppsV1().Deployments(namespace).Get(s.ctx, release+"-controller-manager", metav1.GetOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ds, err := s.c.Client.AppsV1().DaemonSets(namespace).Get(s.ctx, release+"-device-plugin", metav1.GetOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return string(d.UID) + " " + string(ds.UID)
 }
 
 func (s *suite) step(msg string) {
