@@ -269,22 +269,26 @@ func TestEdgeCluster(t *testing.T) {
 // unchanged shows the chart's objects are the ones kustomize made.
 func (s *suite) kustomizeToHelm() {
 	kustomization := filepath.Join(repoRoot, "config", "default")
-	run := func(bin string, args ...string) {
-		if _, err := s.c.Run(s.ctx, nil, bin, args...); err != nil {
+	run := func(stdin []byte, bin string, args ...string) []byte {
+		out, err := s.c.Run(s.ctx, stdin, bin, args...)
+		if err != nil {
 			s.t.Fatal(err)
 		}
+		return []byte(out)
 	}
 	// The CRD is the one the uninstalled release kept; kustomize takes it over.
-	run(s.kubectl, "apply", "--server-side", "--force-conflicts", "-k", kustomization)
+	run(nil, s.kubectl, "apply", "--server-side", "--force-conflicts", "-k", kustomization)
 	before := s.workloadUIDs()
-	run(s.kubectl, "annotate", "-k", kustomization, "--overwrite",
+	// kubectl annotate and label take no -k: the rendered objects come on stdin.
+	objects := run(nil, s.kubectl, "kustomize", kustomization)
+	run(objects, s.kubectl, "annotate", "-f", "-", "--overwrite",
 		"meta.helm.sh/release-name="+release, "meta.helm.sh/release-namespace="+namespace)
-	run(s.kubectl, "label", "-k", kustomization, "--overwrite", "app.kubernetes.io/managed-by=Helm")
-	run(s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace)
+	run(objects, s.kubectl, "label", "-f", "-", "--overwrite", "app.kubernetes.io/managed-by=Helm")
+	run(nil, s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace)
 	if after := s.workloadUIDs(); after != before {
 		s.t.Errorf("helm install replaced workloads that kubectl apply -k made: UIDs %s before, %s after", before, after)
 	}
-	run(s.helm, "uninstall", release, "-n", namespace, "--wait")
+	run(nil, s.helm, "uninstall", release, "-n", namespace, "--wait")
 }
 
 // workloadUIDs are the UIDs of the manager's Deployment and the plugin's DaemonSet.
