@@ -198,7 +198,7 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/jsonrpc:FuzzAppendString server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
 FUZZTIME ?= 2m
 
 .PHONY: fuzz

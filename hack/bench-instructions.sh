@@ -18,7 +18,8 @@ benches=(
 	"./server/workerproto BenchmarkDeliverySend$ worker: encode a token's delivery and write its frame"
 	"./server/workerproto BenchmarkDeliveryReceive$ supervisor: read and decode a delivery frame"
 	"./server/rkllmrpc BenchmarkTokenNotification$ supervisor: rkllm.result notification of a token, encoded"
-	"./server/outbuf BenchmarkSendWritten$ supervisor: a client's output buffer, Send to written"
+	"./server/outbuf BenchmarkSendWritten/goroutine$ supervisor: a client's output buffer, Send to written by its goroutine (HTTP)"
+	"./server/outbuf BenchmarkSendWritten/now$ supervisor: a client's output buffer, written by Send (Unix socket)"
 )
 count() { # binary bench iterations -> instructions
 	GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off GOMAXPROCS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" \

@@ -379,6 +379,7 @@ type streamWriter struct {
 
 	mu  sync.Mutex
 	out *outbuf.Buffer // nil until the stream starts
+	enc []byte         // notify's scratch buffer
 }
 
 // frame encodes one message of the stream.
@@ -427,18 +428,35 @@ func (sw *streamWriter) start() {
 	})
 }
 
+// notify queues a notification (a token, most often) as a line or an event. It is
+// encoded into the stream's scratch buffer, which Send copies.
 func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
-	b, err := sw.frame(n)
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	b := sw.enc[:0]
+	if sw.sse {
+		b = append(b, "data: "...)
+	}
+	b, err := n.AppendJSON(b)
 	if err != nil {
 		return err
 	}
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
+	if sw.sse {
+		b = append(b, "\n\n"...)
+	} else {
+		b = append(b, '\n')
+	}
+	if cap(b) <= maxScratch {
+		sw.enc = b
+	}
 	if sw.out == nil {
 		sw.start()
 	}
 	return sw.out.Send(b)
 }
+
+// maxScratch is the largest encoding buffer a stream keeps between notifications.
+const maxScratch = 4 << 10
 
 func (sw *streamWriter) streaming() bool {
 	sw.mu.Lock()

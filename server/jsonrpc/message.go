@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	kjson "sigs.k8s.io/json"
 )
@@ -86,13 +87,85 @@ type Notification struct {
 	Params any
 }
 
+// Appender is implemented by params that write their own JSON (the token
+// notifications, the server's most frequent message): in one pass, without
+// encoding/json's reflection and the second pass it makes over a Marshaler's output.
+// AppendJSON must append exactly what encoding/json would marshal.
+type Appender interface {
+	AppendJSON(b []byte) []byte
+}
+
 // MarshalJSON writes the notification with the version member.
-func (n *Notification) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		JSONRPC string `json:"jsonrpc"`
-		Method  string `json:"method"`
-		Params  any    `json:"params,omitempty"`
-	}{Version, n.Method, n.Params})
+func (n *Notification) MarshalJSON() ([]byte, error) { return n.AppendJSON(nil) }
+
+// AppendJSON appends the notification with the version member to b, as MarshalJSON
+// writes it.
+func (n *Notification) AppendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"jsonrpc":"2.0","method":`...)
+	b = AppendString(b, n.Method)
+	switch p := n.Params.(type) {
+	case nil:
+	case Appender:
+		b = append(b, `,"params":`...)
+		b = p.AppendJSON(b)
+	default:
+		raw, err := json.Marshal(p)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"params":`...), raw...)
+	}
+	return append(b, '}'), nil
+}
+
+// AppendString appends s as a JSON string, escaped exactly as encoding/json escapes it
+// (HTML characters, U+2028 and U+2029 as \u escapes; invalid UTF-8 as U+FFFD).
+func AppendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(append(b, s[start:i]...), `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(append(b, s[start:i]...), '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	return append(append(b, s[start:]...), '"')
 }
 
 // item is one element of a decoded message: a valid request, or the error response

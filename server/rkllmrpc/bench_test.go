@@ -1,7 +1,6 @@
 package rkllmrpc
 
 import (
-	"encoding/json"
 	"testing"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
@@ -10,11 +9,11 @@ import (
 
 // BenchmarkTokenNotification is the supervisor's fan-out of one token of a streamed
 // rkllm.run: the run's accumulator takes the delivery and the rkllm.result
-// notification is encoded as a line, as the transports send it.
+// notification is encoded as a line into a reused buffer, as the transports send it.
 func BenchmarkTokenNotification(b *testing.B) {
 	var line []byte
 	peer := &jsonrpc.Peer{Notify: func(n *jsonrpc.Notification) error {
-		enc, err := json.Marshal(n)
+		enc, err := n.AppendJSON(line[:0])
 		line = append(enc, '\n')
 		return err
 	}}

@@ -145,8 +145,9 @@ type Request struct {
 	// Conversation, instead of Msg, is a conversation run of the OpenAI API.
 	Conversation *Conversation
 	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
-	// supervisor's executor: it must not block for long (a slow client holds up the
-	// watchdog).
+	// goroutine that reads the worker's connection, so a token reaches its client
+	// without a hop to another goroutine. It must not block: until it returns, no other
+	// frame of the worker is read (replies and heartbeats included).
 	OnDelivery func(runtime.Delivery)
 }
 
