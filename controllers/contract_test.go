@@ -63,7 +63,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 	o := parseWithServer(t, m)
 
 	if o.Model != "/models/"+downloadFileName("model", sampleURL) || o.ModelDir != "/models" || o.RuntimeABI != "1.2" ||
-		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.Socket != "/run/rkllm/rkllm.sock" ||
+		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.ProbeListen != ":8081" || o.Socket != "/run/rkllm/rkllm.sock" ||
 		o.APIKeyFile != "/etc/rkllm/api-key/api-key" || o.MaxQueue != 4 || o.RequestTimeout != 3*time.Minute ||
 		o.ShutdownTimeout != 45*time.Second || o.LogFormat != "text" || o.PromptCache != "/models/host/prompt-cache/p.bin" {
 		t.Errorf("server options = %+v", o)
@@ -101,7 +101,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 // The smallest model gives a configuration the server accepts with its own defaults.
 func TestServerParsesTheMinimalConfig(t *testing.T) {
 	o := parseWithServer(t, unitModel(nil))
-	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.LogFormat != "json" ||
+	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.ProbeListen != ":8081" || o.LogFormat != "json" ||
 		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" {
 		t.Errorf("server options = %+v", o)
 	}

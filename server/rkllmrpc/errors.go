@@ -27,6 +27,12 @@ func rpcError(err error, extra map[string]any) error {
 	if errors.Is(err, supervisor.ErrNoSuchRequest) {
 		return jsonrpc.InvalidParams("request_id", "%v", err)
 	}
+	var input *runtime.InputError
+	if errors.As(err, &input) {
+		// The check of what the runtime would read against the model loaded when the
+		// call executed (the supervisor's, or the worker's own).
+		return invalidInput(input, input.Input > 0)
+	}
 	data := map[string]any{}
 	for k, v := range extra {
 		data[k] = v

@@ -10,7 +10,7 @@ import (
 
 // Errors the supervisor returns; callers (the JSON-RPC methods) map them to codes.
 var (
-	// ErrQueueFull: the queue holds MaxQueue requests already.
+	// ErrQueueFull: the queue holds MaxQueue requests already (when MaxQueue is set).
 	ErrQueueFull = errors.New("queue full")
 	// ErrModelNotLoaded: the request needs a model and none is loaded.
 	ErrModelNotLoaded = errors.New("model not loaded")
@@ -78,15 +78,21 @@ type TimeoutError struct {
 	Reason string
 	// After is the limit that was exceeded, as configured.
 	After string
-	// WorkerKilled is true when the worker had to be killed (abort did not end the run).
+	// WorkerKilled is true when the worker had to be killed.
 	WorkerKilled bool
+	// AbortSent is true when an abort was sent before the kill (it did not end the
+	// run); false when the worker was killed without one (a call that never returned).
+	AbortSent bool
 }
 
 func (e *TimeoutError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "timed out: %s (%s)", e.Reason, e.After)
-	if e.WorkerKilled {
+	switch {
+	case e.WorkerKilled && e.AbortSent:
 		b.WriteString("; abort did not stop the runtime, so the worker was killed and is restarting")
+	case e.WorkerKilled:
+		b.WriteString("; the worker was killed and is restarting")
 	}
 	return b.String()
 }

@@ -231,7 +231,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -259,6 +259,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -384,6 +385,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
+	m.EmbedWidth = s.opts.EmbedWidth
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -395,6 +397,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -438,9 +441,36 @@ func (s *Supervisor) execDestroy(p *proc) error {
 	return nil
 }
 
+// checkLimits checks a run's inputs, cross-attention buffers or KV-cache ranges against the model
+// loaded when it executes (not when it was queued: a client may have loaded another
+// model, or a LoRA adapter, in between), so that the runtime reads nothing past them.
+// The error is a *runtime.InputError naming the member; the worker checks again.
+func (s *Supervisor) checkLimits(m workerproto.Message) error {
+	lm, ok := s.LoadedModel()
+	if !ok {
+		return s.modelErr()
+	}
+	lim := lm.Limits()
+	switch m := m.(type) {
+	case *workerproto.Run:
+		if err := runtime.CheckInputs(m.Inputs, lim); err != nil {
+			return err
+		}
+		return runtime.CheckInferParams(&m.Infer, lim)
+	case *workerproto.SetCrossAttnParams:
+		return runtime.CheckCrossAttn(&m.Params, lim)
+	case *workerproto.ClearKVCache:
+		return runtime.CheckKVRanges(m.StartPos, m.EndPos, lim)
+	}
+	return nil
+}
+
 // execCall serves the other calls on the model and records the state they set.
 func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	if err := s.checkLimits(m); err != nil {
 		return Outcome{}, err
 	}
 	if _, query := m.(*workerproto.GetKVCacheSize); !query {
@@ -585,6 +615,9 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 	if err := s.modelErr(); err != nil {
 		return Outcome{}, err
 	}
+	if err := s.checkLimits(m); err != nil {
+		return Outcome{}, err
+	}
 	s.kv.invalidate()
 	if err := s.restoreForRPC(p); err != nil {
 		return Outcome{}, fmt.Errorf("restore the chat template and tools: %w", err)
@@ -656,10 +689,10 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w 
 	}
 	switch w.reason {
 	case abortedByWatchdog:
-		return Outcome{}, &TimeoutError{Reason: "token stall", After: w.stallLimit, WorkerKilled: killed}
+		return Outcome{}, &TimeoutError{Reason: "token stall", After: w.stallLimit, WorkerKilled: killed, AbortSent: true}
 	case abortedByContext:
 		if errors.Is(t.ctx.Err(), context.DeadlineExceeded) {
-			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed}
+			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed, AbortSent: true}
 		}
 		return Outcome{}, fmt.Errorf("%w: the client went away or cancelled the request while running", ErrAborted)
 	}

@@ -29,8 +29,9 @@ type Options struct {
 	// Model, when set, is loaded as soon as the worker is up, and reloaded after
 	// every restart until a client destroys it.
 	Model *ModelSpec
-	// MaxQueue bounds the requests waiting for the model (16). A request over it gets
-	// ErrQueueFull at once.
+	// MaxQueue, when positive, bounds the requests waiting for the model: a request
+	// over it gets ErrQueueFull at once. Zero: no count, the queue is bounded by what
+	// its requests cost (the server's budget of bytes in flight, and its connections).
 	MaxQueue int
 	// TokenStallTimeout is the longest a run may go without a delivery before the
 	// watchdog aborts it (60s). Before the first delivery the run also gets its
@@ -62,6 +63,9 @@ type Options struct {
 	StopGrace time.Duration
 	// MaxFrameBytes bounds one protocol frame (workerproto.DefaultMaxFrameBytes).
 	MaxFrameBytes int
+	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
+	// configuration knows it; 0 has the worker learn it at every load.
+	EmbedWidth int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -102,9 +106,6 @@ func (o *Options) setDefaults() {
 		if *d <= 0 {
 			*d = v
 		}
-	}
-	if o.MaxQueue <= 0 {
-		o.MaxQueue = 16
 	}
 	def(&o.TokenStallTimeout, 60*time.Second)
 	def(&o.AbortTimeout, 10*time.Second)
@@ -207,7 +208,10 @@ type Status struct {
 	Simulator   string `json:"simulator,omitempty"`
 	ModelLoaded bool   `json:"model_loaded"`
 	Model       string `json:"model,omitempty"`
-	LoadError   string `json:"model_load_error,omitempty"`
+	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
+	// carry embeddings are refused).
+	EmbedWidth int    `json:"embed_width,omitempty"`
+	LoadError  string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -311,6 +315,7 @@ type Supervisor struct {
 	// current worker has it.
 	desired   *runtime.Param
 	loaded    bool
+	width     int // the loaded model's embedding width (0: not known)
 	loadErr   error
 	state     replayState
 	replayErr []string
@@ -367,8 +372,8 @@ func (s *Supervisor) Start() error {
 	return nil
 }
 
-// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue requests
-// wait already, ErrShuttingDown while draining. The request is removed from the queue
+// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue (if set)
+// requests wait already, ErrShuttingDown while draining. The request is removed from the queue
 // (ErrTimeout or ErrAborted) when ctx ends before it runs, and aborted when ctx ends
 // while it runs.
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
@@ -390,7 +395,7 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 		t.stop()
 		return nil, ErrShuttingDown
 	}
-	if n := len(s.queue); n >= s.opts.MaxQueue {
+	if n := len(s.queue); s.opts.MaxQueue > 0 && n >= s.opts.MaxQueue {
 		s.mu.Unlock()
 		t.stop()
 		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, n, s.opts.MaxQueue)
@@ -472,7 +477,7 @@ func (s *Supervisor) Abort(owner, id string) ([]string, error) {
 		}
 	}
 	if id != "" && running == nil && len(queued) == 0 {
-		return nil, fmt.Errorf("%w: %q is not a queued or running request of this connection", ErrNoSuchRequest, id)
+		return nil, fmt.Errorf("%w: %q is not a queued or running request of this caller (on the socket: of this connection; over HTTP: started with the same API key)", ErrNoSuchRequest, id)
 	}
 	return stopped, nil
 }
@@ -559,6 +564,9 @@ func (s *Supervisor) Status() Status {
 	}
 	if s.desired != nil {
 		st.Model = s.desired.ModelPath
+	}
+	if s.loaded {
+		st.EmbedWidth = s.width
 	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
@@ -714,10 +722,43 @@ func (nopObserver) ModelLoaded(bool)             {}
 
 // Loaded returns the parameters of the model loaded now.
 func (s *Supervisor) Loaded() (runtime.Param, bool) {
+	m, ok := s.LoadedModel()
+	return m.Param, ok
+}
+
+// LoadedModel describes the model loaded now: what a request is checked against
+// before it is queued.
+type LoadedModel struct {
+	// Param is what the model was initialised with.
+	Param runtime.Param
+	// ABI is the layout the runtime library speaks.
+	ABI runtime.ABI
+	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
+	// row of an embedding input), configured or learned at load; 0 when not known.
+	EmbedWidth int
+	// Loras are the names of the LoRA adapters loaded, in order.
+	Loras []string
+}
+
+// Limits are the bounds of the runtime's input checks for this model.
+func (m LoadedModel) Limits() runtime.Limits {
+	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
+		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+}
+
+// LoadedModel returns the model loaded now, false when none is.
+func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded || s.desired == nil {
-		return runtime.Param{}, false
+		return LoadedModel{}, false
 	}
-	return *s.desired, true
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	if s.hello != nil {
+		m.ABI = s.hello.ABI
+	}
+	for _, l := range s.state.loras {
+		m.Loras = append(m.Loras, l.Name)
+	}
+	return m, true
 }

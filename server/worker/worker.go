@@ -45,6 +45,10 @@ type Model interface {
 	SetChatTemplate(systemPrompt, promptPrefix, promptPostfix string) error
 	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
 	SetCrossAttnParams(p runtime.CrossAttnParams) error
+	// SetEmbedWidth records the model's embedding width from configuration;
+	// LearnEmbedWidth learns it with a run (runtime.Handle documents both).
+	SetEmbedWidth(width int) error
+	LearnEmbedWidth(ctx context.Context) (int, error)
 }
 
 // errNoModel answers requests that need a model when none is loaded.
@@ -201,8 +205,9 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		if err != nil {
 			return &workerproto.Reply{Err: err}
 		}
+		width := w.embedWidth(ctx, model, init.EmbedWidth)
 		w.setModel(model)
-		return &workerproto.Reply{}
+		return &workerproto.Reply{EmbedWidth: width}
 	}
 	model := w.current()
 	if model == nil {
@@ -224,6 +229,26 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		return &workerproto.Reply{Err: err, CacheSizes: out}
 	}
 	return &workerproto.Reply{Err: setState(model, m)}
+}
+
+// embedWidth gives a new model its embedding width, configured or learned, and returns
+// it; 0 when it could not be learned, which leaves the model serving everything but
+// inputs that carry embeddings.
+func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) int {
+	if configured > 0 {
+		if err := model.SetEmbedWidth(configured); err != nil {
+			w.log.Error(err, "the configured embedding width is refused; inputs with embeddings will be refused")
+			return 0
+		}
+		return configured
+	}
+	width, err := model.LearnEmbedWidth(ctx)
+	if err != nil {
+		w.log.Error(err, "cannot learn the model's embedding width; inputs with embeddings will be refused (set --embedding-width)")
+		return 0
+	}
+	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
+	return width
 }
 
 // setState serves the calls that change the handle's state.

@@ -67,8 +67,12 @@ type Hello struct {
 	Default runtime.Param
 }
 
-// Init loads a model (rkllm_init).
-type Init struct{ Param runtime.Param }
+// Init loads a model (rkllm_init). EmbedWidth is the model's embedding width when the
+// configuration gives it; 0 makes the worker learn it with a run right after init.
+type Init struct {
+	Param      runtime.Param
+	EmbedWidth int
+}
 
 // Destroy frees the model (rkllm_destroy).
 type Destroy struct{}
@@ -121,11 +125,13 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct{ runtime.Delivery }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
-// answers GetKVCacheSize.
+// answers GetKVCacheSize, EmbedWidth answers Init (the model's embedding width; 0 when
+// it could not be learned).
 type Reply struct {
 	Err        error
 	Running    bool
 	CacheSizes []int32
+	EmbedWidth int
 }
 
 // Op implements Message.
@@ -293,8 +299,15 @@ func decodeParam(d *decoder, p *runtime.Param) {
 	p.Extend.UseCrossAttn = d.i8()
 }
 
-func (m *Init) encode(e *encoder) { encodeParam(e, &m.Param) }
-func (m *Init) decode(d *decoder) { decodeParam(d, &m.Param) }
+func (m *Init) encode(e *encoder) {
+	encodeParam(e, &m.Param)
+	e.int(m.EmbedWidth)
+}
+
+func (m *Init) decode(d *decoder) {
+	decodeParam(d, &m.Param)
+	m.EmbedWidth = d.int()
+}
 
 func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
@@ -572,15 +585,16 @@ func (m *Delivery) decode(d *decoder) {
 // Error kinds on the wire, so the supervisor gets back the typed runtime errors.
 const (
 	errNone        = 0
-	errCall        = 1 // *runtime.CallError
-	errUnsupported = 2 // *runtime.UnsupportedError
-	errOther       = 3 // message only
-	errBusy        = 4 // ErrWorkerBusy
-	errRuntimeBusy = 5 // runtime.ErrBusy, with the message
-	errDestroyed   = 6 // runtime.ErrDestroyed, with the message
-	errSymbol      = 7 // *runtime.SymbolError
-	errRunFailed   = 8 // runtime.ErrRunFailed, with the message
-	errTooLarge    = 9 // *ResultTooLargeError
+	errCall        = 1  // *runtime.CallError
+	errUnsupported = 2  // *runtime.UnsupportedError
+	errOther       = 3  // message only
+	errBusy        = 4  // ErrWorkerBusy
+	errRuntimeBusy = 5  // runtime.ErrBusy, with the message
+	errDestroyed   = 6  // runtime.ErrDestroyed, with the message
+	errSymbol      = 7  // *runtime.SymbolError
+	errRunFailed   = 8  // runtime.ErrRunFailed, with the message
+	errTooLarge    = 9  // *ResultTooLargeError
+	errInput       = 10 // *runtime.InputError
 )
 
 // sentinels are the runtime's sentinel errors that cross the wire as themselves (the
@@ -637,6 +651,7 @@ func (m *Reply) encode(e *encoder) {
 	encodeErr(e, m.Err)
 	e.bool(m.Running)
 	e.optI32s(m.CacheSizes)
+	e.int(m.EmbedWidth)
 }
 
 // encodeErr writes an error as its kind and what rebuilds it on the other side.
@@ -645,11 +660,19 @@ func encodeErr(e *encoder, err error) {
 		callErr     *runtime.CallError
 		unsupported *runtime.UnsupportedError
 		symbol      *runtime.SymbolError
+		input       *runtime.InputError
 		tooLarge    *ResultTooLargeError
 	)
 	switch {
 	case err == nil:
 		e.u8(errNone)
+		return
+	case errors.As(err, &input):
+		e.u8(errInput)
+		e.int(input.Input)
+		e.str(input.Field)
+		e.str(input.Reason)
+		e.bool(input.NoWidth)
 		return
 	case errors.As(err, &tooLarge):
 		e.u8(errTooLarge)
@@ -706,6 +729,8 @@ func (m *Reply) decode(d *decoder) {
 		m.Err = &RemoteError{Message: d.str()}
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
+	case errInput:
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool()}
 	case errTooLarge:
 		m.Err = &ResultTooLargeError{Field: d.str(), Size: d.int(), Limit: d.int()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
@@ -722,6 +747,7 @@ func (m *Reply) decode(d *decoder) {
 	}
 	m.Running = d.bool()
 	m.CacheSizes = d.optI32s()
+	m.EmbedWidth = d.int()
 }
 
 func trimSuffix(s, suffix string) string {

@@ -88,9 +88,9 @@ func WriteSimModel(path string) error {
 }
 
 // StartServer runs rkllm-server with the simulator library lib and the simulator model
-// file modelPath, listening on PodIP:8080, where the kubelet probes the pods of the
-// real-kubelet node, and on a Unix socket in the work folder. It returns when /readyz
-// answers 200.
+// file modelPath, listening on PodIP:8080 and its probes on PodIP:8081, where the
+// kubelet probes the pods of the real-kubelet node, and on a Unix socket in the work
+// folder. It returns when /readyz answers 200.
 func (c *Cluster) StartServer(ctx context.Context, bin, lib, abi, modelPath string) (*Process, error) {
 	dir := filepath.Join(c.WorkDir, "server")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -100,7 +100,7 @@ func (c *Cluster) StartServer(ctx context.Context, bin, lib, abi, modelPath stri
 	p, err := c.Start(ctx, "rkllm-server", nil, bin, "serve",
 		"--model", modelPath, "--model-dir", filepath.Dir(modelPath),
 		"--runtime-lib", lib, "--runtime-abi", abi,
-		"--listen", listen, "--socket", filepath.Join(dir, "rkllm.sock"), "--log-format", "text")
+		"--listen", listen, "--probe-listen", c.PodIP+":8081", "--socket", filepath.Join(dir, "rkllm.sock"), "--log-format", "text")
 	if err != nil {
 		return nil, err
 	}
