@@ -34,7 +34,8 @@ type Options struct {
 	// larger than the bound is still taken when nothing else is queued, so one large
 	// result (logits) can always be sent.
 	MaxBytes int
-	// WriteTimeout bounds one write to the client (30s).
+	// WriteTimeout bounds one write to the client (30s): a write gets at least nine
+	// tenths of it (all but a second, for timeouts over ten seconds).
 	WriteTimeout time.Duration
 	// SetWriteDeadline sets the deadline of the next write (a net.Conn's, or an HTTP
 	// response's through http.ResponseController); nil for none.
@@ -77,6 +78,8 @@ type Buffer struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when the goroutine has ended
 	failed  sync.Once
+
+	deadline time.Time // the write deadline the goroutine set last (only it reads this)
 }
 
 // New starts a buffer writing to w.
@@ -311,9 +314,17 @@ func (b *Buffer) run() {
 	}
 }
 
+// write writes one batch on the buffer's goroutine within the write timeout. The
+// deadline is moved only when less than WriteTimeout minus its slack is left: each
+// write still gets nearly the whole timeout, and a stream of tokens does not move a
+// timer (and wake the network poller) for every one.
 func (b *Buffer) write(p []byte) error {
 	if b.opts.SetWriteDeadline != nil {
-		_ = b.opts.SetWriteDeadline(time.Now().Add(b.opts.WriteTimeout))
+		now := time.Now()
+		if b.deadline.Sub(now) < b.opts.WriteTimeout-min(b.opts.WriteTimeout/10, time.Second) {
+			b.deadline = now.Add(b.opts.WriteTimeout)
+			_ = b.opts.SetWriteDeadline(b.deadline)
+		}
 	}
 	if err := b.Err(); err != nil {
 		return err
