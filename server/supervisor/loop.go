@@ -622,13 +622,14 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 	if err := s.restoreForRPC(p); err != nil {
 		return Outcome{}, fmt.Errorf("restore the chat template and tools: %w", err)
 	}
-	if s.convInCache {
-		if err := s.handleCall(p, &workerproto.ClearKVCache{}); err != nil {
-			return Outcome{}, fmt.Errorf("clear a conversation from the KV cache: %w", err)
-		}
+	// A conversation left in the cache is cleared by the worker before the run, in the
+	// run's own round trip.
+	m.ClearKVCache = s.convInCache
+	out, err := s.execRun(p, t, m, t.req.OnDelivery)
+	if err == nil {
 		s.convInCache = false
 	}
-	return s.execRun(p, t, m, t.req.OnDelivery)
+	return out, err
 }
 
 // execRun runs one generation: its deliveries are relayed as they are read (see
@@ -699,7 +700,7 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w 
 	if r.Err != nil {
 		return Outcome{}, s.explain(p, mark, r.Err)
 	}
-	return Outcome{Aborted: w.reason == abortedByClient}, nil
+	return Outcome{Aborted: w.reason == abortedByClient, CacheSizes: r.CacheSizes}, nil
 }
 
 // runEnd is a run's outcome and error.

@@ -219,14 +219,10 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		w.setModel(nil)
 		return &workerproto.Reply{Err: err}
 	case *workerproto.Run:
-		return &workerproto.Reply{Err: w.run(ctx, id, model, m)}
+		return w.runRequest(ctx, id, model, m)
 	case *workerproto.GetKVCacheSize:
-		sizes, err := model.KVCacheSize()
-		out := make([]int32, len(sizes))
-		for i, v := range sizes {
-			out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
-		}
-		return &workerproto.Reply{Err: err, CacheSizes: out}
+		sizes, err := cacheSizes(model)
+		return &workerproto.Reply{Err: err, CacheSizes: sizes}
 	}
 	return &workerproto.Reply{Err: setState(model, m)}
 }
@@ -249,6 +245,34 @@ func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) in
 	}
 	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
 	return width
+}
+
+// runRequest serves a Run with what the supervisor folded into its round trip: the
+// KV cache cleared before, its size reported after.
+func (w *Worker) runRequest(ctx context.Context, id uint64, model Model, m *workerproto.Run) *workerproto.Reply {
+	if m.ClearKVCache {
+		if err := model.ClearKVCache(false, nil); err != nil {
+			return &workerproto.Reply{Err: fmt.Errorf("clear the KV cache before the run: %w", err)}
+		}
+	}
+	if err := w.run(ctx, id, model, m); err != nil {
+		return &workerproto.Reply{Err: err}
+	}
+	r := &workerproto.Reply{}
+	if m.ReportKVCacheSize {
+		r.CacheSizes, _ = cacheSizes(model) // nil: the supervisor does not know the cache
+	}
+	return r
+}
+
+// cacheSizes is rkllm_get_kv_cache_size in the protocol's integers.
+func cacheSizes(model Model) ([]int32, error) {
+	sizes, err := model.KVCacheSize()
+	out := make([]int32, len(sizes))
+	for i, v := range sizes {
+		out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
+	}
+	return out, err
 }
 
 // setState serves the calls that change the handle's state.
