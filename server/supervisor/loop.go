@@ -311,6 +311,7 @@ func (s *Supervisor) next(p *proc, retry <-chan time.Time) *Ticket {
 		s.mu.Lock()
 		if len(s.queue) > 0 {
 			t := s.queue[0]
+			s.queue[0] = nil // the backing array must not keep the request (its prompt) alive
 			s.queue = s.queue[1:]
 			s.running = t
 			depth := len(s.queue)

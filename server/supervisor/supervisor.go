@@ -11,6 +11,7 @@ import (
 	"math"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -427,7 +428,7 @@ func (s *Supervisor) dequeue(t *Ticket, err error) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.queue = slices.Delete(s.queue, i, i+1) // clears the freed slot: no ticket kept alive
 	depth := len(s.queue)
 	s.mu.Unlock()
 	s.opts.Observer.QueueDepth(depth)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -69,11 +70,21 @@ type Worker struct {
 	// instead of two calls racing inside the runtime.
 	busy sync.Mutex
 	wg   sync.WaitGroup
+
+	// trim, when set, gives the memory of large frames back once their request is done.
+	trim *memlimit.Trimmer
 }
 
 // New returns a worker for conn. library names the runtime library for Hello.
 func New(rt Runtime, library string, conn *workerproto.Conn, log logr.Logger) *Worker {
 	return &Worker{rt: rt, library: library, conn: conn, log: log}
+}
+
+// TrimAfterLarge has t told of each request whose frame, or a frame it sent, was large,
+// once the request is done, so the worker gives that memory back. Call it before Serve.
+func (w *Worker) TrimAfterLarge(t *memlimit.Trimmer) {
+	w.trim = t
+	w.conn.OnLargeSend(func(size int) { t.Note(int64(size)) })
 }
 
 // Serve sends Hello and serves requests until the supervisor closes the connection,
@@ -97,7 +108,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		w.dispatch(ctx, id, m)
+		w.dispatch(ctx, id, m, w.conn.LastReceived())
 	}
 	cancel()
 	w.shutdown()
@@ -136,8 +147,8 @@ func (w *Worker) setModel(m Model) {
 }
 
 // dispatch serves one request on its own goroutine, so Abort and IsRunning are answered
-// while a Run (or a slow Init) is in progress.
-func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message) {
+// while a Run (or a slow Init) is in progress. size is the request's frame.
+func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message, size int) {
 	w.wg.Add(1)
 	switch m.(type) {
 	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Ping:
@@ -159,6 +170,7 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message)
 		// it has the reply.
 		w.busy.Unlock()
 		w.reply(id, r)
+		w.trim.Note(int64(size))
 	}()
 }
 
@@ -389,5 +401,7 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	}
 	conn := workerproto.NewConn(nc, maxFrame)
 	defer func() { _ = conn.Close() }()
-	return New(rt, library, conn, log).Serve(ctx)
+	w := New(rt, library, conn, log)
+	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
+	return w.Serve(ctx)
 }

@@ -66,11 +66,22 @@ type Conn struct {
 	rbuf     []byte // Receive's payload buffer, reused (frames up to keepBytes)
 	maxFrame int
 
+	rsize     int // the size of the frame Receive read last
 	wmu       sync.Mutex
 	w         *bufio.Writer
 	wbuf      []byte    // Send's frame buffer, reused (frames up to keepBytes)
 	wdeadline time.Time // the write deadline last set
+	// sent, when set, is told the size of each frame Send wrote over keepBytes (whose
+	// memory is free once it returns).
+	sent func(size int)
 }
+
+// OnLargeSend has f called with the size of each frame Send writes that is larger than
+// the Conn keeps a buffer for, after it is written. Call it before the Conn is used.
+func (c *Conn) OnLargeSend(f func(size int)) { c.sent = f }
+
+// LastReceived is the size of the frame the last Receive read.
+func (c *Conn) LastReceived() int { return c.rsize }
 
 // keepBytes is the largest frame buffer a Conn keeps for the next frame: a token's
 // frame is tens of bytes, and a large result's memory is given back once it is sent.
@@ -114,6 +125,9 @@ func (c *Conn) Send(id uint64, m Message) error {
 		return err
 	}
 	_, err := c.rwc.Write(e.b)
+	if c.sent != nil && len(e.b) > keepBytes {
+		c.sent(len(e.b))
+	}
 	return err
 }
 
@@ -229,6 +243,7 @@ func (c *Conn) Receive() (id uint64, m Message, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	c.rsize = 4 + headerSize + len(f.Payload)
 	if cap(f.Payload) <= keepBytes && cap(f.Payload) > cap(c.rbuf) {
 		c.rbuf = f.Payload[:0]
 	}
