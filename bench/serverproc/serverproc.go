@@ -269,3 +269,77 @@ func freeAddr() (string, error) {
 	defer func() { _ = ln.Close() }()
 	return ln.Addr().String(), nil
 }
+
+// WorkerPID is the worker's process id (from /readyz).
+func (s *Server) WorkerPID() (int, error) {
+	st, err := s.Status()
+	return st.WorkerPID, err
+}
+
+// PSS is a process's proportional set size (/proc/PID/smaps_rollup), in bytes: its
+// private pages, and its share of the pages it maps with other processes (the
+// supervisor and its worker run one binary), so that the PSS of two processes add up
+// to the memory they hold together.
+func PSS(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pss:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no Pss in smaps_rollup")
+}
+
+// AnonRSS is a process's anonymous resident memory (RssAnon: its heaps and stacks,
+// not the binary and libraries it maps), in bytes.
+func AnonRSS(pid int) (int64, error) { return procStatus(pid, "RssAnon") }
+
+// Usage is what a process has used so far: CPU time and context switches (voluntary,
+// a thread waiting; and involuntary, a thread preempted), over all its threads.
+type Usage struct {
+	CPU                    time.Duration
+	Voluntary, Involuntary int64
+}
+
+// Sub is the usage between two readings.
+func (u Usage) Sub(before Usage) Usage {
+	return Usage{CPU: u.CPU - before.CPU, Voluntary: u.Voluntary - before.Voluntary, Involuntary: u.Involuntary - before.Involuntary}
+}
+
+// ReadUsage sums the CPU time (/proc/PID/task/*/schedstat, in nanoseconds) and the
+// context switches (/proc/PID/task/*/status) of a process's threads. Threads that
+// ended meanwhile are not counted.
+func ReadUsage(pid int) (Usage, error) {
+	var u Usage
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return u, err
+	}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, task.Name())
+		if raw, err := os.ReadFile(dir + "schedstat"); err == nil {
+			if f := strings.Fields(string(raw)); len(f) > 0 {
+				ns, _ := strconv.ParseInt(f[0], 10, 64)
+				u.CPU += time.Duration(ns)
+			}
+		}
+		raw, err := os.ReadFile(dir + "status")
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				u.Voluntary += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				u.Involuntary += n
+			}
+		}
+	}
+	return u, nil
+}
