@@ -38,9 +38,10 @@ func startCost(b *bench) *cost {
 	return c
 }
 
-// perToken says what the tokens since start cost each process: CPU time, and the
-// times a thread waited (voluntary context switches, each one a wake-up later), a
-// figure that the machine's load does not change.
+// perToken says what the tokens since start cost each process: CPU time (the runtime's
+// own work included, the simulator's little), and the times a thread waited
+// (voluntary context switches, each one a wake-up later, a count the machine's load
+// does not change) among the threads that outlive the run.
 func (c *cost) perToken(tokens int) (string, error) {
 	if c.err != nil {
 		return "", c.err
@@ -55,7 +56,7 @@ func (c *cost) perToken(tokens int) (string, error) {
 	}
 	ds, dw := sup.Sub(c.sup), worker.Sub(c.worker)
 	n := float64(max(tokens, 1))
-	return fmt.Sprintf("a token costs the supervisor / worker %.0f / %.0f µs of CPU and %.1f / %.1f waits",
+	return fmt.Sprintf("a token costs supervisor / worker %.0f / %.0f µs of CPU, %.1f / %.1f waits of threads that outlive the run",
 		float64(ds.CPU.Microseconds())/n, float64(dw.CPU.Microseconds())/n, float64(ds.Voluntary)/n, float64(dw.Voluntary)/n), nil
 }
 

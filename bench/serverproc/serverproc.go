@@ -298,8 +298,9 @@ func PSS(pid int) (int64, error) {
 // not the binary and libraries it maps), in bytes.
 func AnonRSS(pid int) (int64, error) { return procStatus(pid, "RssAnon") }
 
-// Usage is what a process has used so far: CPU time and context switches (voluntary,
-// a thread waiting; and involuntary, a thread preempted), over all its threads.
+// Usage is what a process has used so far: CPU time (all its threads, ended ones
+// included) and the context switches of its threads alive now (voluntary, a thread
+// waiting; involuntary, a thread preempted).
 type Usage struct {
 	CPU                    time.Duration
 	Voluntary, Involuntary int64
@@ -310,24 +311,33 @@ func (u Usage) Sub(before Usage) Usage {
 	return Usage{CPU: u.CPU - before.CPU, Voluntary: u.Voluntary - before.Voluntary, Involuntary: u.Involuntary - before.Involuntary}
 }
 
-// ReadUsage sums the CPU time (/proc/PID/task/*/schedstat, in nanoseconds) and the
-// context switches (/proc/PID/task/*/status) of a process's threads. Threads that
-// ended meanwhile are not counted.
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on Linux).
+const clockTicks = 100
+
+// ReadUsage reads a process's CPU time (/proc/PID/stat, in ticks of 10 ms) and sums
+// the context switches of its threads (/proc/PID/task/*/status). A thread that ended
+// takes its switches with it: the runtime's run thread, for one.
 func ReadUsage(pid int) (Usage, error) {
 	var u Usage
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return u, err
+	}
+	// The fields after the command (which may hold spaces) in parentheses; utime and
+	// stime are the 14th and 15th of the line.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	if len(f) < 13 {
+		return u, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	u.CPU = time.Duration(utime+stime) * time.Second / clockTicks
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return u, err
 	}
 	for _, task := range tasks {
-		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, task.Name())
-		if raw, err := os.ReadFile(dir + "schedstat"); err == nil {
-			if f := strings.Fields(string(raw)); len(f) > 0 {
-				ns, _ := strconv.ParseInt(f[0], 10, 64)
-				u.CPU += time.Duration(ns)
-			}
-		}
-		raw, err := os.ReadFile(dir + "status")
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
 		if err != nil {
 			continue // the thread ended
 		}
