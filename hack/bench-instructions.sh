@@ -20,6 +20,8 @@ benches=(
 	"./server/rkllmrpc BenchmarkTokenNotification$ supervisor: rkllm.result notification of a token, encoded"
 	"./server/outbuf BenchmarkSendWritten/goroutine$ supervisor: a client's output buffer, Send to written by its goroutine (HTTP)"
 	"./server/outbuf BenchmarkSendWritten/now$ supervisor: a client's output buffer, written by Send (Unix socket)"
+	"./server/rkllmrpc BenchmarkRunToQueue$ supervisor: a short streamed rkllm.run, socket line to the queue"
+	"./server/openai BenchmarkChatToQueue$ supervisor: a short streamed chat, HTTP request to the queue (the template rendered)"
 )
 count() { # binary bench iterations -> instructions
 	GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off GOMAXPROCS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" \
