@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 )
 
 // ErrOverflow is returned by Send when the client has not taken what was queued for it
@@ -393,6 +395,6 @@ func (w *rawWriter) write(p []byte) (int, error) {
 
 // writeOnce is the RawConn callback: one attempt, never a wait for room.
 func (w *rawWriter) writeOnce(fd uintptr) bool {
-	w.n, w.err = syscall.Write(int(fd), w.p)
+	w.n, w.err = rawconn.Write(int(fd), w.p) // raw: see rawconn
 	return true
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -399,7 +400,8 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	if err != nil {
 		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
 	}
-	conn := workerproto.NewConn(nc, maxFrame)
+	// A token's frame written without waking the scheduler's monitor (rawconn).
+	conn := workerproto.NewConn(rawconn.Wrap(nc), maxFrame)
 	defer func() { _ = conn.Close() }()
 	w := New(rt, library, conn, log)
 	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
