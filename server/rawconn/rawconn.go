@@ -13,8 +13,10 @@ package rawconn
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"unsafe"
 )
@@ -152,3 +154,88 @@ func Write(fd int, p []byte) (int, error) {
 	}
 	return int(r), nil //nolint:gosec // at most len(p)
 }
+
+// Socket is a blocking stream socket kept out of the runtime's poller, for a
+// connection that one peer writes far more than the other: the worker's end of its
+// socketpair, which writes a frame per token. In the poller, each read the peer makes
+// wakes the writer's poller thread with a notice of room (a Unix socket signals one
+// whenever the peer takes data), a wake-up per token for nothing. Read blocks its
+// thread, as a file's does; Write first offers the bytes without waiting, as a raw
+// system call, and waits (an ordinary blocking write) only when the socket is full.
+// It has no deadlines.
+type Socket struct {
+	f   *os.File
+	raw syscall.RawConn
+
+	sendFn func(fd uintptr) bool // bound once, as Conn's
+	p      []byte
+	n      int
+	err    error
+}
+
+// NewSocket returns the socket on f, a blocking descriptor (os.NewFile of one keeps it
+// out of the poller). It fails when f is not a stream socket.
+func NewSocket(f *os.File) (*Socket, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var typ int
+	var serr error
+	if err := raw.Control(func(fd uintptr) { typ, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_TYPE) }); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, fmt.Errorf("%s is not a socket: %w", f.Name(), serr)
+	}
+	if typ != syscall.SOCK_STREAM {
+		return nil, fmt.Errorf("%s is not a stream socket (type %d)", f.Name(), typ)
+	}
+	s := &Socket{f: f, raw: raw}
+	s.sendFn = s.sendOnce
+	return s, nil
+}
+
+// Read reads what the socket has, blocking its thread until something comes.
+func (s *Socket) Read(p []byte) (int, error) { return s.f.Read(p) }
+
+// Write writes all of p: at once when the socket has room, else waiting for it.
+// Writes must not be concurrent (a writer holding its lock makes them).
+func (s *Socket) Write(p []byte) (int, error) {
+	s.p, s.n, s.err = p, 0, nil
+	err := s.raw.Write(s.sendFn)
+	n, serr := s.n, s.err
+	s.p, s.err = nil, nil
+	switch {
+	case err != nil:
+		return n, err
+	case errors.Is(serr, syscall.EAGAIN):
+		m, err := s.f.Write(p[n:])
+		return n + m, err
+	case serr != nil:
+		return n, &os.PathError{Op: "write", Path: s.f.Name(), Err: serr}
+	}
+	return n, nil
+}
+
+// sendOnce offers s.p to the socket without waiting (MSG_DONTWAIT), and without the
+// SIGPIPE a write to a closed peer raises (MSG_NOSIGNAL).
+func (s *Socket) sendOnce(fd uintptr) bool {
+	for s.n < len(s.p) {
+		p := s.p[s.n:]
+		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), //nolint:gosec // a raw send(2) of p, which outlives the call
+			syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e != 0:
+			s.err = e
+			return true
+		}
+		s.n += int(r) //nolint:gosec // at most len(p)
+	}
+	return true
+}
+
+// Close closes the socket (after a Read blocked in it returns: the peer's close ends it).
+func (s *Socket) Close() error { return s.f.Close() }

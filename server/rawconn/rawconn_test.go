@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -120,5 +121,83 @@ func TestWrapWithoutDescriptor(t *testing.T) {
 	defer func() { _ = a.Close(); _ = b.Close() }()
 	if Wrap(a) != a {
 		t.Fatal("Wrap of a net.Pipe end changed it")
+	}
+}
+
+// socketPair returns a Socket on one end of a blocking socketpair and the other end.
+func socketPair(t *testing.T) (*Socket, *os.File) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSocket(os.NewFile(uintptr(fds[0]), "worker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(fds[1]), "supervisor")
+	t.Cleanup(func() { _ = s.Close(); _ = peer.Close() })
+	return s, peer
+}
+
+// A Socket's frames reach the peer whole and in order, the small ones written at once
+// and one larger than the socket's buffer after waiting for the peer to read; its
+// reads take what the peer sends, then io.EOF.
+func TestSocketWritesAndReads(t *testing.T) {
+	s, peer := socketPair(t)
+	small := []byte("token frame")
+	large := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	got := make(chan []byte)
+	go func() {
+		b := make([]byte, len(small)+len(large))
+		_, _ = io.ReadFull(peer, b)
+		got <- b
+	}()
+	for _, p := range [][]byte{small, large} {
+		if n, err := s.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
+		}
+	}
+	if b := <-got; !bytes.Equal(b, append(append([]byte(nil), small...), large...)) {
+		t.Fatal("the peer did not read what was written, in order")
+	}
+	go func() {
+		_, _ = peer.Write([]byte("request"))
+		_ = peer.Close()
+	}()
+	b, err := io.ReadAll(s)
+	if err != nil || string(b) != "request" {
+		t.Fatalf("ReadAll = %q, %v; want \"request\", nil", b, err)
+	}
+}
+
+// A write to a peer that has gone fails with EPIPE, without the SIGPIPE that would
+// kill the worker.
+func TestSocketWriteToAClosedPeer(t *testing.T) {
+	s, peer := socketPair(t)
+	_ = peer.Close()
+	if _, err := s.Write([]byte("token")); !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Write to a closed peer: %v, want EPIPE", err)
+	}
+}
+
+// A descriptor that is not a stream socket is refused with a message naming it.
+func TestNewSocketRefusesOthers(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Close(); _ = w.Close() }()
+	if _, err := NewSocket(r); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("NewSocket(a pipe) = %v, want \"not a socket\"", err)
+	}
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "datagram")
+	defer func() { _ = f.Close() }()
+	if _, err := NewSocket(f); err == nil || !strings.Contains(err.Error(), "not a stream socket") {
+		t.Fatalf("NewSocket(a datagram socket) = %v, want \"not a stream socket\"", err)
 	}
 }

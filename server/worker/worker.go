@@ -395,13 +395,14 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	if f == nil {
 		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
 	}
-	nc, err := net.FileConn(f)
-	_ = f.Close()
+	// Out of the poller, its frames written without waking the scheduler's monitor: a
+	// token costs the worker no wake-up but the runtime's callback (rawconn.Socket).
+	sock, err := rawconn.NewSocket(f)
 	if err != nil {
+		_ = f.Close()
 		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
 	}
-	// A token's frame written without waking the scheduler's monitor (rawconn).
-	conn := workerproto.NewConn(rawconn.Wrap(nc), maxFrame)
+	conn := workerproto.NewConn(sock, maxFrame)
 	defer func() { _ = conn.Close() }()
 	w := New(rt, library, conn, log)
 	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
