@@ -576,6 +576,8 @@ type streamWriter struct {
 	chunked bool           // messages are written to the connection as chunks
 	enc     []byte         // the scratch buffer of a message
 	chunk   []byte         // the scratch buffer of a message framed as a chunk
+	head    int            // the size line of the chunk wrap made last
+	count   *chunkCounter  // the chunks' payload written, when chunked
 }
 
 // frame encodes one message of the stream (with sw.mu held); the result is valid
@@ -611,7 +613,9 @@ func (sw *streamWriter) wrap(b []byte) []byte {
 		return b
 	}
 	c := strconv.AppendInt(sw.chunk[:0], int64(len(b)), 16)
-	c = append(append(append(c, "\r\n"...), b...), "\r\n"...)
+	c = append(c, "\r\n"...)
+	sw.head = len(c)
+	c = append(append(c, b...), "\r\n"...)
 	if cap(c) <= maxScratch {
 		sw.chunk = c[:0]
 	}
@@ -660,15 +664,21 @@ func (sw *streamWriter) start() {
 			}
 			sw.cancel()
 		},
-		Written: func(n int) {
-			if obs != nil {
-				obs.BytesOut(Transport, n)
-			}
-		},
+	}
+	var count *chunkCounter // set before the buffer exists, read by its writers
+	opts.Written = func(n int) {
+		if count != nil {
+			n = count.written(n)
+		}
+		if obs != nil {
+			obs.BytesOut(Transport, n)
+		}
 	}
 	if nc := sw.rawConn(); nc != nil && rc.Flush() == nil {
 		// The headers are out and net/http holds nothing of the body.
 		sw.chunked = true
+		count = &chunkCounter{}
+		sw.count = count
 		opts.SetWriteDeadline = nc.SetWriteDeadline
 		opts.TryWrite = outbuf.NonBlockingWriter(nc)
 		sw.out = outbuf.New(nc, opts)
@@ -690,7 +700,58 @@ func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
 	if err != nil {
 		return err
 	}
-	return sw.out.Send(sw.wrap(b))
+	return sw.send(sw.wrap(b))
+}
+
+// send queues a message that wrap framed (with sw.mu held), telling the counter of a
+// chunk's framing first: the buffer may write it at once.
+func (sw *streamWriter) send(b []byte) error {
+	if sw.count != nil {
+		sw.count.queued(sw.head, len(b)-sw.head-2)
+	}
+	return sw.out.Send(b)
+}
+
+// chunkCounter counts the bytes of the stream's messages among those written of their
+// chunks: rkllm_sent_bytes_total counts what the client reads of the stream, not
+// HTTP's framing (each chunk's size line and its closing CRLF).
+type chunkCounter struct {
+	mu     sync.Mutex
+	chunks []chunkSpan // queued, in order; the first written up to at
+	at     int
+}
+
+// chunkSpan is one chunk: its size line, its message, its closing CRLF.
+type chunkSpan struct{ head, body int }
+
+func (c *chunkCounter) queued(head, body int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.chunks) == 0 {
+		c.chunks = c.chunks[:0:0]
+	}
+	c.chunks = append(c.chunks, chunkSpan{head, body})
+}
+
+// written takes n more bytes written and returns how many of them were messages'.
+func (c *chunkCounter) written(n int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	payload := 0
+	for n > 0 && len(c.chunks) > 0 {
+		s := c.chunks[0]
+		total := s.head + s.body + 2
+		take := min(n, total-c.at)
+		if lo, hi := max(c.at, s.head), min(c.at+take, s.head+s.body); hi > lo {
+			payload += hi - lo
+		}
+		c.at += take
+		n -= take
+		if c.at == total {
+			c.chunks, c.at = c.chunks[1:], 0
+		}
+	}
+	return payload
 }
 
 // maxScratch is the largest scratch buffer a stream keeps between messages.
@@ -712,7 +773,7 @@ func (sw *streamWriter) finish(resps []*jsonrpc.Response) bool {
 	}
 	if len(resps) > 0 {
 		if b, err := sw.frame(resps[0]); err == nil {
-			_ = sw.out.Send(b)
+			_ = sw.send(b)
 		}
 	}
 	return true
