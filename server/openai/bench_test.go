@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/generation"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
@@ -24,8 +25,8 @@ func (queueFull) Abort(string, string) ([]string, error) { return nil, nil }
 func (queueFull) Status() supervisor.Status {
 	return supervisor.Status{Ready: true, ABI: string(runtime.ABI13), ModelLoaded: true}
 }
-func (queueFull) Loaded() (runtime.Param, bool) {
-	return runtime.Param{ModelPath: "/models/model.rkllm", MaxContextLen: 4096, MaxNewTokens: 512}, true
+func (queueFull) LoadedModel() (supervisor.LoadedModel, bool) {
+	return supervisor.LoadedModel{Param: runtime.Param{ModelPath: "/models/model.rkllm", MaxContextLen: 4096, MaxNewTokens: 512}, ABI: runtime.ABI13}, true
 }
 
 // BenchmarkChatToQueue is what a short streamed chat costs the server from its HTTP
@@ -33,7 +34,8 @@ func (queueFull) Loaded() (runtime.Param, bool) {
 // conversation with the default template (docs/benchmarks.md, time to first token
 // over /v1/); the queue refuses it, so its short answer is included.
 func BenchmarkChatToQueue(b *testing.B) {
-	h := New(queueFull{}, Options{ModelPath: "/models/model.rkllm", Log: logr.Discard()})
+	g := generation.New(queueFull{}, generation.Options{ModelPath: "/models/model.rkllm"})
+	h := New(g, Options{Log: logr.Discard()})
 	body := `{"model":"model","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"What is the capital of France?"}]}`
 	b.ReportAllocs()
 	for b.Loop() {
