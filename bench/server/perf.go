@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sort"
@@ -65,15 +66,27 @@ const samePrompt = "What is the capital of France?"
 
 // ttftVersus measures the time to first token of the same question over the socket
 // (rkllm.run, a connection per run, as ttftIdle) and over /v1/chat/completions
-// (streamed; on a kept-alive connection, and on a new one each time), each run read
-// to its end before the next starts.
+// (streamed; with net/http's client on a kept-alive connection and on a new one each
+// time, and, like the socket's client, with one write of the request and reads on the
+// same goroutine, on a kept-alive connection), each run read to its end before the
+// next starts.
 func (b *bench) ttftVersus(report io.Writer, runs int) error {
 	kept := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	var socket, v1, v1New []time.Duration
+	plain, err := serverproc.Dial("tcp", strings.TrimPrefix(b.Base, "http://"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = plain.Close() }()
+	plainR := bufio.NewReader(plain)
+	var socket, v1, v1New, v1Plain []time.Duration
 	for i := range runs {
-		d, err := b.socketFirstToken(i)
+		d, err := v1PlainFirstToken(plain, plainR)
 		if err != nil {
+			return fmt.Errorf("/v1/ with a plain client: %w", err)
+		}
+		v1Plain = append(v1Plain, d)
+		if d, err = b.socketFirstToken(i); err != nil {
 			return fmt.Errorf("socket: %w", err)
 		}
 		socket = append(socket, d)
@@ -89,9 +102,49 @@ func (b *bench) ttftVersus(report io.Writer, runs int) error {
 	ratio := func(d []time.Duration) string {
 		return fmt.Sprintf("%.2fx", float64(pctDur(d, 50))/float64(pctDur(socket, 50)))
 	}
-	_, _ = fmt.Fprintf(report, "| time to first token, idle, the same question (%q), %d runs each: socket `rkllm.run` / `/v1/chat/completions` streamed on a kept-alive connection / on a new connection | p50 %s / %s / %s (%s / %s the socket's), p99 %s / %s / %s | `/v1/` <= 1.3x the socket |\n",
-		samePrompt, runs, pct(socket, 50), pct(v1, 50), pct(v1New, 50), ratio(v1), ratio(v1New), pct(socket, 99), pct(v1, 99), pct(v1New, 99))
+	_, _ = fmt.Fprintf(report, "| time to first token, idle, the same question (%q), %d runs each: socket `rkllm.run` / `/v1/chat/completions` streamed, net/http's client on a kept-alive connection / on a new connection / a plain client (one write, reads on its goroutine, as the socket's) on a kept-alive connection | p50 %s / %s / %s / %s (%s / %s / %s the socket's), p99 %s / %s / %s / %s | `/v1/` <= 1.3x the socket |\n",
+		samePrompt, runs, pct(socket, 50), pct(v1, 50), pct(v1New, 50), pct(v1Plain, 50), ratio(v1), ratio(v1New), ratio(v1Plain),
+		pct(socket, 99), pct(v1, 99), pct(v1New, 99), pct(v1Plain, 99))
 	return nil
+}
+
+// v1PlainFirstToken asks the question as a streamed chat completion on the kept-alive
+// connection nc (read through br) with one write, and returns the time to its first
+// content event; it reads the stream to its end.
+func v1PlainFirstToken(nc net.Conn, br *bufio.Reader) (time.Duration, error) {
+	_ = nc.SetDeadline(time.Now().Add(time.Minute))
+	body := fmt.Sprintf(`{"model":"model","stream":true,"max_tokens":4,"messages":[{"role":"user","content":%q}]}`, samePrompt)
+	req := fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	start := time.Now()
+	if _, err := io.WriteString(nc, req); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return 0, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	events := bufio.NewReader(resp.Body)
+	var first time.Duration
+	for {
+		line, err := events.ReadString('\n')
+		if err == io.EOF {
+			if first == 0 {
+				return 0, fmt.Errorf("no content in the stream")
+			}
+			return first, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if first == 0 && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
+			first = time.Since(start)
+		}
+	}
 }
 
 // socketFirstToken sends the question as a streamed rkllm.run on a new connection and
