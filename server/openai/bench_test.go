@@ -39,7 +39,7 @@ func BenchmarkChatToQueue(b *testing.B) {
 	body := `{"model":"model","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"What is the capital of France?"}]}`
 	b.ReportAllocs()
 	for b.Loop() {
-		req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(body))
+		req := httptest.NewRequestWithContext(context.Background(), http.MethodPost, "/v1/chat/completions", strings.NewReader(body))
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
 		if w.Code != http.StatusTooManyRequests {
