@@ -520,18 +520,21 @@ type runWatch struct {
 	stallLimit string
 	last       time.Time
 	first      bool
+	// run is the run's call id, which its abort names.
+	run uint64
 }
 
-// abort asks the runtime to stop the run (once) and arms the kill timer. The abort is
+// abort asks the worker to stop the run (once) and arms the kill timer. The abort is
 // queued, never awaited: a worker that does not read its socket cannot hold up the
-// executor, whose kill timer ends it.
+// executor, whose kill timer ends it. It names the run, so it holds wherever the run
+// is: still on its way to the worker, not yet started in the runtime, or running.
 func (w *runWatch) abort(why abortReason) {
 	if w.reason != notAborted {
 		return
 	}
 	w.reason = why
 	// The reply is not awaited: the run's own reply is what ends the wait.
-	if _, err := w.p.client.Start(&workerproto.Abort{}, nil); err != nil {
+	if _, err := w.p.client.Start(&workerproto.Abort{Run: w.run}, nil); err != nil {
 		w.s.log.V(1).Info("cannot send abort", "error", err.Error())
 	}
 	w.killTimer = time.After(w.s.opts.AbortTimeout)
@@ -602,7 +605,7 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 		}
 		return Outcome{}, s.connLost(p)
 	}
-	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, budget: budget, stall: time.NewTimer(budget.total), last: time.Now(), first: true}
+	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, budget: budget, stall: time.NewTimer(budget.total), last: time.Now(), first: true, run: pend.ID()}
 	defer w.stall.Stop()
 	ctxDone, stopping := t.ctx.Done(), s.loopCtx.Done()
 	for {

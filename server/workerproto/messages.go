@@ -83,8 +83,11 @@ type Run struct {
 	Infer  runtime.InferParams
 }
 
-// Abort stops the run in progress (rkllm_abort); it is served while Run is.
-type Abort struct{}
+// Abort stops the Run whose call id is Run; it is served while that Run is. Naming
+// the run makes the abort hold whenever it arrives: before the worker has started the
+// run in the runtime (which would ignore an rkllm_abort then), and never for a later
+// run (an abort that arrives after its run ended does nothing).
+type Abort struct{ Run uint64 }
 
 // IsRunning asks rkllm_is_running; it is served while Run is.
 type IsRunning struct{}
@@ -311,8 +314,8 @@ func (m *Init) decode(d *decoder) {
 
 func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
-func (*Abort) encode(*encoder)              {}
-func (*Abort) decode(*decoder)              {}
+func (m *Abort) encode(e *encoder)          { e.u64(m.Run) }
+func (m *Abort) decode(d *decoder)          { m.Run = d.u64() }
 func (*IsRunning) encode(*encoder)          {}
 func (*IsRunning) decode(*decoder)          {}
 func (*Ping) encode(*encoder)               {}

@@ -25,7 +25,7 @@ func sampleMessages() []Message {
 	return []Message{
 		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Simulator: "sim 1.0", Default: param},
 		&Init{Param: param}, &Init{Param: param, EmbedWidth: 2048},
-		&Destroy{}, &Abort{}, &IsRunning{}, &Ping{}, &ReleasePromptCache{}, &GetKVCacheSize{},
+		&Destroy{}, &Abort{Run: 7}, &IsRunning{}, &Ping{}, &ReleasePromptCache{}, &GetKVCacheSize{},
 		&Run{
 			Inputs: []runtime.Input{
 				{Role: "user", EnableThinking: true, Type: runtime.InputPrompt, Prompt: "héllo, 世界"},
