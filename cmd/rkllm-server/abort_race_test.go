@@ -56,7 +56,7 @@ func (g *gate) open() {
 // moment the runtime has been asked to run it but has not started it yet (rkllm_run
 // called; an rkllm_abort then finds nothing to stop) is aborted all the same, in the
 // runtime, as soon as it starts, whichever way it was ended: its client leaving (Unix
-// socket, /rpc, /v1/), rkllm.abort, or its request timeout. The abort timeout is far
+// socket, /rpc, /v1/), rkllm.abort, the watchdog, or its request timeout. The abort timeout is far
 // away, so a lost abort shows as a run the runtime finished (its 4 tokens); the worker
 // is never killed, and the next run is served.
 func TestAbortBeforeTheRuntimeStarts(t *testing.T) {
@@ -66,7 +66,7 @@ func TestAbortBeforeTheRuntimeStarts(t *testing.T) {
 	paced.DecodeTokensPerSecond = 20
 	for _, tc := range []struct {
 		name, abi string
-		timeout   bool
+		config    map[string]any
 		// send starts the run and returns a function that ends it early, and one that
 		// checks what its client got (nil when the client left).
 		send func(t *testing.T, s *server) (end func(), check func())
@@ -95,7 +95,15 @@ func TestAbortBeforeTheRuntimeStarts(t *testing.T) {
 					}
 				}
 		}},
-		{name: "request timeout", abi: "1.2", timeout: true, send: func(t *testing.T, s *server) (func(), func()) {
+		{name: "watchdog", abi: "1.3", config: map[string]any{"token-stall-timeout": "2s", "min-prefill-rate": 1000000}, send: func(t *testing.T, s *server) (func(), func()) {
+			r := s.dial().send("rkllm.run", prompt("stalled"))
+			return func() {}, func() {
+				if e := fails(t, wait(t, r), -32005); e.Data["reason"] != "token stall" || e.Data["worker_killed"] == true {
+					t.Errorf("the stalled run answered %+v", e)
+				}
+			}
+		}},
+		{name: "request timeout", abi: "1.2", config: map[string]any{"request-timeout": "3s"}, send: func(t *testing.T, s *server) (func(), func()) {
 			r := s.dial().send("rkllm.run", prompt("late"))
 			return func() {}, func() {
 				if e := fails(t, wait(t, r), -32005); e.Data["reason"] != "request timeout" {
@@ -108,8 +116,8 @@ func TestAbortBeforeTheRuntimeStarts(t *testing.T) {
 			t.Parallel()
 			g := newGate(t)
 			cfg := map[string]any{"abort-timeout": "10m", "token-stall-timeout": "10m", "max-new-tokens": 4}
-			if tc.timeout {
-				cfg["request-timeout"] = "3s"
+			for k, v := range tc.config {
+				cfg[k] = v
 			}
 			s := startServer(t, tc.abi, serverOpts{model: &paced, config: cfg, env: []string{"RKLLM_SIM_RUN_GATE=" + g.path, "RKLLM_SIM_FAULT_RUN=1"}})
 			pid := s.health()["worker_pid"]
