@@ -51,6 +51,8 @@ type Serve struct {
 	RuntimeABI string
 	// EmbeddingWidth is the model's embedding width when known; 0 learns it at load.
 	EmbeddingWidth int
+	// VocabSize is the model's vocabulary size when known; 0 learns it at load.
+	VocabSize int
 
 	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
 	// defaults.
@@ -132,6 +134,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
 	fs.IntVar(&o.EmbeddingWidth, "embedding-width", 0, "The models' embedding width (hidden size: the floats in one row of an embedding input); 0 learns it at each load from a one-token hidden-layer run.")
+	fs.IntVar(&o.VocabSize, "vocab-size", 0, "The models' vocabulary size (token ids are 0 to this minus 1); 0 learns it at each load from a one-token logits run.")
 
 	p := &o.Param
 	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
@@ -397,6 +400,7 @@ func (o *Serve) validateLimits() error {
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
 		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
+		{"vocab-size", int64(o.VocabSize), 0, 1 << 24},
 		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
 	} {
 		if b.v < b.lo || b.v > b.hi {

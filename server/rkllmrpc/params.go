@@ -301,8 +301,11 @@ func invalidInput(err error, batch bool) error {
 		field = inputField(ie.Input, batch) + "." + field
 	}
 	reason := ie.Reason
-	if ie.NoWidth {
+	switch {
+	case ie.NoWidth:
 		reason += "; the server learns it when the model loads, which failed (the server log says why): set --embedding-width to the model's hidden size"
+	case ie.NoVocab:
+		reason += "; the server learns it when the model loads, which failed (the server log says why): set --vocab-size to the model's vocabulary size"
 	}
 	return jsonrpc.InvalidParams(field, "%s", reason)
 }

@@ -61,6 +61,12 @@ type runState struct {
 // for them is an *UnsupportedError. A panic in onResult aborts the run and is re-raised
 // by Run. Run returns ErrBusy while another run is in progress on the handle.
 func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc) error {
+	return h.run(ctx, inputs, params, onResult, h.limitsLocked)
+}
+
+// run is Run with the limits the inputs are checked against (what limits returns,
+// called with mu held).
+func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc, limits func() Limits) error {
 	if onResult == nil {
 		return errors.New("run: onResult is nil")
 	}
@@ -71,7 +77,7 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lim := h.limits()
+	lim := limits()
 	if err := CheckInputs(inputs, lim); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}

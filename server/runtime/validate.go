@@ -31,6 +31,10 @@ type Limits struct {
 	// size. 0 means unknown, which refuses every input that carries embeddings (the
 	// runtime reads rows of its own width, whatever the caller sent).
 	EmbedWidth int
+	// VocabSize is the model's vocabulary size: token ids are 0 to VocabSize-1 (the
+	// runtime looks each one up in a table that long). 0 means unknown, which refuses
+	// every token input.
+	VocabSize int
 	// Loras are the names of the LoRA adapters loaded; nil skips the check.
 	Loras []string
 }
@@ -49,8 +53,9 @@ type InputError struct {
 	Field  string
 	Reason string
 	// NoWidth is set when the input was refused because the embedding width is not
-	// known (Limits.EmbedWidth 0), not because of what it holds.
-	NoWidth bool
+	// known (Limits.EmbedWidth 0), not because of what it holds; NoVocab likewise for
+	// the vocabulary size (Limits.VocabSize 0).
+	NoWidth, NoVocab bool
 }
 
 func (e *InputError) Error() string {
@@ -128,6 +133,19 @@ func checkTokens(ids []int32, l Limits) error {
 	for i, id := range ids {
 		if id < 0 {
 			return inputErr(fmt.Sprintf("token_input.input_ids[%d]", i), "is %d: token ids are vocabulary positions, not negative", id)
+		}
+	}
+	if !l.Known {
+		return nil
+	}
+	if l.VocabSize <= 0 {
+		e := inputErr("token_input.input_ids", "cannot be checked: the model's vocabulary size is not known, so token inputs are refused")
+		e.NoVocab = true
+		return e
+	}
+	for i, id := range ids {
+		if int(id) >= l.VocabSize {
+			return inputErr(fmt.Sprintf("token_input.input_ids[%d]", i), "is %d, past the model's vocabulary: token ids are 0 to %d (vocab_size %d)", id, l.VocabSize-1, l.VocabSize)
 		}
 	}
 	return nil
@@ -350,6 +368,9 @@ func CheckKVRanges(start, end []int32, l Limits) error {
 		if start[i] < 0 || end[i] < start[i] {
 			return inputErr(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", start[i], end[i])
 		}
+		if l.Known && l.MaxContextLen > 0 && int(end[i]) > l.MaxContextLen {
+			return inputErr(fmt.Sprintf("end_pos[%d]", i), "is %d, past the model's max_context_len (%d): the cache has no such position", end[i], l.MaxContextLen)
+		}
 	}
 	return nil
 }
@@ -378,6 +399,15 @@ func CheckCrossAttn(p *CrossAttnParams, l Limits) error {
 			return inputErr(f+"encoder_v_cache", "encoder_k_cache and encoder_v_cache hold num_tokens rows each, got %d and %d floats", len(p.EncoderKCache), len(p.EncoderVCache))
 		}
 		return nil
+	}
+	for i, pos := range p.EncoderPos {
+		field := fmt.Sprintf("%sencoder_pos[%d]", f, i)
+		if pos < 0 {
+			return inputErr(field, "is %d: positions are not negative", pos)
+		}
+		if l.Known && l.MaxContextLen > 0 && int(pos) >= l.MaxContextLen {
+			return inputErr(field, "is %d: positions are 0 to the model's max_context_len minus 1 (%d)", pos, l.MaxContextLen-1)
+		}
 	}
 	what := fmt.Sprintf("num_tokens (%d)", n)
 	if err := rows(f+"encoder_k_cache", len(p.EncoderKCache), n, what, l); err != nil {

@@ -132,6 +132,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		RestartBackoffMax: o.RestartBackoffMax,
 		MaxFrameBytes:     o.MaxFrameBytes,
 		EmbedWidth:        o.EmbeddingWidth,
+		VocabSize:         o.VocabSize,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}

@@ -230,7 +230,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth, VocabSize: s.opts.VocabSize}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -258,7 +258,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -384,7 +384,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
-	m.EmbedWidth = s.opts.EmbedWidth
+	m.EmbedWidth, m.VocabSize = s.opts.EmbedWidth, s.opts.VocabSize
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -396,7 +396,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil

@@ -46,9 +46,12 @@ type Model interface {
 	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
 	SetCrossAttnParams(p runtime.CrossAttnParams) error
 	// SetEmbedWidth records the model's embedding width from configuration;
-	// LearnEmbedWidth learns it with a run (runtime.Handle documents both).
+	// LearnEmbedWidth learns it with a run (runtime.Handle documents both). So do
+	// SetVocabSize and LearnVocabSize for the vocabulary size.
 	SetEmbedWidth(width int) error
 	LearnEmbedWidth(ctx context.Context) (int, error)
+	SetVocabSize(size int) error
+	LearnVocabSize(ctx context.Context) (int, error)
 }
 
 // errNoModel answers requests that need a model when none is loaded.
@@ -241,9 +244,10 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		if err != nil {
 			return &workerproto.Reply{Err: err}
 		}
-		width := w.embedWidth(ctx, model, init.EmbedWidth)
+		width := w.shape(ctx, init.EmbedWidth, shapeOf{"embedding width", "embed_width", "inputs with embeddings", "--embedding-width", model.SetEmbedWidth, model.LearnEmbedWidth})
+		vocab := w.shape(ctx, init.VocabSize, shapeOf{"vocabulary size", "vocab_size", "token inputs", "--vocab-size", model.SetVocabSize, model.LearnVocabSize})
 		w.setModel(model)
-		return &workerproto.Reply{EmbedWidth: width}
+		return &workerproto.Reply{EmbedWidth: width, VocabSize: vocab}
 	}
 	model := w.current()
 	if model == nil {
@@ -267,24 +271,32 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 	return &workerproto.Reply{Err: setState(model, m)}
 }
 
-// embedWidth gives a new model its embedding width, configured or learned, and returns
-// it; 0 when it could not be learned, which leaves the model serving everything but
-// inputs that carry embeddings.
-func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) int {
+// shapeOf is one size of a model that the runtime reports only in a run's result
+// (the embedding width, the vocabulary size), and how to set or learn it.
+type shapeOf struct {
+	what, key, refused, flag string
+	set                      func(int) error
+	learn                    func(context.Context) (int, error)
+}
+
+// shape gives a new model one of its sizes, configured or learned, and returns it; 0
+// when it could not be learned, which leaves the model serving everything but the
+// inputs that need it.
+func (w *Worker) shape(ctx context.Context, configured int, s shapeOf) int {
 	if configured > 0 {
-		if err := model.SetEmbedWidth(configured); err != nil {
-			w.log.Error(err, "the configured embedding width is refused; inputs with embeddings will be refused")
+		if err := s.set(configured); err != nil {
+			w.log.Error(err, "the configured "+s.what+" is refused; "+s.refused+" will be refused")
 			return 0
 		}
 		return configured
 	}
-	width, err := model.LearnEmbedWidth(ctx)
+	n, err := s.learn(ctx)
 	if err != nil {
-		w.log.Error(err, "cannot learn the model's embedding width; inputs with embeddings will be refused (set --embedding-width)")
+		w.log.Error(err, "cannot learn the model's "+s.what+"; "+s.refused+" will be refused (set "+s.flag+")")
 		return 0
 	}
-	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
-	return width
+	w.log.V(1).Info("learned the model's "+s.what, s.key, n)
+	return n
 }
 
 // setState serves the calls that change the handle's state.

@@ -67,11 +67,13 @@ type Hello struct {
 	Default runtime.Param
 }
 
-// Init loads a model (rkllm_init). EmbedWidth is the model's embedding width when the
-// configuration gives it; 0 makes the worker learn it with a run right after init.
+// Init loads a model (rkllm_init). EmbedWidth and VocabSize are the model's embedding
+// width and vocabulary size when the configuration gives them; 0 makes the worker learn
+// each with a run right after init.
 type Init struct {
 	Param      runtime.Param
 	EmbedWidth int
+	VocabSize  int
 }
 
 // Destroy frees the model (rkllm_destroy).
@@ -128,13 +130,14 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct{ runtime.Delivery }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
-// answers GetKVCacheSize, EmbedWidth answers Init (the model's embedding width; 0 when
-// it could not be learned).
+// answers GetKVCacheSize, EmbedWidth and VocabSize answer Init (the model's embedding
+// width and vocabulary size; 0 when one could not be learned).
 type Reply struct {
 	Err        error
 	Running    bool
 	CacheSizes []int32
 	EmbedWidth int
+	VocabSize  int
 }
 
 // Op implements Message.
@@ -305,11 +308,13 @@ func decodeParam(d *decoder, p *runtime.Param) {
 func (m *Init) encode(e *encoder) {
 	encodeParam(e, &m.Param)
 	e.int(m.EmbedWidth)
+	e.int(m.VocabSize)
 }
 
 func (m *Init) decode(d *decoder) {
 	decodeParam(d, &m.Param)
 	m.EmbedWidth = d.int()
+	m.VocabSize = d.int()
 }
 
 func (*Destroy) encode(*encoder)            {}
@@ -655,6 +660,7 @@ func (m *Reply) encode(e *encoder) {
 	e.bool(m.Running)
 	e.optI32s(m.CacheSizes)
 	e.int(m.EmbedWidth)
+	e.int(m.VocabSize)
 }
 
 // encodeErr writes an error as its kind and what rebuilds it on the other side.
@@ -676,6 +682,7 @@ func encodeErr(e *encoder, err error) {
 		e.str(input.Field)
 		e.str(input.Reason)
 		e.bool(input.NoWidth)
+		e.bool(input.NoVocab)
 		return
 	case errors.As(err, &tooLarge):
 		e.u8(errTooLarge)
@@ -733,7 +740,7 @@ func (m *Reply) decode(d *decoder) {
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
 	case errInput:
-		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool()}
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool(), NoVocab: d.bool()}
 	case errTooLarge:
 		m.Err = &ResultTooLargeError{Field: d.str(), Size: d.int(), Limit: d.int()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
@@ -751,6 +758,7 @@ func (m *Reply) decode(d *decoder) {
 	m.Running = d.bool()
 	m.CacheSizes = d.optI32s()
 	m.EmbedWidth = d.int()
+	m.VocabSize = d.int()
 }
 
 func trimSuffix(s, suffix string) string {

@@ -96,6 +96,7 @@ type Model struct {
 	cache     string
 	xattn     int
 	width     int
+	vocab     int
 	kvCache   int
 	destroyed bool
 }
@@ -391,6 +392,27 @@ func (m *Model) LearnEmbedWidth(context.Context) (int, error) {
 		return 0, &runtime.CallError{Func: "rkllm_run", Code: -1}
 	}
 	return EmbdSize, m.SetEmbedWidth(EmbdSize)
+}
+
+// SetVocabSize implements worker.Model.
+func (m *Model) SetVocabSize(size int) error {
+	if size < 1 {
+		return fmt.Errorf("fake runtime: vocabulary size %d", size)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.vocab = size
+	return nil
+}
+
+// LearnVocabSize implements worker.Model: the fake's logits are VocabSize wide. A
+// model path containing "novocab" fails to tell, as a runtime whose logits run fails
+// would.
+func (m *Model) LearnVocabSize(context.Context) (int, error) {
+	if strings.Contains(filepath.Base(m.param.ModelPath), "novocab") {
+		return 0, &runtime.CallError{Func: "rkllm_run", Code: -1}
+	}
+	return VocabSize, m.SetVocabSize(VocabSize)
 }
 
 var _ worker.Runtime = (*Runtime)(nil)
