@@ -449,7 +449,7 @@ func statusOf(e *jsonrpc.Error) int {
 
 // writeJSON writes v as a JSON response and returns the bytes of the body written.
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) int {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		s.opts.Log.Error(err, "cannot encode a response")
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -557,7 +557,7 @@ type streamWriter struct {
 
 // frame encodes one message of the stream.
 func (sw *streamWriter) frame(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -120,12 +121,19 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		base = c.Peer.Context
 	}
 	rctx, cancel := s.requestContext(base)
+	acc.acct, acc.stop = inflight.FromContext(ctx), cancel
+	if async {
+		// The run outlives the run_async request, whose account is closed with its
+		// answer: its arrays are paid from an account of its own until rkllm.done.
+		acc.acct = acc.acct.Budget().Open()
+	}
 	t, err := s.b.Enqueue(rctx, supervisor.Request{
 		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
 		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
 	})
 	if err != nil {
 		cancel()
+		acc.acct.Close()
 		return nil, rpcError(err, nil)
 	}
 	c.Admit()
@@ -135,8 +143,12 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		go func() {
 			defer release()
 			defer cancel()
+			defer acc.acct.Close()
 			out, err := t.Wait()
 			<-replied
+			if acc.over != nil {
+				err = acc.busy()
+			}
 			if err != nil {
 				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(runError(err, plan.batch, acc))})
 				return
@@ -147,10 +159,13 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	defer cancel()
 	out, err := t.Wait()
+	if acc.over != nil {
+		return nil, acc.busy()
+	}
 	if err != nil {
 		return nil, runError(err, plan.batch, acc)
 	}
-	return acc.result(out, maxNew), nil
+	return acc.result(out, maxNew).encode()
 }
 
 // runError maps the error of a run: an input the model's limits refused is invalid
@@ -180,6 +195,11 @@ type runAcc struct {
 	notify  func(params any)
 	entries []entryAcc
 	perf    *runtime.PerfStat
+	// acct pays for the run's hidden states and logits (result.go); stop aborts the
+	// run when they do not fit, and over says so.
+	acct *inflight.Account
+	stop func()
+	over *resultBusyError
 }
 
 type entryAcc struct {
@@ -219,6 +239,11 @@ type logitsJ struct {
 }
 
 func (a *runAcc) deliver(d runtime.Delivery) {
+	release, ok := a.chargeArrays(&d)
+	if !ok {
+		return
+	}
+	defer release()
 	switch d.State {
 	case runtime.StateFinish:
 		if len(d.Results) > 0 {
