@@ -260,6 +260,10 @@ func TestNULInStrings(t *testing.T) {
 		{req("rkllm.set_chat_template", `{"system_prompt":"","prompt_prefix":"","prompt_postfix":"\u0000"}`), "prompt_postfix"},
 		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":"[{\"name\":\"f\u0000\"}]","tool_response_str":"r"}`), "tools"},
 		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":[],"tool_response_str":"r\u0000"}`), "tool_response_str"},
+		// A NUL inside the tools' JSON (an escape there): the runtime decodes it into the
+		// tool's name, a C string again.
+		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":"[{\"type\":\"function\",\"function\":{\"name\":\"f\\u0000g\"}}]","tool_response_str":"r"}`), "tools"},
+		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"a\u0000":{}}}}}],"tool_response_str":"r"}`), "tools"},
 		{req("rkllm.load_prompt_cache", `{"prompt_cache_path":"c\u0000"}`), "prompt_cache_path"},
 		{req("rkllm.init", `{"param":{"model_path":"model.rkllm\u0000"}}`), "param.model_path"},
 	} {
@@ -271,6 +275,11 @@ func TestNULInStrings(t *testing.T) {
 	resp, body := s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}]}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"messages[1].content"`) {
 		t.Errorf("/v1/chat/completions with a NUL: %d %s", resp.StatusCode, body)
+	}
+	// So are its tools, handed to the runtime as JSON whose strings it reads as C strings.
+	resp, body = s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","description":"a\u0000b"}}]}`)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"tools[0]"`) {
+		t.Errorf("/v1/chat/completions with a NUL in a tool: %d %s", resp.StatusCode, body)
 	}
 	sameWorker(t, s, st["worker_pid"])
 }

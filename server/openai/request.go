@@ -3,6 +3,7 @@ package openai
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -229,8 +230,8 @@ func (s *sampling) validate(maxTokensKey string) *Error {
 		}
 	}
 	switch {
-	case s.TopK != nil && *s.TopK < 0:
-		return invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
+	case s.TopK != nil && (*s.TopK < 0 || *s.TopK > math.MaxInt32):
+		return invalid("top_k", "invalid_value", "Invalid 'top_k': %d is out of range: it must be between 0 and %d.", *s.TopK, math.MaxInt32)
 	case s.N != nil && *s.N != 1:
 		return unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
 	case s.Seed != nil:
@@ -644,6 +645,11 @@ func decodeTools(raw json.RawMessage, pay payFunc) ([]tool, *Error) {
 		}
 		if len(t.Function.Parameters) > 0 && !isNull(t.Function.Parameters) && bytes.TrimSpace(t.Function.Parameters)[0] != '{' {
 			return nil, invalid(param+".function.parameters", "invalid_type", "Invalid '%s.function.parameters': expected a JSON Schema object.", param)
+		}
+		if err := runtime.CheckJSONStrings(param, string(r)); err != nil {
+			var ie *runtime.InputError
+			errors.As(err, &ie)
+			return nil, invalid(param, "invalid_value", "Invalid '%s': it %s. Remove it.", param, ie.Reason)
 		}
 		out = append(out, tool{Name: t.Function.Name, Raw: r})
 	}

@@ -406,7 +406,7 @@ func (h *Handle) SetFunctionTools(systemPrompt, toolsJSON, toolResponse string) 
 		return err
 	}
 	if err := firstErr(CheckCString("system_prompt", systemPrompt), CheckCString("tools", toolsJSON),
-		CheckCString("tool_response_str", toolResponse)); err != nil {
+		CheckJSONStrings("tools", toolsJSON), CheckCString("tool_response_str", toolResponse)); err != nil {
 		return err
 	}
 	a := newArena(&h.lib.live)

@@ -6,6 +6,7 @@
 package runtime
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -79,6 +80,28 @@ func CheckCString(field, s string) error {
 		return inputErr(field, "contains a NUL character (\\u0000) at byte %d; a C string ends there, so the runtime would not read the rest", i)
 	}
 	return nil
+}
+
+// CheckJSONStrings reports a JSON document (function tools) holding a string with a
+// NUL character (the escape \u0000, in a key or a value): the runtime decodes the
+// document and reads its strings (a tool's name) as C strings, which end there. A
+// document that is not JSON is left to the caller's own check.
+func CheckJSONStrings(field, doc string) error {
+	if !strings.Contains(doc, `\u0000`) {
+		return nil // the only way a NUL gets into JSON text that has none itself
+	}
+	dec := json.NewDecoder(strings.NewReader(doc))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		if s, ok := tok.(string); ok {
+			if i := strings.IndexByte(s, 0); i >= 0 {
+				return inputErr(field, "holds the string %q with a NUL character (\\u0000) at byte %d; the runtime reads the strings of this JSON as C strings, which end there", s[:i], i)
+			}
+		}
+	}
 }
 
 // CheckInputs checks the inputs of one run: one per batch entry, each within the
