@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -274,7 +273,7 @@ func (o *Serve) ChangedFlags(n *Serve) []string {
 
 // applyFile sets, from the file, every flag the command line left unset.
 func (o *Serve) applyFile(path string) error {
-	raw, err := os.ReadFile(path)
+	raw, err := runtime.ReadRegularFile(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
@@ -627,7 +626,7 @@ func (o *Serve) APIKeys() ([]string, error) {
 	if o.APIKeyFile == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(o.APIKeyFile)
+	b, err := runtime.ReadRegularFile(o.APIKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,5 +264,28 @@ func TestChatTemplates(t *testing.T) {
 	}
 	if _, _, _, ok := o.RuntimeFallbackTemplate(); ok {
 		t.Error("a fallback without a configured preset: the model's family is unknown")
+	}
+}
+
+// TestFilesThatAreNotRegular: a configuration file, a chat template or an API key file
+// that is a FIFO (or a folder) is refused at start, saying what it is: reading a FIFO
+// would block the start, and the shutdown, until something writes to it.
+func TestFilesThatAreNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--config", fifo}, {"--chat-template-file", fifo, "--chat-template-eos", "</s>"}, {"--config", dir}} {
+		if _, err := parse(t, "", args...); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("%v: %v, want a refusal saying it is not a regular file", args, err)
+		}
+	}
+	o, err := parse(t, "", "--api-key-file", fifo)
+	if err == nil {
+		_, err = o.APIKeys()
+	}
+	if err == nil || !strings.Contains(err.Error(), "named pipe (FIFO)") {
+		t.Errorf("--api-key-file naming a FIFO: %v", err)
 	}
 }

@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // Limits are what the loaded model takes. Counts are bounded by them, not only by what
@@ -449,6 +451,27 @@ func CheckFile(path string) error {
 		return nil
 	}
 	return fmt.Errorf("%s is %s, not a regular file", path, FileKind(st.Mode()))
+}
+
+// ReadRegularFile reads a file the server is configured with (a configuration file, a
+// chat template, API keys), refusing one that is not a regular file: a FIFO would block
+// the read (and with it the server's start, or its shutdown) until something writes
+// to it, and a device may never end. It opens without blocking and checks what it
+// opened, so the file cannot be swapped in between.
+func ReadRegularFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is %s, not a regular file", path, FileKind(st.Mode()))
+	}
+	return io.ReadAll(f)
 }
 
 // FileKind names what a file that is not a regular file is.
