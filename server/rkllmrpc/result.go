@@ -36,12 +36,14 @@ func encodedLen(n int, b64 bool) int {
 
 // arrayCost is what the floats of one delivery cost from arrival to the client: kept
 // (4 bytes each), encoded into the result, and copied into the message the transport
-// writes; stream adds their notification, encoded and queued for the client.
+// writes; stream adds their notification while it is encoded and queued for the
+// client (encoding/json's passes over it: the array's own encoding, the buffer it is
+// copied into, the copy returned, and the line queued).
 func arrayCost(n int, b64, stream bool) (kept, transient int) {
 	enc := encodedLen(n, b64)
 	kept = 4*n + 2*enc
 	if stream {
-		transient = 2 * enc
+		transient = 4 * enc
 	}
 	return kept, transient
 }
