@@ -232,7 +232,7 @@ func TestVocabularySize(t *testing.T) {
 
 // TestNULInStrings: item 11. A \u0000 in any string the runtime reads as a C string
 // (which would end there) is -32602 naming the member, over both transports, and a
-// 400 naming the message on the OpenAI API.
+// 400 naming the member on the OpenAI and Ollama APIs.
 func TestNULInStrings(t *testing.T) {
 	s := startServer(t, "1.3", serverOpts{})
 	_, st := s.status()
@@ -280,6 +280,26 @@ func TestNULInStrings(t *testing.T) {
 	resp, body = s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","description":"a\u0000b"}}]}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"tools[0]"`) {
 		t.Errorf("/v1/chat/completions with a NUL in a tool: %d %s", resp.StatusCode, body)
+	}
+	// Every text member of every API that may reach the prompt: 400 naming the member.
+	for _, c := range []struct{ path, body, param string }{
+		{"/v1/completions", `{"model":"model","prompt":"a\u0000b"}`, "prompt"},
+		{"/v1/chat/completions", `{"model":"model","messages":[{"role":"assistant","content":"","tool_calls":[{"id":"c","type":"function","function":{"name":"f\u0000","arguments":"{}"}}]},{"role":"user","content":"x"}]}`, "messages[0].tool_calls[0].function"},
+		{"/v1/embeddings", `{"model":"model","input":["a","b\u0000"]}`, "input[1]"},
+		{"/api/generate", `{"model":"model","prompt":"a\u0000b","stream":false}`, "prompt"},
+		{"/api/generate", `{"model":"model","prompt":"a\u0000b","raw":true,"stream":false}`, "prompt"},
+		{"/api/generate", `{"model":"model","prompt":"a","system":"s\u0000","stream":false}`, "system"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}],"stream":false}`, "messages[1].content"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"tool","content":"r","tool_name":"f\u0000"}],"stream":false}`, "messages[0].tool_name"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f\u0000","arguments":{}}}]},{"role":"user","content":"x"}],"stream":false}`, "messages[0].tool_calls[0].function"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"a\u0000":{}}}}}],"stream":false}`, "tools[0]"},
+		{"/api/embed", `{"model":"model","input":"a\u0000"}`, "input"},
+		{"/api/embeddings", `{"model":"model","prompt":"a\u0000"}`, "prompt"},
+	} {
+		resp, body := s.postTo(c.path, c.body)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `Invalid '`+c.param+`'`) {
+			t.Errorf("%s %s: %d %s, want 400 naming %s", c.path, c.body, resp.StatusCode, body, c.param)
+		}
 	}
 	sameWorker(t, s, st["worker_pid"])
 }
