@@ -71,7 +71,7 @@ func TestAbortBeforeTheRuntimeStarts(t *testing.T) {
 		// checks what its client got (nil when the client left).
 		send func(t *testing.T, s *server) (end func(), check func())
 	}{
-		{name: "socket disconnect", abi: "1.2", send: func(t *testing.T, s *server) (func(), func()) {
+		{name: "socket disconnect", abi: "1.2", send: func(_ *testing.T, s *server) (func(), func()) {
 			c := s.dial()
 			c.send("rkllm.run", prompt("leave"))
 			return func() { _ = c.nc.Close() }, nil

@@ -113,18 +113,14 @@ func (a *runAcc) busy() error {
 // encode writes the final result as JSON, into one buffer of the size its arrays were
 // charged for.
 func (r *runResult) encode() (json.RawMessage, error) {
-	size, err := r.size()
-	if err != nil {
-		return nil, err
-	}
-	return r.appendJSON(make([]byte, 0, size))
+	return r.appendJSON(make([]byte, 0, r.size()))
 }
 
 // MarshalJSON implements json.Marshaler (the params of rkllm.done).
 func (r *runResult) MarshalJSON() ([]byte, error) { return r.encode() }
 
 // size bounds the encoded result.
-func (r *runResult) size() (int, error) {
+func (r *runResult) size() int {
 	n := 256 + len(r.RequestID) + len(r.FinishReason)
 	entries := r.Results
 	if r.entryResult != nil {
@@ -139,7 +135,7 @@ func (r *runResult) size() (int, error) {
 			n += 64 + encodedLen(len(l.Logits.v), l.Logits.base64)
 		}
 	}
-	return n, nil
+	return n
 }
 
 // appendJSON appends the result as encoding/json would marshal it.
@@ -151,7 +147,7 @@ func (r *runResult) appendJSON(b []byte) ([]byte, error) {
 	}
 	if r.entryResult != nil {
 		b = append(b, ',')
-		if b, err = r.entryResult.appendFields(b); err != nil {
+		if b, err = r.appendFields(b); err != nil {
 			return nil, err
 		}
 	}

@@ -32,7 +32,7 @@ func TestResultEncoding(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		size, _ := r.size()
+		size := r.size()
 		got, err := r.encode()
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s:\n got %s (%v)\nwant %s", name, got, err, want)

@@ -404,6 +404,35 @@ func CheckKVRanges(start, end []int32, l Limits) error {
 // values and positions and num_tokens rows of the embedding width from each cache.
 func CheckCrossAttn(p *CrossAttnParams, l Limits) error {
 	const f = "cross_attn_params."
+	if err := crossAttnCounts(p, l); err != nil {
+		return err
+	}
+	n := p.NumTokens
+	if !l.Known {
+		if len(p.EncoderKCache)%n != 0 || len(p.EncoderVCache) != len(p.EncoderKCache) {
+			return inputErr(f+"encoder_v_cache", "encoder_k_cache and encoder_v_cache hold num_tokens rows each, got %d and %d floats", len(p.EncoderKCache), len(p.EncoderVCache))
+		}
+		return nil
+	}
+	for i, pos := range p.EncoderPos {
+		field := fmt.Sprintf("%sencoder_pos[%d]", f, i)
+		if pos < 0 {
+			return inputErr(field, "is %d: positions are not negative", pos)
+		}
+		if l.MaxContextLen > 0 && int(pos) >= l.MaxContextLen {
+			return inputErr(field, "is %d: positions are 0 to the model's max_context_len minus 1 (%d)", pos, l.MaxContextLen-1)
+		}
+	}
+	what := fmt.Sprintf("num_tokens (%d)", n)
+	if err := rows(f+"encoder_k_cache", len(p.EncoderKCache), n, what, l); err != nil {
+		return err
+	}
+	return rows(f+"encoder_v_cache", len(p.EncoderVCache), n, what, l)
+}
+
+// crossAttnCounts checks num_tokens against the model and the arrays it counts.
+func crossAttnCounts(p *CrossAttnParams, l Limits) error {
+	const f = "cross_attn_params."
 	n := p.NumTokens
 	switch {
 	case n < 1:
@@ -419,26 +448,7 @@ func CheckCrossAttn(p *CrossAttnParams, l Limits) error {
 	case len(p.EncoderVCache) == 0:
 		return inputErr(f+"encoder_v_cache", "must hold num_tokens rows of the embedding width")
 	}
-	if !l.Known {
-		if len(p.EncoderKCache)%n != 0 || len(p.EncoderVCache) != len(p.EncoderKCache) {
-			return inputErr(f+"encoder_v_cache", "encoder_k_cache and encoder_v_cache hold num_tokens rows each, got %d and %d floats", len(p.EncoderKCache), len(p.EncoderVCache))
-		}
-		return nil
-	}
-	for i, pos := range p.EncoderPos {
-		field := fmt.Sprintf("%sencoder_pos[%d]", f, i)
-		if pos < 0 {
-			return inputErr(field, "is %d: positions are not negative", pos)
-		}
-		if l.Known && l.MaxContextLen > 0 && int(pos) >= l.MaxContextLen {
-			return inputErr(field, "is %d: positions are 0 to the model's max_context_len minus 1 (%d)", pos, l.MaxContextLen-1)
-		}
-	}
-	what := fmt.Sprintf("num_tokens (%d)", n)
-	if err := rows(f+"encoder_k_cache", len(p.EncoderKCache), n, what, l); err != nil {
-		return err
-	}
-	return rows(f+"encoder_v_cache", len(p.EncoderVCache), n, what, l)
+	return nil
 }
 
 // CheckFile refuses a path the runtime would open (a model, a LoRA adapter, a prompt
