@@ -152,6 +152,8 @@ func hostileInputs() []hostile {
 		{name: "abort of a guessed long id", msg: req("rkllm.abort", `{"request_id":"r-00000000000000000000000000000001"}`), code: -32602, field: "request_id"},
 		{name: "init is_async", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","is_async":true}}`), code: -32602, field: "param.is_async"},
 		{name: "init n_batch 0", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","extend_param":{"n_batch":0}}}`), code: -32602, field: "param.extend_param.n_batch"},
+		{name: "init n_keep past the context", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","max_context_len":4096,"n_keep":99999999}}`), code: -32602, field: "param.n_keep"},
+		{name: "init negative top_k", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","top_k":-1}}`), code: -32602, field: "param.top_k"},
 		{name: "NUL in a path", msg: req("rkllm.load_prompt_cache", `{"prompt_cache_path":"a\u0000b"}`), code: -32602, field: "prompt_cache_path"},
 		// Not allowed: -32007.
 		{name: "admin method over HTTP", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm"}}`), http: true, code: -32007},
