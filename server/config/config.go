@@ -398,11 +398,25 @@ func (o *Serve) validateParam() error {
 	if _, err := o.LoraAdapters(); err != nil {
 		return err
 	}
-	if o.changed("top-p") && (o.Param.TopP < 0 || o.Param.TopP > 1) {
-		return fmt.Errorf("--top-p %g: must be between 0 and 1", o.Param.TopP)
-	}
-	if o.changed("n-batch") && (o.Param.Extend.NBatch < 1 || o.Param.Extend.NBatch > 100) {
-		return fmt.Errorf("--n-batch %d: must be between 1 and 100", o.Param.Extend.NBatch)
+	p := &o.Param
+	// The rules rkllm.init applies (server/rkllmrpc), for the flags that were set.
+	for _, c := range []struct {
+		flag string
+		bad  bool
+		rule string
+	}{
+		{"top-p", p.TopP < 0 || p.TopP > 1, fmt.Sprintf("--top-p %g: must be between 0 and 1", p.TopP)},
+		{"n-batch", p.Extend.NBatch < 1 || p.Extend.NBatch > 100, fmt.Sprintf("--n-batch %d: must be between 1 and 100", p.Extend.NBatch)},
+		{"max-context-len", p.MaxContextLen < 1, fmt.Sprintf("--max-context-len %d: must be at least 1", p.MaxContextLen)},
+		{"n-keep", o.changed("max-context-len") && p.NKeep > p.MaxContextLen,
+			fmt.Sprintf("--n-keep %d: more than --max-context-len %d (the tokens kept when the context window shifts are part of it)", p.NKeep, p.MaxContextLen)},
+		{"top-k", p.TopK < 0, fmt.Sprintf("--top-k %d: must not be negative", p.TopK)},
+		{"temperature", p.Temperature < 0, fmt.Sprintf("--temperature %g: must not be negative", p.Temperature)},
+		{"mirostat", p.Mirostat < 0 || p.Mirostat > 2, fmt.Sprintf("--mirostat %d: must be 0 (off), 1 or 2", p.Mirostat)},
+	} {
+		if o.changed(c.flag) && c.bad {
+			return errors.New(c.rule)
+		}
 	}
 	return nil
 }
