@@ -76,7 +76,8 @@ func TestInflightBudget(t *testing.T) {
 		code, retry, b := s.postV1(body)
 		return httpAnswer{code, retry, b}
 	}, func(a httpAnswer) bool {
-		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.Contains(a.body, "rate_limit_exceeded") && strings.Contains(a.body, "--max-inflight-bytes")
+		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.Contains(a.body, "rate_limit_exceeded") && strings.Contains(a.body, "--max-inflight-bytes") &&
+			strings.Contains(a.body, "The server is busy: the server holds")
 	})
 	if used := s.metric("rkllm_inflight_request_bytes"); used <= 0 || used > budget {
 		t.Errorf("bytes in flight with %d chats queued: %v, want within the budget of %d", waiting, used, budget)

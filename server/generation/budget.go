@@ -40,8 +40,11 @@ func BudgetFor(ctx context.Context) Budget {
 // OverBudget answers a request that does not fit the budget of bytes in flight.
 func OverBudget(err error) *Error {
 	return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimit, Code: Strp("rate_limit_exceeded"), RetryAfter: strconv.Itoa(inflight.RetryAfterSeconds),
-		Message: "The server is busy: " + err.Error() + "."}
+		Message: busy(err) + "."}
 }
+
+// busy says the server is busy, for what err says (which begins "busy: " itself).
+func busy(err error) string { return "The server is busy: " + strings.TrimPrefix(err.Error(), "busy: ") }
 
 // Costs charged before decoding, beyond the bytes of the text itself.
 const (
