@@ -44,7 +44,9 @@ func OverBudget(err error) *Error {
 }
 
 // busy says the server is busy, for what err says (which begins "busy: " itself).
-func busy(err error) string { return "The server is busy: " + strings.TrimPrefix(err.Error(), "busy: ") }
+func busy(err error) string {
+	return "The server is busy: " + strings.TrimPrefix(err.Error(), "busy: ")
+}
 
 // Costs charged before decoding, beyond the bytes of the text itself.
 const (
