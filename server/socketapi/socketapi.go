@@ -307,6 +307,9 @@ type conn struct {
 	writtenMu     sync.Mutex
 	written       int64
 	writtenSignal chan struct{}
+
+	encMu sync.Mutex
+	enc   []byte // notify's scratch buffer
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
@@ -316,6 +319,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		MaxBytes:         s.opts.OutputBufferBytes,
 		WriteTimeout:     s.opts.WriteTimeout,
 		SetWriteDeadline: nc.SetWriteDeadline,
+		TryWrite:         outbuf.NonBlockingWriter(nc),
 		OnFail: func(err error) {
 			s.opts.Log.Info("cutting off a client that does not read its messages; its requests are cancelled", "peer", c.peer.ID, "reason", err.Error())
 			if s.opts.Observer != nil {
@@ -503,9 +507,26 @@ func (c *conn) peerGone() bool {
 	return gone
 }
 
+// notify queues a notification (a token, most often) as a line. It is encoded into the
+// connection's scratch buffer, which Send copies: a token costs no allocation here.
 func (c *conn) notify(n *jsonrpc.Notification) error {
-	return c.writeJSON(n)
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	b, err := n.AppendJSON(c.enc[:0])
+	if err != nil {
+		c.s.opts.Log.Error(err, "cannot encode a notification")
+		return err
+	}
+	b = append(b, '\n')
+	if cap(b) <= maxScratch {
+		c.enc = b
+	}
+	_, err = c.queue(b)
+	return err
 }
+
+// maxScratch is the largest encoding buffer a connection keeps between notifications.
+const maxScratch = 4 << 10
 
 // writeJSON queues one message as a line for the client and returns at once. A client
 // whose buffer overflows (it stopped reading) is cut off, which cancels its requests.
@@ -523,13 +544,24 @@ func (c *conn) send(v any) (end int64, n int, err error) {
 		return 0, 0, err
 	}
 	b = append(b, '\n')
+	end, err = c.queue(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	return end, len(b), nil
+}
+
+// queue queues line b (notifications too, so that sent counts every byte the buffer
+// writes, in its order) and returns how many bytes the connection has been sent, b
+// included.
+func (c *conn) queue(b []byte) (end int64, err error) {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if err := c.out.Send(b); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	c.sent += int64(len(b))
-	return c.sent, len(b), nil
+	return c.sent, nil
 }
 
 // bufferBound is what the client's output buffer holds before it cuts the client off.
