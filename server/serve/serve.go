@@ -27,6 +27,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/ollama"
@@ -61,7 +62,7 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes), "--memory-limit", strconv.FormatInt(o.MemoryLimit, 10)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
@@ -147,6 +148,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		RestartBackoffMax: o.RestartBackoffMax,
 		MaxFrameBytes:     o.MaxFrameBytes,
 		EmbedWidth:        o.EmbeddingWidth,
+		VocabSize:         o.VocabSize,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -166,6 +168,10 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
 	budget := inflight.New(o.MaxInflightBytes)
+	// The memory of a large request is given back to the system once it is done.
+	memlimit.SetLimit(o.MemoryLimit)
+	trim := memlimit.NewTrimmer()
+	budget.OnLarge(trim.Min, trim.Note)
 	a.d.SetBudget(budget)
 	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
@@ -294,8 +300,10 @@ func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
 	}
 	if a.probeLn != nil {
 		// The probes may use half the descriptor reserve; the other half is the
-		// worker's (a restart takes a socketpair and pipes).
-		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		// worker's (a restart takes a socketpair and pipes). ServeProbes keeps
+		// ProbeMaxConnections by closing the connection that waited longest; this cap,
+		// above it, only bounds connections all being answered at once.
+		probes := connlimit.New(2*httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
 		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
 		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}

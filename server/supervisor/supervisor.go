@@ -11,6 +11,7 @@ import (
 	"math"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,6 +67,9 @@ type Options struct {
 	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
 	// configuration knows it; 0 has the worker learn it at every load.
 	EmbedWidth int
+	// VocabSize is the vocabulary size of the models loaded, when the configuration
+	// knows it; 0 has the worker learn it at every load.
+	VocabSize int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -149,8 +153,9 @@ type Request struct {
 	// HTTP APIs pool into embeddings.
 	Embedding *Embedding
 	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
-	// supervisor's executor: it must not block for long (a slow client holds up the
-	// watchdog).
+	// goroutine that reads the worker's connection, so a token reaches its client
+	// without a hop to another goroutine. It must not block: until it returns, no other
+	// frame of the worker is read (replies and heartbeats included).
 	OnDelivery func(runtime.Delivery)
 }
 
@@ -212,8 +217,11 @@ type Status struct {
 	Model       string `json:"model,omitempty"`
 	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
 	// carry embeddings are refused).
-	EmbedWidth int    `json:"embed_width,omitempty"`
-	LoadError  string `json:"model_load_error,omitempty"`
+	EmbedWidth int `json:"embed_width,omitempty"`
+	// VocabSize is the loaded model's vocabulary size (0: not known, so token inputs
+	// are refused).
+	VocabSize int    `json:"vocab_size,omitempty"`
+	LoadError string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -318,6 +326,7 @@ type Supervisor struct {
 	desired *runtime.Param
 	loaded  bool
 	width   int // the loaded model's embedding width (0: not known)
+	vocab   int // the loaded model's vocabulary size (0: not known)
 	// inited is what the current handle was initialised with; runs make up for
 	// sampling that Retune changed since (ABI 1.3 takes it per run).
 	inited    runtime.Param
@@ -432,7 +441,7 @@ func (s *Supervisor) dequeue(t *Ticket, err error) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.queue = slices.Delete(s.queue, i, i+1) // clears the freed slot: no ticket kept alive
 	depth := len(s.queue)
 	s.mu.Unlock()
 	s.opts.Observer.QueueDepth(depth)
@@ -571,7 +580,7 @@ func (s *Supervisor) Status() Status {
 		st.Model = s.desired.ModelPath
 	}
 	if s.loaded {
-		st.EmbedWidth = s.width
+		st.EmbedWidth, st.VocabSize = s.width, s.vocab
 	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
@@ -802,6 +811,9 @@ type LoadedModel struct {
 	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
 	// row of an embedding input), configured or learned at load; 0 when not known.
 	EmbedWidth int
+	// VocabSize is the model's vocabulary size (token ids are 0 to VocabSize-1),
+	// configured or learned at load; 0 when not known.
+	VocabSize int
 	// Loras are the names of the LoRA adapters loaded, in order.
 	Loras []string
 }
@@ -809,7 +821,7 @@ type LoadedModel struct {
 // Limits are the bounds of the runtime's input checks for this model.
 func (m LoadedModel) Limits() runtime.Limits {
 	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
-		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+		EmbedWidth: m.EmbedWidth, VocabSize: m.VocabSize, Loras: m.Loras}
 }
 
 // LoadedModel returns the model loaded now, false when none is.
@@ -819,7 +831,7 @@ func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	if !s.loaded || s.desired == nil {
 		return LoadedModel{}, false
 	}
-	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, VocabSize: s.vocab, Loras: []string{}}
 	if s.hello != nil {
 		m.ABI = s.hello.ABI
 	}
