@@ -81,7 +81,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node e2e ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime test-process-cri e2e-kubelet test-server test-openai-node e2e ## Everything CI runs (.ci/run calls this).
 
 # The server's packages and the runtime binding are tested once, under -race, by
 # test-server and test-runtime; unit runs everything else.
@@ -229,6 +229,37 @@ bench-prefix-reuse: sim build-server ## Time to first token of a 10-turn chat wi
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
+
+##@ Simulated node's container runtime
+
+# The CNI reference plugins, pinned in hack/cni-plugins/go.mod and built from the Go
+# module proxy like the Kubernetes binaries.
+CNI_PLUGINS_VERSION ?= $(shell grep -oE 'containernetworking/plugins v[^ ]+' hack/cni-plugins/go.mod | cut -d' ' -f2)
+CNI_BIN_DIR ?= $(LOCALBIN)/cni-plugins-$(CNI_PLUGINS_VERSION)
+CNI_PLUGINS := bridge host-local loopback
+PROCESS_CRI ?= $(LOCALBIN)/process-cri
+PODSERVER ?= $(LOCALBIN)/podserver
+
+.PHONY: cni-plugins
+cni-plugins: $(CNI_BIN_DIR)/.stamp ## Build the CNI plugins bridge, host-local and loopback into bin/cni-plugins-<version>/.
+$(CNI_BIN_DIR)/.stamp: hack/cni-plugins/go.mod hack/cni-plugins/go.sum | $(LOCALBIN)
+	@echo "building github.com/containernetworking/plugins@$(CNI_PLUGINS_VERSION) ($(CNI_PLUGINS)) into $(CNI_BIN_DIR)"
+	rm -rf $(CNI_BIN_DIR).tmp && mkdir -p $(CNI_BIN_DIR).tmp
+	cd hack/cni-plugins && for p in $(CNI_PLUGINS); do \
+		pkg=main; [ $$p = host-local ] && pkg=ipam; \
+		CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $(CNI_BIN_DIR).tmp/$$p github.com/containernetworking/plugins/plugins/$$pkg/$$p || exit 1; \
+	done
+	rm -rf $(CNI_BIN_DIR) && mv $(CNI_BIN_DIR).tmp $(CNI_BIN_DIR) && touch $@
+
+.PHONY: process-cri
+process-cri: | $(LOCALBIN) ## Build bin/process-cri (the simulated node's container runtime, hack/processcri) and its test workload bin/podserver.
+	$(GO) build -o $(PROCESS_CRI) ./hack/process-cri
+	$(GO) build -o $(PODSERVER) ./hack/processcri/testdata/podserver
+
+.PHONY: test-process-cri
+test-process-cri: deps cni-plugins process-cri ## The process runtime over its CRI socket: images, pod networks, containers, lifecycle, cleanup (root).
+	E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) E2E_PODSERVER=$(PODSERVER) \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./hack/processcri/
 
 ##@ Device plugin
 
