@@ -704,6 +704,13 @@ func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile,
 	if pull != "" {
 		c.WithImagePullPolicy(pull)
 	}
+	if rt := spec.Runtime; rt != nil && len(rt.Env) > 0 {
+		env := make([]*corev1ac.EnvVarApplyConfiguration, 0, len(rt.Env))
+		// EnvVar and its apply configuration share one JSON form: this cannot fail.
+		if err := convert(rt.Env, &env); err == nil {
+			c.WithEnv(env...)
+		}
+	}
 	return c
 }
 

@@ -254,6 +254,30 @@ func TestServerContainer(t *testing.T) {
 	}
 }
 
+// TestServerEnv: spec.runtime.env reaches the server container, values and references
+// alike, and not the downloads.
+func TestServerEnv(t *testing.T) {
+	env := []corev1.EnvVar{
+		{Name: "RKLLM_SIM_INIT_FAIL", Value: "1"},
+		{Name: "TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}, Key: "k"}}},
+	}
+	d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Env: env}
+	}))
+	pod := d.Spec.Template.Spec
+	if !reflect.DeepEqual(pod.Containers[0].Env, env) {
+		t.Errorf("server env = %+v, want %+v", pod.Containers[0].Env, env)
+	}
+	for _, c := range pod.InitContainers {
+		if len(c.Env) != 0 {
+			t.Errorf("init container %s got env %+v", c.Name, c.Env)
+		}
+	}
+	if d2, _ := build(t, unitModel(nil)); d2.Spec.Template.Annotations[AnnotationRolloutHash] == d.Spec.Template.Annotations[AnnotationRolloutHash] {
+		t.Error("changing env does not roll the pods")
+	}
+}
+
 func TestStartupAndShutdownTimings(t *testing.T) {
 	d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
 		m.Spec.Server = &inferencev1alpha1.ServerSpec{

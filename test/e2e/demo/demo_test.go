@@ -43,7 +43,7 @@ var repoRoot = filepath.Join("..", "..", "..")
 type ready struct {
 	WorkDir    string `json:"workDir"`
 	Kubeconfig string `json:"kubeconfig"`
-	ServerAddr string `json:"serverAddr"`
+	NodeNetNS  string `json:"nodeNetNS"`
 }
 
 func TestDownAfterACrash(t *testing.T) {
@@ -59,7 +59,8 @@ func TestDownAfterACrash(t *testing.T) {
 	demo := makevars.Path(t, "E2E_DEMO", "e2e")
 	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", makevars.Path(t, "E2E_KWOKCTL", "e2e"), "--kwok", makevars.Path(t, "E2E_KWOK", "e2e"),
 		"--helm", makevars.Path(t, "E2E_HELM", "e2e"), "--device-plugin", makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), "--manager", makevars.Path(t, "E2E_MANAGER", "e2e"),
-		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart}
+		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart,
+		"--process-cri", makevars.Path(t, "E2E_PROCESS_CRI", "e2e"), "--cni-bin-dir", makevars.Path(t, "E2E_CNI_BIN_DIR", "e2e")}
 	runDemo := func(timeout time.Duration, args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), timeout)
 		defer cancel()
@@ -105,6 +106,15 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatalf("none of the demo's ports %v is taken while it is up: the port check sees nothing", ports)
 	}
 
+	// The node's network namespace: its pods, the runtime and the kubelet are in it.
+	nodeNS, err := os.Readlink(r.NodeNetNS)
+	if err != nil {
+		t.Fatalf("the node's network namespace %s: %v", r.NodeNetNS, err)
+	}
+	if in := inNamespace(nodeNS); len(in) < 3 {
+		t.Fatalf("%d processes in the node's network namespace %s while the demo is up; want the kubelet, the runtime and pods: the check sees nothing", len(in), nodeNS)
+	}
+
 	pid, err := strconv.Atoi(strings.TrimSpace(readFile(filepath.Join(state, "demo.pid"))))
 	if err != nil {
 		t.Fatalf("the demo's pid file: %v", err)
@@ -128,6 +138,9 @@ func TestDownAfterACrash(t *testing.T) {
 	if taken := takenPorts(ports); len(taken) > 0 {
 		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
 	}
+	if in := inNamespace(nodeNS); len(in) > 0 {
+		t.Errorf("after demo down, processes are still in the node's network namespace %s (so are its interfaces and addresses): %v", nodeNS, in)
+	}
 	for _, f := range []string{r.WorkDir, filepath.Join(state, "demo.pid"), filepath.Join(state, "ready.json"), filepath.Join(state, "workdir")} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("after demo down, %s is still there (%v)", f, err)
@@ -141,7 +154,8 @@ func TestDownAfterACrash(t *testing.T) {
 }
 
 // demoPorts are the demo's listening addresses: the control plane's ports (kwokctl's
-// configuration in the work folder) and rkllm-server's.
+// configuration in the work folder). The node's own (the kubelet's, its pods') are in its
+// network namespace, which ends with its processes.
 func demoPorts(t *testing.T, r ready) []string {
 	t.Helper()
 	cfg := readFile(filepath.Join(r.WorkDir, "cp", "kwokctl.yaml"))
@@ -163,7 +177,25 @@ func demoPorts(t *testing.T, r ready) []string {
 		}
 		addrs = append(addrs, u.Host)
 	}
-	return append(addrs, r.ServerAddr)
+	return addrs
+}
+
+// inNamespace lists the processes whose network namespace is ns (as /proc/PID/ns/net
+// reads, "net:[inode]"): when none is left, the namespace and its interfaces, addresses
+// and mounts are gone (nothing else holds it).
+func inNamespace(ns string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if got, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net")); err == nil && got == ns {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // takenPorts lists the addresses something listens on (they cannot be bound).
