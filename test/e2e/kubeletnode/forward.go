@@ -160,7 +160,13 @@ func (p *EgressProxy) connect(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	n := p.node
 	p.mu.Unlock()
-	ap, err := netip.ParseAddrPort(r.Host)
+	target := r.Host
+	// The API server may dial the node by its Hostname address (its name), which only
+	// this proxy can resolve.
+	if host, port, err := net.SplitHostPort(target); err == nil && n != nil && host == n.Name {
+		target = net.JoinHostPort(n.IP.String(), port)
+	}
+	ap, err := netip.ParseAddrPort(target)
 	switch {
 	case err != nil:
 		http.Error(w, "CONNECT target must be an address and a port: "+r.Host, http.StatusBadRequest)
@@ -171,7 +177,7 @@ func (p *EgressProxy) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), dialTimeout)
 	defer cancel()
-	up, err := n.DialContext(ctx, "tcp", r.Host)
+	up, err := n.DialContext(ctx, "tcp", target)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
