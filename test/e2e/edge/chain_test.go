@@ -229,8 +229,10 @@ func (s *suite) get(ip, path string) (int, string) {
 	return resp.StatusCode, b.String()
 }
 
-// streamLine is one NDJSON line of a streamed rkllm.run.
+// streamLine is one NDJSON line of a streamed rkllm.run: an rkllm.result notification
+// per token, then the response.
 type streamLine struct {
+	Method string `json:"method"`
 	Result *struct {
 		Text         string `json:"text"`
 		FinishReason string `json:"finish_reason"`
@@ -272,7 +274,7 @@ func (s *suite) deleteDuringStream(pod *corev1.Pod) {
 			s.t.Fatalf("stream line %q: %v", sc.Text(), err)
 		}
 		last = l
-		if l.Result != nil && l.Result.FinishReason == "" {
+		if l.Method == "rkllm.result" {
 			tokens++
 			if deleted {
 				afterDelete++

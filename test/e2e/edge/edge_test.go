@@ -306,7 +306,11 @@ func (s *suite) installServiceMonitorCRD() {
 	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", makevars.Path(s.t, "E2E_SERVICEMONITOR_CRD", "e2e")); err != nil {
 		s.t.Fatal(err)
 	}
-	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "wait", "--for=condition=Established", "--timeout=1m", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+	// Not kubectl wait: it fails at once on a CRD whose status has no conditions yet.
+	if err := edgecluster.Poll(s.ctx, statusTimeout, "the ServiceMonitor CRD to be Established", func(ctx context.Context) (bool, string, error) {
+		out, err := s.c.Run(ctx, nil, s.kubectl, "get", "crd", "servicemonitors.monitoring.coreos.com", "-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+		return err == nil && out == "True", out, nil
+	}); err != nil {
 		s.t.Fatal(err)
 	}
 	const misspelt = `apiVersion: monitoring.coreos.com/v1
