@@ -138,6 +138,26 @@ $(LOCALBIN)/librkllmrt-sim-1.3.so: $(call sim_objs,13)
 .SECONDARY: $(SIM_BUILD)/anon12/sim.o $(SIM_BUILD)/anon13/sim.o
 -include $(wildcard $(SIM_BUILD)/*/*.d)
 
+# The simulator built with AddressSanitizer, for the end-to-end fuzz target: a server
+# built with -asan loads it, so a read or write past a buffer the server handed the
+# runtime is reported (and fails the target) instead of passing unnoticed.
+SIM_ASAN_LIBS := $(LOCALBIN)/librkllmrt-sim-asan-1.2.so $(LOCALBIN)/librkllmrt-sim-asan-1.3.so
+SIM_ASAN_CFLAGS := $(filter-out -O2,$(SIM_CFLAGS)) -O1 -fsanitize=address -fno-omit-frame-pointer
+
+.PHONY: sim-asan
+sim-asan: $(SIM_ASAN_LIBS) ## Build the simulator libraries with AddressSanitizer (bin/librkllmrt-sim-asan-1.2.so and -1.3.so).
+
+$(SIM_BUILD)/asan12/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_ASAN_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=12 -MMD -MP -c $< -o $@
+$(SIM_BUILD)/asan13/%.o: $(SIM_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(SIM_CC) $(SIM_ASAN_CFLAGS) -Iserver/runtime -DRKLLM_SIM_ABI=13 -MMD -MP -c $< -o $@
+$(LOCALBIN)/librkllmrt-sim-asan-1.2.so: $(call sim_objs,asan12)
+	$(SIM_CC) -shared -pthread -fsanitize=address -o $@ $^
+$(LOCALBIN)/librkllmrt-sim-asan-1.3.so: $(call sim_objs,asan13)
+	$(SIM_CC) -shared -pthread -fsanitize=address -o $@ $^
+
 .PHONY: sim-models
 sim-models: ## Write sample simulator model and LoRA files into bin/sim-models/.
 	$(GO) run ./cmd/rkllm-sim-model -samples $(LOCALBIN)/sim-models
@@ -190,7 +210,7 @@ build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly a
 SERVER_PKGS := $$($(GO) list ./server/... | grep -v /server/runtime) ./cmd/rkllm-server/...
 
 .PHONY: test-server
-test-server: sim fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
+test-server: sim sim-asan fuzz-ci ## Server tests under -race: unit tests with a fake runtime, end to end against both simulators, a brief fuzz run.
 	$(GO) test -race -count=1 -timeout 20m $(SERVER_PKGS)
 
 .PHONY: test-openai-node
@@ -198,21 +218,28 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/openai:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
+# The end-to-end target: each input is a request to a server whose worker runs the
+# AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its
+# seeds are cmd/rkllm-server/testdata/e2e-seeds/ (a file each).
+E2E_FUZZ_TARGET := cmd/rkllm-server:FuzzServe
+E2E_FUZZTIME ?= $(FUZZTIME)
 
 .PHONY: fuzz
-fuzz: ## Fuzz the message decoder and parameter validation, FUZZTIME (2m) per target.
+fuzz: sim-asan ## Fuzz the message decoder, parameter validation and /v1/'s body walker, FUZZTIME (2m) per target, then the server end to end for E2E_FUZZTIME.
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ || exit 1; \
 	done
+	t=$(E2E_FUZZ_TARGET); $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(E2E_FUZZTIME) ./$${t%%:*}/
 
 .PHONY: fuzz-ci
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a run that ends on a
 # -fuzztime deadline with "context deadline exceeded" (golang/go#75804, fixed in 1.27).
-# 100,000 inputs take about 4 s a target on an idle 2-core machine.
-fuzz-ci: ## A brief fuzz run of each target (CI): 100,000 inputs each.
-	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x
+# 100,000 inputs take about 4 s a target on an idle 2-core machine. The end-to-end
+# target's count includes its seeds (about 520): 1,000 take about a minute.
+fuzz-ci: ## A brief fuzz run of each target (CI): 100,000 inputs each, 1,000 end to end.
+	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x E2E_FUZZTIME=1000x
 
 .PHONY: soak
 soak: sim build-server ## Soak rkllm-server (minutes, not in CI): thousands of requests, RSS and goroutines over time. SOAK_DURATION=10m.

@@ -63,7 +63,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 	o := parseWithServer(t, m)
 
 	if o.Model != "/models/"+downloadFileName("model", sampleURL) || o.ModelDir != "/models" || o.RuntimeABI != "1.2" ||
-		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.Socket != "/run/rkllm/rkllm.sock" ||
+		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.ProbeListen != ":8081" || o.Socket != "/run/rkllm/rkllm.sock" ||
 		o.APIKeyFile != "/etc/rkllm/api-key/api-key" || o.MaxQueue != 4 || o.RequestTimeout != 3*time.Minute ||
 		o.ShutdownTimeout != 45*time.Second || o.LogFormat != "text" || o.PromptCache != "/models/host/prompt-cache/p.bin" {
 		t.Errorf("server options = %+v", o)
@@ -101,7 +101,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 // The smallest model gives a configuration the server accepts with its own defaults.
 func TestServerParsesTheMinimalConfig(t *testing.T) {
 	o := parseWithServer(t, unitModel(nil))
-	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.LogFormat != "json" ||
+	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.ProbeListen != ":8081" || o.LogFormat != "json" ||
 		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" {
 		t.Errorf("server options = %+v", o)
 	}
@@ -154,5 +154,34 @@ func TestChatTemplatePresetsMatchTheServer(t *testing.T) {
 	}
 	if len(enum) != len(chattemplate.Presets()) {
 		t.Errorf("CRD presets %v, server presets %v", enum, chattemplate.Presets())
+	}
+}
+
+// A prompt that fills the model's context gets, from the server's watchdog, its prefill
+// at the server's minimum rate before the first token; the request timeout the operator
+// writes from the context length must leave that and the server's default time besides,
+// or a long prompt on a slow model would be cut as a timeout while the NPU prefills it.
+// A timeout the user set is kept as it is.
+func TestRequestTimeoutCoversAFullContextPrefill(t *testing.T) {
+	defaults := parseWithServer(t, unitModel(nil))
+	if serverRequestTimeout != defaults.RequestTimeout || float64(serverMinPrefillRate) != defaults.MinPrefillRate {
+		t.Fatalf("the operator assumes the server's request timeout %s and prefill rate %d; the server's are %s and %g",
+			serverRequestTimeout, serverMinPrefillRate, defaults.RequestTimeout, defaults.MinPrefillRate)
+	}
+	for _, ctxLen := range []int32{512, 4096, 16384, 131072} {
+		o := parseWithServer(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To(ctxLen)}
+		}))
+		prefill := o.TokenStallTimeout + time.Duration(float64(ctxLen)/o.MinPrefillRate*float64(time.Second))
+		if o.RequestTimeout < prefill+defaults.RequestTimeout-o.TokenStallTimeout {
+			t.Errorf("maxContextLen %d: request timeout %s, but a full context may prefill for %s", ctxLen, o.RequestTimeout, prefill)
+		}
+	}
+	o := parseWithServer(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](16384)}
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{RequestTimeout: &metav1.Duration{Duration: time.Minute}}
+	}))
+	if o.RequestTimeout != time.Minute {
+		t.Errorf("the user's request timeout became %s", o.RequestTimeout)
 	}
 }

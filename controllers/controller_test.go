@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -264,14 +265,22 @@ func TestSuspendScalesToZero(t *testing.T) {
 
 	setSuspend(t, ns, "s", true)
 	getChild(t, ns, "s", d, "0 replicas while suspended", func() error { return replicasIs(d, 0) })
+	// Until the Deployment says its pods are gone, the model is stopping.
+	getReconciled(t, ns, "s", "ScalingDown while the Deployment has not scaled down", func(m *inferencev1alpha1.RKLLMModel) error {
+		return conditionIs(m, inferencev1alpha1.ConditionReconciling, metav1.ConditionTrue, inferencev1alpha1.ReasonScalingDown)
+	})
+	writeScaledDown(t, d)
 	m := getReconciled(t, ns, "s", "the Suspended phase", func(m *inferencev1alpha1.RKLLMModel) error {
 		if m.Status.Phase != inferencev1alpha1.PhaseSuspended {
 			return fmt.Errorf("phase %s", m.Status.Phase)
 		}
-		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonSuspended)
+		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionTrue, inferencev1alpha1.ReasonSuspended)
 	})
 	if meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReconciling) != nil {
 		t.Error("a suspended model should not be Reconciling")
+	}
+	if h := healthOf(t, m); h.kstatus != current || h.argo != "Suspended" {
+		t.Errorf("a suspended model is %s to kstatus and %s to Argo CD, want Current and Suspended", h.kstatus, h.argo)
 	}
 	// The Service and ConfigMap stay, so resuming is quick.
 	if err := k8sClient.Get(context.Background(), key(ns, "s"), &corev1.Service{}); err != nil {
@@ -280,6 +289,15 @@ func TestSuspendScalesToZero(t *testing.T) {
 
 	setSuspend(t, ns, "s", false)
 	getChild(t, ns, "s", d, "2 replicas after resuming", func() error { return replicasIs(d, 2) })
+}
+
+// writeScaledDown writes the status the Deployment controller writes once no pod is left.
+func writeScaledDown(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation}
+	if err := k8sClient.Status().Update(context.Background(), d); err != nil {
+		t.Fatalf("writing deployment status: %v", err)
+	}
 }
 
 func replicasIs(d *appsv1.Deployment, n int32) error {
@@ -377,52 +395,29 @@ func TestMissingDependenciesBlockOnlyTheirModel(t *testing.T) {
 	createModel(t, ns, "on-pvc", func(m *inferencev1alpha1.RKLLMModel) {
 		m.Spec.Model = inferencev1alpha1.ModelSource{PVC: &inferencev1alpha1.PVCSource{ClaimName: "models", Path: "qwen/model.rkllm"}}
 	})
-	createModel(t, ns, "with-key", func(m *inferencev1alpha1.RKLLMModel) {
-		m.Spec.Server = &inferencev1alpha1.ServerSpec{APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "api", Key: "token"}}
-	})
 	createModel(t, ns, "fine", nil)
 
-	// The healthy model is not held up by the broken ones.
+	// The healthy model is not held up by the broken one.
 	getChild(t, ns, "fine", &appsv1.Deployment{}, "the healthy model's Deployment", nil)
 
-	for _, c := range []struct{ name, reason, text string }{
-		{"on-pvc", inferencev1alpha1.ReasonPVCNotFound, `PersistentVolumeClaim "models"`},
-		{"with-key", inferencev1alpha1.ReasonSecretNotFound, `Secret "api"`},
-	} {
-		m := getReconciled(t, ns, c.name, c.reason, func(m *inferencev1alpha1.RKLLMModel) error {
-			return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, c.reason)
-		})
-		if msg := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady).Message; !strings.Contains(msg, c.text) {
-			t.Errorf("%s: Ready message %q does not name %s", c.name, msg, c.text)
-		}
-		if m.Status.Phase != inferencev1alpha1.PhaseFailed {
-			t.Errorf("%s: phase %s, want Failed", c.name, m.Status.Phase)
-		}
-		if err := k8sClient.Get(context.Background(), key(ns, c.name), &appsv1.Deployment{}); err == nil {
-			t.Errorf("%s: a Deployment was created despite the missing dependency", c.name)
-		}
-		waitEvent(t, ns, c.name, corev1.EventTypeWarning, c.reason, c.text)
-	}
-
-	// A Secret without the key is reported as such.
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "api"}, Data: map[string][]byte{"other": []byte("x")}}
-	if err := k8sClient.Create(context.Background(), secret); err != nil {
-		t.Fatal(err)
-	}
-	getReconciled(t, ns, "with-key", "SecretKeyNotFound", func(m *inferencev1alpha1.RKLLMModel) error {
-		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonSecretKeyNotFound)
+	m := getReconciled(t, ns, "on-pvc", inferencev1alpha1.ReasonPVCNotFound, func(m *inferencev1alpha1.RKLLMModel) error {
+		return conditionIs(m, inferencev1alpha1.ConditionStalled, metav1.ConditionTrue, inferencev1alpha1.ReasonPVCNotFound)
 	})
-	secret.Data["token"] = []byte("s3cret")
-	if err := k8sClient.Update(context.Background(), secret); err != nil {
-		t.Fatal(err)
+	if msg := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady).Message; !strings.Contains(msg, `PersistentVolumeClaim "models"`) {
+		t.Errorf("Ready message %q does not name the claim", msg)
 	}
-	d := &appsv1.Deployment{}
-	getChild(t, ns, "with-key", d, "the Deployment once the Secret has its key", nil)
-	if vol := findVolume(d.Spec.Template.Spec.Volumes, volConfig); vol == nil || len(vol.Projected.Sources) != 2 {
-		t.Errorf("config volume does not project the API key: %+v", vol)
+	if m.Status.Phase != inferencev1alpha1.PhaseFailed || m.Status.ObservedGeneration != m.Generation {
+		t.Errorf("phase %s, observedGeneration %d of %d; want Failed and the generation seen", m.Status.Phase, m.Status.ObservedGeneration, m.Generation)
 	}
+	if h := healthOf(t, m); h.kstatus != failed || h.argo != "Degraded" {
+		t.Errorf("a model waiting for its PVC is %s to kstatus and %s to Argo CD, want Failed and Degraded", h.kstatus, h.argo)
+	}
+	if err := k8sClient.Get(context.Background(), key(ns, "on-pvc"), &appsv1.Deployment{}); err == nil {
+		t.Error("a Deployment was created despite the missing claim")
+	}
+	waitEvent(t, ns, "on-pvc", corev1.EventTypeWarning, inferencev1alpha1.ReasonPVCNotFound, `PersistentVolumeClaim "models"`)
 
-	// Creating the claim unblocks the other model.
+	// Creating the claim unblocks the model (the operator looks again).
 	pvc := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "models"},
 		Spec: corev1.PersistentVolumeClaimSpec{
@@ -433,9 +428,64 @@ func TestMissingDependenciesBlockOnlyTheirModel(t *testing.T) {
 	if err := k8sClient.Create(context.Background(), pvc); err != nil {
 		t.Fatal(err)
 	}
-	getChild(t, ns, "on-pvc", d, "the Deployment once the PVC exists", nil)
+	getChild(t, ns, "on-pvc", &appsv1.Deployment{}, "the Deployment once the PVC exists", nil)
 	getReconciled(t, ns, "on-pvc", "Pending after the PVC appears", func(m *inferencev1alpha1.RKLLMModel) error {
+		if c := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionStalled); c != nil {
+			return fmt.Errorf("still stalled: %s", c.Message)
+		}
 		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonPending)
+	})
+}
+
+// The operator cannot read Secrets: the API key Secret goes into the pod as it is, and
+// what the kubelet reports about it (FailedMount events) becomes the model's status.
+func TestMissingAPIKeySecretIsTheKubeletsReport(t *testing.T) {
+	needEnv(t)
+	ns := newNamespace(t)
+	createModel(t, ns, "with-key", func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "api", Key: "token"}}
+	})
+	d := &appsv1.Deployment{}
+	getChild(t, ns, "with-key", d, "the Deployment, though the Secret does not exist", nil)
+	if vol := findVolume(d.Spec.Template.Spec.Volumes, volConfig); vol == nil || len(vol.Projected.Sources) != 2 {
+		t.Errorf("config volume does not project the API key: %+v", vol)
+	}
+
+	starting := corev1.PodStatus{
+		InitContainerStatuses: []corev1.ContainerStatus{waiting("fetch-model", "PodInitializing", "")},
+		ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "PodInitializing", "")},
+	}
+	pod := serverPod(t, d, starting, true)
+	// The kubelet retries the mount and reports each failure; the newest report counts.
+	at := metav1.Now()
+	for _, c := range []struct{ reason, kubelet string }{
+		{inferencev1alpha1.ReasonSecretNotFound, `MountVolume.SetUp failed for volume "config" : secret "api" not found`},
+		{inferencev1alpha1.ReasonSecretKeyNotFound, `MountVolume.SetUp failed for volume "config" : references non-existent secret key: token`},
+	} {
+		at = metav1.NewTime(at.Add(time.Minute))
+		kubeletEvent(t, pod, eventFailedMount, c.kubelet, at)
+		// Nothing the controller watches changed: it reads the kubelet's events when it
+		// looks again (every ProgressInterval), or, as here, when something wakes it.
+		poke(t, d, c.reason)
+		m := getReconciled(t, ns, "with-key", c.reason, func(m *inferencev1alpha1.RKLLMModel) error {
+			return conditionIs(m, inferencev1alpha1.ConditionStalled, metav1.ConditionTrue, c.reason)
+		})
+		if msg := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady).Message; !strings.Contains(msg, "spec.server.apiKeySecretRef") {
+			t.Errorf("Ready message %q does not point at spec.server.apiKeySecretRef", msg)
+		}
+		waitEvent(t, ns, "with-key", corev1.EventTypeWarning, c.reason, "")
+	}
+
+	// The kubelet mounts the volume once the Secret has the key: the pod runs on.
+	pod.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "fetch-model", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}
+	if err := k8sClient.Status().Update(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	getReconciled(t, ns, "with-key", "Downloading once the volume is mounted", func(m *inferencev1alpha1.RKLLMModel) error {
+		if c := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionStalled); c != nil {
+			return fmt.Errorf("still stalled: %s", c.Message)
+		}
+		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonDownloading)
 	})
 }
 

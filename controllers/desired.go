@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -74,6 +75,7 @@ const (
 const (
 	serverContainer = "server"
 	httpPortName    = "http"
+	probePortName   = "probes"
 	volConfig       = "config"
 	volModels       = "models"
 	volRun          = "run"
@@ -269,6 +271,7 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"runtime-abi":      spec.GetABI(),
 		"runtime-lib":      runtimeLib(spec),
 		"listen":           fmt.Sprintf(":%d", spec.GetPort()),
+		"probe-listen":     fmt.Sprintf(":%d", probePort(spec)),
 		"socket":           socketPath,
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
 		// The startup probe's budget is also the longest rkllm_init may take.
@@ -280,9 +283,9 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 			c["api-key-file"] = path.Join(configDir, apiKeyDir, apiKeyFileName)
 		}
 		setIfNotNil(c, "max-queue", s.MaxQueue)
-		if s.RequestTimeout != nil {
-			c["request-timeout"] = s.RequestTimeout.Duration.String()
-		}
+	}
+	if rt, ok := requestTimeout(spec); ok {
+		c["request-timeout"] = rt.String()
 	}
 	if p := spec.Parameters; p != nil {
 		setIfNotNil(c, "max-context-len", p.MaxContextLen)
@@ -346,6 +349,27 @@ func boolToInt(b bool) int {
 }
 
 // setIfNotNil sets c[key] to *v when v is set.
+// The server's defaults the operator builds on (a contract test checks them).
+const (
+	serverRequestTimeout = 10 * time.Minute
+	serverMinPrefillRate = 10 // prompt tokens per second
+)
+
+// requestTimeout is the server's request timeout: the one the user set, else for a
+// model whose context the user set, the server's default plus a full context's prefill
+// at the server's minimum prefill rate, which its watchdog allows before the first
+// token, so a prompt that fills a long context is not cut while the NPU prefills it.
+// ok is false when the server's default applies.
+func requestTimeout(spec *inferencev1alpha1.RKLLMModelSpec) (time.Duration, bool) {
+	if s := spec.Server; s != nil && s.RequestTimeout != nil {
+		return s.RequestTimeout.Duration, true
+	}
+	if p := spec.Parameters; p != nil && p.MaxContextLen != nil {
+		return serverRequestTimeout + time.Duration(max(*p.MaxContextLen, 0))*time.Second/serverMinPrefillRate, true
+	}
+	return 0, false
+}
+
 func setIfNotNil[T any](c map[string]any, key string, v *T) {
 	if v != nil {
 		c[key] = *v
@@ -473,14 +497,16 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 		// An unmasked /proc is allowed only inside a user namespace.
 		ps.WithHostUsers(false)
 	}
-	if err := withScheduling(ps, spec); err != nil {
+	if err := withScheduling(ps, model); err != nil {
 		return nil, err
 	}
 	return ps, nil
 }
 
-// withScheduling passes the model's scheduling fields and pull secrets on to the pod.
-func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alpha1.RKLLMModelSpec) error {
+// withScheduling passes the model's scheduling fields and pull secrets on to the pod,
+// with the placement the model needs (podAffinity).
+func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, model *inferencev1alpha1.RKLLMModel) error {
+	spec := &model.Spec
 	if len(spec.NodeSelector) > 0 {
 		ps.WithNodeSelector(spec.NodeSelector)
 	}
@@ -494,9 +520,9 @@ func withScheduling(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alp
 		}
 		ps.WithTolerations(tols...)
 	}
-	if spec.Affinity != nil {
+	if a := podAffinity(model); a != nil {
 		aff := &corev1ac.AffinityApplyConfiguration{}
-		if err := convert(spec.Affinity, aff); err != nil {
+		if err := convert(a, aff); err != nil {
 			return fmt.Errorf("spec.affinity: %w", err)
 		}
 		ps.WithAffinity(aff)
@@ -651,12 +677,22 @@ func fetchContainer(spec *inferencev1alpha1.RKLLMModelSpec, f modelFile, image s
 	return c
 }
 
+// probePort is the server's probe listener (--probe-listen), which client connections
+// cannot fill: 8081, or 8082 when the model's HTTP port is 8081. The Service does not
+// expose it.
+func probePort(spec *inferencev1alpha1.RKLLMModelSpec) int32 {
+	if spec.GetPort() == 8081 {
+		return 8082
+	}
+	return 8081
+}
+
 // serverContainerSpec runs `rkllm-server serve` with the NPU, probes and a graceful stop.
 func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile, image string, pull corev1.PullPolicy,
 	resources *corev1ac.ResourceRequirementsApplyConfiguration) *corev1ac.ContainerApplyConfiguration {
 	spec := &model.Spec
 	probe := func(p string) *corev1ac.ProbeApplyConfiguration {
-		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(p).WithPort(intstr.FromString(httpPortName)))
+		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(p).WithPort(intstr.FromString(probePortName)))
 	}
 	startupFailures := int32(spec.GetStartupTimeout().Seconds()) / startupProbePeriod
 	if startupFailures < 1 {
@@ -688,7 +724,8 @@ func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile,
 		WithImage(image).
 		WithCommand(serverBinary).
 		WithArgs("serve", "--config", path.Join(configDir, configFileName)).
-		WithPorts(corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(spec.GetPort()).WithProtocol(corev1.ProtocolTCP)).
+		WithPorts(corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(spec.GetPort()).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(probePortName).WithContainerPort(probePort(spec)).WithProtocol(corev1.ProtocolTCP)).
 		WithResources(resources).
 		WithStartupProbe(probe("/readyz").
 			WithPeriodSeconds(startupProbePeriod).WithTimeoutSeconds(5).WithFailureThreshold(startupFailures)).

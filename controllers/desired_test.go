@@ -69,7 +69,7 @@ func build(t *testing.T, m *inferencev1alpha1.RKLLMModel) (*appsv1.Deployment, m
 }
 
 // The keys docs/design.md lets the operator write into server.json.
-var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi listen socket api-key-file
+var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi listen probe-listen socket api-key-file
 max-queue request-timeout shutdown-timeout init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
@@ -83,6 +83,7 @@ func TestServerConfigMinimal(t *testing.T) {
 		"runtime-abi":      "1.3",
 		"runtime-lib":      "librkllmrt.so",
 		"listen":           ":8080",
+		"probe-listen":     ":8081",
 		"socket":           "/run/rkllm/rkllm.sock",
 		"shutdown-timeout": "30s",
 		"init-timeout":     "10m0s",
@@ -127,7 +128,7 @@ func TestServerConfigEveryField(t *testing.T) {
 		t.Errorf("keys written = %v\nwant exactly the contract's %v", keys, want)
 	}
 	checks := map[string]any{
-		"runtime-abi": "1.2", "runtime-lib": "/opt/rkllm/lib/librkllmrt.so", "listen": ":9000",
+		"runtime-abi": "1.2", "runtime-lib": "/opt/rkllm/lib/librkllmrt.so", "listen": ":9000", "probe-listen": ":8081",
 		"top-p": "0.9", "presence-penalty": "-0.2", "max-context-len": float64(4096), "skip-special-token": true,
 		"embed-flash": float64(0), "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
 		"shutdown-timeout": "1m0s", "log-format": "text", "api-key-file": "/etc/rkllm/api-key/api-key",
@@ -223,6 +224,17 @@ func TestFetchContainer(t *testing.T) {
 	}
 }
 
+// A model served on the probe listener's usual port moves the probes to the next one.
+func TestProbePortAvoidsTheHTTPPort(t *testing.T) {
+	d, cfg := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Server = &inferencev1alpha1.ServerSpec{Port: ptr.To[int32](8081)}
+	}))
+	c := d.Spec.Template.Spec.Containers[0]
+	if cfg["listen"] != ":8081" || cfg["probe-listen"] != ":8082" || len(c.Ports) != 2 || c.Ports[1].ContainerPort != 8082 {
+		t.Errorf("listen %v, probe-listen %v, ports %+v", cfg["listen"], cfg["probe-listen"], c.Ports)
+	}
+}
+
 func TestServerContainer(t *testing.T) {
 	d, _ := build(t, unitModel(nil))
 	pod := d.Spec.Template.Spec
@@ -236,6 +248,12 @@ func TestServerContainer(t *testing.T) {
 	if c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe.HTTPGet.Path != "/livez" {
 		t.Error("readiness must probe /readyz and liveness /livez")
 	}
+	// Probes go to the server's probe listener, which client connections cannot fill.
+	for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+		if p.HTTPGet.Port.StrVal != "probes" {
+			t.Errorf("probe of %s on port %v, want the probe listener's port", p.HTTPGet.Path, p.HTTPGet.Port)
+		}
+	}
 	if c.Lifecycle.PreStop.Sleep.Seconds != preStopSeconds {
 		t.Errorf("preStop = %+v", c.Lifecycle.PreStop)
 	}
@@ -246,7 +264,7 @@ func TestServerContainer(t *testing.T) {
 	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 		t.Error("two servers would share the NPU during a rollout")
 	}
-	if c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != 8080 {
+	if len(c.Ports) != 2 || c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != 8080 || c.Ports[1].Name != "probes" || c.Ports[1].ContainerPort != 8081 {
 		t.Errorf("ports %+v", c.Ports)
 	}
 	if *pod.AutomountServiceAccountToken {

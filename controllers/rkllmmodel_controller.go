@@ -23,8 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -33,9 +32,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/managedfields"
+	"k8s.io/client-go/applyconfigurations"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -63,6 +66,7 @@ const (
 const (
 	DefaultRetryInterval    = 30 * time.Second
 	DefaultProgressInterval = time.Minute
+	DefaultErrorGracePeriod = 2 * time.Minute
 )
 
 // RKLLMModelReconciler reconciles RKLLMModel objects.
@@ -70,9 +74,9 @@ type RKLLMModelReconciler struct {
 	// Client reads from the manager's cache (which holds only the operator's own
 	// objects) and writes to the API server.
 	client.Client
-	// APIReader reads straight from the API server: Secrets and PVCs (never cached, so
-	// the operator does not hold every Secret of the cluster in memory) and objects the
-	// cache cannot see.
+	// APIReader reads straight from the API server: PVCs, the kubelet's events about
+	// server pods, and each child just before it is applied. The operator never reads
+	// Secrets.
 	APIReader client.Reader
 	Scheme    *runtime.Scheme
 	Recorder  events.EventRecorder
@@ -83,8 +87,19 @@ type RKLLMModelReconciler struct {
 	// ProgressInterval is how often a model that is not ready yet is looked at again,
 	// besides the pod and Deployment events that wake it. Default 1m.
 	ProgressInterval time.Duration
+	// ErrorGracePeriod is how long errors talking to the cluster may go on before they
+	// change Ready (and stall the model); shorter ones only set Reconciling. Default 2m.
+	ErrorGracePeriod time.Duration
 	// MaxConcurrentReconciles is how many models are reconciled at once. Default 1.
 	MaxConcurrentReconciles int
+	// Clock tells the time; tests set a fake one. Default the real clock.
+	Clock clock.PassiveClock
+
+	// failing records, per model, when the current run of transient errors began.
+	failing sync.Map // client.ObjectKey -> time.Time
+	// typeConverter reads the fields the operator applied out of an object.
+	typeConverter     managedfields.TypeConverter
+	typeConverterOnce sync.Once
 }
 
 // blockedError stops a reconcile for a reason the user must act on.
@@ -101,13 +116,16 @@ type step func(ctx context.Context, model *inferencev1alpha1.RKLLMModel, obs *ob
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets;persistentvolumeclaims,verbs=get
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
+// +kubebuilder:rbac:groups="",resources=events,verbs=list
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one model's objects in line with its spec and reports their state.
 // It only sequences: fetch, defer the one status write, then the steps in order. A step
 // that finds something the user must fix stops the sequence with a blockedError; the
 // objects applied so far stay, and a running server of the previous spec keeps running.
+// Any other error is transient: it goes back to the rate limiter (a retry with backoff)
+// and only changes Ready once it has lasted ErrorGracePeriod.
 func (r *RKLLMModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	model := &inferencev1alpha1.RKLLMModel{}
 	if err := r.Get(ctx, req.NamespacedName, model); err != nil {
@@ -131,59 +149,55 @@ func (r *RKLLMModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		var be *blockedError
 		switch {
 		case errors.As(err, &be):
+			r.failing.Delete(req.NamespacedName)
 			obs.blocked = &be.blocker
-			if be.stalled {
+			if !be.retry {
 				// Terminal: only a spec change (which wakes the controller) can help.
 				return ctrl.Result{}, nil
 			}
 			return ctrl.Result{RequeueAfter: r.retryInterval()}, nil
 		case err != nil:
-			obs.blocked = &blocker{reason: inferencev1alpha1.ReasonReconcileFailed, message: err.Error(), transient: true}
+			obs.blocked = r.transient(req.NamespacedName, err)
+			r.Recorder.Eventf(model, nil, corev1.EventTypeWarning, inferencev1alpha1.ReasonReconcileFailed, "Reconcile",
+				"%v; retrying with backoff", err)
 			return ctrl.Result{}, err
 		}
 		result = earliest(result, res)
 	}
+	r.failing.Delete(req.NamespacedName)
 	obs.applied = true
 	return result, nil
 }
 
+// transient records a transient error of a model and reports it: lasting once the run of
+// errors it belongs to has gone on for ErrorGracePeriod.
+func (r *RKLLMModelReconciler) transient(key client.ObjectKey, err error) *blocker {
+	now := r.clock().Now()
+	first, _ := r.failing.LoadOrStore(key, now)
+	since, _ := first.(time.Time)
+	b := &blocker{reason: inferencev1alpha1.ReasonReconcileFailed, message: err.Error(), transient: true}
+	if elapsed := now.Sub(since); elapsed >= r.errorGracePeriod() {
+		b.lasting = true
+		b.message = fmt.Sprintf("failing for %s: %v", elapsed.Round(time.Second), err)
+	}
+	return b
+}
+
 // reconcileDependencies checks what the spec names but the CRD cannot: the model's
-// PersistentVolumeClaim and the API key Secret with its key. A missing one blocks the
-// reconcile (Ready=False, Degraded=True with reason PVCNotFound, SecretNotFound or
-// SecretKeyNotFound; Reconciling=True while it is retried).
+// PersistentVolumeClaim. A missing one blocks the reconcile (Ready=False, Degraded=True
+// and Stalled=True with reason PVCNotFound; it is looked at again every RetryInterval).
+// Secrets are not read here: the operator has no access to them, and the kubelet reports
+// a missing one (summarizeStatus maps its report to SecretNotFound or SecretKeyNotFound).
 func (r *RKLLMModelReconciler) reconcileDependencies(ctx context.Context, model *inferencev1alpha1.RKLLMModel, _ *observation) (ctrl.Result, error) {
 	if pvc := model.Spec.Model.PVC; pvc != nil {
 		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: model.Namespace, Name: pvc.ClaimName}, &corev1.PersistentVolumeClaim{})
 		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonPVCNotFound, message: fmt.Sprintf(
+			return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonPVCNotFound, retry: true, message: fmt.Sprintf(
 				"PersistentVolumeClaim %q named by spec.model.pvc.claimName does not exist in namespace %s: create it or fix the name",
 				pvc.ClaimName, model.Namespace)}}
 		}
 		if err != nil {
 			return ctrl.Result{}, fmt.Errorf("reading PersistentVolumeClaim %s: %w", pvc.ClaimName, err)
-		}
-	}
-	if s := model.Spec.Server; s != nil && s.APIKeySecretRef != nil {
-		ref := s.APIKeySecretRef
-		secret := &corev1.Secret{}
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: model.Namespace, Name: ref.Name}, secret)
-		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonSecretNotFound, message: fmt.Sprintf(
-				"Secret %q named by spec.server.apiKeySecretRef does not exist in namespace %s: create it or fix the name",
-				ref.Name, model.Namespace)}}
-		}
-		if err != nil {
-			return ctrl.Result{}, fmt.Errorf("reading Secret %s: %w", ref.Name, err)
-		}
-		if _, ok := secret.Data[ref.GetKey()]; !ok {
-			keys := make([]string, 0, len(secret.Data))
-			for k := range secret.Data {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonSecretKeyNotFound, message: fmt.Sprintf(
-				"Secret %q has no key %q (it has: %s): set spec.server.apiKeySecretRef.key or add the key",
-				ref.Name, ref.GetKey(), strings.Join(keys, ", "))}}
 		}
 	}
 	return ctrl.Result{}, nil
@@ -208,7 +222,7 @@ func (r *RKLLMModelReconciler) reconcileDeployment(ctx context.Context, model *i
 	desired, err := desiredDeployment(model, r.Options, obs.config)
 	if err != nil {
 		// Only an operator without a default image gets here: tell the user how to fix it.
-		return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, message: err.Error(), stalled: true}}
+		return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, message: err.Error()}}
 	}
 	obs.hash = desired.Spec.Template.Annotations[AnnotationRolloutHash]
 	d := &appsv1.Deployment{}
@@ -228,31 +242,35 @@ func (r *RKLLMModelReconciler) reconcileService(ctx context.Context, model *infe
 // apply is the one place objects are written: server-side apply with the operator's
 // field manager, taking over its fields if someone edited them. It refuses to touch an
 // object of the same name that the model does not control, records Created and Updated
-// events, and leaves the applied object (as the API server returned it) in into.
+// events for changes it made, and leaves the applied object (as the API server returned
+// it) in into.
 func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alpha1.RKLLMModel, desired runtime.ApplyConfiguration, name string, into client.Object) error {
 	kind := kindOf(into, r.Scheme)
 	key := client.ObjectKey{Namespace: model.Namespace, Name: name}
-	err := r.Get(ctx, key, into)
-	if apierrors.IsNotFound(err) {
-		// The cache holds only objects labelled as the operator's; ask the API server
-		// whether someone else's object has this name.
-		err = r.APIReader.Get(ctx, key, into)
-	}
+	// Read from the API server, not the cache: the cache holds only objects labelled as
+	// the operator's (someone else's object may have the name), and it can lag behind the
+	// operator's own last apply, which would make that apply look new again.
+	err := r.APIReader.Get(ctx, key, into)
 	existed := err == nil
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("reading %s %s: %w", kind, name, err)
 	case !metav1.IsControlledBy(into, model):
-		return &blockedError{blocker{reason: inferencev1alpha1.ReasonNameConflict, message: fmt.Sprintf(
+		return &blockedError{blocker{reason: inferencev1alpha1.ReasonNameConflict, retry: true, message: fmt.Sprintf(
 			"%s %q exists and does not belong to this RKLLMModel: delete it or rename the model", kind, name)}}
 	}
-	before := into.GetResourceVersion()
+	before, ok := into.DeepCopyObject().(client.Object)
+	if !ok {
+		return fmt.Errorf("copying %s %s", kind, name)
+	}
+	// The fields the apply sets, before the apply fills desired with the answer.
+	diff, diffErr := r.fieldDiff(into, desired)
 
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		r.Recorder.Eventf(model, nil, corev1.EventTypeWarning, EventApplyFailed, "Apply"+kind, "Applying %s %s failed: %v", kind, name, err)
 		if apierrors.IsInvalid(err) {
-			return &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, stalled: true, message: fmt.Sprintf(
+			r.Recorder.Eventf(model, nil, corev1.EventTypeWarning, EventApplyFailed, "Apply"+kind, "Applying %s %s failed: %v", kind, name, err)
+			return &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, message: fmt.Sprintf(
 				"the cluster refused the %s built from the spec: %v", kind, err)}}
 		}
 		return fmt.Errorf("applying %s %s: %w", kind, name, err)
@@ -266,15 +284,44 @@ func (r *RKLLMModelReconciler) apply(ctx context.Context, model *inferencev1alph
 	switch {
 	case !existed:
 		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventCreated, "Create", "Created %s %s", kind, name)
-	case into.GetResourceVersion() != before:
+	case changedByApply(ctx, diff, diffErr, before, into):
 		r.Recorder.Eventf(model, into, corev1.EventTypeNormal, EventUpdated, "Update", "Updated %s %s", kind, name)
 	}
 	return nil
 }
 
-// summarizeStatus is the deferred end of every reconcile: it lists the model's pods,
-// derives the status (summarize) and writes it in one patch when it changed, recording
-// an event when the Ready condition changes. It sets every condition.
+// changedByApply reports whether an apply changed a field the operator sets (fieldDiff):
+// status updates and others' fields are not the operator's changes, and a new
+// resourceVersion alone says nothing; taking back a field someone else changed is. When
+// the fields cannot be worked out it says true: an extra event beats a lost one.
+func changedByApply(ctx context.Context, diff *fieldDiff, diffErr error, before, after client.Object) bool {
+	changed := true
+	if diffErr == nil {
+		changed, diffErr = diff.changed(before, after)
+	}
+	if diffErr != nil {
+		ctrl.LoggerFrom(ctx).V(1).Info("cannot compare applied fields; reporting an update", "error", diffErr.Error())
+		return true
+	}
+	return changed
+}
+
+// fieldDiff works out the fields desired sets on an object like obj.
+func (r *RKLLMModelReconciler) fieldDiff(obj client.Object, desired runtime.ApplyConfiguration) (*fieldDiff, error) {
+	gvk, err := apiutil.GVKForObject(obj, r.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	r.typeConverterOnce.Do(func() {
+		r.typeConverter = applyconfigurations.NewTypeConverter(r.Scheme)
+	})
+	return newFieldDiff(r.typeConverter, r.Scheme, gvk, desired)
+}
+
+// summarizeStatus is the deferred end of every reconcile: it lists the model's pods (and
+// the kubelet's mount failures of those that cannot start), derives the status
+// (summarize) and writes it in one patch when it changed, recording an event when the
+// Ready condition changes. It sets every condition.
 func (r *RKLLMModelReconciler) summarizeStatus(ctx context.Context, original, model *inferencev1alpha1.RKLLMModel,
 	obs *observation, result ctrl.Result, reconcileErr error) (ctrl.Result, error) {
 	pods := &corev1.PodList{}
@@ -282,18 +329,24 @@ func (r *RKLLMModelReconciler) summarizeStatus(ctx context.Context, original, mo
 		return result, fmt.Errorf("listing server pods: %w", err)
 	}
 	obs.pods = pods.Items
-	status := summarize(model, *obs, metav1.Now())
+	obs.mountFailures = r.mountFailures(ctx, model, obs.pods, obs.hash)
+	status := summarize(model, *obs, metav1.NewTime(r.clock().Now()))
 	r.recordReadyChange(model, original.Status.Conditions, status.Conditions)
 
-	if reconcileErr == nil && result.IsZero() && meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionReconciling) {
-		// Pod and Deployment events wake the model too; this is the safety net.
+	if reconcileErr == nil && result.IsZero() && (meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionReconciling) ||
+		(obs.applied && meta.IsStatusConditionTrue(status.Conditions, inferencev1alpha1.ConditionStalled))) {
+		// Pod and Deployment events wake the model too; this is the safety net, and how
+		// the kubelet's events about pods that cannot start (which wake nothing) are read.
 		result.RequeueAfter = r.progressInterval()
 	}
 	if equality.Semantic.DeepEqual(original.Status, status) {
 		return result, nil
 	}
 	model.Status = status
-	if err := r.Status().Patch(ctx, model, client.MergeFrom(original)); err != nil {
+	// Optimistic locking: a status derived from a model the cache had not caught up with
+	// (the operator's own last status write not in it yet) would write old conditions
+	// back; the conflict sends the model back for a fresh look instead.
+	if err := r.Status().Patch(ctx, model, client.MergeFromWithOptions(original, client.MergeFromWithOptimisticLock{})); err != nil {
 		return result, client.IgnoreNotFound(fmt.Errorf("writing status: %w", err))
 	}
 	return result, nil
@@ -320,6 +373,70 @@ func failureReason(conds []metav1.Condition) bool {
 	}
 	c := meta.FindStatusCondition(conds, inferencev1alpha1.ConditionReady)
 	return c != nil && c.Reason == inferencev1alpha1.ReasonReconcileFailed
+}
+
+// mountFailures reads the kubelet's latest FailedMount event of each current server pod
+// whose containers have not started: the only place a missing Secret or key of a volume
+// shows. A failed read is logged and leaves the status to the pods alone.
+func (r *RKLLMModelReconciler) mountFailures(ctx context.Context, model *inferencev1alpha1.RKLLMModel, pods []corev1.Pod, hash string) map[string]string {
+	var out map[string]string
+	for i := range pods {
+		pod := &pods[i]
+		if pod.DeletionTimestamp != nil || pod.Annotations[AnnotationRolloutHash] != hash || pod.Spec.NodeName == "" || containersStarted(pod) {
+			continue
+		}
+		list := &corev1.EventList{}
+		err := r.APIReader.List(ctx, list, client.InNamespace(model.Namespace), client.MatchingFieldsSelector{Selector: fields.SelectorFromSet(fields.Set{
+			"involvedObject.uid": string(pod.UID), "reason": eventFailedMount,
+		})})
+		if err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "reading the kubelet's events of a server pod", "pod", pod.Name)
+			return out
+		}
+		if msg := latestMessage(list.Items); msg != "" {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[pod.Name] = msg
+		}
+	}
+	return out
+}
+
+// eventFailedMount is the kubelet's event reason for a volume it cannot mount.
+const eventFailedMount = "FailedMount"
+
+// latestMessage is the message of the most recent event.
+func latestMessage(evs []corev1.Event) string {
+	var msg string
+	var latest time.Time
+	for _, e := range evs {
+		t := e.LastTimestamp.Time
+		if e.Series != nil && e.Series.LastObservedTime.After(t) {
+			t = e.Series.LastObservedTime.Time
+		}
+		if e.EventTime.After(t) {
+			t = e.EventTime.Time
+		}
+		if msg == "" || !t.Before(latest) {
+			msg, latest = e.Message, t
+		}
+	}
+	return msg
+}
+
+func (r *RKLLMModelReconciler) clock() clock.PassiveClock {
+	if r.Clock != nil {
+		return r.Clock
+	}
+	return clock.RealClock{}
+}
+
+func (r *RKLLMModelReconciler) errorGracePeriod() time.Duration {
+	if r.ErrorGracePeriod > 0 {
+		return r.ErrorGracePeriod
+	}
+	return DefaultErrorGracePeriod
 }
 
 func (r *RKLLMModelReconciler) retryInterval() time.Duration {

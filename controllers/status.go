@@ -18,6 +18,7 @@ package controllers
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -35,12 +36,16 @@ const maxMessageLen = 1024
 type blocker struct {
 	reason  string
 	message string
-	// stalled: nothing changes until the spec does (kstatus Stalled); otherwise the
-	// operator retries.
-	stalled bool
-	// transient: an error talking to the cluster, retried with backoff; the model's
-	// other conditions keep what they said.
+	// retry: the operator looks again after its retry interval (a missing PVC, a name
+	// held by someone else), since the fix does not touch the model; otherwise only a
+	// spec change helps (InvalidSpec). Either way the model is Stalled.
+	retry bool
+	// transient: an error talking to the cluster, retried with backoff. While it is
+	// recent the status keeps what it said, Reconciling aside.
 	transient bool
+	// lasting: a transient error that has gone on past the grace period; it stalls the
+	// model.
+	lasting bool
 }
 
 // observation is everything the status is derived from.
@@ -50,6 +55,9 @@ type observation struct {
 	deployment *appsv1.Deployment
 	// pods are the model's server pods.
 	pods []corev1.Pod
+	// mountFailures are the kubelet's latest FailedMount messages, by pod name, for
+	// current pods whose containers have not started.
+	mountFailures map[string]string
 	// config is the server configuration of the current spec.
 	config []byte
 	// hash is the rollout hash of the current spec; pods carrying it are current.
@@ -76,50 +84,87 @@ type podReport struct {
 	modelAvailable bool
 	// unschedulable is the scheduler's message for a current pod it cannot place.
 	unschedulable string
+	// mountFailed is the kubelet's message for a current pod whose volumes it cannot
+	// mount yet, for a reason it may get over.
+	mountFailed string
 	// problem is the first problem of a current pod.
 	problem *problem
 	// failure is the newest container failure of any pod.
 	failure *inferencev1alpha1.Failure
 	// old counts pods of an older spec that still exist.
 	old int
+	// live counts pods that still exist, terminating ones included.
+	live int
 }
+
+// kstate is where a model stands for kstatus.
+type kstate int
+
+const (
+	// kCurrent: Ready is True; neither Reconciling nor Stalled is present.
+	kCurrent kstate = iota
+	// kReconciling: the model converges on its own.
+	kReconciling
+	// kStalled: the model will not converge without a change by someone.
+	kStalled
+)
 
 // summarize derives the status from what was observed. It is pure: the same inputs
 // give the same status (now is only used for failures that carry no time of their own).
+//
+// Whatever it reports keeps the kstatus contract on its own, so tools never need to
+// fall back on Ready: Ready=True with neither Reconciling nor Stalled; or Ready not True
+// with exactly one of them.
 func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.Time) inferencev1alpha1.RKLLMModelStatus {
 	st := *model.Status.DeepCopy()
 	gen := model.Generation
 	spec := &model.Spec
-	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
-	}
 
-	report := inspectPods(obs.pods, obs.hash, st.LastFailure, now)
+	report := inspectPods(obs.pods, obs.hash, obs.mountFailures, st.LastFailure, now)
 	st.LastFailure = report.failure
 	st.Model = modelDisplayName(model)
+	st.TargetPlatform = targetPlatform(model)
 	st.Selector = metav1.FormatLabelSelector(metav1.SetAsLabelSelector(selectorLabels(model)))
 	if d := obs.deployment; d != nil {
 		st.Replicas = d.Status.Replicas
 		st.ReadyReplicas = d.Status.ReadyReplicas
 		st.Endpoint = endpoint(model)
 	}
-	if obs.applied || (obs.blocked != nil && obs.blocked.stalled) {
+
+	switch b := obs.blocked; {
+	case b != nil && b.transient && !b.lasting:
+		summarizeRetrying(&st, gen, b)
+		return st
+	case b != nil:
+		// Stalled: observedGeneration says the operator looked at this generation, which
+		// kstatus needs before it reports Failed.
+		st.ObservedGeneration = gen
+		summarizeBlocked(&st, gen, report, b)
+		return st
+	}
+	if obs.applied {
 		st.ObservedGeneration = gen
 	}
-
-	switch {
-	case obs.blocked != nil:
-		summarizeBlocked(&st, gen, report, obs.blocked)
-		return st
-	case spec.Suspend:
-		summarizeSuspended(&st, gen)
+	if spec.Suspend || spec.GetReplicas() == 0 {
+		summarizeStopped(&st, gen, obs.deployment, report, spec.Suspend)
 		return st
 	}
+	summarizeServing(&st, model, obs, report)
+	return st
+}
 
-	desired := spec.GetReplicas()
+// summarizeServing reports a model that should have server pods: ready, failing (the
+// pods' or the Deployment's problem stalls it), or on its way (Reconciling).
+func summarizeServing(st *inferencev1alpha1.RKLLMModelStatus, model *inferencev1alpha1.RKLLMModel, obs observation, report podReport) {
+	gen := model.Generation
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	desired := model.Spec.GetReplicas()
 	ready := rolloutComplete(obs.deployment, desired, report)
 	degraded := degradedBy(report, obs.deployment)
 
+	state := kReconciling
 	switch {
 	case ready:
 		msg := fmt.Sprintf("%d/%d replicas ready, serving at %s", st.ReadyReplicas, desired, endpoint(model))
@@ -127,11 +172,14 @@ func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.
 		set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse, inferencev1alpha1.ReasonRolloutComplete,
 			"every server pod runs the current spec")
 		st.Phase = inferencev1alpha1.PhaseReady
+		state = kCurrent
+		report.modelAvailable = true
 	case degraded != nil:
 		msg := fmt.Sprintf("%d/%d replicas ready: %s", st.ReadyReplicas, desired, degraded.message)
 		set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse, degraded.reason, msg)
 		set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse, degraded.reason, degraded.message)
 		st.Phase = inferencev1alpha1.PhaseFailed
+		state = kStalled
 	default:
 		reason, phase, what := waitingReason(report)
 		msg := fmt.Sprintf("%d/%d replicas ready: %s", st.ReadyReplicas, desired, what)
@@ -144,45 +192,74 @@ func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.
 	} else {
 		set(inferencev1alpha1.ConditionDegraded, metav1.ConditionFalse, inferencev1alpha1.ReasonAsExpected, "nothing is wrong")
 	}
-	if ready {
-		report.modelAvailable = true
+	setModelAvailable(st, gen, report, nil)
+	if state == kCurrent && !obs.applied {
+		// Not every object is in place for this generation yet.
+		state = kReconciling
 	}
-	setModelAvailable(&st, gen, report, nil)
-	progressing := meta.IsStatusConditionTrue(st.Conditions, inferencev1alpha1.ConditionProgressing)
-	p := meta.FindStatusCondition(st.Conditions, inferencev1alpha1.ConditionProgressing)
-	setKstatus(&st, gen, progressing || !obs.applied, false, p.Reason, p.Message)
-	return st
+	ready0 := meta.FindStatusCondition(st.Conditions, inferencev1alpha1.ConditionReady)
+	setKstatus(st, gen, state, ready0.Reason, ready0.Message)
 }
 
-// summarizeBlocked reports a reconcile that stopped before applying everything.
+// summarizeRetrying reports a transient error talking to the cluster. Ready, the phase
+// and the other conditions keep what they said, since the servers keep serving what was
+// applied before: a control-plane hiccup must not make a model flap. Only Reconciling
+// says the operator is retrying.
+func summarizeRetrying(st *inferencev1alpha1.RKLLMModelStatus, gen int64, b *blocker) {
+	msg := "retrying after an error: " + b.message
+	if meta.FindStatusCondition(st.Conditions, inferencev1alpha1.ConditionReady) == nil {
+		// The first reconcile failed: Ready is always present.
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: inferencev1alpha1.ConditionReady,
+			Status: metav1.ConditionFalse, Reason: b.reason, Message: msg, ObservedGeneration: gen})
+	}
+	if st.Phase == "" {
+		st.Phase = inferencev1alpha1.PhasePending
+	}
+	setKstatus(st, gen, kReconciling, b.reason, msg)
+}
+
+// summarizeBlocked reports a reconcile that stopped before applying everything, for a
+// reason that needs someone: the model is Stalled (the operator retries where a retry can
+// see the fix).
 func summarizeBlocked(st *inferencev1alpha1.RKLLMModelStatus, gen int64, report podReport, b *blocker) {
 	set := func(t string, s metav1.ConditionStatus) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: b.reason, Message: b.message, ObservedGeneration: gen})
 	}
 	set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse)
-	if b.transient {
-		// Talking to the cluster failed; what the rest of the status says still holds.
-		setKstatus(st, gen, true, false, b.reason, b.message)
-		return
-	}
 	set(inferencev1alpha1.ConditionDegraded, metav1.ConditionTrue)
 	set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse)
 	setModelAvailable(st, gen, report, b)
 	st.Phase = inferencev1alpha1.PhaseFailed
-	setKstatus(st, gen, !b.stalled, b.stalled, b.reason, b.message)
+	setKstatus(st, gen, kStalled, b.reason, b.message)
 }
 
-// summarizeSuspended reports a suspended model.
-func summarizeSuspended(st *inferencev1alpha1.RKLLMModelStatus, gen int64) {
-	const msg = "spec.suspend is true: no server pods run"
-	for _, t := range []string{inferencev1alpha1.ConditionReady, inferencev1alpha1.ConditionProgressing,
-		inferencev1alpha1.ConditionDegraded, inferencev1alpha1.ConditionModelAvailable} {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-			Type: t, Status: metav1.ConditionFalse, Reason: inferencev1alpha1.ReasonSuspended, Message: msg, ObservedGeneration: gen,
-		})
+// summarizeStopped reports a model asked to run no server pods (suspended, or scaled to
+// zero): Reconciling while pods are still stopping, then Ready=True, since what was asked
+// for is done, and kstatus Current. The phase says why no pod runs.
+func summarizeStopped(st *inferencev1alpha1.RKLLMModelStatus, gen int64, d *appsv1.Deployment, report podReport, suspend bool) {
+	reason, phase, why := inferencev1alpha1.ReasonScaledToZero, inferencev1alpha1.PhaseScaledToZero,
+		"spec.replicas is 0: no server pods run; scale up (kubectl scale rkm/NAME --replicas=1) to serve"
+	if suspend {
+		reason, phase, why = inferencev1alpha1.ReasonSuspended, inferencev1alpha1.PhaseSuspended,
+			"spec.suspend is true: no server pods run"
 	}
-	st.Phase = inferencev1alpha1.PhaseSuspended
-	setKstatus(st, gen, false, false, "", "")
+	st.Phase = phase
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	set(inferencev1alpha1.ConditionDegraded, metav1.ConditionFalse, reason, why)
+	set(inferencev1alpha1.ConditionModelAvailable, metav1.ConditionFalse, reason, why)
+	stopping := report.live > 0 || d == nil || d.Status.ObservedGeneration < d.Generation || d.Status.Replicas > 0
+	if stopping {
+		what := fmt.Sprintf("%s; stopping the server pods that still run", why)
+		set(inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonScalingDown, what)
+		set(inferencev1alpha1.ConditionProgressing, metav1.ConditionTrue, inferencev1alpha1.ReasonScalingDown, what)
+		setKstatus(st, gen, kReconciling, inferencev1alpha1.ReasonScalingDown, what)
+		return
+	}
+	set(inferencev1alpha1.ConditionReady, metav1.ConditionTrue, reason, why)
+	set(inferencev1alpha1.ConditionProgressing, metav1.ConditionFalse, reason, why)
+	setKstatus(st, gen, kCurrent, "", "")
 }
 
 // degradedBy is the problem that keeps the model from getting ready: a pod's, or the
@@ -207,6 +284,8 @@ func waitingReason(r podReport) (reason string, phase inferencev1alpha1.Phase, m
 		return inferencev1alpha1.ReasonLoading, inferencev1alpha1.PhaseLoading, "the server is loading the model"
 	case r.downloading:
 		return inferencev1alpha1.ReasonDownloading, inferencev1alpha1.PhaseDownloading, "downloading model files"
+	case r.mountFailed != "":
+		return inferencev1alpha1.ReasonVolumeMountFailed, inferencev1alpha1.PhasePending, "the kubelet cannot mount a volume yet: " + r.mountFailed
 	case r.old > 0:
 		return inferencev1alpha1.ReasonRollingOut, inferencev1alpha1.PhasePending, "replacing server pods of an older spec"
 	}
@@ -231,23 +310,48 @@ func setModelAvailable(st *inferencev1alpha1.RKLLMModelStatus, gen int64, r podR
 	meta.SetStatusCondition(&st.Conditions, c)
 }
 
-// setKstatus keeps the kstatus conditions: present only while true.
-func setKstatus(st *inferencev1alpha1.RKLLMModelStatus, gen int64, reconciling, stalled bool, reason, msg string) {
+// setKstatus keeps the kstatus conditions: Reconciling or Stalled, present only while
+// true and never both.
+func setKstatus(st *inferencev1alpha1.RKLLMModelStatus, gen int64, state kstate, reason, msg string) {
+	if reason == "" {
+		reason = inferencev1alpha1.ReasonPending
+	}
 	for _, c := range []struct {
 		t  string
 		on bool
-	}{{inferencev1alpha1.ConditionReconciling, reconciling}, {inferencev1alpha1.ConditionStalled, stalled}} {
+	}{{inferencev1alpha1.ConditionReconciling, state == kReconciling}, {inferencev1alpha1.ConditionStalled, state == kStalled}} {
 		if !c.on {
 			meta.RemoveStatusCondition(&st.Conditions, c.t)
 			continue
-		}
-		if reason == "" {
-			reason = inferencev1alpha1.ReasonPending
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 			Type: c.t, Status: metav1.ConditionTrue, Reason: reason, Message: msg, ObservedGeneration: gen,
 		})
 	}
+}
+
+// secretNotFound and secretKeyNotFound match what the kubelet reports for a missing
+// Secret or key: a FailedMount event of a secret or projected volume, or the
+// CreateContainerConfigError of an env or envFrom reference.
+var (
+	secretNotFound    = regexp.MustCompile(`secrets? "([^"]+)" not found`)
+	secretKeyNotFound = regexp.MustCompile(`(?:non-existent secret key: (\S+))|(?:couldn't find key (\S+) in Secret (\S+))`)
+)
+
+// secretProblem recognises a missing Secret or key in a kubelet message; where says what
+// could not start.
+func secretProblem(where, msg string) *problem {
+	switch {
+	case secretKeyNotFound.MatchString(msg):
+		return &problem{inferencev1alpha1.ReasonSecretKeyNotFound, fmt.Sprintf(
+			"%s: a Secret it uses has no such key (%s): add the key, or fix the key name (such as spec.server.apiKeySecretRef.key)",
+			where, truncate(msg))}
+	case secretNotFound.MatchString(msg):
+		return &problem{inferencev1alpha1.ReasonSecretNotFound, fmt.Sprintf(
+			"%s: a Secret it uses does not exist (%s): create it in the model's namespace, or fix the name (such as spec.server.apiKeySecretRef.name)",
+			where, truncate(msg))}
+	}
+	return nil
 }
 
 // rolloutComplete reports whether the Deployment runs desired ready pods of its current
@@ -276,9 +380,10 @@ func deploymentProblem(d *appsv1.Deployment) *problem {
 	return nil
 }
 
-// inspectPods summarises the pods; prev is the failure recorded so far.
-func inspectPods(pods []corev1.Pod, hash string, prev *inferencev1alpha1.Failure, now metav1.Time) podReport {
-	r := podReport{failure: prev}
+// inspectPods summarises the pods; mounts are the kubelet's FailedMount messages by pod
+// name, and prev is the failure recorded so far.
+func inspectPods(pods []corev1.Pod, hash string, mounts map[string]string, prev *inferencev1alpha1.Failure, now metav1.Time) podReport {
+	r := podReport{failure: prev, live: len(pods)}
 	for i := range pods {
 		pod := &pods[i]
 		if pod.DeletionTimestamp != nil {
@@ -294,22 +399,32 @@ func inspectPods(pods []corev1.Pod, hash string, prev *inferencev1alpha1.Failure
 			r.old++
 			continue
 		}
-		inspectCurrentPod(pod, &r)
+		inspectCurrentPod(pod, mounts[pod.Name], &r)
 	}
 	return r
 }
 
-// inspectCurrentPod adds a pod of the current spec to the report.
-func inspectCurrentPod(pod *corev1.Pod, r *podReport) {
+// inspectCurrentPod adds a pod of the current spec to the report; mountFailure is the
+// kubelet's latest FailedMount message for it.
+func inspectCurrentPod(pod *corev1.Pod, mountFailure string, r *podReport) {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
 			r.unschedulable = truncate(c.Message)
 			return
 		}
 	}
+	if mountFailure != "" && !containersStarted(pod) {
+		inspectMountFailure(mountFailure, r)
+		return
+	}
 	if !inspectInitContainers(pod, r) {
 		return
 	}
+	inspectServerContainer(pod, r)
+}
+
+// inspectServerContainer reports the server container of a pod past its downloads.
+func inspectServerContainer(pod *corev1.Pod, r *podReport) {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if cs.Name != serverContainer {
 			continue
@@ -324,6 +439,17 @@ func inspectCurrentPod(pod *corev1.Pod, r *podReport) {
 		} else if cs.State.Running != nil && !cs.Ready {
 			r.loading = true
 		}
+	}
+}
+
+// inspectMountFailure reports a volume the kubelet cannot mount. It mounts volumes
+// before it starts any container, and what it cannot mount shows only in its events: a
+// missing Secret or key needs someone; anything else it may get over.
+func inspectMountFailure(msg string, r *podReport) {
+	if p := secretProblem("the server pod cannot start", msg); p != nil {
+		setProblem(r, p)
+	} else if r.mountFailed == "" {
+		r.mountFailed = truncate(msg)
 	}
 }
 
@@ -347,6 +473,19 @@ func inspectInitContainers(pod *corev1.Pod, r *podReport) bool {
 	return true
 }
 
+// containersStarted reports whether any container of the pod ran, which means its
+// volumes were mounted.
+func containersStarted(pod *corev1.Pod) bool {
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for _, cs := range list {
+			if cs.State.Running != nil || cs.State.Terminated != nil || cs.RestartCount > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func setProblem(r *podReport, p *problem) {
 	if r.problem == nil {
 		r.problem = p
@@ -362,8 +501,11 @@ func containerProblem(cs corev1.ContainerStatus, failReason, doing string) *prob
 			return &problem{inferencev1alpha1.ReasonImagePullFailed,
 				fmt.Sprintf("container %s cannot pull its image: %s", cs.Name, truncate(w.Message))}
 		case "CreateContainerConfigError", "CreateContainerError", "RunContainerError":
-			return &problem{inferencev1alpha1.ReasonContainerConfigError,
-				fmt.Sprintf("container %s cannot start: %s", cs.Name, truncate(w.Message))}
+			where := "container " + cs.Name + " cannot start"
+			if p := secretProblem(where, w.Message); p != nil {
+				return p
+			}
+			return &problem{inferencev1alpha1.ReasonContainerConfigError, fmt.Sprintf("%s: %s", where, truncate(w.Message))}
 		case "CrashLoopBackOff":
 			return &problem{failReason, exitMessage(cs.Name, doing, cs.LastTerminationState.Terminated)}
 		}

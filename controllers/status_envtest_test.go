@@ -28,12 +28,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 )
 
 // envtest runs no controllers: these tests play the Deployment controller, the scheduler
-// and the kubelet by writing Deployment and Pod status, and check what the model says.
+// and the kubelet by writing Deployment and Pod status (and the kubelet's events), and
+// check what the model says, and how kstatus and the shipped Argo CD health check read
+// the model as the API server returns it.
 func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 	needEnv(t)
 	ns := newNamespace(t)
@@ -50,6 +53,12 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 		available   metav1.ConditionStatus
 		degraded    string // reason when Degraded is true
 		failure     *inferencev1alpha1.Failure
+		// deployment changes the Deployment status written; kubeletEvents are FailedMount
+		// messages about the pod (which then runs on a node).
+		deployment    func(*appsv1.DeploymentStatus)
+		kubeletEvents []string
+		kstatus       status.Status
+		argo          string
 	}{
 		{
 			name: "downloading",
@@ -58,6 +67,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 				ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "PodInitializing", "")},
 			},
 			phase: inferencev1alpha1.PhaseDownloading, readyReason: inferencev1alpha1.ReasonDownloading, available: metav1.ConditionFalse,
+			kstatus: inProgress, argo: "Progressing",
 		},
 		{
 			name: "download-failed",
@@ -75,6 +85,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonDownloadFailed, available: metav1.ConditionFalse,
 			degraded: inferencev1alpha1.ReasonDownloadFailed,
 			failure:  &inferencev1alpha1.Failure{Reason: "Error", ExitCode: ptrInt32(1), Container: "fetch-model", Message: "sha256 mismatch", Time: finished},
+			kstatus:  failed, argo: "Degraded",
 		},
 		{
 			name: "loading",
@@ -83,6 +94,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 				ContainerStatuses:     []corev1.ContainerStatus{{Name: "server", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}},
 			},
 			phase: inferencev1alpha1.PhaseLoading, readyReason: inferencev1alpha1.ReasonLoading, available: metav1.ConditionTrue,
+			kstatus: inProgress, argo: "Progressing",
 		},
 		{
 			name:  "ready",
@@ -93,6 +105,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 				ContainerStatuses:     []corev1.ContainerStatus{{Name: "server", Ready: true, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}},
 			},
 			phase: inferencev1alpha1.PhaseReady, readyReason: inferencev1alpha1.ReasonReady, available: metav1.ConditionTrue,
+			kstatus: current, argo: "Healthy",
 		},
 		{
 			name: "server-crashing",
@@ -109,6 +122,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonServerFailed, available: metav1.ConditionTrue,
 			degraded: inferencev1alpha1.ReasonServerFailed,
 			failure:  &inferencev1alpha1.Failure{Reason: "Error", ExitCode: ptrInt32(1), Container: "server", Message: "failed to open rknpu module", Time: finished},
+			kstatus:  failed, argo: "Degraded",
 		},
 		{
 			name: "unschedulable",
@@ -117,6 +131,7 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 				Message: "0/3 nodes are available: 3 Insufficient rockchip.com/npu.",
 			}}},
 			phase: inferencev1alpha1.PhasePending, readyReason: inferencev1alpha1.ReasonUnschedulable, available: metav1.ConditionFalse,
+			kstatus: inProgress, argo: "Progressing",
 		},
 		{
 			name: "image-pull",
@@ -127,6 +142,38 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonImagePullFailed, available: metav1.ConditionFalse,
 			degraded: inferencev1alpha1.ReasonImagePullFailed,
 			failure:  &inferencev1alpha1.Failure{Reason: "ImagePullBackOff", Container: "fetch-model", Message: "Back-off pulling image"},
+			kstatus:  failed, argo: "Degraded",
+		},
+		{
+			name: "api-key-secret-missing",
+			podStatus: corev1.PodStatus{
+				InitContainerStatuses: []corev1.ContainerStatus{waiting("fetch-model", "PodInitializing", "")},
+				ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "PodInitializing", "")},
+			},
+			kubeletEvents: []string{`MountVolume.SetUp failed for volume "config" : secret "api" not found`},
+			phase:         inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonSecretNotFound, available: metav1.ConditionFalse,
+			degraded: inferencev1alpha1.ReasonSecretNotFound, kstatus: failed, argo: "Degraded",
+		},
+		{
+			name: "env-secret-key-missing",
+			podStatus: corev1.PodStatus{
+				InitContainerStatuses: []corev1.ContainerStatus{fetchDone},
+				ContainerStatuses:     []corev1.ContainerStatus{waiting("server", "CreateContainerConfigError", "couldn't find key token in Secret ns/hf")},
+			},
+			// The download finished: the model file is in place, the server cannot start.
+			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonSecretKeyNotFound, available: metav1.ConditionTrue,
+			degraded: inferencev1alpha1.ReasonSecretKeyNotFound, kstatus: failed, argo: "Degraded",
+			failure: &inferencev1alpha1.Failure{Reason: "CreateContainerConfigError", Container: "server", Message: "couldn't find key token"},
+		},
+		{
+			name: "refused-by-admission",
+			deployment: func(s *appsv1.DeploymentStatus) {
+				s.Replicas, s.UpdatedReplicas, s.UnavailableReplicas = 0, 0, 1
+				s.Conditions = []appsv1.DeploymentCondition{{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
+					Message: `pods "x" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes (volume "device-tree")`}}
+			},
+			phase: inferencev1alpha1.PhaseFailed, readyReason: inferencev1alpha1.ReasonReplicaFailure, available: metav1.ConditionFalse,
+			degraded: inferencev1alpha1.ReasonReplicaFailure, kstatus: failed, argo: "Degraded",
 		},
 	}
 	for _, tc := range cases {
@@ -135,8 +182,14 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 			createModel(t, ns, tc.name, nil)
 			d := &appsv1.Deployment{}
 			getChild(t, ns, tc.name, d, "the Deployment", nil)
-			pod := serverPod(t, d, tc.podStatus)
-			writeDeploymentStatus(t, d, tc.ready)
+			var pod *corev1.Pod
+			if tc.deployment == nil {
+				pod = serverPod(t, d, tc.podStatus, len(tc.kubeletEvents) > 0)
+				for _, msg := range tc.kubeletEvents {
+					kubeletEvent(t, pod, eventFailedMount, msg, metav1.Now())
+				}
+			}
+			writeDeploymentStatus(t, d, tc.ready, tc.deployment)
 
 			m := getReconciled(t, ns, tc.name, "phase "+string(tc.phase), func(m *inferencev1alpha1.RKLLMModel) error {
 				if m.Status.Phase != tc.phase {
@@ -162,8 +215,15 @@ func TestStatusRollupFromDeploymentAndPods(t *testing.T) {
 					t.Errorf("replicas %d ready %d", m.Status.Replicas, m.Status.ReadyReplicas)
 				}
 			}
-			if err := failureMatches(m.Status.LastFailure, tc.failure, pod.Name); err != nil {
+			podName := ""
+			if pod != nil {
+				podName = pod.Name
+			}
+			if err := failureMatches(m.Status.LastFailure, tc.failure, podName); err != nil {
 				t.Error(err)
+			}
+			if h := healthOf(t, m); h.kstatus != tc.kstatus || h.argo != tc.argo {
+				t.Errorf("kstatus %s, Argo CD %s (%q); want %s and %s", h.kstatus, h.argo, h.argoMessage, tc.kstatus, tc.argo)
 			}
 			if tc.degraded != "" {
 				waitEvent(t, ns, tc.name, corev1.EventTypeWarning, tc.readyReason, "")
@@ -214,9 +274,9 @@ func failureMatches(got, want *inferencev1alpha1.Failure, pod string) error {
 	return nil
 }
 
-// serverPod creates a pod as the Deployment's ReplicaSet would (its template), then
-// writes the status the kubelet would.
-func serverPod(t *testing.T, d *appsv1.Deployment, status corev1.PodStatus) *corev1.Pod {
+// serverPod creates a pod as the Deployment's ReplicaSet would (its template), placed on
+// a node when scheduled, then writes the status the kubelet would.
+func serverPod(t *testing.T, d *appsv1.Deployment, status corev1.PodStatus, scheduled bool) *corev1.Pod {
 	t.Helper()
 	tmpl := d.Spec.Template
 	pod := &corev1.Pod{
@@ -225,6 +285,9 @@ func serverPod(t *testing.T, d *appsv1.Deployment, status corev1.PodStatus) *cor
 			Labels: tmpl.Labels, Annotations: tmpl.Annotations,
 		},
 		Spec: tmpl.Spec,
+	}
+	if scheduled {
+		pod.Spec.NodeName = "rk3588-1"
 	}
 	ctx := context.Background()
 	if err := k8sClient.Create(ctx, pod); err != nil {
@@ -242,8 +305,8 @@ func serverPod(t *testing.T, d *appsv1.Deployment, status corev1.PodStatus) *cor
 }
 
 // writeDeploymentStatus writes what the Deployment controller would for one pod of the
-// current template, ready or not.
-func writeDeploymentStatus(t *testing.T, d *appsv1.Deployment, ready bool) {
+// current template, ready or not, changed by edit.
+func writeDeploymentStatus(t *testing.T, d *appsv1.Deployment, ready bool, edit func(*appsv1.DeploymentStatus)) {
 	t.Helper()
 	var readyCount int32
 	if ready {
@@ -257,7 +320,28 @@ func writeDeploymentStatus(t *testing.T, d *appsv1.Deployment, ready bool) {
 		AvailableReplicas:   readyCount,
 		UnavailableReplicas: 1 - readyCount,
 	}
+	if edit != nil {
+		edit(&d.Status)
+	}
 	if err := k8sClient.Status().Update(context.Background(), d); err != nil {
 		t.Fatalf("writing deployment status: %v", err)
+	}
+}
+
+// kubeletEvent records an event about a pod as the kubelet does (core/v1, the source
+// naming the kubelet and the node), last seen at.
+func kubeletEvent(t *testing.T, pod *corev1.Pod, reason, msg string, at metav1.Time) {
+	t.Helper()
+	now := at
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, GenerateName: pod.Name + "."},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
+			APIVersion: "v1", ResourceVersion: pod.ResourceVersion},
+		Reason: reason, Message: msg, Type: corev1.EventTypeWarning, Count: 1,
+		FirstTimestamp: now, LastTimestamp: now,
+		Source: corev1.EventSource{Component: "kubelet", Host: pod.Spec.NodeName},
+	}
+	if err := k8sClient.Create(context.Background(), ev); err != nil {
+		t.Fatalf("recording the kubelet's event: %v", err)
 	}
 }

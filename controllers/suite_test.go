@@ -47,12 +47,26 @@ const (
 	reconcileTimeout = 60 * time.Second
 	// pollInterval is how often a wait looks again.
 	pollInterval = 100 * time.Millisecond
+	// checkTimeout bounds one look.
+	checkTimeout = 10 * time.Second
 	// testImage is the manager's --default-server-image in the suite.
 	testImage = "registry.test/rkllm-server:test"
+	// testErrorGracePeriod is how long the suite's controller lets errors go on before
+	// they change Ready; tests move testClock past it.
+	testErrorGracePeriod = time.Hour
 )
 
 // k8sClient talks to the test API server directly (no cache), as a user would.
 var k8sClient client.Client
+
+// The suite's controller runs with these test doubles: faults makes its writes fail on
+// demand, recorder counts every event it emits, and testClock is its clock, which tests
+// move forward.
+var (
+	faults    = &faultInjector{}
+	recorder  *countingRecorder
+	testClock = &offsetClock{}
+)
 
 // TestMain starts kube-apiserver and etcd (built by hack/k8s-binaries.sh, found through
 // KUBEBUILDER_ASSETS), installs the generated CRD and runs the controller in a manager
@@ -112,13 +126,16 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "envtest: manager: %v\n", err)
 		return 1
 	}
+	recorder = &countingRecorder{EventRecorder: mgr.GetEventRecorder("rkllm-operator")}
 	r := &RKLLMModelReconciler{
-		Client:                  mgr.GetClient(),
+		Client:                  faults.wrap(mgr.GetClient()),
 		APIReader:               mgr.GetAPIReader(),
 		Scheme:                  mgr.GetScheme(),
-		Recorder:                mgr.GetEventRecorder("rkllm-operator"),
+		Recorder:                recorder,
 		Options:                 Options{DefaultImage: testImage},
 		RetryInterval:           time.Second,
+		ErrorGracePeriod:        testErrorGracePeriod,
+		Clock:                   testClock,
 		MaxConcurrentReconciles: 4,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
@@ -189,7 +206,11 @@ func newNamespace(t *testing.T) string {
 func eventually(t *testing.T, what string, check func(ctx context.Context) error) {
 	t.Helper()
 	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, reconcileTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, reconcileTimeout, true, func(context.Context) (bool, error) {
+		// Each check has its own deadline, so the last one is not cut short by the
+		// wait's and says what was wrong.
+		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+		defer cancel()
 		last = check(ctx)
 		return last == nil, nil
 	})

@@ -96,8 +96,12 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		{"promptCache with both sources", "", func(s *spec) {
 			s.PromptCache = &inferencev1alpha1.PromptCache{URL: "https://example.org/p.cache", HostPath: "/p.cache"}
 		}, []string{"promptCache needs exactly one source: set url or hostPath"}},
-		{"zero replicas", "", func(s *spec) { s.Replicas = ptr.To[int32](0) },
-			[]string{"replicas must be at least 1; set suspend: true to stop serving"}},
+		{"negative replicas", "", func(s *spec) { s.Replicas = ptr.To[int32](-1) },
+			[]string{"spec.replicas", "greater than or equal to 0"}},
+		{"unknown platform", "", func(s *spec) { s.Model.TargetPlatform = ptr.To[inferencev1alpha1.Platform]("rk3568") },
+			[]string{"spec.model.targetPlatform", `supported values: "rk3588", "rk3576", "rk3562", "rv1126b"`}},
+		{"unknown colocation", "", func(s *spec) { s.NPU = &inferencev1alpha1.NPUSpec{Colocation: "Sometimes"} },
+			[]string{"spec.npu.colocation", `supported values: "Forbidden", "Allowed"`}},
 		{"zero NPU units", "", func(s *spec) { s.NPU = &inferencev1alpha1.NPUSpec{Units: ptr.To[int32](0)} },
 			[]string{"spec.npu.units", "greater than or equal to 1"}},
 		{"NPU in resources", "", func(s *spec) {
@@ -151,7 +155,8 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "everything"},
 		Spec: inferencev1alpha1.RKLLMModelSpec{
 			Model: inferencev1alpha1.ModelSource{URL: sampleURL, SHA256: strings.Repeat("0F", 32),
-				Cache: &inferencev1alpha1.ModelCache{HostPath: &inferencev1alpha1.HostPathCache{}}},
+				Cache:          &inferencev1alpha1.ModelCache{HostPath: &inferencev1alpha1.HostPathCache{}},
+				TargetPlatform: ptr.To(inferencev1alpha1.PlatformRV1126B)},
 			Runtime: &inferencev1alpha1.RuntimeSpec{ABI: "1.2", HostLibraryPath: "/usr/lib/librkllmrt.so"},
 			Parameters: &inferencev1alpha1.Parameters{
 				MaxContextLen: ptr.To[int32](4096), MaxNewTokens: ptr.To[int32](-1), TopK: ptr.To[int32](40), TopP: ptr.To("0.95"),
@@ -167,7 +172,7 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 			},
 			PromptCache: &inferencev1alpha1.PromptCache{HostPath: "/opt/cache/prompt.bin"},
 			Replicas:    ptr.To[int32](2),
-			NPU:         &inferencev1alpha1.NPUSpec{Units: ptr.To[int32](3)},
+			NPU:         &inferencev1alpha1.NPUSpec{Units: ptr.To[int32](3), Colocation: inferencev1alpha1.ColocationAllowed},
 			Server: &inferencev1alpha1.ServerSpec{Port: ptr.To[int32](9000), MaxQueue: ptr.To[int32](8),
 				RequestTimeout: &metav1.Duration{Duration: 5 * time.Minute}, LogFormat: "text",
 				APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "api"}},

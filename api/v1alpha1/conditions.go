@@ -19,9 +19,14 @@ package v1alpha1
 // Condition types of an RKLLMModel. Ready, ModelAvailable, Progressing and Degraded are
 // always present; Reconciling and Stalled (kstatus) only while true, so tools that read
 // kstatus (Flux, kpt, cli-utils) wait for a model the same way as for built-in kinds.
+// The kstatus contract holds on its own, without falling back on Ready: whenever Ready is
+// not True, exactly one of Reconciling (still converging) and Stalled (will not converge
+// without a change) is True.
 const (
-	// ConditionReady is the roll-up: every replica serves the current spec.
-	// `kubectl wait --for=condition=Ready rkm/NAME` waits for it.
+	// ConditionReady is the roll-up: every replica serves the current spec, or the model
+	// is scaled to zero or suspended as asked (reasons ScaledToZero, Suspended).
+	// `kubectl wait --for=condition=Ready rkm/NAME` waits for it. A transient error
+	// talking to the cluster leaves it as it was.
 	ConditionReady = "Ready"
 	// ConditionModelAvailable is true once the model file is in place for a server pod
 	// of the current spec: downloaded, or mounted from the node or a PVC.
@@ -32,11 +37,15 @@ const (
 	// ConditionDegraded is true when something is wrong that will not fix itself:
 	// a failed download, a crashing server, an image that cannot be pulled.
 	ConditionDegraded = "Degraded"
-	// ConditionReconciling (kstatus) is present and true while the operator works towards
-	// the spec.
+	// ConditionReconciling (kstatus) is present and true while the model converges: pods
+	// being created, scheduled, downloading, loading or replaced, or a transient error
+	// being retried.
 	ConditionReconciling = "Reconciling"
-	// ConditionStalled (kstatus) is present and true when the operator cannot make
-	// progress until the spec changes.
+	// ConditionStalled (kstatus) is present and true when the model will not converge
+	// without a change by someone: a crash loop, a failed download, an image that cannot
+	// be pulled, pods the cluster refuses, a missing PVC or Secret, a spec the cluster
+	// refuses, an error that lasted. The operator keeps retrying where a retry can help,
+	// and drops Stalled once the cause is gone.
 	ConditionStalled = "Stalled"
 )
 
@@ -46,6 +55,10 @@ const (
 	ReasonReady = "Ready"
 	// ReasonSuspended: spec.suspend is true.
 	ReasonSuspended = "Suspended"
+	// ReasonScaledToZero: spec.replicas is 0 and no server pod is left.
+	ReasonScaledToZero = "ScaledToZero"
+	// ReasonScalingDown: server pods are stopping after a scale-down.
+	ReasonScalingDown = "ScalingDown"
 	// ReasonPending: server pods are being created, scheduled or started.
 	ReasonPending = "Pending"
 	// ReasonUnschedulable: the scheduler finds no node for a server pod, often because
@@ -77,14 +90,23 @@ const (
 	ReasonReplicaFailure = "ReplicaFailure"
 	// ReasonPVCNotFound: model.pvc.claimName names a PersistentVolumeClaim that does not exist.
 	ReasonPVCNotFound = "PVCNotFound"
-	// ReasonSecretNotFound: server.apiKeySecretRef names a Secret that does not exist.
+	// ReasonSecretNotFound: the kubelet cannot find a Secret the server pod mounts, such
+	// as the one server.apiKeySecretRef names. The operator does not read Secrets: the
+	// kubelet's report (an event or the container's state) says so.
 	ReasonSecretNotFound = "SecretNotFound"
-	// ReasonSecretKeyNotFound: the Secret exists but has no such key.
+	// ReasonSecretKeyNotFound: the Secret exists but has no such key (from the kubelet's
+	// report, as for SecretNotFound).
 	ReasonSecretKeyNotFound = "SecretKeyNotFound"
+	// ReasonVolumeMountFailed: the kubelet cannot mount a volume of the server pod for a
+	// reason other than a missing Secret; it keeps trying.
+	ReasonVolumeMountFailed = "VolumeMountFailed"
 	// ReasonNameConflict: an object the model needs exists and belongs to someone else.
 	ReasonNameConflict = "NameConflict"
 	// ReasonInvalidSpec: the cluster refused an object built from the spec.
 	ReasonInvalidSpec = "InvalidSpec"
-	// ReasonReconcileFailed: the operator hit an error talking to the cluster; it retries.
+	// ReasonReconcileFailed: the operator hit an error talking to the cluster and retries
+	// with backoff. While the error is recent only Reconciling carries it and Ready keeps
+	// what it said; once it lasts past the operator's --error-grace-period, Ready turns
+	// False and Stalled True with this reason.
 	ReasonReconcileFailed = "ReconcileFailed"
 )

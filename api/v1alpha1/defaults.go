@@ -34,6 +34,7 @@ const (
 	DefaultAPIKeySecretKey       = "api-key"
 	DefaultLogFormat             = "json"
 	DefaultDeviceTree            = DeviceTreeHostPath
+	DefaultColocation            = ColocationForbidden
 	// DefaultMemoryRequest and DefaultMemoryLimit apply when spec.resources sets no memory.
 	DefaultMemoryRequest = "2Gi"
 	DefaultMemoryLimit   = "8Gi"
@@ -41,6 +42,10 @@ const (
 
 // NPUResourceName is the extended resource the device plugin advertises.
 const NPUResourceName = "rockchip.com/npu"
+
+// LabelNPUSoC is the node label naming the node's SoC (a Platform value), which the
+// device plugin writes through node-feature-discovery.
+const LabelNPUSoC = "rockchip.com/npu.soc"
 
 // GetReplicas returns spec.replicas or its default.
 func (s *RKLLMModelSpec) GetReplicas() int32 {
@@ -56,6 +61,14 @@ func (s *RKLLMModelSpec) GetNPUUnits() int32 {
 		return DefaultNPUUnits
 	}
 	return *s.NPU.Units
+}
+
+// GetColocation returns spec.npu.colocation or its default.
+func (s *RKLLMModelSpec) GetColocation() Colocation {
+	if s.NPU == nil || s.NPU.Colocation == "" {
+		return DefaultColocation
+	}
+	return s.NPU.Colocation
 }
 
 // GetABI returns spec.runtime.abi or its default.

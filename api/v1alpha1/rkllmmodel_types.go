@@ -59,10 +59,12 @@ type RKLLMModelSpec struct {
 	PromptCache *PromptCache `json:"promptCache,omitempty"`
 
 	// replicas is the number of server pods; each takes npu.units of rockchip.com/npu.
-	// Default 1.
+	// 0 scales the model to zero (status.phase ScaledToZero): the Service, ConfigMap and
+	// status stay, so an autoscaler (HPA, KEDA) or a gateway can scale it up again through
+	// the scale subresource. Default 1.
 	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=64
-	// +kubebuilder:validation:XValidation:rule="self >= 1",message="replicas must be at least 1; set suspend: true to stop serving"
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
@@ -107,8 +109,9 @@ type RKLLMModelSpec struct {
 	// +optional
 	Security *SecuritySpec `json:"security,omitempty"`
 
-	// suspend scales the server to zero pods while true and keeps everything else.
-	// Default false.
+	// suspend scales the server to zero pods while true and keeps everything else,
+	// spec.replicas included (status.phase Suspended). It wins over replicas, so it stops a
+	// model whatever an autoscaler sets. Default false.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 }
@@ -141,6 +144,17 @@ type ModelSource struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F]{64}$')",message="sha256 must be 64 hexadecimal digits"
 	// +optional
 	SHA256 string `json:"sha256,omitempty"`
+
+	// targetPlatform is the SoC the model file was converted for (rkllm-toolkit's
+	// target_platform): rk3588 (also RK3588S), rk3576, rk3562 or rv1126b. The server pods
+	// only go to nodes whose rockchip.com/npu.soc label names this SoC (nodes without the
+	// label, where node-feature-discovery does not run, are not excluded). Unset: read from
+	// the file name (url, hostPath or pvc.path) when it names exactly one of these SoCs, as
+	// in Qwen2.5-1.5B-Instruct_W8A8_RK3588.rkllm; otherwise no SoC is required.
+	// status.targetPlatform shows the platform in use.
+	// +kubebuilder:validation:Enum=rk3588;rk3576;rk3562;rv1126b
+	// +optional
+	TargetPlatform *Platform `json:"targetPlatform,omitempty"`
 
 	// cache is where downloads go: emptyDir (the default: the pod's own scratch space,
 	// downloaded again when the pod is replaced) or hostPath (a folder on the node, so a
@@ -464,6 +478,32 @@ type PromptCache struct {
 	SHA256 string `json:"sha256,omitempty"`
 }
 
+// Platform is a Rockchip SoC an RKLLM model file is converted for, named as the device
+// plugin's rockchip.com/npu.soc node label names it.
+type Platform string
+
+// Platforms the RKLLM runtime serves (Rockchip's list for runtime 1.2 and 1.3).
+const (
+	PlatformRK3588  Platform = "rk3588"
+	PlatformRK3576  Platform = "rk3576"
+	PlatformRK3562  Platform = "rk3562"
+	PlatformRV1126B Platform = "rv1126b"
+)
+
+// Colocation says whether server pods of one model may share a node's NPU.
+// +kubebuilder:validation:Enum=Forbidden;Allowed
+type Colocation string
+
+const (
+	// ColocationForbidden keeps server pods of one model on different nodes (required pod
+	// anti-affinity on kubernetes.io/hostname): in the device plugin's cores mode, two of
+	// them would otherwise share one NPU, and a replica would not add an NPU's throughput.
+	ColocationForbidden Colocation = "Forbidden"
+	// ColocationAllowed lets the scheduler put several server pods of the model on one
+	// node, each on its own share of the NPU (cores mode).
+	ColocationAllowed Colocation = "Allowed"
+)
+
 // NPUSpec is the share of the NPU each server pod requests.
 type NPUSpec struct {
 	// units of rockchip.com/npu each server pod requests (and limits). With the device
@@ -474,6 +514,13 @@ type NPUSpec struct {
 	// +kubebuilder:validation:Maximum=8
 	// +optional
 	Units *int32 `json:"units,omitempty"`
+
+	// colocation says whether two server pods of this model may run on one node, and so
+	// share its NPU: Forbidden (one per node) or Allowed. Default Forbidden. An
+	// affinity.podAntiAffinity of your own is kept either way.
+	// +kubebuilder:default=Forbidden
+	// +optional
+	Colocation Colocation `json:"colocation,omitempty"`
 }
 
 // Resources are the server container's requests and limits other than the NPU.
@@ -502,15 +549,17 @@ type ServerSpec struct {
 	// +optional
 	Port *int32 `json:"port,omitempty"`
 
-	// maxQueue is how many requests may wait for the NPU; more are refused at once.
-	// Default: the server's (16).
+	// maxQueue is a count of requests that may wait for the NPU; more are refused at
+	// once. Default: no count; the server bounds its queue by the memory the requests
+	// hold (its max-inflight-bytes) and by its connections.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
 	// +optional
 	MaxQueue *int32 `json:"maxQueue,omitempty"`
 
 	// requestTimeout caps one request, queueing included, such as "5m". Default: the
-	// server's (10m).
+	// server's (10m), plus parameters.maxContextLen / 10 seconds when that is set (a
+	// full context's prefill at the server's minimum prefill rate).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="requestTimeout must be a duration from 1s to 24h, such as \"5m\""
 	// +optional
@@ -612,7 +661,7 @@ type SecuritySpec struct {
 }
 
 // Phase is a one-word summary of where a model is in its life.
-// +kubebuilder:validation:Enum=Pending;Downloading;Loading;Ready;Failed;Suspended
+// +kubebuilder:validation:Enum=Pending;Downloading;Loading;Ready;Failed;Suspended;ScaledToZero
 type Phase string
 
 // Phases, in the order a healthy model passes through them.
@@ -631,6 +680,9 @@ const (
 	PhaseFailed Phase = "Failed"
 	// PhaseSuspended: spec.suspend is true; no server pods run.
 	PhaseSuspended Phase = "Suspended"
+	// PhaseScaledToZero: spec.replicas is 0 (set by a user, an autoscaler or a gateway
+	// through the scale subresource); no server pods run until it is scaled up.
+	PhaseScaledToZero Phase = "ScaledToZero"
 )
 
 // Failure is the most recent failure of a server pod's container.
@@ -700,6 +752,11 @@ type RKLLMModelStatus struct {
 	// +optional
 	Model string `json:"model,omitempty"`
 
+	// targetPlatform is the SoC the server pods are placed on: spec.model.targetPlatform,
+	// or the one the file name names; empty when neither says.
+	// +optional
+	TargetPlatform Platform `json:"targetPlatform,omitempty"`
+
 	// lastFailure is the most recent failure of a server pod's init container (a download)
 	// or server container, kept after recovery as a record.
 	// +optional
@@ -717,6 +774,7 @@ type RKLLMModelStatus struct {
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.spec.replicas`
 // +kubebuilder:printcolumn:name="Ready Replicas",type=integer,JSONPath=`.status.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.status.model`
+// +kubebuilder:printcolumn:name="Platform",type=string,JSONPath=`.status.targetPlatform`,priority=1
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="an RKLLMModel name must be at most 63 lower-case letters, digits and '-', starting with a letter, because it also names the model's Service"

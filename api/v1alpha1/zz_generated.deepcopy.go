@@ -195,6 +195,11 @@ func (in *ModelSource) DeepCopyInto(out *ModelSource) {
 		*out = new(PVCSource)
 		**out = **in
 	}
+	if in.TargetPlatform != nil {
+		in, out := &in.TargetPlatform, &out.TargetPlatform
+		*out = new(Platform)
+		**out = **in
+	}
 	if in.Cache != nil {
 		in, out := &in.Cache, &out.Cache
 		*out = new(ModelCache)

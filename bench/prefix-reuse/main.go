@@ -94,7 +94,7 @@ var addrLine = regexp.MustCompile(`"msg":"serving HTTP","address":"([^"]+)"`)
 func start(server, sim, model string, reuse bool) (string, func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	args := []string{"serve", "--model", model, "--runtime-lib", sim, "--runtime-abi", "1.3",
-		"--listen", "127.0.0.1:0", "--max-context-len", "4096", fmt.Sprintf("--prefix-reuse=%v", reuse), "--log-format", "json"}
+		"--listen", "127.0.0.1:0", "--probe-listen", "", "--max-context-len", "4096", fmt.Sprintf("--prefix-reuse=%v", reuse), "--log-format", "json"}
 	cmd := exec.CommandContext(ctx, server, args...) //nolint:gosec // the binary to measure, named on the command line
 	out, err := cmd.StderrPipe()
 	if err != nil {

@@ -2,8 +2,10 @@
 // speed (its per-token work is the only thing besides the server): single-stream
 // throughput over the Unix socket and HTTP, the latency each token gains between the
 // runtime's callback and the client, time to first token idle and with 100 clients
-// queued, and memory idle and with 1,000 connections. It prints a Markdown report for
-// docs/benchmarks.md. Run it with `make bench-server`.
+// queued, memory idle and with 1,000 connections; and, with the default flags, bursts
+// of 100 and 1,000 clients, 8 chats of 15 MiB at once, and the probes with every client
+// slot taken. It prints a Markdown report for docs/benchmarks.md. Run it with
+// `make bench-server`; -only runs some of it.
 //
 // The simulator's RKLLM_SIM_CLOCK_TEXT makes each token's text the CLOCK_MONOTONIC time
 // of its callback, so a client on the same machine can tell what the server added.
@@ -35,6 +37,7 @@ type options struct {
 	server, simDir, abi string
 	tokens, runs        int
 	connections         int
+	only                string
 }
 
 func main() {
@@ -45,6 +48,7 @@ func main() {
 	flag.IntVar(&o.tokens, "tokens", 30000, "tokens of each throughput run")
 	flag.IntVar(&o.runs, "runs", 5, "runs of each measurement")
 	flag.IntVar(&o.connections, "connections", 1000, "idle connections for the memory figure")
+	flag.StringVar(&o.only, "only", "", "run only one part: defaults (the bursts, the long chats and the probes, with the default flags)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -78,16 +82,30 @@ func run(o options) error {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
+	began := time.Now()
+	report := &strings.Builder{}
+	serverproc.Machine(report)
+	_, _ = fmt.Fprintf(report, "\n| measurement | result | target |\n|---|---|---|\n")
+	if o.only != "defaults" {
+		if err := tuned(o, dir, report); err != nil {
+			return err
+		}
+	}
+	if err := defaults(o, dir, report); err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(report, "\n(%s in all)\n", time.Since(began).Round(time.Second))
+	fmt.Print(report.String())
+	return nil
+}
+
+// tuned runs the parts measured on servers configured for them.
+func tuned(o options, dir string, report io.Writer) error {
 	b, err := start(o, filepath.Join(dir, "unpaced"), 0)
 	if err != nil {
 		return err
 	}
 	defer b.Stop()
-	began := time.Now()
-	report := &strings.Builder{}
-	serverproc.Machine(report)
-	fmt.Fprintf(report, "\n| measurement | result | target |\n|---|---|---|\n")
-
 	idleSup, idleWorker, err := b.RSS()
 	if err != nil {
 		return err
@@ -104,15 +122,15 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| time to first token, idle (send to first token at the client, 50 runs) | p50 %s, p99 %s | |\n", pct(ttft, 50), pct(ttft, 99))
+	_, _ = fmt.Fprintf(report, "| time to first token, idle (send to first token at the client, 50 runs) | p50 %s, p99 %s | |\n", pct(ttft, 50), pct(ttft, 99))
 	handover, err := b.ttftQueued(100)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| time to first token with 100 clients queued (previous answer at its client to the next run's first token, 100 runs) | p50 %s, p99 %s | |\n", pct(handover, 50), pct(handover, 99))
+	_, _ = fmt.Fprintf(report, "| time to first token with 100 clients queued (previous answer at its client to the next run's first token, 100 runs) | p50 %s, p99 %s | |\n", pct(handover, 50), pct(handover, 99))
 
-	fmt.Fprintf(report, "| RSS idle, supervisor (model loaded) | %.1f MiB | < 30 MiB |\n", serverproc.MiB(idleSup))
-	fmt.Fprintf(report, "| RSS idle, worker (simulator and model loaded) | %.1f MiB | |\n", serverproc.MiB(idleWorker))
+	_, _ = fmt.Fprintf(report, "| RSS idle, supervisor (model loaded) | %.1f MiB | < 30 MiB |\n", serverproc.MiB(idleSup))
+	_, _ = fmt.Fprintf(report, "| RSS idle, worker (simulator and model loaded) | %.1f MiB | |\n", serverproc.MiB(idleWorker))
 	held, failed, err := b.holdConnections(o.connections)
 	if err != nil {
 		return err
@@ -121,10 +139,24 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(report, "| %d connections held, each answered once | %d held, %d failed; supervisor RSS %.1f MiB | all held without error |\n",
+	_, _ = fmt.Fprintf(report, "| %d connections held, each answered once | %d held, %d failed; supervisor RSS %.1f MiB | all held without error |\n",
 		o.connections, held, failed, serverproc.MiB(sup))
-	fmt.Fprintf(report, "\n(%s in all)\n", time.Since(began).Round(time.Second))
-	fmt.Print(report.String())
+	return nil
+}
+
+// defaults runs the parts measured with the default flags.
+func defaults(o options, dir string, report io.Writer) error {
+	for _, n := range []int{100, 1000} {
+		if err := burst(o, defaultsDir(dir, fmt.Sprintf("burst-%d", n)), n, report); err != nil {
+			return fmt.Errorf("burst of %d: %w", n, err)
+		}
+	}
+	if err := longChats(o, defaultsDir(dir, "long-chats"), report); err != nil {
+		return fmt.Errorf("long chats: %w", err)
+	}
+	if err := probesWithSlotsTaken(o, defaultsDir(dir, "probes"), report); err != nil {
+		return fmt.Errorf("probes: %w", err)
+	}
 	return nil
 }
 

@@ -42,8 +42,9 @@ type Options struct {
 
 // Server is a running rkllm-server.
 type Server struct {
-	// Base is the HTTP address (http://host:port), Socket the Unix socket's path.
-	Base, Socket string
+	// Base is the HTTP address (http://host:port), Probes the probe listener's (health
+	// and metrics), Socket the Unix socket's path.
+	Base, Probes, Socket string
 
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when the process has exited, with exitErr set
@@ -67,16 +68,13 @@ func Start(o Options) (*Server, error) {
 	if err := simulator.WriteModel(model, o.Model); err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	addr, probeAddr, err := freeAddrs()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	s := &Server{Base: "http://" + addr, Socket: filepath.Join(o.Dir, "s.sock"), exited: make(chan struct{}), stderr: &bytes.Buffer{},
+	s := &Server{Base: "http://" + addr, Probes: "http://" + probeAddr, Socket: filepath.Join(o.Dir, "s.sock"), exited: make(chan struct{}), stderr: &bytes.Buffer{},
 		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
-	cfg := map[string]any{"model": model, "model-dir": o.Dir, "runtime-lib": lib, "runtime-abi": o.ABI, "listen": addr, "socket": s.Socket, "log-level": "error"}
+	cfg := map[string]any{"model": model, "model-dir": o.Dir, "runtime-lib": lib, "runtime-abi": o.ABI, "listen": addr, "probe-listen": probeAddr, "socket": s.Socket, "log-level": "error"}
 	for k, v := range o.Config {
 		if v == nil {
 			delete(cfg, k)
@@ -147,7 +145,7 @@ func (s *Server) Status() (Status, error) {
 	var st Status
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Base+"/readyz", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Probes+"/readyz", nil)
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return st, err
@@ -186,7 +184,7 @@ func (s *Server) FDs() (int, error) {
 func (s *Server) Metric(name string) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Base+"/metrics", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Probes+"/metrics", nil)
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return 0, err
@@ -203,18 +201,24 @@ func (s *Server) Metric(name string) (float64, error) {
 }
 
 // VMRSS is a process's resident memory in bytes.
-func VMRSS(pid int) (int64, error) {
+func VMRSS(pid int) (int64, error) { return procStatus(pid, "VmRSS") }
+
+// PeakRSS is the supervisor's highest resident memory so far (VmHWM), in bytes.
+func (s *Server) PeakRSS() (int64, error) { return procStatus(s.PID(), "VmHWM") }
+
+// procStatus reads a memory figure (in kB) of /proc/PID/status, in bytes.
+func procStatus(pid int, field string) (int64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, errors.New("no " + field)
 }
 
 // Machine writes what the numbers were measured on.
@@ -243,4 +247,25 @@ func MiB(b int64) float64 { return float64(b) / (1 << 20) }
 func Dial(network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(context.Background(), network, addr)
+}
+
+// freeAddrs are two loopback addresses with ports free now.
+func freeAddrs() (string, string, error) {
+	a, err := freeAddr()
+	if err != nil {
+		return "", "", err
+	}
+	b, err := freeAddr()
+	return a, b, err
+}
+
+// freeAddr is a loopback address with a port free now.
+func freeAddr() (string, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().String(), nil
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -47,6 +48,7 @@ func main() {
 		secureMetrics, enableHTTP2, leaderElect bool
 		defaultImage, watchNamespaces           string
 		concurrency                             int
+		errorGrace                              time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
 		"Address the metrics endpoint binds to (:8443 for HTTPS, :8080 for HTTP), or 0 to disable it.")
@@ -64,6 +66,8 @@ func main() {
 	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces whose RKLLMModels are reconciled; all namespaces when empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many models are reconciled at once.")
+	flag.DurationVar(&errorGrace, "error-grace-period", controllers.DefaultErrorGracePeriod,
+		"How long errors talking to the cluster may go on before a model's Ready turns False (and it stalls); shorter ones only set Reconciling.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -74,6 +78,7 @@ func main() {
 		metricsAddr: metricsAddr, probeAddr: probeAddr, metricsCertPath: metricsCertPath,
 		secureMetrics: secureMetrics, enableHTTP2: enableHTTP2, leaderElect: leaderElect,
 		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency,
+		errorGrace: errorGrace,
 	}); err != nil {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
@@ -86,6 +91,7 @@ type runOptions struct {
 	defaultImage                            string
 	namespaces                              []string
 	concurrency                             int
+	errorGrace                              time.Duration
 }
 
 func run(o runOptions) error {
@@ -131,6 +137,7 @@ func run(o runOptions) error {
 		Recorder:                mgr.GetEventRecorder("rkllm-operator"),
 		Options:                 controllers.Options{DefaultImage: o.defaultImage},
 		MaxConcurrentReconciles: o.concurrency,
+		ErrorGracePeriod:        o.errorGrace,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the RKLLMModel controller: %w", err)

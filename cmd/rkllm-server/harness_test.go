@@ -121,6 +121,7 @@ type server struct {
 	dir    string // the model dir, with model.rkllm, chat.lora, code.lora
 	model  simulator.Model
 	base   string // http://host:port
+	probes string // the probe listener's http://host:port
 	socket string
 	stats  string // the simulator's stats file
 	logs   *logBuffer
@@ -162,7 +163,10 @@ type serverOpts struct {
 	wrap []string
 }
 
-var addrLine = regexp.MustCompile(`"msg":"serving HTTP","address":"([^"]+)"`)
+var (
+	addrLine  = regexp.MustCompile(`"msg":"serving HTTP","address":"([^"]+)"`)
+	probeLine = regexp.MustCompile(`"msg":"serving the probes","address":"([^"]+)"`)
+)
 
 // startServer starts rkllm-server for abi with a config file (as the operator writes
 // it) and waits until /readyz says ready.
@@ -195,6 +199,7 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 		"runtime-lib":         lib,
 		"runtime-abi":         abi,
 		"listen":              "127.0.0.1:0",
+		"probe-listen":        "127.0.0.1:0",
 		"socket":              s.socket,
 		"max-queue":           8,
 		"request-timeout":     "2m",
@@ -207,6 +212,11 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if !o.noModel {
 		cfg["model"] = filepath.Join(dir, "model.rkllm")
 	}
+	// The embedding width is given, so the simulator's run numbers (RKLLM_SIM_FAULT_RUN,
+	// run=N in its stats) count only the tests' own runs; without it the server learns
+	// the width with a run at load, which the embedding tests (input_test.go) cover by
+	// deleting this key.
+	cfg["embedding-width"] = m.HiddenSize
 	for k, v := range o.config {
 		if v == nil {
 			delete(cfg, k)
@@ -240,12 +250,17 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 			t.Logf("server log:\n%s", s.logs.String())
 		}
 	})
-	s.eventually("the HTTP address in the log", startTimeout, func() bool {
-		if m := addrLine.FindStringSubmatch(s.logs.String()); m != nil {
-			s.base = "http://" + m[1]
-			return true
+	s.eventually("the HTTP addresses in the log", startTimeout, func() bool {
+		logs := s.logs.String()
+		m, p := addrLine.FindStringSubmatch(logs), probeLine.FindStringSubmatch(logs)
+		if m == nil || (p == nil && cfg["probe-listen"] != "") {
+			return false
 		}
-		return false
+		s.base, s.probes = "http://"+m[1], "http://"+m[1]
+		if p != nil {
+			s.probes = "http://" + p[1]
+		}
+		return true
 	})
 	if !o.noWait {
 		s.waitReady()
@@ -274,7 +289,7 @@ func (s *server) eventually(what string, timeout time.Duration, cond func() bool
 	}
 }
 
-// status reads /readyz.
+// status reads /readyz (on the probe listener).
 func (s *server) status() (int, map[string]any) {
 	s.t.Helper()
 	resp, body := s.get("/readyz")
@@ -297,7 +312,7 @@ func (s *server) get(path string) (*http.Response, string) {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.probes+path, nil)
 	resp, err := metricsClient.Do(req) // no keep-alive: connections counted by the tests are the clients' own
 	if err != nil {
 		s.t.Fatalf("GET %s: %v", path, err)

@@ -171,6 +171,11 @@ func TestAPIKeyAndMetrics(t *testing.T) {
 		break
 	}
 
+	// The last line is counted once its write has returned, which may be after the
+	// client has read it.
+	s.eventually("the socket's bytes counted", waitTimeout, func() bool {
+		return s.metric(`rkllm_sent_bytes_total{transport="unix"}`) == float64(unixOut)
+	})
 	_, metrics := s.get("/metrics")
 	sample := func(name string) float64 {
 		for _, l := range strings.Split(metrics, "\n") {
@@ -260,8 +265,9 @@ func TestFetchCommand(t *testing.T) {
 		t.Error("fetched file differs")
 	}
 	for name, args := range map[string][]string{
-		"404":          {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
-		"bad checksum": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
+		"404":             {"--url", ts.URL + "/missing.rkllm", "--dest", dest + "2"},
+		"bad checksum":    {"--url", ts.URL + "/model.rkllm", "--dest", dest + "3", "--sha256", strings.Repeat("0", 64)},
+		"over --max-size": {"--url", ts.URL + "/model.rkllm", "--dest", dest + "4", "--max-size", "1000"},
 	} {
 		cmd := exec.CommandContext(context.Background(), serverBin, append([]string{"fetch", "--attempts", "1"}, args...)...)
 		var stderr bytes.Buffer

@@ -131,7 +131,7 @@ func TestLimitFlags(t *testing.T) {
 	})
 	t.Run("in flight", func(t *testing.T) {
 		t.Parallel()
-		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-per-connection": 2, "max-inflight-bytes": 400}, env: hangFirstRun})
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-per-connection": 2, "max-inflight-bytes": 4000}, env: hangFirstRun})
 		c := s.dial()
 		held := prompt("hold")
 		held["stream"] = true
@@ -147,8 +147,9 @@ func TestLimitFlags(t *testing.T) {
 		if n := ok[int](t, c.call("rkllm.is_running", nil)); n != 1 {
 			t.Errorf("is_running at the cap: %d", n)
 		}
-		// Another connection: the two held messages and this one exceed 400 bytes.
-		e = fails(t, s.dial().call("rkllm.run", prompt(strings.Repeat("y", 150))), -32002)
+		// Another connection: the two held messages and this one (its 2 kB and what
+		// decoding it costs) exceed 4000 bytes.
+		e = fails(t, s.dial().call("rkllm.run", prompt(strings.Repeat("y", 2000))), -32002)
 		if e.Data["limit"] != "max-inflight-bytes" {
 			t.Errorf("message over the bytes in flight: %+v", e)
 		}

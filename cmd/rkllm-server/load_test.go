@@ -291,7 +291,7 @@ func (s *server) metric(name string) float64 {
 func (s *server) tryMetric(name string) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/metrics", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.probes+"/metrics", nil)
 	resp, err := metricsClient.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("metrics: %w", err)

@@ -1,6 +1,6 @@
 // Command rkllm-server serves one RKLLM model on one NPU to many clients over JSON-RPC
-// 2.0 (HTTP and a Unix socket). Subcommands: serve, fetch, version (and worker, which
-// serve starts itself). See docs/server.md.
+// 2.0 (HTTP and a Unix socket). Subcommands: serve, fetch, version (and worker and
+// render-chat-template, which serve starts itself). See docs/server.md.
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/fetch"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/worker"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -31,7 +32,7 @@ const usage = `rkllm-server serves an RKLLM model over JSON-RPC 2.0.
 
 Usage:
   rkllm-server serve [flags]     serve (see rkllm-server serve --help)
-  rkllm-server fetch --url URL --dest PATH [--sha256 HEX]
+  rkllm-server fetch --url URL --dest PATH [--sha256 HEX] [--max-size BYTES]
                                  download a model file (resumable, verified)
   rkllm-server version           print the version
 `
@@ -47,6 +48,8 @@ func main() {
 		os.Exit(runServe(args))
 	case "worker":
 		os.Exit(runWorker(args))
+	case serve.RendererArgs[0]:
+		os.Exit(runRenderer())
 	case "fetch":
 		os.Exit(runFetch(args))
 	case "version", "--version":
@@ -155,6 +158,19 @@ func runWorker(args []string) int {
 	return 0
 }
 
+// runRenderer is a chat template renderer process; serve starts it with
+// --chat-template-file and talks to it over stdin and stdout (server/templatehost).
+func runRenderer() int {
+	// Signals go to the server, which kills its renderers (and the kernel does if the
+	// server dies first).
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+	if err := templatehost.Serve(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "E chat template renderer:", err)
+		return 1
+	}
+	return 0
+}
+
 func runFetch(args []string) int {
 	var o fetch.Options
 	fs := pflag.NewFlagSet("fetch", pflag.ContinueOnError)
@@ -163,6 +179,8 @@ func runFetch(args []string) int {
 	fs.StringVar(&o.SHA256, "sha256", "", "Expected SHA-256 (hex); the download fails when it differs.")
 	fs.IntVar(&o.Attempts, "attempts", 5, "Attempts for transient failures.")
 	fs.DurationVar(&o.ProgressEvery, "progress-interval", 0, "Interval of progress log lines (default 5s).")
+	fs.Int64Var(&o.MaxSize, "max-size", fetch.DefaultMaxSize, "Largest file accepted, in bytes; a server that announces or sends more is refused.")
+	fs.BoolVar(&o.AllowInsecureRedirect, "allow-insecure-redirect", false, "Follow redirects from https to plain http (refused by default: anyone on the way could change the file).")
 	logFormat := fs.String("log-format", config.LogJSON, "Log format: json or text.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {

@@ -90,7 +90,9 @@ func TestEveryMethod(t *testing.T) {
 		}
 		bad := prompt("Hello")
 		bad["infer_params"] = map[string]any{"lora_params": map[string]any{"lora_adapter_name": "nope"}}
-		if e := fails(t, c.call("rkllm.run", bad), -32003); e.Data["rkllm_code"] != -1.0 {
+		// The server knows the adapters loaded: an unknown name is refused before it
+		// reaches the runtime, naming the member and the names it knows.
+		if e := fails(t, c.call("rkllm.run", bad), -32602); e.Data["field"] != "infer_params.lora_params.lora_adapter_name" || !strings.Contains(e.Message, "loaded: chat") {
 			t.Errorf("unknown adapter: %+v", e)
 		}
 		tool := ok[runResult](t, c.call("rkllm.run", prompt("What is get_weather in Paris?")))

@@ -166,7 +166,7 @@ func deref(s *string) string {
 func chatML(t *testing.T, msgs []chattemplate.Message) string {
 	t.Helper()
 	p, _ := chattemplate.Preset(chattemplate.Default)
-	out, err := p.Render(&chattemplate.Conversation{Messages: msgs})
+	out, err := p.Render(context.Background(), &chattemplate.Conversation{Messages: msgs})
 	if err != nil {
 		t.Fatal(err)
 	}

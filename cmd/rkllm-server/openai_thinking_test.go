@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"regexp"
 	"strings"
 	"testing"
@@ -53,7 +54,7 @@ func TestOpenAIPrefixReuseThinkingTemplates(t *testing.T) {
 			if got.content() != want.content() || got.Usage.PromptTokens != want.Usage.PromptTokens {
 				t.Errorf("turn 2: reply %q (%d prompt tokens) with reuse, %q (%d) without", got.content(), got.Usage.PromptTokens, want.content(), want.Usage.PromptTokens)
 			}
-			prompt, err := tmpl.Render(&chattemplate.Conversation{Messages: []chattemplate.Message{
+			prompt, err := tmpl.Render(context.Background(), &chattemplate.Conversation{Messages: []chattemplate.Message{
 				{Role: "user", Content: "Why is the sky blue?"}, {Role: "assistant", Content: first.content()}, {Role: "user", Content: "And at sunset?"}}})
 			if err != nil {
 				t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -187,11 +188,22 @@ func TestSeveralInFlightOnOneConnection(t *testing.T) {
 	for _, ch := range chans {
 		results = append(results, ok[runResult](t, wait(t, ch)))
 	}
-	// Runs started in the order sent: request ids are assigned in that order.
-	for i := 1; i < len(results); i++ {
-		if seq(t, results[i].RequestID) <= seq(t, results[i-1].RequestID) {
-			t.Errorf("request ids %s then %s", results[i-1].RequestID, results[i].RequestID)
+	// Runs ran in the order sent: the simulator's stats list them in the order it ran
+	// them, told apart by their prefill (the prompts' lengths differ).
+	index := map[string]int{}
+	for i, r := range results {
+		index["prefill="+strconv.Itoa(r.Perf.PrefillTokens)] = i
+	}
+	var ran []int
+	for _, line := range s.statsEvents("event=run") {
+		for _, f := range strings.Fields(line) {
+			if i, found := index[f]; found {
+				ran = append(ran, i)
+			}
 		}
+	}
+	if len(ran) != len(results) || !sort.IntsAreSorted(ran) {
+		t.Errorf("runs ran in the order %v, want the order sent", ran)
 	}
 	byID := map[string]*streamed{}
 	for range len(c.notes) {
@@ -221,14 +233,4 @@ func TestSeveralInFlightOnOneConnection(t *testing.T) {
 			t.Errorf("prompt %d: %q then %q", i, results[i].Text, again.Text)
 		}
 	}
-}
-
-// seq is the number of a request id ("r-12" -> 12).
-func seq(t *testing.T, id string) int {
-	t.Helper()
-	n, err := strconv.Atoi(strings.TrimPrefix(id, "r-"))
-	if err != nil {
-		t.Fatalf("request id %q", id)
-	}
-	return n
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -41,6 +42,7 @@ type Options struct {
 	KubeletDir       string
 	Mode             string
 	MinDriverVersion string
+	SoCs             string
 	HealthInterval   time.Duration
 	RuntimeLibMount  string
 	DeviceTreeMount  string
@@ -57,6 +59,7 @@ func DefaultOptions() Options {
 		KubeletDir:       filepath.Clean(pluginapi.DevicePluginPath),
 		Mode:             string(npu.ModeExclusive),
 		MinDriverVersion: "0.9.7",
+		SoCs:             strings.Join(npu.DefaultServedSoCs, ","),
 		HealthInterval:   health.DefaultInterval,
 		CDISpecDir:       cdi.DefaultSpecDir,
 		MetricsAddr:      ":9464",
@@ -69,6 +72,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", o.KubeletDir, "The kubelet's device-plugin folder, holding kubelet.sock; the plugin's socket "+SocketName+" is created there.")
 	fs.StringVar(&o.Mode, "mode", o.Mode, "How the NPU is offered: exclusive (one rockchip.com/npu unit per SoC) or cores (one unit per NPU core: a concurrency cap, not isolation).")
 	fs.StringVar(&o.MinDriverVersion, "min-driver-version", o.MinDriverVersion, "Oldest rknpu driver version whose NPU is offered; older drivers make the units Unhealthy.")
+	fs.StringVar(&o.SoCs, "socs", o.SoCs, "Comma-separated SoCs whose NPU is advertised: those the RKLLM runtime serves. Other recognised chips ("+discovery.RecognisedSoCs+") are labelled but not advertised.")
 	fs.DurationVar(&o.HealthInterval, "health-interval", o.HealthInterval, "Period of the full NPU rescan; device-node removal is seen at once through file events.")
 	fs.StringVar(&o.RuntimeLibMount, "runtime-lib-mount", o.RuntimeLibMount, "HOST_PATH[:CONTAINER_PATH] of the runtime library (librkllmrt.so) to mount read-only into every NPU container; empty for none.")
 	fs.StringVar(&o.DeviceTreeMount, "device-tree-mount", o.DeviceTreeMount, "Container path at which to mount the host's "+DeviceTreeSource+" read-only, for unprivileged pods; empty for none.")
@@ -110,6 +114,9 @@ func (o Options) check() (config, error) {
 	c.npu.Mode = mode
 	if c.npu.MinDriverVersion, err = discovery.ParseVersion(o.MinDriverVersion); err != nil {
 		errs = append(errs, fmt.Errorf("--min-driver-version: %w", err))
+	}
+	if c.npu.ServedSoCs, err = npu.ParseSoCs(o.SoCs); err != nil {
+		errs = append(errs, fmt.Errorf("--socs: %w", err))
 	}
 	if o.HealthInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--health-interval %v must be positive", o.HealthInterval))
@@ -185,7 +192,7 @@ func Run(ctx context.Context, o Options, log logr.Logger) error {
 	}
 
 	log.Info("starting", "root", cfg.npu.Root, "kubeletDir", cfg.kubeletDir, "mode", cfg.npu.Mode,
-		"minDriverVersion", cfg.npu.MinDriverVersion.String(), "cdi", cfg.npu.CDI, "nodeLabels", cfg.labelsPath, "metricsAddr", cfg.metricsAddr)
+		"minDriverVersion", cfg.npu.MinDriverVersion.String(), "socs", cfg.npu.ServedSoCs, "cdi", cfg.npu.CDI, "nodeLabels", cfg.labelsPath, "metricsAddr", cfg.metricsAddr)
 	// The first inventory is applied before serving, so the kubelet's first ListAndWatch
 	// already has the units.
 	inventories := make(chan discovery.Inventory)

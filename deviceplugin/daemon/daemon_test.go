@@ -289,3 +289,51 @@ func get(t *testing.T, url string) string {
 	}
 	return string(body)
 }
+
+// The plugin advertises rockchip.com/npu only on the SoCs the RKLLM runtime serves, and
+// labels every recognised SoC; --socs overrides the list.
+func TestOnlySoCsTheRuntimeServesAreAdvertised(t *testing.T) {
+	cases := []struct {
+		name, compatible, socs, soc string
+		advertised                  bool
+	}{
+		{name: "rk3588", compatible: discoverytest.OrangePi5, soc: "rk3588", advertised: true},
+		{name: "rk3576", compatible: discoverytest.RK3576EVB, soc: "rk3576", advertised: true},
+		{name: "rv1126b", compatible: discoverytest.RV1126BEVB, soc: "rv1126b", advertised: true},
+		{name: "rk3568", compatible: discoverytest.Rock3A, soc: "rk3568"},
+		{name: "rk3566", compatible: discoverytest.RadxaZero3, soc: "rk3566"},
+		{name: "rk3568 by --socs", compatible: discoverytest.Rock3A, socs: "rk3588,rk3568", soc: "rk3568", advertised: true},
+		{name: "rk3588 left out by --socs", compatible: discoverytest.Rock5B, socs: "rk3576", soc: "rk3588"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, discoverytest.Board(tc.compatible), func(o *daemon.Options) {
+				if tc.socs != "" {
+					o.SoCs = tc.socs
+				}
+			})
+			reg := h.kubelet.WaitRegistration(t, registerTimeout)
+			// The first list is the inventory the plugin found before serving.
+			devs := kubelettest.WaitDevices(t, kubelettest.Watch(t, h.kubelet.Dial(t, reg.Endpoint)), healthTimeout, "the first device list",
+				func([]*pluginapi.Device) bool { return true })
+			if got := kubelettest.Describe(devs); tc.advertised != (got == "[npu0=Healthy]") || (!tc.advertised && len(devs) != 0) {
+				t.Errorf("%s: devices %s, advertised should be %v", tc.soc, got, tc.advertised)
+			}
+			labels, err := os.ReadFile(h.labels)
+			if err != nil || !strings.Contains(string(labels), "rockchip.com/npu.soc="+tc.soc+"\n") {
+				t.Errorf("node labels = %q, %v; want the SoC %s labelled", labels, err, tc.soc)
+			}
+		})
+	}
+}
+
+func TestSoCsFlagIsChecked(t *testing.T) {
+	opts := daemon.DefaultOptions()
+	opts.Root = t.TempDir()
+	opts.SoCs = "rk3588,rk9999"
+	err := daemon.Run(context.Background(), opts, testr.New(t))
+	if err == nil || !strings.Contains(err.Error(), `--socs: "rk9999" is not a SoC the plugin recognises`) {
+		t.Errorf("Run with --socs rk9999: %v", err)
+	}
+}

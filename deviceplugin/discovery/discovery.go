@@ -38,7 +38,7 @@ func (s Stack) Usable() bool { return s == StackDRM || s == StackDMAHeap }
 // SoC is a recognised Rockchip chip.
 type SoC struct {
 	// Name is the NPU family given to pods and node labels: rk3588 (also for RK3588S,
-	// whose NPU is the same), rk3576, rk3568, rk3566 or rk3562.
+	// whose NPU is the same), rk3576, rk3568, rk3566, rk3562 or rv1126b.
 	Name string
 	// Compatible is the device-tree entry that matched, e.g. "rockchip,rk3588s".
 	Compatible string
@@ -55,10 +55,25 @@ var knownSoCs = map[string]SoC{
 	"rockchip,rk3568":  {Name: "rk3568", Cores: 1},
 	"rockchip,rk3566":  {Name: "rk3566", Cores: 1},
 	"rockchip,rk3562":  {Name: "rk3562", Cores: 1},
+	"rockchip,rv1126b": {Name: "rv1126b", Cores: 1},
 }
 
 // RecognisedSoCs lists the chips the plugin knows, for messages and docs.
-const RecognisedSoCs = "rk3588, rk3588s, rk3576, rk3568, rk3566, rk3562"
+const RecognisedSoCs = "rk3588, rk3588s, rk3576, rk3568, rk3566, rk3562, rv1126b"
+
+// SoCNames lists the Name of every recognised chip, sorted.
+func SoCNames() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, soc := range knownSoCs {
+		if !seen[soc.Name] {
+			seen[soc.Name] = true
+			out = append(out, soc.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // DeviceNode is a device file the container needs.
 type DeviceNode struct {

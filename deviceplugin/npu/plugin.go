@@ -26,6 +26,15 @@ type Config struct {
 	Root string
 	// MinDriverVersion is the oldest rknpu driver whose units are healthy.
 	MinDriverVersion discovery.Version
+	// ServedSoCs are the chips whose NPU is advertised; nil means DefaultServedSoCs.
+	ServedSoCs []string
+}
+
+func (c Config) servedSoCs() []string {
+	if c.ServedSoCs == nil {
+		return DefaultServedSoCs
+	}
+	return c.ServedSoCs
 }
 
 // Plugin keeps the current inventory and answers the kubelet's Allocate and
@@ -55,15 +64,20 @@ func NewPlugin(cfg Config, publish func([]*pluginapi.Device), obs Observer, log 
 
 // Update applies a new inventory: it works out the units and their health, logs what
 // changed, and publishes the device list when it changed. Units are advertised once the
-// vendor driver is found on a recognised SoC; once seen, they stay
+// vendor driver is found on a recognised SoC the runtime serves (ServedSoCs: an RK3568's
+// NPU is never advertised, since no RKLLM server could use it); once seen, they stay
 // advertised (as Unhealthy) if the NPU disappears, so the kubelet drops them from
 // allocatable instead of forgetting them, and they come back Healthy with the NPU.
 func (p *Plugin) Update(inv discovery.Inventory) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	healthy, reason := Health(inv, p.cfg.MinDriverVersion)
+	served, why := Served(inv.SoC, p.cfg.servedSoCs())
 	var units []Unit
-	if inv.Stack.Usable() {
+	switch {
+	case !served:
+		healthy, reason = false, why
+	case inv.Stack.Usable():
 		// A rocket-driven or driverless NPU is never advertised: no pod could use it.
 		units = Units(inv.SoC, p.cfg.Mode)
 	}

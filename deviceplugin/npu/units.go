@@ -7,6 +7,7 @@ package npu
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,6 +68,40 @@ func (u Unit) Core() int {
 		}
 	}
 	return -1
+}
+
+// DefaultServedSoCs are the chips the RKLLM runtime runs on (Rockchip's list for runtime
+// 1.2 and 1.3). RK3566 and RK3568 have an NPU, but not one librkllmrt serves.
+var DefaultServedSoCs = []string{"rk3588", "rk3576", "rk3562", "rv1126b"}
+
+// ParseSoCs checks a comma-separated --socs value against the chips discovery knows.
+func ParseSoCs(s string) ([]string, error) {
+	known := discovery.SoCNames()
+	var out []string
+	for _, name := range strings.Split(s, ",") {
+		name = strings.ToLower(strings.TrimSpace(name))
+		if name == "" {
+			continue
+		}
+		if !slices.Contains(known, name) {
+			return nil, fmt.Errorf("%q is not a SoC the plugin recognises (%s)", name, strings.Join(known, ", "))
+		}
+		out = append(out, name)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no SoC given; the RKLLM runtime serves %s", strings.Join(DefaultServedSoCs, ","))
+	}
+	return out, nil
+}
+
+// Served reports whether units of soc are advertised with the served list; reason says
+// why not.
+func Served(soc discovery.SoC, served []string) (ok bool, reason string) {
+	if soc.Name == "" || slices.Contains(served, soc.Name) {
+		return true, ""
+	}
+	return false, fmt.Sprintf("the NPU of this %s is not advertised: the RKLLM runtime does not serve it "+
+		"(served: %s; --socs overrides the list)", soc.Name, strings.Join(served, ", "))
 }
 
 // Units lists the units of a SoC in a mode; none when the SoC is not recognised.

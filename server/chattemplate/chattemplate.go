@@ -9,6 +9,7 @@
 package chattemplate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,8 +65,10 @@ type Conversation struct {
 type Template interface {
 	// Name is the preset's name, "custom", or "jinja:FILE".
 	Name() string
-	// Render returns the prompt for c.
-	Render(c *Conversation) (string, error)
+	// Render returns the prompt for c. A render that fails because of the conversation
+	// or the template (an error the template raised, a bound it broke) wraps ErrInvalid;
+	// one stopped because ctx ended returns ctx's error.
+	Render(ctx context.Context, c *Conversation) (string, error)
 	// EndOfReply is the text of the token that ends the model's reply (its
 	// end-of-sequence or end-of-turn token). The runtime keeps it in the KV cache after
 	// a reply that ended by itself.

@@ -1,6 +1,7 @@
 package chattemplate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -90,7 +91,7 @@ func TestJinjaMatchesTransformers(t *testing.T) {
 			cn := strings.TrimSuffix(filepath.Base(cp), ".json")
 			t.Run(tn+"/"+cn, func(t *testing.T) {
 				want := golden(t, tn+"__"+cn)
-				got, err := j.Render(testConversation(t, cn))
+				got, err := j.Render(context.Background(), testConversation(t, cn))
 				if msg, ok := strings.CutPrefix(want, "RENDER ERROR: "); ok {
 					if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), msg) {
 						t.Fatalf("want the template's error %q, got %v (output %q)", msg, err, got)
@@ -123,7 +124,7 @@ func TestPresetsMatchHuggingFace(t *testing.T) {
 			}
 			t.Run(preset+"/"+conv, func(t *testing.T) {
 				want := golden(t, tmpl+"__"+conv)
-				got, err := p.Render(testConversation(t, conv))
+				got, err := p.Render(context.Background(), testConversation(t, conv))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -149,7 +150,7 @@ func TestLoadJinja(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := j.Render(&Conversation{Messages: []Message{{Role: "user", Content: "hi"}}})
+	got, err := j.Render(context.Background(), &Conversation{Messages: []Message{{Role: "user", Content: "hi"}}})
 	if err != nil || got != "hi|<|im_end|>" || j.EndOfReply() != "<|im_end|>" || j.Name() != "jinja:tokenizer_config.json" || !j.ToolsInPrompt() {
 		t.Errorf("tokenizer_config.json: %q, %v", got, err)
 	}
@@ -180,7 +181,7 @@ func TestOpenReasoning(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := tmpl.Render(&Conversation{Messages: []Message{{Role: RoleUser, Content: "Is <think> a tag?"}}, EnableThinking: thinking})
+		p, err := tmpl.Render(context.Background(), &Conversation{Messages: []Message{{Role: RoleUser, Content: "Is <think> a tag?"}}, EnableThinking: thinking})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package chattemplate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,16 +18,55 @@ import (
 	"github.com/ardanlabs/jinja"
 )
 
-// Jinja is a Hugging Face chat template (the chat_template of a model's
+// JinjaSource is a Hugging Face chat template as read from its file, not compiled. It
+// answers everything about the template but the rendering itself (Name, EndOfReply,
+// ToolsInPrompt, SystemPrompt, ToolResponse), so the server's supervisor holds one and
+// leaves compiling and rendering, which run the template's code, to renderer processes
+// (server/templatehost).
+type JinjaSource struct {
+	// ID names the template: "jinja:FILE".
+	ID string
+	// Source is the Jinja text.
+	Source string
+	// BOS is given to templates as bos_token (RKLLM's tokenizer adds the
+	// beginning-of-sequence token itself, so "" is usual); EOS is the text of the model's
+	// end-of-sequence token (eos_token).
+	BOS, EOS string
+}
+
+// Name implements Template.
+func (s *JinjaSource) Name() string { return s.ID }
+
+// EndOfReply implements Template.
+func (s *JinjaSource) EndOfReply() string { return s.EOS }
+
+// ToolsInPrompt implements Template: Hugging Face templates write the tools in the
+// format the model was trained on.
+func (s *JinjaSource) ToolsInPrompt() bool { return true }
+
+// ToolResponse implements Template.
+func (s *JinjaSource) ToolResponse() string { return toolResponse }
+
+// SystemPrompt implements Template.
+func (s *JinjaSource) SystemPrompt(msgs []Message) string {
+	sys, _ := leadingSystem(msgs)
+	return strings.Join(sys, "\n\n")
+}
+
+// Jinja is a compiled Hugging Face chat template (the chat_template of a model's
 // tokenizer_config.json), rendered as transformers' apply_chat_template does: messages,
 // tools, add_generation_prompt, bos_token, eos_token and enable_thinking in the context,
 // raise_exception and strftime_now available, JSON object keys kept in the client's
 // order.
+//
+// Rendering is not bounded: the library has no step, output or context hooks, a
+// template can loop for hours, allocate without limit, recurse until the Go stack
+// overflows (a fatal error no recover catches) or panic. The server therefore renders
+// only in a renderer process (server/templatehost) that is killed when it breaks a
+// bound; Jinja is used in-process by that process and by tests.
 type Jinja struct {
-	name string
+	*JinjaSource
 	tmpl *jinja.Template
-	bos  string
-	eos  string
 	// vars are extra template variables (tests fix date_string with it).
 	vars map[string]jinja.Value
 }
@@ -38,21 +78,36 @@ var tojsonFilter = regexp.MustCompile(`(\|\s*)tojson\b`)
 
 const tojsonName = "rkllm_tojson"
 
-// NewJinja compiles a chat template. eos is the text of the model's end-of-sequence
-// token (eos_token in the template); bos is given to templates as bos_token (RKLLM's
-// tokenizer adds the beginning-of-sequence token itself, so "" is usual).
-func NewJinja(name, source, bos, eos string) (*Jinja, error) {
-	t, err := jinja.Compile(tojsonFilter.ReplaceAllString(source, "${1}"+tojsonName))
+// Compile compiles the template. Like rendering, compiling runs the library on text
+// from outside (a deeply nested expression recurses in its parser), so the server
+// compiles only in a renderer process.
+func (s *JinjaSource) Compile() (*Jinja, error) {
+	t, err := jinja.Compile(tojsonFilter.ReplaceAllString(s.Source, "${1}"+tojsonName))
 	if err != nil {
-		return nil, fmt.Errorf("chat template %s: %w", name, err)
+		return nil, fmt.Errorf("chat template %s: %w", s.ID, err)
 	}
-	return &Jinja{name: name, tmpl: t, bos: bos, eos: eos}, nil
+	return &Jinja{JinjaSource: s, tmpl: t}, nil
 }
 
-// LoadJinja reads a chat template file: a Jinja template, or a tokenizer_config.json
-// (its chat_template, the "default" one when there are several, and its eos_token).
-// eos, when not empty, overrides the file's end-of-sequence text.
+// NewJinja compiles a chat template from its text (see JinjaSource for bos and eos).
+func NewJinja(name, source, bos, eos string) (*Jinja, error) {
+	return (&JinjaSource{ID: name, Source: source, BOS: bos, EOS: eos}).Compile()
+}
+
+// LoadJinja reads and compiles a chat template file (ReadJinja, then Compile).
 func LoadJinja(path, eos string) (*Jinja, error) {
+	src, err := ReadJinja(path, eos)
+	if err != nil {
+		return nil, err
+	}
+	return src.Compile()
+}
+
+// ReadJinja reads a chat template file: a Jinja template, or a tokenizer_config.json
+// (its chat_template, the "default" one when there are several, and its eos_token).
+// eos, when not empty, overrides the file's end-of-sequence text. It does not compile
+// the template.
+func ReadJinja(path, eos string) (*JinjaSource, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("chat template file: %w", err)
@@ -77,7 +132,7 @@ func LoadJinja(path, eos string) (*Jinja, error) {
 	if eos == "" {
 		return nil, fmt.Errorf("chat template file %s: the end-of-sequence text is unknown: set --chat-template-eos (the model's eos_token, such as <|im_end|>)", path)
 	}
-	return NewJinja(name, source, "", eos)
+	return &JinjaSource{ID: name, Source: source, EOS: eos}, nil
 }
 
 // pickTemplate takes the chat_template of a tokenizer_config.json: a string, or a list
@@ -113,27 +168,9 @@ func tokenText(raw json.RawMessage) string {
 	return tok.Content
 }
 
-// Name implements Template.
-func (j *Jinja) Name() string { return j.name }
-
-// EndOfReply implements Template.
-func (j *Jinja) EndOfReply() string { return j.eos }
-
-// ToolsInPrompt implements Template: Hugging Face templates write the tools in the
-// format the model was trained on.
-func (j *Jinja) ToolsInPrompt() bool { return true }
-
-// ToolResponse implements Template.
-func (j *Jinja) ToolResponse() string { return toolResponse }
-
-// SystemPrompt implements Template.
-func (j *Jinja) SystemPrompt(msgs []Message) string {
-	sys, _ := leadingSystem(msgs)
-	return strings.Join(sys, "\n\n")
-}
-
-// Render implements Template.
-func (j *Jinja) Render(c *Conversation) (string, error) {
+// Render implements Template. ctx is not consulted: an in-process render cannot be
+// stopped (see Jinja).
+func (j *Jinja) Render(_ context.Context, c *Conversation) (string, error) {
 	msgs := c.Messages
 	if c.OmitSystem {
 		_, msgs = leadingSystem(msgs)
@@ -145,8 +182,8 @@ func (j *Jinja) Render(c *Conversation) (string, error) {
 	data := map[string]jinja.Value{
 		"messages":              jinja.NewList(list),
 		"add_generation_prompt": jinja.NewBool(true),
-		"bos_token":             jinja.NewString(j.bos),
-		"eos_token":             jinja.NewString(j.eos),
+		"bos_token":             jinja.NewString(j.BOS),
+		"eos_token":             jinja.NewString(j.EOS),
 		tojsonName:              jinja.NewCallable(tojsonName, pythonJSON),
 	}
 	if len(c.Tools) > 0 {
@@ -164,7 +201,7 @@ func (j *Jinja) Render(c *Conversation) (string, error) {
 	}
 	out, err := j.tmpl.RenderValues(data)
 	if err != nil {
-		return "", fmt.Errorf("%w: the chat template %s failed: %v", ErrInvalid, j.name, err)
+		return "", fmt.Errorf("%w: the chat template %s failed: %v", ErrInvalid, j.ID, err)
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package chattemplate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -128,7 +129,7 @@ func (t *Turns) generationPrompt(enableThinking *bool) string {
 }
 
 // Render implements Template.
-func (t *Turns) Render(c *Conversation) (string, error) {
+func (t *Turns) Render(_ context.Context, c *Conversation) (string, error) {
 	var b strings.Builder
 	sys, rest := leadingSystem(c.Messages)
 	pending := t.writeSystem(&b, sys, c.OmitSystem)

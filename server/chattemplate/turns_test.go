@@ -1,6 +1,7 @@
 package chattemplate
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func TestPresets(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := p.Render(&Conversation{Messages: conv})
+			got, err := p.Render(context.Background(), &Conversation{Messages: conv})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,11 +57,11 @@ func TestPresets(t *testing.T) {
 // texts, tool results of other families and bad roles.
 func TestTurnsDetails(t *testing.T) {
 	q25, _ := Preset("qwen2.5")
-	got, _ := q25.Render(&Conversation{Messages: msgs("user", "x")})
+	got, _ := q25.Render(context.Background(), &Conversation{Messages: msgs("user", "x")})
 	if !strings.HasPrefix(got, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n") {
 		t.Errorf("qwen2.5 default system: %q", got)
 	}
-	got, _ = q25.Render(&Conversation{Messages: msgs("system", "S", "user", "x"), OmitSystem: true})
+	got, _ = q25.Render(context.Background(), &Conversation{Messages: msgs("system", "S", "user", "x"), OmitSystem: true})
 	if got != "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n" {
 		t.Errorf("OmitSystem: %q", got)
 	}
@@ -71,8 +72,8 @@ func TestTurnsDetails(t *testing.T) {
 		t.Errorf("SystemPrompt: %q", s)
 	}
 	q3, _ := Preset("qwen3")
-	on, _ := q3.Render(&Conversation{Messages: msgs("user", "x")})
-	off, _ := q3.Render(&Conversation{Messages: msgs("user", "x"), EnableThinking: ptr(false)})
+	on, _ := q3.Render(context.Background(), &Conversation{Messages: msgs("user", "x")})
+	off, _ := q3.Render(context.Background(), &Conversation{Messages: msgs("user", "x"), EnableThinking: ptr(false)})
 	if strings.Contains(on, "<think>") || !strings.HasSuffix(off, "<|im_start|>assistant\n<think>\n\n</think>\n\n") {
 		t.Errorf("qwen3 thinking on %q, off %q", on, off)
 	}
@@ -81,11 +82,11 @@ func TestTurnsDetails(t *testing.T) {
 	// turn's reasoning up to </think>, keeping what follows as it is. The model's
 	// reply starts inside the block, so it has no <think> of its own.
 	r1, _ := Preset("deepseek-r1")
-	got, _ = r1.Render(&Conversation{Messages: msgs("user", "a", "assistant", "hmm\n</think>\n\nB", "user", "c")})
+	got, _ = r1.Render(context.Background(), &Conversation{Messages: msgs("user", "a", "assistant", "hmm\n</think>\n\nB", "user", "c")})
 	if got != "<｜User｜>a<｜Assistant｜>\n\nB<｜end▁of▁sentence｜><｜User｜>c<｜Assistant｜><think>\n" {
 		t.Errorf("deepseek-r1 drops past reasoning: %q", got)
 	}
-	got, _ = r1.Render(&Conversation{Messages: msgs("user", "a", "assistant", "<think>\nhmm\n</think>B", "tool", "1")})
+	got, _ = r1.Render(context.Background(), &Conversation{Messages: msgs("user", "a", "assistant", "<think>\nhmm\n</think>B", "tool", "1")})
 	if !strings.HasPrefix(got, "<｜User｜>a<｜Assistant｜>B<｜end▁of▁sentence｜>") || !strings.HasSuffix(got, "<｜Assistant｜><think>\n") {
 		t.Errorf("deepseek-r1 drops the reasoning of a turn after the last user message too: %q", got)
 	}
@@ -103,7 +104,7 @@ func TestTurnsDetails(t *testing.T) {
 		}
 	}
 	l3, _ := Preset("llama3")
-	got, _ = l3.Render(&Conversation{Messages: []Message{
+	got, _ = l3.Render(context.Background(), &Conversation{Messages: []Message{
 		{Role: "user", Content: "w?"},
 		{Role: "assistant", ToolCalls: []ToolCall{{Name: "get", Arguments: `{"a": 1}`}}},
 		{Role: "tool", Content: "{\"t\": 2}"},
@@ -114,15 +115,15 @@ func TestTurnsDetails(t *testing.T) {
 		t.Errorf("llama3 tools\n got: %q\nwant: %q", got, want)
 	}
 	phi, _ := Preset("phi3")
-	got, _ = phi.Render(&Conversation{Messages: []Message{{Role: "user", Content: "w?"}, {Role: "tool", Content: "1"}, {Role: "tool", Content: "2"}}})
+	got, _ = phi.Render(context.Background(), &Conversation{Messages: []Message{{Role: "user", Content: "w?"}, {Role: "tool", Content: "1"}, {Role: "tool", Content: "2"}}})
 	if want := "<|user|>\nw?<|end|>\n<|user|>\n<tool_response>\n1\n</tool_response>\n<tool_response>\n2\n</tool_response><|end|>\n<|assistant|>\n"; got != want {
 		t.Errorf("phi3 tool results\n got: %q\nwant: %q", got, want)
 	}
-	if _, err := q25.Render(&Conversation{Messages: msgs("wizard", "x")}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"wizard"`) {
+	if _, err := q25.Render(context.Background(), &Conversation{Messages: msgs("wizard", "x")}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"wizard"`) {
 		t.Errorf("bad role: %v", err)
 	}
 	gemma, _ := Preset("gemma")
-	got, _ = gemma.Render(&Conversation{Messages: msgs("system", "only")})
+	got, _ = gemma.Render(context.Background(), &Conversation{Messages: msgs("system", "only")})
 	if got != "<start_of_turn>user\nonly<end_of_turn>\n<start_of_turn>model\n" {
 		t.Errorf("gemma system without user: %q", got)
 	}
@@ -139,7 +140,7 @@ func TestParseCustom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ := c.Render(&Conversation{Messages: msgs("user", "hi", "assistant", "yo", "user", "ok")})
+	got, _ := c.Render(context.Background(), &Conversation{Messages: msgs("user", "hi", "assistant", "yo", "user", "ok")})
 	if got != "Sys\nU: hi\nA: yo</s>\nU: ok\nA: " || c.Name() != "custom" || c.EndOfReply() != "</s>" {
 		t.Errorf("custom: %q", got)
 	}

@@ -21,6 +21,9 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // Admin values: which transports allow state-changing methods.
@@ -46,6 +49,8 @@ type Serve struct {
 	ModelDir   string
 	RuntimeLib string
 	RuntimeABI string
+	// EmbeddingWidth is the model's embedding width when known; 0 learns it at load.
+	EmbeddingWidth int
 
 	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
 	// defaults.
@@ -64,8 +69,14 @@ type Serve struct {
 	ChatTemplateEOS    string
 	ChatTemplateCustom string
 	PrefixReuse        bool
+	// Bounds of --chat-template-file renders (server/templatehost).
+	ChatTemplateTimeout   time.Duration
+	ChatTemplateMaxMemory int64
+	ChatTemplateMaxOutput int64
+	ChatTemplateRenderers int
 
 	Listen          string
+	ProbeListen     string
 	Socket          string
 	Admin           string
 	APIKeyFile      string
@@ -81,12 +92,14 @@ type Serve struct {
 	MaxInflightBytes         int64
 	ClientBufferBytes        int
 	ReservedFDs              int
+	MaxFrameBytes            int
 	IdleTimeout              time.Duration
 	ReadHeaderTimeout        time.Duration
 	BodyReadTimeout          time.Duration
 
 	RequestTimeout     time.Duration
 	TokenStallTimeout  time.Duration
+	MinPrefillRate     float64
 	ShutdownTimeout    time.Duration
 	AbortTimeout       time.Duration
 	InitTimeout        time.Duration
@@ -118,6 +131,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ModelDir, "model-dir", "", "Folder that every path a client names (models, LoRA adapters, prompt caches) must be inside; empty refuses client paths.")
 	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
+	fs.IntVar(&o.EmbeddingWidth, "embedding-width", 0, "The models' embedding width (hidden size: the floats in one row of an embedding input); 0 learns it at each load from a one-token hidden-layer run.")
 
 	p := &o.Param
 	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
@@ -155,29 +169,36 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ChatTemplateFile, "chat-template-file", "", "Hugging Face chat template for the OpenAI-compatible API: a Jinja file, or the model's tokenizer_config.json.")
 	fs.StringVar(&o.ChatTemplateEOS, "chat-template-eos", "", "Text of the model's end-of-sequence token, for --chat-template-file (a tokenizer_config.json has it).")
 	fs.StringVar(&o.ChatTemplateCustom, "chat-template-custom", "", "Custom chat template for the OpenAI-compatible API: a JSON object of turn strings (see docs/openai.md).")
+	fs.DurationVar(&o.ChatTemplateTimeout, "chat-template-timeout", templatehost.DefaultTimeout, "Longest one render of --chat-template-file may take; past it the renderer process is killed and the request gets 400.")
+	fs.Int64Var(&o.ChatTemplateMaxMemory, "chat-template-max-memory", templatehost.DefaultMaxMemory, "Memory in bytes one renderer process of --chat-template-file may take beyond its start; past it the renderer dies and the request gets 400.")
+	fs.Int64Var(&o.ChatTemplateMaxOutput, "chat-template-max-output", templatehost.DefaultMaxOutput, "Largest prompt in bytes --chat-template-file may render (400 beyond).")
+	fs.IntVar(&o.ChatTemplateRenderers, "chat-template-renderers", templatehost.DefaultRenderers, "Renderer processes of --chat-template-file; renders beyond them wait for one.")
 	fs.BoolVar(&o.PrefixReuse, "prefix-reuse", true, "Reuse the KV cache when a conversation continues the previous one (feed only the new part).")
 
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
+	fs.StringVar(&o.ProbeListen, "probe-listen", ":8081", "HTTP listen address of the probes alone (/livez, /readyz, /healthz, /metrics), which client connections cannot fill; empty serves them on --listen only.")
 	fs.StringVar(&o.Socket, "socket", "", "Unix socket path for newline-delimited JSON-RPC, such as /run/rkllm/rkllm.sock; empty disables it.")
 	fs.StringVar(&o.Admin, "admin", AdminSocket, "Where state-changing methods (init, destroy, load_lora, ...) are allowed: socket, http, all or none.")
-	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API key that HTTP clients must send as 'Authorization: Bearer KEY'.")
-	fs.IntVar(&o.MaxConnections, "max-connections", 256, "Client connections held at once, over both transports; 0 means no limit.")
+	fs.StringVar(&o.APIKeyFile, "api-key-file", "", "File holding the API keys (one a line) of which HTTP clients must send one as 'Authorization: Bearer KEY'.")
+	fs.IntVar(&o.MaxConnections, "max-connections", 2048, "Client connections held at once, over both transports; 0 means no limit.")
 	fs.Int64Var(&o.MaxRequestBytes, "max-request-bytes", 16<<20, "Largest request message in bytes (an HTTP body, a socket line).")
-	fs.IntVar(&o.MaxQueue, "max-queue", 16, "Requests that may wait for the model; more are refused with -32002 at once.")
+	fs.IntVar(&o.MaxQueue, "max-queue", 0, "Requests that may wait for the model, if set; more are refused with -32002 at once. 0: no count (the queue is bounded by --max-inflight-bytes and --max-connections).")
 	fs.IntVar(&o.MaxJSONDepth, "max-json-depth", jsonrpc.DefaultMaxDepth, "Deepest nesting of objects and arrays in a message (-32008 beyond).")
 	fs.IntVar(&o.MaxStringBytes, "max-string-bytes", jsonrpc.DefaultMaxStringBytes, "Longest string in a message (a prompt, a base64 embedding), in bytes as sent (-32008 beyond).")
 	fs.IntVar(&o.MaxArrayLen, "max-array-len", jsonrpc.DefaultMaxArrayLen, "Most elements of one array in a message (an embedding, a token list) (-32008 beyond).")
 	fs.IntVar(&o.MaxBatch, "max-batch", jsonrpc.DefaultMaxBatch, "Most requests in one batch (-32008 beyond).")
 	fs.IntVar(&o.MaxInflightPerConnection, "max-inflight-per-connection", jsonrpc.DefaultMaxPeerMessages, "Messages one socket connection may have in flight; more are answered -32002 at once.")
-	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Bytes of requests being served at once over all connections; more are answered -32002 at once.")
+	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Memory that requests in flight (queued or running) may hold, over every transport and stage (body, decoded messages, prompt, tokens); a request that does not fit is answered -32002 (HTTP 429) at once.")
 	fs.IntVar(&o.ClientBufferBytes, "client-buffer-bytes", outbuf.DefaultMaxBytes, "Bytes that may wait for one client to read them; a client further behind is cut off and its runs aborted.")
+	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", workerproto.DefaultMaxFrameBytes, "Largest message between the supervisor and its worker: a run's request, or one delivery of hidden states or logits; over it the request or the run fails with -32008.")
 	fs.IntVar(&o.ReservedFDs, "reserved-fds", 64, "File descriptors kept free: a connection that would leave fewer is refused with -32002 (0: no check).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "A connection with nothing in flight that sends nothing for this long is closed (HTTP keep-alive and the socket).")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "Longest an HTTP client may take to send its request headers.")
 	fs.DurationVar(&o.BodyReadTimeout, "body-read-timeout", time.Minute, "Longest an HTTP client may take to send its request body.")
 
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 10*time.Minute, "Longest a request may take, queueing included; 0 means no limit.")
-	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long (prefill included) is aborted.")
+	fs.DurationVar(&o.TokenStallTimeout, "token-stall-timeout", time.Minute, "Watchdog: a run that delivers no token for this long is aborted (before the first token, plus the prompt's prefill at --min-prefill-rate); a worker that shows no sign of life for this long plus --abort-timeout is killed.")
+	fs.Float64Var(&o.MinPrefillRate, "min-prefill-rate", supervisor.DefaultMinPrefillRate, "Watchdog: the slowest prefill, in prompt tokens per second, allowed before the first token (the default suits the largest models an RK3588 runs).")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "On SIGTERM, how long the running generation may go on before it is aborted.")
 	fs.DurationVar(&o.AbortTimeout, "abort-timeout", 10*time.Second, "How long an aborted run may take to stop before the worker is killed and restarted.")
 	fs.DurationVar(&o.InitTimeout, "init-timeout", 10*time.Minute, "Longest rkllm_init may take before the worker is killed.")
@@ -282,7 +303,7 @@ func flagStrings(v any, repeatable bool) ([]string, error) {
 
 // Validate checks the values that do not depend on the runtime.
 func (o *Serve) Validate() error {
-	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateTemplate} {
+	for _, check := range []func() error{o.validateChoices, o.validateParam, o.validateLimits, o.validateWatchdog, o.validateFiles, o.validateTemplate} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -328,10 +349,34 @@ func (o *Serve) validateParam() error {
 	return nil
 }
 
+// validateFiles refuses a configured model, LoRA adapter or prompt cache that exists
+// but is not a regular file: the runtime would block opening a FIFO or a device until
+// --init-timeout, and fail on a folder. A file that does not exist yet is left to the
+// load, which reports it and retries.
+func (o *Serve) validateFiles() error {
+	files := []struct{ flag, path string }{{"model", o.Model}, {"prompt-cache", o.PromptCache}}
+	loras, err := o.LoraAdapters()
+	if err != nil {
+		return err
+	}
+	for _, l := range loras {
+		files = append(files, struct{ flag, path string }{"lora", l.Path})
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if err := runtime.CheckFile(f.path); err != nil {
+			return fmt.Errorf("--%s: %w", f.flag, err)
+		}
+	}
+	return nil
+}
+
 // validateLimits checks sizes and durations.
 func (o *Serve) validateLimits() error {
-	if o.MaxQueue < 1 {
-		return fmt.Errorf("--max-queue %d: must be at least 1", o.MaxQueue)
+	if o.MaxQueue < 0 {
+		return fmt.Errorf("--max-queue %d: must be 0 (no count) or more", o.MaxQueue)
 	}
 	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > 1<<30 {
 		return fmt.Errorf("--max-request-bytes %d: must be between 1 and 1 GiB", o.MaxRequestBytes)
@@ -351,6 +396,8 @@ func (o *Serve) validateLimits() error {
 		{"max-inflight-bytes", o.MaxInflightBytes, 1, 1 << 40},
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
+		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
+		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
 	} {
 		if b.v < b.lo || b.v > b.hi {
 			return fmt.Errorf("--%s %d: must be between %d and %d", b.flag, b.v, b.lo, b.hi)
@@ -362,8 +409,17 @@ func (o *Serve) validateLimits() error {
 	return nil
 }
 
-// validateTemplate checks that at most one chat template is configured, and that it
-// loads.
+// validateWatchdog checks the watchdog's prefill rate.
+func (o *Serve) validateWatchdog() error {
+	if !(o.MinPrefillRate > 0 && o.MinPrefillRate <= 1e6) {
+		return fmt.Errorf("--min-prefill-rate %g: must be more than 0 and at most 1000000 tokens per second", o.MinPrefillRate)
+	}
+	return nil
+}
+
+// validateTemplate checks that at most one chat template is configured, that it loads
+// (a Jinja file is only read: it is compiled and test-rendered by its renderer
+// processes when the server starts), and the bounds of Jinja renders.
 func (o *Serve) validateTemplate() error {
 	n := 0
 	for _, v := range []string{o.ChatTemplateName, o.ChatTemplateFile, o.ChatTemplateCustom} {
@@ -374,19 +430,31 @@ func (o *Serve) validateTemplate() error {
 	if n > 1 {
 		return errors.New("--chat-template, --chat-template-file and --chat-template-custom each choose the chat template: give one")
 	}
+	if o.ChatTemplateTimeout <= 0 || o.ChatTemplateMaxOutput <= 0 || o.ChatTemplateRenderers <= 0 {
+		return errors.New("--chat-template-timeout, --chat-template-max-output and --chat-template-renderers must be positive")
+	}
+	if o.ChatTemplateMaxMemory < minRendererMemory {
+		return fmt.Errorf("--chat-template-max-memory must be at least %d (a renderer needs that much to start)", minRendererMemory)
+	}
+	if o.ChatTemplateFile != "" {
+		_, err := o.JinjaTemplate()
+		return err
+	}
 	_, err := o.Template()
 	return err
 }
 
-// Template returns the chat template of the OpenAI-compatible API.
+// minRendererMemory is the least --chat-template-max-memory: what a renderer process
+// needs beyond its start to decode a conversation and run the Go runtime.
+const minRendererMemory = 16 << 20
+
+// Template returns the chat template of the OpenAI-compatible API when it renders in
+// the server's process: a preset or a custom template. With --chat-template-file it
+// returns an error: that template runs in renderer processes (JinjaTemplate).
 func (o *Serve) Template() (chattemplate.Template, error) {
 	switch {
 	case o.ChatTemplateFile != "":
-		t, err := chattemplate.LoadJinja(o.ChatTemplateFile, o.ChatTemplateEOS)
-		if err != nil {
-			return nil, fmt.Errorf("--chat-template-file: %w", err)
-		}
-		return t, nil
+		return nil, errors.New("--chat-template-file renders in renderer processes: see JinjaTemplate")
 	case o.ChatTemplateCustom != "":
 		t, err := chattemplate.ParseCustom(o.ChatTemplateCustom)
 		if err != nil {
@@ -401,6 +469,20 @@ func (o *Serve) Template() (chattemplate.Template, error) {
 		return t, nil
 	}
 	return chattemplate.Preset(chattemplate.Default)
+}
+
+// JinjaTemplate reads --chat-template-file without compiling it (compiling runs the
+// template library on text from outside, which only renderer processes do); nil when
+// the flag is not set.
+func (o *Serve) JinjaTemplate() (*chattemplate.JinjaSource, error) {
+	if o.ChatTemplateFile == "" {
+		return nil, nil
+	}
+	src, err := chattemplate.ReadJinja(o.ChatTemplateFile, o.ChatTemplateEOS)
+	if err != nil {
+		return nil, fmt.Errorf("--chat-template-file: %w", err)
+	}
+	return src, nil
 }
 
 // RuntimeFallbackTemplate is the runtime chat template JSON-RPC runs get after the
@@ -493,20 +575,26 @@ func (o *Serve) LoraAdapters() ([]runtime.LoraAdapter, error) {
 	return out, nil
 }
 
-// APIKey reads --api-key-file ("" when not set).
-func (o *Serve) APIKey() (string, error) {
+// APIKeys reads --api-key-file: one key a line, blank lines and lines starting with #
+// skipped (none when the flag is not set).
+func (o *Serve) APIKeys() ([]string, error) {
 	if o.APIKeyFile == "" {
-		return "", nil
+		return nil, nil
 	}
 	b, err := os.ReadFile(o.APIKeyFile)
 	if err != nil {
-		return "", fmt.Errorf("--api-key-file: %w", err)
+		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}
-	key := strings.TrimSpace(string(b))
-	if key == "" {
-		return "", fmt.Errorf("--api-key-file %s is empty", o.APIKeyFile)
+	var keys []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if key := strings.TrimSpace(line); key != "" && !strings.HasPrefix(key, "#") {
+			keys = append(keys, key)
+		}
 	}
-	return key, nil
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--api-key-file %s holds no key", o.APIKeyFile)
+	}
+	return keys, nil
 }
 
 // AdminOn reports whether state-changing methods are allowed on a transport ("http" or

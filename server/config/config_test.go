@@ -126,6 +126,13 @@ func TestErrors(t *testing.T) {
 		{"two templates", `{"chat-template": "llama3", "chat-template-custom": {"user_prefix": "U", "assistant_prefix": "A"}}`, nil, "give one"},
 		{"bad custom template", `{"chat-template-custom": {"user_prefx": "U"}}`, nil, "--chat-template-custom"},
 		{"jinja without eos", ``, []string{"--chat-template-file=/nonexistent/t.jinja"}, "--chat-template-file"},
+		{"no renderers", ``, []string{"--chat-template-renderers=0"}, "--chat-template-renderers must be positive"},
+		{"no render time", `{"chat-template-timeout": "0s"}`, nil, "--chat-template-timeout"},
+		{"renderer memory too small", ``, []string{"--chat-template-max-memory=1000"}, "--chat-template-max-memory must be at least"},
+		{"zero prefill rate", `{"min-prefill-rate": 0}`, nil, "--min-prefill-rate 0: must be more than 0"},
+		{"negative prefill rate", ``, []string{"--min-prefill-rate=-5"}, "--min-prefill-rate -5"},
+		{"NaN prefill rate", ``, []string{"--min-prefill-rate=NaN"}, "--min-prefill-rate NaN"},
+		{"tiny frame", `{"max-frame-bytes": 1024}`, nil, "--max-frame-bytes 1024: must be between 65536"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,7 +221,8 @@ func TestDocumentedDefaults(t *testing.T) {
 	}
 	for _, name := range []string{"max-connections", "reserved-fds", "max-request-bytes", "max-json-depth", "max-string-bytes",
 		"max-array-len", "max-batch", "max-queue", "max-inflight-per-connection", "max-inflight-bytes", "client-buffer-bytes",
-		"request-timeout", "write-timeout", "idle-timeout", "read-header-timeout", "body-read-timeout"} {
+		"request-timeout", "write-timeout", "idle-timeout", "read-header-timeout", "body-read-timeout",
+		"token-stall-timeout", "min-prefill-rate", "abort-timeout", "shutdown-timeout", "max-frame-bytes"} {
 		if !documented[name] {
 			t.Errorf("--%s is not in docs/server.md", name)
 		}

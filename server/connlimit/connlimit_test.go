@@ -1,8 +1,12 @@
 package connlimit
 
 import (
+	"context"
+	"io"
+	"net"
 	"os"
 	"testing"
+	"time"
 )
 
 type counts struct{ opened, closed, rejected map[string]int }
@@ -77,5 +81,70 @@ func TestOpenFDsCountsTheProcesssDescriptors(t *testing.T) {
 	now, _, _ := openFDs()
 	if want := len(entries) - 1; now != want { // ReadDir's own descriptor is listed
 		t.Errorf("openFDs = %d, /proc/self/fd lists %d", now, want)
+	}
+}
+
+// TestDescriptorNumberShortCut: a connection whose descriptor number alone shows the
+// reserve is gone is refused without counting the descriptors (a cost per refusal that
+// does not grow with the connections held).
+func TestDescriptorNumberShortCut(t *testing.T) {
+	obs := &counts{map[string]int{}, map[string]int{}, map[string]int{}}
+	l := New(0, 10, obs)
+	l.rlimit = func() (int, error) { return 100, nil }
+	counted := 0
+	l.fds = func() (int, int, error) { counted++; return 50, 100, nil }
+	if r := l.acquire("http", 95); r == nil || r.Reason != ReasonFileDescriptors || counted != 0 {
+		t.Fatalf("descriptor 95 of 100 with 10 reserved: %v, counted %d times", r, counted)
+	}
+	if r := l.acquire("http", 40); r != nil || counted != 1 {
+		t.Fatalf("descriptor 40 of 100 (50 open): %v, counted %d times", r, counted)
+	}
+}
+
+// TestRefusedConnectionAnsweredAtOnce: a connection over the cap that sends nothing
+// gets its answer and the close from the accepting goroutine itself, before Accept
+// returns the next connection.
+func TestRefusedConnectionAnsweredAtOnce(t *testing.T) {
+	var lc net.ListenConfig
+	inner, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(1, 0, nil)
+	ln := l.Listener(inner, "http", func(r *Refusal) []byte { return []byte("no: " + r.Reason + "\n") })
+	t.Cleanup(func() { _ = ln.Close() })
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func() net.Conn {
+		var d net.Dialer
+		c, err := d.DialContext(context.Background(), "tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	dial()
+	held := <-accepted
+	refused := dial() // sends nothing
+	got, err := io.ReadAll(refused)
+	if err != nil || string(got) != "no: max_connections\n" {
+		t.Fatalf("refused connection read %q, %v", got, err)
+	}
+	_ = held.Close()
+	dial()
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a connection within the cap was not accepted after the refusal")
 	}
 }

@@ -11,13 +11,22 @@ import (
 // direntBufs holds the buffers openFDs reads directory entries into.
 var direntBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// fdLimit is the soft RLIMIT_NOFILE.
+func fdLimit() (int, error) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	return int(min(rl.Cur, uint64(1<<31-1))), nil //nolint:gosec // capped to an int32
+}
+
 // openFDs counts the process's open file descriptors (the entries of /proc/self/fd,
 // read with getdents into a pooled buffer, so counting costs no allocation per
 // descriptor) and returns them with the soft RLIMIT_NOFILE.
 func openFDs() (open, limit int, err error) {
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, 0, fmt.Errorf("getrlimit: %w", err)
+	limit, err = fdLimit()
+	if err != nil {
+		return 0, 0, err
 	}
 	fd, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -46,6 +55,5 @@ func openFDs() (open, limit int, err error) {
 		}
 	}
 	// The descriptor counting them is not one the server holds.
-	limit = int(min(rl.Cur, uint64(1<<31-1))) //nolint:gosec // capped to an int32
 	return open - 1, limit, nil
 }

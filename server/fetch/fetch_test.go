@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -49,7 +50,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if cut {
-			w.Header().Set("Content-Length", "999999999")
+			w.Header().Set("Content-Length", strconv.Itoa(len(s.data)))
 			w.WriteHeader(http.StatusOK)
 			_, _ = w.Write(s.data[:len(s.data)/2])
 			_ = http.NewResponseController(w).Flush()

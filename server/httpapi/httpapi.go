@@ -5,23 +5,30 @@
 package httpapi
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -56,9 +63,11 @@ type Options struct {
 	Addr string
 	// Admin allows state-changing methods over HTTP.
 	Admin bool
-	// APIKey, when set, is the bearer token /rpc requires (health and metrics stay open,
-	// for the kubelet and Prometheus).
-	APIKey string
+	// APIKeys, when set, are the bearer tokens /rpc accepts (health and metrics stay
+	// open, for the kubelet and Prometheus). The key a request presents also owns the
+	// runs it starts: rkllm.abort over HTTP stops a run only for a caller that names
+	// its request_id and presents the same key.
+	APIKeys []string
 	// MaxRequestBytes bounds a request body on every path, /v1/ included (16 MiB); on
 	// /rpc a larger one gets 413 and -32008.
 	MaxRequestBytes int64
@@ -78,6 +87,13 @@ type Options struct {
 	OutputBufferBytes int
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
+	// Budget, when set, is the server's budget of bytes in flight: every request has an
+	// account of it (in its context, for the handlers' stages) and pays for its body
+	// before reading it; over the budget a request is answered busy (429 and -32002).
+	Budget *inflight.Budget
+	// Hangup, when set, ends a request as soon as its client closes the connection,
+	// even while net/http is not reading it (a pipelined request waits behind it).
+	Hangup *hangup.Watcher
 	// Health backs /readyz and /healthz.
 	Health Health
 	// Metrics serves /metrics; nil leaves it out.
@@ -88,10 +104,11 @@ type Options struct {
 
 // Server is the HTTP listener.
 type Server struct {
-	d    *jsonrpc.Dispatcher
-	opts Options
-	mux  *http.ServeMux
-	srv  *http.Server
+	d      *jsonrpc.Dispatcher
+	opts   Options
+	mux    *http.ServeMux
+	srv    *http.Server
+	probes *http.Server // the probe listener's (ServeProbes)
 }
 
 // New returns a server for d.
@@ -131,42 +148,108 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
+		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) },
 	}
+	s.probes = s.newProbeServer()
 	return s
 }
+
+// connKey keys a request's connection in its context.
+type connKey struct{}
 
 // limitBody bounds every request on every path: its body to MaxRequestBytes, read
 // within BodyTimeout (a read deadline lifted when the body has been read to its end),
 // and each write of its response to WriteTimeout, so a client that does not read a
-// plain answer cannot hold a goroutine and a connection forever either.
+// plain answer cannot hold a goroutine and a connection forever either. It also ends
+// the request when its client leaves (watchHangup).
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		// A deadline left by the previous request on this keep-alive connection must not
 		// cut this one (net/http leaves write deadlines alone without its WriteTimeout).
 		_ = rc.SetWriteDeadline(time.Time{})
-		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		switch {
+		case r.ContentLength > s.opts.MaxRequestBytes:
+			s.refuseBody(h, w, r) // toolarge.go: 413 at once, without reading the body
+			return
+		case r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody:
 			_ = rc.SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
 			r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes), rc: rc}
 		}
-		h.ServeHTTP(&timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}, r)
+		tw := &timedWriter{ResponseWriter: w, rc: rc, timeout: s.opts.WriteTimeout}
+		r, done := s.watchHangup(r, tw)
+		defer done()
+		if s.opts.Budget != nil {
+			acct := s.opts.Budget.Open()
+			defer acct.Close()
+			r = r.WithContext(inflight.WithAccount(r.Context(), acct))
+		}
+		h.ServeHTTP(tw, r)
 	})
 }
 
-// timedWriter gives each write of a response WriteTimeout.
+// watchHangup cancels r's context as soon as its client closes the connection. net/http
+// notices a close only by reading, which it stops doing when the client has pipelined
+// another request, so a plain run would go on for nobody, and the pipelined request
+// would run after it. Once the client has gone, the answer says Connection: close and
+// the connection is closed when the handler returns, so nothing pipelined behind runs.
+func (s *Server) watchHangup(r *http.Request, tw *timedWriter) (*http.Request, func()) {
+	nc, _ := r.Context().Value(connKey{}).(net.Conn)
+	if s.opts.Hangup == nil || nc == nil {
+		return r, func() {}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	stop, err := s.opts.Hangup.Watch(nc, hangup.Closed, func() {
+		tw.gone.Store(true)
+		cancel()
+	})
+	if err != nil {
+		s.opts.Log.V(1).Info("cannot watch the connection for a hang-up", "error", err.Error())
+		cancel()
+		return r, func() {}
+	}
+	return r.WithContext(ctx), func() {
+		stop()
+		cancel()
+		if tw.gone.Load() {
+			_ = nc.Close()
+		}
+	}
+}
+
+// timedWriter gives each write of a response WriteTimeout, and closes the connection
+// after the answer of a client that has gone.
 type timedWriter struct {
 	http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+	gone    atomic.Bool // the client closed the connection
+	wrote   bool
+}
+
+func (w *timedWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.wrote = true
+		if w.gone.Load() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *timedWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher (within the write timeout).
 func (w *timedWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
 	_ = w.rc.Flush()
 }
@@ -212,11 +295,31 @@ func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Han
 }
 
 // Listen opens the listen address.
-func (s *Server) Listen() (net.Listener, error) {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(context.Background(), "tcp", s.opts.Addr)
+func (s *Server) Listen() (net.Listener, error) { return ListenTCP(s.opts.Addr) }
+
+// deferAcceptSeconds is how long the kernel holds a new connection that has sent
+// nothing before handing it over anyway (TCP_DEFER_ACCEPT).
+const deferAcceptSeconds = 5
+
+// ListenTCP opens a TCP listen address whose connections are handed to the server once
+// they have sent something (TCP_DEFER_ACCEPT, as nginx's deferred): an HTTP client
+// speaks first, so a connection refused over the cap is answered after its request
+// has arrived (a client that gets an answer before it has written takes it for a
+// broken connection), and one that sends nothing costs the server no descriptor
+// meanwhile.
+func ListenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, deferAcceptSeconds) //nolint:gosec // descriptors fit an int
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", s.opts.Addr, err)
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return ln, nil
 }
@@ -224,9 +327,49 @@ func (s *Server) Listen() (net.Listener, error) {
 // Serve serves on ln until Shutdown or Close; it returns http.ErrServerClosed then.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.opts.Limiter != nil {
-		ln = s.opts.Limiter.Listener(ln, Transport, s.reject)
+		ln = s.opts.Limiter.Listener(ln, Transport, refusal)
 	}
 	return s.srv.Serve(ln)
+}
+
+// Probe listener bounds: the kubelet and Prometheus send one short GET at a time, so a
+// few connections and short timeouts are plenty, and a client that holds more gains
+// little.
+const (
+	// ProbeTransport is the transport label of probe connections (metrics).
+	ProbeTransport = "probe"
+	// ProbeMaxConnections caps the probe listener's connections.
+	ProbeMaxConnections = 32
+	probeTimeout        = 5 * time.Second
+)
+
+// ServeProbes serves /livez, /readyz, /healthz and /metrics on ln, a listener of their
+// own (--probe-listen), so that no number of client connections can make a probe wait
+// or fail: client connections are capped on the other listener, and this one has its
+// own small cap (limiter; nil for none), short timeouts and no keep-alive. It returns
+// http.ErrServerClosed after Shutdown or Close.
+func (s *Server) ServeProbes(ln net.Listener, limiter *connlimit.Limiter) error {
+	if limiter != nil {
+		ln = limiter.Listener(ln, ProbeTransport, refusal)
+	}
+	return s.probes.Serve(ln)
+}
+
+// newProbeServer is the probe listener's server (ServeProbes).
+func (s *Server) newProbeServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", s.livez)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /healthz", s.healthz)
+	if s.opts.Metrics != nil {
+		mux.Handle("GET /metrics", s.opts.Metrics)
+	}
+	srv := &http.Server{
+		Handler: mux, ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
+		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10,
+	}
+	srv.SetKeepAlivesEnabled(false)
+	return srv
 }
 
 // ListenAndServe listens on Options.Addr and serves.
@@ -239,29 +382,53 @@ func (s *Server) ListenAndServe() error {
 }
 
 // Shutdown stops accepting and waits for the requests in flight (their streams
-// included) until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// included) until ctx ends; then the probe listener stops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return errors.Join(s.srv.Shutdown(ctx), s.probes.Shutdown(ctx))
+}
 
-// Close closes the listener and every connection at once.
-func (s *Server) Close() error { return s.srv.Close() }
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	return errors.Join(s.srv.Close(), s.probes.Close())
+}
 
-// reject answers a refused connection with a 503 and closes it.
-func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
-	defer func() { _ = nc.Close() }()
-	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
-	// Read the request head first, so the client sees the answer rather than a reset.
-	_, _ = http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 64<<10)))
+// refusal is the answer of a connection over the cap: a 503 with the JSON-RPC error,
+// Retry-After and Connection: close (the connection is closed after it).
+func refusal(why *connlimit.Refusal) []byte {
 	body, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})})
-	resp := fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	_, _ = io.WriteString(nc, resp)
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if s.opts.APIKey == "" {
-		return true
+	_, ok := s.caller(r)
+	return ok
+}
+
+// caller names the owner of the runs a request starts, and reports whether the request
+// may be served: without API keys every HTTP caller is "http"; with them the owner is
+// a digest of the key presented (never the key, which could reach a log), so a run is
+// bound to its key.
+func (s *Server) caller(r *http.Request) (owner string, ok bool) {
+	if len(s.opts.APIKeys) == 0 {
+		return Transport, true
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.opts.APIKey)) == 1
+	token, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !found {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	match := -1
+	for i, key := range s.opts.APIKeys {
+		// Every key is compared, so the time taken does not tell which one matched.
+		if subtle.ConstantTimeCompare([]byte(token), []byte(key)) == 1 {
+			match = i
+		}
+	}
+	if match < 0 {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(s.opts.APIKeys[match]))
+	return Transport + "/key-" + hex.EncodeToString(sum[:8]), true
 }
 
 // statusOf is the HTTP status of a single (non-streamed) response: JSON-RPC errors are
@@ -310,14 +477,21 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.writeRPC(w, http.StatusMethodNotAllowed, &jsonrpc.Response{Error: jsonrpc.ErrInvalidRequest.Withf("invalid request: /rpc takes POST with a JSON-RPC 2.0 body, not %s", r.Method)})
 		return
 	}
-	if !s.authorized(r) {
+	owner, authorized := s.caller(r)
+	if !authorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rkllm-server"`)
 		s.writeRPC(w, http.StatusUnauthorized, &jsonrpc.Response{Error: jsonrpc.ErrNotAllowed.Withf("not allowed: missing or wrong API key; send the header Authorization: Bearer <key>")})
 		return
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := inflight.ReadBody(r, s.opts.MaxRequestBytes)
 	if s.opts.Observer != nil {
 		s.opts.Observer.BytesIn(Transport, len(body))
+	}
+	var over *inflight.OverError
+	if errors.As(err, &over) {
+		w.Header().Set("Retry-After", strconv.Itoa(inflight.RetryAfterSeconds))
+		s.writeRPC(w, http.StatusTooManyRequests, &jsonrpc.Response{Error: jsonrpc.BusyError(err)})
+		return
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -335,7 +509,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	sw := &streamWriter{w: w, sse: wantsSSE(r), s: s, cancel: cancel}
 	defer sw.close()
-	peer := &jsonrpc.Peer{Transport: Transport, ID: Transport, Admin: s.opts.Admin, Context: ctx}
+	peer := &jsonrpc.Peer{Transport: Transport, ID: owner, Admin: s.opts.Admin, Context: ctx}
 	// Only a single request can stream: a batch is answered with one JSON array.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
 		peer.Notify = sw.notify

@@ -91,6 +91,9 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	f.d.Register("echo", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		return map[string]any{"admin": c.Peer.Admin, "persistent": c.Peer.Persistent, "can_notify": c.CanNotify()}, nil
 	}))
+	f.d.Register("owner", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
+		return c.Peer.ID, nil
+	}))
 	f.d.Register("stream", jsonrpc.HandlerFunc(func(_ context.Context, c *jsonrpc.Call) (any, error) {
 		for i := range 3 {
 			if err := c.Notify("tick", map[string]int{"i": i}); err != nil {
@@ -198,7 +201,7 @@ func TestRPC(t *testing.T) {
 }
 
 func TestAPIKey(t *testing.T) {
-	f := newFixture(t, Options{APIKey: "s3cret", Admin: true})
+	f := newFixture(t, Options{APIKeys: []string{"s3cret", "other"}, Admin: true})
 	resp, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`)
 	if resp.StatusCode != 401 || !strings.Contains(body, "-32007") || resp.Header.Get("WWW-Authenticate") == "" {
 		t.Errorf("without a key: %d %s", resp.StatusCode, body)
@@ -210,6 +213,19 @@ func TestAPIKey(t *testing.T) {
 	resp, body = post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"echo"}`, "Authorization", "Bearer s3cret")
 	if resp.StatusCode != 200 || !strings.Contains(body, `"admin":true`) {
 		t.Errorf("right key: %d %s", resp.StatusCode, body)
+	}
+	// Each key owns the runs its requests start, under a name that does not show it.
+	owners := map[string]bool{}
+	for _, key := range []string{"s3cret", "other", "s3cret"} {
+		_, body := post(t, f.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"owner"}`, "Authorization", "Bearer "+key)
+		var r struct{ Result string }
+		if err := json.Unmarshal([]byte(body), &r); err != nil || r.Result == "" || strings.Contains(r.Result, key) {
+			t.Fatalf("owner of a request with key %q: %s", key, body)
+		}
+		owners[r.Result] = true
+	}
+	if len(owners) != 2 {
+		t.Errorf("owners of requests with two keys: %v, want one a key", owners)
 	}
 	// Probes and metrics need no key.
 	if resp, _ := get(t, f.base+"/livez"); resp.StatusCode != 200 {
@@ -410,5 +426,36 @@ func TestPlainAnswerWriteTimeout(t *testing.T) {
 	_, _ = io.WriteString(nc, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
 	if n := await(t, "the write to give up", f.written.out); n >= bigAnswer {
 		t.Errorf("%d bytes written to a client that reads nothing", n)
+	}
+}
+
+// TestContentLengthOverTheLimit: a request whose head declares a body over
+// MaxRequestBytes is answered 413 at once, on /rpc and beside it, without the body
+// (here never sent) and without waiting for BodyTimeout (an hour here); the
+// connection is closed after the answer.
+func TestContentLengthOverTheLimit(t *testing.T) {
+	f := newFixture(t, Options{MaxRequestBytes: 100, BodyTimeout: time.Hour})
+	f.srv.Handle("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	for _, path := range []string{"/rpc", "/v1/chat/completions"} {
+		nc := rawConn(t, f)
+		_, _ = io.WriteString(nc, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
+		_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+		resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+		if err != nil {
+			t.Fatalf("%s: no answer to a head declaring 1 GB: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Errorf("%s: %d (close %v) %s, want 413 and the connection closed", path, resp.StatusCode, resp.Close, body)
+		}
+		if path == "/rpc" && !strings.Contains(string(body), `"code":-32008`) {
+			t.Errorf("%s: body %s, want -32008", path, body)
+		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/go-logr/logr"
 	kjson "sigs.k8s.io/json"
+
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 )
 
 // Handler serves one method. It returns the result (marshalled with encoding/json) or
@@ -35,8 +37,9 @@ func (f HandlerFunc) ServeRPC(ctx context.Context, call *Call) (any, error) { re
 type Peer struct {
 	// Transport is "http" or "unix".
 	Transport string
-	// ID identifies the connection among all connections (it owns the requests it
-	// started, for rkllm.abort).
+	// ID names the owner of the requests that arrive on it, for rkllm.abort: a socket
+	// connection owns its own; over HTTP, the API key a request presents owns the
+	// requests made with it (every request when no key is configured).
 	ID string
 	// Admin is true when state-changing methods are allowed on this connection.
 	Admin bool
@@ -244,27 +247,47 @@ type Dispatcher struct {
 	quick    map[string]bool // methods that never wait (NeverWaits)
 	limits   Limits
 	draining atomic.Bool
-	inflight atomic.Int64 // bytes of the messages being served
+	budget   *inflight.Budget
 }
 
-// InflightBytes is the size of the messages being served now.
-func (d *Dispatcher) InflightBytes() int64 { return d.inflight.Load() }
+// InflightBytes is what the requests in flight hold of the budget now.
+func (d *Dispatcher) InflightBytes() int64 { return d.budget.Used() }
 
-// admit charges a message to the server's budget of bytes in flight (and counts it on
-// its connection); release gives it back. It fails with ErrBusy (and charges nothing)
-// when the budget is spent. A message alone in flight is always admitted.
-func (d *Dispatcher) admit(peer *Peer, size int) (release func(), err *Error) {
-	n := int64(size)
-	if now := d.inflight.Add(n); now > d.limits.MaxInflightBytes && now != n {
-		d.inflight.Add(-n)
-		return nil, ErrBusy.Withf("busy: the server holds %d bytes of requests in flight (limit %d, --max-inflight-bytes); retry later", now-n, d.limits.MaxInflightBytes).
-			WithData(map[string]any{"limit": "max-inflight-bytes", "max": d.limits.MaxInflightBytes})
+// SetBudget makes the dispatcher charge the server's one budget of bytes in flight,
+// which the transports charge too (by default it has one of its own, of
+// Limits.MaxInflightBytes). Call it before serving.
+func (d *Dispatcher) SetBudget(b *inflight.Budget) { d.budget = b }
+
+// admit charges a message to the budget of bytes in flight, before it is decoded: what
+// decoding it and handing it to the worker may allocate (DecodeCost), on top of its raw
+// bytes, which the transport charged as it read them to the account in ctx (without
+// one, the raw bytes are charged here). It counts the message on its connection;
+// release gives the connection's count back and ends an account opened here. It fails
+// with ErrBusy (charging nothing more) when the budget is spent; a message alone in
+// flight is always admitted.
+func (d *Dispatcher) admit(ctx context.Context, peer *Peer, msg []byte) (release func(), err *Error) {
+	acct := inflight.FromContext(ctx)
+	own := acct == nil
+	if own {
+		acct = d.budget.Open()
+	}
+	charge := DecodeCost(msg)
+	if own {
+		charge += len(msg)
+	}
+	if cerr := acct.Charge(charge); cerr != nil {
+		if own {
+			acct.Close()
+		}
+		return nil, BusyError(cerr)
 	}
 	if peer != nil {
 		peer.messages.Add(1)
 	}
 	return func() {
-		d.inflight.Add(-n)
+		if own {
+			acct.Close()
+		}
 		if peer != nil {
 			peer.messages.Add(-1)
 		}
@@ -308,7 +331,8 @@ func (d *Dispatcher) reject(msg []byte, e *Error) (resps []*Response, batch bool
 // NewDispatcher returns a dispatcher that logs handler panics and internal errors to
 // log and reports each request to observer (which may be nil).
 func NewDispatcher(log logr.Logger, observer Observer) *Dispatcher {
-	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, quick: map[string]bool{}, limits: Limits{}.withDefaults()}
+	l := Limits{}.withDefaults()
+	return &Dispatcher{log: log, observer: observer, methods: map[string]Handler{}, quick: map[string]bool{}, limits: l, budget: inflight.New(l.MaxInflightBytes)}
 }
 
 // NeverWaits marks methods that answer at once (rkllm.abort, rkllm.is_running): they
@@ -321,8 +345,13 @@ func (d *Dispatcher) NeverWaits(methods ...string) {
 }
 
 // SetLimits sets the bounds every message is checked against before it is decoded
-// (zero fields take their defaults). Call it before serving.
-func (d *Dispatcher) SetLimits(l Limits) { d.limits = l.withDefaults() }
+// (zero fields take their defaults), and gives the dispatcher a budget of
+// MaxInflightBytes of its own (SetBudget shares one with the transports instead).
+// Call it before serving.
+func (d *Dispatcher) SetLimits(l Limits) {
+	d.limits = l.withDefaults()
+	d.budget = inflight.New(d.limits.MaxInflightBytes)
+}
 
 // Limits returns the bounds in force.
 func (d *Dispatcher) Limits() Limits { return d.limits }
@@ -347,7 +376,7 @@ func (d *Dispatcher) Draining() bool { return d.draining.Load() }
 // AfterReply hooks run before it returns: transports use Serve, which runs them after
 // writing.
 func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitted func()) (resps []*Response, batch bool) {
-	release, rerr := d.admit(peer, len(msg))
+	release, rerr := d.admit(ctx, peer, msg)
 	if rerr != nil {
 		if admitted != nil {
 			admitted()
@@ -367,7 +396,7 @@ func (d *Dispatcher) Handle(ctx context.Context, peer *Peer, msg []byte, admitte
 // request has taken its place in line or finished, so a transport can read the next
 // message while this one is served.
 func (d *Dispatcher) Serve(ctx context.Context, peer *Peer, msg []byte, admitted func(), write func(resps []*Response, batch bool)) {
-	release, rerr := d.admit(peer, len(msg))
+	release, rerr := d.admit(ctx, peer, msg)
 	if rerr != nil {
 		if admitted != nil {
 			admitted()

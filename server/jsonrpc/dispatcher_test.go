@@ -270,3 +270,27 @@ func TestAfterReplyRunsAfterTheWrite(t *testing.T) {
 		t.Errorf("events for a notification %v", events)
 	}
 }
+
+// TestSameIDs: ids a client cannot tell apart are one id (numbers by the value of
+// the double they decode into), ids it can are not.
+func TestSameIDs(t *testing.T) {
+	same := [][2]string{
+		{`0`, `-0`}, {`0`, `0.0e5`}, {`1`, `1.0`}, {`1`, `1e0`}, {`1`, `10e-1`},
+		{`1e999999`, `2e999999`}, {`1e400`, `1e999999`}, {`-1e999999`, `-5e400`},
+		{`1e-999999`, `0`}, {`9007199254740993`, `9007199254740992`},
+		{`"a"`, `"\u0061"`}, {`null`, ` null`},
+	}
+	different := [][2]string{
+		{`1`, `"1"`}, {`1e999999`, `-1e999999`}, {`1`, `1.0000001`}, {`0`, `null`}, {`"a"`, `"A"`},
+	}
+	for _, p := range same {
+		if idKey(json.RawMessage(p[0])) != idKey(json.RawMessage(p[1])) {
+			t.Errorf("ids %s and %s are not the same id", p[0], p[1])
+		}
+	}
+	for _, p := range different {
+		if idKey(json.RawMessage(p[0])) == idKey(json.RawMessage(p[1])) {
+			t.Errorf("ids %s and %s are the same id", p[0], p[1])
+		}
+	}
+}

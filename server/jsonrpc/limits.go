@@ -26,9 +26,10 @@ type Limits struct {
 	// (DefaultMaxPeerMessages), those of NeverWaits methods aside; more are answered
 	// -32002 at once.
 	MaxPeerMessages int
-	// MaxInflightBytes bounds the bytes of all the messages being served at once, over
-	// every connection (DefaultMaxInflightBytes): with the queue's bound it caps the
-	// memory that waiting work holds. A message over it is answered -32002 at once.
+	// MaxInflightBytes is the size of the dispatcher's own budget of bytes in flight
+	// (DefaultMaxInflightBytes), when it does not share the server's (SetBudget): what
+	// the messages being served hold, raw and decoded, over every connection. A message
+	// over it is answered -32002 at once.
 	MaxInflightBytes int64
 }
 
@@ -39,7 +40,7 @@ const (
 	DefaultMaxArrayLen      = 1 << 20
 	DefaultMaxBatch         = 64
 	DefaultMaxPeerMessages  = 32
-	DefaultMaxInflightBytes = 256 << 20
+	DefaultMaxInflightBytes = 64 << 20
 )
 
 func (l Limits) withDefaults() Limits {

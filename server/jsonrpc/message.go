@@ -221,8 +221,12 @@ func rejectDuplicateIDs(items []item) {
 	}
 }
 
-// idKey is an id in a canonical form: 1, 1.0 and 1e0 are one number, "a" and "\u0061"
-// one string.
+// idKey is an id in a canonical form: two ids have one key when a client could not
+// tell their responses apart. Strings compare by their characters ("a" and "\u0061"
+// are one id). Numbers compare by value as the IEEE 754 doubles a client decodes them
+// into (RFC 8259 section 6): 1, 1.0 and 1e0 are one number, so are 0 and -0 (equal as
+// numbers), 9007199254740993 and 9007199254740992 (one double), and every number too
+// large for a double is one infinity of its sign (1e999999 and 2e999999).
 func idKey(id json.RawMessage) string {
 	id = bytes.TrimSpace(id)
 	if len(id) > 0 && id[0] == '"' {
@@ -231,7 +235,12 @@ func idKey(id json.RawMessage) string {
 			return "s" + s
 		}
 	}
-	if f, err := strconv.ParseFloat(string(id), 64); err == nil {
+	f, err := strconv.ParseFloat(string(id), 64)
+	var numErr *strconv.NumError
+	if err == nil || errors.As(err, &numErr) && errors.Is(numErr.Err, strconv.ErrRange) {
+		if f == 0 {
+			f = 0 // -0 == 0: one key
+		}
 		return "n" + strconv.FormatFloat(f, 'g', -1, 64)
 	}
 	return "r" + string(id)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -56,6 +57,9 @@ func checkUnsupportedValues(m map[string]json.RawMessage) *Error {
 	return nil
 }
 
+// renderCost is what a rendered turn adds to its text (role markers, separators).
+const renderCost = 64
+
 // chat serves POST /v1/chat/completions.
 func (h *Handler) chat(w http.ResponseWriter, r *http.Request) {
 	spec, e := h.chatSpec(w, r)
@@ -80,7 +84,8 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 	if e != nil {
 		return nil, e
 	}
-	req, e := decodeChat(body)
+	pay := payFor(r.Context())
+	req, e := decodeChat(body, pay)
 	if e != nil {
 		return nil, e
 	}
@@ -103,20 +108,35 @@ func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *E
 			conv.OmitSystem = true
 		}
 	}
-	prompt, err := tmpl.Render(conv)
+	// The prompt is about as long as the conversation's text plus each turn's markers;
+	// a template that writes more pays for the rest once it is known.
+	estimate := len(body) + renderCost*len(req.msgs)
+	if e := pay.pay(estimate); e != nil {
+		return nil, e
+	}
+	prompt, err := tmpl.Render(r.Context(), conv)
+	if extra := len(prompt) - estimate; err == nil && extra > 0 {
+		if e := pay.pay(extra); e != nil {
+			return nil, e
+		}
+	}
 	if err != nil {
 		if errors.Is(err, chattemplate.ErrInvalid) {
-			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %v.", tmpl.Name(), err)
+			why := strings.TrimPrefix(err.Error(), chattemplate.ErrInvalid.Error()+": ")
+			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %s.", tmpl.Name(), why)
 		}
 		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
+	}
+	if e := noNUL("messages", prompt); e != nil { // a template may add what no message held
+		return nil, e
 	}
 	spec.prompt, spec.opening = prompt, chattemplate.OpenReasoning(prompt)
 	return spec, nil
 }
 
 // decodeChat decodes and checks a chat completion request.
-func decodeChat(body []byte) (*chatRequest, *Error) {
-	m, e := fields(body, "")
+func decodeChat(body []byte, pay payFunc) (*chatRequest, *Error) {
+	m, e := fields(body, "", pay)
 	if e != nil {
 		return nil, e
 	}
@@ -133,7 +153,7 @@ func decodeChat(body []byte) (*chatRequest, *Error) {
 	if _, ok := m["messages"]; !ok {
 		return nil, invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
 	}
-	if req.msgs, e = decodeMessages(m["messages"]); e != nil {
+	if req.msgs, e = decodeMessages(m["messages"], pay); e != nil {
 		return nil, e
 	}
 	if req.sampling, e = decodeSampling(m, "max_tokens"); e != nil {
@@ -149,7 +169,7 @@ func decodeChat(body []byte) (*chatRequest, *Error) {
 		}
 		req.sampling.MaxTokens = mct
 	}
-	tools, e := decodeTools(m["tools"])
+	tools, e := decodeTools(m["tools"], pay)
 	if e != nil {
 		return nil, e
 	}
@@ -181,7 +201,7 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSp
 	if e != nil {
 		return nil, e
 	}
-	m, e := fields(body, "")
+	m, e := fields(body, "", payFor(r.Context()))
 	if e != nil {
 		return nil, e
 	}
@@ -197,6 +217,9 @@ func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSp
 	}
 	prompt, e := decodePrompt(m["prompt"])
 	if e != nil {
+		return nil, e
+	}
+	if e := noNUL("prompt", prompt); e != nil {
 		return nil, e
 	}
 	s, e := decodeSampling(m, "max_tokens")

@@ -1,11 +1,15 @@
 package openai
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
@@ -64,6 +68,26 @@ func unavailable(reason string) *Error {
 		Message: "The server is not ready: " + reason + ". Retry later."}
 }
 
+// overBudget answers a request that does not fit the budget of bytes in flight.
+func overBudget(err error) *Error {
+	return &Error{Status: http.StatusTooManyRequests, Type: typeRateLimit, Code: strp("rate_limit_exceeded"), RetryAfter: strconv.Itoa(inflight.RetryAfterSeconds),
+		Message: "The server is busy: " + err.Error() + "."}
+}
+
+// payFor charges the request's account (in ctx) before an allocation.
+func payFor(ctx context.Context) payFunc {
+	acct := inflight.FromContext(ctx)
+	if acct == nil {
+		return nil
+	}
+	return func(n int) *Error {
+		if err := acct.Charge(n); err != nil {
+			return overBudget(err)
+		}
+		return nil
+	}
+}
+
 // fromBackend maps the supervisor's errors.
 func fromBackend(err error) *Error {
 	var rt *supervisor.RuntimeError
@@ -77,6 +101,8 @@ func fromBackend(err error) *Error {
 		return unavailable("it is shutting down")
 	case errors.Is(err, supervisor.ErrModelNotLoaded):
 		return unavailable(err.Error())
+	case errors.Is(err, supervisor.ErrTooLarge):
+		return &Error{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: strp("request_too_large"), Message: err.Error()}
 	case errors.As(err, &crash):
 		return &Error{Status: http.StatusInternalServerError, Type: typeServer, Code: strp("runtime_crashed"),
 			Message: crash.Error() + "; the server is restarting it, retry the request"}
@@ -86,6 +112,8 @@ func fromBackend(err error) *Error {
 		return invalid("messages", "context_length_exceeded", "The conversation is longer than the model's context (%s): shorten it.", rt.Reason)
 	case errors.As(err, &rt):
 		return &Error{Status: http.StatusInternalServerError, Type: typeServer, Code: strp("runtime_error"), Message: "The runtime failed: " + rt.Error()}
+	case errors.Is(err, runtime.ErrInvalidInput):
+		return invalid("messages", "invalid_value", "The request cannot be given to the model: %v.", err)
 	case errors.Is(err, supervisor.ErrAborted):
 		return &Error{Status: 499, Type: typeInvalidRequest, Code: strp("aborted"), Message: err.Error()}
 	}

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -255,17 +255,23 @@ func (h *Handler) model(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, m)
 }
 
-// readBody reads the request body within MaxRequestBytes.
+// readBody reads the request body within MaxRequestBytes, paying for it first from the
+// request's account of the budget of bytes in flight.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *Error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxRequestBytes))
+	r.Body = http.MaxBytesReader(w, r.Body, h.opts.MaxRequestBytes)
+	body, err := inflight.ReadBody(r, h.opts.MaxRequestBytes)
 	if h.opts.Observer != nil {
 		h.opts.Observer.BytesIn("http", len(body))
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		var over *inflight.OverError
+		switch {
+		case errors.As(err, &tooLarge):
 			return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: strp("request_too_large"),
 				Message: fmt.Sprintf("The request body is larger than %d bytes (--max-request-bytes): shorten the conversation.", h.opts.MaxRequestBytes)}
+		case errors.As(err, &over):
+			return nil, overBudget(err)
 		}
 		return nil, invalid("", "", "Cannot read the request body: %v.", err)
 	}

@@ -6,26 +6,74 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
+	"unsafe"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
 
-// fields decodes a JSON object into its members, keeping the raw value of each.
-func fields(raw []byte, where string) (map[string]json.RawMessage, *Error) {
+// fields splits a JSON object into its members, keeping the raw value of each (as
+// slices of raw: nothing is copied).
+func fields(raw []byte, where string, pay payFunc) (map[string]json.RawMessage, *Error) {
 	var m map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&m); err != nil || m == nil {
-		if where == "" {
-			return nil, invalid("", "", "We could not parse the JSON body of your request: %v. The body must be a JSON object.", errText(err))
+	if json.Valid(raw) {
+		n := 0
+		eachMember(raw, func(_, _ []byte) { n++ })
+		if e := pay.pay(n * memberCost); e != nil {
+			return nil, e
 		}
+		m = make(map[string]json.RawMessage, n)
+		if !eachMember(raw, func(key, value []byte) { m[memberName(key)] = value }) {
+			m = nil
+		}
+	}
+	if m != nil {
+		return m, nil
+	}
+	if where != "" {
 		return nil, invalid(where, "invalid_type", "%s must be an object.", where)
 	}
-	if where == "" && dec.More() {
-		return nil, invalid("", "", "We could not parse the JSON body of your request: data after the JSON object.")
+	// Say what is wrong the way encoding/json does.
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return nil, invalid("", "", "We could not parse the JSON body of your request: %v. The body must be a JSON object.", errText(err))
 	}
-	return m, nil
+	return nil, invalid("", "", "We could not parse the JSON body of your request: data after the JSON object.")
+}
+
+// payFunc charges a request's account of the budget of bytes in flight before an
+// allocation; nil charges nothing.
+type payFunc func(n int) *Error
+
+func (p payFunc) pay(n int) *Error {
+	if p == nil || n <= 0 {
+		return nil
+	}
+	return p(n)
+}
+
+// Costs charged before decoding, beyond the bytes of the text itself.
+const (
+	// memberCost is a member of a map of raw members.
+	memberCost = 64
+	// elementCost is an element decoded by encoding/json into a map or struct (rare
+	// arrays: content parts, tool calls, tools), its garbage included.
+	elementCost = 512
+)
+
+// memberName is a member's name as written (without quotes), its escapes decoded
+// (and invalid UTF-8 replaced) as encoding/json does.
+func memberName(key []byte) string {
+	if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
+		var k string
+		if json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &k) == nil {
+			return k
+		}
+	}
+	return string(key)
 }
 
 func errText(err error) string {
@@ -266,100 +314,225 @@ func flagName(param string) string {
 	return strings.ReplaceAll(param, "_", "-")
 }
 
-// message is a decoded chat message.
-func decodeMessages(raw json.RawMessage) ([]chattemplate.Message, *Error) {
-	var list []json.RawMessage
-	if err := json.Unmarshal(raw, &list); err != nil {
+// decodeMessages decodes the messages one at a time from the array: a long
+// conversation costs its messages and not a copy of each one's members on the way (a
+// 15 MiB body of one-character messages once took 950 MiB of allocations to decode).
+// budget, when set, is charged for each message before it is decoded.
+func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *Error) {
+	n := 0
+	if ok, _ := eachElement(raw, func(int, []byte) *Error { n++; return nil }); !ok {
 		return nil, invalid("messages", "invalid_type", "Invalid type for 'messages': expected an array of message objects, but got %s.", jsonKind(raw))
 	}
-	if len(list) == 0 {
+	if n == 0 {
 		return nil, invalid("messages", "empty_array", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
-	out := make([]chattemplate.Message, 0, len(list))
-	for i, r := range list {
-		m, err := decodeMessage(r, fmt.Sprintf("messages[%d]", i))
-		if err != nil {
-			return nil, err
+	if e := pay.pay(n * messageCost); e != nil {
+		return nil, e
+	}
+	out := make([]chattemplate.Message, n)
+	_, e := eachElement(raw, func(i int, one []byte) *Error {
+		// Its strings take at most its length, and joining content parts as much again.
+		if e := pay.pay(2 * len(one)); e != nil {
+			return e
 		}
-		out = append(out, m)
+		return decodeMessage(one, i, &out[i], pay)
+	})
+	if e != nil {
+		return nil, e
 	}
 	return out, nil
 }
 
-// messageUnsupported are message members refused when set. Other members a client
-// sends back from a response (refusal, annotations, reasoning_content, ...) are ignored.
-var messageUnsupported = map[string]string{"function_call": "use tool_calls", "audio": "audio is not supported"}
+// elements counts the elements of raw, a valid JSON array (0 for anything else).
+func elements(raw []byte) int {
+	n := 0
+	_, _ = eachElement(raw, func(int, []byte) *Error { n++; return nil })
+	return n
+}
 
-func decodeMessage(raw json.RawMessage, where string) (chattemplate.Message, *Error) {
-	var msg chattemplate.Message
-	m, err := fields(raw, where)
-	if err != nil {
-		return msg, err
+// messageCost is what a decoded message holds besides its text.
+const messageCost = int(unsafe.Sizeof(chattemplate.Message{}))
+
+// wireMessage is a chat message's members that the server reads, matched exactly
+// (case-sensitive), as they are written in the body; other members a client sends back
+// from a response (refusal, annotations, reasoning_content, ...) are ignored.
+type wireMessage struct {
+	Role, Content, Name, ToolCalls, ToolCallID, FunctionCall, Audio json.RawMessage
+}
+
+// readWireMessage picks the members of the message object raw (valid JSON); false when
+// it is not an object.
+func readWireMessage(raw []byte, w *wireMessage) bool {
+	return eachMember(raw, func(key, value []byte) {
+		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) { // an escaped name, such as "\u0072ole"
+			key = []byte(memberName(key))
+		}
+		switch string(key) {
+		case "role":
+			w.Role = value
+		case "content":
+			w.Content = value
+		case "name":
+			w.Name = value
+		case "tool_calls":
+			w.ToolCalls = value
+		case "tool_call_id":
+			w.ToolCallID = value
+		case "function_call":
+			w.FunctionCall = value
+		case "audio":
+			w.Audio = value
+		}
+	})
+}
+
+// messagePath names message i in errors.
+func messagePath(i int) string { return "messages[" + strconv.Itoa(i) + "]" }
+
+// decodeRaw decodes one member; a type mismatch is a 400 naming it.
+func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Error {
+	if isNull(raw) {
+		return nil
 	}
-	for k, why := range messageUnsupported {
-		if !isNull(m[k]) {
-			return msg, unsupported(where+"."+k, "%s.%s is not supported by this server: %s.", where, k, why)
+	if s, ok := v.(*string); ok && plainString(raw, s) {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		p := param()
+		return invalid(p, "invalid_type", "Invalid type for '%s': expected %s, but got %s.", p, what, jsonKind(raw))
+	}
+	return nil
+}
+
+// plainString decodes a JSON string without escapes, the common case, without the
+// decoder's allocations; false leaves it to encoding/json.
+func plainString(raw []byte, s *string) bool {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return false
+	}
+	body := raw[1 : len(raw)-1]
+	if bytes.IndexByte(body, '\\') >= 0 || bytes.IndexByte(body, '"') >= 0 || !utf8.Valid(body) {
+		return false
+	}
+	*s = string(body)
+	return true
+}
+
+// decodeMessage decodes message i, raw (valid JSON), into msg.
+func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *Error {
+	var w wireMessage
+	if !readWireMessage(raw, &w) {
+		where := messagePath(i)
+		return invalid(where, "invalid_type", "%s must be an object.", where)
+	}
+	at := func(member string) func() string { return func() string { return messagePath(i) + "." + member } }
+	for _, u := range []struct {
+		raw      json.RawMessage
+		key, why string
+	}{{w.FunctionCall, "function_call", "use tool_calls"}, {w.Audio, "audio", "audio is not supported"}} {
+		if !isNull(u.raw) {
+			where := messagePath(i)
+			return unsupported(where+"."+u.key, "%s.%s is not supported by this server: %s.", where, u.key, u.why)
 		}
 	}
-	if err := decodeField(m, "role", where+".role", &msg.Role, "a string"); err != nil {
-		return msg, err
+	var role string
+	if err := decodeRaw(w.Role, at("role"), &role, "a string"); err != nil {
+		return err
 	}
-	switch msg.Role {
-	case "developer":
+	switch role {
+	case "developer", chattemplate.RoleSystem:
 		msg.Role = chattemplate.RoleSystem
-	case chattemplate.RoleSystem, chattemplate.RoleUser, chattemplate.RoleAssistant, chattemplate.RoleTool:
+	case chattemplate.RoleUser:
+		msg.Role = chattemplate.RoleUser
+	case chattemplate.RoleAssistant:
+		msg.Role = chattemplate.RoleAssistant
+	case chattemplate.RoleTool:
+		msg.Role = chattemplate.RoleTool
 	case "":
-		return msg, invalid(where+".role", "missing_required_parameter", "Missing required parameter: '%s.role'.", where)
+		return invalid(at("role")(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
 	default:
-		return msg, invalid(where+".role", "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", msg.Role)
+		return invalid(at("role")(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
 	}
-	if err := decodeField(m, "name", where+".name", &msg.Name, "a string"); err != nil {
-		return msg, err
+	if err := decodeRaw(w.Name, at("name"), &msg.Name, "a string"); err != nil {
+		return err
 	}
-	content, err := decodeContent(m["content"], where+".content")
+	content, err := decodeContent(w.Content, at("content"), pay)
 	if err != nil {
-		return msg, err
+		return err
 	}
 	msg.Content = content
-	if err := decodeMessageTools(m, where, &msg); err != nil {
-		return msg, err
+	if err := decodeMessageTools(&w, i, msg, pay); err != nil {
+		return err
 	}
-	return msg, nil
+	where := messagePath(i)
+	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
+		if err := noNUL(where+f.param, f.v); err != nil {
+			return err
+		}
+	}
+	for j, tc := range msg.ToolCalls {
+		if err := noNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, j), tc.Name+tc.Arguments); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// noNUL refuses a string that would reach the runtime with a NUL character: the
+// prompt is a C string, which ends at the first NUL, so the model would not see the
+// rest.
+func noNUL(param, s string) *Error {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return invalid(param, "invalid_value", "Invalid '%s': it contains a NUL character (\\u0000) at byte %d, where the model's prompt (a C string) would end. Remove it.", param, i)
+	}
+	return nil
 }
 
 // decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a
 // tool result's tool_call_id.
-func decodeMessageTools(m map[string]json.RawMessage, where string, msg *chattemplate.Message) *Error {
+func decodeMessageTools(w *wireMessage, i int, msg *chattemplate.Message, pay payFunc) *Error {
 	var err *Error
 	if msg.Role == chattemplate.RoleAssistant {
-		if msg.ToolCalls, err = decodeToolCalls(m["tool_calls"], where+".tool_calls"); err != nil {
+		if msg.ToolCalls, err = decodeToolCalls(w.ToolCalls, messagePath(i)+".tool_calls", pay); err != nil {
 			return err
 		}
-	} else if _, ok := m["tool_calls"]; ok {
-		return invalid(where+".tool_calls", "", "Only assistant messages have 'tool_calls'.")
+	} else if len(w.ToolCalls) > 0 {
+		return invalid(messagePath(i)+".tool_calls", "", "Only assistant messages have 'tool_calls'.")
 	}
 	if msg.Role == chattemplate.RoleTool {
-		if err := decodeField(m, "tool_call_id", where+".tool_call_id", &msg.ToolCallID, "a string"); err != nil {
+		where := messagePath(i)
+		if err := decodeRaw(w.ToolCallID, func() string { return where + ".tool_call_id" }, &msg.ToolCallID, "a string"); err != nil {
 			return err
 		}
 		if msg.ToolCallID == "" {
 			return invalid(where+".tool_call_id", "missing_required_parameter", "Missing required parameter: '%s.tool_call_id'.", where)
 		}
 	}
-	if isNull(m["content"]) && len(msg.ToolCalls) == 0 {
+	if isNull(w.Content) && len(msg.ToolCalls) == 0 {
+		where := messagePath(i)
 		return invalid(where+".content", "missing_required_parameter", "Missing required parameter: '%s.content'.", where)
 	}
 	return nil
 }
 
 // decodeContent reads a content: a string, or an array of text parts.
-func decodeContent(raw json.RawMessage, where string) (string, *Error) {
+func decodeContent(raw json.RawMessage, param func() string, pay payFunc) (string, *Error) {
 	if isNull(raw) {
 		return "", nil
 	}
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		if plainString(raw, &s) || json.Unmarshal(raw, &s) == nil {
+			return s, nil
+		}
+	}
+	where := param()
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
+	}
+	if e := pay.pay(elements(raw) * elementCost); e != nil {
+		return "", e
 	}
 	var parts []map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &parts); err != nil {
@@ -386,9 +559,12 @@ func decodeContent(raw json.RawMessage, where string) (string, *Error) {
 	return b.String(), nil
 }
 
-func decodeToolCalls(raw json.RawMessage, where string) ([]chattemplate.ToolCall, *Error) {
+func decodeToolCalls(raw json.RawMessage, where string, pay payFunc) ([]chattemplate.ToolCall, *Error) {
 	if isNull(raw) {
 		return nil, nil
+	}
+	if e := pay.pay(elements(raw) * elementCost); e != nil {
+		return nil, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {
@@ -422,9 +598,12 @@ type tool struct {
 	Raw  json.RawMessage
 }
 
-func decodeTools(raw json.RawMessage) ([]tool, *Error) {
+func decodeTools(raw json.RawMessage, pay payFunc) ([]tool, *Error) {
 	if isNull(raw) {
 		return nil, nil
+	}
+	if e := pay.pay(elements(raw)*elementCost + len(raw)); e != nil {
+		return nil, e
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {

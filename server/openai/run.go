@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -214,6 +215,10 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, spec *runSpec) {
 	if spec.sampling.MaxTokens != nil && spec.abi != runtime.ABI13 {
 		serverMax = *spec.sampling.MaxTokens
 	}
+	if e := holdForRun(r.Context(), spec); e != nil {
+		h.fail(w, e)
+		return
+	}
 	out := newOutput(spec.sampling.Stop, spec.parseTools, h.opts.Template.EndOfReply(), serverMax)
 	out.opening = spec.opening
 	q := &deliveryQueue{max: h.opts.MaxBacklogBytes, wake: make(chan struct{}, 1), cancel: cancel}
@@ -246,6 +251,26 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, spec *runSpec) {
 	}
 	content = append(content, res.rest...)
 	h.respond(w, spec, id, content, res, u)
+}
+
+// holdForRun sets what the request holds of the budget of bytes in flight while it
+// waits and runs: its prompt and the prompt's copy in the frame to the worker. The
+// body and the decoded messages, charged before, are garbage once the prompt exists.
+func holdForRun(ctx context.Context, spec *runSpec) *Error {
+	acct := inflight.FromContext(ctx)
+	keep := 2 * len(spec.prompt)
+	if spec.tools != nil {
+		keep += 2 * (len(spec.tools.Tools) + len(spec.tools.SystemPrompt))
+	}
+	switch held := int(acct.Held()); {
+	case held < keep:
+		if err := acct.Charge(keep - held); err != nil {
+			return overBudget(err)
+		}
+	default:
+		acct.Release(held - keep)
+	}
+	return nil
 }
 
 // startStream sends the headers of a stream and, for a chat, the role chunk.

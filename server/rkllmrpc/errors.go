@@ -27,6 +27,12 @@ func rpcError(err error, extra map[string]any) error {
 	if errors.Is(err, supervisor.ErrNoSuchRequest) {
 		return jsonrpc.InvalidParams("request_id", "%v", err)
 	}
+	var input *runtime.InputError
+	if errors.As(err, &input) {
+		// The check of what the runtime would read against the model loaded when the
+		// call executed (the supervisor's, or the worker's own).
+		return invalidInput(input, input.Input > 0)
+	}
 	data := map[string]any{}
 	for k, v := range extra {
 		data[k] = v
@@ -51,10 +57,18 @@ func rpcError(err error, extra map[string]any) error {
 // supervisorError maps the supervisor's own errors (nil for others).
 func supervisorError(err error, data map[string]any) *jsonrpc.Error {
 	var (
-		crash   *supervisor.CrashError
-		timeout *supervisor.TimeoutError
+		crash    *supervisor.CrashError
+		timeout  *supervisor.TimeoutError
+		tooLarge *workerproto.ResultTooLargeError
 	)
 	switch {
+	case errors.As(err, &tooLarge):
+		data["field"] = tooLarge.Field
+		data["size"] = tooLarge.Size
+		data["limit"] = tooLarge.Limit
+		return jsonrpc.ErrTooLarge.Withf("%v", tooLarge)
+	case errors.Is(err, supervisor.ErrTooLarge):
+		return jsonrpc.ErrTooLarge.Withf("%v", err)
 	case errors.As(err, &crash):
 		data["pid"] = crash.Exit.PID
 		data["exit_code"] = crash.Exit.ExitCode

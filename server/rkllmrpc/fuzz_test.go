@@ -1,12 +1,16 @@
 package rkllmrpc
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"math/big"
+	"strings"
 	"testing"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
 // FuzzRunParams feeds arbitrary params to rkllm.run's validation. Whatever the input:
@@ -25,10 +29,17 @@ func FuzzRunParams(f *testing.F) {
 		`{"input":{"prompt_input":"x","Prompt_input":"y"}}`,
 		`{"input":{"token_input":{"input_ids":[-1]}}}`,
 		`{"stream":true,"input":{"prompt_input":"x"}}`,
+		// Issue 12: products that wrap, rows one float wide, NUL in C strings.
+		`{"input":{"multimodal_input":{"prompt":"<image><image>","n_image":2,"n_image_tokens":9223372036854775807,"image_embed":[1,2]}}}`,
+		`{"input":{"multimodal_input":{"prompt":"<image><image><image><image>","n_image":4,"n_image_tokens":4611686018427387904,"image_embed":[1,2]}}}`,
+		`{"input":{"multimodal_input":{"prompt":"<video><video>","n_video":2,"n_frame_per_video":4611686018427387904,"n_frame_tokens":2,"video_embed":[1]}}}`,
+		`{"input":{"embed_input":{"embed":[1,2,3],"n_tokens":3}}}`,
+		`{"input":{"prompt_input":"a\u0000b"}}`,
+		`{"input":{"prompt_input":"x"},"infer_params":{"lora_params":{"lora_adapter_name":"ch\u0000at"}}}`,
 	} {
 		f.Add([]byte(seed))
 	}
-	s, err := New(nil, Options{})
+	s, err := New(fuzzModel, Options{})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -49,6 +60,20 @@ func FuzzRunParams(f *testing.F) {
 		if len(plan.inputs) == 0 {
 			t.Fatal("a run without inputs was accepted")
 		}
+		// The supervisor checks the rest against the model loaded when the run executes.
+		lim := fuzzModel.m.Limits()
+		if err := runtime.CheckInputs(plan.inputs, lim); err != nil {
+			if e := invalidInput(err, plan.batch); !isInvalidParams(e) {
+				t.Fatalf("refusal %v at execution is not -32602", e)
+			}
+			return
+		}
+		if err := runtime.CheckInferParams(&plan.ip, lim); err != nil {
+			if e := invalidInput(err, plan.batch); !isInvalidParams(e) {
+				t.Fatalf("refusal %v at execution is not -32602", e)
+			}
+			return
+		}
 		if p := plan.ip.Sampling; p != nil && (p.TopP < 0 || p.TopP > 1 || p.Temperature < 0 || p.TopK < 0) {
 			t.Fatalf("sampling out of range accepted: %+v", p)
 		}
@@ -58,12 +83,53 @@ func FuzzRunParams(f *testing.F) {
 	})
 }
 
+func isInvalidParams(err error) bool {
+	var e *jsonrpc.Error
+	return errors.As(err, &e) && e.Code == -32602
+}
+
+// fuzzModel is a backend with a model loaded: its limits are what FuzzRunParams
+// checks accepted runs against.
+var fuzzModel = staticModel{supervisor.LoadedModel{
+	Param: runtime.Param{MaxContextLen: 4096, Extend: runtime.ExtendParam{NBatch: 1}},
+	ABI:   runtime.ABI13, EmbedWidth: 16, Loras: []string{"chat"},
+}}
+
+// staticModel answers LoadedModel; nothing else of Backend is called by plan.
+type staticModel struct{ m supervisor.LoadedModel }
+
+func (b staticModel) LoadedModel() (supervisor.LoadedModel, bool) { return b.m, true }
+func (b staticModel) Loaded() (runtime.Param, bool)               { return b.m.Param, true }
+func (staticModel) Enqueue(context.Context, supervisor.Request) (*supervisor.Ticket, error) {
+	panic("not used")
+}
+func (staticModel) Abort(string, string) ([]string, error)  { panic("not used") }
+func (staticModel) IsRunning(context.Context) (bool, error) { panic("not used") }
+func (staticModel) Defaults(context.Context) (runtime.Param, runtime.ABI, error) {
+	panic("not used")
+}
+
+// reads is how many floats the runtime reads for counts of rows of width floats,
+// computed exactly (no overflow can hide a mismatch).
+func reads(width int, counts ...int) *big.Int {
+	n := big.NewInt(int64(width))
+	for _, c := range counts {
+		n.Mul(n, big.NewInt(int64(c)))
+	}
+	return n
+}
+
+// checkInput fails when an accepted input would make the runtime read past what was
+// sent, or fill more positions than the model has.
 func checkInput(t *testing.T, in runtime.Input) {
 	t.Helper()
+	m := fuzzModel.m
+	limit := big.NewInt(int64(m.Param.MaxContextLen))
+	sent := func(f []float32) *big.Int { return big.NewInt(int64(len(f))) }
 	switch in.Type {
 	case runtime.InputToken:
-		if len(in.TokenIDs) == 0 {
-			t.Fatal("empty token input accepted")
+		if len(in.TokenIDs) == 0 || len(in.TokenIDs) > int(m.Param.MaxContextLen) {
+			t.Fatalf("token input of %d ids accepted", len(in.TokenIDs))
 		}
 		for _, id := range in.TokenIDs {
 			if id < 0 {
@@ -71,15 +137,28 @@ func checkInput(t *testing.T, in runtime.Input) {
 			}
 		}
 	case runtime.InputEmbed:
-		if in.NTokens < 1 || len(in.Embed) == 0 || len(in.Embed)%in.NTokens != 0 {
+		if in.NTokens < 1 || reads(m.EmbedWidth, in.NTokens).Cmp(sent(in.Embed)) != 0 || big.NewInt(int64(in.NTokens)).Cmp(limit) > 0 {
 			t.Fatalf("embedding of %d floats for %d tokens accepted", len(in.Embed), in.NTokens)
 		}
 	case runtime.InputMultimodal:
-		m := in.Multimodal
-		if (m.NImage == 0) != (len(m.ImageEmbed) == 0) || (m.NImage > 0 && len(m.ImageEmbed)%(m.NImage*m.NImageTokens) != 0) {
-			t.Fatalf("image embedding of %d floats for %d x %d accepted", len(m.ImageEmbed), m.NImage, m.NImageTokens)
+		mm := in.Multimodal
+		if mm.NImage > 0 && reads(m.EmbedWidth, mm.NImage, mm.NImageTokens).Cmp(sent(mm.ImageEmbed)) != 0 {
+			t.Fatalf("image embedding of %d floats for %d x %d accepted", len(mm.ImageEmbed), mm.NImage, mm.NImageTokens)
+		}
+		if mm.NVideo > 0 && reads(m.EmbedWidth, mm.NVideo, mm.NFramePerVideo, mm.NFrameTokens).Cmp(sent(mm.VideoEmbed)) != 0 {
+			t.Fatalf("video embedding of %d floats for %d x %d x %d accepted", len(mm.VideoEmbed), mm.NVideo, mm.NFramePerVideo, mm.NFrameTokens)
+		}
+		if (mm.NImage == 0 && len(mm.ImageEmbed) > 0) || (mm.NVideo == 0 && len(mm.VideoEmbed) > 0) {
+			t.Fatal("embeddings without images or videos accepted")
+		}
+		positions := new(big.Int).Add(reads(1, mm.NImage, mm.NImageTokens), reads(1, mm.NVideo, mm.NFramePerVideo, mm.NFrameTokens))
+		if positions.Cmp(limit) > 0 || strings.Contains(mm.Prompt, "\x00") {
+			t.Fatalf("multimodal input of %v positions accepted", positions)
 		}
 	case runtime.InputPrompt:
+		if strings.Contains(in.Prompt, "\x00") {
+			t.Fatal("a prompt with a NUL accepted")
+		}
 	default:
 		t.Fatalf("input type %d accepted", in.Type)
 	}

@@ -18,7 +18,7 @@ import (
 // paramJSON is RKLLMParam. Decoding starts from the runtime's defaults, so a client may
 // send only the fields it changes.
 type paramJSON struct {
-	ModelPath        string          `json:"model_path"`
+	ModelPath        cString         `json:"model_path"`
 	MaxContextLen    int32           `json:"max_context_len"`
 	MaxNewTokens     int32           `json:"max_new_tokens"`
 	TopK             int32           `json:"top_k"`
@@ -34,9 +34,9 @@ type paramJSON struct {
 	SkipSpecialToken cBool           `json:"skip_special_token"`
 	IgnoreEOSToken   cBool           `json:"ignore_eos_token"` // ABI 1.3
 	IsAsync          cBool           `json:"is_async"`
-	ImgStart         string          `json:"img_start"`   // ABI 1.2
-	ImgEnd           string          `json:"img_end"`     // ABI 1.2
-	ImgContent       string          `json:"img_content"` // ABI 1.2
+	ImgStart         cString         `json:"img_start"`   // ABI 1.2
+	ImgEnd           cString         `json:"img_end"`     // ABI 1.2
+	ImgContent       cString         `json:"img_content"` // ABI 1.2
 	ExtendParam      extendParamJSON `json:"extend_param"`
 }
 
@@ -51,12 +51,12 @@ type extendParamJSON struct {
 
 func paramToJSON(p runtime.Param) paramJSON {
 	return paramJSON{
-		ModelPath: p.ModelPath, MaxContextLen: p.MaxContextLen, MaxNewTokens: p.MaxNewTokens, TopK: p.TopK,
+		ModelPath: cString(p.ModelPath), MaxContextLen: p.MaxContextLen, MaxNewTokens: p.MaxNewTokens, TopK: p.TopK,
 		NKeep: p.NKeep, TopP: p.TopP, Temperature: p.Temperature, RepeatPenalty: p.RepeatPenalty,
 		FrequencyPenalty: p.FrequencyPenalty, PresencePenalty: p.PresencePenalty, Mirostat: p.Mirostat,
 		MirostatTau: p.MirostatTau, MirostatEta: p.MirostatEta, SkipSpecialToken: cBool(p.SkipSpecialToken),
-		IgnoreEOSToken: cBool(p.IgnoreEOSToken), IsAsync: cBool(p.IsAsync), ImgStart: p.ImgStart,
-		ImgEnd: p.ImgEnd, ImgContent: p.ImgContent,
+		IgnoreEOSToken: cBool(p.IgnoreEOSToken), IsAsync: cBool(p.IsAsync), ImgStart: cString(p.ImgStart),
+		ImgEnd: cString(p.ImgEnd), ImgContent: cString(p.ImgContent),
 		ExtendParam: extendParamJSON{
 			BaseDomainID: p.Extend.BaseDomainID, EmbedFlash: p.Extend.EmbedFlash, EnabledCPUsNum: p.Extend.EnabledCPUsNum,
 			EnabledCPUsMask: cpuMask(p.Extend.EnabledCPUsMask), NBatch: p.Extend.NBatch, UseCrossAttn: p.Extend.UseCrossAttn,
@@ -66,12 +66,12 @@ func paramToJSON(p runtime.Param) paramJSON {
 
 func (j *paramJSON) param() runtime.Param {
 	return runtime.Param{
-		ModelPath: j.ModelPath, MaxContextLen: j.MaxContextLen, MaxNewTokens: j.MaxNewTokens, TopK: j.TopK,
+		ModelPath: string(j.ModelPath), MaxContextLen: j.MaxContextLen, MaxNewTokens: j.MaxNewTokens, TopK: j.TopK,
 		NKeep: j.NKeep, TopP: j.TopP, Temperature: j.Temperature, RepeatPenalty: j.RepeatPenalty,
 		FrequencyPenalty: j.FrequencyPenalty, PresencePenalty: j.PresencePenalty, Mirostat: j.Mirostat,
 		MirostatTau: j.MirostatTau, MirostatEta: j.MirostatEta, SkipSpecialToken: bool(j.SkipSpecialToken),
-		IgnoreEOSToken: bool(j.IgnoreEOSToken), IsAsync: bool(j.IsAsync), ImgStart: j.ImgStart,
-		ImgEnd: j.ImgEnd, ImgContent: j.ImgContent,
+		IgnoreEOSToken: bool(j.IgnoreEOSToken), IsAsync: bool(j.IsAsync), ImgStart: string(j.ImgStart),
+		ImgEnd: string(j.ImgEnd), ImgContent: string(j.ImgContent),
 		Extend: runtime.ExtendParam{
 			BaseDomainID: j.ExtendParam.BaseDomainID, EmbedFlash: j.ExtendParam.EmbedFlash,
 			EnabledCPUsNum: j.ExtendParam.EnabledCPUsNum, EnabledCPUsMask: uint32(j.ExtendParam.EnabledCPUsMask),
@@ -129,14 +129,14 @@ type initParams struct {
 
 type loraParams struct {
 	LoraAdapter *struct {
-		LoraAdapterPath string   `json:"lora_adapter_path"`
-		LoraAdapterName string   `json:"lora_adapter_name"`
+		LoraAdapterPath cString  `json:"lora_adapter_path"`
+		LoraAdapterName cString  `json:"lora_adapter_name"`
 		Scale           *float32 `json:"scale"`
 	} `json:"lora_adapter"`
 }
 
 type promptCacheParams struct {
-	PromptCachePath string `json:"prompt_cache_path"`
+	PromptCachePath cString `json:"prompt_cache_path"`
 }
 
 type clearKVCacheParams struct {
@@ -146,16 +146,16 @@ type clearKVCacheParams struct {
 }
 
 type chatTemplateParams struct {
-	SystemPrompt  string `json:"system_prompt"`
-	PromptPrefix  string `json:"prompt_prefix"`
-	PromptPostfix string `json:"prompt_postfix"`
+	SystemPrompt  cString `json:"system_prompt"`
+	PromptPrefix  cString `json:"prompt_prefix"`
+	PromptPostfix cString `json:"prompt_postfix"`
 }
 
 type functionToolsParams struct {
-	SystemPrompt string `json:"system_prompt"`
+	SystemPrompt cString `json:"system_prompt"`
 	// Tools is the tools JSON: a string, or the array itself.
 	Tools           json.RawMessage `json:"tools"`
-	ToolResponseStr string          `json:"tool_response_str"`
+	ToolResponseStr cString         `json:"tool_response_str"`
 }
 
 type crossAttnParams struct {
@@ -186,7 +186,7 @@ type inputJSON struct {
 	Role           string     `json:"role"`
 	EnableThinking cBool      `json:"enable_thinking"`
 	InputType      *inputType `json:"input_type"`
-	PromptInput    *string    `json:"prompt_input"`
+	PromptInput    *cString   `json:"prompt_input"`
 	TokenInput     *struct {
 		InputIDs []int32 `json:"input_ids"`
 		NTokens  *int    `json:"n_tokens"`
@@ -199,34 +199,34 @@ type inputJSON struct {
 }
 
 type multimodalJSON struct {
-	Prompt         string `json:"prompt"`
-	ImageEmbed     floats `json:"image_embed"`
-	NImageTokens   int    `json:"n_image_tokens"`
-	NImage         int    `json:"n_image"`
-	ImageWidth     int    `json:"image_width"`
-	ImageHeight    int    `json:"image_height"`
-	ImageStart     string `json:"image_start"`
-	ImageEnd       string `json:"image_end"`
-	ImageContent   string `json:"image_content"`
-	VideoEmbed     floats `json:"video_embed"`
-	NFrameTokens   int    `json:"n_frame_tokens"`
-	NFramePerVideo int    `json:"n_frame_per_video"`
-	NVideo         int    `json:"n_video"`
-	VideoStart     string `json:"video_start"`
-	VideoEnd       string `json:"video_end"`
-	VideoContent   string `json:"video_content"`
-	FrameWidth     int    `json:"frame_width"`
-	FrameHeight    int    `json:"frame_height"`
+	Prompt         cString `json:"prompt"`
+	ImageEmbed     floats  `json:"image_embed"`
+	NImageTokens   int     `json:"n_image_tokens"`
+	NImage         int     `json:"n_image"`
+	ImageWidth     int     `json:"image_width"`
+	ImageHeight    int     `json:"image_height"`
+	ImageStart     cString `json:"image_start"`
+	ImageEnd       cString `json:"image_end"`
+	ImageContent   cString `json:"image_content"`
+	VideoEmbed     floats  `json:"video_embed"`
+	NFrameTokens   int     `json:"n_frame_tokens"`
+	NFramePerVideo int     `json:"n_frame_per_video"`
+	NVideo         int     `json:"n_video"`
+	VideoStart     cString `json:"video_start"`
+	VideoEnd       cString `json:"video_end"`
+	VideoContent   cString `json:"video_content"`
+	FrameWidth     int     `json:"frame_width"`
+	FrameHeight    int     `json:"frame_height"`
 }
 
 type inferParamsJSON struct {
 	Mode       inferMode `json:"mode"`
 	LoraParams *struct {
-		LoraAdapterName string `json:"lora_adapter_name"`
+		LoraAdapterName cString `json:"lora_adapter_name"`
 	} `json:"lora_params"`
 	PromptCacheParams *struct {
-		SavePromptCache cBool  `json:"save_prompt_cache"`
-		PromptCachePath string `json:"prompt_cache_path"`
+		SavePromptCache cBool   `json:"save_prompt_cache"`
+		PromptCachePath cString `json:"prompt_cache_path"`
 	} `json:"prompt_cache_params"`
 	SamplingParams *struct {
 		TopK             int32   `json:"top_k"`
@@ -243,40 +243,68 @@ type inferParamsJSON struct {
 	MaxNewTokens int32 `json:"max_new_tokens"`
 }
 
-// inputs decodes the input member: one object, or an array for n_batch > 1.
-func (p *runParams) inputs() ([]runtime.Input, bool, error) {
+// inputs decodes the input member (one object, or an array for n_batch > 1) and
+// checks it against lim: the loaded model's limits, when one is loaded.
+func (p *runParams) inputs(lim runtime.Limits) ([]runtime.Input, bool, error) {
 	raw := bytes.TrimSpace(p.Input)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, false, jsonrpc.InvalidParams("input", "is required: an RKLLMInput object such as {\"input_type\":\"RKLLM_INPUT_PROMPT\",\"prompt_input\":\"Hello\"}")
 	}
-	var wires []inputJSON
+	elems := []json.RawMessage{raw}
 	batch := raw[0] == '['
 	if batch {
-		if err := strictDecode(raw, &wires); err != nil {
+		if err := strictDecode(raw, &elems); err != nil {
 			return nil, true, prefixField("input", err)
 		}
-		if len(wires) == 0 {
+		if len(elems) == 0 {
 			return nil, true, jsonrpc.InvalidParams("input", "an array of inputs must not be empty (it holds n_batch inputs)")
 		}
-	} else {
-		wires = make([]inputJSON, 1)
-		if err := strictDecode(raw, &wires[0]); err != nil {
-			return nil, false, prefixField("input", err)
+	}
+	// Each element on its own, so that an error names its index.
+	wires := make([]inputJSON, len(elems))
+	for i, e := range elems {
+		if err := strictDecode(e, &wires[i]); err != nil {
+			return nil, batch, prefixField(inputField(i, batch), err)
 		}
 	}
 	out := make([]runtime.Input, len(wires))
 	for i := range wires {
-		field := "input"
-		if batch {
-			field = fmt.Sprintf("input[%d]", i)
-		}
-		in, err := wires[i].input(field)
+		in, err := wires[i].input(inputField(i, batch))
 		if err != nil {
 			return nil, batch, err
 		}
 		out[i] = in
 	}
+	if err := runtime.CheckInputs(out, lim); err != nil {
+		return nil, batch, invalidInput(err, batch)
+	}
 	return out, batch, nil
+}
+
+// inputField is the path of input i: "input", or "input[i]" in an array.
+func inputField(i int, batch bool) string {
+	if batch {
+		return fmt.Sprintf("input[%d]", i)
+	}
+	return "input"
+}
+
+// invalidInput turns a *runtime.InputError (or an *UnsupportedError) into invalid
+// params naming the member; batch tells how the input was given.
+func invalidInput(err error, batch bool) error {
+	var ie *runtime.InputError
+	if !errors.As(err, &ie) {
+		return rpcError(err, nil)
+	}
+	field := ie.Field
+	if ie.Input >= 0 && field != "input" {
+		field = inputField(ie.Input, batch) + "." + field
+	}
+	reason := ie.Reason
+	if ie.NoWidth {
+		reason += "; the server learns it when the model loads, which failed (the server log says why): set --embedding-width to the model's hidden size"
+	}
+	return jsonrpc.InvalidParams(field, "%s", reason)
 }
 
 // input converts and checks one RKLLMInput.
@@ -300,7 +328,7 @@ func (w *inputJSON) input(field string) (runtime.Input, error) {
 		if w.PromptInput == nil {
 			return in, missing("prompt_input")
 		}
-		in.Prompt = *w.PromptInput
+		in.Prompt = string(*w.PromptInput)
 	case runtime.InputToken:
 		if w.TokenInput == nil {
 			return in, missing("token_input")
@@ -315,7 +343,7 @@ func (w *inputJSON) input(field string) (runtime.Input, error) {
 		if w.MultimodalInput == nil {
 			return in, missing("multimodal_input")
 		}
-		return in, w.multimodal(field, &in)
+		in.Multimodal = w.MultimodalInput.multimodal()
 	}
 	return in, nil
 }
@@ -340,70 +368,34 @@ func (w *inputJSON) inputType(field string) (runtime.InputType, error) {
 	return present[0], nil
 }
 
+// tokens converts token_input; the shared rules (runtime.CheckInputs) check the ids.
 func (w *inputJSON) tokens(field string, in *runtime.Input) error {
 	in.TokenIDs = w.TokenInput.InputIDs
-	if len(in.TokenIDs) == 0 {
-		return jsonrpc.InvalidParams(field+".token_input.input_ids", "must hold at least one token id")
-	}
-	for i, id := range in.TokenIDs {
-		if id < 0 {
-			return jsonrpc.InvalidParams(fmt.Sprintf("%s.token_input.input_ids[%d]", field, i), "token ids are vocabulary positions, not negative, got %d", id)
-		}
-	}
 	if n := w.TokenInput.NTokens; n != nil && *n != len(in.TokenIDs) {
 		return jsonrpc.InvalidParams(field+".token_input.n_tokens", "is %d but input_ids holds %d ids; omit it or make them match", *n, len(in.TokenIDs))
 	}
 	return nil
 }
 
+// embed converts embed_input, whose n_tokens is required (the rows of embed).
 func (w *inputJSON) embed(field string, in *runtime.Input) error {
 	in.Embed = w.EmbedInput.Embed
-	if w.EmbedInput.NTokens == nil || *w.EmbedInput.NTokens < 1 {
-		return jsonrpc.InvalidParams(field+".embed_input.n_tokens", "is required: the number of embedding rows (embed holds n_tokens x hidden size floats)")
+	if w.EmbedInput.NTokens == nil {
+		return jsonrpc.InvalidParams(field+".embed_input.n_tokens", "is required: the number of embedding rows (embed holds n_tokens x the model's embedding width floats)")
 	}
 	in.NTokens = *w.EmbedInput.NTokens
-	if len(in.Embed) == 0 || len(in.Embed)%in.NTokens != 0 {
-		return jsonrpc.InvalidParams(field+".embed_input.embed", "holds %d floats, not a multiple of n_tokens (%d)", len(in.Embed), in.NTokens)
-	}
 	return nil
 }
 
-func (w *inputJSON) multimodal(field string, in *runtime.Input) error {
-	m := w.MultimodalInput
-	in.Multimodal = runtime.MultimodalInput{
-		Prompt: m.Prompt, ImageEmbed: m.ImageEmbed, NImageTokens: m.NImageTokens, NImage: m.NImage,
-		ImageWidth: m.ImageWidth, ImageHeight: m.ImageHeight, ImageStart: m.ImageStart, ImageEnd: m.ImageEnd,
-		ImageContent: m.ImageContent, VideoEmbed: m.VideoEmbed, NFrameTokens: m.NFrameTokens,
-		NFramePerVideo: m.NFramePerVideo, NVideo: m.NVideo, VideoStart: m.VideoStart, VideoEnd: m.VideoEnd,
-		VideoContent: m.VideoContent, FrameWidth: m.FrameWidth, FrameHeight: m.FrameHeight,
+// multimodal converts multimodal_input; the shared rules check it.
+func (m *multimodalJSON) multimodal() runtime.MultimodalInput {
+	return runtime.MultimodalInput{
+		Prompt: string(m.Prompt), ImageEmbed: m.ImageEmbed, NImageTokens: m.NImageTokens, NImage: m.NImage,
+		ImageWidth: m.ImageWidth, ImageHeight: m.ImageHeight, ImageStart: string(m.ImageStart), ImageEnd: string(m.ImageEnd),
+		ImageContent: string(m.ImageContent), VideoEmbed: m.VideoEmbed, NFrameTokens: m.NFrameTokens,
+		NFramePerVideo: m.NFramePerVideo, NVideo: m.NVideo, VideoStart: string(m.VideoStart), VideoEnd: string(m.VideoEnd),
+		VideoContent: string(m.VideoContent), FrameWidth: m.FrameWidth, FrameHeight: m.FrameHeight,
 	}
-	field += ".multimodal_input"
-	if min(m.NImage, m.NImageTokens, m.NVideo, m.NFrameTokens, m.NFramePerVideo, m.ImageWidth, m.ImageHeight, m.FrameWidth, m.FrameHeight) < 0 {
-		return jsonrpc.InvalidParams(field, "counts and sizes (n_image, n_image_tokens, image_width, n_video, ...) must not be negative")
-	}
-	if err := embedRows(field+".image_embed", len(m.ImageEmbed), "n_image", m.NImage, "n_image_tokens", m.NImageTokens, 1); err != nil {
-		return err
-	}
-	return embedRows(field+".video_embed", len(m.VideoEmbed), "n_video", m.NVideo, "n_frame_tokens", m.NFrameTokens, m.NFramePerVideo)
-}
-
-// embedRows checks that an image or video embedding holds count x tokens (x frames)
-// rows of the hidden size: a whole, non-zero multiple, and nothing when count is 0.
-func embedRows(field string, floats int, countName string, count int, tokensName string, tokens, frames int) error {
-	if count == 0 {
-		if floats > 0 {
-			return jsonrpc.InvalidParams(field, "holds %d floats but %s is 0", floats, countName)
-		}
-		return nil
-	}
-	if tokens < 1 || frames < 1 {
-		return jsonrpc.InvalidParams(field, "with %s %d, %s (and frames per video) must be at least 1", countName, count, tokensName)
-	}
-	rows := int64(count) * int64(tokens) * int64(frames)
-	if floats == 0 || int64(floats)%rows != 0 {
-		return jsonrpc.InvalidParams(field, "holds %d floats, not a whole multiple of %s (%d) x %s (%d) rows of the hidden size", floats, countName, count, tokensName, tokens)
-	}
-	return nil
 }
 
 // check applies the ranges of RKLLMInferParam's members.
@@ -428,10 +420,10 @@ func (j *inferParamsJSON) check() error {
 func (j *inferParamsJSON) inferParams() runtime.InferParams {
 	ip := runtime.InferParams{Mode: runtime.InferMode(j.Mode), KeepHistory: bool(j.KeepHistory), MaxNewTokens: j.MaxNewTokens}
 	if j.LoraParams != nil {
-		ip.LoraAdapterName = j.LoraParams.LoraAdapterName
+		ip.LoraAdapterName = string(j.LoraParams.LoraAdapterName)
 	}
 	if c := j.PromptCacheParams; c != nil {
-		ip.PromptCache = &runtime.PromptCacheParams{Save: bool(c.SavePromptCache), Path: c.PromptCachePath}
+		ip.PromptCache = &runtime.PromptCacheParams{Save: bool(c.SavePromptCache), Path: string(c.PromptCachePath)}
 	}
 	if s := j.SamplingParams; s != nil {
 		ip.Sampling = &runtime.SamplingParams{

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
 
 // modelDir confines the paths clients name (models, LoRA adapters, prompt caches) to
@@ -64,10 +65,14 @@ func (d modelDir) resolve(field, p string, mustExist bool) (string, error) {
 	if !inside(d.root, real) {
 		return "", d.outside(field, p)
 	}
-	if mustExist {
-		if st, err := os.Stat(real); err != nil || st.IsDir() {
-			return "", jsonrpc.InvalidParams(field, "%s is not a file", p)
-		}
+	st, err := os.Stat(real)
+	switch {
+	case err != nil && mustExist:
+		return "", jsonrpc.InvalidParams(field, "%s: %v", p, err)
+	case err == nil && !st.Mode().IsRegular():
+		// The runtime would block opening a FIFO or a device (until --init-timeout
+		// kills the worker) and fail on the rest.
+		return "", jsonrpc.InvalidParams(field, "%s is %s, not a regular file: name a model, adapter or prompt cache file", p, runtime.FileKind(st.Mode()))
 	}
 	return real, nil
 }

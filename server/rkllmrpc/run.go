@@ -2,8 +2,9 @@ package rkllmrpc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
-	"strconv"
 
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -34,7 +35,10 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	inputs, batch, err := p.inputs()
+	// What does not depend on the model is checked now; the supervisor checks the rest
+	// against the model loaded when the run executes (runtime.Limits).
+	lim := runtime.Limits{ABI: s.abi()}
+	inputs, batch, err := p.inputs(lim)
 	if err != nil {
 		return nil, err
 	}
@@ -42,6 +46,9 @@ func (s *Service) plan(c *jsonrpc.Call, async bool) (*runPlan, error) {
 		return nil, err
 	}
 	plan := &runPlan{inputs: inputs, batch: batch, ip: p.InferParams.inferParams(), stream: p.Stream || async, base64: p.Encoding == "base64"}
+	if err := runtime.CheckInferParams(&plan.ip, lim); err != nil {
+		return nil, invalidInput(err, batch)
+	}
 	switch p.Encoding {
 	case "", "json", "base64":
 	default:
@@ -73,13 +80,21 @@ func (s *Service) checkPromptCache(c *jsonrpc.Call, pc *runtime.PromptCacheParam
 	return err
 }
 
+// newRequestID names a run with 128 random bits: the id is what lets a caller abort
+// the run (over HTTP, with the same API key), so it must not be guessable.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics rather than return short)
+	return "r-" + hex.EncodeToString(b[:])
+}
+
 // run serves rkllm.run and rkllm.run_async.
 func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, error) {
 	plan, err := s.plan(c, async)
 	if err != nil {
 		return nil, err
 	}
-	id := "r-" + strconv.FormatUint(s.ids.Add(1), 10)
+	id := newRequestID()
 	acc := newRunAcc(id, len(plan.inputs), plan.batch, plan.base64)
 	// An asynchronous run's notifications wait until its handle has been sent, so a
 	// client never sees a request_id before the response that names it. Not in a batch:
@@ -123,7 +138,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 			out, err := t.Wait()
 			<-replied
 			if err != nil {
-				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(rpcError(err, acc.partial(err)))})
+				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(runError(err, plan.batch, acc))})
 				return
 			}
 			_ = c.Notify(NotifyDone, acc.result(out, maxNew))
@@ -133,9 +148,26 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	defer cancel()
 	out, err := t.Wait()
 	if err != nil {
-		return nil, rpcError(err, acc.partial(err))
+		return nil, runError(err, plan.batch, acc)
 	}
 	return acc.result(out, maxNew), nil
+}
+
+// runError maps the error of a run: an input the model's limits refused is invalid
+// params naming the member (batch tells how the input was given).
+func runError(err error, batch bool, acc *runAcc) error {
+	if errors.Is(err, runtime.ErrInvalidInput) {
+		return invalidInput(err, batch)
+	}
+	return rpcError(err, acc.partial(err))
+}
+
+// abi is the runtime library's ABI, "" before the worker has said which.
+func (s *Service) abi() runtime.ABI {
+	if m, ok := s.b.LoadedModel(); ok {
+		return m.ABI
+	}
+	return ""
 }
 
 // runAcc collects the deliveries of one run, relays them as notifications when the

@@ -6,9 +6,7 @@ package rkllmrpc
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -27,6 +25,8 @@ type Backend interface {
 	Defaults(ctx context.Context) (runtime.Param, runtime.ABI, error)
 	// Loaded returns the parameters of the loaded model.
 	Loaded() (runtime.Param, bool)
+	// LoadedModel describes the loaded model, whose limits requests are checked against.
+	LoadedModel() (supervisor.LoadedModel, bool)
 }
 
 // Options configure the methods.
@@ -48,7 +48,6 @@ type Service struct {
 	b    Backend
 	opts Options
 	dir  modelDir
-	ids  atomic.Uint64
 }
 
 // New returns the service; the model directory must exist.
@@ -305,7 +304,7 @@ func (s *Service) loadLora(ctx context.Context, c *jsonrpc.Call) (any, error) {
 	if p.LoraAdapter == nil {
 		return nil, jsonrpc.InvalidParams("lora_adapter", "is required: {lora_adapter_path, lora_adapter_name, scale}")
 	}
-	a := runtime.LoraAdapter{Name: p.LoraAdapter.LoraAdapterName, Scale: 1}
+	a := runtime.LoraAdapter{Name: string(p.LoraAdapter.LoraAdapterName), Scale: 1}
 	if p.LoraAdapter.Scale != nil {
 		a.Scale = *p.LoraAdapter.Scale
 	}
@@ -313,7 +312,7 @@ func (s *Service) loadLora(ctx context.Context, c *jsonrpc.Call) (any, error) {
 		return nil, jsonrpc.InvalidParams("lora_adapter.lora_adapter_name", "is required: runs pick the adapter by this name")
 	}
 	var err error
-	if a.Path, err = s.dir.resolve("lora_adapter.lora_adapter_path", p.LoraAdapter.LoraAdapterPath, true); err != nil {
+	if a.Path, err = s.dir.resolve("lora_adapter.lora_adapter_path", string(p.LoraAdapter.LoraAdapterPath), true); err != nil {
 		return nil, err
 	}
 	if _, err := s.queued(ctx, c, &workerproto.LoadLora{Adapter: a}); err != nil {
@@ -327,7 +326,7 @@ func (s *Service) loadPromptCache(ctx context.Context, c *jsonrpc.Call) (any, er
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	path, err := s.dir.resolve("prompt_cache_path", p.PromptCachePath, true)
+	path, err := s.dir.resolve("prompt_cache_path", string(p.PromptCachePath), true)
 	if err != nil {
 		return nil, err
 	}
@@ -357,13 +356,9 @@ func clearKVCache(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	if (p.StartPos == nil) != (p.EndPos == nil) || len(p.StartPos) != len(p.EndPos) {
-		return nil, jsonrpc.InvalidParams("end_pos", "start_pos and end_pos go together: give both (one entry per batch entry) or neither (clear all)")
-	}
-	for i := range p.StartPos {
-		if p.StartPos[i] < 0 || p.EndPos[i] < p.StartPos[i] {
-			return nil, jsonrpc.InvalidParams(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", p.StartPos[i], p.EndPos[i])
-		}
+	// n_batch is checked when the call executes (supervisor.checkLimits).
+	if err := runtime.CheckKVRanges(p.StartPos, p.EndPos, runtime.Limits{}); err != nil {
+		return nil, invalidInput(err, false)
 	}
 	return &workerproto.ClearKVCache{KeepSystemPrompt: bool(p.KeepSystemPrompt), StartPos: p.StartPos, EndPos: p.EndPos}, nil
 }
@@ -373,7 +368,7 @@ func setChatTemplate(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := c.DecodeParams(&p); err != nil {
 		return nil, err
 	}
-	return &workerproto.SetChatTemplate{SystemPrompt: p.SystemPrompt, PromptPrefix: p.PromptPrefix, PromptPostfix: p.PromptPostfix}, nil
+	return &workerproto.SetChatTemplate{SystemPrompt: string(p.SystemPrompt), PromptPrefix: string(p.PromptPrefix), PromptPostfix: string(p.PromptPostfix)}, nil
 }
 
 func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
@@ -390,9 +385,14 @@ func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := json.Unmarshal([]byte(tools), &arr); err != nil {
 		return nil, jsonrpc.InvalidParams("tools", "must be a JSON array of OpenAI-style function specs (or a string holding one)")
 	}
-	return &workerproto.SetFunctionTools{SystemPrompt: p.SystemPrompt, Tools: tools, ToolResponseStr: p.ToolResponseStr}, nil
+	if err := runtime.CheckCString("tools", tools); err != nil {
+		return nil, invalidInput(err, false)
+	}
+	return &workerproto.SetFunctionTools{SystemPrompt: string(p.SystemPrompt), Tools: tools, ToolResponseStr: string(p.ToolResponseStr)}, nil
 }
 
+// setCrossAttnParams checks the buffers: the runtime reads num_tokens rows of the
+// model's embedding width from each cache.
 func setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
 	var p crossAttnParams
 	if err := c.DecodeParams(&p); err != nil {
@@ -402,17 +402,13 @@ func setCrossAttnParams(c *jsonrpc.Call) (workerproto.Message, error) {
 	if x == nil {
 		return nil, jsonrpc.InvalidParams("cross_attn_params", "is required: {encoder_k_cache, encoder_v_cache, encoder_mask, encoder_pos, num_tokens}")
 	}
-	if x.NumTokens < 1 {
-		return nil, jsonrpc.InvalidParams("cross_attn_params.num_tokens", "must be at least 1")
-	}
-	if len(x.EncoderMask) != x.NumTokens || len(x.EncoderPos) != x.NumTokens {
-		return nil, jsonrpc.InvalidParams("cross_attn_params", "encoder_mask and encoder_pos hold num_tokens (%d) values each, got %d and %d", x.NumTokens, len(x.EncoderMask), len(x.EncoderPos))
-	}
-	if len(x.EncoderKCache) == 0 || len(x.EncoderKCache) != len(x.EncoderVCache) || len(x.EncoderKCache)%x.NumTokens != 0 {
-		return nil, jsonrpc.InvalidParams("cross_attn_params", "encoder_k_cache and encoder_v_cache hold num_tokens x hidden size floats each, got %d and %d", len(x.EncoderKCache), len(x.EncoderVCache))
-	}
-	return &workerproto.SetCrossAttnParams{Params: runtime.CrossAttnParams{
+	params := runtime.CrossAttnParams{
 		EncoderKCache: x.EncoderKCache, EncoderVCache: x.EncoderVCache, EncoderMask: x.EncoderMask,
 		EncoderPos: x.EncoderPos, NumTokens: x.NumTokens,
-	}}, nil
+	}
+	// The model's width is checked when the call executes (supervisor.checkLimits).
+	if err := runtime.CheckCrossAttn(&params, runtime.Limits{}); err != nil {
+		return nil, invalidInput(err, false)
+	}
+	return &workerproto.SetCrossAttnParams{Params: params}, nil
 }

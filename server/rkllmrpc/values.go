@@ -57,6 +57,29 @@ func (b *cBool) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// cString is a string the runtime reads as a C string, which ends at its first NUL
+// byte: one with a NUL character (\u0000) is refused, naming the member, because the
+// runtime would silently read only what comes before it.
+type cString string
+
+// DescribeJSON implements jsonrpc.Describer.
+func (cString) DescribeJSON() string {
+	return `a string without NUL characters (\u0000; the runtime reads it as a C string, which ends at the first NUL)`
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *cString) UnmarshalJSON(data []byte) error {
+	var v string
+	if err := json.Unmarshal(data, &v); err != nil {
+		return typeError(data, *s)
+	}
+	if i := strings.IndexByte(v, 0); i >= 0 {
+		return &json.UnmarshalTypeError{Value: fmt.Sprintf("string with a NUL character at byte %d", i), Type: reflect.TypeOf(*s)}
+	}
+	*s = cString(v)
+	return nil
+}
+
 // enumeration is a C enum: its constants by name, each with its number.
 type enumeration struct {
 	cType string

@@ -10,7 +10,6 @@ import "C"
 
 import (
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"unsafe"
 )
@@ -95,12 +94,4 @@ func (a *arena) free() {
 	}
 	a.live.Add(-int64(len(a.ptrs)))
 	a.ptrs = nil
-}
-
-// checkCString reports a string that cannot cross into C: C strings end at the first NUL.
-func checkCString(field, s string) error {
-	if strings.IndexByte(s, 0) >= 0 {
-		return fmt.Errorf("%s contains a NUL byte, which a C string cannot carry", field)
-	}
-	return nil
 }

@@ -278,6 +278,9 @@ func TestNoLeakedCMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := m.HiddenSize
+		if err := h.SetEmbedWidth(w); err != nil {
+			t.Fatal(err)
+		}
 		steps := []func() error{
 			func() error { return h.LoadLora(LoraAdapter{Path: lora, Name: "a", Scale: 1}) },
 			func() error { return h.SetChatTemplate("s", "p", "q") },

@@ -8,7 +8,9 @@ package runtime
 import "C"
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -39,6 +41,13 @@ type Handle struct {
 	destroyed bool        // under life (write also under mu)
 	closing   atomic.Bool // set by Destroy first, so no new run starts
 
+	// maxCtx is max_context_len at init; embedWidth the model's embedding width once
+	// known (0 before); loras the names of the adapters loaded (under mu). Run and
+	// SetCrossAttnParams check what they are given against them.
+	maxCtx     int
+	embedWidth atomic.Int64
+	loras      []string
+
 	keep      *arena // init-time memory and LoRA adapters
 	template  *arena
 	tools     *arena
@@ -48,6 +57,67 @@ type Handle struct {
 
 // NBatch is the number of inputs every Run takes (n_batch at init).
 func (h *Handle) NBatch() int { return h.nBatch }
+
+// limits are what the handle's model takes; the caller holds mu.
+func (h *Handle) limits() Limits {
+	return Limits{Known: true, ABI: h.lib.abi, NBatch: h.nBatch, MaxContextLen: h.maxCtx,
+		EmbedWidth: int(h.embedWidth.Load()), Loras: append([]string{}, h.loras...)}
+}
+
+// EmbedWidth is the model's embedding width (its hidden size: the floats in one row
+// of an embedding input), or 0 while it is not known: see LearnEmbedWidth and
+// SetEmbedWidth. Until it is known, Run refuses inputs that carry embeddings.
+func (h *Handle) EmbedWidth() int { return int(h.embedWidth.Load()) }
+
+// maxEmbedWidth bounds a configured width: far above any model's hidden size, and
+// small enough that rows x width never overflows.
+const maxEmbedWidth = 1 << 20
+
+// SetEmbedWidth records the model's embedding width when it is known from
+// configuration, instead of learning it with LearnEmbedWidth.
+func (h *Handle) SetEmbedWidth(width int) error {
+	if width < 1 || width > maxEmbedWidth {
+		return fmt.Errorf("embedding width %d: it must be between 1 and %d", width, maxEmbedWidth)
+	}
+	h.embedWidth.Store(int64(width))
+	return nil
+}
+
+// LearnEmbedWidth learns the model's embedding width, which the runtime reports
+// nowhere else, from the embd_size of a run of one token (id 0) per batch entry in
+// RKLLM_INFER_GET_LAST_HIDDEN_LAYER mode, and records it. The run uses only what both
+// ABIs share (the callback returns 0; no sampling or max_new_tokens of 1.3), is an
+// independent turn (keep_history 0), and the KV cache is cleared after it when the
+// library has rkllm_clear_kv_cache, so the handle is left as Init left it. Call it
+// right after Init, before the handle holds anything a client set.
+func (h *Handle) LearnEmbedWidth(ctx context.Context) (int, error) {
+	inputs := make([]Input, h.nBatch)
+	for i := range inputs {
+		inputs[i] = Input{Type: InputToken, TokenIDs: []int32{0}}
+	}
+	width := 0 // written by deliveries, which happen before Run returns
+	err := h.Run(ctx, inputs, InferParams{Mode: InferGetLastHiddenLayer}, func(d Delivery) CallbackAction {
+		for _, r := range d.Results {
+			if width == 0 && r.EmbdSize > 0 {
+				width = r.EmbdSize
+			}
+		}
+		return Continue
+	})
+	if err != nil {
+		return 0, fmt.Errorf("learn the embedding width from a hidden-layer run: %w", err)
+	}
+	if width < 1 || width > maxEmbedWidth {
+		return 0, fmt.Errorf("learn the embedding width: the hidden-layer run reported embd_size %d", width)
+	}
+	if h.lib.need(C.RK_CLEAR_KV_CACHE) == nil {
+		if err := h.ClearKVCache(false, nil); err != nil {
+			return 0, fmt.Errorf("learn the embedding width: clear the KV cache after the run: %w", err)
+		}
+	}
+	h.embedWidth.Store(int64(width))
+	return width, nil
+}
 
 // Library is the library the handle was initialised from.
 func (h *Handle) Library() *Library { return h.lib }
@@ -127,8 +197,11 @@ func (h *Handle) LoadLora(a LoraAdapter) error {
 	if a.Path == "" || a.Name == "" {
 		return fmt.Errorf("load lora: the adapter needs a Path and a Name")
 	}
-	if err := firstErr(checkCString("lora Path", a.Path), checkCString("lora Name", a.Name)); err != nil {
+	if err := firstErr(CheckCString("lora_adapter.lora_adapter_path", a.Path), CheckCString("lora_adapter.lora_adapter_name", a.Name)); err != nil {
 		return err
+	}
+	if err := CheckFile(a.Path); err != nil {
+		return inputErr("lora_adapter.lora_adapter_path", "%v", err)
 	}
 	m := newArena(&h.lib.live)
 	c := (*C.RKLLMLoraAdapter)(m.alloc(C.sizeof_RKLLMLoraAdapter))
@@ -140,6 +213,7 @@ func (h *Handle) LoadLora(a LoraAdapter) error {
 		return fmt.Errorf("load lora %s from %s: %w", a.Name, a.Path, err)
 	}
 	h.keep.adopt(m) // the runtime may keep the adapter's pointers until the handle ends
+	h.loras = append(h.loras, a.Name)
 	return nil
 }
 
@@ -156,8 +230,11 @@ func (h *Handle) LoadPromptCache(path string) error {
 	if path == "" {
 		return fmt.Errorf("load prompt cache: the path is empty")
 	}
-	if err := checkCString("prompt cache path", path); err != nil {
+	if err := CheckCString("prompt_cache_path", path); err != nil {
 		return err
+	}
+	if err := CheckFile(path); err != nil {
+		return inputErr("prompt_cache_path", "%v", err)
 	}
 	a := newArena(&h.lib.live)
 	if err := callErr("rkllm_load_prompt_cache", C.rk_load_prompt_cache(h.lib.c, h.c, a.str(path))); err != nil {
@@ -206,12 +283,12 @@ func (h *Handle) ClearKVCache(keepSystemPrompt bool, ranges []KVRange) error {
 		return callErr("rkllm_clear_kv_cache", C.rk_clear_kv_cache(h.lib.c, h.c, keep, nil, nil))
 	}
 	if len(ranges) != h.nBatch {
-		return fmt.Errorf("clear kv cache: %d ranges given, want one per batch entry (%d)", len(ranges), h.nBatch)
+		return fmt.Errorf("clear kv cache: %w", inputErr("start_pos", "holds %d positions, but the model was loaded with n_batch %d: the runtime reads one per batch entry", len(ranges), h.nBatch))
 	}
 	starts, ends := make([]int, len(ranges)), make([]int, len(ranges))
 	for i, r := range ranges {
-		if r.Start < 0 || r.End < r.Start {
-			return fmt.Errorf("clear kv cache: range %d [%d, %d) is not a valid range", i, r.Start, r.End)
+		if r.Start < 0 || r.End < r.Start || r.End > math.MaxInt32 {
+			return fmt.Errorf("clear kv cache: %w", inputErr(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", r.Start, r.End))
 		}
 		starts[i], ends[i] = r.Start, r.End
 	}
@@ -253,8 +330,8 @@ func (h *Handle) SetChatTemplate(systemPrompt, promptPrefix, promptPostfix strin
 	if err := h.lib.need(C.RK_SET_CHAT_TEMPLATE); err != nil {
 		return err
 	}
-	if err := firstErr(checkCString("system prompt", systemPrompt), checkCString("prompt prefix", promptPrefix),
-		checkCString("prompt postfix", promptPostfix)); err != nil {
+	if err := firstErr(CheckCString("system_prompt", systemPrompt), CheckCString("prompt_prefix", promptPrefix),
+		CheckCString("prompt_postfix", promptPostfix)); err != nil {
 		return err
 	}
 	a := newArena(&h.lib.live)
@@ -274,8 +351,8 @@ func (h *Handle) SetFunctionTools(systemPrompt, toolsJSON, toolResponse string) 
 	if err := h.lib.need(C.RK_SET_FUNCTION_TOOLS); err != nil {
 		return err
 	}
-	if err := firstErr(checkCString("system prompt", systemPrompt), checkCString("tools JSON", toolsJSON),
-		checkCString("tool response", toolResponse)); err != nil {
+	if err := firstErr(CheckCString("system_prompt", systemPrompt), CheckCString("tools", toolsJSON),
+		CheckCString("tool_response_str", toolResponse)); err != nil {
 		return err
 	}
 	a := newArena(&h.lib.live)
@@ -294,17 +371,10 @@ func (h *Handle) SetCrossAttnParams(p CrossAttnParams) error {
 	if err := h.lib.need(C.RK_SET_CROSS_ATTN_PARAMS); err != nil {
 		return err
 	}
-	n := p.NumTokens
-	switch {
-	case n <= 0:
-		return fmt.Errorf("cross-attention params: NumTokens is %d, want > 0", n)
-	case len(p.EncoderMask) != n || len(p.EncoderPos) != n:
-		return fmt.Errorf("cross-attention params: EncoderMask (%d) and EncoderPos (%d) need NumTokens (%d) entries",
-			len(p.EncoderMask), len(p.EncoderPos), n)
-	case len(p.EncoderKCache) == 0 || len(p.EncoderKCache) != len(p.EncoderVCache) || len(p.EncoderKCache)%n != 0:
-		return fmt.Errorf("cross-attention params: EncoderKCache (%d) and EncoderVCache (%d) must be equal, non-empty multiples of NumTokens (%d)",
-			len(p.EncoderKCache), len(p.EncoderVCache), n)
+	if err := CheckCrossAttn(&p, h.limits()); err != nil {
+		return fmt.Errorf("set cross-attention params: %w", err)
 	}
+	n := p.NumTokens
 	a := newArena(&h.lib.live)
 	c := (*C.RKLLMCrossAttnParam)(a.alloc(C.sizeof_RKLLMCrossAttnParam))
 	c.encoder_k_cache = a.floats(p.EncoderKCache)

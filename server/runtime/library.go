@@ -50,7 +50,7 @@ func Open(path string, abi ABI) (*Library, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCString("library path", path); err != nil {
+	if err := CheckCString("library path", path); err != nil {
 		return nil, err
 	}
 	cpath := C.CString(path)
@@ -246,10 +246,13 @@ func (l *Library) checkParam(p Param) error {
 	if l.abi == ABI13 && (p.ImgStart != "" || p.ImgEnd != "" || p.ImgContent != "") {
 		return &UnsupportedError{Feature: "img_start/img_end/img_content in the init params (1.3 takes them in MultimodalInput)", ABI: l.abi}
 	}
+	if err := CheckFile(p.ModelPath); err != nil {
+		return inputErr("param.model_path", "%v", err)
+	}
 	for _, f := range []struct{ name, v string }{
-		{"ModelPath", p.ModelPath}, {"ImgStart", p.ImgStart}, {"ImgEnd", p.ImgEnd}, {"ImgContent", p.ImgContent},
+		{"model_path", p.ModelPath}, {"img_start", p.ImgStart}, {"img_end", p.ImgEnd}, {"img_content", p.ImgContent},
 	} {
-		if err := checkCString("param "+f.name, f.v); err != nil {
+		if err := CheckCString("param."+f.name, f.v); err != nil {
 			return err
 		}
 	}
@@ -329,5 +332,5 @@ func (l *Library) Init(p Param) (*Handle, error) {
 		return nil, fmt.Errorf("load model %s (the runtime logs the reason on stderr): %w",
 			p.ModelPath, &CallError{Func: "rkllm_init", Code: int(ret)})
 	}
-	return &Handle{lib: l, c: ch, nBatch: int(p.Extend.NBatch), keep: keep}, nil
+	return &Handle{lib: l, c: ch, nBatch: int(p.Extend.NBatch), maxCtx: int(p.MaxContextLen), keep: keep}, nil
 }

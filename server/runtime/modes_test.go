@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"errors"
+	"math"
 	"testing"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
@@ -14,6 +15,9 @@ func bareHandle(t *testing.T, lib *Library) (*Handle, simulator.Model) {
 	model, m := writeModel(t, nil)
 	h := newHandle(t, lib, params(lib, model))
 	if err := h.SetChatTemplate("", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.SetEmbedWidth(m.HiddenSize); err != nil {
 		t.Fatal(err)
 	}
 	return h, m
@@ -191,19 +195,43 @@ func TestReleaseOutput(t *testing.T) {
 func TestInputErrors(t *testing.T) {
 	eachABI(t, func(t *testing.T, lib *Library) {
 		h, m := bareHandle(t, lib)
-		// Refused by the binding before anything reaches C.
+		// Refused by the binding before anything reaches C: each of these would make the
+		// runtime read past what it was given (issue 12 crashed the worker with some).
+		w := m.HiddenSize
+		two := "<image><image>"
 		for name, in := range map[string]Input{
-			"no tokens":             {Type: InputToken},
-			"embedding not n x w":   {Type: InputEmbed, Embed: make([]float32, 5), NTokens: 2},
-			"image count mismatch":  {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image>", NImage: 2, NImageTokens: 1, ImageEmbed: make([]float32, 32)}},
-			"image without floats":  {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image>", NImage: 1, NImageTokens: 1}},
-			"NUL in the prompt":     {Type: InputPrompt, Prompt: "a\x00b"},
-			"unknown input type":    {Type: InputType(9)},
-			"empty multimodal text": {Type: InputMultimodal},
+			"no tokens":                     {Type: InputToken},
+			"embedding not n x w":           {Type: InputEmbed, Embed: make([]float32, 5), NTokens: 2},
+			"rows one float wide":           {Type: InputEmbed, Embed: make([]float32, 3), NTokens: 3},
+			"n_tokens over max_context_len": {Type: InputEmbed, Embed: make([]float32, 5000*w), NTokens: 5000},
+			"image count mismatch":          {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image>", NImage: 2, NImageTokens: 1, ImageEmbed: make([]float32, 32)}},
+			"image without floats":          {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image>", NImage: 1, NImageTokens: 1}},
+			"image rows wrap to -2":         {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: two, NImage: 2, NImageTokens: math.MaxInt64, ImageEmbed: []float32{1, 2}}},
+			"image rows wrap to 0":          {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image><image><image><image>", NImage: 4, NImageTokens: 1 << 62, ImageEmbed: []float32{1, 2}}},
+			"image rows one float wide":     {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: two, NImage: 2, NImageTokens: 1, ImageEmbed: []float32{1, 2}}},
+			"negative image tokens":         {Type: InputMultimodal, Multimodal: MultimodalInput{Prompt: "<image>", NImage: 1, NImageTokens: -1, ImageEmbed: make([]float32, w)}},
+			"NUL in the prompt":             {Type: InputPrompt, Prompt: "a\x00b"},
+			"NUL in the role":               {Type: InputPrompt, Prompt: "a", Role: "user\x00"},
+			"unknown input type":            {Type: InputType(9)},
+			"empty multimodal text":         {Type: InputMultimodal},
 		} {
 			err := h.Run(t.Context(), []Input{in}, InferParams{}, func(Delivery) CallbackAction { return Continue })
-			if err == nil {
-				t.Errorf("%s: Run succeeded", name)
+			if !errors.Is(err, ErrInvalidInput) {
+				t.Errorf("%s: Run returned %v, want an *InputError", name, err)
+			}
+		}
+		if lib.ABI() == ABI13 {
+			for name, mm := range map[string]MultimodalInput{
+				"video rows wrap":           {Prompt: "<video><video>", NVideo: 2, NFramePerVideo: 1 << 62, NFrameTokens: 2, VideoEmbed: []float32{1}},
+				"video rows one float wide": {Prompt: "<video>", NVideo: 1, NFramePerVideo: 2, NFrameTokens: 1, VideoEmbed: []float32{1, 2}},
+				"images and video over the context": {Prompt: "<image><video>", NImage: 1, NImageTokens: 3000, ImageEmbed: make([]float32, 3000*w),
+					NVideo: 1, NFramePerVideo: 1, NFrameTokens: 3000, VideoEmbed: make([]float32, 3000*w)},
+				"NUL in video_start": {Prompt: "x", VideoStart: "<v\x00>"},
+			} {
+				err := h.Run(t.Context(), []Input{{Type: InputMultimodal, Multimodal: mm}}, InferParams{}, func(Delivery) CallbackAction { return Continue })
+				if !errors.Is(err, ErrInvalidInput) {
+					t.Errorf("%s: Run returned %v, want an *InputError", name, err)
+				}
 			}
 		}
 		if lib.ABI() == ABI12 {

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/cgo"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -68,16 +67,17 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(inputs) != h.nBatch {
-		return fmt.Errorf("run: %d inputs given, want one per batch entry (n_batch %d)", len(inputs), h.nBatch)
-	}
-	for i := range inputs {
-		if err := checkInput(h.lib.abi, &inputs[i]); err != nil {
-			return fmt.Errorf("run: input %d: %w", i, err)
-		}
-	}
-	if err := checkInferParams(h.lib.abi, &params); err != nil {
+	lim := h.limits()
+	if err := CheckInputs(inputs, lim); err != nil {
 		return fmt.Errorf("run: %w", err)
+	}
+	if err := CheckInferParams(&params, lim); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	if pc := params.PromptCache; pc != nil && pc.Path != "" {
+		if err := CheckFile(pc.Path); err != nil { // one to save must not be a FIFO either
+			return fmt.Errorf("run: %w", inputErr("infer_params.prompt_cache_params.prompt_cache_path", "%v", err))
+		}
 	}
 
 	a := newArena(&h.lib.live)
@@ -204,106 +204,6 @@ func copyResult(r *C.RKLLMResult) Result {
 		MemoryUsageMB:  float32(r.perf.memory_usage_mb),
 	}
 	return out
-}
-
-// checkInput validates one input against its type and the ABI, before any C memory is
-// allocated.
-func checkInput(abi ABI, in *Input) error {
-	if err := checkCString("Role", in.Role); err != nil {
-		return err
-	}
-	switch in.Type {
-	case InputPrompt:
-		return checkCString("Prompt", in.Prompt)
-	case InputToken:
-		if len(in.TokenIDs) == 0 {
-			return errors.New("a token input needs TokenIDs")
-		}
-	case InputEmbed:
-		if in.NTokens <= 0 || len(in.Embed) == 0 || len(in.Embed)%in.NTokens != 0 {
-			return fmt.Errorf("an embedding input needs NTokens > 0 and NTokens x hidden-size floats in Embed (got NTokens %d, %d floats)",
-				in.NTokens, len(in.Embed))
-		}
-	case InputMultimodal:
-		return checkMultimodal(abi, &in.Multimodal)
-	default:
-		return fmt.Errorf("unknown input type %d", in.Type)
-	}
-	return nil
-}
-
-func checkMultimodal(abi ABI, m *MultimodalInput) error {
-	if m.Prompt == "" {
-		return errors.New("a multimodal input needs a Prompt")
-	}
-	if err := checkCString("Prompt", m.Prompt); err != nil {
-		return err
-	}
-	if n := strings.Count(m.Prompt, "<image>"); n != m.NImage {
-		return fmt.Errorf("the prompt has %d <image> placeholders but NImage is %d", n, m.NImage)
-	}
-	if m.NImage > 0 && (m.NImageTokens <= 0 || len(m.ImageEmbed) == 0 || len(m.ImageEmbed)%(m.NImage*m.NImageTokens) != 0) {
-		return fmt.Errorf("images need NImageTokens > 0 and NImage x NImageTokens x hidden-size floats in ImageEmbed (got %d floats)",
-			len(m.ImageEmbed))
-	}
-	if abi == ABI12 {
-		return checkMultimodal12(m)
-	}
-	return checkVideo(m)
-}
-
-// checkMultimodal12 rejects the fields that only ABI 1.3's multimodal input has.
-func checkMultimodal12(m *MultimodalInput) error {
-	video := m.NVideo != 0 || len(m.VideoEmbed) != 0 || m.NFrameTokens != 0 || m.NFramePerVideo != 0 ||
-		m.VideoStart != "" || m.VideoEnd != "" || m.VideoContent != "" || m.FrameWidth != 0 || m.FrameHeight != 0
-	if video || strings.Contains(m.Prompt, "<video>") {
-		return &UnsupportedError{Feature: "video input", ABI: ABI12}
-	}
-	if m.ImageStart != "" || m.ImageEnd != "" || m.ImageContent != "" {
-		return &UnsupportedError{Feature: "ImageStart/ImageEnd/ImageContent in the input (1.2 takes them as Param.ImgStart/ImgEnd/ImgContent)", ABI: ABI12}
-	}
-	return nil
-}
-
-// checkVideo checks ABI 1.3's video part and marker strings.
-func checkVideo(m *MultimodalInput) error {
-	if n := strings.Count(m.Prompt, "<video>"); n != m.NVideo {
-		return fmt.Errorf("the prompt has %d <video> placeholders but NVideo is %d", n, m.NVideo)
-	}
-	if per := m.NVideo * m.NFramePerVideo * m.NFrameTokens; m.NVideo > 0 && (per <= 0 || len(m.VideoEmbed) == 0 || len(m.VideoEmbed)%per != 0) {
-		return fmt.Errorf("videos need NFramePerVideo, NFrameTokens > 0 and NVideo x NFramePerVideo x NFrameTokens x hidden-size floats in VideoEmbed (got %d floats)",
-			len(m.VideoEmbed))
-	}
-	for _, f := range []struct{ name, v string }{
-		{"ImageStart", m.ImageStart}, {"ImageEnd", m.ImageEnd}, {"ImageContent", m.ImageContent},
-		{"VideoStart", m.VideoStart}, {"VideoEnd", m.VideoEnd}, {"VideoContent", m.VideoContent},
-	} {
-		if err := checkCString(f.name, f.v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func checkInferParams(abi ABI, p *InferParams) error {
-	if p.Mode < InferGenerate || p.Mode > InferGetLogits {
-		return fmt.Errorf("unknown infer mode %d", p.Mode)
-	}
-	if abi == ABI12 && p.Sampling != nil {
-		return &UnsupportedError{Feature: "per-run sampling parameters", ABI: abi}
-	}
-	if abi == ABI12 && p.MaxNewTokens > 0 {
-		return &UnsupportedError{Feature: "per-run max_new_tokens", ABI: abi}
-	}
-	if pc := p.PromptCache; pc != nil {
-		if pc.Save && pc.Path == "" {
-			return errors.New("saving the prompt cache needs PromptCache.Path")
-		}
-		if err := checkCString("PromptCache.Path", pc.Path); err != nil {
-			return err
-		}
-	}
-	return checkCString("LoraAdapterName", p.LoraAdapterName)
 }
 
 // cInputs writes the inputs into per-run C memory and returns the array.

@@ -245,6 +245,9 @@ func TestEveryFieldCrossesTheBoundary(t *testing.T) {
 			p.IgnoreEOSToken = true
 		}
 		h := newHandle(t, lib, p)
+		if err := h.SetEmbedWidth(16); err != nil {
+			t.Fatal(err)
+		}
 		if err := h.LoadLora(LoraAdapter{Path: lora, Name: "chat", Scale: 0.5}); err != nil {
 			t.Fatal(err)
 		}
@@ -464,11 +467,13 @@ func TestLoraChangesTheOutput(t *testing.T) {
 		if texts[""] == texts["chat"] || texts["chat"] == texts["code"] || texts[""] == texts["code"] {
 			t.Errorf("adapters do not change the output: %q", texts)
 		}
+		// The binding knows the adapters it loaded: an unknown name never reaches C.
 		r := collect(t, h, prompt("x"), InferParams{LoraAdapterName: "missing"}, nil)
-		var ce *CallError
-		if !errors.As(r.err, &ce) || ce.Func != "rkllm_run" || len(r.deliveries) != 1 || r.deliveries[0].State != StateError {
-			t.Errorf("a run with an unknown adapter: %v, %d deliveries, want CallError and one ERROR", r.err, len(r.deliveries))
+		var ie *InputError
+		if !errors.As(r.err, &ie) || ie.Field != "infer_params.lora_params.lora_adapter_name" || len(r.deliveries) != 0 {
+			t.Errorf("a run with an unknown adapter: %v, %d deliveries, want an InputError and none", r.err, len(r.deliveries))
 		}
+		var ce *CallError
 		if err := h.LoadLora(LoraAdapter{Path: filepath.Join(dir, "chat.rkllm-lora"), Name: "chat"}); !errors.As(err, &ce) {
 			t.Errorf("loading a second adapter named chat: %v", err)
 		}
@@ -594,6 +599,9 @@ func TestCrossAttnParams(t *testing.T) {
 			enc.EncoderKCache[i] = float32(i) / 4
 		}
 		without := newHandle(t, lib, params(lib, model))
+		if err := without.SetEmbedWidth(m.HiddenSize); err != nil {
+			t.Fatal(err)
+		}
 		var ce *CallError
 		if err := without.SetCrossAttnParams(enc); !errors.As(err, &ce) {
 			t.Errorf("SetCrossAttnParams without use_cross_attn: %v", err)
@@ -601,6 +609,9 @@ func TestCrossAttnParams(t *testing.T) {
 		p := params(lib, model)
 		p.Extend.UseCrossAttn = 1
 		h := newHandle(t, lib, p)
+		if _, err := h.LearnEmbedWidth(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		before := collect(t, h, prompt("decode"), InferParams{}, nil)
 		if err := h.SetCrossAttnParams(enc); err != nil {
 			t.Fatal(err)
@@ -613,8 +624,15 @@ func TestCrossAttnParams(t *testing.T) {
 		}
 		bad := enc
 		bad.EncoderPos = []int32{0}
-		if err := h.SetCrossAttnParams(bad); err == nil || !strings.Contains(err.Error(), "EncoderPos") {
+		if err := h.SetCrossAttnParams(bad); !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "encoder_pos") {
 			t.Errorf("SetCrossAttnParams with a short EncoderPos: %v", err)
+		}
+		// The runtime reads num_tokens rows of its own width from K and V: rows of
+		// another width are refused before C.
+		narrow := enc
+		narrow.EncoderKCache, narrow.EncoderVCache = make([]float32, 2), make([]float32, 2)
+		if err := h.SetCrossAttnParams(narrow); !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "encoder_k_cache") {
+			t.Errorf("SetCrossAttnParams with rows one float wide: %v", err)
 		}
 	})
 }
@@ -663,7 +681,7 @@ func TestBatchRunsMatchSingleRuns(t *testing.T) {
 			t.Errorf("KVCacheSize = %v, %v, want 3 entries", sizes, err)
 		}
 		if err := h.Run(t.Context(), inputs[:2], InferParams{}, func(Delivery) CallbackAction { return Continue }); err == nil ||
-			!strings.Contains(err.Error(), "one per batch entry") {
+			!errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "n_batch 3") {
 			t.Errorf("Run with 2 inputs for n_batch 3: %v", err)
 		}
 	})

@@ -16,20 +16,29 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/openai"
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
+	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // flushTimeout bounds writing the last responses after the model has stopped.
 const flushTimeout = 5 * time.Second
+
+// shutdownMargin is how long after --shutdown-timeout the process may take to exit,
+// whatever the worker and the clients do: the supervisor's grace to stop the worker,
+// then flushing the last responses in what is left.
+const shutdownMargin = 5 * time.Second
 
 // Options are what the serve command knows besides the configuration.
 type Options struct {
@@ -45,7 +54,7 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(workerproto.DefaultMaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
@@ -89,13 +98,18 @@ type app struct {
 	httpSrv  *httpapi.Server
 	sockSrv  *socketapi.Server
 	httpLn   net.Listener
+	probeLn  net.Listener
 	sockLn   net.Listener
+	metrics  *metrics.Metrics
+	hangup   *hangup.Watcher
 	serveErr chan error
+	// templates renders --chat-template-file in renderer processes (nil without one).
+	templates *templatehost.Host
 }
 
 // build creates the parts without starting anything.
 func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
-	apiKey, err := o.APIKey()
+	apiKeys, err := o.APIKeys()
 	if err != nil {
 		return nil, err
 	}
@@ -110,12 +124,14 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		},
 		MaxQueue:          o.MaxQueue,
 		TokenStallTimeout: o.TokenStallTimeout,
+		MinPrefillRate:    o.MinPrefillRate,
 		AbortTimeout:      o.AbortTimeout,
 		StartTimeout:      o.WorkerStartTimeout,
 		InitTimeout:       o.InitTimeout,
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
-		MaxFrameBytes:     workerproto.DefaultMaxFrameBytes,
+		MaxFrameBytes:     o.MaxFrameBytes,
+		EmbedWidth:        o.EmbeddingWidth,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -129,12 +145,14 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		supOpts.Model = spec
 	}
-	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), serveErr: make(chan error, 2)}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), metrics: m, serveErr: make(chan error, 3)}
 	a.d.SetLimits(jsonrpc.Limits{
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
-	m.InflightBytes(a.d.InflightBytes)
+	budget := inflight.New(o.MaxInflightBytes)
+	a.d.SetBudget(budget)
+	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
 		ModelDir: o.ModelDir, RequestTimeout: o.RequestTimeout, Version: opts.Version, Log: log.WithName("rkllm"),
 	})
@@ -143,14 +161,17 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 	}
 	svc.Register(a.d)
 	limiter := connlimit.New(o.MaxConnections, o.ReservedFDs, m)
-	if o.Listen != "" {
+	if a.hangup, err = hangup.New(); err != nil {
+		return nil, err
+	}
+	if o.Listen != "" || o.ProbeListen != "" {
 		a.httpSrv = httpapi.New(a.d, httpapi.Options{
-			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKey: apiKey, MaxRequestBytes: o.MaxRequestBytes,
+			Addr: o.Listen, Admin: o.AdminOn(httpapi.Transport), APIKeys: apiKeys, MaxRequestBytes: o.MaxRequestBytes,
 			ReadHeaderTimeout: o.ReadHeaderTimeout, BodyTimeout: o.BodyReadTimeout, IdleTimeout: o.IdleTimeout,
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes,
-			Limiter: limiter, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Health: a.sup, Metrics: m.Handler(), Observer: m, Log: log.WithName("http"),
 		})
-		tmpl, err := o.Template()
+		tmpl, err := a.chatTemplate(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -166,41 +187,93 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{
 			Path: o.Socket, Admin: o.AdminOn(socketapi.Transport), MaxMessageBytes: int(o.MaxRequestBytes),
 			WriteTimeout: o.WriteTimeout, OutputBufferBytes: o.ClientBufferBytes, IdleTimeout: o.IdleTimeout,
-			Limiter: limiter, Observer: m, Log: log.WithName("socket"),
+			Limiter: limiter, Hangup: a.hangup, Budget: budget, Observer: m, Log: log.WithName("socket"),
 		})
 	}
 	return a, nil
 }
 
+// chatTemplate is the template of /v1/: a preset or custom one, or a Jinja file
+// rendered by renderer processes (started by start).
+func (a *app) chatTemplate(opts Options) (chattemplate.Template, error) {
+	src, err := a.o.JinjaTemplate()
+	if err != nil || src == nil {
+		if err != nil {
+			return nil, err
+		}
+		return a.o.Template()
+	}
+	a.templates = templatehost.New(templatehost.Options{
+		Template: src,
+		Command: func() *exec.Cmd {
+			return exec.CommandContext(context.Background(), opts.Executable, RendererArgs...) //nolint:gosec // our own binary
+		},
+		Timeout: a.o.ChatTemplateTimeout, MaxMemory: a.o.ChatTemplateMaxMemory, MaxOutput: a.o.ChatTemplateMaxOutput,
+		Renderers: a.o.ChatTemplateRenderers, StartTimeout: a.o.WorkerStartTimeout, Log: a.log.WithName("chattemplate"),
+	})
+	return a.templates, nil
+}
+
+// RendererArgs are the arguments of the chat template renderer subcommand.
+var RendererArgs = []string{"render-chat-template"}
+
 // listen opens the listeners first, so a taken port fails the start at once.
-func (a *app) listen() error {
-	var err error
-	if a.httpSrv != nil {
+func (a *app) listen() (err error) {
+	defer func() {
+		if err != nil {
+			for _, ln := range []net.Listener{a.httpLn, a.probeLn} {
+				if ln != nil {
+					_ = ln.Close()
+				}
+			}
+		}
+	}()
+	if a.o.Listen != "" {
 		if a.httpLn, err = a.httpSrv.Listen(); err != nil {
+			return err
+		}
+	}
+	if a.o.ProbeListen != "" {
+		if a.probeLn, err = httpapi.ListenTCP(a.o.ProbeListen); err != nil {
 			return err
 		}
 	}
 	if a.sockSrv != nil {
 		if a.sockLn, err = a.sockSrv.Listen(); err != nil {
-			if a.httpLn != nil {
-				_ = a.httpLn.Close()
-			}
 			return err
 		}
 	}
 	return nil
 }
 
-// start starts the supervisor and serves on the listeners.
+// start checks the chat template (a Jinja file must render a test conversation within
+// its bounds, or the server does not start), starts the supervisor and serves on the
+// listeners.
 func (a *app) start(opts Options) error {
+	if a.templates != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.o.WorkerStartTimeout+a.o.ChatTemplateTimeout)
+		err := a.templates.Start(ctx)
+		cancel()
+		if err != nil {
+			a.templates.Close()
+			return err
+		}
+	}
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
 	var addr net.Addr
-	if a.httpSrv != nil {
+	if a.httpLn != nil {
 		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
 		addr = a.httpLn.Addr()
 		a.log.Info("serving HTTP", "address", addr.String())
+	}
+	if a.probeLn != nil {
+		// The probes may use half the descriptor reserve; the other half is the
+		// worker's (a restart takes a socketpair and pipes).
+		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
+		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}
 	if a.sockSrv != nil {
 		go func() { a.serveErr <- a.sockSrv.Serve(a.sockLn) }()
@@ -218,12 +291,17 @@ func (a *app) start(opts Options) error {
 // flush their last responses and close.
 func (a *app) shutdown() error {
 	a.d.Drain()
+	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
 	if err := a.sup.Shutdown(sctx); err != nil {
 		a.log.Info("the running generation did not finish in time and was aborted", "shutdown_timeout", a.o.ShutdownTimeout.String())
 	}
-	fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
+	flushBy := time.Now().Add(flushTimeout)
+	if exitBy.Before(flushBy) {
+		flushBy = exitBy
+	}
+	fctx, fcancel := context.WithDeadline(context.Background(), flushBy)
 	defer fcancel()
 	if a.httpSrv != nil {
 		if err := a.httpSrv.Shutdown(fctx); err != nil {
@@ -236,6 +314,10 @@ func (a *app) shutdown() error {
 			a.log.Error(err, "socket responses not flushed in time")
 			_ = a.sockSrv.Close()
 		}
+	}
+	_ = a.hangup.Close()
+	if a.templates != nil {
+		a.templates.Close()
 	}
 	for range cap(a.serveErr) {
 		select {

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -26,6 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/hangup"
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 )
@@ -61,6 +62,13 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Limiter caps connections across transports; nil for none.
 	Limiter *connlimit.Limiter
+	// Budget, when set, is the server's budget of bytes in flight: each message pays
+	// for its line as it is read, and a line that does not fit is answered busy
+	// (-32002) and skipped.
+	Budget *inflight.Budget
+	// Hangup, when set, tells at once that a client which stopped sending has closed
+	// its connection (without it the connection is polled four times a second).
+	Hangup *hangup.Watcher
 	// Observer counts bytes; nil for none.
 	Observer Observer
 	Log      logr.Logger
@@ -146,7 +154,7 @@ func (s *Server) ListenAndServe() error {
 // Serve accepts connections on ln until Shutdown or Close, then returns ErrServerClosed.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.opts.Limiter != nil {
-		ln = s.opts.Limiter.Listener(ln, Transport, s.reject)
+		ln = s.opts.Limiter.Listener(ln, Transport, refusal)
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -201,13 +209,11 @@ func temporary(err error) bool {
 	return false
 }
 
-// reject answers a refused connection with one error line and closes it.
-func (s *Server) reject(nc net.Conn, why *connlimit.Refusal) {
-	defer func() { _ = nc.Close() }()
-	resp := &jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})}
-	b, _ := json.Marshal(resp)
-	_ = nc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-	_, _ = nc.Write(append(b, '\n'))
+// refusal is the answer of a connection over the cap: one error line (the connection
+// is closed after it).
+func refusal(why *connlimit.Refusal) []byte {
+	b, _ := json.Marshal(&jsonrpc.Response{Error: jsonrpc.ErrBusy.Withf("%s", why.Error()).WithData(map[string]any{"reason": why.Reason})})
+	return append(b, '\n')
 }
 
 // Shutdown stops accepting, waits until every request in flight has been answered (or
@@ -360,8 +366,10 @@ func (c *conn) serve() {
 		if c.s.opts.IdleTimeout > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.opts.IdleTimeout))
 		}
-		line, tooLong, err := readLine(br, c.s.opts.MaxMessageBytes)
+		acct := c.s.opts.Budget.Open()
+		line, tooLong, over, err := readLine(br, c.s.opts.MaxMessageBytes, acct)
 		if isTimeout(err) {
+			acct.Close()
 			if len(line) == 0 && !tooLong && c.peer.Busy() {
 				continue // waiting for its answers is not idle
 			}
@@ -372,11 +380,18 @@ func (c *conn) serve() {
 		if c.s.opts.Observer != nil && len(line) > 0 {
 			c.s.opts.Observer.BytesIn(Transport, len(line))
 		}
-		if tooLong {
+		switch {
+		case tooLong:
+			acct.Close()
 			_ = c.writeJSON(&jsonrpc.Response{Error: jsonrpc.ErrTooLarge.Withf("request too large: a message may have at most %d bytes (--max-request-bytes)", c.s.opts.MaxMessageBytes).
 				WithData(map[string]any{"limit": "max-request-bytes", "max": c.s.opts.MaxMessageBytes})})
-		} else if len(bytes.TrimSpace(line)) > 0 {
-			c.handle(line)
+		case over != nil:
+			acct.Close()
+			_ = c.writeJSON(&jsonrpc.Response{ID: jsonrpc.LeadingID(line), Error: jsonrpc.BusyError(over)})
+		case len(bytes.TrimSpace(line)) > 0:
+			c.handle(line, acct)
+		default:
+			acct.Close()
 		}
 		if err != nil {
 			break
@@ -397,15 +412,18 @@ func isTimeout(err error) bool {
 
 // handle serves one message on its own goroutine and returns once the message's first
 // request has taken its place in the queue, so that requests from one connection are
-// queued in the order they were sent.
-func (c *conn) handle(msg []byte) {
+// queued in the order they were sent. The message's account is closed when it has
+// been answered.
+func (c *conn) handle(msg []byte, acct *inflight.Account) {
 	admitted := make(chan struct{})
 	c.inflight.Add(1)
 	c.s.inflight.Add(1)
+	ctx := inflight.WithAccount(c.ctx, acct)
 	go func() {
 		defer c.s.inflight.Done()
 		defer c.inflight.Done()
-		c.s.d.Serve(c.ctx, c.peer, msg, func() { close(admitted) }, func(resps []*jsonrpc.Response, batch bool) {
+		defer acct.Close()
+		c.s.d.Serve(ctx, c.peer, msg, func() { close(admitted) }, func(resps []*jsonrpc.Response, batch bool) {
 			// A failed write has closed the connection already; nothing more to do.
 			if batch {
 				_ = c.writeJSON(resps)
@@ -428,6 +446,13 @@ func (c *conn) waitForPeerOrDone() {
 		c.inflight.Wait()
 		close(done)
 	}()
+	if w := c.s.opts.Hangup; w != nil {
+		if stop, err := w.Watch(c.nc, hangup.HungUp, c.cancel); err == nil {
+			defer stop()
+			<-done
+			return
+		}
+	}
 	for {
 		if c.peerGone() {
 			c.cancel()
@@ -481,26 +506,31 @@ func (c *conn) writeJSON(v any) error {
 	return c.out.Send(append(b, '\n'))
 }
 
-// readLine reads one line of at most max bytes. A longer line is consumed to its end
-// and reported as tooLong (without keeping it). err is io.EOF (or another read error,
-// such as the idle timeout) after the last line; line then holds what was read of an
-// unfinished one.
-func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+// readLine reads one line of at most limit bytes, paying for its buffer from acct before
+// each allocation. A longer line is consumed to its end and reported as tooLong
+// (without keeping it); a line that does not fit the budget is consumed to its end too,
+// over says why, and line keeps what was read of it before (for its id). err is io.EOF
+// (or another read error, such as the idle timeout) after the last line; line then
+// holds what was read of an unfinished one.
+func readLine(br *bufio.Reader, limit int, acct *inflight.Account) (line []byte, tooLong bool, over, err error) {
 	for {
 		frag, err := br.ReadSlice('\n')
-		if !tooLong {
-			if len(line)+len(frag) > max+1 { // +1: the newline itself
-				tooLong, line = true, nil
-			} else {
+		switch {
+		case tooLong || over != nil:
+		case len(line)+len(frag) > limit+1: // +1: the newline itself
+			tooLong, line = true, nil
+		case len(line)+len(frag) > cap(line):
+			grown := min(max(2*cap(line), len(line)+len(frag)), limit+1)
+			if over = acct.Charge(grown); over == nil {
+				line = append(make([]byte, 0, grown), line...)
 				line = append(line, frag...)
 			}
+		default:
+			line = append(line, frag...)
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return line, tooLong, err
-		}
-		return line, tooLong, err
+		return line, tooLong, over, err
 	}
 }

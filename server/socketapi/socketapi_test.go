@@ -79,8 +79,10 @@ func newTestServer(t *testing.T, opts Options, lim ...jsonrpc.Limits) *testServe
 			Tag string `json:"tag"`
 		}
 		_ = c.DecodeParams(&p)
-		c.Admit()
+		// Reported before Admit: the next message is read only once this one is
+		// admitted, so the reports come in the order sent.
 		ts.started <- p.Tag
+		c.Admit()
 		select {
 		case <-ts.release:
 			return p.Tag, nil

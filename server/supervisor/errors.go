@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
 // Errors the supervisor returns; callers (the JSON-RPC methods) map them to codes.
 var (
-	// ErrQueueFull: the queue holds MaxQueue requests already.
+	// ErrQueueFull: the queue holds MaxQueue requests already (when MaxQueue is set).
 	ErrQueueFull = errors.New("queue full")
 	// ErrModelNotLoaded: the request needs a model and none is loaded.
 	ErrModelNotLoaded = errors.New("model not loaded")
@@ -26,7 +28,20 @@ var (
 	ErrCrashed = errors.New("runtime crashed")
 	// ErrNoSuchRequest: rkllm.abort named a request the caller does not have.
 	ErrNoSuchRequest = errors.New("no such request")
+	// ErrTooLarge: a request does not fit in one frame of the worker protocol (the
+	// worker is unharmed). A run whose result does not fit fails with a
+	// *workerproto.ResultTooLargeError instead.
+	ErrTooLarge = errors.New("request too large")
 )
+
+// tooLarge explains a request refused by the worker protocol's frame limit.
+func tooLarge(err error) error {
+	var fe *workerproto.FrameTooLargeError
+	if errors.As(err, &fe) {
+		return fmt.Errorf("%w: the %s request takes %d bytes, over the %d bytes one worker frame carries (--max-frame-bytes)", ErrTooLarge, fe.Op, fe.Size, fe.Limit)
+	}
+	return fmt.Errorf("%w: %w", ErrTooLarge, err)
+}
 
 // ExitInfo describes how a worker process ended.
 type ExitInfo struct {
@@ -63,15 +78,21 @@ type TimeoutError struct {
 	Reason string
 	// After is the limit that was exceeded, as configured.
 	After string
-	// WorkerKilled is true when the worker had to be killed (abort did not end the run).
+	// WorkerKilled is true when the worker had to be killed.
 	WorkerKilled bool
+	// AbortSent is true when an abort was sent before the kill (it did not end the
+	// run); false when the worker was killed without one (a call that never returned).
+	AbortSent bool
 }
 
 func (e *TimeoutError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "timed out: %s (%s)", e.Reason, e.After)
-	if e.WorkerKilled {
+	switch {
+	case e.WorkerKilled && e.AbortSent:
 		b.WriteString("; abort did not stop the runtime, so the worker was killed and is restarting")
+	case e.WorkerKilled:
+		b.WriteString("; the worker was killed and is restarting")
 	}
 	return b.String()
 }

@@ -32,7 +32,7 @@ func (s *Supervisor) loop() {
 				return
 			}
 			var err error
-			p, err = startProc(s.loopCtx, s.opts.Command, s.opts.MaxFrameBytes, s.opts.StartTimeout, s.log)
+			p, err = startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
 			if err != nil {
 				d := restart.next()
 				startAt = time.Now().Add(d)
@@ -139,8 +139,22 @@ func (s *Supervisor) workerUp(p *proc) {
 	s.log.Info("worker started", "worker_pid", p.hello.PID, "abi", p.hello.ABI, "library", p.hello.Library)
 }
 
+// procOptions are the bounds of the next worker. A worker must show a sign of life
+// within TokenStallTimeout plus half of AbortTimeout, and is pinged after being quiet
+// for at most half of AbortTimeout (5 s at most), so one that stops making progress is
+// killed within TokenStallTimeout plus AbortTimeout of its last sign of life. The
+// bound is at least a second, so a loaded machine's scheduling delays do not kill a
+// healthy worker.
+func (s *Supervisor) procOptions() procOptions {
+	heartbeat := min(s.opts.AbortTimeout/2, 5*time.Second)
+	return procOptions{
+		maxFrame: s.opts.MaxFrameBytes, helloTimeout: s.opts.StartTimeout,
+		liveness: max(addDurations(s.opts.TokenStallTimeout, s.opts.AbortTimeout/2), time.Second), heartbeat: max(heartbeat, 10*time.Millisecond),
+	}
+}
+
 // workerGone forgets p after it died, once.
-func (s *Supervisor) workerGone(p *proc, cause string) {
+func (s *Supervisor) workerGone(p *proc, cause string, exit *ExitInfo) {
 	s.mu.Lock()
 	if s.proc != p {
 		s.mu.Unlock()
@@ -150,28 +164,56 @@ func (s *Supervisor) workerGone(p *proc, cause string) {
 	wasLoaded := s.loaded
 	s.loaded = false
 	s.restarts++
-	s.lastExit = p.exit.summary()
+	s.lastExit = exit.summary()
 	s.mu.Unlock()
 	s.applied = handleState{}
 	s.kv.invalidate()
 	s.convInCache = false
-	s.log.Error(nil, "worker died", "cause", cause, "exit", p.exit.String(), "stderr", p.exit.Stderr)
+	s.log.Error(nil, "worker died", "cause", cause, "exit", exit.String(), "stderr", exit.Stderr)
 	s.opts.Observer.WorkerRestart(cause)
 	if wasLoaded {
 		s.opts.Observer.ModelLoaded(false)
 	}
 }
 
-// lost waits until p has been reaped (killing it if it lingers) and returns the crash.
+// lost waits until p has ended (killing it if it lingers) and returns the crash.
 func (s *Supervisor) lost(p *proc, cause string) *CrashError {
-	select {
-	case <-p.exited:
-	case <-time.After(s.opts.AbortTimeout):
-		p.kill()
-		<-p.exited
+	exit := s.ended(p)
+	s.workerGone(p, cause, exit)
+	return &CrashError{Exit: exit}
+}
+
+// ended waits until p has been reaped and returns how it ended. A worker that closed
+// its end may still be finishing; one that lingers for AbortTimeout, or when the
+// supervisor stops, is killed. Every wait is bounded: a process that cannot die (blocked
+// in the kernel) is left behind after reapTimeout.
+func (s *Supervisor) ended(p *proc) *ExitInfo {
+	if !p.isKilled() {
+		timer := time.NewTimer(s.opts.AbortTimeout)
+		select {
+		case <-p.exited:
+		case <-timer.C:
+		case <-s.loopCtx.Done():
+		}
+		timer.Stop()
 	}
-	s.workerGone(p, cause)
-	return &CrashError{Exit: p.exit}
+	p.kill()
+	return p.reaped()
+}
+
+// connLost handles the end of p's connection in the middle of a request and returns
+// the error the request gets: a timeout when the worker was killed as unresponsive
+// (stopped, or not reading its socket), else a crash.
+func (s *Supervisor) connLost(p *proc) error {
+	if reason := p.unresponsiveReason(); reason != "" {
+		_ = s.lost(p, "unresponsive")
+		return unresponsiveError(reason)
+	}
+	return s.lost(p, "crash")
+}
+
+func unresponsiveError(reason string) *TimeoutError {
+	return &TimeoutError{Reason: "worker unresponsive", After: reason, WorkerKilled: true}
 }
 
 func (s *Supervisor) needsLoad() bool {
@@ -188,7 +230,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -216,6 +258,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -229,11 +272,14 @@ func (s *Supervisor) load(p *proc) error {
 
 // call sends m to p and waits for its reply. When p dies the result is a *CrashError;
 // when it does not answer within timeout it is killed and the result is a
-// *TimeoutError.
+// *TimeoutError. A request too large for one frame fails at once, the worker unharmed.
 func (s *Supervisor) call(p *proc, m workerproto.Message, timeout time.Duration, what string) (*workerproto.Reply, error) {
 	pend, err := p.client.Start(m, nil)
 	if err != nil {
-		return nil, s.lost(p, "crash")
+		if errors.Is(err, workerproto.ErrFrameTooLarge) {
+			return nil, tooLarge(err)
+		}
+		return nil, s.connLost(p)
 	}
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
@@ -241,7 +287,7 @@ func (s *Supervisor) call(p *proc, m workerproto.Message, timeout time.Duration,
 	case <-pend.Done():
 		r, err := pend.Result()
 		if err != nil {
-			return nil, s.lost(p, "crash")
+			return nil, s.connLost(p)
 		}
 		return r, nil
 	case <-timer.C:
@@ -275,8 +321,8 @@ func (s *Supervisor) next(p *proc, retry <-chan time.Time) *Ticket {
 		s.mu.Unlock()
 		select {
 		case <-s.wake:
-		case <-p.exited:
-			s.workerGone(p, "crash")
+		case <-p.client.Done():
+			_ = s.connLost(p)
 			return nil
 		case <-retry:
 			return nil
@@ -338,6 +384,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
+	m.EmbedWidth = s.opts.EmbedWidth
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -349,6 +396,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
+	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -392,9 +440,36 @@ func (s *Supervisor) execDestroy(p *proc) error {
 	return nil
 }
 
+// checkLimits checks a run's inputs, cross-attention buffers or KV-cache ranges against the model
+// loaded when it executes (not when it was queued: a client may have loaded another
+// model, or a LoRA adapter, in between), so that the runtime reads nothing past them.
+// The error is a *runtime.InputError naming the member; the worker checks again.
+func (s *Supervisor) checkLimits(m workerproto.Message) error {
+	lm, ok := s.LoadedModel()
+	if !ok {
+		return s.modelErr()
+	}
+	lim := lm.Limits()
+	switch m := m.(type) {
+	case *workerproto.Run:
+		if err := runtime.CheckInputs(m.Inputs, lim); err != nil {
+			return err
+		}
+		return runtime.CheckInferParams(&m.Infer, lim)
+	case *workerproto.SetCrossAttnParams:
+		return runtime.CheckCrossAttn(&m.Params, lim)
+	case *workerproto.ClearKVCache:
+		return runtime.CheckKVRanges(m.StartPos, m.EndPos, lim)
+	}
+	return nil
+}
+
 // execCall serves the other calls on the model and records the state they set.
 func (s *Supervisor) execCall(p *proc, m workerproto.Message) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	if err := s.checkLimits(m); err != nil {
 		return Outcome{}, err
 	}
 	if _, query := m.(*workerproto.GetKVCacheSize); !query {
@@ -437,14 +512,19 @@ type runWatch struct {
 	p          *proc
 	t          *Ticket
 	onDelivery func(runtime.Delivery)
+	budget     prefillBudget
 	stall      *time.Timer
 	killTimer  <-chan time.Time
 	reason     abortReason
+	// stallLimit is the limit a stalled run exceeded, noted when the watchdog fired.
+	stallLimit string
 	last       time.Time
 	first      bool
 }
 
-// abort asks the runtime to stop the run (once) and arms the kill timer.
+// abort asks the runtime to stop the run (once) and arms the kill timer. The abort is
+// queued, never awaited: a worker that does not read its socket cannot hold up the
+// executor, whose kill timer ends it.
 func (w *runWatch) abort(why abortReason) {
 	if w.reason != notAborted {
 		return
@@ -477,10 +557,21 @@ func (w *runWatch) deliver(d *workerproto.Delivery) {
 	w.stall.Reset(w.s.opts.TokenStallTimeout)
 }
 
+// stalled is the limit a stalled run exceeded, for its error.
+func (w *runWatch) stalled() string {
+	if w.first {
+		return w.budget.String()
+	}
+	return "no token for " + w.s.opts.TokenStallTimeout.String()
+}
+
 // execRPCRun serves rkllm.run: the handle gets back the template and tools JSON-RPC
 // set, and the KV cache is no longer what a conversation left.
 func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome, error) {
 	if err := s.modelErr(); err != nil {
+		return Outcome{}, err
+	}
+	if err := s.checkLimits(m); err != nil {
 		return Outcome{}, err
 	}
 	s.kv.invalidate()
@@ -497,19 +588,23 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 }
 
 // execRun runs one generation: it relays deliveries, aborts the run when the client
-// asks, when the request's context ends or when no delivery comes for
-// TokenStallTimeout, and kills the worker when an abort does not end the run within
-// AbortTimeout.
+// asks, when the request's context ends or when no delivery comes in time (the prefill
+// budget before the first, TokenStallTimeout after), and kills the worker when an abort
+// does not end the run within AbortTimeout, or at once when the supervisor stops.
 func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
 	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
+	budget := s.prefillBudget(m.Inputs)
 	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
 	if err != nil {
-		return Outcome{}, s.lost(p, "crash")
+		if errors.Is(err, workerproto.ErrFrameTooLarge) {
+			return Outcome{}, tooLarge(err)
+		}
+		return Outcome{}, s.connLost(p)
 	}
-	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, stall: time.NewTimer(s.opts.TokenStallTimeout), last: time.Now(), first: true}
+	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, budget: budget, stall: time.NewTimer(budget.total), last: time.Now(), first: true}
 	defer w.stall.Stop()
-	ctxDone := t.ctx.Done()
+	ctxDone, stopping := t.ctx.Done(), s.loopCtx.Done()
 	for {
 		select {
 		case d := <-deliveries:
@@ -523,9 +618,10 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 					drained = true
 				}
 			}
-			return s.runResult(p, t, pend, w.reason, mark)
+			return s.runResult(p, t, pend, w, mark)
 		case <-w.stall.C:
-			s.log.Info("watchdog: no token delivered; aborting the run", "stall_timeout", s.opts.TokenStallTimeout.String(), "request_id", t.req.ID)
+			w.stallLimit = w.stalled()
+			s.log.Info("watchdog: no token delivered; aborting the run", "limit", w.stallLimit, "request_id", t.req.ID)
 			w.abort(abortedByWatchdog)
 		case <-t.abort:
 			w.abort(abortedByClient)
@@ -536,37 +632,64 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 			s.log.Info("abort did not end the run; killing the worker", "abort_timeout", s.opts.AbortTimeout.String(), "request_id", t.req.ID)
 			w.killTimer = nil
 			p.kill()
+		case <-stopping:
+			// Close, or a shutdown past its grace: the run may not hold the stop up.
+			stopping = nil
+			p.kill()
 		}
 	}
 }
 
 // runResult turns the end of a run into its outcome.
-func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, reason abortReason, mark int) (Outcome, error) {
+func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w *runWatch, mark int) (Outcome, error) {
 	r, err := pend.Result()
 	killed := err != nil
 	if killed {
-		cause := "crash"
-		if reason != notAborted {
-			cause = "abort_timeout"
-		}
-		crash := s.lost(p, cause)
-		if reason == notAborted || reason == abortedByClient {
-			return Outcome{}, crash
+		if res, ok := s.runLost(p, w.reason); ok {
+			return res.out, res.err
 		}
 	}
-	switch reason {
+	switch w.reason {
 	case abortedByWatchdog:
-		return Outcome{}, &TimeoutError{Reason: "token stall", After: "no token for " + s.opts.TokenStallTimeout.String(), WorkerKilled: killed}
+		return Outcome{}, &TimeoutError{Reason: "token stall", After: w.stallLimit, WorkerKilled: killed, AbortSent: true}
 	case abortedByContext:
 		if errors.Is(t.ctx.Err(), context.DeadlineExceeded) {
-			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed}
+			return Outcome{}, &TimeoutError{Reason: "request timeout", After: "the deadline passed while running", WorkerKilled: killed, AbortSent: true}
 		}
 		return Outcome{}, fmt.Errorf("%w: the client went away or cancelled the request while running", ErrAborted)
 	}
 	if r.Err != nil {
 		return Outcome{}, s.explain(p, mark, r.Err)
 	}
-	return Outcome{Aborted: reason == abortedByClient}, nil
+	return Outcome{Aborted: w.reason == abortedByClient}, nil
+}
+
+// runEnd is a run's outcome and error.
+type runEnd struct {
+	out Outcome
+	err error
+}
+
+// runLost handles a run whose worker was lost. ok is false when the reason the run was
+// aborted for (the watchdog, its client leaving) explains its end better.
+func (s *Supervisor) runLost(p *proc, reason abortReason) (runEnd, bool) {
+	if why := p.unresponsiveReason(); why != "" {
+		_ = s.lost(p, "unresponsive")
+		return runEnd{err: unresponsiveError(why)}, reason != abortedByContext
+	}
+	if s.loopCtx.Err() != nil {
+		_ = s.lost(p, "shutdown")
+		if reason == abortedByClient { // a shutdown's abort: the run so far is its answer
+			return runEnd{out: Outcome{Aborted: true}}, true
+		}
+		return runEnd{err: fmt.Errorf("%w: the worker was stopped while the request ran", ErrShuttingDown)}, reason != abortedByContext
+	}
+	cause := "crash"
+	if reason != notAborted {
+		cause = "abort_timeout"
+	}
+	crash := s.lost(p, cause)
+	return runEnd{err: crash}, reason == notAborted || reason == abortedByClient
 }
 
 // runtimeErrorGrace bounds the wait for the runtime's own explanation of a failure.

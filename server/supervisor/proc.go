@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +29,15 @@ const stderrTail = 20
 // maxLogLine bounds one line of worker output; longer lines are cut.
 const maxLogLine = 64 << 10
 
+// reapTimeout bounds the wait for a killed worker to be reaped. A process blocked in
+// the kernel (a wedged NPU driver) does not die from SIGKILL until the call returns;
+// the supervisor then goes on without it rather than wait for good.
+const reapTimeout = 2 * time.Second
+
+// logDrainTimeout bounds reading the worker's last output after it exited: a process it
+// started may hold the pipe open.
+const logDrainTimeout = time.Second
+
 // proc is one running worker process.
 type proc struct {
 	cmd     *exec.Cmd
@@ -39,11 +49,15 @@ type proc struct {
 
 	exited chan struct{} // closed when the process has been reaped
 	exit   *ExitInfo     // valid after exited is closed
+	killed atomic.Bool
 
-	mu    sync.Mutex
-	tail  []string      // last stderr lines
-	lines int           // lines logged so far
-	added chan struct{} // closed (and replaced) when a line is added
+	mu sync.Mutex
+	// unresponsive says why the supervisor killed the worker as unresponsive ("" if it
+	// did not): the requests it was serving get a timeout, not a crash.
+	unresponsive string
+	tail         []string      // last stderr lines
+	lines        int           // lines logged so far
+	added        chan struct{} // closed (and replaced) when a line is added
 	// fatal is the signal a Go crash report named ("SIGSEGV: segmentation violation"
 	// from a fault inside the runtime), which the exit status alone does not show.
 	fatal string
@@ -52,10 +66,21 @@ type proc struct {
 // fatalSignal matches the first line of the Go runtime's report of a fatal signal.
 var fatalSignal = regexp.MustCompile(`^(SIG[A-Z]+): `)
 
+// procOptions are the bounds of one worker process.
+type procOptions struct {
+	maxFrame     int
+	helloTimeout time.Duration
+	// liveness is how long the worker may go without a sign of life (any frame, a
+	// heartbeat's answer included) before it is killed as unresponsive; it also bounds
+	// how long a request may wait to be taken by the worker. heartbeat is how long the
+	// worker may be quiet before it is pinged.
+	liveness, heartbeat time.Duration
+}
+
 // startProc starts the worker with one end of a socketpair as its fd 3 and waits for
 // its Hello. newCmd builds the command with exec.CommandContext on the context it is
 // given, which lives as long as the process (cancelling it kills the process).
-func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, maxFrame int, helloTimeout time.Duration, log logr.Logger) (*proc, error) {
+func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o procOptions, log logr.Logger) (*proc, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("socketpair: %w", err)
@@ -106,24 +131,114 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, maxF
 	}()
 	go func() {
 		err := cmd.Wait()
-		<-logsDone
+		select {
+		case <-logsDone:
+		case <-time.After(logDrainTimeout):
+			_ = outR.Close() // ends copyLogs
+			<-logsDone
+		}
 		cancel()
 		p.exit = p.exitInfo(err)
 		close(p.exited)
 	}()
-	p.client = workerproto.NewClient(workerproto.NewConn(nc, maxFrame))
-	hctx, hcancel := context.WithTimeout(ctx, helloTimeout)
+	p.client = workerproto.NewClient(workerproto.NewConn(nc, o.maxFrame), workerproto.ClientOptions{WriteTimeout: o.liveness})
+	hctx, hcancel := context.WithTimeout(ctx, o.helloTimeout)
 	defer hcancel()
 	p.hello, err = p.client.Hello(hctx)
 	if err != nil {
 		p.kill()
-		<-p.exited
+		exit := p.reaped()
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("worker did not start within %s: %s", helloTimeout, p.exit.summary())
+			return nil, fmt.Errorf("worker did not start within %s: %s", o.helloTimeout, exit.summary())
 		}
-		return nil, fmt.Errorf("worker failed to start: %s", p.exit.summary())
+		return nil, fmt.Errorf("worker failed to start: %s", exit.summary())
 	}
+	go p.watchLiveness(o.heartbeat, o.liveness)
 	return p, nil
+}
+
+// watchLiveness kills the worker when it shows no sign of life for timeout: no frame of
+// any kind, and no answer to the Ping it is sent after being quiet for interval (at
+// most one in flight). A Ping is answered by the worker's own goroutines whatever the
+// runtime is doing, so only a process that is stopped (SIGSTOP, a debugger), wedged as
+// a whole or not reading its socket misses it. This runs on a goroutine of its own,
+// apart from the executor and the writer, so nothing it watches can block it.
+func (p *proc) watchLiveness(interval, timeout time.Duration) {
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	var ping *workerproto.Pending
+	for {
+		select {
+		case <-p.client.Done():
+			return
+		case <-timer.C:
+		}
+		quiet := time.Since(p.client.LastHeard())
+		if quiet >= timeout {
+			p.killUnresponsive(fmt.Sprintf("the worker showed no sign of life for %s (stopped, or not reading its socket)", quiet.Round(time.Millisecond)))
+			return
+		}
+		if quiet >= interval && (ping == nil || isDone(ping.Done())) {
+			ping, _ = p.client.Start(&workerproto.Ping{}, nil)
+		}
+		timer.Reset(max(min(interval, timeout-quiet), time.Millisecond))
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// killUnresponsive kills the worker, noting why.
+func (p *proc) killUnresponsive(reason string) {
+	p.mu.Lock()
+	if p.unresponsive == "" {
+		p.unresponsive = reason
+	}
+	p.mu.Unlock()
+	p.log.Error(nil, "killing the worker: it is unresponsive", "reason", reason)
+	p.kill()
+}
+
+// unresponsiveReason says why the worker was killed as unresponsive, or "". A client
+// whose write timed out (the worker did not read a request in time) counts: the worker
+// is killed then.
+func (p *proc) unresponsiveReason() string {
+	p.mu.Lock()
+	reason := p.unresponsive
+	p.mu.Unlock()
+	if reason != "" {
+		return reason
+	}
+	if err := p.client.Err(); errors.Is(err, workerproto.ErrWriteTimeout) {
+		p.killUnresponsive(err.Error())
+		return p.unresponsiveReason()
+	}
+	return ""
+}
+
+// reaped waits up to reapTimeout for the process to be reaped and returns how it ended;
+// a process not reaped yet is reported as killed (and left to be reaped later).
+func (p *proc) reaped() *ExitInfo {
+	timeout := reapTimeout
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-p.exited:
+		return p.exit
+	case <-timer.C:
+	}
+	p.log.Error(nil, "the worker has not ended after SIGKILL (blocked in the kernel?); going on without it", "waited", timeout.String())
+	info := &ExitInfo{PID: p.cmd.Process.Pid, ExitCode: -1, Signal: "SIGKILL"}
+	p.mu.Lock()
+	info.Stderr = append(append(info.Stderr, p.tail...), "not reaped: the process had not ended "+timeout.String()+" after SIGKILL")
+	p.mu.Unlock()
+	return info
 }
 
 // summary is one line for logs and readiness: the exit and the worker's last words.
@@ -135,8 +250,17 @@ func (e *ExitInfo) summary() string {
 	return s
 }
 
-// kill ends the process at once (SIGKILL through exec.Cmd.Cancel).
-func (p *proc) kill() { p.cancel() }
+// kill ends the process at once (SIGKILL through exec.Cmd.Cancel) and closes the
+// connection, so every request waiting on it ends even when the process cannot die
+// at once.
+func (p *proc) kill() {
+	p.killed.Store(true)
+	p.cancel()
+	_ = p.client.Close()
+}
+
+// isKilled reports whether kill was called.
+func (p *proc) isKilled() bool { return p.killed.Load() }
 
 // alive reports whether the process has not been reaped yet.
 func (p *proc) alive() bool {

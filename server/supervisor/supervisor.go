@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"reflect"
 	"sync"
@@ -28,28 +29,43 @@ type Options struct {
 	// Model, when set, is loaded as soon as the worker is up, and reloaded after
 	// every restart until a client destroys it.
 	Model *ModelSpec
-	// MaxQueue bounds the requests waiting for the model (16). A request over it gets
-	// ErrQueueFull at once.
+	// MaxQueue, when positive, bounds the requests waiting for the model: a request
+	// over it gets ErrQueueFull at once. Zero: no count, the queue is bounded by what
+	// its requests cost (the server's budget of bytes in flight, and its connections).
 	MaxQueue int
-	// TokenStallTimeout is the longest a run may go without a delivery, the prefill
-	// before the first token included, before the watchdog aborts it (60s).
+	// TokenStallTimeout is the longest a run may go without a delivery before the
+	// watchdog aborts it (60s). Before the first delivery the run also gets its
+	// prompt's prefill at MinPrefillRate.
 	TokenStallTimeout time.Duration
+	// MinPrefillRate is the slowest prefill, in tokens per second, the watchdog allows
+	// before the first delivery (DefaultMinPrefillRate).
+	MinPrefillRate float64
 	// AbortTimeout is how long an aborted run may take to end before the worker is
-	// killed (10s).
+	// killed (10s). A worker that shows no sign of life (stopped, or not reading its
+	// socket) is killed within TokenStallTimeout plus AbortTimeout.
 	AbortTimeout time.Duration
 	// StartTimeout bounds the worker's start, until its Hello (30s).
 	StartTimeout time.Duration
 	// InitTimeout bounds rkllm_init, which takes up to a minute for large models (10m).
 	InitTimeout time.Duration
-	// CallTimeout bounds every other runtime call (60s).
+	// CallTimeout bounds every other runtime call (TokenStallTimeout plus AbortTimeout,
+	// at least 1s): a worker blocked in one is killed as soon as one stopped or stalled
+	// in a run would be.
 	CallTimeout time.Duration
 	// RestartBackoffMin and RestartBackoffMax bound the delay before restarting a
 	// worker that died, or retrying a model that failed to load (500ms, 30s).
 	RestartBackoffMin, RestartBackoffMax time.Duration
 	// HealthyAfter is how long a worker must live for the backoff to start over (60s).
 	HealthyAfter time.Duration
+	// StopGrace is how long Shutdown may go on after its context ends, to let the
+	// aborted run end, destroy the model and stop the worker, which is killed past it
+	// (AbortTimeout, at most 2s).
+	StopGrace time.Duration
 	// MaxFrameBytes bounds one protocol frame (workerproto.DefaultMaxFrameBytes).
 	MaxFrameBytes int
+	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
+	// configuration knows it; 0 has the worker learn it at every load.
+	EmbedWidth int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -91,20 +107,30 @@ func (o *Options) setDefaults() {
 			*d = v
 		}
 	}
-	if o.MaxQueue <= 0 {
-		o.MaxQueue = 16
-	}
 	def(&o.TokenStallTimeout, 60*time.Second)
 	def(&o.AbortTimeout, 10*time.Second)
 	def(&o.StartTimeout, 30*time.Second)
 	def(&o.InitTimeout, 10*time.Minute)
-	def(&o.CallTimeout, 60*time.Second)
+	def(&o.CallTimeout, max(addDurations(o.TokenStallTimeout, o.AbortTimeout), time.Second))
 	def(&o.RestartBackoffMin, 500*time.Millisecond)
 	def(&o.RestartBackoffMax, 30*time.Second)
 	def(&o.HealthyAfter, 60*time.Second)
+	def(&o.StopGrace, min(o.AbortTimeout, 2*time.Second))
+	if o.MinPrefillRate <= 0 {
+		o.MinPrefillRate = DefaultMinPrefillRate
+	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
+}
+
+// addDurations adds two positive durations, saturating instead of overflowing (the
+// flags take durations up to centuries).
+func addDurations(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // Request is one queued call of the runtime.
@@ -181,7 +207,10 @@ type Status struct {
 	Simulator   string `json:"simulator,omitempty"`
 	ModelLoaded bool   `json:"model_loaded"`
 	Model       string `json:"model,omitempty"`
-	LoadError   string `json:"model_load_error,omitempty"`
+	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
+	// carry embeddings are refused).
+	EmbedWidth int    `json:"embed_width,omitempty"`
+	LoadError  string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -285,6 +314,7 @@ type Supervisor struct {
 	// current worker has it.
 	desired   *runtime.Param
 	loaded    bool
+	width     int // the loaded model's embedding width (0: not known)
 	loadErr   error
 	state     replayState
 	replayErr []string
@@ -296,6 +326,17 @@ type Supervisor struct {
 	// convInCache is true while the KV cache may hold a conversation (an OpenAI
 	// client's context), which a JSON-RPC run must not see.
 	convInCache bool
+
+	// isRunning is the is_running request in flight, shared by every caller meanwhile,
+	// so clients cannot pile requests up in front of a worker that does not answer.
+	isRunningMu sync.Mutex
+	isRunning   *isRunningCall
+}
+
+// isRunningCall is one is_running request to one worker.
+type isRunningCall struct {
+	p    *proc
+	pend *workerproto.Pending
 }
 
 // New returns a supervisor; call Start to run it.
@@ -330,8 +371,8 @@ func (s *Supervisor) Start() error {
 	return nil
 }
 
-// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue requests
-// wait already, ErrShuttingDown while draining. The request is removed from the queue
+// Enqueue queues a request and returns at once: ErrQueueFull when MaxQueue (if set)
+// requests wait already, ErrShuttingDown while draining. The request is removed from the queue
 // (ErrTimeout or ErrAborted) when ctx ends before it runs, and aborted when ctx ends
 // while it runs.
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
@@ -353,7 +394,7 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 		t.stop()
 		return nil, ErrShuttingDown
 	}
-	if n := len(s.queue); n >= s.opts.MaxQueue {
+	if n := len(s.queue); s.opts.MaxQueue > 0 && n >= s.opts.MaxQueue {
 		s.mu.Unlock()
 		t.stop()
 		return nil, fmt.Errorf("%w: %d requests are waiting (limit %d)", ErrQueueFull, n, s.opts.MaxQueue)
@@ -435,12 +476,15 @@ func (s *Supervisor) Abort(owner, id string) ([]string, error) {
 		}
 	}
 	if id != "" && running == nil && len(queued) == 0 {
-		return nil, fmt.Errorf("%w: %q is not a queued or running request of this connection", ErrNoSuchRequest, id)
+		return nil, fmt.Errorf("%w: %q is not a queued or running request of this caller (on the socket: of this connection; over HTTP: started with the same API key)", ErrNoSuchRequest, id)
 	}
 	return stopped, nil
 }
 
-// IsRunning asks the runtime whether a run is in progress (false when no worker is up).
+// IsRunning asks the runtime whether a run is in progress: false when no worker is up,
+// or when the worker is lost meanwhile (its run, if any, ended with it); a TimeoutError
+// when the runtime does not answer within CallTimeout. Callers at the same time share
+// one request to the worker.
 func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	p := s.proc
@@ -448,13 +492,39 @@ func (s *Supervisor) IsRunning(ctx context.Context) (bool, error) {
 	if p == nil {
 		return false, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.CallTimeout)
-	defer cancel()
-	r, err := p.client.Call(ctx, &workerproto.IsRunning{})
+	pend, err := s.isRunningRequest(p)
 	if err != nil {
-		return false, fmt.Errorf("is_running: %w", err)
+		return false, nil // the worker's connection has ended: no run is in progress
+	}
+	timer := time.NewTimer(s.opts.CallTimeout)
+	defer timer.Stop()
+	select {
+	case <-pend.Done():
+	case <-timer.C:
+		return false, &TimeoutError{Reason: "worker unresponsive", After: "rkllm_is_running did not return within " + s.opts.CallTimeout.String()}
+	case <-ctx.Done():
+		return false, contextError(ctx, "waiting for is_running")
+	}
+	r, err := pend.Result()
+	if err != nil {
+		return false, nil // the worker is gone, and no run with it
 	}
 	return r.Running, nil
+}
+
+// isRunningRequest returns the is_running request in flight to p, or starts one.
+func (s *Supervisor) isRunningRequest(p *proc) (*workerproto.Pending, error) {
+	s.isRunningMu.Lock()
+	defer s.isRunningMu.Unlock()
+	if c := s.isRunning; c != nil && c.p == p && !isDone(c.pend.Done()) {
+		return c.pend, nil
+	}
+	pend, err := p.client.Start(&workerproto.IsRunning{}, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.isRunning = &isRunningCall{p: p, pend: pend}
+	return pend, nil
 }
 
 // Defaults returns the runtime's default parameters and ABI, waiting for the first
@@ -494,6 +564,9 @@ func (s *Supervisor) Status() Status {
 	if s.desired != nil {
 		st.Model = s.desired.ModelPath
 	}
+	if s.loaded {
+		st.EmbedWidth = s.width
+	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
 	}
@@ -519,7 +592,8 @@ func (s *Supervisor) Status() Status {
 // Shutdown stops taking requests (ErrShuttingDown), fails the queued ones, lets the
 // running request finish until ctx ends (then aborts it), destroys the model and stops
 // the worker. It returns when the worker is gone, with ctx's error if the running
-// request had to be aborted.
+// request had to be aborted, and never later than StopGrace after ctx ends: a worker
+// that does not end its run, destroy its model or exit by then is killed.
 func (s *Supervisor) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -533,6 +607,11 @@ func (s *Supervisor) Shutdown(ctx context.Context) error {
 	}
 	s.drainOnce.Do(func() { close(s.drainCh) })
 	s.startOnce.Do(func() { close(s.loopDone) }) // never started
+	// hard ends StopGrace after ctx: every wait below gives up then.
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	stopAfter := context.AfterFunc(ctx, func() { time.AfterFunc(s.opts.StopGrace, cancelHard) })
+	defer stopAfter()
 	var err error
 	select {
 	case <-s.loopDone:
@@ -548,12 +627,14 @@ func (s *Supervisor) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		select {
 		case <-s.loopDone:
-		case <-time.After(s.opts.AbortTimeout):
+		case <-hard.Done():
+			// The executor kills the worker at once and returns (every wait of its
+			// watches loopCtx, or ends when the worker is killed).
 			s.loopCancel()
 			<-s.loopDone
 		}
 	}
-	s.stopWorker()
+	s.stopWorker(hard)
 	return err
 }
 
@@ -579,13 +660,13 @@ func (s *Supervisor) Close() error {
 		p.kill()
 	}
 	<-s.loopDone
-	s.stopWorker()
+	s.stopWorker(s.loopCtx)
 	return nil
 }
 
 // stopWorker destroys the model and ends the worker: closing the connection makes it
-// exit; it is killed if it does not within AbortTimeout.
-func (s *Supervisor) stopWorker() {
+// exit; it is killed if it does not within AbortTimeout, or when hard ends.
+func (s *Supervisor) stopWorker(hard context.Context) {
 	s.mu.Lock()
 	p := s.proc
 	s.proc = nil
@@ -596,19 +677,24 @@ func (s *Supervisor) stopWorker() {
 	if p == nil {
 		return
 	}
-	if loaded && p.alive() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.opts.CallTimeout)
+	if loaded && p.alive() && hard.Err() == nil {
+		ctx, cancel := context.WithTimeout(hard, s.opts.CallTimeout)
 		if r, err := p.client.Call(ctx, &workerproto.Destroy{}); err != nil || r.Err != nil {
 			s.log.Error(errors.Join(err, replyErr(r)), "destroy the model at shutdown")
 		}
 		cancel()
 	}
 	_ = p.client.Close()
+	timer := time.NewTimer(s.opts.AbortTimeout)
+	defer timer.Stop()
 	select {
 	case <-p.exited:
-	case <-time.After(s.opts.AbortTimeout):
+	case <-timer.C:
 		p.kill()
-		<-p.exited
+		p.reaped()
+	case <-hard.Done():
+		p.kill()
+		p.reaped()
 	}
 	s.opts.Observer.ModelLoaded(false)
 }
@@ -635,10 +721,43 @@ func (nopObserver) ModelLoaded(bool)             {}
 
 // Loaded returns the parameters of the model loaded now.
 func (s *Supervisor) Loaded() (runtime.Param, bool) {
+	m, ok := s.LoadedModel()
+	return m.Param, ok
+}
+
+// LoadedModel describes the model loaded now: what a request is checked against
+// before it is queued.
+type LoadedModel struct {
+	// Param is what the model was initialised with.
+	Param runtime.Param
+	// ABI is the layout the runtime library speaks.
+	ABI runtime.ABI
+	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
+	// row of an embedding input), configured or learned at load; 0 when not known.
+	EmbedWidth int
+	// Loras are the names of the LoRA adapters loaded, in order.
+	Loras []string
+}
+
+// Limits are the bounds of the runtime's input checks for this model.
+func (m LoadedModel) Limits() runtime.Limits {
+	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
+		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+}
+
+// LoadedModel returns the model loaded now, false when none is.
+func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded || s.desired == nil {
-		return runtime.Param{}, false
+		return LoadedModel{}, false
 	}
-	return *s.desired, true
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	if s.hello != nil {
+		m.ABI = s.hello.ABI
+	}
+	for _, l := range s.state.loras {
+		m.Loras = append(m.Loras, l.Name)
+	}
+	return m, true
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/go-logr/logr"
@@ -44,6 +45,10 @@ type Model interface {
 	SetChatTemplate(systemPrompt, promptPrefix, promptPostfix string) error
 	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
 	SetCrossAttnParams(p runtime.CrossAttnParams) error
+	// SetEmbedWidth records the model's embedding width from configuration;
+	// LearnEmbedWidth learns it with a run (runtime.Handle documents both).
+	SetEmbedWidth(width int) error
+	LearnEmbedWidth(ctx context.Context) (int, error)
 }
 
 // errNoModel answers requests that need a model when none is loaded.
@@ -135,7 +140,7 @@ func (w *Worker) setModel(m Model) {
 func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message) {
 	w.wg.Add(1)
 	switch m.(type) {
-	case *workerproto.Abort, *workerproto.IsRunning:
+	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Ping:
 		go func() {
 			defer w.wg.Done()
 			w.reply(id, w.serveConcurrent(m))
@@ -158,13 +163,25 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message)
 }
 
 func (w *Worker) reply(id uint64, r *workerproto.Reply) {
-	if err := w.conn.Send(id, r); err != nil {
+	err := w.conn.Send(id, r)
+	var fe *workerproto.FrameTooLargeError
+	if errors.As(err, &fe) && r.Err != nil {
+		// An error that quotes a client's input (a model path) may not fit a small
+		// frame: the supervisor gets it cut rather than no reply at all.
+		msg := r.Err.Error()
+		msg = msg[:min(len(msg), fe.Limit/2)] + "... (cut to fit a frame)"
+		err = w.conn.Send(id, &workerproto.Reply{Err: &workerproto.RemoteError{Message: strings.ToValidUTF8(msg, "")}, Running: r.Running})
+	}
+	if err != nil {
 		w.log.V(1).Info("cannot send reply; the supervisor is gone", "error", err.Error())
 	}
 }
 
 // serveConcurrent answers the requests that may run beside a Run.
 func (w *Worker) serveConcurrent(m workerproto.Message) *workerproto.Reply {
+	if _, ok := m.(*workerproto.Ping); ok {
+		return &workerproto.Reply{}
+	}
 	model := w.current()
 	if model == nil {
 		if _, ok := m.(*workerproto.IsRunning); ok {
@@ -188,8 +205,9 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		if err != nil {
 			return &workerproto.Reply{Err: err}
 		}
+		width := w.embedWidth(ctx, model, init.EmbedWidth)
 		w.setModel(model)
-		return &workerproto.Reply{}
+		return &workerproto.Reply{EmbedWidth: width}
 	}
 	model := w.current()
 	if model == nil {
@@ -211,6 +229,26 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		return &workerproto.Reply{Err: err, CacheSizes: out}
 	}
 	return &workerproto.Reply{Err: setState(model, m)}
+}
+
+// embedWidth gives a new model its embedding width, configured or learned, and returns
+// it; 0 when it could not be learned, which leaves the model serving everything but
+// inputs that carry embeddings.
+func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) int {
+	if configured > 0 {
+		if err := model.SetEmbedWidth(configured); err != nil {
+			w.log.Error(err, "the configured embedding width is refused; inputs with embeddings will be refused")
+			return 0
+		}
+		return configured
+	}
+	width, err := model.LearnEmbedWidth(ctx)
+	if err != nil {
+		w.log.Error(err, "cannot learn the model's embedding width; inputs with embeddings will be refused (set --embedding-width)")
+		return 0
+	}
+	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
+	return width
 }
 
 // setState serves the calls that change the handle's state.
@@ -254,18 +292,60 @@ func kvRanges(start, end []int32) ([]runtime.KVRange, error) {
 }
 
 // run calls Run and sends every delivery as it comes. When the supervisor cannot be
-// reached any more the run is aborted, so the NPU is not left generating for nobody.
+// reached any more the run is aborted, so the NPU is not left generating for nobody. A
+// delivery too large for one frame (hidden states or logits of a long input) aborts
+// the run too, and the run fails with a *workerproto.ResultTooLargeError: it must not
+// end as a success missing its data.
 func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto.Run) error {
-	var abortOnce sync.Once
-	return model.Run(ctx, m.Inputs, m.Infer, func(d runtime.Delivery) runtime.CallbackAction {
-		if err := w.conn.Send(id, &workerproto.Delivery{Delivery: d}); err != nil {
-			abortOnce.Do(func() {
-				w.log.V(1).Info("cannot send a delivery; aborting the run", "error", err.Error())
-				go func() { _ = model.Abort() }()
-			})
+	var (
+		abortOnce sync.Once
+		// abortMu orders a late abort before the end of the run: the abort goroutine
+		// holds it while it calls Abort, and run takes it before returning, so the abort
+		// never reaches the next run.
+		abortMu  sync.Mutex
+		finished bool
+		resMu    sync.Mutex
+		tooLarge error
+	)
+	err := model.Run(ctx, m.Inputs, m.Infer, func(d runtime.Delivery) runtime.CallbackAction {
+		msg := &workerproto.Delivery{Delivery: d}
+		err := w.conn.Send(id, msg)
+		if err == nil {
+			return runtime.Continue
 		}
+		var fe *workerproto.FrameTooLargeError
+		if errors.As(err, &fe) {
+			resMu.Lock()
+			if tooLarge == nil {
+				tooLarge = &workerproto.ResultTooLargeError{Field: msg.Fields(), Size: fe.Size, Limit: fe.Limit}
+				err = tooLarge
+			}
+			resMu.Unlock()
+		}
+		abortOnce.Do(func() {
+			// Logged as an error: the client gets an error too, and whoever runs the
+			// server should see why without raising the log level.
+			w.log.Error(err, "cannot send a delivery; aborting the run")
+			// Not from the callback: the runtime may wait for the callback to return.
+			go func() {
+				abortMu.Lock()
+				defer abortMu.Unlock()
+				if !finished {
+					_ = model.Abort()
+				}
+			}()
+		})
 		return runtime.Continue
 	})
+	abortMu.Lock()
+	finished = true
+	abortMu.Unlock()
+	resMu.Lock()
+	defer resMu.Unlock()
+	if tooLarge != nil {
+		return tooLarge
+	}
+	return err
 }
 
 // InheritedFD is the descriptor on which the supervisor hands the worker its end of

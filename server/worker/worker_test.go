@@ -3,8 +3,10 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ func startWorker(t *testing.T, rt *fakeruntime.Runtime) (*workerproto.Client, ch
 	w := worker.New(rt, "fake.so", workerproto.NewConn(b, 0), logr.Discard())
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(context.Background()) }()
-	c := workerproto.NewClient(workerproto.NewConn(a, 0))
+	c := workerproto.NewClient(workerproto.NewConn(a, 0), workerproto.ClientOptions{})
 	t.Cleanup(func() { _ = c.Close() })
 	return c, done
 }
@@ -189,5 +191,87 @@ func TestCloseDuringRunAborts(t *testing.T) {
 		}
 	case <-time.After(testTimeout):
 		t.Fatal("worker kept running after the supervisor closed")
+	}
+}
+
+// TestResultTooLargeFailsTheRun: a delivery of hidden states larger than one frame
+// fails the run with a ResultTooLargeError naming the field and the limit (never a
+// success missing its data); a result that fits comes back whole, and the worker goes
+// on serving.
+func TestResultTooLargeFailsTheRun(t *testing.T) {
+	const maxFrame = 4096
+	a, b := net.Pipe()
+	w := worker.New(fakeruntime.New(runtime.ABI13), "fake.so", workerproto.NewConn(b, maxFrame), logr.Discard())
+	go func() { _ = w.Serve(context.Background()) }()
+	c := workerproto.NewClient(workerproto.NewConn(a, maxFrame), workerproto.ClientOptions{})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := h.Default
+	p.ModelPath = "/models/m.rkllm"
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	hiddenRun := func(tokens int) (*workerproto.Reply, []float32) {
+		var got []float32
+		pend, err := c.Start(&workerproto.Run{
+			Inputs: []runtime.Input{{Type: runtime.InputToken, TokenIDs: make([]int32, tokens)}},
+			Infer:  runtime.InferParams{Mode: runtime.InferGetLastHiddenLayer},
+		}, func(d *workerproto.Delivery) {
+			for _, r := range d.Results {
+				got = append(got, r.HiddenStates...)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-pend.Done():
+		case <-time.After(testTimeout):
+			t.Fatal("run did not end")
+		}
+		r, err := pend.Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, got
+	}
+	// 4 floats per token: 100 tokens fit in 4096 bytes, 300 do not.
+	r, got := hiddenRun(100)
+	if r.Err != nil || len(got) != 100*fakeruntime.EmbdSize {
+		t.Fatalf("a result that fits: %v, %d floats", r.Err, len(got))
+	}
+	r, got = hiddenRun(300)
+	var tl *workerproto.ResultTooLargeError
+	if !errors.As(r.Err, &tl) || tl.Field != "last_hidden_layer" || tl.Limit != maxFrame || tl.Size <= maxFrame || len(got) != 0 {
+		t.Fatalf("a result over the frame: %v (%+v), %d floats delivered", r.Err, tl, len(got))
+	}
+	if r, got := hiddenRun(10); r.Err != nil || len(got) != 10*fakeruntime.EmbdSize {
+		t.Errorf("the run after: %v, %d floats", r.Err, len(got))
+	}
+}
+
+// longErrorRuntime fails Init with an error that quotes the model path twice.
+type longErrorRuntime struct{ *fakeruntime.Runtime }
+
+func (longErrorRuntime) Init(p runtime.Param) (worker.Model, error) {
+	return nil, fmt.Errorf("cannot load %s: %s not found", p.ModelPath, p.ModelPath)
+}
+
+// TestLongErrorIsCut: an error reply too large for a frame (it quotes a long model
+// path) reaches the supervisor cut, instead of never.
+func TestLongErrorIsCut(t *testing.T) {
+	a, b := net.Pipe()
+	w := worker.New(longErrorRuntime{fakeruntime.New(runtime.ABI13)}, "fake.so", workerproto.NewConn(b, 4096), logr.Discard())
+	go func() { _ = w.Serve(context.Background()) }()
+	c := workerproto.NewClient(workerproto.NewConn(a, 4096), workerproto.ClientOptions{})
+	t.Cleanup(func() { _ = c.Close() })
+	r := call(t, c, &workerproto.Init{Param: runtime.Param{ModelPath: "/models/" + strings.Repeat("é", 1500)}})
+	if r.Err == nil || !strings.HasPrefix(r.Err.Error(), "cannot load /models/é") || !strings.HasSuffix(r.Err.Error(), "(cut to fit a frame)") {
+		t.Fatalf("init error %v", r.Err)
 	}
 }

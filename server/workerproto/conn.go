@@ -18,6 +18,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"time"
 )
 
 // headerSize is the bytes of a frame after the length: the op and the call id.
@@ -27,8 +28,27 @@ const headerSize = 1 + 8
 // logits or hidden-state arrays, which reach tens of megabytes for large vocabularies.
 const DefaultMaxFrameBytes = 256 << 20
 
-// ErrFrameTooLarge is returned for a frame over the limit, before it is read.
+// ErrFrameTooLarge is returned for a frame over the limit, before it is read or
+// written.
 var ErrFrameTooLarge = errors.New("frame too large")
+
+// FrameTooLargeError is ErrFrameTooLarge for a frame this side was about to write: the
+// connection stays usable.
+type FrameTooLargeError struct {
+	Op          Op
+	Size, Limit int
+}
+
+func (e *FrameTooLargeError) Error() string {
+	return fmt.Sprintf("write %s frame of %d bytes (limit %d): %v", e.Op, e.Size, e.Limit, ErrFrameTooLarge)
+}
+
+// Unwrap makes errors.Is(err, ErrFrameTooLarge) true.
+func (e *FrameTooLargeError) Unwrap() error { return ErrFrameTooLarge }
+
+// sizer is a message that knows its encoded size, so an oversized one is refused
+// before a frame's worth of memory is spent encoding it.
+type sizer interface{ size() int }
 
 // Frame is one decoded frame header and its raw payload.
 type Frame struct {
@@ -59,16 +79,50 @@ func NewConn(rwc io.ReadWriteCloser, maxFrame int) *Conn {
 	return &Conn{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), w: bufio.NewWriterSize(rwc, 64<<10), maxFrame: maxFrame}
 }
 
-// Send encodes and writes one message.
+// MaxFrame is the largest frame this connection reads or writes.
+func (c *Conn) MaxFrame() int { return c.maxFrame }
+
+// Send encodes and writes one message. A message over the frame limit is refused with
+// a *FrameTooLargeError before anything is written.
 func (c *Conn) Send(id uint64, m Message) error {
-	return c.WriteFrame(m.Op(), id, Encode(m))
+	payload, err := c.encode(m)
+	if err != nil {
+		return err
+	}
+	return c.WriteFrame(m.Op(), id, payload)
+}
+
+// encode returns m's payload, or a *FrameTooLargeError when its frame would be over the
+// limit.
+func (c *Conn) encode(m Message) ([]byte, error) {
+	if s, ok := m.(sizer); ok {
+		if size := headerSize + s.size(); size > c.maxFrame {
+			return nil, &FrameTooLargeError{Op: m.Op(), Size: size, Limit: c.maxFrame}
+		}
+	}
+	payload := Encode(m)
+	if size := headerSize + len(payload); size > c.maxFrame {
+		return nil, &FrameTooLargeError{Op: m.Op(), Size: size, Limit: c.maxFrame}
+	}
+	return payload, nil
 }
 
 // WriteFrame writes one frame and flushes it.
 func (c *Conn) WriteFrame(op Op, id uint64, payload []byte) error {
+	return c.writeFrame(time.Time{}, op, id, payload)
+}
+
+// deadliner is a connection that supports write deadlines (net.Conn).
+type deadliner interface{ SetWriteDeadline(t time.Time) error }
+
+// writeFrame writes one frame and flushes it. A non-zero deadline, on a connection that
+// supports deadlines, makes the write fail with os.ErrDeadlineExceeded when the peer has
+// not taken the whole frame by then: the stream may then end inside the frame, so the
+// caller must close the connection.
+func (c *Conn) writeFrame(deadline time.Time, op Op, id uint64, payload []byte) error {
 	size := headerSize + len(payload)
 	if size > c.maxFrame {
-		return fmt.Errorf("write %s frame of %d bytes (limit %d): %w", op, size, c.maxFrame, ErrFrameTooLarge)
+		return &FrameTooLargeError{Op: op, Size: size, Limit: c.maxFrame}
 	}
 	var hdr [4 + headerSize]byte
 	binary.BigEndian.PutUint32(hdr[0:], uint32(size)) //nolint:gosec // size <= maxFrame, an int32
@@ -76,6 +130,11 @@ func (c *Conn) WriteFrame(op Op, id uint64, payload []byte) error {
 	binary.BigEndian.PutUint64(hdr[5:], id)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if d, ok := c.rwc.(deadliner); ok {
+		if err := d.SetWriteDeadline(deadline); err != nil {
+			return err
+		}
+	}
 	if _, err := c.w.Write(hdr[:]); err != nil {
 		return err
 	}

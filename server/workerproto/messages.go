@@ -29,6 +29,7 @@ const (
 	OpSetCrossAttnParams
 	OpDelivery
 	OpReply
+	OpPing
 )
 
 var opNames = map[Op]string{
@@ -37,7 +38,7 @@ var opNames = map[Op]string{
 	OpReleasePromptCache: "release_prompt_cache", OpClearKVCache: "clear_kv_cache",
 	OpGetKVCacheSize: "get_kv_cache_size", OpSetChatTemplate: "set_chat_template",
 	OpSetFunctionTools: "set_function_tools", OpSetCrossAttnParams: "set_cross_attn_params",
-	OpDelivery: "delivery", OpReply: "reply",
+	OpDelivery: "delivery", OpReply: "reply", OpPing: "ping",
 }
 
 func (o Op) String() string {
@@ -66,8 +67,12 @@ type Hello struct {
 	Default runtime.Param
 }
 
-// Init loads a model (rkllm_init).
-type Init struct{ Param runtime.Param }
+// Init loads a model (rkllm_init). EmbedWidth is the model's embedding width when the
+// configuration gives it; 0 makes the worker learn it with a run right after init.
+type Init struct {
+	Param      runtime.Param
+	EmbedWidth int
+}
 
 // Destroy frees the model (rkllm_destroy).
 type Destroy struct{}
@@ -83,6 +88,11 @@ type Abort struct{}
 
 // IsRunning asks rkllm_is_running; it is served while Run is.
 type IsRunning struct{}
+
+// Ping asks the worker for a sign of life; it answers without the runtime, while any
+// other request is in progress, so a worker that does not answer is stopped or wedged
+// as a process, whatever its runtime is doing.
+type Ping struct{}
 
 // LoadLora loads one adapter (rkllm_load_lora).
 type LoadLora struct{ Adapter runtime.LoraAdapter }
@@ -115,11 +125,13 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct{ runtime.Delivery }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
-// answers GetKVCacheSize.
+// answers GetKVCacheSize, EmbedWidth answers Init (the model's embedding width; 0 when
+// it could not be learned).
 type Reply struct {
 	Err        error
 	Running    bool
 	CacheSizes []int32
+	EmbedWidth int
 }
 
 // Op implements Message.
@@ -139,6 +151,9 @@ func (*Abort) Op() Op { return OpAbort }
 
 // Op implements Message.
 func (*IsRunning) Op() Op { return OpIsRunning }
+
+// Op implements Message.
+func (*Ping) Op() Op { return OpPing }
 
 // Op implements Message.
 func (*LoadLora) Op() Op { return OpLoadLora }
@@ -180,6 +195,7 @@ var constructors = map[Op]func() Message{
 	OpGetKVCacheSize: func() Message { return &GetKVCacheSize{} }, OpSetChatTemplate: func() Message { return &SetChatTemplate{} },
 	OpSetFunctionTools: func() Message { return &SetFunctionTools{} }, OpSetCrossAttnParams: func() Message { return &SetCrossAttnParams{} },
 	OpDelivery: func() Message { return &Delivery{} }, OpReply: func() Message { return &Reply{} },
+	OpPing: func() Message { return &Ping{} },
 }
 
 // newMessage returns an empty message of the given type.
@@ -283,8 +299,15 @@ func decodeParam(d *decoder, p *runtime.Param) {
 	p.Extend.UseCrossAttn = d.i8()
 }
 
-func (m *Init) encode(e *encoder) { encodeParam(e, &m.Param) }
-func (m *Init) decode(d *decoder) { decodeParam(d, &m.Param) }
+func (m *Init) encode(e *encoder) {
+	encodeParam(e, &m.Param)
+	e.int(m.EmbedWidth)
+}
+
+func (m *Init) decode(d *decoder) {
+	decodeParam(d, &m.Param)
+	m.EmbedWidth = d.int()
+}
 
 func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
@@ -292,6 +315,8 @@ func (*Abort) encode(*encoder)              {}
 func (*Abort) decode(*decoder)              {}
 func (*IsRunning) encode(*encoder)          {}
 func (*IsRunning) decode(*decoder)          {}
+func (*Ping) encode(*encoder)               {}
+func (*Ping) decode(*decoder)               {}
 func (*ReleasePromptCache) encode(*encoder) {}
 func (*ReleasePromptCache) decode(*decoder) {}
 func (*GetKVCacheSize) encode(*encoder)     {}
@@ -494,6 +519,45 @@ func (m *Delivery) encode(e *encoder) {
 	}
 }
 
+// size is the encoded size of the delivery, so one too large for a frame is refused
+// before it is encoded (hidden states and logits reach hundreds of megabytes).
+func (m *Delivery) size() int {
+	n := 4 + uvarintLen(len(m.Results))
+	for i := range m.Results {
+		r := &m.Results[i]
+		n += uvarintLen(len(r.Text)) + len(r.Text) + 4
+		n += uvarintLen(len(r.HiddenStates)) + 4*len(r.HiddenStates) + 8
+		n += uvarintLen(len(r.Logits)) + 4*len(r.Logits) + 8 + 8 + 5*4
+	}
+	return n
+}
+
+// Fields names the arrays a delivery carries (last_hidden_layer, logits), for errors.
+func (m *Delivery) Fields() string {
+	var hidden, logits bool
+	for i := range m.Results {
+		hidden = hidden || len(m.Results[i].HiddenStates) > 0
+		logits = logits || len(m.Results[i].Logits) > 0
+	}
+	switch {
+	case hidden && logits:
+		return "last_hidden_layer and logits"
+	case hidden:
+		return "last_hidden_layer"
+	case logits:
+		return "logits"
+	}
+	return "result"
+}
+
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
+	}
+	return l
+}
+
 func (m *Delivery) decode(d *decoder) {
 	m.State = runtime.CallState(d.i32())
 	// A result takes at least 51 bytes on the wire.
@@ -521,14 +585,16 @@ func (m *Delivery) decode(d *decoder) {
 // Error kinds on the wire, so the supervisor gets back the typed runtime errors.
 const (
 	errNone        = 0
-	errCall        = 1 // *runtime.CallError
-	errUnsupported = 2 // *runtime.UnsupportedError
-	errOther       = 3 // message only
-	errBusy        = 4 // ErrWorkerBusy
-	errRuntimeBusy = 5 // runtime.ErrBusy, with the message
-	errDestroyed   = 6 // runtime.ErrDestroyed, with the message
-	errSymbol      = 7 // *runtime.SymbolError
-	errRunFailed   = 8 // runtime.ErrRunFailed, with the message
+	errCall        = 1  // *runtime.CallError
+	errUnsupported = 2  // *runtime.UnsupportedError
+	errOther       = 3  // message only
+	errBusy        = 4  // ErrWorkerBusy
+	errRuntimeBusy = 5  // runtime.ErrBusy, with the message
+	errDestroyed   = 6  // runtime.ErrDestroyed, with the message
+	errSymbol      = 7  // *runtime.SymbolError
+	errRunFailed   = 8  // runtime.ErrRunFailed, with the message
+	errTooLarge    = 9  // *ResultTooLargeError
+	errInput       = 10 // *runtime.InputError
 )
 
 // sentinels are the runtime's sentinel errors that cross the wire as themselves (the
@@ -566,10 +632,26 @@ type RemoteError struct{ Message string }
 
 func (e *RemoteError) Error() string { return e.Message }
 
+// ResultTooLargeError fails a run one of whose deliveries (hidden states or logits) is
+// larger than one worker frame: the run is aborted, and never ends as a success
+// missing its data.
+type ResultTooLargeError struct {
+	// Field names the arrays: last_hidden_layer, logits, or both.
+	Field string
+	// Size is the delivery's frame in bytes; Limit the largest frame.
+	Size, Limit int
+}
+
+func (e *ResultTooLargeError) Error() string {
+	return fmt.Sprintf("result too large: the run's %s takes %d bytes, over the %d bytes one worker frame carries (--max-frame-bytes); ask for fewer positions (a shorter input or a smaller batch), or raise the limit",
+		e.Field, e.Size, e.Limit)
+}
+
 func (m *Reply) encode(e *encoder) {
 	encodeErr(e, m.Err)
 	e.bool(m.Running)
 	e.optI32s(m.CacheSizes)
+	e.int(m.EmbedWidth)
 }
 
 // encodeErr writes an error as its kind and what rebuilds it on the other side.
@@ -578,10 +660,25 @@ func encodeErr(e *encoder, err error) {
 		callErr     *runtime.CallError
 		unsupported *runtime.UnsupportedError
 		symbol      *runtime.SymbolError
+		input       *runtime.InputError
+		tooLarge    *ResultTooLargeError
 	)
 	switch {
 	case err == nil:
 		e.u8(errNone)
+		return
+	case errors.As(err, &input):
+		e.u8(errInput)
+		e.int(input.Input)
+		e.str(input.Field)
+		e.str(input.Reason)
+		e.bool(input.NoWidth)
+		return
+	case errors.As(err, &tooLarge):
+		e.u8(errTooLarge)
+		e.str(tooLarge.Field)
+		e.int(tooLarge.Size)
+		e.int(tooLarge.Limit)
 		return
 	case errors.As(err, &callErr):
 		e.u8(errCall)
@@ -632,6 +729,10 @@ func (m *Reply) decode(d *decoder) {
 		m.Err = &RemoteError{Message: d.str()}
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
+	case errInput:
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool()}
+	case errTooLarge:
+		m.Err = &ResultTooLargeError{Field: d.str(), Size: d.int(), Limit: d.int()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
 		msg := d.str()
 		for _, st := range sentinels {
@@ -646,6 +747,7 @@ func (m *Reply) decode(d *decoder) {
 	}
 	m.Running = d.bool()
 	m.CacheSizes = d.optI32s()
+	m.EmbedWidth = d.int()
 }
 
 func trimSuffix(s, suffix string) string {

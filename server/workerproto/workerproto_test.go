@@ -24,8 +24,8 @@ func sampleMessages() []Message {
 	}
 	return []Message{
 		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Simulator: "sim 1.0", Default: param},
-		&Init{Param: param},
-		&Destroy{}, &Abort{}, &IsRunning{}, &ReleasePromptCache{}, &GetKVCacheSize{},
+		&Init{Param: param}, &Init{Param: param, EmbedWidth: 2048},
+		&Destroy{}, &Abort{}, &IsRunning{}, &Ping{}, &ReleasePromptCache{}, &GetKVCacheSize{},
 		&Run{
 			Inputs: []runtime.Input{
 				{Role: "user", EnableThinking: true, Type: runtime.InputPrompt, Prompt: "héllo, 世界"},
@@ -68,6 +68,10 @@ func sampleMessages() []Message {
 		&Reply{Err: &runtime.SymbolError{Path: "/usr/lib/librkllmrt.so", Symbol: "rkllm_load_lora"}},
 		&Reply{Err: runtime.ErrBusy},
 		&Reply{Err: runtime.ErrDestroyed},
+		&Reply{Err: &ResultTooLargeError{Field: "logits", Size: 1 << 30, Limit: 256 << 20}},
+		&Reply{EmbedWidth: 1536},
+		&Reply{Err: &runtime.InputError{Input: 2, Field: "embed_input.embed", Reason: "holds 3 floats", NoWidth: true}},
+		&Reply{Err: &runtime.InputError{Input: -1, Field: "start_pos", Reason: "holds 3 positions"}},
 	}
 }
 
@@ -181,7 +185,7 @@ func fakeWorker(t *testing.T, conn *Conn) {
 func TestClient(t *testing.T) {
 	a, b := net.Pipe()
 	go fakeWorker(t, NewConn(b, 0))
-	c := NewClient(NewConn(a, 0))
+	c := NewClient(NewConn(a, 0), ClientOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	h, err := c.Hello(ctx)
@@ -216,5 +220,69 @@ func TestClient(t *testing.T) {
 	<-c.Done()
 	if _, err := c.Start(&IsRunning{}, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("start after close = %v", err)
+	}
+}
+
+// TestDeliverySize: the size a delivery is checked against before it is encoded is the
+// size of its encoding.
+func TestDeliverySize(t *testing.T) {
+	for _, m := range sampleMessages() {
+		if d, ok := m.(*Delivery); ok {
+			if got, want := d.size(), len(Encode(d)); got != want {
+				t.Errorf("size %d, encoded %d bytes: %+v", got, want, d)
+			}
+		}
+	}
+	big := &Delivery{runtime.Delivery{Results: []runtime.Result{{Text: string(make([]byte, 200)), HiddenStates: make([]float32, 40000), Logits: make([]float32, 300)}}}}
+	if got, want := big.size(), len(Encode(big)); got != want {
+		t.Errorf("size %d, encoded %d bytes", got, want)
+	}
+}
+
+// TestOversizedDeliveryRefused: Send refuses a delivery over the frame limit with the
+// sizes, and the connection stays usable.
+func TestOversizedDeliveryRefused(t *testing.T) {
+	a, b := net.Pipe()
+	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+	w, r := NewConn(a, 1024), NewConn(b, 1024)
+	big := &Delivery{runtime.Delivery{Results: []runtime.Result{{HiddenStates: make([]float32, 300), EmbdSize: 4, NumTokens: 75}}}}
+	err := w.Send(7, big)
+	var fe *FrameTooLargeError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrFrameTooLarge) || fe.Limit != 1024 || fe.Size != headerSize+big.size() || fe.Op != OpDelivery {
+		t.Fatalf("oversized delivery: %v (%+v)", err, fe)
+	}
+	if big.Fields() != "last_hidden_layer" {
+		t.Errorf("fields %q", big.Fields())
+	}
+	go func() { _ = w.Send(8, &Reply{}) }()
+	if id, m, err := r.Receive(); err != nil || id != 8 || m.Op() != OpReply {
+		t.Fatalf("next frame: %d %v %v", id, m, err)
+	}
+}
+
+// TestClientWriteTimeout: a worker that does not read its socket cannot block Start;
+// the connection ends with ErrWriteTimeout once a request waited for the write timeout.
+func TestClientWriteTimeout(t *testing.T) {
+	a, b := net.Pipe() // b is never read: a stopped worker
+	t.Cleanup(func() { _ = b.Close() })
+	c := NewClient(NewConn(a, 0), ClientOptions{WriteTimeout: 50 * time.Millisecond})
+	p, err := c.Start(&Run{Inputs: []runtime.Input{{Prompt: string(make([]byte, 1<<20))}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not give up on a worker that does not read")
+	}
+	if err := c.Err(); !errors.Is(err, ErrWriteTimeout) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("client error %v, want ErrWriteTimeout", err)
+	}
+	<-p.Done()
+	if _, err := p.Result(); !errors.Is(err, ErrWriteTimeout) {
+		t.Errorf("pending request: %v", err)
+	}
+	if _, err := c.Start(&Abort{}, nil); !errors.Is(err, ErrWriteTimeout) {
+		t.Errorf("request after the timeout: %v", err)
 	}
 }

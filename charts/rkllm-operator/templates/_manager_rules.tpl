@@ -14,8 +14,13 @@
 - apiGroups:
   - ""
   resources:
+  - events
+  verbs:
+  - list
+- apiGroups:
+  - ""
+  resources:
   - persistentvolumeclaims
-  - secrets
   verbs:
   - get
 - apiGroups:

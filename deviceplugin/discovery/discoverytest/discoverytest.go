@@ -16,6 +16,8 @@ const (
 	Rock5B     = "radxa,rock-5b\x00rockchip,rk3588\x00"
 	RK3576EVB  = "rockchip,rk3576-evb1-v10\x00rockchip,rk3576\x00"
 	Rock3A     = "radxa,rock-3a\x00rockchip,rk3568\x00"
+	RadxaZero3 = "radxa,zero3\x00rockchip,rk3566\x00"
+	RV1126BEVB = "rockchip,rv1126b-evb1-v10\x00rockchip,rv1126b\x00"
 	RaspberryP = "raspberrypi,5-model-b\x00brcm,bcm2712\x00"
 )
 
@@ -52,6 +54,12 @@ func RK3588() Tree {
 		DebugfsVersion: "RKNPU driver: v0.9.8",
 		Load:           "NPU load:  Core0:  0%, Core1:  0%, Core2:  0%,",
 	}
+}
+
+// Board is a board with compatible, driven by the DRM build of rknpu 0.9.8 at
+// card0/renderD128 (no GPU node before it).
+func Board(compatible string) Tree {
+	return Tree{Compatible: compatible, NPURender: "renderD128", NPUCard: "card0", ModuleVersion: "0.9.8"}
 }
 
 // Write creates the tree under root and returns root.

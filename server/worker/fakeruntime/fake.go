@@ -97,6 +97,7 @@ type Model struct {
 	tools     bool
 	cache     string
 	xattn     int
+	width     int
 	kvCache   int
 	destroyed bool
 }
@@ -391,6 +392,27 @@ func (m *Model) SetCrossAttnParams(p runtime.CrossAttnParams) error {
 	defer m.mu.Unlock()
 	m.xattn = p.NumTokens
 	return nil
+}
+
+// SetEmbedWidth implements worker.Model.
+func (m *Model) SetEmbedWidth(width int) error {
+	if width < 1 {
+		return fmt.Errorf("fake runtime: embedding width %d", width)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.width = width
+	return nil
+}
+
+// LearnEmbedWidth implements worker.Model: the fake's hidden states are EmbdSize wide.
+// A model path containing "nowidth" fails to tell, as a runtime whose hidden-layer
+// run fails would.
+func (m *Model) LearnEmbedWidth(context.Context) (int, error) {
+	if strings.Contains(filepath.Base(m.param.ModelPath), "nowidth") {
+		return 0, &runtime.CallError{Func: "rkllm_run", Code: -1}
+	}
+	return EmbdSize, m.SetEmbedWidth(EmbdSize)
 }
 
 var _ worker.Runtime = (*Runtime)(nil)

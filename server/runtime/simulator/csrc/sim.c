@@ -330,7 +330,7 @@ EXPORT RKLLMParam rkllm_createDefaultParam(void)
 	p.extend_param.embed_flash = 1;
 	p.extend_param.enabled_cpus_num = 4;
 	p.extend_param.enabled_cpus_mask = 0xF0;
-	p.extend_param.n_batch = 0; /* undocumented in the runtime: callers set 1 */
+	p.extend_param.n_batch = 1; /* both vendor headers (1.2.1, 1.3.0): "Default is 1" */
 	p.extend_param.use_cross_attn = 0;
 	return p;
 }

@@ -169,8 +169,16 @@ static void init_failures(const char *model, const char *lora, const char *dir)
 	CHECK(rc != 0 && strstr(msg, "n_batch must be between 1 and 100, but got 0"));
 	free(msg);
 
+	/* Both vendor headers document n_batch "Default is 1": a client that starts from
+	 * the defaults and sets only the model path initialises, as it would on a board. */
 	Param p = rk.create_default();
-	p.extend_param.n_batch = 1;
+	CHECK(p.extend_param.n_batch == 1);
+	p.model_path = model;
+	LLMHandle h = NULL;
+	CHECK(init(&h, &p) == 0);
+	if (h)
+		CHECK(rk.destroy(h) == 0);
+
 	p.model_path = lora; /* not a model: wrong magic */
 	msg = stderr_of(dir, init_fails, &p, &rc);
 	CHECK(rc != 0 && strstr(msg, "invalid rknn llm model magic"));
