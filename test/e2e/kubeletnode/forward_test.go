@@ -32,7 +32,9 @@ func TestForwardJoinsConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	var d net.Dialer
-	f := Forward(front, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", upstream.Addr().String()) })
+	f := Forward(front, func(ctx context.Context) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", upstream.Addr().String())
+	})
 	defer f.Close()
 	c, err := d.DialContext(t.Context(), "tcp", front.Addr().String())
 	if err != nil {
