@@ -111,7 +111,7 @@ func TestDownAfterACrash(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the node's network namespace %s: %v", r.NodeNetNS, err)
 	}
-	if in := inNamespace(nodeNS); len(in) < 3 {
+	if in := edgecluster.InNetNamespace(nodeNS); len(in) < 3 {
 		t.Fatalf("%d processes in the node's network namespace %s while the demo is up; want the kubelet, the runtime and pods: the check sees nothing", len(in), nodeNS)
 	}
 
@@ -138,7 +138,7 @@ func TestDownAfterACrash(t *testing.T) {
 	if taken := takenPorts(ports); len(taken) > 0 {
 		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
 	}
-	if in := inNamespace(nodeNS); len(in) > 0 {
+	if in := edgecluster.InNetNamespace(nodeNS); len(in) > 0 {
 		t.Errorf("after demo down, processes are still in the node's network namespace %s (so are its interfaces and addresses): %v", nodeNS, in)
 	}
 	for _, f := range []string{r.WorkDir, filepath.Join(state, "demo.pid"), filepath.Join(state, "ready.json"), filepath.Join(state, "workdir")} {
@@ -178,24 +178,6 @@ func demoPorts(t *testing.T, r ready) []string {
 		addrs = append(addrs, u.Host)
 	}
 	return addrs
-}
-
-// inNamespace lists the processes whose network namespace is ns (as /proc/PID/ns/net
-// reads, "net:[inode]"): when none is left, the namespace and its interfaces, addresses
-// and mounts are gone (nothing else holds it).
-func inNamespace(ns string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if got, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net")); err == nil && got == ns {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // takenPorts lists the addresses something listens on (they cannot be bound).

@@ -89,9 +89,21 @@ func TestEdgeCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.c = c
+	// The real-kubelet node's network namespace holds its pods, its bridge and addresses:
+	// once the cluster stops, no process may be left in it (then nothing holds it).
+	nodeNS, err := os.Readlink(c.Node().Runtime.NetNS())
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if err := c.Stop(); err != nil {
 			t.Errorf("stopping the cluster: %v", err)
+		}
+		if left := edgecluster.InNetNamespace(nodeNS); len(left) > 0 {
+			t.Errorf("processes %v are still in the real-kubelet node's network namespace %s after Stop", left, nodeNS)
+		}
+		if mounts, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mounts), c.WorkDir) {
+			t.Errorf("mounts under the cluster's folder %s are left on the host", c.WorkDir)
 		}
 		if t.Failed() {
 			dumpLogs(t, c.LogDir())
