@@ -60,14 +60,15 @@ func (s *suite) chain() {
 	sum := sha256File(s, file)
 	url := base + "/" + filepath.Base(file)
 
-	s.step("chain: a wrong sha256 fails the download, and the model's status says why")
+	s.step("chain: a wrong sha256 fails the download: Degraded, and lastFailure has the fetch's exit code and message")
 	wrong := strings.Repeat("0", 64)
 	s.apply(chainModelSpec(url, wrong))
 	got := s.waitModel(chainModel, "failed to download", func(m *inferencev1alpha1.RKLLMModel) bool {
 		r := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+		d := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionDegraded)
 		f := m.Status.LastFailure
-		return r != nil && r.Reason == inferencev1alpha1.ReasonDownloadFailed && f != nil && f.ExitCode != nil && *f.ExitCode != 0 &&
-			strings.Contains(f.Message, "sha256")
+		return r != nil && r.Reason == inferencev1alpha1.ReasonDownloadFailed && d != nil && d.Status == metav1.ConditionTrue &&
+			f != nil && f.ExitCode != nil && *f.ExitCode != 0 && f.Container == "fetch-model" && strings.Contains(f.Message, "sha256 mismatch")
 	})
 	s.t.Logf("lastFailure: %+v", *got.Status.LastFailure)
 
