@@ -33,7 +33,7 @@ const (
 	DefaultLibraryPath           = "librkllmrt.so"
 	DefaultAPIKeySecretKey       = "api-key"
 	DefaultLogFormat             = "json"
-	DefaultDeviceTree            = DeviceTreeHostPath
+	DefaultDeviceTree            = DeviceTreeDevicePlugin
 	DefaultColocation            = ColocationForbidden
 	// DefaultMemoryRequest and DefaultMemoryLimit apply when spec.resources sets no memory.
 	DefaultMemoryRequest = "2Gi"
@@ -146,4 +146,18 @@ func (c *HostPathCache) GetPath() string {
 		return DefaultCacheHostPath
 	}
 	return c.Path
+}
+
+// GetCache returns where downloads are kept: Node (the default), Pod (emptyDir) or
+// HostPath.
+func (m *ModelSource) GetCache() FetchCache {
+	switch c := m.Cache; {
+	case c == nil, c.Node != nil:
+		return FetchCacheNode
+	case c.HostPath != nil:
+		return FetchCacheHostPath
+	case c.EmptyDir != nil:
+		return FetchCachePod
+	}
+	return FetchCacheNode
 }

@@ -134,7 +134,6 @@ func chainModelSpec(url, sum string) *inferencev1alpha1.RKLLMModel {
 				Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
 				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
 			},
-			Security: &inferencev1alpha1.SecuritySpec{DeviceTree: inferencev1alpha1.DeviceTreeNone},
 		},
 	}
 }

@@ -107,6 +107,9 @@ type Cluster struct {
 	WorkDir string
 	// NPURoot is the fake filesystem tree the device plugin scans.
 	NPURoot string
+	// ModelCache is the real-kubelet node's model cache folder, which the device plugin
+	// mounts into NPU containers (--model-cache-dir).
+	ModelCache string
 	// Plugin is the device plugin process serving the real-kubelet node.
 	Plugin *Process
 
@@ -520,8 +523,18 @@ func (c *Cluster) startDevicePlugin(ctx context.Context) error {
 		return err
 	}
 	features := filepath.Join(c.WorkDir, "features.d", "rockchip-npu")
+	// The plugin makes the cache folder under --root, the fake tree; on a board the root
+	// is the host's. Here the host's folder is made as the plugin would make it.
+	c.ModelCache = filepath.Join(c.WorkDir, "model-cache")
+	if err := os.Mkdir(c.ModelCache, 0o750); err != nil {
+		return err
+	}
+	if err := os.Chmod(c.ModelCache, os.ModeSticky|0o777); err != nil { //nolint:gosec // as the plugin makes it
+		return err
+	}
 	if c.Plugin, err = c.Start(ctx, "rknpu-device-plugin", nil, c.opts.DevicePlugin,
-		"--root", root, "--kubelet-dir", c.node.DevicePluginDir, "--metrics-addr", metrics, "--node-labels", features); err != nil {
+		"--root", root, "--kubelet-dir", c.node.DevicePluginDir, "--metrics-addr", metrics, "--node-labels", features,
+		"--model-cache-dir", c.ModelCache); err != nil {
 		return err
 	}
 	if err := c.WaitAllocatable(ctx, KubeletNode, 1); err != nil {

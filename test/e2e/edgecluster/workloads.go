@@ -93,11 +93,17 @@ func WriteSimModel(path string) error {
 // a local model server the pods download from (their init containers), and returns the
 // base URL. Stop closes it.
 func (c *Cluster) ServeFiles(ctx context.Context, dir string) (string, error) {
+	return c.Serve(ctx, http.FileServer(http.Dir(dir)))
+}
+
+// Serve serves h over HTTP on the node's address, in its network, where the pods reach
+// it, and returns the base URL. Stop closes it.
+func (c *Cluster) Serve(ctx context.Context, h http.Handler) (string, error) {
 	l, err := c.node.Runtime.Listen(ctx, "tcp", net.JoinHostPort(c.node.IP.String(), "0"))
 	if err != nil {
 		return "", fmt.Errorf("listening in the node's network: %w", err)
 	}
-	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	c.mu.Lock()
 	c.closers = append(c.closers, srv.Close)
