@@ -34,11 +34,14 @@ func (s *Supervisor) loop() {
 			var err error
 			p, err = startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
 			if err != nil {
-				d := restart.next()
-				startAt = time.Now().Add(d)
 				s.setLastExit(err.Error())
-				s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
 				s.opts.Observer.WorkerRestart("start_failed")
+				d := restart.next()
+				if s.giveUp(restart.failures) {
+					return
+				}
+				startAt = time.Now().Add(d)
+				s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
 				continue
 			}
 			s.workerUp(p)
@@ -46,7 +49,11 @@ func (s *Supervisor) loop() {
 		if s.needsLoad() && !time.Now().Before(loadAt) {
 			if err := s.load(p); err != nil {
 				if s.current() != p { // the worker died: restart first
-					startAt = time.Now().Add(s.restartDelay(p, &restart))
+					d, ok := s.restartDelay(p, &restart)
+					if !ok {
+						return
+					}
+					startAt = time.Now().Add(d)
 					continue
 				}
 				d := load.next()
@@ -71,20 +78,56 @@ func (s *Supervisor) loop() {
 			s.execute(p, t)
 		}
 		if s.current() != p {
-			startAt = time.Now().Add(s.restartDelay(p, &restart))
+			d, ok := s.restartDelay(p, &restart)
+			if !ok {
+				return
+			}
+			startAt = time.Now().Add(d)
 		}
 	}
 }
 
 // restartDelay is the backoff before replacing p, which died; a worker that lived
-// HealthyAfter starts the backoff over.
-func (s *Supervisor) restartDelay(p *proc, b *backoff) time.Duration {
+// HealthyAfter starts the backoff over. It returns false when the supervisor gives up
+// instead.
+func (s *Supervisor) restartDelay(p *proc, b *backoff) (time.Duration, bool) {
 	if time.Since(p.started) >= s.opts.HealthyAfter {
 		b.reset()
 	}
 	d := b.next()
+	if s.giveUp(b.failures) {
+		return 0, false
+	}
 	s.log.Info("restarting the worker", "after", d.String())
-	return d
+	return d, true
+}
+
+// giveUp stops the supervisor when failures workers in a row failed and that is
+// MaxWorkerFailures: new and queued requests get ErrShuttingDown with the reason, the
+// status says it, and Failed is closed. A worker lost because the supervisor is
+// stopping does not count.
+func (s *Supervisor) giveUp(failures int) bool {
+	if s.opts.MaxWorkerFailures <= 0 || failures < s.opts.MaxWorkerFailures {
+		return false
+	}
+	s.mu.Lock()
+	if s.draining || s.closed || s.loopCtx.Err() != nil {
+		s.mu.Unlock()
+		return false
+	}
+	err := &GiveUpError{Failures: failures, HealthyAfter: s.opts.HealthyAfter, LastExit: s.lastExit}
+	s.gaveUp = err
+	s.draining = true
+	queued := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(0)
+	for _, t := range queued {
+		t.stop()
+		t.finish(Outcome{}, fmt.Errorf("%w: %w", ErrShuttingDown, err))
+	}
+	close(s.failedCh)
+	return true
 }
 
 // waitUntil waits for t; false when the supervisor stops meanwhile.

@@ -36,7 +36,8 @@ const chainModel = "chain"
 // download and the status says so), whose server loads it on the simulator library and
 // is Ready only once the kubelet's readiness probe passed (a model that fails to load,
 // through the simulator's fault variable in the model's spec, keeps the pod Running but
-// not Ready), streams tokens through its pod IP, drains on `kubectl delete pod` (the
+// not Ready; one whose runtime crashes at every load makes the server give up and exit,
+// and the model Degraded with lastFailure saying why), streams tokens through its pod IP, drains on `kubectl delete pod` (the
 // stream goes on through the preStop pause and ends cut by the shutdown, and the server
 // exits 0 after SIGTERM), and never runs two servers on the node's one NPU during a
 // rollout. The NPU of the real-kubelet node must be free.
@@ -88,6 +89,8 @@ func (s *suite) chain() {
 		s.t.Errorf("model %s: %v, %s; want not Ready", chainModel, err, edgecluster.DescribeModel(&cur))
 	}
 
+	s.crashLoop()
+
 	s.step("chain: without the fault the server loads the model and the pod is Ready once the kubelet's readiness probe passed")
 	s.patch(chainModel, `{"spec":{"runtime":{"env":null}}}`)
 	s.waitReady(chainModel)
@@ -105,11 +108,11 @@ func (s *suite) chain() {
 
 	s.step("chain: a rollout never runs two servers on the node's one NPU")
 	s.waitReady(chainModel)
+	oldHash := s.podHashes(chainModel)
 	rec := s.recordPods(chainModel)
-	s.patch(chainModel, `{"spec":{"parameters":{"temperature":"0.5"}}}`)
-	s.waitModel(chainModel, "Ready on the new spec", func(m *inferencev1alpha1.RKLLMModel) bool {
-		return edgecluster.IsReady(m) && m.Status.ObservedGeneration == m.Generation
-	})
+	// A parameter that needs a restart (a new temperature the server takes while running).
+	s.patch(chainModel, `{"spec":{"parameters":{"maxContextLen":2048}}}`)
+	s.waitRolledOver(chainModel, oldHash)
 	rec.stop()
 	rec.checkOneServerAtATime(s)
 
@@ -117,6 +120,36 @@ func (s *suite) chain() {
 		s.t.Fatal(err)
 	}
 	s.waitChildrenGone(chainModel)
+}
+
+// crashLoop: a runtime that crashes at every load (RKLLM_SIM_CRASH_AFTER=0 through
+// spec.runtime.env: SIGSEGV in the run that learns the model's embedding width) makes the
+// server give up after --max-worker-failures workers in a row and exit 1 with why in its
+// termination message; the kubelet restarts it into CrashLoopBackOff, and the model is
+// Degraded and Stalled with lastFailure naming the server container, its exit code and
+// that message.
+func (s *suite) crashLoop() {
+	s.step("chain: a runtime crashing at every load (RKLLM_SIM_CRASH_AFTER=0 in spec.runtime.env): the server gives up and exits 1, the model is Degraded with lastFailure saying why")
+	s.patch(chainModel, `{"spec":{"runtime":{"env":[{"name":"RKLLM_SIM_CRASH_AFTER","value":"0"}]}}}`)
+	got := s.waitModel(chainModel, "Degraded by the server's crash loop", func(m *inferencev1alpha1.RKLLMModel) bool {
+		r := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+		d := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionDegraded)
+		st := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionStalled)
+		f := m.Status.LastFailure
+		return m.Status.ObservedGeneration == m.Generation && r != nil && r.Status == metav1.ConditionFalse && r.Reason == inferencev1alpha1.ReasonServerFailed &&
+			d != nil && d.Status == metav1.ConditionTrue && st != nil && st.Status == metav1.ConditionTrue &&
+			f != nil && f.Container == "server" && f.ExitCode != nil && *f.ExitCode == 1
+	})
+	f := got.Status.LastFailure
+	s.t.Logf("lastFailure: %s exit %d: %s", f.Reason, *f.ExitCode, f.Message)
+	for _, want := range []string{"giving up (--max-worker-failures 5)", "SIGSEGV", "simulated crash"} {
+		if !strings.Contains(f.Message, want) {
+			s.t.Errorf("lastFailure's message %q lacks %q: not the server's termination message", f.Message, want)
+		}
+	}
+	if r := meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionReady); !strings.Contains(r.Message, "giving up") {
+		s.t.Errorf("Ready's message %q does not say why the server fails", r.Message)
+	}
 }
 
 // chainModelSpec is the chain's model: a download with its checksum, on the
@@ -302,7 +335,9 @@ func (s *suite) deleteDuringStream(pod *corev1.Pod) {
 }
 
 // checkExitedZero follows the pod's watch until it is deleted and checks the server
-// container's last state: terminated with exit code 0 (SIGTERM handled).
+// container's last state: terminated with exit code 0, so the server ended by itself
+// after SIGTERM within the grace period (the kubelet's SIGKILL at its end would show
+// 137).
 func (s *suite) checkExitedZero(w watch.Interface, name string) {
 	s.t.Helper()
 	var term *corev1.ContainerStateTerminated
@@ -326,7 +361,7 @@ func (s *suite) checkExitedZero(w watch.Interface, name string) {
 				continue
 			}
 			if term == nil || term.ExitCode != 0 || term.Reason != "Completed" {
-				s.t.Errorf("pod %s deleted with server container last terminated %+v; want exit code 0, Completed", name, term)
+				s.t.Errorf("pod %s deleted with server container last terminated %+v; want exit code 0, Completed: the server exits by itself within the grace period, not by SIGKILL (137)", name, term)
 			}
 			return
 		case <-timeout:
