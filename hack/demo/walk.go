@@ -29,8 +29,7 @@ const modelName = "qwen-sim"
 // HTTP server (in the node's network) and checked against its sha256.
 const modelYAML = `# A model served by rkllm-server on 3 NPUs. The file is a simulator model file (for the
 # RKLLM simulator library, not a real model), downloaded by each pod's init container
-# from the demo's local HTTP server and checked against its sha256. This x86 machine has
-# no device tree, so security.deviceTree is None.
+# from the demo's local HTTP server and checked against its sha256.
 apiVersion: inference.rkllm.io/v1alpha1
 kind: RKLLMModel
 metadata:
@@ -49,8 +48,6 @@ spec:
       memory: 1Gi
     limits:
       memory: 2Gi
-  security:
-    deviceTree: None
 `
 
 type walker struct {
