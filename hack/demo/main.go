@@ -78,6 +78,9 @@ type ready struct {
 	Kubeconfig string `json:"kubeconfig"`
 	// NodeNetNS is the real-kubelet node's network namespace, where its pod IPs are.
 	NodeNetNS string `json:"nodeNetNS"`
+	// NodePID is the node's runtime (its namespaces are the node's), in this machine's
+	// PID namespace.
+	NodePID int `json:"nodePID"`
 	// ModelURL and ModelSHA256 are the simulator model file the local HTTP server (in the
 	// node's network) serves, and its checksum.
 	ModelURL    string `json:"modelURL"`

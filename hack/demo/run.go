@@ -80,7 +80,7 @@ func run(p paths) (err error) {
 		return err
 	}
 
-	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
+	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), NodePID: c.Node().Runtime.PID, ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
 	data, err := json.Marshal(r)
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ import (
 	"k8s.io/cri-client/pkg/logs"
 
 	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
@@ -474,7 +475,10 @@ func TestLifecycle(t *testing.T) {
 func TestStopLeavesNothing(t *testing.T) {
 	for _, crash := range []bool{false, true} {
 		t.Run(map[bool]string{false: "stop", true: "crash"}[crash], func(t *testing.T) {
-			before := interfaces(t)
+			before, err := footprint.Addresses()
+			if err != nil {
+				t.Fatal(err)
+			}
 			e := start(t)
 			server := e.pull("test.local/podserver:v1")
 			shell := e.pull("test.local/shell")
@@ -491,6 +495,11 @@ func TestStopLeavesNothing(t *testing.T) {
 			if len(procs) < 5 {
 				t.Fatalf("found %d processes of the node, want at least 5: the check would see nothing", len(procs))
 			}
+			// The node's network, mount and PID namespaces and the sandbox's network one.
+			nss, err := footprint.Namespaces(e.node.PID)
+			if err != nil || len(nss) < 4 {
+				t.Fatalf("the node's namespaces: %v %v; want at least 4: the check would see nothing", nss, err)
+			}
 			if crash {
 				if err := syscall.Kill(e.node.PID, syscall.SIGKILL); err != nil {
 					t.Fatal(err)
@@ -504,27 +513,14 @@ func TestStopLeavesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitGone(t, procs)
-			if mounts := readFile("/proc/self/mountinfo"); strings.Contains(mounts, e.work) {
-				t.Errorf("the host has mounts under %s:\n%s", e.work, mounts)
+			if left := footprint.Left(nss, e.work); len(left) > 0 {
+				t.Errorf("after the node ended, it left:\n%s", strings.Join(left, "\n"))
 			}
-			if after := interfaces(t); after != before {
-				t.Errorf("the host's interfaces changed: %s, then %s", before, after)
+			if added, err := footprint.NewAddresses(before); err != nil || len(added) > 0 {
+				t.Errorf("the host has interfaces or addresses it had not before: %v %v", added, err)
 			}
 		})
 	}
-}
-
-func interfaces(t *testing.T) string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, i := range ifs {
-		names = append(names, i.Name)
-	}
-	return strings.Join(names, ",")
 }
 
 // procStat is a process's parent and start time (field 22, to tell a reused pid).

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
@@ -43,7 +44,7 @@ var repoRoot = filepath.Join("..", "..", "..")
 type ready struct {
 	WorkDir    string `json:"workDir"`
 	Kubeconfig string `json:"kubeconfig"`
-	NodeNetNS  string `json:"nodeNetNS"`
+	NodePID    int    `json:"nodePID"`
 }
 
 func TestDownAfterACrash(t *testing.T) {
@@ -70,6 +71,10 @@ func TestDownAfterACrash(t *testing.T) {
 		return string(out), err
 	}
 
+	hostAddrs, err := footprint.Addresses()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	out, err := runDemo(upTimeout, "up", "--walk=false")
 	var r ready
@@ -106,13 +111,14 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatalf("none of the demo's ports %v is taken while it is up: the port check sees nothing", ports)
 	}
 
-	// The node's network namespace: its pods, the runtime and the kubelet are in it.
-	nodeNS, err := os.Readlink(r.NodeNetNS)
+	// The real-kubelet node's namespaces (its own and its pods'), held by its runtime, the
+	// kubelet and the pods.
+	nss, err := footprint.Namespaces(r.NodePID)
 	if err != nil {
-		t.Fatalf("the node's network namespace %s: %v", r.NodeNetNS, err)
+		t.Fatal(err)
 	}
-	if in := edgecluster.InNetNamespace(nodeNS); len(in) < 3 {
-		t.Fatalf("%d processes in the node's network namespace %s while the demo is up; want the kubelet, the runtime and pods: the check sees nothing", len(in), nodeNS)
+	if held := footprint.Left(nss); len(nss) < 3 || len(held) < 3 {
+		t.Fatalf("the node's namespaces %v, held by %v while the demo is up; want its own network, mount and PID namespaces, held by the runtime, the kubelet and pods: the check sees nothing", nss, held)
 	}
 
 	pid, err := strconv.Atoi(strings.TrimSpace(readFile(filepath.Join(state, "demo.pid"))))
@@ -138,8 +144,11 @@ func TestDownAfterACrash(t *testing.T) {
 	if taken := takenPorts(ports); len(taken) > 0 {
 		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
 	}
-	if in := edgecluster.InNetNamespace(nodeNS); len(in) > 0 {
-		t.Errorf("after demo down, processes are still in the node's network namespace %s (so are its interfaces and addresses): %v", nodeNS, in)
+	if left := footprint.Left(nss, r.WorkDir, state); len(left) > 0 {
+		t.Errorf("after demo down, the real-kubelet node left:\n%s", strings.Join(left, "\n"))
+	}
+	if added, err := footprint.NewAddresses(hostAddrs); err != nil || len(added) > 0 {
+		t.Errorf("after demo down, the host has interfaces or addresses it had not before: %v %v", added, err)
 	}
 	for _, f := range []string{r.WorkDir, filepath.Join(state, "demo.pid"), filepath.Join(state, "ready.json"), filepath.Join(state, "workdir")} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {

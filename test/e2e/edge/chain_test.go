@@ -95,6 +95,7 @@ func (s *suite) chain() {
 	s.patch(chainModel, `{"spec":{"runtime":{"env":null}}}`)
 	s.waitReady(chainModel)
 	pod = s.waitChainPod("Ready", podIsReady)
+	s.checkReadyAfterPod(pod)
 	if code, body := s.get(pod.Status.PodIP, "/readyz"); code != http.StatusOK {
 		s.t.Errorf("the server's /readyz at %s: %d %s; want 200", pod.Status.PodIP, code, body)
 	}
@@ -110,7 +111,7 @@ func (s *suite) chain() {
 	s.waitReady(chainModel)
 	oldHash := s.podHashes(chainModel)
 	rec := s.recordPods(chainModel)
-	// A parameter that needs a restart (a new temperature the server takes while running).
+	// A parameter that needs a new server (the context length is fixed at load).
 	s.patch(chainModel, `{"spec":{"parameters":{"maxContextLen":2048}}}`)
 	s.waitRolledOver(chainModel, oldHash)
 	rec.stop()
@@ -208,6 +209,23 @@ func (s *suite) waitChainPod(what string, ok func(*corev1.Pod) bool) *corev1.Pod
 		s.t.Fatal(err)
 	}
 	return found
+}
+
+// checkReadyAfterPod checks that the model turned Ready no earlier than the kubelet
+// marked its pod Ready (after the readiness probe passed): the operator follows the
+// kubelet, it does not guess.
+func (s *suite) checkReadyAfterPod(pod *corev1.Pod) {
+	s.t.Helper()
+	var m inferencev1alpha1.RKLLMModel
+	if err := s.cl.Get(s.ctx, keyOf(chainModel), &m); err != nil {
+		s.t.Fatal(err)
+	}
+	r := meta.FindStatusCondition(m.Status.Conditions, inferencev1alpha1.ConditionReady)
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady && r != nil && r.LastTransitionTime.Before(&c.LastTransitionTime) {
+			s.t.Errorf("model %s Ready at %s, before its pod %s was (%s)", chainModel, r.LastTransitionTime, pod.Name, c.LastTransitionTime)
+		}
+	}
 }
 
 func serverRunning(p *corev1.Pod) bool {

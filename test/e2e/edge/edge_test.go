@@ -44,6 +44,7 @@ import (
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
@@ -86,32 +87,17 @@ func TestEdgeCluster(t *testing.T) {
 	defer cancel()
 	s.ctx = ctx
 
+	hostAddrs, err := footprint.Addresses()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	c, err := edgecluster.Start(ctx, ClusterOptions(t, filepath.Join(s.work, "cluster")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.c = c
-	// The real-kubelet node's network namespace holds its pods, its bridge and addresses:
-	// once the cluster stops, no process may be left in it (then nothing holds it).
-	nodeNS, err := os.Readlink(c.Node().Runtime.NetNS())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("stopping the cluster: %v", err)
-		}
-		if left := edgecluster.InNetNamespace(nodeNS); len(left) > 0 {
-			t.Errorf("processes %v are still in the real-kubelet node's network namespace %s after Stop", left, nodeNS)
-		}
-		if mounts, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mounts), c.WorkDir) {
-			t.Errorf("mounts under the cluster's folder %s are left on the host", c.WorkDir)
-		}
-		if t.Failed() {
-			dumpLogs(t, c.LogDir())
-		}
-	})
+	t.Cleanup(func() { s.stopLeavingNothing(hostAddrs) })
 	t.Logf("cluster up in %s", time.Since(start).Round(time.Second))
 	if s.cl, err = c.ModelClient(); err != nil {
 		t.Fatal(err)
@@ -852,5 +838,31 @@ func dumpLogs(t *testing.T, dir string) {
 			data = data[len(data)-4000:]
 		}
 		t.Logf("--- last lines of %s:\n%s", f, data)
+	}
+}
+
+// stopLeavingNothing stops the cluster and checks that nothing of the real-kubelet node
+// is left: no process in, and no handle on, a namespace of the node or of a pod still on
+// it when it stopped; no mount under the cluster's folder; no interface or address on
+// the host that was not there before (hostAddrs).
+func (s *suite) stopLeavingNothing(hostAddrs map[string]bool) {
+	t, c := s.t, s.c
+	nss, err := footprint.Namespaces(c.Node().Runtime.PID)
+	if err != nil {
+		t.Errorf("the node's namespaces: %v", err)
+	} else if len(footprint.Left(nss)) == 0 {
+		t.Errorf("nothing holds the node's namespaces %v while it runs: the check below would see nothing", nss)
+	}
+	if err := c.Stop(); err != nil {
+		t.Errorf("stopping the cluster: %v", err)
+	}
+	if left := footprint.Left(nss, c.WorkDir); len(left) > 0 {
+		t.Errorf("after Stop, the real-kubelet node left:\n%s", strings.Join(left, "\n"))
+	}
+	if added, err := footprint.NewAddresses(hostAddrs); err != nil || len(added) > 0 {
+		t.Errorf("after Stop, the host has interfaces or addresses it had not before: %v %v", added, err)
+	}
+	if t.Failed() {
+		dumpLogs(t, c.LogDir())
 	}
 }

@@ -399,24 +399,6 @@ func Leftovers(dirs ...string) []LeftProcess {
 	return left
 }
 
-// InNetNamespace lists the processes whose network namespace is ns (as
-// /proc/PID/ns/net reads, "net:[inode]"). When none is left, nothing holds a namespace
-// the cluster made, and its interfaces, addresses and mounts are gone with it.
-func InNetNamespace(ns string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if got, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net")); err == nil && got == ns {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // Start starts a local process whose output goes to LogDir()/name.log; Stop stops it.
 func (c *Cluster) Start(ctx context.Context, name string, env []string, bin string, args ...string) (*Process, error) {
 	p, err := startProcess(ctx, c.WorkDir, name, filepath.Join(c.LogDir(), name+".log"), env, bin, args...)
