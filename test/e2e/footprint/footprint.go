@@ -48,6 +48,11 @@ func Namespaces(pid int) (map[string]bool, error) {
 func Left(nss map[string]bool, dirs ...string) []string {
 	var left []string
 	for _, p := range pids() {
+		if zombie(p) {
+			// It holds nothing but its process id until its parent (or, orphaned, the
+			// machine's init) reaps it.
+			continue
+		}
 		for ns := range namespacesOf(p) {
 			if nss[ns] {
 				left = append(left, fmt.Sprintf("process %s (%s) is in %s", p, command(p), ns))
@@ -139,6 +144,18 @@ func namespacesOf(pid string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// zombie reports whether the process has ended and waits to be reaped (or is gone).
+func zombie(pid string) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return true
+	}
+	// The state follows the command's closing parenthesis.
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	return len(f) == 0 || f[0] == "Z" || f[0] == "X"
 }
 
 func command(pid string) string {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,9 +14,10 @@ import (
 )
 
 // TestLeftFindsWhatHoldsANamespace: a process in new PID, network and mount namespaces
-// (as the node's runtime is) shows in Left; after it was killed, an open handle on its
-// network namespace and a bind mount of it still do (they keep the namespace alive);
-// once both are gone, nothing does, and the host gained no interface or address.
+// (as the node's runtime is) shows in Left; once it was killed, its zombie does not (it
+// holds nothing), but an open handle on its network namespace and a bind mount of it
+// do (they keep the namespace alive); once both are gone, nothing does, and the host
+// gained no interface or address.
 func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (namespaces and a bind mount)")
@@ -24,40 +26,46 @@ func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(t.Context(), "unshare", "--pid", "--net", "--mount", "--fork", "--kill-child", "sleep", "infinity")
+	cmd := exec.CommandContext(t.Context(), "sleep", "infinity")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS}
 	if err := cmd.Start(); err != nil {
-		t.Skipf("unshare (util-linux): %v", err)
+		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
-	child := childOf(t, cmd.Process.Pid)
+	reaped := false
+	t.Cleanup(func() {
+		if !reaped {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	pid := strconv.Itoa(cmd.Process.Pid)
+	nsFile := filepath.Join("/proc", pid, "ns", "net")
 
-	nss, err := Namespaces(child)
+	nss, err := Namespaces(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	netNS, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(child), "ns", "net"))
+	netNS, err := os.Readlink(nsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(nss) != 3 || !nss[netNS] {
 		t.Fatalf("Namespaces = %v; want the new PID, network and mount namespaces, %s among them", nss, netNS)
 	}
-	if left := Left(nss); !contains(left, "process "+strconv.Itoa(child)+" (sleep infinity) is in "+netNS) {
+	if left := Left(nss); !contains(left, "process "+pid+" (sleep infinity) is in "+netNS) {
 		t.Errorf("Left while the process runs = %q; want it in %s", left, netNS)
 	}
 
-	fd, err := unix.Open(filepath.Join("/proc", strconv.Itoa(child), "ns", "net"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(nsFile, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = unix.Close(fd) }()
 	target := filepath.Join(t.TempDir(), "netns")
 	if err := os.WriteFile(target, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount(filepath.Join("/proc", strconv.Itoa(child), "ns", "net"), target, "", unix.MS_BIND, ""); err != nil {
-		_ = unix.Close(fd)
+	if err := unix.Mount(nsFile, target, "", unix.MS_BIND, ""); err != nil {
 		t.Fatalf("bind-mounting the network namespace: %v", err)
 	}
 	mounted := true
@@ -66,11 +74,15 @@ func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 			_ = unix.Unmount(target, unix.MNT_DETACH)
 		}
 	}()
-	_ = cmd.Process.Kill()
-	<-exited
-	waitNotIn(t, nss, child)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitZombie(t, pid)
 
 	left := Left(nss)
+	if contains(left, "process "+pid+" ") {
+		t.Errorf("Left = %q; want nothing of the zombie %s, which holds no namespace", left, pid)
+	}
 	if !contains(left, "process "+strconv.Itoa(os.Getpid())) || !contains(left, "holds "+netNS+" open") {
 		t.Errorf("Left after the process ended = %q; want this process's open handle on %s", left, netNS)
 	}
@@ -80,8 +92,13 @@ func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 	if left := Left(nss, filepath.Dir(target)); !contains(left, "mount at "+target) {
 		t.Errorf("Left with the mount's folder = %q; want the mount at %s", left, target)
 	}
+	_ = cmd.Wait()
+	reaped = true
 
-	_ = unix.Close(fd)
+	if err := unix.Close(fd); err != nil {
+		t.Fatal(err)
+	}
+	fd = -1
 	if err := unix.Unmount(target, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -94,36 +111,16 @@ func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 	}
 }
 
-// childOf waits for the first child of pid (unshare's, in the new namespaces).
-func childOf(t *testing.T, pid int) int {
-	t.Helper()
-	path := filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid), "children")
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		data, _ := os.ReadFile(path)
-		if f := strings.Fields(string(data)); len(f) > 0 {
-			child, err := strconv.Atoi(f[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Its namespaces are the new ones once it has run past unshare's fork.
-			if cmdline, _ := os.ReadFile(filepath.Join("/proc", f[0], "cmdline")); strings.HasPrefix(string(cmdline), "sleep") {
-				return child
-			}
-		}
-	}
-	t.Fatalf("unshare (pid %d) started no sleep", pid)
-	return 0
-}
-
-// waitNotIn waits until the killed process is no longer in the namespaces.
-func waitNotIn(t *testing.T, nss map[string]bool, pid int) {
+// waitZombie waits until the killed process has ended (its parent, this test, has not
+// reaped it yet).
+func waitZombie(t *testing.T, pid string) {
 	t.Helper()
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if !contains(Left(nss), "process "+strconv.Itoa(pid)+" ") {
+		if zombie(pid) {
 			return
 		}
 	}
-	t.Fatalf("process %d is still in %v after SIGKILL", pid, nss)
+	t.Fatalf("process %s still runs after SIGKILL", pid)
 }
 
 func contains(lines []string, part string) bool {
