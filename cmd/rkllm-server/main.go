@@ -21,6 +21,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/fetch"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
@@ -152,6 +153,7 @@ func runWorker(args []string) int {
 	abiFlag := fs.String("runtime-abi", "1.3", "runtime ABI")
 	level := fs.String("log-level", "info", "log level")
 	maxFrame := fs.Int("max-frame-bytes", workerproto.DefaultMaxFrameBytes, "largest protocol frame")
+	memoryLimit := fs.Int64("memory-limit", memlimit.DefaultLimit, "soft limit of the Go heap")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -165,6 +167,7 @@ func runWorker(args []string) int {
 	// Signals go to the supervisor, which stops the worker by closing its socket (and the
 	// kernel kills it if the supervisor dies first).
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+	memlimit.SetLimit(*memoryLimit)
 	abi, err := runtime.ParseABI(*abiFlag)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "E worker:", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/embedding"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -115,6 +116,7 @@ type Serve struct {
 	ClientBufferBytes        int
 	ReservedFDs              int
 	MaxFrameBytes            int
+	MemoryLimit              int64
 	IdleTimeout              time.Duration
 	ReadHeaderTimeout        time.Duration
 	BodyReadTimeout          time.Duration
@@ -223,6 +225,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Memory that requests in flight (queued or running) may hold, over every transport and stage (body, decoded messages, prompt, tokens); a request that does not fit is answered -32002 (HTTP 429) at once.")
 	fs.IntVar(&o.ClientBufferBytes, "client-buffer-bytes", outbuf.DefaultMaxBytes, "Bytes that may wait for one client to read them; a client further behind is cut off and its runs aborted.")
 	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", workerproto.DefaultMaxFrameBytes, "Largest message between the supervisor and its worker: a run's request, or one delivery of hidden states or logits; over it the request or the run fails with -32008.")
+	fs.Int64Var(&o.MemoryLimit, "memory-limit", memlimit.DefaultLimit, "Soft limit of the Go heap of the supervisor and of the worker, each, in bytes (the runtime library's memory is not counted): the garbage collector works harder as a heap nears it. 0: none (GOMEMLIMIT from the environment then applies).")
 	fs.IntVar(&o.ReservedFDs, "reserved-fds", 64, "File descriptors kept free: a connection that would leave fewer is refused with -32002 (0: no check).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "A connection with nothing in flight that sends nothing for this long is closed (HTTP keep-alive and the socket).")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "Longest an HTTP client may take to send its request headers.")
@@ -479,6 +482,7 @@ func (o *Serve) validateLimits() error {
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
 		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
 		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
+		{"memory-limit", o.MemoryLimit, 0, 1 << 40},
 		{"max-embedding-inputs", int64(o.MaxEmbeddingInputs), 1, 1 << 16},
 	} {
 		if b.v < b.lo || b.v > b.hi {

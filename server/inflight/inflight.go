@@ -20,7 +20,15 @@ import (
 type Budget struct {
 	max  int64
 	used atomic.Int64
+
+	largeMin int64            // see OnLarge
+	large    func(peak int64) // see OnLarge
 }
+
+// OnLarge has f called with its peak when an account that held at least min bytes at
+// once closes (the server gives such a request's memory back to the system then). f
+// must not block. Call it before the budget is used.
+func (b *Budget) OnLarge(min int64, f func(peak int64)) { b.largeMin, b.large = min, f }
 
 // New returns a budget of max bytes (max <= 0: no limit).
 func New(max int64) *Budget { return &Budget{max: max} }
@@ -62,6 +70,7 @@ const RetryAfterSeconds = 1
 type Account struct {
 	b    *Budget
 	held atomic.Int64
+	peak atomic.Int64 // the most held at once
 }
 
 // Charge takes n more bytes for the request, or returns an *OverError and takes
@@ -79,7 +88,9 @@ func (a *Account) Charge(n int) error {
 			return &OverError{Need: need, Used: used - mine, Max: a.b.max}
 		}
 		if a.b.used.CompareAndSwap(used, used+need) {
-			a.held.Add(need)
+			held := a.held.Add(need)
+			for peak := a.peak.Load(); held > peak && !a.peak.CompareAndSwap(peak, held); peak = a.peak.Load() {
+			}
 			return nil
 		}
 	}
@@ -110,6 +121,9 @@ func (a *Account) Close() {
 		return
 	}
 	a.b.used.Add(-a.held.Swap(0))
+	if peak := a.peak.Swap(0); a.b.large != nil && peak >= a.b.largeMin {
+		a.b.large(peak)
+	}
 }
 
 type accountKey struct{}

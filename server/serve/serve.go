@@ -27,6 +27,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/ollama"
@@ -56,7 +57,7 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes), "--memory-limit", strconv.FormatInt(o.MemoryLimit, 10)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
@@ -167,6 +168,10 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
 	budget := inflight.New(o.MaxInflightBytes)
+	// The memory of a large request is given back to the system once it is done.
+	memlimit.SetLimit(o.MemoryLimit)
+	trim := memlimit.NewTrimmer()
+	budget.OnLarge(trim.Min, trim.Note)
 	a.d.SetBudget(budget)
 	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{

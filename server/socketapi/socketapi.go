@@ -298,6 +298,9 @@ type conn struct {
 
 	inflight sync.WaitGroup // this connection's requests being served
 	once     sync.Once
+
+	encMu sync.Mutex
+	enc   []byte // notify's scratch buffer
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
@@ -307,6 +310,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		MaxBytes:         s.opts.OutputBufferBytes,
 		WriteTimeout:     s.opts.WriteTimeout,
 		SetWriteDeadline: nc.SetWriteDeadline,
+		TryWrite:         outbuf.NonBlockingWriter(nc),
 		OnFail: func(err error) {
 			s.opts.Log.Info("cutting off a client that does not read its messages; its requests are cancelled", "peer", c.peer.ID, "reason", err.Error())
 			if s.opts.Observer != nil {
@@ -491,9 +495,25 @@ func (c *conn) peerGone() bool {
 	return gone
 }
 
+// notify queues a notification (a token, most often) as a line. It is encoded into the
+// connection's scratch buffer, which Send copies: a token costs no allocation here.
 func (c *conn) notify(n *jsonrpc.Notification) error {
-	return c.writeJSON(n)
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	b, err := n.AppendJSON(c.enc[:0])
+	if err != nil {
+		c.s.opts.Log.Error(err, "cannot encode a notification")
+		return err
+	}
+	b = append(b, '\n')
+	if cap(b) <= maxScratch {
+		c.enc = b
+	}
+	return c.out.Send(b)
 }
+
+// maxScratch is the largest encoding buffer a connection keeps between notifications.
+const maxScratch = 4 << 10
 
 // writeJSON queues one message as a line for the client and returns at once. A client
 // whose buffer overflows (it stopped reading) is cut off, which cancels its requests.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -394,6 +395,7 @@ func (s *Supervisor) next(p *proc, retry <-chan time.Time) *Ticket {
 		s.mu.Lock()
 		if len(s.queue) > 0 {
 			t := s.queue[0]
+			s.queue[0] = nil // the backing array must not keep the request (its prompt) alive
 			s.queue = s.queue[1:]
 			s.running = t
 			depth := len(s.queue)
@@ -595,20 +597,19 @@ const (
 	abortedByWatchdog
 )
 
-// runWatch is the state of one run's relay loop: its watchdog and why it was aborted.
+// runWatch is the state of one run's watchdog: its stall timer and why the run was
+// aborted. It lives on the executor; the deliveries themselves go through a relay.
 type runWatch struct {
-	s          *Supervisor
-	p          *proc
-	t          *Ticket
-	onDelivery func(runtime.Delivery)
-	budget     prefillBudget
-	stall      *time.Timer
-	killTimer  <-chan time.Time
-	reason     abortReason
+	s         *Supervisor
+	p         *proc
+	t         *Ticket
+	relay     *relay
+	budget    prefillBudget
+	stall     *time.Timer
+	killTimer <-chan time.Time
+	reason    abortReason
 	// stallLimit is the limit a stalled run exceeded, noted when the watchdog fired.
 	stallLimit string
-	last       time.Time
-	first      bool
 }
 
 // abort asks the runtime to stop the run (once) and arms the kill timer. The abort is
@@ -626,32 +627,76 @@ func (w *runWatch) abort(why abortReason) {
 	w.killTimer = time.After(w.s.opts.AbortTimeout)
 }
 
-// deliver relays one delivery and rearms the watchdog.
-func (w *runWatch) deliver(d *workerproto.Delivery) {
-	now := time.Now()
-	w.s.opts.Observer.Delivery(w.first, now.Sub(w.last))
-	w.first, w.last = false, now
-	if d.State == runtime.StateFinish && len(d.Results) > 0 {
-		w.s.opts.Observer.Perf(d.Results[0].Perf)
+// stalled reports whether the run has gone past its limit without a delivery when the
+// stall timer fires, and otherwise rearms the timer for the rest of the limit that
+// the last delivery began. The timer is armed once per run and only moved when it
+// fires, so a delivery costs the watchdog one atomic store.
+func (w *runWatch) stalled() bool {
+	last, ok := w.relay.lastDelivery()
+	if !ok {
+		return true // the prefill budget ran out before the first delivery
 	}
-	if w.onDelivery != nil {
-		w.onDelivery(d.Delivery)
+	left := w.s.opts.TokenStallTimeout - time.Since(last)
+	if left <= 0 {
+		return true
 	}
-	if !w.stall.Stop() {
-		select {
-		case <-w.stall.C:
-		default:
-		}
-	}
-	w.stall.Reset(w.s.opts.TokenStallTimeout)
+	w.stall.Reset(left)
+	return false
 }
 
-// stalled is the limit a stalled run exceeded, for its error.
-func (w *runWatch) stalled() string {
-	if w.first {
+// stallLimitText is the limit a stalled run exceeded, for its error.
+func (w *runWatch) stallLimitText() string {
+	if _, ok := w.relay.lastDelivery(); !ok {
 		return w.budget.String()
 	}
 	return "no token for " + w.s.opts.TokenStallTimeout.String()
+}
+
+// relay hands a run's deliveries to its request. It runs on the goroutine that reads
+// the worker's connection, so a token reaches the client's output buffer without
+// waking another goroutine; the executor's watchdog reads only the time of the last
+// delivery. Deliveries end before the run's reply is routed, so whoever waits for the
+// reply sees everything the relay did.
+type relay struct {
+	s          *Supervisor
+	onDelivery func(runtime.Delivery)
+	start      time.Time
+	// last is the time of the last delivery (nanoseconds after start, monotonic), or
+	// -1 before the first.
+	last atomic.Int64
+	// prev is when the previous delivery came (start before the first); only the
+	// relay's goroutine touches it.
+	prev time.Time
+}
+
+func newRelay(s *Supervisor, onDelivery func(runtime.Delivery)) *relay {
+	r := &relay{s: s, onDelivery: onDelivery, start: time.Now()}
+	r.prev = r.start
+	r.last.Store(-1)
+	return r
+}
+
+// deliver relays one delivery, on the worker connection's read goroutine.
+func (r *relay) deliver(d *workerproto.Delivery) {
+	now := time.Now()
+	r.s.opts.Observer.Delivery(r.last.Load() < 0, now.Sub(r.prev))
+	r.prev = now
+	if d.State == runtime.StateFinish && len(d.Results) > 0 {
+		r.s.opts.Observer.Perf(d.Results[0].Perf)
+	}
+	if r.onDelivery != nil {
+		r.onDelivery(d.Delivery)
+	}
+	r.last.Store(int64(now.Sub(r.start)))
+}
+
+// lastDelivery is when the last delivery came; ok is false before the first.
+func (r *relay) lastDelivery() (t time.Time, ok bool) {
+	n := r.last.Load()
+	if n < 0 {
+		return time.Time{}, false
+	}
+	return r.start.Add(time.Duration(n)), true
 }
 
 // execRPCRun serves rkllm.run: the handle gets back the template and tools JSON-RPC
@@ -667,50 +712,45 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 	if err := s.restoreForRPC(p); err != nil {
 		return Outcome{}, fmt.Errorf("restore the chat template and tools: %w", err)
 	}
-	if s.convInCache {
-		if err := s.handleCall(p, &workerproto.ClearKVCache{}); err != nil {
-			return Outcome{}, fmt.Errorf("clear a conversation from the KV cache: %w", err)
-		}
+	// A conversation left in the cache is cleared by the worker before the run, in the
+	// run's own round trip.
+	m.ClearKVCache = s.convInCache
+	out, err := s.execRun(p, t, m, t.req.OnDelivery)
+	if err == nil {
 		s.convInCache = false
 	}
-	return s.execRun(p, t, m, t.req.OnDelivery)
+	return out, err
 }
 
-// execRun runs one generation: it relays deliveries, aborts the run when the client
-// asks, when the request's context ends or when no delivery comes in time (the prefill
-// budget before the first, TokenStallTimeout after), and kills the worker when an abort
-// does not end the run within AbortTimeout, or at once when the supervisor stops.
+// execRun runs one generation: its deliveries are relayed as they are read (see
+// relay), and the executor aborts the run when the client asks, when the request's
+// context ends or when no delivery comes in time (the prefill budget before the first,
+// TokenStallTimeout after), and kills the worker when an abort does not end the run
+// within AbortTimeout, or at once when the supervisor stops.
 func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
 	m = s.retuned(m)
-	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
 	budget := s.prefillBudget(m.Inputs)
-	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
+	rl := newRelay(s, onDelivery)
+	pend, err := p.client.Start(m, rl.deliver)
 	if err != nil {
 		if errors.Is(err, workerproto.ErrFrameTooLarge) {
 			return Outcome{}, tooLarge(err)
 		}
 		return Outcome{}, s.connLost(p)
 	}
-	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, budget: budget, stall: time.NewTimer(budget.total), last: time.Now(), first: true}
+	w := &runWatch{s: s, p: p, t: t, relay: rl, budget: budget, stall: time.NewTimer(budget.total)}
 	defer w.stall.Stop()
 	ctxDone, stopping := t.ctx.Done(), s.loopCtx.Done()
 	for {
 		select {
-		case d := <-deliveries:
-			w.deliver(d)
 		case <-pend.Done():
-			for drained := false; !drained; {
-				select {
-				case d := <-deliveries:
-					w.deliver(d)
-				default:
-					drained = true
-				}
-			}
 			return s.runResult(p, t, pend, w, mark)
 		case <-w.stall.C:
-			w.stallLimit = w.stalled()
+			if !w.stalled() {
+				continue
+			}
+			w.stallLimit = w.stallLimitText()
 			s.log.Info("watchdog: no token delivered; aborting the run", "limit", w.stallLimit, "request_id", t.req.ID)
 			w.abort(abortedByWatchdog)
 		case <-t.abort:
@@ -751,7 +791,7 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w 
 	if r.Err != nil {
 		return Outcome{}, s.explain(p, mark, r.Err)
 	}
-	return Outcome{Aborted: w.reason == abortedByClient}, nil
+	return Outcome{Aborted: w.reason == abortedByClient, CacheSizes: r.CacheSizes}, nil
 }
 
 // runEnd is a run's outcome and error.

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -155,8 +156,9 @@ type Request struct {
 	// HTTP APIs pool into embeddings.
 	Embedding *Embedding
 	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
-	// supervisor's executor: it must not block for long (a slow client holds up the
-	// watchdog).
+	// goroutine that reads the worker's connection, so a token reaches its client
+	// without a hop to another goroutine. It must not block: until it returns, no other
+	// frame of the worker is read (replies and heartbeats included).
 	OnDelivery func(runtime.Delivery)
 }
 
@@ -448,7 +450,7 @@ func (s *Supervisor) dequeue(t *Ticket, err error) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.queue = slices.Delete(s.queue, i, i+1) // clears the freed slot: no ticket kept alive
 	depth := len(s.queue)
 	s.mu.Unlock()
 	s.opts.Observer.QueueDepth(depth)

@@ -16,6 +16,8 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -69,11 +71,21 @@ type Worker struct {
 	// instead of two calls racing inside the runtime.
 	busy sync.Mutex
 	wg   sync.WaitGroup
+
+	// trim, when set, gives the memory of large frames back once their request is done.
+	trim *memlimit.Trimmer
 }
 
 // New returns a worker for conn. library names the runtime library for Hello.
 func New(rt Runtime, library string, conn *workerproto.Conn, log logr.Logger) *Worker {
 	return &Worker{rt: rt, library: library, conn: conn, log: log}
+}
+
+// TrimAfterLarge has t told of each request whose frame, or a frame it sent, was large,
+// once the request is done, so the worker gives that memory back. Call it before Serve.
+func (w *Worker) TrimAfterLarge(t *memlimit.Trimmer) {
+	w.trim = t
+	w.conn.OnLargeSend(func(size int) { t.Note(int64(size)) })
 }
 
 // Serve sends Hello and serves requests until the supervisor closes the connection,
@@ -97,7 +109,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		w.dispatch(ctx, id, m)
+		w.dispatch(ctx, id, m, w.conn.LastReceived())
 	}
 	cancel()
 	w.shutdown()
@@ -136,8 +148,8 @@ func (w *Worker) setModel(m Model) {
 }
 
 // dispatch serves one request on its own goroutine, so Abort and IsRunning are answered
-// while a Run (or a slow Init) is in progress.
-func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message) {
+// while a Run (or a slow Init) is in progress. size is the request's frame.
+func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message, size int) {
 	w.wg.Add(1)
 	switch m.(type) {
 	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Ping:
@@ -159,6 +171,7 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message)
 		// it has the reply.
 		w.busy.Unlock()
 		w.reply(id, r)
+		w.trim.Note(int64(size))
 	}()
 }
 
@@ -219,14 +232,10 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		w.setModel(nil)
 		return &workerproto.Reply{Err: err}
 	case *workerproto.Run:
-		return &workerproto.Reply{Err: w.run(ctx, id, model, m)}
+		return w.runRequest(ctx, id, model, m)
 	case *workerproto.GetKVCacheSize:
-		sizes, err := model.KVCacheSize()
-		out := make([]int32, len(sizes))
-		for i, v := range sizes {
-			out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
-		}
-		return &workerproto.Reply{Err: err, CacheSizes: out}
+		sizes, err := cacheSizes(model)
+		return &workerproto.Reply{Err: err, CacheSizes: sizes}
 	}
 	return &workerproto.Reply{Err: setState(model, m)}
 }
@@ -249,6 +258,34 @@ func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) in
 	}
 	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
 	return width
+}
+
+// runRequest serves a Run with what the supervisor folded into its round trip: the
+// KV cache cleared before, its size reported after.
+func (w *Worker) runRequest(ctx context.Context, id uint64, model Model, m *workerproto.Run) *workerproto.Reply {
+	if m.ClearKVCache {
+		if err := model.ClearKVCache(false, nil); err != nil {
+			return &workerproto.Reply{Err: fmt.Errorf("clear the KV cache before the run: %w", err)}
+		}
+	}
+	if err := w.run(ctx, id, model, m); err != nil {
+		return &workerproto.Reply{Err: err}
+	}
+	r := &workerproto.Reply{}
+	if m.ReportKVCacheSize {
+		r.CacheSizes, _ = cacheSizes(model) // nil: the supervisor does not know the cache
+	}
+	return r
+}
+
+// cacheSizes is rkllm_get_kv_cache_size in the protocol's integers.
+func cacheSizes(model Model) ([]int32, error) {
+	sizes, err := model.KVCacheSize()
+	out := make([]int32, len(sizes))
+	for i, v := range sizes {
+		out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
+	}
+	return out, err
 }
 
 // setState serves the calls that change the handle's state.
@@ -358,12 +395,16 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	if f == nil {
 		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
 	}
-	nc, err := net.FileConn(f)
-	_ = f.Close()
+	// Out of the poller, its frames written without waking the scheduler's monitor: a
+	// token costs the worker no wake-up but the runtime's callback (rawconn.Socket).
+	sock, err := rawconn.NewSocket(f)
 	if err != nil {
+		_ = f.Close()
 		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
 	}
-	conn := workerproto.NewConn(nc, maxFrame)
+	conn := workerproto.NewConn(sock, maxFrame)
 	defer func() { _ = conn.Close() }()
-	return New(rt, library, conn, log).Serve(ctx)
+	w := New(rt, library, conn, log)
+	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
+	return w.Serve(ctx)
 }

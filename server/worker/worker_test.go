@@ -275,3 +275,40 @@ func TestLongErrorIsCut(t *testing.T) {
 		t.Fatalf("init error %v", r.Err)
 	}
 }
+
+// TestRunClearsAndReportsTheCache: a Run can clear the KV cache before it and report
+// the cache's size after it, in its one round trip.
+func TestRunClearsAndReportsTheCache(t *testing.T) {
+	c, _ := startWorker(t, fakeruntime.New(runtime.ABI13))
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := h.Default
+	p.ModelPath, p.MaxNewTokens = "/models/m.rkllm", 3
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	run := func(clear bool) []int32 {
+		r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "a b", Type: runtime.InputPrompt}}, Infer: runtime.InferParams{KeepHistory: true},
+			ClearKVCache: clear, ReportKVCacheSize: true})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return r.CacheSizes
+	}
+	// 2 prompt tokens and 3 generated a run, kept.
+	for _, tc := range []struct {
+		clear bool
+		want  []int32
+	}{{false, []int32{5}}, {false, []int32{10}}, {true, []int32{5}}} {
+		if got := run(tc.clear); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("run (clear %v): cache %v, want %v", tc.clear, got, tc.want)
+		}
+	}
+	if r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}}); r.Err != nil || r.CacheSizes != nil {
+		t.Errorf("a run that did not ask: %v, cache sizes %v", r.Err, r.CacheSizes)
+	}
+}

@@ -81,6 +81,12 @@ type Destroy struct{}
 type Run struct {
 	Inputs []runtime.Input
 	Infer  runtime.InferParams
+	// ClearKVCache clears the whole KV cache (rkllm_clear_kv_cache) before the run, in
+	// the same round trip; a failure fails the run.
+	ClearKVCache bool
+	// ReportKVCacheSize asks for rkllm_get_kv_cache_size after a run that succeeded, in
+	// the reply's CacheSizes (nil when the runtime cannot say).
+	ReportKVCacheSize bool
 }
 
 // Abort stops the run in progress (rkllm_abort); it is served while Run is.
@@ -349,6 +355,8 @@ func (m *Run) encode(e *encoder) {
 	}
 	e.bool(ip.KeepHistory)
 	e.i32(ip.MaxNewTokens)
+	e.bool(m.ClearKVCache)
+	e.bool(m.ReportKVCacheSize)
 }
 
 func (m *Run) decode(d *decoder) {
@@ -376,6 +384,8 @@ func (m *Run) decode(d *decoder) {
 	}
 	ip.KeepHistory = d.bool()
 	ip.MaxNewTokens = d.i32()
+	m.ClearKVCache = d.bool()
+	m.ReportKVCacheSize = d.bool()
 }
 
 func encodeInput(e *encoder, in *runtime.Input) {

@@ -43,6 +43,7 @@ func sampleMessages() []Message {
 				Sampling:    &runtime.SamplingParams{TopK: 1, TopP: 0.5, Temperature: 0.1, RepeatPenalty: 1, FrequencyPenalty: 0.2, PresencePenalty: 0.3, Mirostat: 1, MirostatTau: 4, MirostatEta: 0.2},
 				KeepHistory: true, MaxNewTokens: 64,
 			},
+			ClearKVCache: true, ReportKVCacheSize: true,
 		},
 		&Run{Inputs: []runtime.Input{{Type: runtime.InputPrompt, Prompt: ""}}},
 		&LoadLora{Adapter: runtime.LoraAdapter{Path: "/models/a.lora", Name: "a", Scale: 0.75}},
