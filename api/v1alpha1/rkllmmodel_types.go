@@ -281,6 +281,7 @@ type RuntimeSpec struct {
 
 // Parameters are the RKLLMParam fields users tune. Unset fields keep the runtime's
 // defaults. Decimals are strings (Kubernetes APIs have no floats), such as "0.9".
+// +kubebuilder:validation:XValidation:rule="!has(self.nKeep) || !has(self.maxContextLen) || self.nKeep <= self.maxContextLen",message="nKeep must not exceed maxContextLen: the tokens kept when the context window shifts are part of it"
 type Parameters struct {
 	// maxContextLen is the context window in tokens; it must not exceed the limit the model
 	// was converted with. Runtime default 512.

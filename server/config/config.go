@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,6 +68,8 @@ type Serve struct {
 	RuntimeABI string
 	// EmbeddingWidth is the model's embedding width when known; 0 learns it at load.
 	EmbeddingWidth int
+	// VocabSize is the model's vocabulary size when known; 0 learns it at load.
+	VocabSize int
 
 	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
 	// defaults.
@@ -163,6 +164,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
 	fs.IntVar(&o.EmbeddingWidth, "embedding-width", 0, "The models' embedding width (hidden size: the floats in one row of an embedding input); 0 learns it at each load from a one-token hidden-layer run.")
+	fs.IntVar(&o.VocabSize, "vocab-size", 0, "The models' vocabulary size (token ids are 0 to this minus 1); 0 learns it at each load from a one-token logits run.")
 
 	p := &o.Param
 	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
@@ -305,7 +307,7 @@ func (o *Serve) ChangedFlags(n *Serve) []string {
 
 // applyFile sets, from the file, every flag the command line left unset.
 func (o *Serve) applyFile(path string) error {
-	raw, err := os.ReadFile(path)
+	raw, err := runtime.ReadRegularFile(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
@@ -421,11 +423,25 @@ func (o *Serve) validateParam() error {
 	if _, err := o.LoraAdapters(); err != nil {
 		return err
 	}
-	if o.changed("top-p") && (o.Param.TopP < 0 || o.Param.TopP > 1) {
-		return fmt.Errorf("--top-p %g: must be between 0 and 1", o.Param.TopP)
-	}
-	if o.changed("n-batch") && (o.Param.Extend.NBatch < 1 || o.Param.Extend.NBatch > 100) {
-		return fmt.Errorf("--n-batch %d: must be between 1 and 100", o.Param.Extend.NBatch)
+	p := &o.Param
+	// The rules rkllm.init applies (server/rkllmrpc), for the flags that were set.
+	for _, c := range []struct {
+		flag string
+		bad  bool
+		rule string
+	}{
+		{"top-p", p.TopP < 0 || p.TopP > 1, fmt.Sprintf("--top-p %g: must be between 0 and 1", p.TopP)},
+		{"n-batch", p.Extend.NBatch < 1 || p.Extend.NBatch > 100, fmt.Sprintf("--n-batch %d: must be between 1 and 100", p.Extend.NBatch)},
+		{"max-context-len", p.MaxContextLen < 1, fmt.Sprintf("--max-context-len %d: must be at least 1", p.MaxContextLen)},
+		{"n-keep", o.changed("max-context-len") && p.NKeep > p.MaxContextLen,
+			fmt.Sprintf("--n-keep %d: more than --max-context-len %d (the tokens kept when the context window shifts are part of it)", p.NKeep, p.MaxContextLen)},
+		{"top-k", p.TopK < 0, fmt.Sprintf("--top-k %d: must not be negative", p.TopK)},
+		{"temperature", p.Temperature < 0, fmt.Sprintf("--temperature %g: must not be negative", p.Temperature)},
+		{"mirostat", p.Mirostat < 0 || p.Mirostat > 2, fmt.Sprintf("--mirostat %d: must be 0 (off), 1 or 2", p.Mirostat)},
+	} {
+		if o.changed(c.flag) && c.bad {
+			return errors.New(c.rule)
+		}
 	}
 	return nil
 }
@@ -481,6 +497,7 @@ func (o *Serve) validateLimits() error {
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
 		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
+		{"vocab-size", int64(o.VocabSize), 0, 1 << 24},
 		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
 		{"memory-limit", o.MemoryLimit, 0, 1 << 40},
 		{"max-embedding-inputs", int64(o.MaxEmbeddingInputs), 1, 1 << 16},
@@ -683,7 +700,7 @@ func (o *Serve) APIKeys() ([]string, error) {
 	if o.APIKeyFile == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(o.APIKeyFile)
+	b, err := runtime.ReadRegularFile(o.APIKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}

@@ -356,13 +356,15 @@ const (
 // ServeProbes serves /livez, /readyz, /healthz and /metrics on ln, a listener of their
 // own (--probe-listen), so that no number of client connections can make a probe wait
 // or fail: client connections are capped on the other listener, and this one has its
-// own small cap (limiter; nil for none), short timeouts and no keep-alive. It returns
+// own small cap (ProbeMaxConnections, where a new connection takes the place of the one
+// that has waited longest for its request, see probeListener), short timeouts and no
+// keep-alive. limiter (nil for none) keeps the descriptor reserve. It returns
 // http.ErrServerClosed after Shutdown or Close.
 func (s *Server) ServeProbes(ln net.Listener, limiter *connlimit.Limiter) error {
 	if limiter != nil {
 		ln = limiter.Listener(ln, ProbeTransport, refusal)
 	}
-	return s.probes.Serve(ln)
+	return s.probes.Serve(&probeListener{Listener: ln, max: ProbeMaxConnections})
 }
 
 // newProbeServer is the probe listener's server (ServeProbes).
@@ -375,8 +377,8 @@ func (s *Server) newProbeServer() *http.Server {
 		mux.Handle("GET /metrics", s.opts.Metrics)
 	}
 	srv := &http.Server{
-		Handler: mux, ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
-		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10,
+		Handler: markServing(mux), ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
+		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10, ConnContext: probeConnContext,
 	}
 	srv.SetKeepAlivesEnabled(false)
 	return srv
@@ -460,7 +462,7 @@ func statusOf(e *jsonrpc.Error) int {
 
 // writeJSON writes v as a JSON response and returns the bytes of the body written.
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) int {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		s.opts.Log.Error(err, "cannot encode a response")
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -583,7 +585,7 @@ type streamWriter struct {
 // frame encodes one message of the stream (with sw.mu held); the result is valid
 // until the next call.
 func (sw *streamWriter) frame(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		return nil, err
 	}

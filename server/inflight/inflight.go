@@ -1,7 +1,8 @@
 // Package inflight is rkllm-server's one budget of memory held by requests in flight
 // (--max-inflight-bytes). Every transport and every stage of a request charges it
 // before the allocation it pays for: the body or socket line as it is read, the decoded
-// messages, the rendered prompt and the run's frame to the worker. A charge that does
+// messages, the rendered prompt, the run's frame to the worker, and the hidden states
+// or logits a run returns with their encoding for the client. A charge that does
 // not fit is refused, and the request is answered busy (-32002, HTTP 429 with
 // Retry-After) instead of the server running out of memory. Waiting requests hold
 // their charges, so the queue is bounded by what it costs, not by a count.
@@ -105,6 +106,15 @@ func (a *Account) Release(n int) {
 	n64 := min(int64(n), a.held.Load())
 	a.held.Add(-n64)
 	a.b.used.Add(-n64)
+}
+
+// Budget is the budget the account charges (nil for a nil account): a stage that
+// outlives the request's own account (an asynchronous run) opens one of its own there.
+func (a *Account) Budget() *Budget {
+	if a == nil {
+		return nil
+	}
+	return a.b
 }
 
 // Held is what the request holds now.

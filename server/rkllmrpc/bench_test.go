@@ -25,7 +25,7 @@ func BenchmarkTokenNotification(b *testing.B) {
 	}}
 	c := &jsonrpc.Call{Request: &jsonrpc.Request{Method: "rkllm.run"}, Peer: peer}
 	acc := newRunAcc("r-1", 1, false, false)
-	acc.notify = func(params any) { _ = c.Notify(NotifyResult, params) }
+	acc.notify = func(params any, release func()) { _ = c.Notify(NotifyResult, params); release() }
 	d := runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "@1234567890123", TokenID: 295}}}
 	b.ReportAllocs()
 	for b.Loop() {

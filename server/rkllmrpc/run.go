@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -119,12 +120,19 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		base = c.Peer.Context
 	}
 	rctx, cancel := s.requestContext(base)
+	acc.acct, acc.stop = inflight.FromContext(ctx), cancel
+	if async {
+		// The run outlives the run_async request, whose account is closed with its
+		// answer: its arrays are paid from an account of its own until rkllm.done.
+		acc.acct = acc.acct.Budget().Open()
+	}
 	t, err := s.b.Enqueue(rctx, supervisor.Request{
 		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
 		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
 	})
 	if err != nil {
 		cancel()
+		acc.acct.Close()
 		return nil, rpcError(err, nil)
 	}
 	c.Admit()
@@ -134,8 +142,12 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		go func() {
 			defer release()
 			defer cancel()
+			defer acc.acct.Close()
 			out, err := t.Wait()
 			<-gate.replied
+			if acc.over != nil {
+				err = acc.busy()
+			}
 			if err != nil {
 				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(runError(err, plan.batch, acc))})
 				return
@@ -146,37 +158,50 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	defer cancel()
 	out, err := t.Wait()
+	if acc.over != nil {
+		return nil, acc.busy()
+	}
 	if err != nil {
 		return nil, runError(err, plan.batch, acc)
 	}
-	return acc.result(out, maxNew), nil
+	return acc.result(out, maxNew).encode()
 }
 
 // notifyGate holds a run's notifications until the response that names the run has
-// been written, without blocking the supervisor goroutine that delivers them.
+// been written, without blocking the supervisor goroutine that delivers them. A held
+// notification stays paid for (its release is called once it has been sent).
 type notifyGate struct {
 	send    func(params any)
 	mu      sync.Mutex
 	opened  bool
-	held    []any
+	held    []heldNote
 	replied chan struct{} // closed once open has sent what was held
 }
 
-func (g *notifyGate) notify(params any) {
+// heldNote is a notification waiting for the gate to open, with what gives back its
+// charge.
+type heldNote struct {
+	params  any
+	release func()
+}
+
+func (g *notifyGate) notify(params any, release func()) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.opened {
-		g.held = append(g.held, params)
+		g.held = append(g.held, heldNote{params, release})
 		return
 	}
 	g.send(params)
+	release()
 }
 
 // open sends the notifications held so far, in order, and lets the next ones through.
 func (g *notifyGate) open() {
 	g.mu.Lock()
-	for _, p := range g.held {
-		g.send(p)
+	for _, h := range g.held {
+		g.send(h.params)
+		h.release()
 	}
 	g.held, g.opened = nil, true
 	g.mu.Unlock()
@@ -205,12 +230,19 @@ func (s *Service) abi() runtime.ABI {
 // goroutine that reads the worker's connection and result after the run ended, so no
 // lock is needed.
 type runAcc struct {
-	id      string
-	batch   bool
-	base64  bool
-	notify  func(params any)
+	id     string
+	batch  bool
+	base64 bool
+	// notify sends a notification when the client streams; release gives back what
+	// the notification was charged for (chargeArrays) once it has been sent.
+	notify  func(params any, release func())
 	entries []entryAcc
 	perf    *runtime.PerfStat
+	// acct pays for the run's hidden states and logits (result.go); stop aborts the
+	// run when they do not fit, and over says so.
+	acct *inflight.Account
+	stop func()
+	over *resultBusyError
 }
 
 type entryAcc struct {
@@ -250,27 +282,43 @@ type logitsJ struct {
 }
 
 func (a *runAcc) deliver(d runtime.Delivery) {
+	release, ok := a.chargeArrays(&d)
+	if !ok {
+		return
+	}
+	if note := a.record(&d); note != nil {
+		// Sent at once, or held until the run's handle has been written: either way its
+		// charge is given back once it has been sent.
+		a.notify(note, release)
+		return
+	}
+	release()
+}
+
+// record adds a delivery to the run and returns its notification: nil when the
+// client does not stream or the delivery has none.
+func (a *runAcc) record(d *runtime.Delivery) any {
 	switch d.State {
 	case runtime.StateFinish:
 		if len(d.Results) > 0 {
 			p := d.Results[0].Perf
 			a.perf = &p
 		}
-		return
+		return nil
 	case runtime.StateError:
-		return
+		return nil
 	}
 	state := stateName(int32(d.State))
 	if !a.batch && len(d.Results) > 0 {
 		note := a.take(0, &d.Results[0], d.State)
 		switch {
 		case a.notify == nil:
+			return nil
 		case note.LastHiddenLayer == nil && note.Logits == nil:
-			a.notify(&textNote{RequestID: a.id, State: state, Text: note.Text, TokenID: note.TokenID})
+			return &textNote{RequestID: a.id, State: state, Text: note.Text, TokenID: note.TokenID}
 		default:
-			a.notify(&singleNote{RequestID: a.id, State: state, tokenNote: note})
+			return &singleNote{RequestID: a.id, State: state, tokenNote: note}
 		}
-		return
 	}
 	notes := make([]tokenNote, 0, len(d.Results))
 	for i := range d.Results {
@@ -280,15 +328,14 @@ func (a *runAcc) deliver(d runtime.Delivery) {
 		notes = append(notes, a.take(i, &d.Results[i], d.State))
 	}
 	if a.notify == nil {
-		return
+		return nil
 	}
 	// Structs, not maps: this runs for every token, and encoding a struct costs a
 	// fraction of a map.
 	if a.batch {
-		a.notify(&batchNote{RequestID: a.id, State: state, Results: notes})
-	} else {
-		a.notify(&batchNote{RequestID: a.id, State: state})
+		return &batchNote{RequestID: a.id, State: state, Results: notes}
 	}
+	return &batchNote{RequestID: a.id, State: state}
 }
 
 // take adds result r of a delivery to entry i and returns its part of the

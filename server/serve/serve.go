@@ -149,6 +149,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		MaxWorkerFailures: o.MaxWorkerFailures,
 		MaxFrameBytes:     o.MaxFrameBytes,
 		EmbedWidth:        o.EmbeddingWidth,
+		VocabSize:         o.VocabSize,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -300,8 +301,10 @@ func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
 	}
 	if a.probeLn != nil {
 		// The probes may use half the descriptor reserve; the other half is the
-		// worker's (a restart takes a socketpair and pipes).
-		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		// worker's (a restart takes a socketpair and pipes). ServeProbes keeps
+		// ProbeMaxConnections by closing the connection that waited longest; this cap,
+		// above it, only bounds connections all being answered at once.
+		probes := connlimit.New(2*httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
 		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
 		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}

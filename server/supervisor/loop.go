@@ -314,7 +314,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth, VocabSize: s.opts.VocabSize}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -343,7 +343,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Lock()
 	s.loaded = true
 	s.inited = param
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -474,7 +474,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
-	m.EmbedWidth = s.opts.EmbedWidth
+	m.EmbedWidth, m.VocabSize = s.opts.EmbedWidth, s.opts.VocabSize
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -487,7 +487,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	s.desired = &param
 	s.loaded = true
 	s.inited = param
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -610,18 +610,21 @@ type runWatch struct {
 	reason    abortReason
 	// stallLimit is the limit a stalled run exceeded, noted when the watchdog fired.
 	stallLimit string
+	// run is the run's call id, which its abort names.
+	run uint64
 }
 
-// abort asks the runtime to stop the run (once) and arms the kill timer. The abort is
+// abort asks the worker to stop the run (once) and arms the kill timer. The abort is
 // queued, never awaited: a worker that does not read its socket cannot hold up the
-// executor, whose kill timer ends it.
+// executor, whose kill timer ends it. It names the run, so it holds wherever the run
+// is: still on its way to the worker, not yet started in the runtime, or running.
 func (w *runWatch) abort(why abortReason) {
 	if w.reason != notAborted {
 		return
 	}
 	w.reason = why
 	// The reply is not awaited: the run's own reply is what ends the wait.
-	if _, err := w.p.client.Start(&workerproto.Abort{}, nil); err != nil {
+	if _, err := w.p.client.Start(&workerproto.Abort{Run: w.run}, nil); err != nil {
 		w.s.log.V(1).Info("cannot send abort", "error", err.Error())
 	}
 	w.killTimer = time.After(w.s.opts.AbortTimeout)
@@ -739,7 +742,7 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 		}
 		return Outcome{}, s.connLost(p)
 	}
-	w := &runWatch{s: s, p: p, t: t, relay: rl, budget: budget, stall: time.NewTimer(budget.total)}
+	w := &runWatch{s: s, p: p, t: t, relay: rl, budget: budget, stall: time.NewTimer(budget.total), run: pend.ID()}
 	defer w.stall.Stop()
 	ctxDone, stopping := t.ctx.Done(), s.loopCtx.Done()
 	for {

@@ -73,6 +73,9 @@ type Options struct {
 	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
 	// configuration knows it; 0 has the worker learn it at every load.
 	EmbedWidth int
+	// VocabSize is the vocabulary size of the models loaded, when the configuration
+	// knows it; 0 has the worker learn it at every load.
+	VocabSize int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -220,8 +223,11 @@ type Status struct {
 	Model       string `json:"model,omitempty"`
 	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
 	// carry embeddings are refused).
-	EmbedWidth int    `json:"embed_width,omitempty"`
-	LoadError  string `json:"model_load_error,omitempty"`
+	EmbedWidth int `json:"embed_width,omitempty"`
+	// VocabSize is the loaded model's vocabulary size (0: not known, so token inputs
+	// are refused).
+	VocabSize int    `json:"vocab_size,omitempty"`
+	LoadError string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -327,6 +333,7 @@ type Supervisor struct {
 	desired *runtime.Param
 	loaded  bool
 	width   int // the loaded model's embedding width (0: not known)
+	vocab   int // the loaded model's vocabulary size (0: not known)
 	// inited is what the current handle was initialised with; runs make up for
 	// sampling that Retune changed since (ABI 1.3 takes it per run).
 	inited    runtime.Param
@@ -589,7 +596,7 @@ func (s *Supervisor) Status() Status {
 		st.Model = s.desired.ModelPath
 	}
 	if s.loaded {
-		st.EmbedWidth = s.width
+		st.EmbedWidth, st.VocabSize = s.width, s.vocab
 	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
@@ -836,6 +843,9 @@ type LoadedModel struct {
 	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
 	// row of an embedding input), configured or learned at load; 0 when not known.
 	EmbedWidth int
+	// VocabSize is the model's vocabulary size (token ids are 0 to VocabSize-1),
+	// configured or learned at load; 0 when not known.
+	VocabSize int
 	// Loras are the names of the LoRA adapters loaded, in order.
 	Loras []string
 }
@@ -843,7 +853,7 @@ type LoadedModel struct {
 // Limits are the bounds of the runtime's input checks for this model.
 func (m LoadedModel) Limits() runtime.Limits {
 	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
-		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+		EmbedWidth: m.EmbedWidth, VocabSize: m.VocabSize, Loras: m.Loras}
 }
 
 // LoadedModel returns the model loaded now, false when none is.
@@ -853,7 +863,7 @@ func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	if !s.loaded || s.desired == nil {
 		return LoadedModel{}, false
 	}
-	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, VocabSize: s.vocab, Loras: []string{}}
 	if s.hello != nil {
 		m.ABI = s.hello.ABI
 	}
