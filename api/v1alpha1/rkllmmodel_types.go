@@ -322,6 +322,17 @@ type RuntimeSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostLibraryPath must be an absolute path to a file, without '..'"
 	// +optional
 	HostLibraryPath string `json:"hostLibraryPath,omitempty"`
+
+	// env are extra environment variables of the server container (the download init
+	// containers do not get them): the runtime library reads some, such as
+	// RKLLM_LOG_LEVEL for Rockchip's, or the RKLLM simulator's fault injection
+	// (RKLLM_SIM_INIT_FAIL, RKLLM_SIM_CRASH_AFTER, ...) in tests. The server's own
+	// settings are spec fields, not variables.
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
 }
 
 // Parameters are the RKLLMParam fields users tune. Unset fields keep the runtime's

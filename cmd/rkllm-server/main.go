@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -119,9 +120,29 @@ func runServe(args []string) int {
 	log.Info("starting rkllm-server", "version", version, "model", o.Model, "runtime_lib", o.RuntimeLib, "runtime_abi", o.RuntimeABI)
 	if err := serve.Run(signalContext(log), &o, log, serve.Options{Executable: exe, Version: version}); err != nil {
 		log.Error(err, "rkllm-server failed")
+		writeTerminationMessage(o.TerminationMessagePath, err, log)
 		return 1
 	}
 	return 0
+}
+
+// maxTerminationMessage is what the kubelet reads of a termination message.
+const maxTerminationMessage = 4096
+
+// writeTerminationMessage writes why the server failed to path (the container's
+// terminationMessagePath), one line, so the pod's status and the operator's
+// status.lastFailure show it.
+func writeTerminationMessage(path string, failure error, log logr.Logger) {
+	if path == "" {
+		return
+	}
+	msg := "rkllm-server: " + strings.Join(strings.Fields(failure.Error()), " ")
+	if len(msg) > maxTerminationMessage {
+		msg = msg[:maxTerminationMessage]
+	}
+	if err := os.WriteFile(path, []byte(msg+"\n"), 0o644); err != nil { //nolint:gosec // read by the kubelet
+		log.Error(err, "cannot write the termination message", "path", path)
+	}
 }
 
 // runWorker is the process that loads the runtime; serve starts it with the protocol

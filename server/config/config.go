@@ -36,6 +36,21 @@ const (
 	AdminNone   = "none"
 )
 
+// ShutdownMargin is how long after --shutdown-timeout rkllm-server may take to exit on
+// SIGTERM, whatever its worker and clients do: the supervisor's grace to stop the worker
+// (at most 2 s, then it is killed and reaped), then flushing the last responses in what
+// is left. A pod's termination grace period must cover the preStop pause plus
+// ExitBudget (the operator's does).
+const ShutdownMargin = 5 * time.Second
+
+// ExitBudget is the longest the server takes to exit after SIGTERM.
+func (o *Serve) ExitBudget() time.Duration { return o.ShutdownTimeout + ShutdownMargin }
+
+// DefaultMaxWorkerFailures is --max-worker-failures' default: with the restart backoff
+// (0.5 s doubling) five failed workers take about 8 s of retries, enough to ride out a
+// one-off fault and short enough that a crash loop reaches the kubelet soon.
+const DefaultMaxWorkerFailures = 5
+
 // Log formats.
 const (
 	LogJSON = "json"
@@ -116,7 +131,12 @@ type Serve struct {
 	WorkerStartTimeout time.Duration
 	RestartBackoffMin  time.Duration
 	RestartBackoffMax  time.Duration
+	MaxWorkerFailures  int
 	WriteTimeout       time.Duration
+
+	// TerminationMessagePath is where the reason of a failed exit is written (the
+	// kubelet's terminationMessagePath); empty for nowhere.
+	TerminationMessagePath string
 
 	LogFormat string
 	LogLevel  string
@@ -222,6 +242,8 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WorkerStartTimeout, "worker-start-timeout", 30*time.Second, "Longest the worker process may take to start and load the runtime library.")
 	fs.DurationVar(&o.RestartBackoffMin, "restart-backoff-min", 500*time.Millisecond, "First delay before restarting a dead worker or retrying a failed model load; doubles each time.")
 	fs.DurationVar(&o.RestartBackoffMax, "restart-backoff-max", 30*time.Second, "Longest delay between restarts.")
+	fs.IntVar(&o.MaxWorkerFailures, "max-worker-failures", DefaultMaxWorkerFailures, "Workers in a row that may fail (crash, hang until killed, or fail to start), none of them up for a minute, before the server gives up and exits with status 1, so that its supervisor (the kubelet) sees the crash loop; 0 retries for ever.")
+	fs.StringVar(&o.TerminationMessagePath, "termination-message-path", "", "File the reason of a failed exit is written to (the container's terminationMessagePath, /dev/termination-log, as the operator sets it); empty for none.")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "Longest a client may take to accept one message (a socket message, a piece of an HTTP stream) before it is cut off and its run aborted.")
 
 	fs.StringVar(&o.LogFormat, "log-format", LogJSON, "Log format: json or text.")
@@ -452,6 +474,9 @@ func (o *Serve) validateFiles() error {
 func (o *Serve) validateLimits() error {
 	if o.MaxQueue < 0 {
 		return fmt.Errorf("--max-queue %d: must be 0 (no count) or more", o.MaxQueue)
+	}
+	if o.MaxWorkerFailures < 0 {
+		return fmt.Errorf("--max-worker-failures %d: must be 0 (retry for ever) or more", o.MaxWorkerFailures)
 	}
 	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > 1<<30 {
 		return fmt.Errorf("--max-request-bytes %d: must be between 1 and 1 GiB", o.MaxRequestBytes)

@@ -43,11 +43,6 @@ import (
 // flushTimeout bounds writing the last responses after the model has stopped.
 const flushTimeout = 5 * time.Second
 
-// shutdownMargin is how long after --shutdown-timeout the process may take to exit,
-// whatever the worker and the clients do: the supervisor's grace to stop the worker,
-// then flushing the last responses in what is left.
-const shutdownMargin = 5 * time.Second
-
 // Options are what the serve command knows besides the configuration.
 type Options struct {
 	// Executable is the rkllm-server binary, started as `Executable worker ...`.
@@ -68,7 +63,9 @@ func WorkerArgs(o *config.Serve) []string {
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
 // requests get -32009 at once, the running generation may finish within
 // --shutdown-timeout (then it is aborted), responses are flushed, the model is
-// destroyed and the socket file removed. It returns nil after a clean shutdown.
+// destroyed and the socket file removed. It returns nil after a clean shutdown, and an
+// error after shutting down because a listener failed or the supervisor gave up on its
+// worker (--max-worker-failures).
 func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) error {
 	a, err := build(o, log, opts)
 	if err != nil {
@@ -88,6 +85,9 @@ func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) er
 	case err := <-a.serveErr:
 		failed = fmt.Errorf("listener failed: %w", err)
 		log.Error(err, "listener failed; shutting down")
+	case <-a.sup.Failed():
+		failed = fmt.Errorf("giving up (--max-worker-failures %d): %w", o.MaxWorkerFailures, a.sup.Err())
+		log.Error(a.sup.Err(), "giving up on the worker; shutting down", "max_worker_failures", o.MaxWorkerFailures)
 	}
 	if err := a.shutdown(); err != nil && failed == nil {
 		failed = err
@@ -146,6 +146,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		InitTimeout:       o.InitTimeout,
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
+		MaxWorkerFailures: o.MaxWorkerFailures,
 		MaxFrameBytes:     o.MaxFrameBytes,
 		EmbedWidth:        o.EmbeddingWidth,
 		VocabSize:         o.VocabSize,
@@ -331,7 +332,7 @@ func (a *app) shutdown() error {
 		}
 	}()
 	a.d.Drain()
-	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
+	exitBy := time.Now().Add(a.o.ExitBudget())
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
 	if err := a.sup.Shutdown(sctx); err != nil {

@@ -16,76 +16,159 @@ import (
 // and the model state, so those need no further coordination.
 func (s *Supervisor) loop() {
 	defer close(s.loopDone)
-	restart := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
-	load := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
-	var startAt, loadAt time.Time
-	for {
-		select {
-		case <-s.drainCh:
-			return
-		case <-s.loopCtx.Done():
-			return
-		default:
-		}
+	st := &retries{
+		restart: backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax},
+		load:    backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax},
+	}
+	for !s.stopping() {
 		p := s.current()
 		if p == nil {
-			if !s.waitUntil(startAt) {
+			var ok bool
+			if p, ok = s.startWorker(st); !ok {
 				return
 			}
-			var err error
-			p, err = startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
-			if err != nil {
-				d := restart.next()
-				startAt = time.Now().Add(d)
-				s.setLastExit(err.Error())
-				s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
-				s.opts.Observer.WorkerRestart("start_failed")
+			if p == nil {
 				continue
 			}
-			s.workerUp(p)
 		}
-		if s.needsLoad() && !time.Now().Before(loadAt) {
-			if err := s.load(p); err != nil {
-				if s.current() != p { // the worker died: restart first
-					startAt = time.Now().Add(s.restartDelay(p, &restart))
-					continue
-				}
-				d := load.next()
-				loadAt = time.Now().Add(d)
-				s.log.Error(err, "model failed to load; retrying", "retry_in", d.String())
-			} else {
-				load.reset()
-				loadAt = time.Time{}
+		if s.needsLoad() && !time.Now().Before(st.loadAt) && !s.loadModel(p, st) {
+			// The worker died while loading: restart it first.
+			if !s.replaceWorker(p, st) {
+				return
 			}
+			continue
 		}
-		var retry <-chan time.Time
-		var timer *time.Timer
-		if s.needsLoad() {
-			timer = time.NewTimer(time.Until(loadAt))
-			retry = timer.C
-		}
-		t := s.next(p, retry)
-		if timer != nil {
-			timer.Stop()
-		}
-		if t != nil {
-			s.execute(p, t)
-		}
-		if s.current() != p {
-			startAt = time.Now().Add(s.restartDelay(p, &restart))
+		s.serveNext(p, st.loadAt)
+		if s.current() != p && !s.replaceWorker(p, st) {
+			return
 		}
 	}
 }
 
+// retries is the executor's retry state: the backoffs of worker restarts and model
+// loads, and when the next of each is due.
+type retries struct {
+	restart, load   backoff
+	startAt, loadAt time.Time
+}
+
+// stopping reports whether Shutdown or Close has begun.
+func (s *Supervisor) stopping() bool {
+	select {
+	case <-s.drainCh:
+		return true
+	case <-s.loopCtx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// startWorker starts a worker once its restart is due. It returns nil and true when the
+// start failed and is to be retried, and false when the supervisor stops or gives up.
+func (s *Supervisor) startWorker(st *retries) (*proc, bool) {
+	if !s.waitUntil(st.startAt) {
+		return nil, false
+	}
+	p, err := startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
+	if err == nil {
+		s.workerUp(p)
+		return p, true
+	}
+	s.setLastExit(err.Error())
+	s.opts.Observer.WorkerRestart("start_failed")
+	d := st.restart.next()
+	if s.giveUp(st.restart.failures) {
+		return nil, false
+	}
+	st.startAt = time.Now().Add(d)
+	s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
+	return nil, true
+}
+
+// loadModel loads the desired model into p, scheduling a retry when it fails; false
+// when p died meanwhile.
+func (s *Supervisor) loadModel(p *proc, st *retries) bool {
+	err := s.load(p)
+	if err == nil {
+		st.load.reset()
+		st.loadAt = time.Time{}
+		return true
+	}
+	if s.current() != p {
+		return false
+	}
+	d := st.load.next()
+	st.loadAt = time.Now().Add(d)
+	s.log.Error(err, "model failed to load; retrying", "retry_in", d.String())
+	return true
+}
+
+// replaceWorker schedules the restart of p, which died; false when the supervisor gives
+// up instead.
+func (s *Supervisor) replaceWorker(p *proc, st *retries) bool {
+	d, ok := s.restartDelay(p, &st.restart)
+	if ok {
+		st.startAt = time.Now().Add(d)
+	}
+	return ok
+}
+
+// serveNext serves the next request, or returns when p dies or the model's load retry
+// (at loadAt) is due.
+func (s *Supervisor) serveNext(p *proc, loadAt time.Time) {
+	var retry <-chan time.Time
+	if s.needsLoad() {
+		timer := time.NewTimer(time.Until(loadAt))
+		defer timer.Stop()
+		retry = timer.C
+	}
+	if t := s.next(p, retry); t != nil {
+		s.execute(p, t)
+	}
+}
+
 // restartDelay is the backoff before replacing p, which died; a worker that lived
-// HealthyAfter starts the backoff over.
-func (s *Supervisor) restartDelay(p *proc, b *backoff) time.Duration {
+// HealthyAfter starts the backoff over. It returns false when the supervisor gives up
+// instead.
+func (s *Supervisor) restartDelay(p *proc, b *backoff) (time.Duration, bool) {
 	if time.Since(p.started) >= s.opts.HealthyAfter {
 		b.reset()
 	}
 	d := b.next()
+	if s.giveUp(b.failures) {
+		return 0, false
+	}
 	s.log.Info("restarting the worker", "after", d.String())
-	return d
+	return d, true
+}
+
+// giveUp stops the supervisor when failures workers in a row failed and that is
+// MaxWorkerFailures: new and queued requests get ErrShuttingDown with the reason, the
+// status says it, and Failed is closed. A worker lost because the supervisor is
+// stopping does not count.
+func (s *Supervisor) giveUp(failures int) bool {
+	if s.opts.MaxWorkerFailures <= 0 || failures < s.opts.MaxWorkerFailures {
+		return false
+	}
+	s.mu.Lock()
+	if s.draining || s.closed || s.loopCtx.Err() != nil {
+		s.mu.Unlock()
+		return false
+	}
+	err := &GiveUpError{Failures: failures, HealthyAfter: s.opts.HealthyAfter, LastExit: s.lastExit}
+	s.gaveUp = err
+	s.draining = true
+	queued := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(0)
+	for _, t := range queued {
+		t.stop()
+		t.finish(Outcome{}, fmt.Errorf("%w: %w", ErrShuttingDown, err))
+	}
+	close(s.failedCh)
+	return true
 }
 
 // waitUntil waits for t; false when the supervisor stops meanwhile.

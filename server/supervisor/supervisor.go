@@ -58,6 +58,12 @@ type Options struct {
 	RestartBackoffMin, RestartBackoffMax time.Duration
 	// HealthyAfter is how long a worker must live for the backoff to start over (60s).
 	HealthyAfter time.Duration
+	// MaxWorkerFailures, when positive, is how many workers in a row may fail (die, be
+	// killed as unresponsive, or fail to start), none of them up for HealthyAfter,
+	// before the supervisor gives up: it stops serving, Failed is closed and Err says
+	// why, so the process can exit and let its own supervisor (the kubelet) see a crash
+	// loop that restarting the worker inside hides. Zero: retry for ever.
+	MaxWorkerFailures int
 	// StopGrace is how long Shutdown may go on after its context ends, to let the
 	// aborted run end, destroy the model and stop the worker, which is killed past it
 	// (AbortTimeout, at most 2s).
@@ -307,6 +313,7 @@ type Supervisor struct {
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
 	drainCh    chan struct{} // closed by Shutdown: stop after the current request
+	failedCh   chan struct{} // closed when the supervisor gives up on its worker
 	wake       chan struct{} // a request was queued
 	helloCh    chan struct{} // closed at the first Hello
 	startOnce  sync.Once
@@ -333,6 +340,9 @@ type Supervisor struct {
 	loadErr   error
 	state     replayState
 	replayErr []string
+	// gaveUp is why the supervisor gave up on its worker (MaxWorkerFailures); nil
+	// while it has not.
+	gaveUp *GiveUpError
 
 	// Owned by the executor goroutine: what the handle's template and tools are now,
 	// and what its KV cache holds.
@@ -360,7 +370,7 @@ func New(opts Options) *Supervisor {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Supervisor{
 		opts: opts, log: opts.Log, loopCtx: ctx, loopCancel: cancel, loopDone: make(chan struct{}),
-		drainCh: make(chan struct{}), wake: make(chan struct{}, 1), helloCh: make(chan struct{}),
+		drainCh: make(chan struct{}), failedCh: make(chan struct{}), wake: make(chan struct{}, 1), helloCh: make(chan struct{}),
 	}
 	if m := opts.Model; m != nil {
 		for _, l := range m.Loras {
@@ -404,6 +414,12 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 	// watch finds nothing to remove and the executor finishes the ticket instead.
 	t.stop = context.AfterFunc(ctx, func() { s.dequeue(t, contextError(ctx, "in the queue")) })
 	s.mu.Lock()
+	if s.gaveUp != nil {
+		err := s.gaveUp
+		s.mu.Unlock()
+		t.stop()
+		return nil, fmt.Errorf("%w: %w", ErrShuttingDown, err)
+	}
 	if s.draining || s.closed {
 		s.mu.Unlock()
 		t.stop()
@@ -586,6 +602,8 @@ func (s *Supervisor) Status() Status {
 		st.LoadError = s.loadErr.Error()
 	}
 	switch {
+	case s.gaveUp != nil:
+		st.Reason = "shutting down, giving up: " + s.gaveUp.Error()
 	case s.closed || s.draining:
 		st.Reason = "shutting down"
 	case s.proc == nil && s.lastExit != "":
@@ -602,6 +620,20 @@ func (s *Supervisor) Status() Status {
 		st.Ready = true
 	}
 	return st
+}
+
+// Failed is closed when the supervisor gives up on its worker (Options.MaxWorkerFailures);
+// Err then says why. The caller should Shutdown and exit with that error.
+func (s *Supervisor) Failed() <-chan struct{} { return s.failedCh }
+
+// Err is the *GiveUpError once the supervisor gave up on its worker, else nil.
+func (s *Supervisor) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gaveUp == nil {
+		return nil
+	}
+	return s.gaveUp
 }
 
 // Shutdown stops taking requests (ErrShuttingDown), fails the queued ones, lets the
