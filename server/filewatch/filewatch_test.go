@@ -164,7 +164,13 @@ func TestSymlinkedFolderSwap(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "r1", "key"), []byte("old"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(root, "r2", "key"), []byte("r2b"), 0o600); err != nil {
+		// Written whole (a rename), so no truncated content comes before it: anything
+		// reported first came from the old release.
+		tmp := filepath.Join(root, "r2", "key.tmp")
+		if err := os.WriteFile(tmp, []byte("r2b"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(root, "r2", "key")); err != nil {
 			t.Fatal(err)
 		}
 	}, "r2b")
