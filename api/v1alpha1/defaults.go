@@ -35,6 +35,10 @@ const (
 	DefaultLogFormat             = "json"
 	DefaultDeviceTree            = DeviceTreeHostPath
 	DefaultColocation            = ColocationForbidden
+	DefaultMinReplicas     int32 = 0
+	DefaultMaxReplicas     int32 = 1
+	DefaultScaleDownDelay        = 15 * time.Minute
+	DefaultPriority        int32 = 0
 	// DefaultMemoryRequest and DefaultMemoryLimit apply when spec.resources sets no memory.
 	DefaultMemoryRequest = "2Gi"
 	DefaultMemoryLimit   = "8Gi"
@@ -146,4 +150,45 @@ func (c *HostPathCache) GetPath() string {
 		return DefaultCacheHostPath
 	}
 	return c.Path
+}
+
+// GetServedModelName returns the model's id in the OpenAI-compatible API:
+// spec.servedModelName or the RKLLMModel's name.
+func (m *RKLLMModel) GetServedModelName() string {
+	if m.Spec.ServedModelName != "" {
+		return m.Spec.ServedModelName
+	}
+	return m.Name
+}
+
+// GetMinReplicas returns scaling.minReplicas or its default.
+func (s *ScalingSpec) GetMinReplicas() int32 {
+	if s == nil || s.MinReplicas == nil {
+		return DefaultMinReplicas
+	}
+	return *s.MinReplicas
+}
+
+// GetMaxReplicas returns scaling.maxReplicas or its default.
+func (s *ScalingSpec) GetMaxReplicas() int32 {
+	if s == nil || s.MaxReplicas == nil {
+		return DefaultMaxReplicas
+	}
+	return *s.MaxReplicas
+}
+
+// GetScaleDownDelay returns scaling.scaleDownDelay or its default.
+func (s *ScalingSpec) GetScaleDownDelay() time.Duration {
+	if s == nil || s.ScaleDownDelay == nil {
+		return DefaultScaleDownDelay
+	}
+	return s.ScaleDownDelay.Duration
+}
+
+// GetPriority returns scaling.priority or its default.
+func (s *ScalingSpec) GetPriority() int32 {
+	if s == nil || s.Priority == nil {
+		return DefaultPriority
+	}
+	return *s.Priority
 }
