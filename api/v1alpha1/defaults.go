@@ -47,6 +47,10 @@ const (
 // NPUResourceName is the extended resource the device plugin advertises.
 const NPUResourceName = "rockchip.com/npu"
 
+// AnnotationScaledUpAt is the time (RFC 3339) the gateway last scaled the model up; an
+// eviction leaves a model alone for the gateway's minimum lifetime after it.
+const AnnotationScaledUpAt = "inference.rkllm.io/scaled-up-at"
+
 // LabelNPUSoC is the node label naming the node's SoC (a Platform value), which the
 // device plugin writes through node-feature-discovery.
 const LabelNPUSoC = "rockchip.com/npu.soc"
