@@ -48,7 +48,7 @@ func New() *Metrics {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "request_duration_seconds",
 			Help: "Time from a request's arrival to the end of its response, by model and endpoint.", Buckets: latency}, []string{"model", "endpoint"}),
 		firstByte: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "time_to_first_token_seconds",
-			Help: "Time from a request's arrival to the first byte of the replica's reply (the first token of a stream), queueing and activation included, by model.",
+			Help:    "Time from a request's arrival to the first byte of the replica's reply (the first token of a stream), queueing and activation included, by model.",
 			Buckets: latency}, []string{"model"}),
 		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Name: "requests_in_flight",
 			Help: "Requests sent to a replica and not yet ended, by model."}, []string{"model"}),
@@ -137,4 +137,6 @@ func (m *Metrics) Eviction(model string) { m.evictions.WithLabelValues(model).In
 func (m *Metrics) ScaleChange(model, reason string) { m.scaling.WithLabelValues(model, reason).Inc() }
 
 // ReadyReplicas sets the ready replicas of a model.
-func (m *Metrics) ReadyReplicas(model string, n int) { m.replicas.WithLabelValues(model).Set(float64(n)) }
+func (m *Metrics) ReadyReplicas(model string, n int) {
+	m.replicas.WithLabelValues(model).Set(float64(n))
+}
