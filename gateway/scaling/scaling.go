@@ -182,6 +182,19 @@ func (a *Activation) Err() error {
 	return a.err
 }
 
+// NewActivation returns an activation and the function that ends it (with nil: a
+// replica is ready), for scalers other than Scaler, such as tests' fakes.
+func NewActivation() (*Activation, func(error)) {
+	a := &Activation{done: make(chan struct{})}
+	var once sync.Once
+	return a, func(err error) {
+		once.Do(func() {
+			a.err = err
+			close(a.done)
+		})
+	}
+}
+
 // Activate starts the model's activation, or joins the one under way. It runs apart
 // from any one request (bounded by ActivationTimeout), so a client that leaves does not
 // stop it for the others.
