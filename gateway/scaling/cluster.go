@@ -168,14 +168,9 @@ func (s *Scaler) inputs(v *view, target *inferencev1alpha1.RKLLMModel, spec *cor
 		nodes = append(nodes, placement.Node{Name: n.Name, Allocatable: q.Value(), Eligible: eligible(n, spec)})
 	}
 	pods := make([]placement.Pod, 0, len(v.pods))
-	newest := map[string]time.Time{}
 	for i := range v.pods {
 		p := &v.pods[i]
-		key := modelOf(p)
-		pods = append(pods, placement.Pod{Model: key, Node: p.Spec.NodeName, Units: podUnits(p), Terminating: p.DeletionTimestamp != nil})
-		if key != "" && p.CreationTimestamp.After(newest[key]) {
-			newest[key] = p.CreationTimestamp.Time
-		}
+		pods = append(pods, placement.Pod{Model: modelOf(p), Node: p.Spec.NodeName, Units: podUnits(p), Terminating: p.DeletionTimestamp != nil})
 	}
 	models := make([]placement.Model, 0, len(v.models))
 	for i := range v.models {
@@ -184,12 +179,13 @@ func (s *Scaler) inputs(v *view, target *inferencev1alpha1.RKLLMModel, spec *cor
 		pm := placement.Model{
 			Key: key, Name: m.GetServedModelName(), Replicas: m.Spec.GetReplicas(), Units: int64(m.Spec.GetNPUUnits()),
 			Scalable: m.Spec.Scaling != nil, MinReplicas: m.Spec.Scaling.GetMinReplicas(), Priority: m.Spec.Scaling.GetPriority(),
-			LastUsed: s.lastUsed(m), ActiveSince: newest[key],
+			LastUsed: s.lastUsed(m),
 		}
 		if m.Spec.Suspend {
 			pm.Replicas = 0
 		}
-		if t, err := time.Parse(time.RFC3339, m.Annotations[inferencev1alpha1.AnnotationScaledUpAt]); err == nil && t.After(pm.ActiveSince) {
+		// The minimum lifetime counts from the gateway's own last scale-up.
+		if t, err := time.Parse(time.RFC3339, m.Annotations[inferencev1alpha1.AnnotationScaledUpAt]); err == nil {
 			pm.ActiveSince = t
 		}
 		pm.Busy = s.activity.Busy(m.GetServedModelName())
