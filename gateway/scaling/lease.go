@@ -38,6 +38,9 @@ type Lease struct {
 func (l *Lease) Acquire(ctx context.Context) (release func(), err error) {
 	for {
 		ok, err := l.try(ctx)
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for the decision lease %s: %w", l.Key, context.Cause(ctx))
+		}
 		if err != nil {
 			return nil, err
 		}
