@@ -203,7 +203,7 @@ func TestCreateMakesConfigDeploymentAndService(t *testing.T) {
 	}
 	// Defaults the CRD applies show in the stored object.
 	if m.Spec.Runtime == nil || m.Spec.Runtime.ABI != "1.3" || *m.Spec.Replicas != 1 || *m.Spec.Server.Port != 8080 ||
-		m.Spec.Server.ShutdownTimeout.Duration.String() != "30s" || m.Spec.Security.DeviceTree != inferencev1alpha1.DeviceTreeHostPath {
+		m.Spec.Server.ShutdownTimeout.Duration.String() != "30s" || m.Spec.Security.DeviceTree != inferencev1alpha1.DeviceTreeDevicePlugin {
 		t.Errorf("defaults not applied: %+v", m.Spec)
 	}
 	waitEvent(t, ns, "qwen", corev1.EventTypeNormal, EventCreated, "Deployment qwen")
@@ -225,12 +225,13 @@ func TestUpdateChangesRolloutHash(t *testing.T) {
 	getChild(t, ns, "m", d, "the Deployment", nil)
 	first := rolloutHashOf(d)
 
-	// A change that only reaches server.json still rolls the pods.
+	// A change that only reaches server.json still rolls the pods when the server takes
+	// it only at start (an rkllm_init parameter).
 	m := &inferencev1alpha1.RKLLMModel{}
 	if err := k8sClient.Get(context.Background(), key(ns, "m"), m); err != nil {
 		t.Fatal(err)
 	}
-	m.Spec.Parameters = &inferencev1alpha1.Parameters{Temperature: ptr.To("0.2")}
+	m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](2048)}
 	if err := k8sClient.Update(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
@@ -241,8 +242,8 @@ func TestUpdateChangesRolloutHash(t *testing.T) {
 		return nil
 	})
 	cm := &corev1.ConfigMap{}
-	getChild(t, ns, "m-config", cm, "temperature in server.json", func() error {
-		if !strings.Contains(cm.Data["server.json"], `"temperature": "0.2"`) {
+	getChild(t, ns, "m-config", cm, "max-context-len in server.json", func() error {
+		if !strings.Contains(cm.Data["server.json"], `"max-context-len": 2048`) {
 			return fmt.Errorf("server.json = %s", cm.Data["server.json"])
 		}
 		return nil

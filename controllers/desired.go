@@ -28,11 +28,13 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 )
@@ -69,6 +71,8 @@ const (
 	// hostDeviceTree is what the node's /proc/device-tree links to.
 	hostDeviceTree = "/sys/firmware/devicetree/base"
 	serverBinary   = "rkllm-server"
+	// terminationLogPath is the containers' terminationMessagePath (the default).
+	terminationLogPath = "/dev/termination-log"
 )
 
 // Names of containers, volumes and ports in the server pod.
@@ -102,8 +106,14 @@ const (
 
 // Options are the operator-wide settings the controller gets from the manager's flags.
 type Options struct {
-	// DefaultImage is the server image for models without spec.runtime.image.
+	// DefaultImage is the server image for models without spec.runtime.image. Models
+	// whose pods run already keep the image they run until their spec changes (or
+	// RollOnUpgrade).
 	DefaultImage string
+	// RollOnUpgrade builds every model's pods afresh, rolling them when this operator
+	// would make them differently from the one that made them (a new default image, a new
+	// pod layout). Off: only a change of the model's spec rolls its pods.
+	RollOnUpgrade bool
 }
 
 // ConfigMapName is the name of a model's ConfigMap holding server.json.
@@ -416,16 +426,24 @@ func desiredService(model *inferencev1alpha1.RKLLMModel) *corev1ac.ServiceApplyC
 }
 
 // desiredDeployment runs the server. It is a pure function of the model, the
-// operator's options and the server configuration (whose hash rolls the pods).
-func desiredDeployment(model *inferencev1alpha1.RKLLMModel, opts Options, config []byte) (*appsv1ac.DeploymentApplyConfiguration, error) {
+// operator's options, the server configuration (whose hash rolls the pods) and, when the
+// model still stands for it, the revision recorded on the live Deployment, whose pod
+// template it keeps (revision.go).
+func desiredDeployment(model *inferencev1alpha1.RKLLMModel, opts Options, config []byte, kept *revision) (*appsv1ac.DeploymentApplyConfiguration, error) {
 	spec := &model.Spec
-	podSpec, err := desiredPodSpec(model, opts)
+	sh, err := specHash(model)
 	if err != nil {
 		return nil, err
 	}
-	hash, err := rolloutHash(config, podSpec)
-	if err != nil {
+	rev := revision{Config: string(config), SpecHash: sh, Generation: model.Generation}
+	if kept != nil {
+		rev.Template = kept.Template
+	} else if rev.Template, err = desiredPodTemplate(model, opts, config); err != nil {
 		return nil, err
+	}
+	record, err := json.Marshal(rev)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the revision: %w", err)
 	}
 	replicas := spec.GetReplicas()
 	if spec.Suspend {
@@ -436,18 +454,66 @@ func desiredDeployment(model *inferencev1alpha1.RKLLMModel, opts Options, config
 	progressDeadline := int32(spec.GetStartupTimeout().Seconds()) + 600
 	return appsv1ac.Deployment(model.Name, model.Namespace).
 		WithLabels(objectLabels(model)).
+		WithAnnotations(map[string]string{AnnotationRevision: string(record)}).
 		WithOwnerReferences(ownerReference(model)).
 		WithSpec(appsv1ac.DeploymentSpec().
 			WithReplicas(replicas).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(model))).
-			// Recreate: the NPU is exclusive, so an old and a new server never overlap.
-			WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType)).
+			WithStrategy(deploymentStrategy(spec)).
 			WithRevisionHistoryLimit(revisionHistoryLimit).
 			WithProgressDeadlineSeconds(progressDeadline).
-			WithTemplate(corev1ac.PodTemplateSpec().
-				WithLabels(objectLabels(model)).
-				WithAnnotations(map[string]string{AnnotationRolloutHash: hash}).
-				WithSpec(podSpec))), nil
+			WithTemplate(rev.Template)), nil
+}
+
+// desiredPodTemplate is the server pod template built from the spec, with the rollout
+// hash of the server configuration (less what the server takes while running) and the
+// pod spec.
+func desiredPodTemplate(model *inferencev1alpha1.RKLLMModel, opts Options, config []byte) (*corev1ac.PodTemplateSpecApplyConfiguration, error) {
+	podSpec, err := desiredPodSpec(model, opts)
+	if err != nil {
+		return nil, err
+	}
+	hashed, err := configForHash(&model.Spec, config)
+	if err != nil {
+		return nil, err
+	}
+	hash, err := rolloutHash(hashed, podSpec)
+	if err != nil {
+		return nil, err
+	}
+	return corev1ac.PodTemplateSpec().
+		WithLabels(objectLabels(model)).
+		WithAnnotations(map[string]string{AnnotationRolloutHash: hash}).
+		WithSpec(podSpec), nil
+}
+
+// deploymentStrategy replaces servers one at a time when there are several: the old pod
+// gives its NPU unit back before a new one is created (no surge: nodes have no spare NPU
+// to surge onto, and a surged pod would wait Pending), while the other replicas keep
+// serving. A single replica is replaced with Recreate: it cannot overlap with its
+// successor on the exclusive NPU either way.
+func deploymentStrategy(spec *inferencev1alpha1.RKLLMModelSpec) *appsv1ac.DeploymentStrategyApplyConfiguration {
+	if spec.GetReplicas() > 1 {
+		return appsv1ac.DeploymentStrategy().
+			WithType(appsv1.RollingUpdateDeploymentStrategyType).
+			WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+				WithMaxSurge(intstr.FromInt32(0)).
+				WithMaxUnavailable(intstr.FromInt32(1)))
+	}
+	return appsv1ac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType)
+}
+
+// desiredPodDisruptionBudget lets voluntary disruptions (a node drain, a cluster
+// autoscaler) take one server pod at a time. Pods that are not ready (crash-looping)
+// may always be evicted, so a broken model never blocks a drain.
+func desiredPodDisruptionBudget(model *inferencev1alpha1.RKLLMModel) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	return policyv1ac.PodDisruptionBudget(model.Name, model.Namespace).
+		WithLabels(objectLabels(model)).
+		WithOwnerReferences(ownerReference(model)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(model))).
+			WithMaxUnavailable(intstr.FromInt32(1)).
+			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow))
 }
 
 // rolloutHash is a short hash of the server configuration and the pod spec.
@@ -589,7 +655,8 @@ func serverResources(spec *inferencev1alpha1.RKLLMModelSpec) *corev1ac.ResourceR
 }
 
 // fetchResources are the init containers' requests and limits: the server's memory and
-// CPU (an init container runs alone, so this costs the pod nothing), never the NPU.
+// CPU (an init container runs alone, so this costs the pod nothing); fetchContainer adds
+// the NPU for the node cache.
 func fetchResources(server *corev1ac.ResourceRequirementsApplyConfiguration) *corev1ac.ResourceRequirementsApplyConfiguration {
 	keep := func(in *corev1.ResourceList) corev1.ResourceList {
 		out := corev1.ResourceList{}
@@ -644,15 +711,29 @@ func containerSecurityContext(spec *inferencev1alpha1.RKLLMModelSpec, uid int64)
 
 // usesHostPathCache reports whether downloads go to a folder on the node.
 func usesHostPathCache(spec *inferencev1alpha1.RKLLMModelSpec) bool {
-	return spec.Model.Cache != nil && spec.Model.Cache.HostPath != nil
+	return spec.Model.GetCache() == inferencev1alpha1.FetchCacheHostPath
 }
 
-// fetchContainer downloads one file with `rkllm-server fetch`.
+// fetchContainer downloads one file with `rkllm-server fetch`. With the node cache (the
+// default) it requests the server's NPU units: the kubelet hands the same units to the
+// server container afterwards, and with them come the device plugin's mounts, the
+// node's model cache among them. Its outcome goes to the termination message, which
+// the status reports (status.modelFetches).
 func fetchContainer(spec *inferencev1alpha1.RKLLMModelSpec, f modelFile, image string, pull corev1.PullPolicy,
 	server *corev1ac.ResourceRequirementsApplyConfiguration) *corev1ac.ContainerApplyConfiguration {
 	args := []string{"fetch", "--url", f.url, "--dest", f.path}
 	if f.sha256 != "" {
 		args = append(args, "--sha256", f.sha256)
+	}
+	args = append(args, "--result-file", terminationLogPath)
+	resources := fetchResources(server)
+	if spec.Model.GetCache() == inferencev1alpha1.FetchCacheNode {
+		npu := *resource.NewQuantity(int64(spec.GetNPUUnits()), resource.DecimalSI)
+		(*resources.Requests)[inferencev1alpha1.NPUResourceName] = npu
+		(*resources.Limits)[inferencev1alpha1.NPUResourceName] = npu
+	} else {
+		// Not the node's cache, even where the plugin offers one.
+		args = append(args, "--cache-dir=")
 	}
 	uid := spec.GetRunAsUser()
 	if usesHostPathCache(spec) {
@@ -665,7 +746,7 @@ func fetchContainer(spec *inferencev1alpha1.RKLLMModelSpec, f modelFile, image s
 		WithImage(image).
 		WithCommand(serverBinary).
 		WithArgs(args...).
-		WithResources(fetchResources(server)).
+		WithResources(resources).
 		WithSecurityContext(containerSecurityContext(spec, uid)).
 		// The fetch command's last line says why it failed; it lands in status.lastFailure.
 		WithTerminationMessagePolicy(corev1.TerminationMessageFallbackToLogsOnError).

@@ -28,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
@@ -53,7 +54,7 @@ func build(t *testing.T, m *inferencev1alpha1.RKLLMModel) (*appsv1.Deployment, m
 	if err != nil {
 		t.Fatal(err)
 	}
-	ac, err := desiredDeployment(m, unitOpts, config)
+	ac, err := desiredDeployment(m, unitOpts, config, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,15 +217,56 @@ func TestModelSources(t *testing.T) {
 func TestFetchContainer(t *testing.T) {
 	d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Model.SHA256 = strings.Repeat("AB", 32) }))
 	c := d.Spec.Template.Spec.InitContainers[0]
-	want := []string{"fetch", "--url", sampleURL, "--dest", "/models/" + downloadFileName("model", sampleURL), "--sha256", strings.Repeat("ab", 32)}
+	want := []string{"fetch", "--url", sampleURL, "--dest", "/models/" + downloadFileName("model", sampleURL), "--sha256", strings.Repeat("ab", 32),
+		"--result-file", "/dev/termination-log"}
 	if !reflect.DeepEqual(c.Command, []string{"rkllm-server"}) || !reflect.DeepEqual(c.Args, want) {
 		t.Errorf("fetch = %v %v, want rkllm-server %v", c.Command, c.Args, want)
 	}
 	if c.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError {
 		t.Error("a failed download's reason would not reach the status")
 	}
-	if _, ok := c.Resources.Limits[inferencev1alpha1.NPUResourceName]; ok {
-		t.Error("the download must not hold the NPU")
+	// The node's cache comes with the NPU (the device plugin mounts it): the fetch asks
+	// for the server's units, which the kubelet then hands on to the server.
+	server := d.Spec.Template.Spec.Containers[0].Resources
+	for _, l := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+		if got, want := l[inferencev1alpha1.NPUResourceName], server.Limits[inferencev1alpha1.NPUResourceName]; got.Cmp(want) != 0 {
+			t.Errorf("fetch NPU %s, want the server's %s", got.String(), want.String())
+		}
+	}
+
+	// The pod's own volume: the node's cache is turned off, and the NPU is not needed.
+	for name, cache := range map[string]*inferencev1alpha1.ModelCache{
+		"emptyDir": {EmptyDir: &inferencev1alpha1.EmptyDirCache{}},
+		"hostPath": {HostPath: &inferencev1alpha1.HostPathCache{}},
+	} {
+		d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Model.Cache = cache }))
+		c := d.Spec.Template.Spec.InitContainers[0]
+		if c.Args[len(c.Args)-1] != "--cache-dir=" {
+			t.Errorf("%s cache: fetch args %v, want the node cache off", name, c.Args)
+		}
+		if _, ok := c.Resources.Limits[inferencev1alpha1.NPUResourceName]; ok {
+			t.Errorf("%s cache: the download holds the NPU without a reason", name)
+		}
+	}
+}
+
+// TestStrategy: one replica is replaced with Recreate; several one at a time, never
+// with a surge pod (no spare NPU to put it on).
+func TestStrategy(t *testing.T) {
+	for replicas, want := range map[int32]appsv1.DeploymentStrategy{
+		1: {Type: appsv1.RecreateDeploymentStrategyType},
+		3: {Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
+			MaxSurge: ptr.To(intstr.FromInt32(0)), MaxUnavailable: ptr.To(intstr.FromInt32(1))}},
+	} {
+		d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Replicas = &replicas }))
+		if !reflect.DeepEqual(d.Spec.Strategy, want) {
+			t.Errorf("%d replicas: strategy %+v, want %+v", replicas, d.Spec.Strategy, want)
+		}
+	}
+	pdb := desiredPodDisruptionBudget(unitModel(nil))
+	if pdb.Spec.MaxUnavailable.IntValue() != 1 || *pdb.Spec.UnhealthyPodEvictionPolicy != "AlwaysAllow" ||
+		!reflect.DeepEqual(pdb.Spec.Selector.MatchLabels, selectorLabels(unitModel(nil))) {
+		t.Errorf("PodDisruptionBudget spec %+v", pdb.Spec)
 	}
 }
 
@@ -264,9 +306,6 @@ func TestServerContainer(t *testing.T) {
 	// The grace period outlasts the preStop pause plus the server's shutdown timeout.
 	if got := *pod.TerminationGracePeriodSeconds; got <= preStopSeconds+30 {
 		t.Errorf("terminationGracePeriodSeconds %d is not above preStop %d + shutdown 30", got, preStopSeconds)
-	}
-	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Error("two servers would share the NPU during a rollout")
 	}
 	if len(c.Ports) != 2 || c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != 8080 || c.Ports[1].Name != "probes" || c.Ports[1].ContainerPort != 8081 {
 		t.Errorf("ports %+v", c.Ports)
@@ -358,6 +397,14 @@ func TestSecurity(t *testing.T) {
 			if !*pod.InitContainers[0].SecurityContext.RunAsNonRoot {
 				t.Error("the download runs as root without a reason")
 			}
+			// The device plugin mounts the device tree and the model cache: no hostPath.
+			for _, v := range pod.Volumes {
+				if v.HostPath != nil {
+					t.Errorf("hostPath volume %s in the default pod: Pod Security baseline refuses it", v.Name)
+				}
+			}
+		}},
+		{name: "device tree from a hostPath", sec: &inferencev1alpha1.SecuritySpec{DeviceTree: inferencev1alpha1.DeviceTreeHostPath}, check: func(t *testing.T, pod corev1.PodSpec) {
 			if !mountedAt(pod.Containers[0], "device-tree", "/proc/device-tree") || volumeOf(pod, "device-tree").HostPath.Path != "/sys/firmware/devicetree/base" {
 				t.Error("the device tree is not mounted for the runtime")
 			}
@@ -452,7 +499,7 @@ func TestSuspendAndScheduling(t *testing.T) {
 func TestNoImage(t *testing.T) {
 	m := unitModel(nil)
 	config, _ := serverConfig(m)
-	if _, err := desiredDeployment(m, Options{}, config); err == nil || !strings.Contains(err.Error(), "--default-server-image") {
+	if _, err := desiredDeployment(m, Options{}, config, nil); err == nil || !strings.Contains(err.Error(), "--default-server-image") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -463,11 +510,16 @@ func TestRolloutHash(t *testing.T) {
 		return d.Spec.Template.Annotations[AnnotationRolloutHash]
 	}
 	base := hash(nil)
+	base12 := hash(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{ABI: "1.2"} })
 	if base == "" || base != hash(nil) {
 		t.Fatal("the hash is not stable for the same spec")
 	}
 	for name, mutate := range map[string]func(*inferencev1alpha1.RKLLMModel){
-		"a parameter (server.json only)": func(m *inferencev1alpha1.RKLLMModel) {
+		"a parameter of rkllm_init (server.json only)": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](1024)}
+		},
+		"a sampling parameter on ABI 1.2 (taken only at init)": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{ABI: "1.2"}
 			m.Spec.Parameters = &inferencev1alpha1.Parameters{TopK: ptr.To[int32](1)}
 		},
 		"the image": func(m *inferencev1alpha1.RKLLMModel) {
@@ -475,13 +527,19 @@ func TestRolloutHash(t *testing.T) {
 		},
 		"the model url": func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Model.URL += "?v=2" },
 	} {
-		if hash(mutate) == base {
+		if h := hash(mutate); h == base || h == base12 {
 			t.Errorf("changing %s does not change the rollout hash", name)
 		}
 	}
 	for name, mutate := range map[string]func(*inferencev1alpha1.RKLLMModel){
 		"labels of the model": func(m *inferencev1alpha1.RKLLMModel) { m.Labels = map[string]string{"team": "a"} },
 		"replicas":            func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Replicas = ptr.To[int32](4) },
+		// The server takes these from the changed server.json without a restart.
+		"sampling parameters on ABI 1.3": func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Parameters = &inferencev1alpha1.Parameters{TopK: ptr.To[int32](1), TopP: ptr.To("0.5"), Temperature: ptr.To("0.2"),
+				RepeatPenalty: ptr.To("1.2"), FrequencyPenalty: ptr.To("0.1"), PresencePenalty: ptr.To("0.1"), Mirostat: ptr.To[int32](2),
+				MirostatTau: ptr.To("4"), MirostatEta: ptr.To("0.2"), MaxNewTokens: ptr.To[int32](64)}
+		},
 	} {
 		if hash(mutate) != base {
 			t.Errorf("changing %s rolls the pods", name)

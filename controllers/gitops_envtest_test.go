@@ -197,18 +197,18 @@ func TestEventsOnlyForChangesTheOperatorMade(t *testing.T) {
 			return nil
 		})
 	}
-	if got := countEmitted(ns, "churn"); got != "Created ConfigMap churn-config=1 Created Deployment churn=1 Created Service churn=1" {
+	if got := countEmitted(ns, "churn"); got != "Created ConfigMap churn-config=1 Created Deployment churn=1 Created PodDisruptionBudget churn=1 Created Service churn=1" {
 		t.Errorf("after status churn the operator emitted: %s; want one Created per object and nothing else", got)
 	}
 
-	// A spec change that reaches server.json changes the ConfigMap and the Deployment
-	// (its rollout hash), not the Service.
+	// A spec change that reaches server.json and needs a restart changes the ConfigMap and
+	// the Deployment (its rollout hash), not the PodDisruptionBudget or the Service.
 	m := &inferencev1alpha1.RKLLMModel{}
 	if err := k8sClient.Get(context.Background(), key(ns, "churn"), m); err != nil {
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(m.DeepCopy())
-	m.Spec.Parameters = &inferencev1alpha1.Parameters{Temperature: ptr.To("0.3")}
+	m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](2048)}
 	if err := k8sClient.Patch(context.Background(), m, patch); err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestEventsOnlyForChangesTheOperatorMade(t *testing.T) {
 	getReconciled(t, ns, "churn", "the old pod's report", func(m *inferencev1alpha1.RKLLMModel) error {
 		return conditionIs(m, inferencev1alpha1.ConditionReady, metav1.ConditionFalse, inferencev1alpha1.ReasonRollingOut)
 	})
-	want := "Created ConfigMap churn-config=1 Created Deployment churn=1 Created Service churn=1 Updated ConfigMap churn-config=1 Updated Deployment churn=1"
+	want := "Created ConfigMap churn-config=1 Created Deployment churn=1 Created PodDisruptionBudget churn=1 Created Service churn=1 Updated ConfigMap churn-config=1 Updated Deployment churn=1"
 	if got := countEmitted(ns, "churn"); got != want {
 		t.Errorf("after one spec change the operator emitted: %s; want %s", got, want)
 	}
@@ -272,7 +272,7 @@ func TestFieldDiff(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		desired, err := desiredDeployment(m, unitOpts, config)
+		desired, err := desiredDeployment(m, unitOpts, config, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,7 +294,7 @@ func TestFieldDiff(t *testing.T) {
 		return after, changed
 	}
 	config, _ := serverConfig(m)
-	first, _ := desiredDeployment(m, unitOpts, config)
+	first, _ := desiredDeployment(m, unitOpts, config, nil)
 	if err := k8sClient.Apply(ctx, first, client.FieldOwner(FieldManager)); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func TestFieldDiff(t *testing.T) {
 		t.Error("a status write counted as a change the operator made")
 	}
 
-	m.Spec.Parameters = &inferencev1alpha1.Parameters{Temperature: ptr.To("0.1")}
+	m.Spec.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](1024)}
 	if _, changed := apply(m); !changed {
 		t.Error("a new rollout hash was not a change")
 	}

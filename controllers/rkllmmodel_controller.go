@@ -15,8 +15,8 @@ limitations under the License.
 */
 
 // Package controllers holds the RKLLMModel reconciler: it turns each RKLLMModel into a
-// ConfigMap with the server configuration, a Deployment running rkllm-server and a
-// Service, and reports what the pods do in the model's status.
+// ConfigMap with the server configuration, a Deployment running rkllm-server, a
+// PodDisruptionBudget and a Service, and reports what the pods do in the model's status.
 package controllers
 
 import (
@@ -28,6 +28,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -116,6 +117,7 @@ type step func(ctx context.Context, model *inferencev1alpha1.RKLLMModel, obs *ob
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
 // +kubebuilder:rbac:groups="",resources=events,verbs=list
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -144,7 +146,7 @@ func (r *RKLLMModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		retErr = errors.Join(retErr, err)
 	}()
 
-	for _, s := range []step{r.reconcileDependencies, r.reconcileConfig, r.reconcileDeployment, r.reconcileService} {
+	for _, s := range []step{r.reconcileDependencies, r.reconcileConfig, r.reconcileDeployment, r.reconcilePodDisruptionBudget, r.reconcileService} {
 		res, err := s(ctx, model, obs)
 		var be *blockedError
 		switch {
@@ -203,15 +205,42 @@ func (r *RKLLMModelReconciler) reconcileDependencies(ctx context.Context, model 
 	return ctrl.Result{}, nil
 }
 
-// reconcileConfig applies the ConfigMap with server.json. It sets no condition itself;
-// a name held by another owner blocks the reconcile (NameConflict).
+// reconcileConfig applies the ConfigMap with server.json: the one of the revision the
+// live Deployment records while the model still stands for it (with the current
+// retunable parameters, which the server takes while running), else the current spec's.
+// It sets no condition itself; a name held by another owner blocks the reconcile
+// (NameConflict).
 func (r *RKLLMModelReconciler) reconcileConfig(ctx context.Context, model *inferencev1alpha1.RKLLMModel, obs *observation) (ctrl.Result, error) {
 	config, err := serverConfig(model)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if obs.kept = r.keptRevision(ctx, model); obs.kept != nil {
+		if config, err = retuneConfig(obs.kept.Config, config); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	obs.config = config
 	return ctrl.Result{}, r.apply(ctx, model, desiredConfigMap(model, config), ConfigMapName(model), &corev1.ConfigMap{})
+}
+
+// keptRevision is the revision recorded on the model's live Deployment when the model
+// still stands for it and the operator does not roll on upgrade; nil otherwise (no
+// Deployment yet, a spec change, a Deployment made by an operator that recorded none).
+func (r *RKLLMModelReconciler) keptRevision(ctx context.Context, model *inferencev1alpha1.RKLLMModel) *revision {
+	if r.Options.RollOnUpgrade {
+		return nil
+	}
+	d := &appsv1.Deployment{}
+	// From the API server: the cache may lag behind the last apply.
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: model.Namespace, Name: model.Name}, d); err != nil || !metav1.IsControlledBy(d, model) {
+		return nil
+	}
+	rev, ok := parseRevision(d.Annotations[AnnotationRevision])
+	if !ok || !rev.stillCurrent(model) {
+		return nil
+	}
+	return rev
 }
 
 // reconcileDeployment applies the server Deployment (scaled to zero while suspended)
@@ -219,7 +248,7 @@ func (r *RKLLMModelReconciler) reconcileConfig(ctx context.Context, model *infer
 // it stalls the model (Stalled=True, InvalidSpec); a name held by another owner blocks
 // it (NameConflict).
 func (r *RKLLMModelReconciler) reconcileDeployment(ctx context.Context, model *inferencev1alpha1.RKLLMModel, obs *observation) (ctrl.Result, error) {
-	desired, err := desiredDeployment(model, r.Options, obs.config)
+	desired, err := desiredDeployment(model, r.Options, obs.config, obs.kept)
 	if err != nil {
 		// Only an operator without a default image gets here: tell the user how to fix it.
 		return ctrl.Result{}, &blockedError{blocker{reason: inferencev1alpha1.ReasonInvalidSpec, message: err.Error()}}
@@ -231,6 +260,13 @@ func (r *RKLLMModelReconciler) reconcileDeployment(ctx context.Context, model *i
 	}
 	obs.deployment = d
 	return ctrl.Result{}, nil
+}
+
+// reconcilePodDisruptionBudget applies the PodDisruptionBudget of the server pods. It
+// sets no condition itself; a name held by another owner blocks the reconcile
+// (NameConflict).
+func (r *RKLLMModelReconciler) reconcilePodDisruptionBudget(ctx context.Context, model *inferencev1alpha1.RKLLMModel, _ *observation) (ctrl.Result, error) {
+	return ctrl.Result{}, r.apply(ctx, model, desiredPodDisruptionBudget(model), model.Name, &policyv1.PodDisruptionBudget{})
 }
 
 // reconcileService applies the Service in front of the server pods. It sets no
@@ -476,10 +512,11 @@ func kindOf(obj client.Object, scheme *runtime.Scheme) string {
 func CacheOptions(namespaces []string) cache.Options {
 	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: managedByValue})}
 	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&appsv1.Deployment{}: managed,
-		&corev1.Service{}:    managed,
-		&corev1.ConfigMap{}:  managed,
-		&corev1.Pod{}:        managed,
+		&appsv1.Deployment{}:            managed,
+		&corev1.Service{}:               managed,
+		&corev1.ConfigMap{}:             managed,
+		&corev1.Pod{}:                   managed,
+		&policyv1.PodDisruptionBudget{}: managed,
 	}}
 	if len(namespaces) > 0 {
 		opts.DefaultNamespaces = map[string]cache.Config{}
@@ -500,6 +537,7 @@ func (r *RKLLMModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
 		// Server pods belong to ReplicaSets, not to the model: map them by label.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToModel)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).

@@ -60,6 +60,9 @@ type observation struct {
 	mountFailures map[string]string
 	// config is the server configuration of the current spec.
 	config []byte
+	// kept is the revision recorded on the live Deployment when the model still stands
+	// for it: its pod template is applied again (nil: build the template afresh).
+	kept *revision
 	// hash is the rollout hash of the current spec; pods carrying it are current.
 	hash string
 	// blocked is set when the reconcile could not apply the spec.
@@ -122,6 +125,7 @@ func summarize(model *inferencev1alpha1.RKLLMModel, obs observation, now metav1.
 
 	report := inspectPods(obs.pods, obs.hash, obs.mountFailures, st.LastFailure, now)
 	st.LastFailure = report.failure
+	st.ModelFetches = modelFetches(model, obs.pods, obs.hash)
 	st.Model = modelDisplayName(model)
 	st.TargetPlatform = targetPlatform(model)
 	st.Selector = metav1.FormatLabelSelector(metav1.SetAsLabelSelector(selectorLabels(model)))

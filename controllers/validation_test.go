@@ -63,7 +63,10 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		}, []string{"pvc.path must be a relative path to a file inside the volume"}},
 		{"both caches", "", func(s *spec) {
 			s.Model.Cache = &inferencev1alpha1.ModelCache{EmptyDir: &inferencev1alpha1.EmptyDirCache{}, HostPath: &inferencev1alpha1.HostPathCache{}}
-		}, []string{"cache takes one of emptyDir or hostPath, not both"}},
+		}, []string{"cache takes one of node, emptyDir or hostPath"}},
+		{"node and emptyDir caches", "", func(s *spec) {
+			s.Model.Cache = &inferencev1alpha1.ModelCache{Node: &inferencev1alpha1.NodeCache{}, EmptyDir: &inferencev1alpha1.EmptyDirCache{}}
+		}, []string{"cache takes one of node, emptyDir or hostPath"}},
 		{"topP above 1", "", func(s *spec) { s.Parameters = &inferencev1alpha1.Parameters{TopP: ptr.To("1.5")} },
 			[]string{"spec.parameters.topP", `topP must be a decimal from 0 to 1 written as a string, such as "0.9"`}},
 		{"topP not a number", "", func(s *spec) { s.Parameters = &inferencev1alpha1.Parameters{TopP: ptr.To("high")} },

@@ -33,7 +33,7 @@ const (
 	DefaultLibraryPath           = "librkllmrt.so"
 	DefaultAPIKeySecretKey       = "api-key"
 	DefaultLogFormat             = "json"
-	DefaultDeviceTree            = DeviceTreeHostPath
+	DefaultDeviceTree            = DeviceTreeDevicePlugin
 	DefaultColocation            = ColocationForbidden
 	DefaultMinReplicas     int32 = 0
 	DefaultMaxReplicas     int32 = 1
@@ -195,4 +195,18 @@ func (s *ScalingSpec) GetPriority() int32 {
 		return DefaultPriority
 	}
 	return *s.Priority
+}
+
+// GetCache returns where downloads are kept: Node (the default), Pod (emptyDir) or
+// HostPath.
+func (m *ModelSource) GetCache() FetchCache {
+	switch c := m.Cache; {
+	case c == nil, c.Node != nil:
+		return FetchCacheNode
+	case c.HostPath != nil:
+		return FetchCacheHostPath
+	case c.EmptyDir != nil:
+		return FetchCachePod
+	}
+	return FetchCacheNode
 }

@@ -213,9 +213,11 @@ type ModelSource struct {
 	// +optional
 	TargetPlatform *Platform `json:"targetPlatform,omitempty"`
 
-	// cache is where downloads go: emptyDir (the default: the pod's own scratch space,
-	// downloaded again when the pod is replaced) or hostPath (a folder on the node, so a
-	// new pod on the same node does not download again).
+	// cache is where downloads go: node (the default: the node's model cache, which the
+	// device plugin mounts into NPU containers, so a file is downloaded once per node;
+	// nodes whose plugin has no cache download into the pod's own volume), emptyDir (the
+	// pod's own scratch space: downloaded again for every new pod) or hostPath (a folder on
+	// the node mounted as a hostPath volume: Pod Security baseline refuses the pod).
 	// +optional
 	Cache *ModelCache `json:"cache,omitempty"`
 }
@@ -237,18 +239,31 @@ type PVCSource struct {
 	Path string `json:"path"`
 }
 
-// ModelCache is the volume downloads are written to. At most one of emptyDir and
-// hostPath; neither means emptyDir.
-// +kubebuilder:validation:XValidation:rule="!(has(self.emptyDir) && has(self.hostPath))",message="cache takes one of emptyDir or hostPath, not both"
+// ModelCache is where downloads are written. At most one of node, emptyDir and
+// hostPath; none means node.
+// +kubebuilder:validation:XValidation:rule="(has(self.node) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) <= 1",message="cache takes one of node, emptyDir or hostPath"
 type ModelCache struct {
+	// node keeps downloads in the node's model cache (the device plugin's
+	// --model-cache-dir, mounted into NPU containers at /var/cache/rkllm): every model on
+	// the node shares it, each file is downloaded once and checked against its sha256 at
+	// every start, and the least recently used files are removed past the plugin's size
+	// limit. On a node without one the file is downloaded into the pod's own volume.
+	// +optional
+	Node *NodeCache `json:"node,omitempty"`
+
 	// emptyDir keeps downloads in the pod's scratch space.
 	// +optional
 	EmptyDir *EmptyDirCache `json:"emptyDir,omitempty"`
 
-	// hostPath keeps downloads in a folder on the node, shared by every model on it.
+	// hostPath keeps downloads in a folder on the node, mounted as a hostPath volume:
+	// the fetch runs as root and Pod Security baseline refuses the pod. Prefer node.
 	// +optional
 	HostPath *HostPathCache `json:"hostPath,omitempty"`
 }
+
+// NodeCache keeps downloads in the node's model cache. Its folder and size limit are
+// the device plugin's (set once per node, not per model).
+type NodeCache struct{}
 
 // EmptyDirCache keeps downloads in an emptyDir volume.
 type EmptyDirCache struct {
@@ -660,17 +675,21 @@ type SecretKeyRef struct {
 
 // DeviceTreeAccess is how an unprivileged server container reads the SoC identity in
 // /proc/device-tree, which container runtimes mask.
-// +kubebuilder:validation:Enum=HostPath;UnmaskedProc;None
+// +kubebuilder:validation:Enum=DevicePlugin;HostPath;UnmaskedProc;None
 type DeviceTreeAccess string
 
 const (
+	// DeviceTreeDevicePlugin leaves it to the device plugin, which mounts the node's
+	// device tree into every NPU container (its --device-tree-mount; the chart sets it):
+	// nothing in the pod spec, so the pod passes Pod Security restricted.
+	DeviceTreeDevicePlugin DeviceTreeAccess = "DevicePlugin"
 	// DeviceTreeHostPath mounts the node's /sys/firmware/devicetree/base read-only at
-	// /proc/device-tree.
+	// /proc/device-tree with a hostPath volume, which Pod Security baseline refuses.
 	DeviceTreeHostPath DeviceTreeAccess = "HostPath"
 	// DeviceTreeUnmaskedProc runs the pod in a user namespace (hostUsers: false) with an
 	// unmasked /proc (procMount: Unmasked). Needs user namespace support on the nodes.
 	DeviceTreeUnmaskedProc DeviceTreeAccess = "UnmaskedProc"
-	// DeviceTreeNone mounts nothing: the device plugin or the image provides it.
+	// DeviceTreeNone mounts nothing: the image provides it, or the runtime does without.
 	DeviceTreeNone DeviceTreeAccess = "None"
 )
 
@@ -685,9 +704,9 @@ type SecuritySpec struct {
 	Privileged *bool `json:"privileged,omitempty"`
 
 	// deviceTree is how an unprivileged server reads /proc/device-tree/compatible, which
-	// the runtime needs to detect the SoC: HostPath, UnmaskedProc or None (see the
-	// DeviceTreeAccess values). Ignored when privileged. Default HostPath.
-	// +kubebuilder:default=HostPath
+	// the runtime needs to detect the SoC: DevicePlugin, HostPath, UnmaskedProc or None
+	// (see the DeviceTreeAccess values). Ignored when privileged. Default DevicePlugin.
+	// +kubebuilder:default=DevicePlugin
 	// +optional
 	DeviceTree DeviceTreeAccess `json:"deviceTree,omitempty"`
 
@@ -808,11 +827,62 @@ type RKLLMModelStatus struct {
 	// +optional
 	LastFailure *Failure `json:"lastFailure,omitempty"`
 
+	// modelFetches says, for each server pod of the current spec that fetched its model
+	// file, where the file came from: the node's cache or a download.
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	ModelFetches []ModelFetch `json:"modelFetches,omitempty"`
+
 	// lastRequestTime is when the gateway (rkllm-gateway) last sent the model a request.
 	// The gateway writes it, at most once every 30 seconds per model, and reads it to
 	// find idle models; the operator keeps it.
 	// +optional
 	LastRequestTime *metav1.Time `json:"lastRequestTime,omitempty"`
+}
+
+// FetchResult is what a pod's model fetch did.
+// +kubebuilder:validation:Enum=CacheHit;Downloaded
+type FetchResult string
+
+const (
+	// FetchCacheHit means the file was in the cache; nothing was downloaded.
+	FetchCacheHit FetchResult = "CacheHit"
+	// FetchDownloaded means the file was downloaded.
+	FetchDownloaded FetchResult = "Downloaded"
+)
+
+// FetchCache is where a pod's model file is kept.
+// +kubebuilder:validation:Enum=Node;Pod;HostPath
+type FetchCache string
+
+const (
+	// FetchCacheNode is the node's model cache, shared by the pods of the node.
+	FetchCacheNode FetchCache = "Node"
+	// FetchCachePod is the pod's own volume (no node cache, or spec.model.cache.emptyDir).
+	FetchCachePod FetchCache = "Pod"
+	// FetchCacheHostPath is spec.model.cache.hostPath.
+	FetchCacheHostPath FetchCache = "HostPath"
+)
+
+// ModelFetch is where one server pod's model file came from.
+type ModelFetch struct {
+	// pod is the server pod.
+	Pod string `json:"pod"`
+
+	// node the pod runs on.
+	// +optional
+	Node string `json:"node,omitempty"`
+
+	// result: CacheHit (nothing downloaded) or Downloaded.
+	Result FetchResult `json:"result"`
+
+	// cache is where the file is kept: Node, Pod or HostPath.
+	Cache FetchCache `json:"cache"`
+
+	// bytes is the file's size.
+	// +optional
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // RKLLMModel is one model served by rkllm-server on Rockchip NPUs: the operator runs it

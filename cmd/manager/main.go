@@ -48,6 +48,7 @@ func main() {
 		secureMetrics, enableHTTP2, leaderElect bool
 		defaultImage, watchNamespaces           string
 		concurrency                             int
+		rollOnUpgrade                           bool
 		errorGrace                              time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443",
@@ -62,7 +63,9 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", false,
 		"Elect a leader, so only one of several manager replicas reconciles at a time.")
 	flag.StringVar(&defaultImage, "default-server-image", defaultServerImage(),
-		"Server image for models without spec.runtime.image.")
+		"Server image for models without spec.runtime.image. Running models keep the image they run until their spec changes (see --roll-on-upgrade).")
+	flag.BoolVar(&rollOnUpgrade, "roll-on-upgrade", false,
+		"Rebuild every model's pods with this operator's layout and default server image, rolling them where they differ; off: only a model's spec change rolls its pods.")
 	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces whose RKLLMModels are reconciled; all namespaces when empty.")
 	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "How many models are reconciled at once.")
@@ -77,7 +80,7 @@ func main() {
 	if err := run(runOptions{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, metricsCertPath: metricsCertPath,
 		secureMetrics: secureMetrics, enableHTTP2: enableHTTP2, leaderElect: leaderElect,
-		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency,
+		defaultImage: defaultImage, namespaces: splitList(watchNamespaces), concurrency: concurrency, rollOnUpgrade: rollOnUpgrade,
 		errorGrace: errorGrace,
 	}); err != nil {
 		log.Error(err, "manager stopped")
@@ -91,6 +94,7 @@ type runOptions struct {
 	defaultImage                            string
 	namespaces                              []string
 	concurrency                             int
+	rollOnUpgrade                           bool
 	errorGrace                              time.Duration
 }
 
@@ -135,7 +139,7 @@ func run(o runOptions) error {
 		APIReader:               mgr.GetAPIReader(),
 		Scheme:                  mgr.GetScheme(),
 		Recorder:                mgr.GetEventRecorder("rkllm-operator"),
-		Options:                 controllers.Options{DefaultImage: o.defaultImage},
+		Options:                 controllers.Options{DefaultImage: o.defaultImage, RollOnUpgrade: o.rollOnUpgrade},
 		MaxConcurrentReconciles: o.concurrency,
 		ErrorGracePeriod:        o.errorGrace,
 	}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rkllm-operator/rkllm-operator/server/filewatch/filewatchtest"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
@@ -127,6 +128,10 @@ type server struct {
 	logs   *logBuffer
 	exited chan struct{}
 	exit   error
+	// cfg is the configuration file's content; vol, with atomicConfig, is the folder
+	// that holds it, written as the kubelet writes a ConfigMap volume.
+	cfg map[string]any
+	vol *filewatchtest.AtomicDir
 }
 
 type logBuffer struct {
@@ -161,6 +166,9 @@ type serverOpts struct {
 	// wrap, when set, runs the server through this command prefix (such as a shell
 	// that lowers a limit first).
 	wrap []string
+	// atomicConfig writes the configuration file into a folder laid out like a
+	// ConfigMap volume (..data swapped by rewriteConfig).
+	atomicConfig bool
 }
 
 var (
@@ -226,7 +234,17 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	}
 	cfgPath := filepath.Join(dir, "server.json")
 	b, _ := json.Marshal(cfg)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+	s.cfg = cfg
+	if o.atomicConfig {
+		s.vol = &filewatchtest.AtomicDir{Dir: filepath.Join(dir, "etc")}
+		if err := os.Mkdir(s.vol.Dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		cfgPath = filepath.Join(s.vol.Dir, "server.json")
+		if err := s.vol.Write(map[string][]byte{"server.json": b}); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args := append(append(append([]string(nil), o.wrap...), serverBinary(t, o.race), "serve", "--config", cfgPath), o.flags...)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -281,5 +283,51 @@ func TestFetchCommand(t *testing.T) {
 		if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 || !strings.HasPrefix(last, "rkllm-server fetch: ") {
 			t.Errorf("%s: exit %v, last line %q", name, err, last)
 		}
+	}
+}
+
+// TestFetchThroughNodeCache runs `rkllm-server fetch` as two pods' init containers on one
+// node: the device plugin's variables point it at the node's cache, the first pod
+// downloads, the second finds the file there (one GET in all), and each reports what it
+// did in its termination message (--result-file) for the operator's status.
+func TestFetchThroughNodeCache(t *testing.T) {
+	data := bytes.Repeat([]byte("RKLLMSIM model bytes "), 5000)
+	sum := sha256.Sum256(data)
+	var gets atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+		}
+		http.ServeContent(w, r, "model.rkllm", time.Unix(0, 0), bytes.NewReader(data))
+	}))
+	defer ts.Close()
+	cache := t.TempDir()
+	for pod, want := range []string{"Downloaded", "CacheHit"} {
+		dir := t.TempDir()
+		dest, result := filepath.Join(dir, "models", "abc-model.rkllm"), filepath.Join(dir, "termination-log")
+		cmd := exec.CommandContext(context.Background(), serverBin, "fetch", "--url", ts.URL+"/model.rkllm", "--dest", dest,
+			"--sha256", hex.EncodeToString(sum[:]), "--result-file", result)
+		cmd.Env = append(os.Environ(), "RKNPU_MODEL_CACHE="+cache, "RKNPU_MODEL_CACHE_MAX_BYTES=1000000")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("pod %d: fetch: %v\n%s", pod, err, out)
+		}
+		var outcome struct {
+			Result    string `json:"result"`
+			NodeCache bool   `json:"nodeCache"`
+			File      string `json:"file"`
+		}
+		b, err := os.ReadFile(result)
+		if err != nil || json.Unmarshal(b, &outcome) != nil {
+			t.Fatalf("pod %d: result file %q: %v", pod, b, err)
+		}
+		if outcome.Result != want || !outcome.NodeCache || outcome.File != filepath.Join(cache, "abc-model.rkllm") {
+			t.Errorf("pod %d: outcome %s, want %s from the node cache", pod, b, want)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
+			t.Errorf("pod %d: %s does not hold the model", pod, dest)
+		}
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("%d GETs for two pods of one node, want 1", n)
 	}
 }

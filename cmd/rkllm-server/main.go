@@ -5,12 +5,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/fetch"
+	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
 	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
@@ -172,15 +175,18 @@ func runRenderer() int {
 }
 
 func runFetch(args []string) int {
-	var o fetch.Options
+	var o modelcache.Options
 	fs := pflag.NewFlagSet("fetch", pflag.ContinueOnError)
-	fs.StringVar(&o.URL, "url", "", "http(s) URL of the file.")
-	fs.StringVar(&o.Dest, "dest", "", "File to write (atomically; a .part file holds a partial download).")
-	fs.StringVar(&o.SHA256, "sha256", "", "Expected SHA-256 (hex); the download fails when it differs.")
-	fs.IntVar(&o.Attempts, "attempts", 5, "Attempts for transient failures.")
-	fs.DurationVar(&o.ProgressEvery, "progress-interval", 0, "Interval of progress log lines (default 5s).")
-	fs.Int64Var(&o.MaxSize, "max-size", fetch.DefaultMaxSize, "Largest file accepted, in bytes; a server that announces or sends more is refused.")
-	fs.BoolVar(&o.AllowInsecureRedirect, "allow-insecure-redirect", false, "Follow redirects from https to plain http (refused by default: anyone on the way could change the file).")
+	fs.StringVar(&o.Fetch.URL, "url", "", "http(s) URL of the file.")
+	fs.StringVar(&o.Fetch.Dest, "dest", "", "File to write (atomically; a .part file holds a partial download); with a cache, a link to the cached file.")
+	fs.StringVar(&o.Fetch.SHA256, "sha256", "", "Expected SHA-256 (hex); the download fails when it differs.")
+	fs.IntVar(&o.Fetch.Attempts, "attempts", 5, "Attempts for transient failures.")
+	fs.DurationVar(&o.Fetch.ProgressEvery, "progress-interval", 0, "Interval of progress log lines (default 5s).")
+	fs.Int64Var(&o.Fetch.MaxSize, "max-size", fetch.DefaultMaxSize, "Largest file accepted, in bytes; a server that announces or sends more is refused.")
+	fs.BoolVar(&o.Fetch.AllowInsecureRedirect, "allow-insecure-redirect", false, "Follow redirects from https to plain http (refused by default: anyone on the way could change the file).")
+	fs.StringVar(&o.Dir, "cache-dir", os.Getenv(modelcache.EnvDir), "The node's model cache folder, shared by the pods of the node (default $"+modelcache.EnvDir+", which the device plugin sets); empty downloads to --dest.")
+	maxBytes := fs.String("cache-max-bytes", os.Getenv(modelcache.EnvMaxBytes), "Size limit of --cache-dir in bytes: least recently used files are removed past it (default $"+modelcache.EnvMaxBytes+"); 0 or empty: none.")
+	resultFile := fs.String("result-file", "", "File to write the outcome to as JSON (the operator uses /dev/termination-log); empty for none.")
 	logFormat := fs.String("log-format", config.LogJSON, "Log format: json or text.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -189,10 +195,28 @@ func runFetch(args []string) int {
 		fmt.Fprintln(os.Stderr, "rkllm-server fetch:", err)
 		return 2
 	}
+	if *maxBytes != "" {
+		n, err := strconv.ParseInt(*maxBytes, 10, 64)
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "rkllm-server fetch: --cache-max-bytes %q: must be a number of bytes\n", *maxBytes)
+			return 2
+		}
+		o.MaxBytes = n
+	}
 	o.Log = newLogger(os.Stderr, *logFormat, 0)
-	if err := fetch.Fetch(signalContext(o.Log), o); err != nil {
+	o.Fetch.Log = o.Log
+	out, err := modelcache.Fetch(signalContext(o.Log), o)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "rkllm-server fetch:", err)
 		return 1
+	}
+	o.Log.Info("model file ready", "result", out.Result, "node_cache", out.NodeCache, "file", out.File, "bytes", out.Bytes)
+	if *resultFile != "" {
+		b, _ := json.Marshal(out)
+		if err := os.WriteFile(*resultFile, b, 0o644); err != nil { //nolint:gosec // read by the kubelet
+			fmt.Fprintln(os.Stderr, "rkllm-server fetch: writing --result-file:", err)
+			return 1
+		}
 	}
 	return 0
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/resource"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/cdi"
@@ -50,6 +51,8 @@ type Options struct {
 	CDISpecDir       string
 	NodeLabels       string
 	MetricsAddr      string
+	ModelCacheDir    string
+	ModelCacheSize   string
 }
 
 // DefaultOptions returns the defaults the flags document.
@@ -80,6 +83,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CDISpecDir, "cdi-spec-dir", o.CDISpecDir, "Folder for the CDI spec (with --cdi).")
 	fs.StringVar(&o.NodeLabels, "node-labels", o.NodeLabels, "Path of a node-feature-discovery local features file to write ("+nodelabels.DefaultPath+" for nfd-worker's default); empty to write none.")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address for Prometheus metrics on /metrics; empty to disable.")
+	fs.StringVar(&o.ModelCacheDir, "model-cache-dir", o.ModelCacheDir, "Host folder of the node's model cache, mounted writable at "+npu.ModelCacheContainerPath+" into every NPU container (created under --root with mode 1777 when missing), so each model file is downloaded once per node; empty for none.")
+	fs.StringVar(&o.ModelCacheSize, "model-cache-max-size", o.ModelCacheSize, "Size limit of the model cache, such as 20Gi: past it the least recently used files not in use are removed; empty or 0 for none.")
 }
 
 // config is Options checked and parsed.
@@ -124,6 +129,9 @@ func (o Options) check() (config, error) {
 	mounts, mountErrs := o.checkMounts()
 	c.npu.Mounts = mounts
 	errs = append(errs, mountErrs...)
+	var cacheErr error
+	c.npu.ModelCache, cacheErr = o.checkModelCache()
+	errs = append(errs, cacheErr)
 	if o.CDI && !filepath.IsAbs(o.CDISpecDir) {
 		errs = append(errs, fmt.Errorf("--cdi-spec-dir %q must be an absolute path", o.CDISpecDir))
 	}
@@ -158,6 +166,46 @@ func (o Options) checkMounts() ([]npu.Mount, []error) {
 	return mounts, errs
 }
 
+// checkModelCache validates --model-cache-dir and --model-cache-max-size.
+func (o Options) checkModelCache() (*npu.ModelCache, error) {
+	if o.ModelCacheDir == "" {
+		if o.ModelCacheSize != "" {
+			return nil, errors.New("--model-cache-max-size needs --model-cache-dir")
+		}
+		return nil, nil
+	}
+	if !filepath.IsAbs(o.ModelCacheDir) {
+		return nil, fmt.Errorf("--model-cache-dir %q must be an absolute host path", o.ModelCacheDir)
+	}
+	c := &npu.ModelCache{HostPath: filepath.Clean(o.ModelCacheDir)}
+	if o.ModelCacheSize != "" {
+		q, err := resource.ParseQuantity(o.ModelCacheSize)
+		if err != nil || q.Sign() < 0 {
+			return nil, fmt.Errorf("--model-cache-max-size %q: want a size such as 20Gi", o.ModelCacheSize)
+		}
+		c.MaxBytes = q.Value()
+	}
+	return c, nil
+}
+
+// ModelCacheMode is the mode of the model cache folder: everyone may add files (pods
+// run as any user), only a file's owner may remove it (like /tmp).
+const ModelCacheMode = os.ModeSticky | 0o777
+
+// prepareModelCache creates the cache folder on the host (under root) with
+// ModelCacheMode, or gives an existing one that mode, so the kubelet's mount finds it and
+// non-root pods can write to it.
+func prepareModelCache(root string, c *npu.ModelCache) error {
+	dir := filepath.Join(root, c.HostPath)
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // chmod below
+		return fmt.Errorf("--model-cache-dir: %w", err)
+	}
+	if err := os.Chmod(dir, ModelCacheMode); err != nil {
+		return fmt.Errorf("--model-cache-dir: %w", err)
+	}
+	return nil
+}
+
 func existsUnder(root, hostPath string) bool {
 	_, err := os.Stat(filepath.Join(root, hostPath))
 	return err == nil
@@ -170,6 +218,11 @@ func Run(ctx context.Context, o Options, log logr.Logger) error {
 	cfg, err := o.check()
 	if err != nil {
 		return err
+	}
+	if c := cfg.npu.ModelCache; c != nil {
+		if err := prepareModelCache(cfg.npu.Root, c); err != nil {
+			return err
+		}
 	}
 	m := metrics.New(func() ([]int, error) { return discovery.ReadLoad(cfg.npu.Root) })
 
@@ -192,7 +245,8 @@ func Run(ctx context.Context, o Options, log logr.Logger) error {
 	}
 
 	log.Info("starting", "root", cfg.npu.Root, "kubeletDir", cfg.kubeletDir, "mode", cfg.npu.Mode,
-		"minDriverVersion", cfg.npu.MinDriverVersion.String(), "socs", cfg.npu.ServedSoCs, "cdi", cfg.npu.CDI, "nodeLabels", cfg.labelsPath, "metricsAddr", cfg.metricsAddr)
+		"minDriverVersion", cfg.npu.MinDriverVersion.String(), "socs", cfg.npu.ServedSoCs, "cdi", cfg.npu.CDI, "nodeLabels", cfg.labelsPath, "metricsAddr", cfg.metricsAddr,
+		"modelCacheDir", o.ModelCacheDir, "modelCacheMaxSize", o.ModelCacheSize)
 	// The first inventory is applied before serving, so the kubelet's first ListAndWatch
 	// already has the units.
 	inventories := make(chan discovery.Inventory)

@@ -205,6 +205,8 @@ func TestCoresModeWithMounts(t *testing.T) {
 		}
 		o.RuntimeLibMount = "/usr/lib/librkllmrt.so"
 		o.DeviceTreeMount = "/run/rknpu/device-tree"
+		o.ModelCacheDir = "/var/lib/rkllm/cache"
+		o.ModelCacheSize = "20Gi"
 		o.CDI = false
 	})
 	reg := h.kubelet.WaitRegistration(t, registerTimeout)
@@ -230,14 +232,20 @@ func TestCoresModeWithMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := resp.ContainerResponses[0]
-	if c.Envs["RKNPU_CORE_MASK"] != "0x5" || c.Envs["RKNPU_UNIT_IDS"] != "npu0-core0,npu0-core2" {
+	if c.Envs["RKNPU_CORE_MASK"] != "0x5" || c.Envs["RKNPU_UNIT_IDS"] != "npu0-core0,npu0-core2" ||
+		c.Envs["RKNPU_MODEL_CACHE"] != "/var/cache/rkllm" || c.Envs["RKNPU_MODEL_CACHE_MAX_BYTES"] != "21474836480" {
 		t.Errorf("envs = %v", c.Envs)
+	}
+	// The cache folder was made on the host, writable by the pods' users like /tmp.
+	if fi, err := os.Stat(filepath.Join(root, "var/lib/rkllm/cache")); err != nil || fi.Mode()&os.ModePerm != 0o777 || fi.Mode()&os.ModeSticky == 0 {
+		t.Errorf("model cache folder: %v %v, want a folder with mode 1777", fi, err)
 	}
 	var mounts []string
 	for _, m := range c.Mounts {
 		mounts = append(mounts, m.HostPath+"->"+m.ContainerPath+map[bool]string{true: ":ro", false: ":rw"}[m.ReadOnly])
 	}
-	want := []string{"/usr/lib/librkllmrt.so->/usr/lib/librkllmrt.so:ro", "/sys/firmware/devicetree/base->/run/rknpu/device-tree:ro"}
+	want := []string{"/usr/lib/librkllmrt.so->/usr/lib/librkllmrt.so:ro", "/sys/firmware/devicetree/base->/run/rknpu/device-tree:ro",
+		"/var/lib/rkllm/cache->/var/cache/rkllm:rw"}
 	if !reflect.DeepEqual(mounts, want) {
 		t.Errorf("mounts = %v, want %v", mounts, want)
 	}
@@ -255,6 +263,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 	opts.MinDriverVersion = "new"
 	opts.RuntimeLibMount = "/usr/lib/librkllmrt.so"
 	opts.NodeLabels = "labels.txt"
+	opts.ModelCacheDir = "cache"
 	err := daemon.Run(context.Background(), opts, testr.New(t))
 	if err == nil {
 		t.Fatal("Run accepted bad options")
@@ -265,9 +274,24 @@ func TestRunRejectsBadOptions(t *testing.T) {
 		`--min-driver-version: version "new"`,
 		"--runtime-lib-mount: /usr/lib/librkllmrt.so does not exist on the host (looked under --root " + root,
 		`--node-labels "labels.txt" must be an absolute path`,
+		`--model-cache-dir "cache" must be an absolute host path`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestModelCacheSizeNeedsAFolder(t *testing.T) {
+	for _, tt := range []struct{ dir, size, want string }{
+		{"", "20Gi", "--model-cache-max-size needs --model-cache-dir"},
+		{"/var/lib/rkllm/cache", "lots", `--model-cache-max-size "lots": want a size such as 20Gi`},
+	} {
+		opts := daemon.DefaultOptions()
+		opts.Root = t.TempDir()
+		opts.ModelCacheDir, opts.ModelCacheSize = tt.dir, tt.size
+		if err := daemon.Run(context.Background(), opts, testr.New(t)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("--model-cache-dir %q --model-cache-max-size %q: %v, want %q", tt.dir, tt.size, err, tt.want)
 		}
 	}
 }

@@ -50,7 +50,14 @@ const (
 	EnvCoreMask      = "RKNPU_CORE_MASK"
 	EnvDriverVersion = "RKNPU_DRIVER_VERSION"
 	EnvUnitIDs       = "RKNPU_UNIT_IDS"
+	// EnvModelCache and EnvModelCacheMaxBytes are set with a model cache: the folder in
+	// the container and its size limit in bytes (rkllm-server fetch reads both).
+	EnvModelCache         = "RKNPU_MODEL_CACHE"
+	EnvModelCacheMaxBytes = "RKNPU_MODEL_CACHE_MAX_BYTES"
 )
+
+// ModelCacheContainerPath is where NPU containers get the node's model cache.
+const ModelCacheContainerPath = "/var/cache/rkllm"
 
 // Unit is one advertised device.
 type Unit struct {
@@ -141,9 +148,11 @@ func Health(inv discovery.Inventory, minDriver discovery.Version) (healthy bool,
 	return true, ""
 }
 
-// Mount is a read-only host path given to every container that gets NPU units.
+// Mount is a host path given to every container that gets NPU units, read-only unless
+// Writable.
 type Mount struct {
 	HostPath, ContainerPath string
+	Writable                bool
 }
 
 // ParseMount reads HOST[:CONTAINER]; CONTAINER defaults to HOST. Both must be absolute.
@@ -167,6 +176,19 @@ type AllocateConfig struct {
 	// CDI adds the units' CDI device names (rockchip.com/npu=ID); the CDI spec must be
 	// written for them (package cdi).
 	CDI bool
+	// ModelCache, when set, is the node's model cache given to every container.
+	ModelCache *ModelCache
+}
+
+// ModelCache is a host folder where rkllm-server fetch keeps model files for every NPU
+// pod of the node, so each file is downloaded once per node. It reaches the containers
+// as an Allocate mount (writable), not as a hostPath volume in the pod spec, so model pods
+// pass Pod Security baseline and restricted.
+type ModelCache struct {
+	// HostPath is the folder on the node.
+	HostPath string
+	// MaxBytes bounds the folder (least recently used files are removed); 0 for none.
+	MaxBytes int64
 }
 
 // ContainerResponse is what a container gets for units: every device node as a device
@@ -197,7 +219,12 @@ func ContainerResponse(inv discovery.Inventory, units []Unit, cfg AllocateConfig
 		resp.Devices = append(resp.Devices, &pluginapi.DeviceSpec{ContainerPath: n, HostPath: n, Permissions: "rw"})
 	}
 	for _, m := range cfg.Mounts {
-		resp.Mounts = append(resp.Mounts, &pluginapi.Mount{ContainerPath: m.ContainerPath, HostPath: m.HostPath, ReadOnly: true})
+		resp.Mounts = append(resp.Mounts, &pluginapi.Mount{ContainerPath: m.ContainerPath, HostPath: m.HostPath, ReadOnly: !m.Writable})
+	}
+	if c := cfg.ModelCache; c != nil {
+		resp.Mounts = append(resp.Mounts, &pluginapi.Mount{ContainerPath: ModelCacheContainerPath, HostPath: c.HostPath})
+		resp.Envs[EnvModelCache] = ModelCacheContainerPath
+		resp.Envs[EnvModelCacheMaxBytes] = strconv.FormatInt(c.MaxBytes, 10)
 	}
 	if cfg.CDI {
 		for _, id := range unitIDs(units) {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -112,6 +113,8 @@ type Serve struct {
 	LogLevel  string
 
 	fs *pflag.FlagSet
+	// args are the command-line arguments Parse got, for Reload.
+	args []string
 }
 
 // paramFlags are the flags that map to RKLLMParam fields.
@@ -211,8 +214,21 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LogLevel, "log-level", "info", "Log level: error, info, debug, or a verbosity number (1 = debug).")
 }
 
+// retunableFlags are the options a running server takes from a changed configuration
+// file without a restart: the sampling defaults and max_new_tokens, which runtime ABI
+// 1.3 takes per run.
+var retunableFlags = []string{
+	"max-new-tokens", "top-k", "top-p", "temperature", "repeat-penalty", "frequency-penalty",
+	"presence-penalty", "mirostat", "mirostat-tau", "mirostat-eta",
+}
+
+// RetunableFlags lists the options a running server takes from a changed configuration
+// file (with runtime ABI 1.3); every other change needs a restart.
+func RetunableFlags() []string { return append([]string(nil), retunableFlags...) }
+
 // Parse parses args, then the configuration file for the flags args did not set.
 func (o *Serve) Parse(args []string) error {
+	o.args = append([]string(nil), args...)
 	if err := o.fs.Parse(args); err != nil {
 		return err
 	}
@@ -225,6 +241,32 @@ func (o *Serve) Parse(args []string) error {
 		}
 	}
 	return o.Validate()
+}
+
+// Reload parses the same command line again with the configuration file as it is now,
+// into a new Serve: the running server's view of a changed file.
+func (o *Serve) Reload() (*Serve, error) {
+	n := &Serve{}
+	fs := pflag.NewFlagSet(o.fs.Name(), pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	n.BindFlags(fs)
+	if err := n.Parse(o.args); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// ChangedFlags lists the options whose value, or whether they are set at all (a
+// runtime default against an explicit value), differs between o and n, in name order.
+func (o *Serve) ChangedFlags(n *Serve) []string {
+	var out []string
+	o.fs.VisitAll(func(f *pflag.Flag) {
+		g := n.fs.Lookup(f.Name)
+		if g == nil || f.Value.String() != g.Value.String() || f.Changed != g.Changed {
+			out = append(out, f.Name)
+		}
+	})
+	return out
 }
 
 // applyFile sets, from the file, every flag the command line left unset.
@@ -585,14 +627,24 @@ func (o *Serve) APIKeys() ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}
+	keys, err := ParseAPIKeys(b)
+	if err != nil {
+		return nil, fmt.Errorf("--api-key-file %s: %w", o.APIKeyFile, err)
+	}
+	return keys, nil
+}
+
+// ParseAPIKeys returns the keys in the content of an API key file: one a line, blank
+// lines and lines starting with # ignored, surrounding white space removed.
+func ParseAPIKeys(content []byte) ([]string, error) {
 	var keys []string
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(string(content), "\n") {
 		if key := strings.TrimSpace(line); key != "" && !strings.HasPrefix(key, "#") {
 			keys = append(keys, key)
 		}
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("--api-key-file %s holds no key", o.APIKeyFile)
+		return nil, errors.New("the file holds no key")
 	}
 	return keys, nil
 }

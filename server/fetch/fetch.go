@@ -96,6 +96,12 @@ func (e *permanentError) Unwrap() error { return e.err }
 // ErrChecksum is wrapped by the error for a download whose SHA-256 is not the one asked.
 var ErrChecksum = errors.New("sha256 mismatch")
 
+// Result says what Fetch did.
+type Result struct {
+	// UpToDate is true when Dest already held the file and nothing was downloaded.
+	UpToDate bool
+}
+
 // downloader is one Fetch: its options and what earlier attempts learned.
 type downloader struct {
 	*Options
@@ -111,25 +117,25 @@ type downloader struct {
 // sends is installed unless it is whole: the size the server announced (or, when it
 // announced none, a protocol-marked end or the checksum), within MaxSize, and the
 // SHA-256 when one is given. Its errors are one line a user can act on.
-func Fetch(ctx context.Context, o Options) error {
+func Fetch(ctx context.Context, o Options) (Result, error) {
 	o.setDefaults()
 	want, err := o.check()
 	if err != nil {
-		return err
+		return Result{}, err
 	}
 	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil { //nolint:gosec // the model folder is shared with the server container
-		return fmt.Errorf("create the folder of %s: %w", o.Dest, err)
+		return Result{}, fmt.Errorf("create the folder of %s: %w", o.Dest, err)
 	}
 	lock, err := AcquireLock(ctx, o.Dest, o.LockRetry, o.Log)
 	if err != nil {
-		return err
+		return Result{}, err
 	}
 	defer func() { _ = lock.Unlock() }()
 	d := &downloader{Options: &o, want: want, part: o.Dest + ".part", size: -1}
 	if done, err := d.upToDate(ctx); err != nil || done {
-		return err
+		return Result{UpToDate: done}, err
 	}
-	return d.loop(ctx)
+	return Result{}, d.loop(ctx)
 }
 
 // check validates the options and returns the wanted digest in lower case.

@@ -80,7 +80,8 @@ func run(t *testing.T, o Options) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return Fetch(ctx, o)
+	_, err := Fetch(ctx, o)
+	return err
 }
 
 func checkFile(t *testing.T, path string, want []byte) {
@@ -232,7 +233,7 @@ func TestBadArguments(t *testing.T) {
 		{Options{URL: "http://x/y"}, "--dest is required"},
 		{Options{URL: "http://x/y", Dest: "/tmp/x", SHA256: "abc"}, "64 hex digits"},
 	} {
-		if err := Fetch(context.Background(), tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, err := Fetch(context.Background(), tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Fetch(%+v) = %v, want %q", tt.o, err, tt.want)
 		}
 	}

@@ -66,7 +66,7 @@ type Options struct {
 	// APIKeys, when set, are the bearer tokens /rpc accepts (health and metrics stay
 	// open, for the kubelet and Prometheus). The key a request presents also owns the
 	// runs it starts: rkllm.abort over HTTP stops a run only for a caller that names
-	// its request_id and presents the same key.
+	// its request_id and presents the same key. SetAPIKeys replaces them while serving.
 	APIKeys []string
 	// MaxRequestBytes bounds a request body on every path, /v1/ included (16 MiB); on
 	// /rpc a larger one gets 413 and -32008.
@@ -109,6 +109,8 @@ type Server struct {
 	mux    *http.ServeMux
 	srv    *http.Server
 	probes *http.Server // the probe listener's (ServeProbes)
+	// apiKeys are the keys requests may carry now (none: no key needed).
+	apiKeys atomic.Pointer[[]string]
 }
 
 // New returns a server for d.
@@ -132,6 +134,7 @@ func New(d *jsonrpc.Dispatcher, opts Options) *Server {
 		opts.WriteTimeout = 30 * time.Second
 	}
 	s := &Server{d: d, opts: opts, mux: http.NewServeMux()}
+	s.SetAPIKeys(opts.APIKeys)
 	s.mux.HandleFunc("/rpc", s.serveRPC)
 	s.mux.HandleFunc("GET /livez", s.livez)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
@@ -294,6 +297,13 @@ func (s *Server) RequireAPIKey(h http.Handler, denied http.HandlerFunc) http.Han
 	})
 }
 
+// SetAPIKeys makes keys the bearer tokens requests need from now on (the key file
+// changed); a request already admitted keeps running. None requires no key.
+func (s *Server) SetAPIKeys(keys []string) {
+	keys = append([]string(nil), keys...)
+	s.apiKeys.Store(&keys)
+}
+
 // Listen opens the listen address.
 func (s *Server) Listen() (net.Listener, error) { return ListenTCP(s.opts.Addr) }
 
@@ -409,7 +419,8 @@ func (s *Server) authorized(r *http.Request) bool {
 // a digest of the key presented (never the key, which could reach a log), so a run is
 // bound to its key.
 func (s *Server) caller(r *http.Request) (owner string, ok bool) {
-	if len(s.opts.APIKeys) == 0 {
+	keys := *s.apiKeys.Load()
+	if len(keys) == 0 {
 		return Transport, true
 	}
 	token, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -418,7 +429,7 @@ func (s *Server) caller(r *http.Request) (owner string, ok bool) {
 	}
 	token = strings.TrimSpace(token)
 	match := -1
-	for i, key := range s.opts.APIKeys {
+	for i, key := range keys {
 		// Every key is compared, so the time taken does not tell which one matched.
 		if subtle.ConstantTimeCompare([]byte(token), []byte(key)) == 1 {
 			match = i
@@ -427,7 +438,7 @@ func (s *Server) caller(r *http.Request) (owner string, ok bool) {
 	if match < 0 {
 		return "", false
 	}
-	sum := sha256.Sum256([]byte(s.opts.APIKeys[match]))
+	sum := sha256.Sum256([]byte(keys[match]))
 	return Transport + "/key-" + hex.EncodeToString(sum[:8]), true
 }
 

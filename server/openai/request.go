@@ -435,24 +435,11 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 			return unsupported(where+"."+u.key, "%s.%s is not supported by this server: %s.", where, u.key, u.why)
 		}
 	}
-	var role string
-	if err := decodeRaw(w.Role, at("role"), &role, "a string"); err != nil {
+	role, err := decodeRole(w.Role, i)
+	if err != nil {
 		return err
 	}
-	switch role {
-	case "developer", chattemplate.RoleSystem:
-		msg.Role = chattemplate.RoleSystem
-	case chattemplate.RoleUser:
-		msg.Role = chattemplate.RoleUser
-	case chattemplate.RoleAssistant:
-		msg.Role = chattemplate.RoleAssistant
-	case chattemplate.RoleTool:
-		msg.Role = chattemplate.RoleTool
-	case "":
-		return invalid(at("role")(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
-	default:
-		return invalid(at("role")(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
-	}
+	msg.Role = role
 	if err := decodeRaw(w.Name, at("name"), &msg.Name, "a string"); err != nil {
 		return err
 	}
@@ -464,7 +451,11 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 	if err := decodeMessageTools(&w, i, msg, pay); err != nil {
 		return err
 	}
-	where := messagePath(i)
+	return messageNoNUL(msg, messagePath(i))
+}
+
+// messageNoNUL refuses a message whose text members hold a NUL character.
+func messageNoNUL(msg *chattemplate.Message, where string) *Error {
 	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
 		if err := noNUL(where+f.param, f.v); err != nil {
 			return err
@@ -476,6 +467,29 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 		}
 	}
 	return nil
+}
+
+// decodeRole reads message i's role; "developer" is a system message.
+func decodeRole(raw json.RawMessage, i int) (string, *Error) {
+	param := func() string { return messagePath(i) + ".role" }
+	var role string
+	if err := decodeRaw(raw, param, &role, "a string"); err != nil {
+		return "", err
+	}
+	switch role {
+	case "developer", chattemplate.RoleSystem:
+		return chattemplate.RoleSystem, nil
+	case chattemplate.RoleUser:
+		return chattemplate.RoleUser, nil
+	case chattemplate.RoleAssistant:
+		return chattemplate.RoleAssistant, nil
+	case chattemplate.RoleTool:
+		return chattemplate.RoleTool, nil
+	case "":
+		return "", invalid(param(), "missing_required_parameter", "Missing required parameter: '%s.role'.", messagePath(i))
+	default:
+		return "", invalid(param(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
+	}
 }
 
 // noNUL refuses a string that would reach the runtime with a NUL character: the

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"time"
 
@@ -19,13 +21,16 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/filewatch"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
+	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/openai"
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/socketapi"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 	"github.com/rkllm-operator/rkllm-operator/server/templatehost"
@@ -69,7 +74,8 @@ func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) er
 	if err := a.listen(); err != nil {
 		return err
 	}
-	if err := a.start(opts); err != nil {
+	loras, _ := o.LoraAdapters() // build checked them
+	if err := a.start(opts, loras); err != nil {
 		return err
 	}
 	var failed error
@@ -105,6 +111,13 @@ type app struct {
 	serveErr chan error
 	// templates renders --chat-template-file in renderer processes (nil without one).
 	templates *templatehost.Host
+	// watchers follow the API key and configuration files; closed at shutdown.
+	watchers []*filewatch.Watcher
+	// seen is the configuration as last read from the file (the config watcher's
+	// goroutine only).
+	seen *config.Serve
+	// pins keep the model files from being evicted from the node's cache while served.
+	pins []*os.File
 }
 
 // build creates the parts without starting anything.
@@ -145,7 +158,7 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		}
 		supOpts.Model = spec
 	}
-	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), metrics: m, serveErr: make(chan error, 3)}
+	a := &app{o: o, log: log, sup: supervisor.New(supOpts), d: jsonrpc.NewDispatcher(log.WithName("jsonrpc"), m), metrics: m, serveErr: make(chan error, 3), seen: o}
 	a.d.SetLimits(jsonrpc.Limits{
 		MaxDepth: o.MaxJSONDepth, MaxStringBytes: o.MaxStringBytes, MaxArrayLen: o.MaxArrayLen, MaxBatch: o.MaxBatch,
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
@@ -247,9 +260,9 @@ func (a *app) listen() (err error) {
 }
 
 // start checks the chat template (a Jinja file must render a test conversation within
-// its bounds, or the server does not start), starts the supervisor and serves on the
-// listeners.
-func (a *app) start(opts Options) error {
+// its bounds, or the server does not start), starts the supervisor and the file
+// watchers, and serves on the listeners.
+func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
 	if a.templates != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), a.o.WorkerStartTimeout+a.o.ChatTemplateTimeout)
 		err := a.templates.Start(ctx)
@@ -262,6 +275,10 @@ func (a *app) start(opts Options) error {
 	if err := a.sup.Start(); err != nil {
 		return err
 	}
+	if err := a.watch(); err != nil {
+		return err
+	}
+	a.pin(loras)
 	var addr net.Addr
 	if a.httpLn != nil {
 		go func() { a.serveErr <- a.httpSrv.Serve(a.httpLn) }()
@@ -290,6 +307,14 @@ func (a *app) start(opts Options) error {
 // (or aborts it after --shutdown-timeout) and stops the worker, then the transports
 // flush their last responses and close.
 func (a *app) shutdown() error {
+	for _, w := range a.watchers {
+		_ = w.Close()
+	}
+	defer func() {
+		for _, f := range a.pins {
+			_ = f.Close()
+		}
+	}()
 	a.d.Drain()
 	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
@@ -329,4 +354,109 @@ func (a *app) shutdown() error {
 		}
 	}
 	return nil
+}
+
+// watch follows the API key file and the configuration file, so a rotated key and
+// changed sampling defaults take effect without a restart (docs/server.md, "Changes
+// while running"). Kubernetes updates both through a symlink swap, which filewatch
+// follows.
+func (a *app) watch() error {
+	if a.httpSrv != nil && a.o.APIKeyFile != "" {
+		w, first, err := filewatch.New(a.o.APIKeyFile, filewatch.Options{Log: a.log}, a.apiKeyChanged)
+		if err != nil {
+			return fmt.Errorf("--api-key-file: %w", err)
+		}
+		a.watchers = append(a.watchers, w)
+		// The key may have changed since build read it.
+		a.apiKeyChanged(first)
+	}
+	if a.o.ConfigFile != "" {
+		w, _, err := filewatch.New(a.o.ConfigFile, filewatch.Options{Log: a.log}, func([]byte) { a.configChanged() })
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		a.watchers = append(a.watchers, w)
+	}
+	return nil
+}
+
+// apiKeyChanged puts the file's keys in force; requests with a key no longer in it get
+// 401 from now on. A file that is empty or holds no key keeps the previous keys:
+// locking every client out because of a half-written file would be worse.
+func (a *app) apiKeyChanged(content []byte) {
+	keys, err := config.ParseAPIKeys(content)
+	if err != nil {
+		a.log.Error(err, "the API key file changed but holds no key; keeping the previous keys", "file", a.o.APIKeyFile)
+		return
+	}
+	a.httpSrv.SetAPIKeys(keys)
+	a.log.Info("API key file read; requests need one of its keys from now on", "file", a.o.APIKeyFile, "keys", len(keys))
+}
+
+// reloadTimeout bounds waiting for the worker's defaults when the configuration changes
+// before the first worker started.
+const reloadTimeout = time.Minute
+
+// configChanged reads the changed configuration file: the sampling defaults and
+// max_new_tokens take effect at once (runtime ABI 1.3); any other change is logged as
+// waiting for a restart. An invalid file changes nothing.
+func (a *app) configChanged() {
+	n, err := a.seen.Reload()
+	if err != nil {
+		a.log.Error(err, "the configuration file changed but is invalid; nothing changed", "file", a.o.ConfigFile)
+		return
+	}
+	changed := a.seen.ChangedFlags(n)
+	a.seen = n
+	var retune, restart []string
+	for _, name := range changed {
+		if slices.Contains(config.RetunableFlags(), name) {
+			retune = append(retune, name)
+		} else {
+			restart = append(restart, name)
+		}
+	}
+	if len(restart) > 0 {
+		a.log.Info("the configuration file changed options that take effect at the next restart", "options", restart)
+	}
+	if len(retune) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
+	defer cancel()
+	defaults, _, err := a.sup.Defaults(ctx)
+	if err != nil {
+		a.log.Error(err, "cannot apply the changed sampling defaults", "options", retune)
+		return
+	}
+	p := n.ModelParam(defaults)
+	switch err := a.sup.Retune(supervisor.SamplingOf(p), p.MaxNewTokens); {
+	case errors.Is(err, supervisor.ErrNeedsReload):
+		a.log.Info("the configuration file changed sampling options that take effect at the next restart", "options", retune, "reason", err.Error())
+	case err != nil:
+		a.log.Error(err, "cannot apply the changed sampling defaults", "options", retune)
+	default:
+		a.log.Info("sampling defaults changed; runs that do not set their own use them", "options", retune)
+	}
+}
+
+// pin holds a shared lock on each model file the configuration names, so another pod's
+// fetch does not evict it from the node's model cache while this server may load it again
+// (after a worker restart). A file that is not there is left to the model load to report.
+func (a *app) pin(loras []runtime.LoraAdapter) {
+	paths := []string{a.o.Model, a.o.PromptCache}
+	for _, l := range loras {
+		paths = append(paths, l.Path)
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		f, err := modelcache.Pin(p)
+		if err != nil {
+			a.log.V(1).Info("cannot pin a model file in the cache", "file", p, "error", err.Error())
+			continue
+		}
+		a.pins = append(a.pins, f)
+	}
 }

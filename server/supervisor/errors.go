@@ -28,6 +28,9 @@ var (
 	ErrCrashed = errors.New("runtime crashed")
 	// ErrNoSuchRequest: rkllm.abort named a request the caller does not have.
 	ErrNoSuchRequest = errors.New("no such request")
+	// ErrNeedsReload: Retune on a runtime that takes sampling only when the model
+	// loads (a restart of the server applies the change).
+	ErrNeedsReload = errors.New("the runtime takes this only when the model loads")
 	// ErrTooLarge: a request does not fit in one frame of the worker protocol (the
 	// worker is unharmed). A run whose result does not fit fails with a
 	// *workerproto.ResultTooLargeError instead.

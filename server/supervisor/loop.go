@@ -258,6 +258,7 @@ func (s *Supervisor) load(p *proc) error {
 	}
 	s.mu.Lock()
 	s.loaded = true
+	s.inited = param
 	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.replayErr = replayErr
@@ -396,6 +397,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	param := m.Param
 	s.desired = &param
 	s.loaded = true
+	s.inited = param
 	s.width = r.EmbedWidth
 	s.loadErr = nil
 	s.state = replayState{}
@@ -592,6 +594,7 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 // budget before the first, TokenStallTimeout after), and kills the worker when an abort
 // does not end the run within AbortTimeout, or at once when the supervisor stops.
 func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
+	m = s.retuned(m)
 	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
 	budget := s.prefillBudget(m.Inputs)

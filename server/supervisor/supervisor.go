@@ -312,9 +312,12 @@ type Supervisor struct {
 	lastExit string
 	// desired is the model that should be loaded (nil: none); loaded is true when the
 	// current worker has it.
-	desired   *runtime.Param
-	loaded    bool
-	width     int // the loaded model's embedding width (0: not known)
+	desired *runtime.Param
+	loaded  bool
+	width   int // the loaded model's embedding width (0: not known)
+	// inited is what the current handle was initialised with; runs make up for
+	// sampling that Retune changed since (ABI 1.3 takes it per run).
+	inited    runtime.Param
 	loadErr   error
 	state     replayState
 	replayErr []string
@@ -718,6 +721,67 @@ func (nopObserver) Delivery(bool, time.Duration) {}
 func (nopObserver) Perf(runtime.PerfStat)        {}
 func (nopObserver) WorkerRestart(string)         {}
 func (nopObserver) ModelLoaded(bool)             {}
+
+// Retune changes the sampling parameters and max_new_tokens of the model loaded from
+// the configuration without loading it again: runs that do not set their own get the
+// new values (ABI 1.3 takes them per run), Loaded reports them, and a restarted worker
+// loads the model with them. On ABI 1.2, which takes them only at rkllm_init, it
+// returns ErrNeedsReload; it returns ErrModelNotLoaded when no model is configured or
+// a client loaded another one.
+func (s *Supervisor) Retune(sampling runtime.SamplingParams, maxNewTokens int32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hello == nil || s.desired == nil || s.opts.Model == nil || s.opts.Model.Param == nil ||
+		s.desired.ModelPath != s.opts.Model.Param(s.hello.Default).ModelPath {
+		return fmt.Errorf("%w: no model from the configuration is loaded", ErrModelNotLoaded)
+	}
+	if s.hello.ABI != runtime.ABI13 {
+		return fmt.Errorf("%w: runtime ABI %s has no per-run sampling", ErrNeedsReload, s.hello.ABI)
+	}
+	p := *s.desired
+	setSampling(&p, sampling)
+	p.MaxNewTokens = maxNewTokens
+	s.desired = &p
+	return nil
+}
+
+// SamplingOf returns the sampling fields of p.
+func SamplingOf(p runtime.Param) runtime.SamplingParams {
+	return runtime.SamplingParams{
+		TopK: p.TopK, TopP: p.TopP, Temperature: p.Temperature, RepeatPenalty: p.RepeatPenalty,
+		FrequencyPenalty: p.FrequencyPenalty, PresencePenalty: p.PresencePenalty,
+		Mirostat: p.Mirostat, MirostatTau: p.MirostatTau, MirostatEta: p.MirostatEta,
+	}
+}
+
+func setSampling(p *runtime.Param, sp runtime.SamplingParams) {
+	p.TopK, p.TopP, p.Temperature, p.RepeatPenalty = sp.TopK, sp.TopP, sp.Temperature, sp.RepeatPenalty
+	p.FrequencyPenalty, p.PresencePenalty = sp.FrequencyPenalty, sp.PresencePenalty
+	p.Mirostat, p.MirostatTau, p.MirostatEta = sp.Mirostat, sp.MirostatTau, sp.MirostatEta
+}
+
+// retuned returns m with the sampling and max_new_tokens Retune set since the handle
+// was initialised, for a run that does not set its own. Called by the executor.
+func (s *Supervisor) retuned(m *workerproto.Run) *workerproto.Run {
+	s.mu.Lock()
+	desired := s.desired
+	s.mu.Unlock()
+	if desired == nil || desired.ModelPath != s.inited.ModelPath {
+		return m
+	}
+	run := *m
+	if want := SamplingOf(*desired); run.Infer.Sampling == nil && want != SamplingOf(s.inited) {
+		run.Infer.Sampling = &want
+	}
+	if run.Infer.MaxNewTokens <= 0 && desired.MaxNewTokens != s.inited.MaxNewTokens {
+		// A run's max_new_tokens counts only when positive: "no limit" is the largest.
+		run.Infer.MaxNewTokens = math.MaxInt32
+		if desired.MaxNewTokens > 0 {
+			run.Infer.MaxNewTokens = desired.MaxNewTokens
+		}
+	}
+	return &run
+}
 
 // Loaded returns the parameters of the model loaded now.
 func (s *Supervisor) Loaded() (runtime.Param, bool) {

@@ -60,6 +60,14 @@ app.kubernetes.io/component: device-plugin
 An image reference from {repository, tag, digest}: the digest wins, the tag defaults to
 the chart's appVersion. Call with (dict "image" .Values.x.image "root" $).
 */}}
+{{/*
+The device plugin's namespace: devicePlugin.namespace, or the release's. Its pods need
+hostPath volumes, so Pod Security must allow privileged there.
+*/}}
+{{- define "rkllm-operator.devicePlugin.namespace" -}}
+{{- default .Release.Namespace .Values.devicePlugin.namespace }}
+{{- end }}
+
 {{- define "rkllm-operator.image" -}}
 {{- if .image.digest -}}
 {{ .image.repository }}@{{ .image.digest }}

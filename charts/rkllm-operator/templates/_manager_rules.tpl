@@ -69,4 +69,14 @@
   verbs:
   - get
   - patch
+- apiGroups:
+  - policy
+  resources:
+  - poddisruptionbudgets
+  verbs:
+  - create
+  - get
+  - list
+  - patch
+  - watch
 {{- end }}

@@ -338,13 +338,15 @@ func TestDevicePluginHasNoAPIAccess(t *testing.T) {
 // host path, with every value set and with the library given without a container path.
 func TestDevicePluginMountsWhatItReads(t *testing.T) {
 	cases := []struct {
-		name    string
-		args    []string
-		wantLib string // the host path of the runtime library, "" for none
+		name      string
+		args      []string
+		wantLib   string // the host path of the runtime library, "" for none
+		wantCache string // the node's model cache folder, "" for none
 	}{
-		{"defaults", nil, ""},
-		{"full-values", []string{"-f", filepath.Join(chartDir, "ci", "full-values.yaml")}, "/usr/lib/librkllmrt.so"},
-		{"host path only", []string{"--set", "devicePlugin.runtimeLibMount=/opt/rockchip/librkllmrt.so"}, "/opt/rockchip/librkllmrt.so"},
+		{"defaults", nil, "", "/var/lib/rkllm/cache"},
+		{"full-values", []string{"-f", filepath.Join(chartDir, "ci", "full-values.yaml")}, "/usr/lib/librkllmrt.so", "/srv/rkllm/models"},
+		{"host path only", []string{"--set", "devicePlugin.runtimeLibMount=/opt/rockchip/librkllmrt.so"}, "/opt/rockchip/librkllmrt.so", "/var/lib/rkllm/cache"},
+		{"no model cache", []string{"--set", "devicePlugin.modelCache.enabled=false"}, "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -375,6 +377,13 @@ func TestDevicePluginMountsWhatItReads(t *testing.T) {
 				case strings.HasPrefix(a, "--node-labels="):
 					dir := filepath.Dir(strings.TrimPrefix(a, "--node-labels="))
 					want[dir] = hostMount{hostPath: dir, hostType: "DirectoryOrCreate"}
+				case strings.HasPrefix(a, "--model-cache-dir="):
+					// The plugin makes the folder (mode 1777) under --root.
+					dir := strings.TrimPrefix(a, "--model-cache-dir=")
+					if dir != c.wantCache {
+						t.Errorf("%s: want the model cache at %q", a, c.wantCache)
+					}
+					want["/host"+dir] = hostMount{hostPath: dir, hostType: "DirectoryOrCreate"}
 				}
 			}
 			if c.wantLib != "" && want["/host"+c.wantLib].hostPath == "" {
@@ -394,6 +403,16 @@ func TestDevicePluginMountsWhatItReads(t *testing.T) {
 				for path, m := range mounts {
 					if strings.Contains(m.hostPath, "librkllmrt") {
 						t.Errorf("without runtimeLibMount the DaemonSet still mounts %s at %s", m.hostPath, path)
+					}
+				}
+			}
+			if c.wantCache != "" && want["/host"+c.wantCache].hostPath == "" {
+				t.Errorf("device plugin args %v lack --model-cache-dir=%s", args, c.wantCache)
+			}
+			if c.wantCache == "" {
+				for _, a := range args {
+					if strings.HasPrefix(a, "--model-cache") {
+						t.Errorf("modelCache.enabled=false still passes %s", a)
 					}
 				}
 			}
@@ -431,6 +450,47 @@ func hostMounts(t *testing.T, o *unstructured.Unstructured) map[string]hostMount
 		out[vm["mountPath"].(string)] = hostMount{hostPath: hp["path"].(string), hostType: typ, readOnly: ro}
 	}
 	return out
+}
+
+// TestDevicePluginNamespace: devicePlugin.namespace moves the plugin's objects (and its
+// ServiceMonitor) into a namespace of their own, which createNamespace makes with Pod
+// Security privileged (hostPath volumes); the manager stays in the release namespace.
+func TestDevicePluginNamespace(t *testing.T) {
+	objs := decode(t, render(t, "--set", "devicePlugin.namespace=rknpu-system", "--set", "devicePlugin.createNamespace=true",
+		"--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+	for _, kind := range []string{"ServiceAccount", "DaemonSet", "ServiceMonitor"} {
+		if o := mustFind(t, objs, kind, release+"-device-plugin"); o.GetNamespace() != "rknpu-system" {
+			t.Errorf("device plugin %s in namespace %q, want rknpu-system", kind, o.GetNamespace())
+		}
+	}
+	if o := mustFind(t, objs, "Service", release+"-device-plugin-metrics"); o.GetNamespace() != "rknpu-system" {
+		t.Errorf("device plugin metrics Service in %q", o.GetNamespace())
+	}
+	sm := mustFind(t, objs, "ServiceMonitor", release+"-device-plugin")
+	if names, _, _ := unstructured.NestedStringSlice(sm.Object, "spec", "namespaceSelector", "matchNames"); !reflect.DeepEqual(names, []string{"rknpu-system"}) {
+		t.Errorf("the plugin's ServiceMonitor looks in %v", names)
+	}
+	ns := mustFind(t, objs, "Namespace", "rknpu-system")
+	if ns.GetLabels()["pod-security.kubernetes.io/enforce"] != "privileged" {
+		t.Errorf("namespace labels %v, want Pod Security privileged", ns.GetLabels())
+	}
+	if o := mustFind(t, objs, "Deployment", release+"-controller-manager"); o.GetNamespace() != namespace {
+		t.Errorf("the manager moved to %q", o.GetNamespace())
+	}
+	if _, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--namespace", namespace,
+		"--set", "devicePlugin.createNamespace=true"); err == nil || !strings.Contains(err.Error(), "devicePlugin.createNamespace needs devicePlugin.namespace") {
+		t.Errorf("createNamespace without a namespace: %v", err)
+	}
+}
+
+// TestRollOnUpgradeFlag: the manager restarts servers on an upgrade only when asked.
+func TestRollOnUpgradeFlag(t *testing.T) {
+	for value, want := range map[string]bool{"false": false, "true": true} {
+		dep := mustFind(t, decode(t, render(t, "--set", "manager.rollOnUpgrade="+value)), "Deployment", release+"-controller-manager")
+		if got := contains(containerArgs(t, dep), "--roll-on-upgrade"); got != want {
+			t.Errorf("rollOnUpgrade=%s: --roll-on-upgrade passed %v", value, got)
+		}
+	}
 }
 
 func TestImageTagsDefaultToAppVersion(t *testing.T) {

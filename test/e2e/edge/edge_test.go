@@ -8,10 +8,12 @@
 // Ready (on the real-kubelet node only while rkllm-server answers the kubelet's probes),
 // a model's Service leads to its server (/v1/models, /rpc), the manager's HTTPS metrics
 // answer only tokens allowed by the chart's metrics-reader role, models scale past the
-// cluster's NPUs, are suspended, have their parameters changed (a Recreate rollout),
-// survive a chart upgrade, are deleted (the garbage collector removes their children),
-// and the chart is uninstalled while the CRD and the models stay. Run it with `make e2e`
-// (root; builds everything it needs).
+// cluster's NPUs, are suspended, take a new temperature and a chart upgrade without a
+// pod restarted, roll one pod at a time on a spec change (never two servers on one NPU),
+// are deleted (the garbage collector removes their children), download a model file once
+// per node (the node's model cache, with the download init container run for real on the
+// real-kubelet node), and the chart is uninstalled while the CRD and the models stay.
+// Run it with `make e2e` (root; builds everything it needs).
 package edge_test
 
 import (
@@ -22,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -113,6 +116,9 @@ func TestEdgeCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := c.RunFetches(makevars.Path(t, "E2E_SERVER", "e2e")); err != nil {
+		t.Fatal(err)
+	}
 	managerProc, err := c.StartManager(ctx, s.manager, namespace, release+"-controller-manager")
 	if err != nil {
 		t.Fatal(err)
@@ -165,22 +171,14 @@ func TestEdgeCluster(t *testing.T) {
 	s.waitNoPods("beta")
 	s.waitReady("alpha")
 
-	s.step("changing alpha's parameters rolls its pods with Recreate: no new pod while an old one runs")
-	oldHash := s.podHashes("alpha")
-	rec := s.recordPods("alpha")
-	s.patch("alpha", `{"spec":{"parameters":{"temperature":"0.5","topK":20}}}`)
-	s.waitRolledOver("alpha", oldHash)
-	rec.stop()
-	rec.checkRecreate(t, oldHash)
-	cm, err := c.Client.CoreV1().ConfigMaps(models).Get(ctx, "alpha-config", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg := cm.Data["server.json"]; !strings.Contains(cfg, `"temperature": "0.5"`) || !strings.Contains(cfg, `"top-k": 20`) {
-		t.Errorf("alpha's server.json does not carry the new parameters:\n%s", cfg)
-	}
+	s.step("a new temperature reaches alpha's server.json without restarting a pod (rkllm-server reloads it)")
+	uids, images := s.podUIDs("alpha")
+	s.patch("alpha", `{"spec":{"parameters":{"temperature":"0.5"}}}`)
+	s.waitReady("alpha")
+	s.waitConfig("alpha", `"temperature": "0.5"`)
+	s.checkSamePods("alpha", uids, images)
 
-	s.step("upgrading the chart (new chart version, new default server image) updates the CRD and, after the manager restarts, the models")
+	s.step("upgrading the chart (new chart version, new default server image) updates the CRD; the restarted manager restarts no server")
 	s.upgrade()
 	crd, err := c.Run(ctx, nil, s.kubectl, "get", "crd", "rkllmmodels.inference.rkllm.io", "-o", `jsonpath={.metadata.labels.helm\.sh/chart} {.metadata.annotations.helm\.sh/resource-policy}`)
 	if err != nil {
@@ -196,27 +194,47 @@ func TestEdgeCluster(t *testing.T) {
 	if managerProc, err = c.StartManager(ctx, s.manager, namespace, release+"-controller-manager"); err != nil {
 		t.Fatal(err)
 	}
-	s.waitModel("alpha", "Ready on the upgraded server image", func(m *inferencev1alpha1.RKLLMModel) bool {
-		if !edgecluster.IsReady(m) {
-			return false
-		}
-		pods, err := c.ModelPods(ctx, models, "alpha")
-		if err != nil || len(pods) != 3 {
-			return false
-		}
-		for _, p := range pods {
-			if p.Spec.Containers[0].Image != "ghcr.io/rkllm-operator/rkllm-server:0.1.1-e2e" || p.DeletionTimestamp != nil {
-				return false
-			}
-		}
-		return true
-	})
+	// A spec change the server takes while running: the upgraded manager reconciles
+	// this generation (Ready waits for it) and keeps the pods and their image.
+	s.patch("alpha", `{"spec":{"parameters":{"topK":20}}}`)
+	s.waitReady("alpha")
+	s.waitConfig("alpha", `"top-k": 20`)
+	s.checkSamePods("alpha", uids, images)
 
-	s.step("deleting alpha: the garbage collector removes its Deployment, ReplicaSets, pods, Service and ConfigMap")
+	s.step("a new maxContextLen rolls alpha one pod at a time onto the upgraded image: never two servers on one NPU, never two replicas down")
+	oldHash := s.podHashes("alpha")
+	rec := s.recordPods("alpha")
+	s.patch("alpha", `{"spec":{"parameters":{"maxContextLen":2048}}}`)
+	s.waitRolledOver("alpha", oldHash)
+	rec.stop()
+	rec.checkRolling(t, oldHash, 3)
+	pods, err := c.ModelPods(ctx, models, "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if img := p.Spec.Containers[0].Image; img != "ghcr.io/rkllm-operator/rkllm-server:0.1.1-e2e" {
+			t.Errorf("pod %s runs %s after a spec change, want the upgraded default image", p.Name, img)
+		}
+	}
+	if pdb, err := c.Client.PolicyV1().PodDisruptionBudgets(models).Get(ctx, "alpha", metav1.GetOptions{}); err != nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("alpha's PodDisruptionBudget: %v %v, want maxUnavailable 1", pdb, err)
+	}
+	cm, err := c.Client.CoreV1().ConfigMaps(models).Get(ctx, "alpha-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := cm.Data["server.json"]; !strings.Contains(cfg, `"max-context-len": 2048`) || !strings.Contains(cfg, `"temperature": "0.5"`) {
+		t.Errorf("alpha's server.json does not carry the new parameters:\n%s", cfg)
+	}
+
+	s.step("deleting alpha: the garbage collector removes its Deployment, ReplicaSets, pods, PodDisruptionBudget, Service and ConfigMap")
 	if err := s.cl.Delete(ctx, &inferencev1alpha1.RKLLMModel{ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
 	s.waitChildrenGone("alpha")
+
+	s.checkNodeCache(simModel)
 
 	s.step("uninstalling the chart keeps the CRD and the models")
 	if err := managerProc.Stop(15 * time.Second); err != nil {
@@ -253,7 +271,8 @@ func (s *suite) step(msg string) {
 // its API, so the ServiceMonitors are validated against the real schema too.
 func (s *suite) dryRunValueSets() {
 	s.step("every chart value set and config/default pass server-side dry-run, ServiceMonitors included")
-	for _, ns := range []string{namespace, "models-a", "models-b"} {
+	// rknpu-system: full-values.yaml puts the device plugin there.
+	for _, ns := range []string{namespace, "models-a", "models-b", "rknpu-system"} {
 		if _, err := s.c.Client.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			s.t.Fatal(err)
 		}
@@ -397,8 +416,8 @@ func (s *suite) upgrade() {
 	}
 }
 
-// model is a model served from a simulator file on the node. security.deviceTree is
-// None: this x86 machine has no device tree for the default HostPath mount.
+// model is a model served from a simulator file on the node, with the default security
+// (nothing of the host in the pod spec but that file).
 func model(name, file string, replicas int32) *inferencev1alpha1.RKLLMModel {
 	return &inferencev1alpha1.RKLLMModel{
 		ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: name},
@@ -409,7 +428,6 @@ func model(name, file string, replicas int32) *inferencev1alpha1.RKLLMModel {
 				Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
 				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
 			},
-			Security: &inferencev1alpha1.SecuritySpec{DeviceTree: inferencev1alpha1.DeviceTreeNone},
 		},
 	}
 }
@@ -646,6 +664,48 @@ func (s *suite) podHashes(name string) string {
 	return pods[0].Annotations[hashAnnotation]
 }
 
+// podUIDs returns the UIDs and images of a model's pods.
+func (s *suite) podUIDs(name string) (map[string]string, []string) {
+	s.t.Helper()
+	pods, err := s.c.ModelPods(s.ctx, models, name)
+	if err != nil || len(pods) == 0 {
+		s.t.Fatalf("pods of %s: %v (%d)", name, err, len(pods))
+	}
+	uids := map[string]string{}
+	var images []string
+	for _, p := range pods {
+		uids[p.Name] = string(p.UID)
+		images = append(images, p.Spec.Containers[0].Image)
+	}
+	sort.Strings(images)
+	return uids, images
+}
+
+// checkSamePods checks that a model still has exactly the pods it had, with the same
+// images: nothing was restarted.
+func (s *suite) checkSamePods(name string, uids map[string]string, images []string) {
+	s.t.Helper()
+	now, nowImages := s.podUIDs(name)
+	if !reflect.DeepEqual(now, uids) || !reflect.DeepEqual(nowImages, images) {
+		s.t.Errorf("%s's pods were replaced: before %v %v, now %v %v", name, uids, images, now, nowImages)
+	}
+}
+
+// waitConfig waits until a model's server.json contains want.
+func (s *suite) waitConfig(name, want string) {
+	s.t.Helper()
+	err := edgecluster.Poll(s.ctx, statusTimeout, name+"'s server.json to contain "+want, func(ctx context.Context) (bool, string, error) {
+		cm, err := s.c.Client.CoreV1().ConfigMaps(models).Get(ctx, name+"-config", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return strings.Contains(cm.Data["server.json"], want), cm.Data["server.json"], nil
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 func (s *suite) waitRolledOver(name, oldHash string) {
 	s.t.Helper()
 	s.waitModel(name, "Ready on the new spec", func(m *inferencev1alpha1.RKLLMModel) bool {
@@ -694,29 +754,46 @@ func (s *suite) recordPods(name string) *podRecorder {
 
 func (r *podRecorder) stop() { r.w.Stop(); r.wg.Wait() }
 
-// checkRecreate replays the events: when the first pod of the new spec appeared, no pod
-// of the old spec may still have been running or starting.
-func (r *podRecorder) checkRecreate(t *testing.T, oldHash string) {
+// checkRolling replays the events of a rollout from oldHash: at no moment may a node hold
+// two live pods of the model (a pod is live from its scheduling until it is gone or has
+// ended, terminating included: its server may still hold the NPU), and once the rollout
+// has begun at most one of the replicas may be unready.
+func (r *podRecorder) checkRolling(t *testing.T, oldHash string, replicas int) {
 	t.Helper()
-	live := map[string]bool{}
-	sawNew := false
+	live := map[string]*corev1.Pod{}
+	begun, sawNew := false, false
 	for _, ev := range r.events {
 		p, ok := ev.Object.(*corev1.Pod)
 		if !ok {
 			continue
 		}
-		old := p.Annotations[hashAnnotation] == oldHash
 		terminal := p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
-		switch {
-		case old && (ev.Type == watch.Deleted || terminal):
+		if ev.Type == watch.Deleted || terminal {
 			delete(live, p.Name)
-		case old:
-			live[p.Name] = true
-		case !sawNew:
-			sawNew = true
-			if len(live) > 0 {
-				t.Errorf("new pod %s appeared while old pods %v were still running: not a Recreate rollout", p.Name, keys(live))
+		} else {
+			live[p.Name] = p
+		}
+		isNew := p.Annotations[hashAnnotation] != oldHash
+		sawNew = sawNew || isNew
+		begun = begun || isNew || p.DeletionTimestamp != nil
+		perNode := map[string][]string{}
+		ready := 0
+		for _, q := range live {
+			if q.Spec.NodeName != "" {
+				perNode[q.Spec.NodeName] = append(perNode[q.Spec.NodeName], q.Name)
 			}
+			if q.DeletionTimestamp == nil && podReady(q) {
+				ready++
+			}
+		}
+		for node, names := range perNode {
+			if len(names) > 1 {
+				sort.Strings(names)
+				t.Errorf("after %s of %s, node %s holds pods %v: two servers on one NPU", ev.Type, p.Name, node, names)
+			}
+		}
+		if begun && ready < replicas-1 {
+			t.Errorf("after %s of %s only %d of %d replicas are ready: more than one down during the rollout", ev.Type, p.Name, ready, replicas)
 		}
 	}
 	if !sawNew {
@@ -724,13 +801,13 @@ func (r *podRecorder) checkRecreate(t *testing.T, oldHash string) {
 	}
 }
 
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
 	}
-	sort.Strings(out)
-	return out
+	return false
 }
 
 func (s *suite) waitChildrenGone(name string) {
@@ -749,6 +826,9 @@ func (s *suite) waitChildrenGone(name string) {
 		}
 		if _, err := s.c.Client.CoreV1().Services(models).Get(ctx, name, metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
 			left = append(left, "the Service")
+		}
+		if _, err := s.c.Client.PolicyV1().PodDisruptionBudgets(models).Get(ctx, name, metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
+			left = append(left, "the PodDisruptionBudget")
 		}
 		if _, err := s.c.Client.CoreV1().ConfigMaps(models).Get(ctx, name+"-config", metav1.GetOptions{}); !edgecluster.IsNotFound(err) {
 			left = append(left, "the ConfigMap")

@@ -44,6 +44,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/discovery/discoverytest"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/controlplane"
@@ -97,6 +98,9 @@ type Cluster struct {
 	WorkDir string
 	// NPURoot is the fake filesystem tree the device plugin scans.
 	NPURoot string
+	// ModelCache is the real-kubelet node's model cache folder, which the device plugin
+	// mounts into NPU containers (--model-cache-dir).
+	ModelCache string
 	// Plugin is the device plugin process serving the real-kubelet node.
 	Plugin *Process
 
@@ -439,8 +443,18 @@ func (c *Cluster) startDevicePlugin(ctx context.Context) error {
 		return err
 	}
 	features := filepath.Join(c.WorkDir, "features.d", "rockchip-npu")
+	// The plugin makes the cache folder under --root, the fake tree; on a board the root
+	// is the host's. Here the host's folder is made as the plugin would make it.
+	c.ModelCache = filepath.Join(c.WorkDir, "model-cache")
+	if err := os.Mkdir(c.ModelCache, 0o750); err != nil {
+		return err
+	}
+	if err := os.Chmod(c.ModelCache, os.ModeSticky|0o777); err != nil { //nolint:gosec // as the plugin makes it
+		return err
+	}
 	if c.Plugin, err = c.Start(ctx, "rknpu-device-plugin", nil, c.opts.DevicePlugin,
-		"--root", root, "--kubelet-dir", c.node.DevicePluginDir, "--metrics-addr", metrics, "--node-labels", features); err != nil {
+		"--root", root, "--kubelet-dir", c.node.DevicePluginDir, "--metrics-addr", metrics, "--node-labels", features,
+		"--model-cache-dir", c.ModelCache); err != nil {
 		return err
 	}
 	if err := c.WaitAllocatable(ctx, KubeletNode, 1); err != nil {
@@ -534,6 +548,29 @@ func (c *Cluster) Run(ctx context.Context, stdin []byte, bin string, args ...str
 
 // IsNotFound reports whether err is the API server's NotFound.
 func IsNotFound(err error) bool { return apierrors.IsNotFound(err) }
+
+// RunFetches makes the real-kubelet node run the model pods' download init containers
+// (`rkllm-server fetch`) for real, as host processes of server (the rkllm-server binary)
+// with the container's mounts as host paths: the model is downloaded into the pod's
+// volume or the node's cache, and the outcome lands in the termination message. Every
+// other container still only pretends to run.
+// Their output goes to LogDir()/fetch.log.
+func (c *Cluster) RunFetches(server string) error {
+	log, err := c.openLog("fetch")
+	if err != nil {
+		return err
+	}
+	c.node.CRI.SetExec(func(req *runtimeapi.CreateContainerRequest) *exec.Cmd {
+		cfg := req.GetConfig()
+		if len(cfg.GetCommand()) != 1 || cfg.GetCommand()[0] != "rkllm-server" || len(cfg.GetArgs()) == 0 || cfg.GetArgs()[0] != "fetch" {
+			return nil
+		}
+		cmd := c.node.Command(req, server)
+		cmd.Stdout, cmd.Stderr = log, log
+		return cmd
+	})
+	return nil
+}
 
 // CRI is the real-kubelet node's fake runtime: CRI().Created() shows what the kubelet
 // asked it to create, the device plugin's devices and variables included.

@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"text/template"
 	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // Options configures a node.
@@ -336,4 +338,55 @@ func (n *Node) PID() string {
 		return "none"
 	}
 	return strconv.Itoa(n.proc.pid)
+}
+
+// HostPath is where a path the kubelet names (in its mount namespace, where /var/lib and
+// /var/log are folders of the node's) is for other processes.
+func (n *Node) HostPath(p string) string {
+	for _, d := range []struct{ in, host string }{{"/var/lib", "var-lib"}, {"/var/log", "var-log"}} {
+		if p == d.in || strings.HasPrefix(p, d.in+"/") {
+			return filepath.Join(n.opts.WorkDir, d.host, strings.TrimPrefix(p, d.in))
+		}
+	}
+	return p
+}
+
+// Command is a created container's process as a host process with bin as its
+// executable: its arguments, and its environment on top of this process's, with every
+// container path under one of the container's mounts (a volume, the termination log,
+// the device plugin's mounts) turned into the host path behind it. It runs as this
+// process's user, in the runtime's ExecContext.
+func (n *Node) Command(req *runtimeapi.CreateContainerRequest, bin string) *exec.Cmd {
+	cfg := req.GetConfig()
+	hostOf := func(v string) string {
+		best := ""
+		var host string
+		for _, m := range cfg.GetMounts() {
+			c := m.GetContainerPath()
+			if (v == c || strings.HasPrefix(v, c+"/")) && len(c) > len(best) {
+				best, host = c, n.HostPath(m.GetHostPath())+strings.TrimPrefix(v, c)
+			}
+		}
+		if best == "" {
+			return v
+		}
+		return host
+	}
+	translate := func(v string) string {
+		if name, value, ok := strings.Cut(v, "="); ok && strings.HasPrefix(name, "--") {
+			return name + "=" + hostOf(value)
+		}
+		return hostOf(v)
+	}
+	args := make([]string, 0, len(cfg.GetArgs()))
+	for _, a := range cfg.GetArgs() {
+		args = append(args, translate(a))
+	}
+	cmd := exec.CommandContext(n.CRI.ExecContext(), bin, args...) //nolint:gosec // the test's own binary
+	cmd.Env = os.Environ()
+	for _, e := range cfg.GetEnvs() {
+		cmd.Env = append(cmd.Env, e.GetKey()+"="+hostOf(string(e.GetValue())))
+	}
+	cmd.Dir = n.opts.WorkDir
+	return cmd
 }
