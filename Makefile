@@ -52,6 +52,7 @@ help: ## Show this help.
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=gateway-role paths="./gateway/..." output:rbac:artifacts:config=config/gateway
 	$(GO) run ./hack/chartsync
 
 .PHONY: generate
@@ -195,7 +196,7 @@ ARM64_CC ?= aarch64-linux-gnu-gcc
 
 # What the images under images/ hold; hack/build-binary.sh builds each the way its
 # Dockerfile does.
-IMAGE_BINARIES := manager rknpu-device-plugin rkllm-server
+IMAGE_BINARIES := manager rknpu-device-plugin rkllm-gateway rkllm-server
 
 .PHONY: build-arm64
 build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly as the Dockerfiles do) and the runtime binding's tests.

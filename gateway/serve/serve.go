@@ -94,6 +94,20 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&s.Sweep, "sweep-interval", scaling.DefaultSweep, "How often idle models are scaled down and status.lastRequestTime is written.")
 }
 
+// What the gateway reads and writes (`make manifests` turns these markers into
+// config/gateway/role.yaml, and the chart's ClusterRole): models (spec.replicas, the
+// scaled-up-at annotation, status.lastRequestTime), their EndpointSlices, Deployments
+// (where their pods may run), Secrets named by spec.server.apiKeySecretRef (one at a
+// time, never listed), the NPU pods and nodes of the cluster, and Events. The decision
+// lease is a Role of its own in the gateway's namespace.
+// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=inference.rkllm.io,resources=rkllmmodels/status,verbs=patch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=pods;nodes,verbs=list
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg *rest.Config, o Options, log logr.Logger) error {
 	if err := o.complete(); err != nil {

@@ -75,3 +75,13 @@ hostPath volumes, so Pod Security must allow privileged there.
 {{ .image.repository }}:{{ default .root.Chart.AppVersion .image.tag }}
 {{- end -}}
 {{- end }}
+
+{{/* The gateway's name and the selector labels of its pods (immutable in a Deployment). */}}
+{{- define "rkllm-operator.gateway.name" -}}
+{{ include "rkllm-operator.fullname" . }}-gateway
+{{- end }}
+{{- define "rkllm-operator.gateway.selectorLabels" -}}
+app.kubernetes.io/name: rkllm-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
