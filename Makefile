@@ -254,6 +254,10 @@ bench-server: sim build-server ## Benchmarks of rkllm-server against the unpaced
 bench-prefix-reuse: sim build-server ## Time to first token of a 10-turn chat with and without conversation-prefix reuse, simulator paced like an RK3588 (docs/benchmarks.md).
 	$(GO) run ./bench/prefix-reuse -server $(LOCALBIN)/rkllm-server -sim $(LOCALBIN)/librkllmrt-sim-1.3.so
 
+.PHONY: bench-gateway
+bench-gateway: sim build-server ## The gateway's cost per request and per token, and a 10-turn chat over 3 replicas with and without conversation affinity (docs/benchmarks.md).
+	$(GO) run ./bench/gateway -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN)
+
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
