@@ -31,6 +31,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -160,33 +161,68 @@ func (b *bench) overhead(requests, streams, tokens int) error {
 		return err
 	}
 	small := `{"model":"model","messages":[{"role":"user","content":"Hello"}],"max_tokens":1}`
-	fmt.Printf("\n| path | request, p50 | request, p99 | %d-token stream, median | per token |\n|---|---|---|---|---|\n", tokens)
-	for _, target := range []struct{ name, base string }{{"straight to the server", s.Base}, {"through the gateway", gw}} {
-		var lat []time.Duration
-		for range requests {
-			start := time.Now()
-			code, body, err := post(strings.TrimPrefix(target.base, "http://"), small, "/v1/chat/completions")
-			if err != nil || code != http.StatusOK {
-				return fmt.Errorf("%s: %d %v %s", target.name, code, err, body)
-			}
-			lat = append(lat, time.Since(start))
+	fmt.Printf("\n| path | request, p50 | request, p99 | request, CPU | %d-token stream, median | stream, CPU per token |\n|---|---|---|---|---|---|\n", tokens)
+	var rows [2]costs
+	for i, target := range []struct{ name, base string }{{"straight to the server", s.Base}, {"through the gateway", gw}} {
+		c, err := measureCosts(target.base, small, requests, streams, tokens)
+		if err != nil {
+			return fmt.Errorf("%s: %w", target.name, err)
 		}
-		var streamed []time.Duration
-		for range streams {
-			d, n, err := stream(target.base, tokens)
-			if err != nil {
-				return fmt.Errorf("%s stream: %w", target.name, err)
-			}
-			if n < tokens/2 {
-				return fmt.Errorf("%s stream: %d chunks for %d tokens", target.name, n, tokens)
-			}
-			streamed = append(streamed, d)
-		}
-		p50, p99, med := pct(lat, 50), pct(lat, 99), pct(streamed, 50)
-		fmt.Printf("| %s | %s | %s | %s | %.1f µs |\n", target.name, ms(p50), ms(p99), ms(med), float64(med.Microseconds())/float64(tokens))
+		rows[i] = c
+		fmt.Printf("| %s | %s | %s | %.0f µs | %s | %.1f µs |\n", target.name, ms(c.p50), ms(c.p99), us(c.requestCPU),
+			ms(c.stream), us(c.streamCPU)/float64(tokens))
 	}
+	d := func(a, b time.Duration) time.Duration { return b - a }
+	fmt.Printf("| the gateway's share | %s | %s | %.0f µs | %s | %.1f µs |\n", ms(d(rows[0].p50, rows[1].p50)), ms(d(rows[0].p99, rows[1].p99)),
+		us(d(rows[0].requestCPU, rows[1].requestCPU)), ms(d(rows[0].stream, rows[1].stream)), us(d(rows[0].streamCPU, rows[1].streamCPU))/float64(tokens))
 	return nil
 }
+
+// costs are what one path costs: latency of small requests, and CPU of this process (the
+// client, and the gateway when it is in the path) per request and per stream.
+type costs struct {
+	p50, p99, requestCPU, stream, streamCPU time.Duration
+}
+
+func measureCosts(base, small string, requests, streams, tokens int) (costs, error) {
+	var c costs
+	var lat []time.Duration
+	cpu0 := cpuTime()
+	for range requests {
+		start := time.Now()
+		code, body, err := post(strings.TrimPrefix(base, "http://"), small, "/v1/chat/completions")
+		if err != nil || code != http.StatusOK {
+			return c, fmt.Errorf("%d %v %s", code, err, body)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	c.requestCPU = (cpuTime() - cpu0) / time.Duration(requests)
+	var wall, cpu []time.Duration
+	for range streams {
+		cpu0 := cpuTime()
+		d, n, err := stream(base, tokens)
+		if err != nil {
+			return c, fmt.Errorf("stream: %w", err)
+		}
+		if n < tokens/2 {
+			return c, fmt.Errorf("stream: %d chunks for %d tokens", n, tokens)
+		}
+		wall, cpu = append(wall, d), append(cpu, cpuTime()-cpu0)
+	}
+	c.p50, c.p99, c.stream, c.streamCPU = pct(lat, 50), pct(lat, 99), pct(wall, 50), pct(cpu, 50)
+	return c, nil
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 // stream reads a streamed chat of tokens tokens and returns its time and chunk count.
 func stream(base string, tokens int) (time.Duration, int, error) {

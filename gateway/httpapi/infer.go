@@ -163,7 +163,9 @@ func (x *exchange) admit(m catalog.Model, st *modelState, f request.Facts) (func
 		if s, _ := st.gate.State(); s.InUse >= s.Capacity && x.h.Scaler != nil {
 			x.h.Scaler.Grow(m)
 		}
-	case x.h.Scaler == nil && m.Replicas == 0:
+	case m.Suspended:
+		return nil, x.activationError(m, scaling.ErrSuspended)
+	case m.Replicas == 0 && (m.Scaling == nil || x.h.Scaler == nil):
 		return nil, x.activationError(m, scaling.ErrNotScalable)
 	default:
 		timeout, cause = x.h.opts.ActivationTimeout, errActivationTimeout
