@@ -215,8 +215,9 @@ test-server: sim sim-asan fuzz-ci ## Server tests under -race: unit tests with a
 	$(GO) test -race -count=1 -timeout 20m $(SERVER_PKGS)
 
 .PHONY: test-openai-node
-test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
+test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API and through the gateway (npm installs it into a temporary folder).
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
+	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClientThroughGateway$$' -v ./gateway/httpapi/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
 FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/openai:FuzzScanMatchesDecoder

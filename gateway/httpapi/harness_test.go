@@ -174,11 +174,13 @@ type gw struct {
 	scaler  *fakeScaler
 	metrics *metrics.Metrics
 	handler *httpapi.Handler
+	// comments receives each comment line the gateway writes to a waiting stream.
+	comments chan string
 }
 
 func newGateway(t *testing.T, o httpapi.Options, deps ...func(*httpapi.Deps)) *gw {
 	t.Helper()
-	g := &gw{t: t, cat: catalog.NewSnapshot(), scaler: newFakeScaler(), metrics: metrics.New()}
+	g := &gw{t: t, cat: catalog.NewSnapshot(), scaler: newFakeScaler(), metrics: metrics.New(), comments: make(chan string, 64)}
 	d := httpapi.Deps{Catalog: g.cat, Scaler: g.scaler, Metrics: g.metrics, Clock: clock.RealClock{}, Log: testr.New(t), Seed: maphash.MakeSeed(),
 		Proxy: &proxy.Proxy{Transport: proxy.NewTransport(5*time.Second, 8), Clock: clock.RealClock{}}}
 	for _, f := range deps {
@@ -191,7 +193,9 @@ func newGateway(t *testing.T, o httpapi.Options, deps ...func(*httpapi.Deps)) *g
 		defer close(done)
 		_ = g.handler.Start(ctx)
 	}()
-	srv := httptest.NewServer(g.handler)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.handler.ServeHTTP(&tap{ResponseWriter: w, comments: g.comments}, r)
+	}))
 	g.url = srv.URL
 	t.Cleanup(func() {
 		srv.Close()
@@ -200,6 +204,30 @@ func newGateway(t *testing.T, o httpapi.Options, deps ...func(*httpapi.Deps)) *g
 	})
 	return g
 }
+
+// tap passes the gateway's writes on and reports its comment lines.
+type tap struct {
+	http.ResponseWriter
+	comments chan<- string
+}
+
+func (t *tap) Write(b []byte) (int, error) {
+	if len(b) > 0 && b[0] == ':' {
+		select {
+		case t.comments <- string(b):
+		default:
+		}
+	}
+	return t.ResponseWriter.Write(b)
+}
+
+func (t *tap) Flush() {
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (t *tap) Unwrap() http.ResponseWriter { return t.ResponseWriter }
 
 // set replaces the models and waits until the front door has room for their replicas.
 func (g *gw) set(models ...catalog.Model) {

@@ -103,30 +103,64 @@ func Inspect(api API, data []byte, seed maphash.Seed) (Facts, error) {
 
 // chatKey hashes the messages up to and including the first user message: the system
 // prompt and the opening question stay the same on every turn of a conversation, while
-// everything after them grows. Contents are compacted, so a client re-encoding the same
-// history with other spacing keeps its key.
+// everything after them grows. A content is hashed by its text, so a client that sends
+// the same message as a string on one turn and as text parts on the next (Open WebUI
+// marks the last message's parts for prompt caching) keeps its key.
 func chatKey(msgs []message, seed maphash.Seed) uint64 {
 	if len(msgs) == 0 {
 		return 0
 	}
 	var h maphash.Hash
 	h.SetSeed(seed)
-	var buf bytes.Buffer
 	for _, m := range msgs {
 		h.WriteString(m.Role)
 		h.WriteByte(0)
-		buf.Reset()
-		if err := json.Compact(&buf, m.Content); err != nil {
-			h.Write(m.Content)
-		} else {
-			h.Write(buf.Bytes())
-		}
+		writeContent(&h, m.Content)
 		h.WriteByte(0)
 		if m.Role == "user" {
 			break
 		}
 	}
 	return nonZero(h.Sum64())
+}
+
+// part is a content part: its type, and its text for text parts.
+type part struct {
+	Type string `json:"type"`
+	Text string `json:"text"`
+}
+
+// writeContent hashes a message content: a string as it is; of a list of parts, the
+// text of text parts and the compacted JSON of others (an image); anything else
+// compacted.
+func writeContent(h *maphash.Hash, raw json.RawMessage) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		h.WriteString(s)
+		return
+	}
+	var parts []json.RawMessage
+	if json.Unmarshal(raw, &parts) == nil {
+		for _, p := range parts {
+			var tp part
+			if json.Unmarshal(p, &tp) == nil && tp.Type == "text" {
+				h.WriteString(tp.Text)
+				continue
+			}
+			writeCompact(h, p)
+		}
+		return
+	}
+	writeCompact(h, raw)
+}
+
+func writeCompact(h *maphash.Hash, raw json.RawMessage) {
+	var buf bytes.Buffer
+	if json.Compact(&buf, raw) != nil {
+		h.Write(raw)
+		return
+	}
+	h.Write(buf.Bytes())
 }
 
 // promptKey hashes the system prompt and the first PromptPrefixBytes of the prompt (a

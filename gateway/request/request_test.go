@@ -73,9 +73,17 @@ func TestConversationKeys(t *testing.T) {
 	spaced := key(OpenAIChat, `{ "model" : "m", "messages" : [ {"role":"system", "content" : "Be brief."}, {"role":"user","content":"Hello"} ] }`)
 	other := key(OpenAIChat, `{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Goodbye"}]}`)
 	otherSystem := key(OpenAIChat, `{"model":"m","messages":[{"role":"system","content":"Be long."},{"role":"user","content":"Hello"}]}`)
+	// Open WebUI sends the last message as text parts marked for caching, and the same
+	// message as a string once it is history.
+	parts := key(OpenAIChat, `{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hello","cache_control":{"type":"ephemeral"}}]}]}`)
 	ollama := key(OllamaChat, `{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"},{"role":"assistant","content":"Hi"}]}`)
-	if turn1 != turn2 || turn1 != spaced || turn1 != ollama {
-		t.Errorf("one conversation, different keys: %x %x %x %x", turn1, turn2, spaced, ollama)
+	if turn1 != turn2 || turn1 != spaced || turn1 != ollama || turn1 != parts {
+		t.Errorf("one conversation, different keys: %x %x %x %x %x", turn1, turn2, spaced, ollama, parts)
+	}
+	image := key(OpenAIChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Hello"},{"type":"image_url","image_url":{"url":"data:a"}}]}]}`)
+	otherImage := key(OpenAIChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Hello"},{"type":"image_url","image_url":{"url":"data:b"}}]}]}`)
+	if image == otherImage {
+		t.Error("two images, one key")
 	}
 	if turn1 == other || turn1 == otherSystem {
 		t.Errorf("different conversations share a key %x", turn1)
