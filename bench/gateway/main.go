@@ -104,8 +104,9 @@ func (b *bench) upstream(m simulator.Model) (*serverproc.Server, error) {
 // base URL.
 func (b *bench) gateway(policy routing.Policy, servers ...*serverproc.Server) (string, error) {
 	cat := catalog.NewSnapshot()
-	m := catalog.Model{Key: types.NamespacedName{Namespace: "bench", Name: "model"}, Name: "model", Replicas: int32(len(servers))}
+	m := catalog.Model{Key: types.NamespacedName{Namespace: "bench", Name: "model"}, Name: "model"}
 	for i, s := range servers {
+		m.Replicas++
 		m.Endpoints = append(m.Endpoints, catalog.Endpoint{ID: fmt.Sprintf("pod-%d", i), Address: strings.TrimPrefix(s.Base, "http://")})
 	}
 	cat.Set([]catalog.Model{m})

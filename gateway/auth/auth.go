@@ -187,6 +187,9 @@ func (s *Store) Start(ctx context.Context) error {
 	}
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
+	// A change between NewStore and the watch raised no event: read once more now
+	// that the watch is in place.
+	s.reload()
 	for {
 		select {
 		case <-ctx.Done():
@@ -196,11 +199,17 @@ func (s *Store) Start(ctx context.Context) error {
 			s.log.Error(err, "watching the keys file")
 		case <-tick.C:
 		}
-		k, err := s.load()
-		if err != nil {
-			s.log.Error(err, "reloading the keys file; keeping the previous keys")
-			continue
-		}
-		s.cur.Store(k)
+		s.reload()
 	}
+}
+
+// reload replaces the keys with the file's; a file that fails to load keeps the
+// previous keys.
+func (s *Store) reload() {
+	k, err := s.load()
+	if err != nil {
+		s.log.Error(err, "reloading the keys file; keeping the previous keys")
+		return
+	}
+	s.cur.Store(k)
 }

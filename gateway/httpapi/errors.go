@@ -64,7 +64,8 @@ func (e *apiError) openAIBody() []byte {
 // open) as a last event.
 func (e *apiError) write(w http.ResponseWriter, ollama, committed bool) {
 	if committed {
-		_, _ = w.Write([]byte(proxy.ErrorEvent(e.status, e.openAIBody())))
+		// An event of JSON on a text/event-stream, not HTML.
+		_, _ = w.Write([]byte(proxy.ErrorEvent(e.status, e.openAIBody()))) //nolint:gosec // G705: JSON in an event stream
 		return
 	}
 	if e.retryAfter > 0 {
@@ -80,5 +81,5 @@ func (e *apiError) write(w http.ResponseWriter, ollama, committed bool) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(e.status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(append(body, '\n')) //nolint:gosec // G705: JSON, sent as application/json with nosniff
 }

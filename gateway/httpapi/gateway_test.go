@@ -106,7 +106,7 @@ func ptr(s *string) string {
 // metricValue reads one sample of the gateway's metrics.
 func metricValue(g *gw, name string) (float64, error) {
 	rec := httptest.NewRecorder()
-	g.metrics.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	g.metrics.ServeHTTP(rec, httptest.NewRequestWithContext(context.Background(), http.MethodGet, "/metrics", nil))
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			var f float64

@@ -156,26 +156,13 @@ func (x *exchange) unknownModel(name string, may func(string) bool) *apiError {
 func (x *exchange) admit(m catalog.Model, st *modelState, f request.Facts) (func(), *apiError) {
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
-	timeout, cause := x.h.opts.QueueTimeout, errQueueTimeout
-	var act *scaling.Activation
-	switch {
-	case m.Ready():
-		if s, _ := st.gate.State(); s.InUse >= s.Capacity && x.h.Scaler != nil {
-			x.h.Scaler.Grow(m)
-		}
-	case m.Suspended:
-		return nil, x.activationError(m, scaling.ErrSuspended)
-	case m.Replicas == 0 && (m.Scaling == nil || x.h.Scaler == nil):
-		return nil, x.activationError(m, scaling.ErrNotScalable)
-	default:
-		timeout, cause = x.h.opts.ActivationTimeout, errActivationTimeout
-		if x.h.Scaler != nil {
-			act = x.h.Scaler.Activate(m)
-		}
+	wt, e := x.prepareWait(m, st)
+	if e != nil {
+		return nil, e
 	}
-	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout, cause)
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, wt.timeout, wt.cause)
 	defer cancelTimeout()
-	if act != nil {
+	if act := wt.activation; act != nil {
 		go func() {
 			select {
 			case <-act.Done():
@@ -200,6 +187,37 @@ func (x *exchange) admit(m catalog.Model, st *modelState, f request.Facts) (func
 		return release, nil
 	}
 	return nil, x.waitError(m, errCause(ctx, err))
+}
+
+// wait is what a request in the model's queue waits for, and for how long.
+type wait struct {
+	timeout time.Duration
+	// cause is the error the request gets when timeout passes.
+	cause error
+	// activation is the model's activation the request joined, if any.
+	activation *scaling.Activation
+}
+
+// prepareWait says how long the request may wait and for what: for a busy replica
+// (asking for another replica), or for the model's activation, which it starts or
+// joins. A model that will not start is an error at once.
+func (x *exchange) prepareWait(m catalog.Model, st *modelState) (wait, *apiError) {
+	switch {
+	case m.Ready():
+		if s, _ := st.gate.State(); s.InUse >= s.Capacity && x.h.Scaler != nil {
+			x.h.Scaler.Grow(m)
+		}
+		return wait{timeout: x.h.opts.QueueTimeout, cause: errQueueTimeout}, nil
+	case m.Suspended:
+		return wait{}, x.activationError(m, scaling.ErrSuspended)
+	case m.Replicas == 0 && (m.Scaling == nil || x.h.Scaler == nil):
+		return wait{}, x.activationError(m, scaling.ErrNotScalable)
+	}
+	w := wait{timeout: x.h.opts.ActivationTimeout, cause: errActivationTimeout}
+	if x.h.Scaler != nil {
+		w.activation = x.h.Scaler.Activate(m)
+	}
+	return w, nil
 }
 
 // waitingFor is the keepalive comment: what the request waits for.

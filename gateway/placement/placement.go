@@ -145,6 +145,15 @@ func Plan(req Request, nodes []Node, pods []Pod, models []Model) (Decision, erro
 	}
 
 	victims, reasons := candidates(req, models)
+	if d, ok := cheapest(req, eligible, free, claims, victims, onNode); ok {
+		return d, nil
+	}
+	return Decision{}, &NoCapacityError{Model: req.Name, Nodes: describeNodes(eligible, used), Reasons: reasons}
+}
+
+// cheapest is the eviction plan of the node where the fewest evictions, then the
+// lowest-ranked victims, free enough; ok is false when no node can be freed.
+func cheapest(req Request, eligible []Node, free map[string]int64, claims int64, victims []Model, onNode map[string]map[string]int32) (Decision, bool) {
 	rankOf := map[string]int{}
 	for i, v := range victims {
 		rankOf[v.Key] = i
@@ -164,10 +173,7 @@ func Plan(req Request, nodes []Node, pods []Pod, models []Model) (Decision, erro
 			best, bestCost, found = d, cost, true
 		}
 	}
-	if found {
-		return best, nil
-	}
-	return Decision{}, &NoCapacityError{Model: req.Name, Nodes: describeNodes(eligible, used), Reasons: reasons}
+	return best, found
 }
 
 // usage sums the units bound pods hold per node (terminating pods and the requester's

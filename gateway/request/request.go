@@ -113,10 +113,11 @@ func chatKey(msgs []message, seed maphash.Seed) uint64 {
 	var h maphash.Hash
 	h.SetSeed(seed)
 	for _, m := range msgs {
-		h.WriteString(m.Role)
-		h.WriteByte(0)
+		// A maphash.Hash never fails a write.
+		_, _ = h.WriteString(m.Role)
+		_ = h.WriteByte(0)
 		writeContent(&h, m.Content)
-		h.WriteByte(0)
+		_ = h.WriteByte(0)
 		if m.Role == "user" {
 			break
 		}
@@ -136,7 +137,7 @@ type part struct {
 func writeContent(h *maphash.Hash, raw json.RawMessage) {
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		h.WriteString(s)
+		_, _ = h.WriteString(s)
 		return
 	}
 	var parts []json.RawMessage
@@ -144,7 +145,7 @@ func writeContent(h *maphash.Hash, raw json.RawMessage) {
 		for _, p := range parts {
 			var tp part
 			if json.Unmarshal(p, &tp) == nil && tp.Type == "text" {
-				h.WriteString(tp.Text)
+				_, _ = h.WriteString(tp.Text)
 				continue
 			}
 			writeCompact(h, p)
@@ -157,10 +158,10 @@ func writeContent(h *maphash.Hash, raw json.RawMessage) {
 func writeCompact(h *maphash.Hash, raw json.RawMessage) {
 	var buf bytes.Buffer
 	if json.Compact(&buf, raw) != nil {
-		h.Write(raw)
+		_, _ = h.Write(raw)
 		return
 	}
-	h.Write(buf.Bytes())
+	_, _ = h.Write(buf.Bytes())
 }
 
 // promptKey hashes the system prompt and the first PromptPrefixBytes of the prompt (a
@@ -175,9 +176,9 @@ func promptKey(system string, raw json.RawMessage, seed maphash.Seed) uint64 {
 	}
 	var h maphash.Hash
 	h.SetSeed(seed)
-	h.WriteString(system)
-	h.WriteByte(0)
-	h.WriteString(prompt)
+	_, _ = h.WriteString(system)
+	_ = h.WriteByte(0)
+	_, _ = h.WriteString(prompt)
 	return nonZero(h.Sum64())
 }
 

@@ -13,6 +13,7 @@
 package routing
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"math"
 	"sort"
@@ -109,9 +110,7 @@ func rank(replicas []Replica, key uint64, seed maphash.Seed) []int {
 		var h maphash.Hash
 		h.SetSeed(seed)
 		var b [8]byte
-		for j := range b {
-			b[j] = byte(key >> (8 * j))
-		}
+		binary.LittleEndian.PutUint64(b[:], key)
 		_, _ = h.Write(b[:])
 		_, _ = h.WriteString(r.ID)
 		weights[i] = h.Sum64()

@@ -8,7 +8,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-func npu(n string) corev1.ResourceList { return corev1.ResourceList{"rockchip.com/npu": resource.MustParse(n)} }
+func npu(n string) corev1.ResourceList {
+	return corev1.ResourceList{"rockchip.com/npu": resource.MustParse(n)}
+}
 
 func TestEligible(t *testing.T) {
 	node := func(mutate func(*corev1.Node)) *corev1.Node {

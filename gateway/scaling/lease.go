@@ -3,6 +3,7 @@ package scaling
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -97,7 +98,8 @@ func (l *Lease) free(lease *coordinationv1.Lease, now time.Time) bool {
 
 func (l *Lease) hold(lease *coordinationv1.Lease, now metav1.MicroTime) {
 	lease.Spec.HolderIdentity = ptr.To(l.Identity)
-	lease.Spec.LeaseDurationSeconds = ptr.To(int32(max(l.Duration/time.Second, 1)))
+	seconds := min(max(int64(l.Duration/time.Second), 1), math.MaxInt32)
+	lease.Spec.LeaseDurationSeconds = ptr.To(int32(seconds)) //nolint:gosec // bounded just above
 	lease.Spec.AcquireTime = &now
 	lease.Spec.RenewTime = &now
 }

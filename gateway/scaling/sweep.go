@@ -169,7 +169,7 @@ func withoutEvictions(models []placement.Model) []placement.Model {
 // it is below maxReplicas, every replica it asked for is ready and an NPU is free. It
 // returns at once; one growth per model runs at a time.
 func (s *Scaler) Grow(m catalog.Model) {
-	if m.Scaling == nil || m.Suspended || m.Replicas >= m.Scaling.GetMaxReplicas() || int32(len(m.Endpoints)) < m.Replicas {
+	if m.Scaling == nil || m.Suspended || m.Replicas >= m.Scaling.GetMaxReplicas() || len(m.Endpoints) < int(m.Replicas) {
 		return
 	}
 	s.mu.Lock()

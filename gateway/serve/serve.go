@@ -216,7 +216,8 @@ func (o *Options) complete() error {
 // serveAPI serves the front door on o.Listen until ctx ends, then lets requests in
 // flight finish for up to ShutdownTimeout.
 func serveAPI(ctx context.Context, o Options, h http.Handler, log logr.Logger) error {
-	ln, err := net.Listen("tcp", o.Listen)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.Listen, err)
 	}
@@ -236,7 +237,8 @@ func serveAPI(ctx context.Context, o Options, h http.Handler, log logr.Logger) e
 
 // serveAdmin serves /healthz, /readyz (once the cache has synced) and /metrics.
 func serveAdmin(ctx context.Context, o Options, m *metrics.Metrics, synced *atomic.Bool) error {
-	ln, err := net.Listen("tcp", o.AdminListen)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", o.AdminListen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.AdminListen, err)
 	}
