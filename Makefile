@@ -82,7 +82,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node e2e ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node test-ollama-node e2e ## Everything CI runs (.ci/run calls this).
 
 # The server's packages and the runtime binding are tested once, under -race, by
 # test-server and test-runtime; unit runs everything else.
@@ -219,8 +219,12 @@ test-openai-node: deps sim ## The official OpenAI Node.js client against the ser
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClientThroughGateway$$' -v ./gateway/httpapi/
 
+.PHONY: test-ollama-node
+test-ollama-node: deps sim ## The official ollama JavaScript client against the server's /api/ (npm installs it into a temporary folder).
+	RKLLM_OLLAMA_NODE_TEST=1 $(GO) test -count=1 -run '^TestOllamaNodeClient$$' -v ./cmd/rkllm-server/
+
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/openai:FuzzScanMatchesDecoder
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/generation:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
 # The end-to-end target: each input is a request to a server whose worker runs the
 # AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its

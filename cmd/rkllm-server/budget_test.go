@@ -16,9 +16,13 @@ import (
 
 // longChat is a /v1/chat/completions body of n one-character messages (the shape that
 // once cost the supervisor 190 MiB for 15 MiB).
-func longChat(n int) []byte {
+func longChat(n int) []byte { return chatOf(`{"model":"model","max_tokens":4,"messages":[`, n) }
+
+// chatOf is a chat body of n one-character messages after head (the members before
+// them and the opening of the messages array).
+func chatOf(head string, n int) []byte {
 	var b bytes.Buffer
-	b.WriteString(`{"model":"model","max_tokens":4,"messages":[`)
+	b.WriteString(head)
 	for i := range n {
 		if i > 0 {
 			b.WriteByte(',')
@@ -61,47 +65,17 @@ func TestInflightBudget(t *testing.T) {
 	const budget = 8 << 20
 	s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-inflight-bytes": budget, "max-queue": nil},
 		env: []string{"RKLLM_SIM_HANG_AFTER=1", "RKLLM_SIM_FAULT_ONCE_FILE=" + filepath.Join(t.TempDir(), "hang-once")}})
-	holder := s.dial()
-	hold := prompt("hold the model")
-	hold["stream"] = true
-	held := holder.send("rkllm.run", hold)
-	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	release := holdModel(t, s)
 
 	// Chats of 0.6 MiB, sent one after the other: each is queued while what the queued
 	// ones hold and what it needs to be decoded fit, then one is refused at once.
 	body := longChat(20000)
-	type answer struct {
-		code        int
-		retry, body string
-	}
-	answers := make(chan answer, 50)
-	waiting := 0
-	for refused := false; !refused; {
-		if waiting == 40 {
-			t.Fatalf("%d chats queued and none refused", waiting)
-		}
-		go func() {
-			code, retry, b := s.postV1(body)
-			answers <- answer{code, retry, b}
-		}()
-		for queued := false; !queued && !refused; {
-			select {
-			case a := <-answers:
-				if a.code != http.StatusTooManyRequests || a.retry != "1" || !strings.Contains(a.body, "rate_limit_exceeded") || !strings.Contains(a.body, "--max-inflight-bytes") {
-					t.Fatalf("a chat while the model is held: %d (Retry-After %q) %s", a.code, a.retry, a.body)
-				}
-				refused = true
-			case <-time.After(pollEvery):
-				queued = s.queueDepth() == waiting+1
-			}
-		}
-		if !refused {
-			waiting++
-		}
-	}
-	if waiting == 0 {
-		t.Fatal("the first chat was refused: the budget holds none")
-	}
+	waiting, answers := queueUntilRefused(t, s, func() httpAnswer {
+		code, retry, b := s.postV1(body)
+		return httpAnswer{code, retry, b}
+	}, func(a httpAnswer) bool {
+		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.Contains(a.body, "rate_limit_exceeded") && strings.Contains(a.body, "--max-inflight-bytes")
+	})
 	if used := s.metric("rkllm_inflight_request_bytes"); used <= 0 || used > budget {
 		t.Errorf("bytes in flight with %d chats queued: %v, want within the budget of %d", waiting, used, budget)
 	}
@@ -120,8 +94,7 @@ func TestInflightBudget(t *testing.T) {
 		t.Errorf("a large socket message: %+v", e)
 	}
 
-	ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
-	wait(t, held)
+	release()
 	for range waiting {
 		select {
 		case a := <-answers:
@@ -137,6 +110,61 @@ func TestInflightBudget(t *testing.T) {
 	if code, _, b := s.postV1(longChat(60000)); !reachedModel(code, b) {
 		t.Errorf("a chat over the budget, alone: %d %.300s", code, b)
 	}
+}
+
+// holdModel keeps the model busy with a JSON-RPC run that hangs (the server must run
+// with RKLLM_SIM_HANG_AFTER) until release aborts it.
+func holdModel(t *testing.T, s *server) (release func()) {
+	t.Helper()
+	holder := s.dial()
+	hold := prompt("hold the model")
+	hold["stream"] = true
+	held := holder.send("rkllm.run", hold)
+	holdID := holder.note()["params"].(map[string]any)["request_id"]
+	return func() {
+		t.Helper()
+		ok[map[string]any](t, holder.call("rkllm.abort", map[string]any{"request_id": holdID}))
+		wait(t, held)
+	}
+}
+
+// httpAnswer is an HTTP answer: its status, Retry-After and body.
+type httpAnswer struct {
+	code        int
+	retry, body string
+}
+
+// queueUntilRefused sends requests with send while the model is held, each once the one
+// before it is queued, until one is answered at once, which refused must accept. It
+// returns how many wait in the queue, and the channel their answers come on.
+func queueUntilRefused(t *testing.T, s *server, send func() httpAnswer, refused func(httpAnswer) bool) (int, chan httpAnswer) {
+	t.Helper()
+	answers := make(chan httpAnswer, 50)
+	waiting := 0
+	for done := false; !done; {
+		if waiting == 40 {
+			t.Fatalf("%d requests queued and none refused", waiting)
+		}
+		go func() { answers <- send() }()
+		for queued := false; !queued && !done; {
+			select {
+			case a := <-answers:
+				if !refused(a) {
+					t.Fatalf("a request while the model is held: %d (Retry-After %q) %.300s", a.code, a.retry, a.body)
+				}
+				done = true
+			case <-time.After(pollEvery):
+				queued = s.queueDepth() == waiting+1
+			}
+		}
+		if !done {
+			waiting++
+		}
+	}
+	if waiting == 0 {
+		t.Fatal("the first request was refused: the budget holds none")
+	}
+	return waiting, answers
 }
 
 // reachedModel reports whether a chat was served by the model: a completion, or the

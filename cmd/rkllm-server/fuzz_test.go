@@ -257,7 +257,7 @@ func (z *fuzzServer) launch() error {
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	o.BindFlags(fs)
 	if err := o.Parse([]string{"--model", filepath.Join(z.dir, "model.rkllm"), "--model-dir", z.dir, "--runtime-lib", lib,
-		"--runtime-abi", z.abi, "--listen", "127.0.0.1:0", "--socket", z.sock, "--max-context-len", "4096",
+		"--runtime-abi", z.abi, "--listen", "127.0.0.1:0", "--probe-listen", "127.0.0.1:0", "--socket", z.sock, "--max-context-len", "4096",
 		"--use-cross-attn", "1", "--lora", "chat=" + filepath.Join(z.dir, "chat.lora"), "--request-timeout", fuzzRequestTimeout.String(),
 		"--restart-backoff-min", "10ms", "--restart-backoff-max", "100ms"}); err != nil {
 		return err

@@ -268,7 +268,7 @@ func TestNonRegularFiles(t *testing.T) {
 	}
 
 	// At start: the configured model is checked before any worker starts.
-	cmd := exec.CommandContext(t.Context(), serverBinary(t, false), "serve", "--model", fifo, "--runtime-lib", simLib(t, "1.3"), "--listen", "127.0.0.1:0") //nolint:gosec // the test's own binary
+	cmd := exec.CommandContext(t.Context(), serverBinary(t, false), "serve", "--model", fifo, "--runtime-lib", simLib(t, "1.3"), "--listen", "127.0.0.1:0", "--probe-listen", "") //nolint:gosec // the test's own binary
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--model: "+fifo+" is a named pipe (FIFO), not a regular file") {
 		t.Errorf("serve --model FIFO: %v\n%s", err, out)

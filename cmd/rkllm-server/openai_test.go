@@ -552,7 +552,7 @@ func TestOpenAIErrors(t *testing.T) {
 		{"token prompt", "POST", "/v1/completions", `{"model":"model","prompt":[1,2]}`, 400, "prompt", "unsupported_parameter", "token arrays"},
 		{"no prompt", "POST", "/v1/completions", `{"model":"model"}`, 400, "prompt", "missing_required_parameter", "'prompt'"},
 		{"wrong method", "GET", "/v1/chat/completions", "", 405, "", "", "use POST"},
-		{"unknown path", "POST", "/v1/embeddings", "{}", 404, "", "", "Invalid URL (POST /v1/embeddings)"},
+		{"unknown path", "POST", "/v1/images/generations", "{}", 404, "", "", "Invalid URL (POST /v1/images/generations)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

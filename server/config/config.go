@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/embedding"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -70,6 +71,11 @@ type Serve struct {
 	ChatTemplateEOS    string
 	ChatTemplateCustom string
 	PrefixReuse        bool
+	// Embeddings (/v1/embeddings, /api/embed): pooling ("" picks it by the chat
+	// template's family), raw vectors instead of unit length, inputs per request.
+	EmbeddingPooling   string
+	EmbeddingNormalize bool
+	MaxEmbeddingInputs int
 	// Bounds of --chat-template-file renders (server/templatehost).
 	ChatTemplateTimeout   time.Duration
 	ChatTemplateMaxMemory int64
@@ -167,7 +173,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&o.Loras, "lora", nil, "LoRA adapter to load after the model, NAME=PATH[:SCALE] (scale 1 by default); repeatable.")
 	fs.StringVar(&o.PromptCache, "prompt-cache", "", "Prompt cache file to load after the model.")
 
-	fs.StringVar(&o.ServedModelName, "served-model-name", "", "Model id of the OpenAI-compatible API (/v1/); default: the model file's name without its extension.")
+	fs.StringVar(&o.ServedModelName, "served-model-name", "", "Model id of the OpenAI-compatible API (/v1/) and the Ollama API (/api/); default: the model file's name without its extension.")
 	fs.StringVar(&o.ChatTemplateName, "chat-template", "", "Chat template preset the OpenAI-compatible API renders conversations with: "+strings.Join(chattemplate.Presets(), ", ")+" (default "+chattemplate.Default+").")
 	fs.StringVar(&o.ChatTemplateFile, "chat-template-file", "", "Hugging Face chat template for the OpenAI-compatible API: a Jinja file, or the model's tokenizer_config.json.")
 	fs.StringVar(&o.ChatTemplateEOS, "chat-template-eos", "", "Text of the model's end-of-sequence token, for --chat-template-file (a tokenizer_config.json has it).")
@@ -177,6 +183,9 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&o.ChatTemplateMaxOutput, "chat-template-max-output", templatehost.DefaultMaxOutput, "Largest prompt in bytes --chat-template-file may render (400 beyond).")
 	fs.IntVar(&o.ChatTemplateRenderers, "chat-template-renderers", templatehost.DefaultRenderers, "Renderer processes of --chat-template-file; renders beyond them wait for one.")
 	fs.BoolVar(&o.PrefixReuse, "prefix-reuse", true, "Reuse the KV cache when a conversation continues the previous one (feed only the new part).")
+	fs.StringVar(&o.EmbeddingPooling, "embedding-pooling", "", "How embeddings pool an input's last hidden layer: mean, last or cls (default: last for the Qwen/ChatML templates, else mean).")
+	fs.BoolVar(&o.EmbeddingNormalize, "embedding-normalize", true, "Scale embeddings to length 1 (L2); false returns them as pooled.")
+	fs.IntVar(&o.MaxEmbeddingInputs, "max-embedding-inputs", 256, "Most inputs one embeddings request may hold (each is one prefill).")
 
 	fs.StringVar(&o.Listen, "listen", ":8080", "HTTP listen address (/rpc, /livez, /readyz, /healthz, /metrics); empty disables HTTP.")
 	fs.StringVar(&o.ProbeListen, "probe-listen", ":8081", "HTTP listen address of the probes alone (/livez, /readyz, /healthz, /metrics), which client connections cannot fill; empty serves them on --listen only.")
@@ -363,6 +372,11 @@ func (o *Serve) validateChoices() error {
 	default:
 		return fmt.Errorf("--admin %q: use socket, http, all or none", o.Admin)
 	}
+	if o.EmbeddingPooling != "" {
+		if _, err := embedding.ParsePooling(o.EmbeddingPooling); err != nil {
+			return fmt.Errorf("--embedding-pooling: %w", err)
+		}
+	}
 	switch o.LogFormat {
 	case LogJSON, LogText:
 	default:
@@ -440,6 +454,7 @@ func (o *Serve) validateLimits() error {
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
 		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
 		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
+		{"max-embedding-inputs", int64(o.MaxEmbeddingInputs), 1, 1 << 16},
 	} {
 		if b.v < b.lo || b.v > b.hi {
 			return fmt.Errorf("--%s %d: must be between %d and %d", b.flag, b.v, b.lo, b.hi)
@@ -525,6 +540,22 @@ func (o *Serve) JinjaTemplate() (*chattemplate.JinjaSource, error) {
 		return nil, fmt.Errorf("--chat-template-file: %w", err)
 	}
 	return src, nil
+}
+
+// Pooling is how embeddings pool: --embedding-pooling, else the default of the chat
+// template's family (a preset's; mean for custom and Jinja templates).
+func (o *Serve) Pooling() embedding.Pooling {
+	if p, err := embedding.ParsePooling(o.EmbeddingPooling); err == nil {
+		return p
+	}
+	if o.ChatTemplateFile != "" || o.ChatTemplateCustom != "" {
+		return embedding.Mean
+	}
+	name := o.ChatTemplateName
+	if name == "" {
+		name = chattemplate.Default
+	}
+	return embedding.DefaultPooling(strings.ToLower(name))
 }
 
 // RuntimeFallbackTemplate is the runtime chat template JSON-RPC runs get after the

@@ -41,6 +41,8 @@ type Metrics struct {
 	bytesOut         *prometheus.CounterVec
 	openaiRequests   *prometheus.CounterVec
 	openaiDuration   *prometheus.HistogramVec
+	ollamaRequests   *prometheus.CounterVec
+	ollamaDuration   *prometheus.HistogramVec
 	prefixReuse      *prometheus.CounterVec
 	prefixTokens     prometheus.Counter
 	cutOff           *prometheus.CounterVec
@@ -89,14 +91,18 @@ func New() *Metrics {
 			Help: "Requests of the OpenAI-compatible API, by endpoint and HTTP status code."}, []string{"endpoint", "code"}),
 		openaiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "openai_request_duration_seconds",
 			Help: "Time from an OpenAI-compatible request's arrival to the end of its response, by endpoint.", Buckets: latency}, []string{"endpoint"}),
+		ollamaRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "ollama_requests_total",
+			Help: "Requests of the Ollama API, by endpoint and HTTP status code."}, []string{"endpoint", "code"}),
+		ollamaDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "ollama_request_duration_seconds",
+			Help: "Time from an Ollama API request's arrival to the end of its response, by endpoint.", Buckets: latency}, []string{"endpoint"}),
 		prefixReuse: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reuse_total",
-			Help: "Conversations of the OpenAI-compatible API by whether the KV cache held their prefix (hit: only the new part was prefilled) or not (miss)."}, []string{"result"}),
+			Help: "Conversations of the HTTP APIs (OpenAI's and Ollama's) by whether the KV cache held their prefix (hit: only the new part was prefilled) or not (miss)."}, []string{"result"}),
 		prefixTokens: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reused_tokens_total",
 			Help: "Prompt tokens taken from the KV cache instead of being prefilled again."}),
 		cutOff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "clients_cut_off_total",
 			Help: "Clients disconnected because they did not read their messages (output buffer full or write timeout), by transport."}, []string{"transport"}),
 	}
-	for _, c := range []prometheus.Collector{m.openaiRequests, m.openaiDuration, m.prefixReuse, m.prefixTokens, m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
+	for _, c := range []prometheus.Collector{m.openaiRequests, m.openaiDuration, m.ollamaRequests, m.ollamaDuration, m.prefixReuse, m.prefixTokens, m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
 		m.interToken, m.tokens, m.prefillTokens, m.prefillSeconds, m.generateSeconds, m.workerRestarts, m.modelLoaded,
 		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
@@ -213,6 +219,12 @@ func (m *Metrics) BytesOut(transport string, n int) {
 func (m *Metrics) ObserveOpenAI(endpoint string, status int, elapsed time.Duration) {
 	m.openaiRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
 	m.openaiDuration.WithLabelValues(endpoint).Observe(elapsed.Seconds())
+}
+
+// ObserveOllama implements ollama.Observer.
+func (m *Metrics) ObserveOllama(endpoint string, status int, elapsed time.Duration) {
+	m.ollamaRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
+	m.ollamaDuration.WithLabelValues(endpoint).Observe(elapsed.Seconds())
 }
 
 // PrefixReuse implements supervisor.PrefixObserver.

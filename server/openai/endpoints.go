@@ -2,12 +2,10 @@ package openai
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
-	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
+	"github.com/rkllm-operator/rkllm-operator/server/generation"
 )
 
 // chatFields are the members of a chat completion request this server reads or
@@ -57,17 +55,14 @@ func checkUnsupportedValues(m map[string]json.RawMessage) *Error {
 	return nil
 }
 
-// renderCost is what a rendered turn adds to its text (role markers, separators).
-const renderCost = 64
-
 // chat serves POST /v1/chat/completions.
 func (h *Handler) chat(w http.ResponseWriter, r *http.Request) {
-	spec, e := h.chatSpec(w, r)
+	spec, s, e := h.chatSpec(w, r)
 	if e != nil {
 		h.fail(w, e)
 		return
 	}
-	h.run(w, r, spec)
+	h.run(w, r, &request{spec: spec, chat: true, model: s.model, stream: s.sampling.Stream, includeUsage: s.sampling.IncludeUsage})
 }
 
 // chatRequest is a decoded chat completion request.
@@ -75,63 +70,40 @@ type chatRequest struct {
 	model    string
 	msgs     []chattemplate.Message
 	sampling *sampling
-	tools    []tool
+	tools    []generation.Tool
 	thinking *bool
 }
 
-func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *Error) {
-	body, e := h.readBody(w, r)
+func (h *Handler) chatSpec(w http.ResponseWriter, r *http.Request) (*generation.Spec, *chatRequest, *Error) {
+	body, e := h.g.ReadBody(w, r)
+	if e != nil {
+		return nil, nil, e
+	}
+	req, e := decodeChat(body, generation.BudgetFor(r.Context()))
+	if e != nil {
+		return nil, nil, e
+	}
+	loaded, e := h.ready(req.model)
+	if e != nil {
+		return nil, nil, e
+	}
+	spec, e := newSpec("chatcmpl-", req.sampling, loaded)
+	if e != nil {
+		return nil, nil, e
+	}
+	if e := h.g.PrepareChat(r.Context(), &generation.Chat{Messages: req.msgs, Tools: req.tools, Thinking: req.thinking}, spec); e != nil {
+		return nil, nil, e
+	}
+	return spec, req, nil
+}
+
+// newSpec starts a run's spec from the sampling members.
+func newSpec(prefix string, s *sampling, loaded generation.Loaded) (*generation.Spec, *Error) {
+	infer, e := s.InferParams(loaded, samplingName)
 	if e != nil {
 		return nil, e
 	}
-	pay := payFor(r.Context())
-	req, e := decodeChat(body, pay)
-	if e != nil {
-		return nil, e
-	}
-	param, abi, e := h.ready(req.model)
-	if e != nil {
-		return nil, e
-	}
-	infer, e := req.sampling.inferParams(abi, param)
-	if e != nil {
-		return nil, e
-	}
-	tmpl := h.opts.Template
-	conv := &chattemplate.Conversation{Messages: req.msgs, EnableThinking: req.thinking}
-	spec := &runSpec{chat: true, model: req.model, infer: infer, sampling: req.sampling, abi: abi, loaded: param, parseTools: len(req.tools) > 0}
-	if len(req.tools) > 0 {
-		if tmpl.ToolsInPrompt() {
-			conv.Tools = toolsJSON(req.tools)
-		} else {
-			spec.tools = &workerproto.SetFunctionTools{SystemPrompt: tmpl.SystemPrompt(req.msgs), Tools: string(toolsJSON(req.tools)), ToolResponseStr: tmpl.ToolResponse()}
-			conv.OmitSystem = true
-		}
-	}
-	// The prompt is about as long as the conversation's text plus each turn's markers;
-	// a template that writes more pays for the rest once it is known.
-	estimate := len(body) + renderCost*len(req.msgs)
-	if e := pay.pay(estimate); e != nil {
-		return nil, e
-	}
-	prompt, err := tmpl.Render(r.Context(), conv)
-	if extra := len(prompt) - estimate; err == nil && extra > 0 {
-		if e := pay.pay(extra); e != nil {
-			return nil, e
-		}
-	}
-	if err != nil {
-		if errors.Is(err, chattemplate.ErrInvalid) {
-			why := strings.TrimPrefix(err.Error(), chattemplate.ErrInvalid.Error()+": ")
-			return nil, invalid("messages", "invalid_value", "The conversation cannot be rendered with the chat template %s: %s.", tmpl.Name(), why)
-		}
-		return nil, &Error{Status: http.StatusInternalServerError, Type: typeServer, Message: err.Error()}
-	}
-	if e := noNUL("messages", prompt); e != nil { // a template may add what no message held
-		return nil, e
-	}
-	spec.prompt, spec.opening = prompt, chattemplate.OpenReasoning(prompt)
-	return spec, nil
+	return &generation.Spec{IDPrefix: prefix, Infer: infer, Stop: s.Stop, MaxTokens: s.MaxTokens, Loaded: loaded}, nil
 }
 
 // decodeChat decodes and checks a chat completion request.
@@ -169,7 +141,7 @@ func decodeChat(body []byte, pay payFunc) (*chatRequest, *Error) {
 		}
 		req.sampling.MaxTokens = mct
 	}
-	tools, e := decodeTools(m["tools"], pay)
+	tools, e := generation.DecodeTools(m["tools"], "tools", pay)
 	if e != nil {
 		return nil, e
 	}
@@ -188,53 +160,54 @@ func decodeChat(body []byte, pay payFunc) (*chatRequest, *Error) {
 
 // completions serves POST /v1/completions: the prompt goes to the model as it is.
 func (h *Handler) completions(w http.ResponseWriter, r *http.Request) {
-	spec, e := h.completionSpec(w, r)
+	spec, model, s, e := h.completionSpec(w, r)
 	if e != nil {
 		h.fail(w, e)
 		return
 	}
-	h.run(w, r, spec)
+	h.run(w, r, &request{spec: spec, model: model, stream: s.Stream, includeUsage: s.IncludeUsage})
 }
 
-func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*runSpec, *Error) {
-	body, e := h.readBody(w, r)
+func (h *Handler) completionSpec(w http.ResponseWriter, r *http.Request) (*generation.Spec, string, *sampling, *Error) {
+	body, e := h.g.ReadBody(w, r)
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
-	m, e := fields(body, "", payFor(r.Context()))
+	m, e := fields(body, "", generation.BudgetFor(r.Context()))
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
 	if e := checkKnown(m, "", completionFields, nil); e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
 	if e := checkCompletionOnly(m); e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
 	var model string
 	if e := decodeField(m, "model", "model", &model, "a string"); e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
 	prompt, e := decodePrompt(m["prompt"])
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
-	if e := noNUL("prompt", prompt); e != nil {
-		return nil, e
+	if e := generation.NoNUL("prompt", prompt); e != nil {
+		return nil, "", nil, e
 	}
 	s, e := decodeSampling(m, "max_tokens")
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
-	param, abi, e := h.ready(model)
+	loaded, e := h.ready(model)
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
-	infer, e := s.inferParams(abi, param)
+	spec, e := newSpec("cmpl-", s, loaded)
 	if e != nil {
-		return nil, e
+		return nil, "", nil, e
 	}
-	return &runSpec{model: model, prompt: prompt, infer: infer, sampling: s, abi: abi, loaded: param}, nil
+	spec.Prompt = prompt
+	return spec, model, s, nil
 }
 
 // checkCompletionOnly refuses the members of a completion request the server cannot

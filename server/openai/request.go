@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,7 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
-	"github.com/rkllm-operator/rkllm-operator/server/runtime"
+	"github.com/rkllm-operator/rkllm-operator/server/generation"
 )
 
 // fields splits a JSON object into its members, keeping the raw value of each (as
@@ -21,12 +20,12 @@ func fields(raw []byte, where string, pay payFunc) (map[string]json.RawMessage, 
 	var m map[string]json.RawMessage
 	if json.Valid(raw) {
 		n := 0
-		eachMember(raw, func(_, _ []byte) { n++ })
-		if e := pay.pay(n * memberCost); e != nil {
+		generation.EachMember(raw, func(_, _ []byte) { n++ })
+		if e := pay.Pay(n * memberCost); e != nil {
 			return nil, e
 		}
 		m = make(map[string]json.RawMessage, n)
-		if !eachMember(raw, func(key, value []byte) { m[memberName(key)] = value }) {
+		if !generation.EachMember(raw, func(key, value []byte) { m[generation.MemberName(key)] = value }) {
 			m = nil
 		}
 	}
@@ -46,35 +45,13 @@ func fields(raw []byte, where string, pay payFunc) (map[string]json.RawMessage, 
 
 // payFunc charges a request's account of the budget of bytes in flight before an
 // allocation; nil charges nothing.
-type payFunc func(n int) *Error
-
-func (p payFunc) pay(n int) *Error {
-	if p == nil || n <= 0 {
-		return nil
-	}
-	return p(n)
-}
+type payFunc = generation.Budget
 
 // Costs charged before decoding, beyond the bytes of the text itself.
 const (
-	// memberCost is a member of a map of raw members.
-	memberCost = 64
-	// elementCost is an element decoded by encoding/json into a map or struct (rare
-	// arrays: content parts, tool calls, tools), its garbage included.
-	elementCost = 512
+	memberCost  = generation.MemberCost
+	elementCost = generation.ElementCost
 )
-
-// memberName is a member's name as written (without quotes), its escapes decoded
-// (and invalid UTF-8 replaced) as encoding/json does.
-func memberName(key []byte) string {
-	if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
-		var k string
-		if json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &k) == nil {
-			return k
-		}
-	}
-	return string(key)
-}
 
 func errText(err error) string {
 	if err == nil {
@@ -109,7 +86,10 @@ func checkKnown(m map[string]json.RawMessage, where string, known map[string]boo
 	return nil
 }
 
-func isNull(raw json.RawMessage) bool { return len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null" }
+var (
+	isNull   = generation.IsNull
+	jsonKind = generation.JSONKind
+)
 
 // decodeField decodes one member into v; a type mismatch is a 400 naming it.
 func decodeField(m map[string]json.RawMessage, key, param string, v any, what string) *Error {
@@ -123,54 +103,27 @@ func decodeField(m map[string]json.RawMessage, key, param string, v any, what st
 	return nil
 }
 
-func jsonKind(raw json.RawMessage) string {
-	t := bytes.TrimSpace(raw)
-	if len(t) == 0 {
-		return "nothing"
-	}
-	switch t[0] {
-	case '"':
-		return "a string"
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	if bytes.ContainsAny(t, ".eE") {
-		return "a decimal number"
-	}
-	return "an integer"
-}
-
 // sampling holds the sampling members common to both endpoints.
 type sampling struct {
-	MaxTokens         *int     // max_tokens / max_completion_tokens
-	Temperature       *float64 // 0-2
-	TopP              *float64 // 0-1
-	TopK              *int     // >= 0 (an extension, as vLLM)
-	FrequencyPenalty  *float64 // -2..2
-	PresencePenalty   *float64 // -2..2
-	RepetitionPenalty *float64 // > 0 (an extension, as vLLM): repeat_penalty
-	Seed              *int64
-	Stop              []string
-	N                 *int
-	Stream            bool
-	IncludeUsage      bool
+	// Sampling has max_tokens (or max_completion_tokens) as MaxTokens and the
+	// extensions top_k and repetition_penalty (as vLLM's) as TopK and RepeatPenalty.
+	generation.Sampling
+	Seed         *int64
+	N            *int
+	Stream       bool
+	IncludeUsage bool
 }
 
 // samplingFields are the members decodeSampling reads.
 var samplingFields = []string{"max_tokens", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
 	"repetition_penalty", "seed", "stop", "n", "stream", "stream_options"}
 
-func rangeCheck(param string, v *float64, lo, hi float64) *Error {
-	if v != nil && (math.IsNaN(*v) || *v < lo || *v > hi) {
-		return invalid(param, "invalid_value", "Invalid '%s': %g is out of range: it must be between %g and %g.", param, *v, lo, hi)
+// samplingName is a sampling member's name in OpenAI's API.
+func samplingName(member string) string {
+	if member == generation.MemberRepeatPenalty {
+		return "repetition_penalty"
 	}
-	return nil
+	return member
 }
 
 func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*sampling, *Error) {
@@ -185,7 +138,7 @@ func decodeSampling(m map[string]json.RawMessage, maxTokensKey string) (*samplin
 	for _, f := range []field{
 		{maxTokensKey, &s.MaxTokens, "an integer"}, {"temperature", &s.Temperature, "a number"}, {"top_p", &s.TopP, "a number"},
 		{"top_k", &s.TopK, "an integer"}, {"frequency_penalty", &s.FrequencyPenalty, "a number"},
-		{"presence_penalty", &s.PresencePenalty, "a number"}, {"repetition_penalty", &s.RepetitionPenalty, "a number"},
+		{"presence_penalty", &s.PresencePenalty, "a number"}, {"repetition_penalty", &s.RepeatPenalty, "a number"},
 		{"seed", &s.Seed, "an integer"}, {"n", &s.N, "an integer"}, {"stream", &s.Stream, "a boolean"},
 		{"stop", &stop, "a string or an array of strings"}, {"stream_options", &so, "an object"},
 	} {
@@ -218,19 +171,10 @@ func (s *sampling) validate(maxTokensKey string) *Error {
 	if s.MaxTokens != nil && *s.MaxTokens < 1 {
 		return invalid(maxTokensKey, "invalid_value", "Invalid '%s': %d must be at least 1.", maxTokensKey, *s.MaxTokens)
 	}
-	for _, c := range []struct {
-		p      string
-		v      *float64
-		lo, hi float64
-	}{{"temperature", s.Temperature, 0, 2}, {"top_p", s.TopP, 0, 1}, {"frequency_penalty", s.FrequencyPenalty, -2, 2},
-		{"presence_penalty", s.PresencePenalty, -2, 2}, {"repetition_penalty", s.RepetitionPenalty, 0.01, 10}} {
-		if err := rangeCheck(c.p, c.v, c.lo, c.hi); err != nil {
-			return err
-		}
+	if err := s.Validate(samplingName); err != nil {
+		return err
 	}
 	switch {
-	case s.TopK != nil && *s.TopK < 0:
-		return invalid("top_k", "invalid_value", "Invalid 'top_k': %d must be 0 or more.", *s.TopK)
 	case s.N != nil && *s.N != 1:
 		return unsupported("n", "Invalid 'n': this server generates one choice per request (the NPU runs one generation at a time); send n = 1 or leave it out.")
 	case s.Seed != nil:
@@ -261,93 +205,23 @@ func (s *sampling) decodeStop(stop json.RawMessage) *Error {
 	return nil
 }
 
-// inferParams turns the sampling members into per-run parameters for abi. ABI 1.3
-// takes sampling per run (the members not given keep the loaded model's values); 1.2
-// takes it only at init, so a member that differs from the loaded value is refused.
-// max_tokens on 1.2 is enforced by the server (the run is stopped there).
-func (s *sampling) inferParams(abi runtime.ABI, loaded runtime.Param) (runtime.InferParams, *Error) {
-	sp := runtime.SamplingParams{
-		TopK: loaded.TopK, TopP: loaded.TopP, Temperature: loaded.Temperature, RepeatPenalty: loaded.RepeatPenalty,
-		FrequencyPenalty: loaded.FrequencyPenalty, PresencePenalty: loaded.PresencePenalty,
-		Mirostat: loaded.Mirostat, MirostatTau: loaded.MirostatTau, MirostatEta: loaded.MirostatEta,
-	}
-	set := false
-	for _, f := range []struct {
-		name string
-		v    *float64
-		dst  *float32
-	}{{"temperature", s.Temperature, &sp.Temperature}, {"top_p", s.TopP, &sp.TopP}, {"frequency_penalty", s.FrequencyPenalty, &sp.FrequencyPenalty},
-		{"presence_penalty", s.PresencePenalty, &sp.PresencePenalty}, {"repetition_penalty", s.RepetitionPenalty, &sp.RepeatPenalty}} {
-		if f.v == nil || float32(*f.v) == *f.dst {
-			continue
-		}
-		if abi != runtime.ABI13 {
-			return runtime.InferParams{}, perRunSampling(f.name, fmt.Sprintf("%g", *f.dst), abi)
-		}
-		*f.dst, set = float32(*f.v), true
-	}
-	if s.TopK != nil && int32(*s.TopK) != sp.TopK { //nolint:gosec // top_k is a small count
-		if abi != runtime.ABI13 {
-			return runtime.InferParams{}, perRunSampling("top_k", fmt.Sprint(sp.TopK), abi)
-		}
-		sp.TopK, set = int32(*s.TopK), true //nolint:gosec // as above
-	}
-	ip := runtime.InferParams{Mode: runtime.InferGenerate}
-	if set {
-		ip.Sampling = &sp
-	}
-	if s.MaxTokens != nil && abi == runtime.ABI13 {
-		ip.MaxNewTokens = int32(min(*s.MaxTokens, math.MaxInt32)) //nolint:gosec // bounded above
-	}
-	return ip, nil
-}
-
-func perRunSampling(param, loadedValue string, abi runtime.ABI) *Error {
-	return unsupported(param, "'%s' cannot be set per request with runtime ABI %s: runtime 1.2.x takes sampling parameters only when the model loads, and this model was loaded with %s = %s. Leave '%s' out (or send %s), or configure it on the server (--%s), or use runtime 1.3.",
-		param, abi, param, loadedValue, param, loadedValue, flagName(param))
-}
-
-func flagName(param string) string {
-	if param == "repetition_penalty" {
-		return "repeat-penalty"
-	}
-	return strings.ReplaceAll(param, "_", "-")
-}
-
 // decodeMessages decodes the messages one at a time from the array: a long
 // conversation costs its messages and not a copy of each one's members on the way (a
 // 15 MiB body of one-character messages once took 950 MiB of allocations to decode).
 // budget, when set, is charged for each message before it is decoded.
 func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *Error) {
-	n := 0
-	if ok, _ := eachElement(raw, func(int, []byte) *Error { n++; return nil }); !ok {
+	msgs, isArray, e := generation.DecodeMessages(raw, pay, messageCost, func(i int, one []byte, m *chattemplate.Message) *Error {
+		return decodeMessage(one, i, m, pay)
+	})
+	switch {
+	case !isArray:
 		return nil, invalid("messages", "invalid_type", "Invalid type for 'messages': expected an array of message objects, but got %s.", jsonKind(raw))
-	}
-	if n == 0 {
+	case e != nil:
+		return nil, e
+	case len(msgs) == 0:
 		return nil, invalid("messages", "empty_array", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
-	if e := pay.pay(n * messageCost); e != nil {
-		return nil, e
-	}
-	out := make([]chattemplate.Message, n)
-	_, e := eachElement(raw, func(i int, one []byte) *Error {
-		// Its strings take at most its length, and joining content parts as much again.
-		if e := pay.pay(2 * len(one)); e != nil {
-			return e
-		}
-		return decodeMessage(one, i, &out[i], pay)
-	})
-	if e != nil {
-		return nil, e
-	}
-	return out, nil
-}
-
-// elements counts the elements of raw, a valid JSON array (0 for anything else).
-func elements(raw []byte) int {
-	n := 0
-	_, _ = eachElement(raw, func(int, []byte) *Error { n++; return nil })
-	return n
+	return msgs, nil
 }
 
 // textPartMembers are the members of a text content part. cache_control is a prompt
@@ -368,9 +242,9 @@ type wireMessage struct {
 // readWireMessage picks the members of the message object raw (valid JSON); false when
 // it is not an object.
 func readWireMessage(raw []byte, w *wireMessage) bool {
-	return eachMember(raw, func(key, value []byte) {
+	return generation.EachMember(raw, func(key, value []byte) {
 		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) { // an escaped name, such as "\u0072ole"
-			key = []byte(memberName(key))
+			key = []byte(generation.MemberName(key))
 		}
 		switch string(key) {
 		case "role":
@@ -399,7 +273,7 @@ func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Er
 	if isNull(raw) {
 		return nil
 	}
-	if s, ok := v.(*string); ok && plainString(raw, s) {
+	if s, ok := v.(*string); ok && generation.PlainString(raw, s) {
 		return nil
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
@@ -407,20 +281,6 @@ func decodeRaw(raw json.RawMessage, param func() string, v any, what string) *Er
 		return invalid(p, "invalid_type", "Invalid type for '%s': expected %s, but got %s.", p, what, jsonKind(raw))
 	}
 	return nil
-}
-
-// plainString decodes a JSON string without escapes, the common case, without the
-// decoder's allocations; false leaves it to encoding/json.
-func plainString(raw []byte, s *string) bool {
-	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
-		return false
-	}
-	body := raw[1 : len(raw)-1]
-	if bytes.IndexByte(body, '\\') >= 0 || bytes.IndexByte(body, '"') >= 0 || !utf8.Valid(body) {
-		return false
-	}
-	*s = string(body)
-	return true
 }
 
 // decodeMessage decodes message i, raw (valid JSON), into msg.
@@ -462,12 +322,12 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 // messageNoNUL refuses a message whose text members hold a NUL character.
 func messageNoNUL(msg *chattemplate.Message, where string) *Error {
 	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
-		if err := noNUL(where+f.param, f.v); err != nil {
+		if err := generation.NoNUL(where+f.param, f.v); err != nil {
 			return err
 		}
 	}
 	for j, tc := range msg.ToolCalls {
-		if err := noNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, j), tc.Name+tc.Arguments); err != nil {
+		if err := generation.NoNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, j), tc.Name+tc.Arguments); err != nil {
 			return err
 		}
 	}
@@ -495,16 +355,6 @@ func decodeRole(raw json.RawMessage, i int) (string, *Error) {
 	default:
 		return "", invalid(param(), "invalid_value", "Invalid value: '%s'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.", role)
 	}
-}
-
-// noNUL refuses a string that would reach the runtime with a NUL character: the
-// prompt is a C string, which ends at the first NUL, so the model would not see the
-// rest.
-func noNUL(param, s string) *Error {
-	if i := strings.IndexByte(s, 0); i >= 0 {
-		return invalid(param, "invalid_value", "Invalid '%s': it contains a NUL character (\\u0000) at byte %d, where the model's prompt (a C string) would end. Remove it.", param, i)
-	}
-	return nil
 }
 
 // decodeMessageTools reads the tool members of a message: an assistant's tool_calls, a
@@ -541,7 +391,7 @@ func decodeContent(raw json.RawMessage, param func() string, pay payFunc) (strin
 	}
 	if len(raw) > 0 && raw[0] == '"' {
 		var s string
-		if plainString(raw, &s) || json.Unmarshal(raw, &s) == nil {
+		if generation.PlainString(raw, &s) || json.Unmarshal(raw, &s) == nil {
 			return s, nil
 		}
 	}
@@ -550,7 +400,7 @@ func decodeContent(raw json.RawMessage, param func() string, pay payFunc) (strin
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
 	}
-	if e := pay.pay(elements(raw) * elementCost); e != nil {
+	if e := pay.Pay(generation.Elements(raw) * elementCost); e != nil {
 		return "", e
 	}
 	var parts []map[string]json.RawMessage
@@ -582,7 +432,7 @@ func decodeToolCalls(raw json.RawMessage, where string, pay payFunc) ([]chattemp
 	if isNull(raw) {
 		return nil, nil
 	}
-	if e := pay.pay(elements(raw) * elementCost); e != nil {
+	if e := pay.Pay(generation.Elements(raw) * elementCost); e != nil {
 		return nil, e
 	}
 	var list []json.RawMessage
@@ -611,55 +461,11 @@ func decodeToolCalls(raw json.RawMessage, where string, pay payFunc) ([]chattemp
 	return out, nil
 }
 
-// tool is one entry of the request's tools.
-type tool struct {
-	Name string
-	Raw  json.RawMessage
-}
-
-func decodeTools(raw json.RawMessage, pay payFunc) ([]tool, *Error) {
-	if isNull(raw) {
-		return nil, nil
-	}
-	if e := pay.pay(elements(raw)*elementCost + len(raw)); e != nil {
-		return nil, e
-	}
-	var list []json.RawMessage
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, invalid("tools", "invalid_type", "Invalid type for 'tools': expected an array, but got %s.", jsonKind(raw))
-	}
-	out := make([]tool, 0, len(list))
-	for i, r := range list {
-		param := fmt.Sprintf("tools[%d]", i)
-		var t struct {
-			Type     string `json:"type"`
-			Function *struct {
-				Name       string          `json:"name"`
-				Parameters json.RawMessage `json:"parameters"`
-			} `json:"function"`
-		}
-		if err := json.Unmarshal(r, &t); err != nil {
-			return nil, invalid(param, "invalid_type", "Invalid '%s': expected an object {type: \"function\", function: {name, description, parameters}}.", param)
-		}
-		if t.Type != "function" {
-			return nil, invalid(param+".type", "invalid_value", "Invalid value: '%s'. Supported values are: 'function'.", t.Type)
-		}
-		if t.Function == nil || t.Function.Name == "" {
-			return nil, invalid(param+".function.name", "missing_required_parameter", "Missing required parameter: '%s.function.name'.", param)
-		}
-		if len(t.Function.Parameters) > 0 && !isNull(t.Function.Parameters) && bytes.TrimSpace(t.Function.Parameters)[0] != '{' {
-			return nil, invalid(param+".function.parameters", "invalid_type", "Invalid '%s.function.parameters': expected a JSON Schema object.", param)
-		}
-		out = append(out, tool{Name: t.Function.Name, Raw: r})
-	}
-	return out, nil
-}
-
 // toolChoice applies tool_choice: "none" drops the tools, "auto" and "required" keep
 // them, {type: function, function: {name}} keeps only that one. The runtime cannot be
 // forced to call a tool, so "required" and a named function narrow what the model is
 // offered but do not constrain its reply.
-func toolChoice(raw json.RawMessage, tools []tool) ([]tool, *Error) {
+func toolChoice(raw json.RawMessage, tools []generation.Tool) ([]generation.Tool, *Error) {
 	if isNull(raw) {
 		return tools, nil
 	}
@@ -687,22 +493,8 @@ func toolChoice(raw json.RawMessage, tools []tool) ([]tool, *Error) {
 	}
 	for _, t := range tools {
 		if t.Name == named.Function.Name {
-			return []tool{t}, nil
+			return []generation.Tool{t}, nil
 		}
 	}
 	return nil, invalid("tool_choice", "invalid_value", "Invalid 'tool_choice': no function named '%s' in 'tools'.", named.Function.Name)
-}
-
-// toolsJSON is the array of tool specs as the client sent them.
-func toolsJSON(tools []tool) json.RawMessage {
-	var b bytes.Buffer
-	b.WriteByte('[')
-	for i, t := range tools {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		_ = json.Compact(&b, t.Raw)
-	}
-	b.WriteByte(']')
-	return b.Bytes()
 }

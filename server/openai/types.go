@@ -134,3 +134,25 @@ type Completion struct {
 type errorBody struct {
 	Error *Error `json:"error"`
 }
+
+// Embedding is one vector of an embeddings response: a list of floats, or their
+// little-endian float32 bytes in base64 (encoding_format "base64").
+type Embedding struct {
+	Object    string `json:"object"`
+	Index     int    `json:"index"`
+	Embedding any    `json:"embedding"`
+}
+
+// EmbeddingUsage counts an embeddings request's tokens.
+type EmbeddingUsage struct {
+	PromptTokens int `json:"prompt_tokens"`
+	TotalTokens  int `json:"total_tokens"`
+}
+
+// EmbeddingList is the response of POST /v1/embeddings.
+type EmbeddingList struct {
+	Object string         `json:"object"`
+	Data   []Embedding    `json:"data"`
+	Model  string         `json:"model"`
+	Usage  EmbeddingUsage `json:"usage"`
+}

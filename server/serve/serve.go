@@ -22,12 +22,14 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/connlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/filewatch"
+	"github.com/rkllm-operator/rkllm-operator/server/generation"
 	"github.com/rkllm-operator/rkllm-operator/server/hangup"
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
+	"github.com/rkllm-operator/rkllm-operator/server/ollama"
 	"github.com/rkllm-operator/rkllm-operator/server/openai"
 	"github.com/rkllm-operator/rkllm-operator/server/rkllmrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -188,13 +190,18 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		if err != nil {
 			return nil, err
 		}
-		log.Info("OpenAI-compatible API on /v1/", "chat_template", tmpl.Name(), "prefix_reuse", o.PrefixReuse)
-		v1 := openai.New(a.sup, openai.Options{
+		log.Info("OpenAI-compatible API on /v1/, Ollama API on /api/", "chat_template", tmpl.Name(), "prefix_reuse", o.PrefixReuse,
+			"embedding_pooling", o.Pooling(), "embedding_normalize", o.EmbeddingNormalize)
+		gen := generation.New(a.sup, generation.Options{
 			ModelName: o.ServedModelName, ModelPath: o.Model, Template: tmpl, PrefixReuse: o.PrefixReuse, RequestTimeout: o.RequestTimeout,
 			MaxRequestBytes: o.MaxRequestBytes, WriteTimeout: o.WriteTimeout, MaxBacklogBytes: o.ClientBufferBytes, Draining: a.d.Draining,
-			Fingerprint: "rkllm-server-" + opts.Version, Observer: m, Log: log.WithName("openai"),
+			Embedding: generation.EmbeddingOptions{Pooling: o.Pooling(), Raw: !o.EmbeddingNormalize, MaxInputs: o.MaxEmbeddingInputs},
+			Observer:  m, Log: log.WithName("api"),
 		})
+		v1 := openai.New(gen, openai.Options{Fingerprint: "rkllm-server-" + opts.Version, Observer: m, Log: log.WithName("openai")})
 		a.httpSrv.Handle("/v1/", a.httpSrv.RequireAPIKey(v1, openai.Unauthorized))
+		api := ollama.New(gen, ollama.Options{Observer: m, Log: log.WithName("ollama")})
+		a.httpSrv.Handle("/api/", a.httpSrv.RequireAPIKey(api, ollama.Unauthorized))
 	}
 	if o.Socket != "" {
 		a.sockSrv = socketapi.New(a.d, socketapi.Options{

@@ -355,6 +355,10 @@ func (s *Supervisor) execute(p *proc, t *Ticket) {
 	case *workerproto.Run:
 		t.finish(s.execRPCRun(p, t, m))
 	case nil:
+		if t.req.Embedding != nil {
+			t.finish(s.execEmbedding(p, t, t.req.Embedding))
+			return
+		}
 		t.finish(s.execConversation(p, t, t.req.Conversation))
 	default:
 		t.finish(s.execCall(p, m))

@@ -143,8 +143,11 @@ type Request struct {
 	// Msg is the runtime call: *workerproto.Init, Run, LoadLora, ... (not Abort or
 	// IsRunning, which have their own methods and never wait in the queue).
 	Msg workerproto.Message
-	// Conversation, instead of Msg, is a conversation run of the OpenAI API.
+	// Conversation, instead of Msg, is a conversation run of the HTTP APIs.
 	Conversation *Conversation
+	// Embedding, instead of Msg, is a batch of inputs whose last hidden layers the
+	// HTTP APIs pool into embeddings.
+	Embedding *Embedding
 	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
 	// supervisor's executor: it must not block for long (a slow client holds up the
 	// watchdog).
@@ -381,8 +384,8 @@ func (s *Supervisor) Start() error {
 func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) {
 	switch req.Msg.(type) {
 	case nil:
-		if req.Conversation == nil {
-			return nil, errors.New("supervisor: a request needs Msg or Conversation")
+		if (req.Conversation == nil) == (req.Embedding == nil) {
+			return nil, errors.New("supervisor: a request needs one of Msg, Conversation or Embedding")
 		}
 	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Hello, *workerproto.Delivery, *workerproto.Reply:
 		return nil, fmt.Errorf("supervisor: %T cannot be queued", req.Msg)

@@ -94,6 +94,21 @@ test('errors come as the client\'s error classes', async () => {
   );
 });
 
+test('embeddings (the client asks for base64 and decodes it)', async () => {
+  const r = await client.embeddings.create({ model, input: ['a document about NPUs', 'another text', 'a document about NPUs'] });
+  assert.equal(r.data.length, 3);
+  const [a, b, c] = r.data.map((d) => d.embedding);
+  assert.ok(a.length > 0);
+  assert.ok(Math.abs(Math.hypot(...a) - 1) < 1e-5);
+  assert.deepEqual(a, c);
+  assert.notDeepEqual(a, b);
+  assert.ok(r.usage.prompt_tokens > 0);
+  // As floats in JSON, the same vector (decimal text read as doubles: equal to float32 precision).
+  const floats = await client.embeddings.create({ model, input: 'another text', encoding_format: 'float' });
+  assert.equal(floats.data[0].embedding.length, b.length);
+  floats.data[0].embedding.forEach((x, i) => assert.ok(Math.abs(x - b[i]) < 1e-6, `${i}: ${x} vs ${b[i]}`));
+});
+
 test('a (legacy) completion', async () => {
   const r = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 5 });
   assert.equal(r.object, 'text_completion');

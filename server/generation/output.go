@@ -1,4 +1,4 @@
-package openai
+package generation
 
 import (
 	"bytes"
@@ -9,12 +9,22 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
 
-// Finish reasons.
+// Finish reasons, as OpenAI names them.
 const (
-	finishStop      = "stop"
-	finishLength    = "length"
-	finishToolCalls = "tool_calls"
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishToolCalls = "tool_calls"
 )
+
+// ToolCall is a function call the model made.
+type ToolCall struct {
+	// ID is "call_" and 24 random letters and digits.
+	ID   string
+	Name string
+	// Arguments is the JSON text of the arguments as the model wrote them (a JSON
+	// string's content when the model wrote them as a string).
+	Arguments string
+}
 
 const (
 	toolCallOpen  = "<tool_call>"
@@ -75,7 +85,7 @@ func (o *output) add(d runtime.Delivery) (string, bool) {
 		limit = o.toolAt
 	}
 	if i := o.stopBefore(text, limit); i >= 0 {
-		o.stopped, o.cutShort = finishStop, true
+		o.stopped, o.cutShort = FinishStop, true
 		return o.emit(text, i), true
 	}
 	if o.toolAt >= 0 {
@@ -108,7 +118,7 @@ func (o *output) token(d runtime.Delivery) (r runtime.Result, ok bool) {
 // checkMax reports (once) that the server-enforced max_tokens is reached.
 func (o *output) checkMax() bool {
 	if o.maxTokens > 0 && o.tokens >= o.maxTokens && o.stopped == "" {
-		o.stopped, o.cutShort = finishLength, true
+		o.stopped, o.cutShort = FinishLength, true
 		return true
 	}
 	return false
@@ -169,33 +179,25 @@ func (o *output) emit(text string, upto int) string {
 	return s
 }
 
-// result is what a finished run gave.
-type result struct {
-	// rest is the content not given out yet.
-	rest      string
-	toolCalls []ToolCall
-	finish    string
-}
-
 // finish ends the output. aborted tells that the run was stopped early (by the server
 // for a stop sequence or max_tokens), and ranOut that it reached max_new_tokens.
-func (o *output) finish(ranOut bool) result {
+func (o *output) finish(ranOut bool) Result {
 	text := o.raw.String()
 	if o.stopped != "" {
-		return result{finish: o.stopped}
+		return Result{Finish: o.stopped}
 	}
 	if o.toolAt >= 0 {
 		if calls, ok := parseToolCalls(text[o.toolAt:]); ok {
-			return result{rest: o.emit(text, o.toolAt), toolCalls: calls, finish: finishToolCalls}
+			return Result{Rest: o.emit(text, o.toolAt), ToolCalls: calls, Finish: FinishToolCalls}
 		}
 	}
 	end := len(text)
 	if o.endOfReply != "" && strings.HasSuffix(text, o.endOfReply) {
 		end -= len(o.endOfReply)
 	}
-	r := result{rest: o.emit(text, end), finish: finishStop}
+	r := Result{Rest: o.emit(text, end), Finish: FinishStop}
 	if ranOut {
-		r.finish = finishLength
+		r.Finish = FinishLength
 	}
 	return r
 }
@@ -235,8 +237,7 @@ func parseToolCalls(s string) ([]ToolCall, bool) {
 		if argText == "" || argText == "null" {
 			argText = "{}"
 		}
-		i := len(calls)
-		calls = append(calls, ToolCall{Index: &i, ID: newID("call_"), Type: "function", Function: ToolCallFunction{Name: call.Name, Arguments: argText}})
+		calls = append(calls, ToolCall{ID: NewID("call_"), Name: call.Name, Arguments: argText})
 		rest = strings.TrimSpace(after)
 	}
 	return calls, len(calls) > 0
@@ -244,8 +245,8 @@ func parseToolCalls(s string) ([]ToolCall, bool) {
 
 const idChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
-// newID returns prefix and 24 random letters and digits, as OpenAI's ids look.
-func newID(prefix string) string {
+// NewID returns prefix and 24 random letters and digits, as OpenAI's ids look.
+func NewID(prefix string) string {
 	var b [24]byte
 	_, _ = rand.Read(b[:])
 	for i := range b {

@@ -1,4 +1,4 @@
-package openai
+package generation
 
 import (
 	"bytes"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// FuzzScanMatchesDecoder: on any valid JSON, eachMember and eachElement see what
+// FuzzScanMatchesDecoder: on any valid JSON, EachMember and EachElement see what
 // encoding/json decodes (the same members, last one winning, the same elements with
 // the same values).
 func FuzzScanMatchesDecoder(f *testing.F) {
@@ -25,7 +25,7 @@ func FuzzScanMatchesDecoder(f *testing.F) {
 		var wantObj map[string]json.RawMessage
 		if json.Unmarshal(b, &wantObj) == nil && wantObj != nil {
 			got := map[string]json.RawMessage{}
-			if !eachMember(b, func(k, v []byte) { got[memberName(k)] = v }) {
+			if !EachMember(b, func(k, v []byte) { got[MemberName(k)] = v }) {
 				t.Fatalf("%q: not seen as an object", b)
 			}
 			sameValues(t, b, got, wantObj)
@@ -33,7 +33,7 @@ func FuzzScanMatchesDecoder(f *testing.F) {
 		var wantArr []json.RawMessage
 		if json.Unmarshal(b, &wantArr) == nil && wantArr != nil {
 			var got []json.RawMessage
-			ok, _ := eachElement(b, func(_ int, e []byte) *Error { got = append(got, e); return nil })
+			ok, _ := EachElement(b, func(_ int, e []byte) *Error { got = append(got, e); return nil })
 			if !ok || len(got) != len(wantArr) {
 				t.Fatalf("%q: elements %q, want %q", b, got, wantArr)
 			}
@@ -65,29 +65,4 @@ func compact(t *testing.T, raw []byte) []byte {
 		t.Fatalf("%q is not one JSON value: %v", raw, err)
 	}
 	return out.Bytes()
-}
-
-// TestDecodeMessagesBudget: the messages are charged before they are decoded, and a
-// refusal stops the decoding.
-func TestDecodeMessagesBudget(t *testing.T) {
-	raw := []byte(`[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"more"}]`)
-	var charged []int
-	msgs, e := decodeMessages(raw, func(n int) *Error { charged = append(charged, n); return nil })
-	if e != nil || len(msgs) != 3 || msgs[2].Content != "more" || msgs[1].Role != "assistant" {
-		t.Fatalf("messages %+v, %v", msgs, e)
-	}
-	if len(charged) != 4 || charged[0] != 3*messageCost || charged[1] != 2*len(`{"role":"user","content":"hello"}`) {
-		t.Errorf("charges %v: want the messages' slice first, then each message's text before it is decoded", charged)
-	}
-	busy := &Error{Status: 429}
-	calls := 0
-	if _, e := decodeMessages(raw, func(int) *Error {
-		calls++
-		if calls == 2 {
-			return busy
-		}
-		return nil
-	}); e != busy {
-		t.Errorf("a refused charge: %v, want it returned", e)
-	}
 }
