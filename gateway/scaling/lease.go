@@ -21,6 +21,8 @@ import (
 // the other's writes. Every replica serves requests and activates models; they take
 // turns only to decide. A holder that dies is replaced once its lease expires.
 type Lease struct {
+	// Client reads and writes the Lease on the API server, not through a cache, so a
+	// decision starts from the previous holder's write.
 	Client client.Client
 	// Key names the Lease object.
 	Key client.ObjectKey

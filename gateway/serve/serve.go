@@ -137,10 +137,16 @@ func Run(ctx context.Context, cfg *rest.Config, o Options, log logr.Logger) erro
 		return err
 	}
 	o.Scaling.Namespaces = namespaces
+	// The lease is read and written on the API server itself: through the cache its
+	// reads would lag the other replicas' writes (and need list and watch on Leases).
+	direct, err := client.New(cfg, client.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return fmt.Errorf("creating the lease's client: %w", err)
+	}
 	sc := scaling.New(ctx, scaling.Deps{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("rkllm-gateway"),
 		Catalog: cat, Activity: h.Activity(), Metrics: m, Clock: clk, Log: log.WithName("scaling"),
-		Lease: &scaling.Lease{Client: mgr.GetClient(), Key: client.ObjectKey{Namespace: o.LeaseNamespace, Name: o.LeaseName},
+		Lease: &scaling.Lease{Client: direct, Key: client.ObjectKey{Namespace: o.LeaseNamespace, Name: o.LeaseName},
 			Identity: o.Identity, Duration: o.LeaseDuration, Retry: 250 * time.Millisecond, Clock: clk},
 		Probe: scaling.HTTPProber(&http.Client{}),
 	}, o.Scaling)
