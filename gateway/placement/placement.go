@@ -102,7 +102,8 @@ type NoCapacityError struct {
 	Model string
 	// Nodes describes the nodes the model may run on and their use.
 	Nodes string
-	// Reasons say, per model holding NPUs, why it is not evicted.
+	// Reasons say, per model holding NPUs, why it is not evicted, and which models are
+	// starting and will take the NPUs still free.
 	Reasons []string
 }
 
@@ -119,7 +120,7 @@ func (e *NoCapacityError) Error() string {
 // returns a *NoCapacityError when neither works.
 func Plan(req Request, nodes []Node, pods []Pod, models []Model) (Decision, error) {
 	used, onNode := usage(req, pods)
-	claims := pendingClaims(req, pods, models)
+	claims, starting := pendingClaims(req, pods, models)
 	free := map[string]int64{}
 	var eligible []Node
 	for _, n := range nodes {
@@ -148,7 +149,7 @@ func Plan(req Request, nodes []Node, pods []Pod, models []Model) (Decision, erro
 	if d, ok := cheapest(req, eligible, free, claims, victims, onNode); ok {
 		return d, nil
 	}
-	return Decision{}, &NoCapacityError{Model: req.Name, Nodes: describeNodes(eligible, used), Reasons: reasons}
+	return Decision{}, &NoCapacityError{Model: req.Name, Nodes: describeNodes(eligible, used), Reasons: append(reasons, starting...)}
 }
 
 // cheapest is the eviction plan of the node where the fewest evictions, then the
@@ -197,10 +198,11 @@ func usage(req Request, pods []Pod) (map[string]int64, map[string]map[string]int
 }
 
 // pendingClaims is what pods waiting for the scheduler, and replicas whose pods do not
-// exist yet, will take: units the requester cannot count on.
-func pendingClaims(req Request, pods []Pod, models []Model) int64 {
-	var claims int64
+// exist yet, will take: units the requester cannot count on. starting says who claims
+// them, for the refusal's message.
+func pendingClaims(req Request, pods []Pod, models []Model) (claims int64, starting []string) {
 	podsOf := map[string]int32{}
+	waiting := map[string]bool{}
 	for _, p := range pods {
 		if p.Terminating || (!req.Additional && p.Model == req.Model) {
 			continue
@@ -210,14 +212,25 @@ func pendingClaims(req Request, pods []Pod, models []Model) int64 {
 		}
 		if p.Node == "" {
 			claims += p.Units
+			waiting[p.Model] = true
 		}
 	}
 	for _, m := range models {
 		if (req.Additional || m.Key != req.Model) && m.Replicas > podsOf[m.Key] {
 			claims += int64(m.Replicas-podsOf[m.Key]) * m.Units
+			waiting[m.Key] = true
 		}
 	}
-	return claims
+	for _, m := range models {
+		if waiting[m.Key] {
+			starting = append(starting, m.Name+" is starting (a replica asked for is not placed yet and will take an NPU)")
+			delete(waiting, m.Key)
+		}
+	}
+	if len(waiting) > 0 {
+		starting = append(starting, "pods of other workloads wait for the scheduler and will take an NPU")
+	}
+	return claims, starting
 }
 
 // candidates returns the models that may be evicted, in eviction order, and for the

@@ -191,6 +191,22 @@ func TestPlan(t *testing.T) {
 			want: Decision{Node: "n1", Evict: []Eviction{evict("a")}},
 		},
 		{
+			// A swap that has just been decided: the NPU is free but claimed.
+			name:    "a model starting takes the only NPU: it says so",
+			req:     req("a"),
+			nodes:   []Node{node("n1", 1)},
+			pods:    []Pod{pod("b", "")},
+			models:  []Model{model("a", func(m *Model) { m.Replicas = 0 }), model("b")},
+			wantErr: []string{"n1: 0 of 1 in use", "b is starting"},
+		},
+		{
+			name:    "a model asked for with no pod yet takes the only NPU: it says so",
+			req:     req("a"),
+			nodes:   []Node{node("n1", 1)},
+			models:  []Model{model("a", func(m *Model) { m.Replicas = 0 }), model("b")},
+			wantErr: []string{"n1: 0 of 1 in use", "b is starting"},
+		},
+		{
 			name:    "other workloads' pods hold NPUs too",
 			req:     req("a"),
 			nodes:   []Node{node("n1", 1)},
