@@ -26,6 +26,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -264,6 +265,12 @@ func (s *Scaler) ensureReplica(ctx context.Context, m catalog.Model) error {
 	deadline := s.clock.Now().Add(s.opts.NoCapacityWait)
 	for {
 		err := s.decideActivation(ctx, m.Key)
+		if apierrors.IsConflict(err) {
+			// A model changed since the decision read it (the operator writes status all
+			// the time): decide again from the new state.
+			s.log.V(1).Info("deciding again after a conflict", "model", m.Name, "reason", err.Error())
+			continue
+		}
 		var nc *placement.NoCapacityError
 		if !errors.As(err, &nc) {
 			return err

@@ -55,6 +55,46 @@ func TestActivationFromZero(t *testing.T) {
 	}
 }
 
+// statusWriteFirst is the operator writing a model's status between a decision's read
+// and its write, once: the optimistic lock refuses that write.
+type statusWriteFirst struct {
+	client.Client
+	t    *testing.T
+	once sync.Once
+}
+
+func (c *statusWriteFirst) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+	c.once.Do(func() {
+		m := &inferencev1alpha1.RKLLMModel{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(obj), m); err != nil {
+			c.t.Error(err)
+			return
+		}
+		m.Status.ObservedGeneration = m.Generation
+		if err := c.Status().Update(ctx, m); err != nil {
+			c.t.Error(err)
+		}
+	})
+	return c.Client.Patch(ctx, obj, patch, opts...)
+}
+
+// The operator writes the model's status while the gateway decides (it does, all the
+// time): the scale-up is refused for the stale read, and the gateway decides again
+// rather than failing the request.
+func TestActivationDecidesAgainAfterAConflict(t *testing.T) {
+	w := newWorld(t)
+	w.node("n1", 1)
+	w.model("chat", 0)
+	w.writer = &statusWriteFirst{Client: k8s, t: t}
+	s := w.scaler("gw-1", scaling.Options{})
+	a := s.Activate(w.known("chat"))
+	w.eventually("spec.replicas 1", func() bool { return w.get("chat").Spec.GetReplicas() == 1 })
+	w.serve("chat", "10.0.0.5")
+	if err := a.Err(); err != nil {
+		t.Fatalf("activation: %v", err)
+	}
+}
+
 // One NPU, two models: a request for B evicts idle A, then activates B; both are
 // Events, and the eviction names B.
 func TestSwap(t *testing.T) {

@@ -104,6 +104,8 @@ type world struct {
 	activity *activity
 	probe    *prober
 	metrics  *metrics.Metrics
+	// writer, when set, is the client scalers write models with (default k8s).
+	writer client.Client
 }
 
 func newWorld(t *testing.T) *world {
@@ -166,8 +168,12 @@ func (w *world) scaler(identity string, o scaling.Options, clk ...clock.WithTick
 	if o.Recheck == 0 {
 		o.Recheck = 50 * time.Millisecond
 	}
+	writer := w.writer
+	if writer == nil {
+		writer = k8s
+	}
 	return scaling.New(ctx, scaling.Deps{
-		Client: k8s, Reader: k8s, Recorder: b.NewRecorder(scheme, "rkllm-gateway"), Catalog: w.catalog, Activity: w.activity,
+		Client: writer, Reader: k8s, Recorder: b.NewRecorder(scheme, "rkllm-gateway"), Catalog: w.catalog, Activity: w.activity,
 		Metrics: w.metrics, Probe: w.probe.probe, Clock: c, Log: testr.New(w.t).WithValues("gateway", identity),
 		Lease: &scaling.Lease{Client: k8s, Key: client.ObjectKey{Namespace: w.ns, Name: "decisions"}, Identity: identity,
 			Duration: 15 * time.Second, Retry: 20 * time.Millisecond, Clock: clock.RealClock{}},
