@@ -82,7 +82,7 @@ lint: golangci-lint ## Run golangci-lint.
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint unit test-runtime e2e-kubelet test-server test-openai-node test-ollama-node e2e ## Everything CI runs (.ci/run calls this).
+test: verify-generated vet lint unit test-runtime test-process-cri e2e-kubelet test-server test-openai-node test-ollama-node e2e ## Everything CI runs (.ci/run calls this).
 
 # The server's packages and the runtime binding are tested once, under -race, by
 # test-server and test-runtime; unit runs everything else.
@@ -224,7 +224,7 @@ test-ollama-node: deps sim ## The official ollama JavaScript client against the 
 	RKLLM_OLLAMA_NODE_TEST=1 $(GO) test -count=1 -run '^TestOllamaNodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/generation:FuzzScanMatchesDecoder
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/jsonrpc:FuzzAppendString server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/generation:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
 # The end-to-end target: each input is a request to a server whose worker runs the
 # AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its
@@ -267,6 +267,37 @@ bench-gateway: sim build-server ## The gateway's cost per request and per token,
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/rkllm-server ./cmd/rkllm-server
 
+##@ Simulated node's container runtime
+
+# The CNI reference plugins, pinned in hack/cni-plugins/go.mod and built from the Go
+# module proxy like the Kubernetes binaries.
+CNI_PLUGINS_VERSION ?= $(shell grep -oE 'containernetworking/plugins v[^ ]+' hack/cni-plugins/go.mod | cut -d' ' -f2)
+CNI_BIN_DIR ?= $(LOCALBIN)/cni-plugins-$(CNI_PLUGINS_VERSION)
+CNI_PLUGINS := bridge host-local loopback
+PROCESS_CRI ?= $(LOCALBIN)/process-cri
+PODSERVER ?= $(LOCALBIN)/podserver
+
+.PHONY: cni-plugins
+cni-plugins: $(CNI_BIN_DIR)/.stamp ## Build the CNI plugins bridge, host-local and loopback into bin/cni-plugins-<version>/.
+$(CNI_BIN_DIR)/.stamp: hack/cni-plugins/go.mod hack/cni-plugins/go.sum | $(LOCALBIN)
+	@echo "building github.com/containernetworking/plugins@$(CNI_PLUGINS_VERSION) ($(CNI_PLUGINS)) into $(CNI_BIN_DIR)"
+	rm -rf $(CNI_BIN_DIR).tmp && mkdir -p $(CNI_BIN_DIR).tmp
+	cd hack/cni-plugins && for p in $(CNI_PLUGINS); do \
+		pkg=main; [ $$p = host-local ] && pkg=ipam; \
+		CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o $(CNI_BIN_DIR).tmp/$$p github.com/containernetworking/plugins/plugins/$$pkg/$$p || exit 1; \
+	done
+	rm -rf $(CNI_BIN_DIR) && mv $(CNI_BIN_DIR).tmp $(CNI_BIN_DIR) && touch $@
+
+.PHONY: process-cri
+process-cri: | $(LOCALBIN) ## Build bin/process-cri (the simulated node's container runtime, hack/processcri) and its test workload bin/podserver.
+	$(GO) build -o $(PROCESS_CRI) ./hack/process-cri
+	$(GO) build -o $(PODSERVER) ./hack/processcri/testdata/podserver
+
+.PHONY: test-process-cri
+test-process-cri: deps cni-plugins process-cri ## The process runtime over its CRI socket: images, pod networks, containers, lifecycle, cleanup (root).
+	E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) E2E_PODSERVER=$(PODSERVER) \
+		$(GO) test -tags e2e -count=1 -timeout 10m -v ./hack/processcri/
+
 ##@ Device plugin
 
 DEVICE_PLUGIN ?= $(LOCALBIN)/rknpu-device-plugin
@@ -279,14 +310,15 @@ device-plugin: | $(LOCALBIN) ## Build rknpu-device-plugin into bin/.
 KUBELET_NODE_COMPONENTS := kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kubectl
 
 .PHONY: kubelet-node
-kubelet-node: deps kwokctl | $(LOCALBIN) ## Build bin/kubelet-node: a control plane plus a real kubelet on a fake runtime (root), for the demo and manual runs.
+kubelet-node: deps kwokctl cni-plugins process-cri | $(LOCALBIN) ## Build bin/kubelet-node: a control plane plus a real kubelet on the process runtime (root), for manual runs.
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	$(GO) build -o $(LOCALBIN)/kubelet-node ./hack/kubelet-node
 
 .PHONY: e2e-kubelet
-e2e-kubelet: deps kwokctl device-plugin ## Device plugin against a real kubelet and control plane (root; builds them from the module proxy).
+e2e-kubelet: deps kwokctl device-plugin cni-plugins process-cri ## Device plugin against a real kubelet on the process runtime and a control plane (root; builds them from the module proxy).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) \
+		E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) \
 		$(GO) test -tags e2e -count=1 -timeout 10m -v ./test/e2e/kubelet/
 
 ##@ Build
@@ -320,14 +352,14 @@ test-chart: helm ## Chart checks without a cluster: lint, CRD and RBAC equal con
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
 
 # What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
-EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim
+EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim cni-plugins process-cri
 
 DEMO_FLAGS = --state $(LOCALBIN)/demo --k8s-bin-dir $(K8S_BIN_DIR) --kwokctl $(KWOKCTL) --kwok $(KWOK) --helm $(HELM) \
 	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --server $(LOCALBIN)/rkllm-server \
-	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART)
+	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART) --process-cri $(PROCESS_CRI) --cni-bin-dir $(CNI_BIN_DIR)
 
 .PHONY: demo
-demo: $(EDGE_DEPS) rkllm-demo ## The simulated RK3588 edge cluster with the chart installed, a model walked through, and rkllm-server to stream from (root; keeps running).
+demo: $(EDGE_DEPS) rkllm-demo ## The simulated RK3588 edge cluster with the chart installed and a model walked through: its pod on the real-kubelet node downloads the model, runs rkllm-server and streams tokens (root; keeps running).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	@$(LOCALBIN)/rkllm-demo up $(DEMO_FLAGS)
 
@@ -346,7 +378,8 @@ e2e: test-chart $(EDGE_DEPS) servicemonitor-crd rkllm-demo ## The chart on the s
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_KWOK=$(KWOK) E2E_HELM=$(HELM) \
 		E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) E2E_MANAGER=$(LOCALBIN)/manager E2E_SERVER=$(LOCALBIN)/rkllm-server \
 		E2E_SIM_LIB=$(LOCALBIN)/librkllmrt-sim-1.3.so E2E_SERVICEMONITOR_CRD=$(SERVICEMONITOR_CRD) E2E_DEMO=$(LOCALBIN)/rkllm-demo \
-		$(GO) test -tags e2e -count=1 -timeout 10m -p 1 -v ./test/e2e/edge/ ./test/e2e/demo/
+		E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) \
+		$(GO) test -tags e2e -count=1 -timeout 20m -p 1 -v ./test/e2e/edge/ ./test/e2e/demo/
 
 # The Prometheus Operator's ServiceMonitor CRD, generated by controller-gen from its API
 # types (pinned in hack/monitoring-crd/go.mod), so the e2e test's API server validates the

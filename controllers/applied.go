@@ -27,6 +27,9 @@ import (
 	"sigs.k8s.io/structured-merge-diff/v6/typed"
 )
 
+// statusFields is the status subtree, which no apply of the operator sets.
+var statusFields = fieldpath.NewSet(fieldpath.MakePathOrDie("status"))
+
 // fieldDiff tells whether an apply changed the fields the operator sets.
 type fieldDiff struct {
 	tc     managedfields.TypeConverter
@@ -60,7 +63,7 @@ func newFieldDiff(tc managedfields.TypeConverter, scheme *runtime.Scheme, gvk sc
 }
 
 // changed reports whether before and after differ in the fields the apply set or the
-// operator's field manager owned in before: the fields an apply can change. Both objects
+// operator's field manager owned in before (status aside): the fields an apply can change. Both objects
 // are compared as the API server stored them, so its normalisation (quantities,
 // defaults) never looks like a change, and neither do others' fields (status, the
 // Deployment controller's annotations) or a new resourceVersion.
@@ -69,7 +72,9 @@ func (d *fieldDiff) changed(before, after client.Object) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	leaves := owned.Union(d.desired).Leaves()
+	// An apply never writes status; an empty status in the typed configuration would
+	// otherwise make every status report of the child's controller look like a change.
+	leaves := owned.Union(d.desired).RecursiveDifference(statusFields).Leaves()
 	b, err := d.typed(before)
 	if err != nil {
 		return false, fmt.Errorf("reading the object before the apply: %w", err)

@@ -132,6 +132,35 @@ func parseWithServer(t *testing.T, m *inferencev1alpha1.RKLLMModel) *config.Serv
 	return o
 }
 
+// The pod's termination grace period covers the preStop pause and the longest the
+// server takes to exit after SIGTERM as the server computes it from the operator's
+// server.json (its shutdown timeout plus its own margin), with graceSlack to spare: the
+// kubelet never SIGKILLs a server shutting down on time. The server writes why it
+// failed to the container's termination message file.
+func TestGracePeriodCoversTheServersShutdown(t *testing.T) {
+	if serverExitMargin != config.ShutdownMargin {
+		t.Errorf("the operator counts %s for the server's exit after its shutdown timeout; the server takes up to %s", serverExitMargin, config.ShutdownMargin)
+	}
+	for _, timeout := range []time.Duration{time.Second, 1500 * time.Millisecond, 2 * time.Second, 30 * time.Second, 59*time.Second + 900*time.Millisecond, time.Hour} {
+		m := unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+			m.Spec.Server = &inferencev1alpha1.ServerSpec{ShutdownTimeout: &metav1.Duration{Duration: timeout}}
+		})
+		o := parseWithServer(t, m)
+		d, _ := build(t, m)
+		pod := d.Spec.Template.Spec
+		c := pod.Containers[0]
+		preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+		grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+		if need := preStop + o.ExitBudget() + graceSlack; grace < need {
+			t.Errorf("shutdownTimeout %s: grace period %s, want at least %s (preStop %s, the server's exit budget %s, slack %s)",
+				timeout, grace, need, preStop, o.ExitBudget(), graceSlack)
+		}
+		if o.TerminationMessagePath != c.TerminationMessagePath || c.TerminationMessagePath == "" {
+			t.Errorf("the server writes its failure to %q, the container's termination message is %q", o.TerminationMessagePath, c.TerminationMessagePath)
+		}
+	}
+}
+
 // The CRD's chatTemplate.preset accepts exactly the server's presets.
 func TestChatTemplatePresetsMatchTheServer(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join("..", "config", "crd", "bases", "inference.rkllm.io_rkllmmodels.yaml"))

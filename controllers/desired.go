@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/url"
 	"path"
 	"strings"
@@ -94,9 +95,13 @@ const (
 	// preStopSeconds is the pause before SIGTERM, so endpoints controllers and proxies
 	// stop sending traffic before the server starts refusing it.
 	preStopSeconds = 5
-	// graceMarginSeconds is added to preStop plus the server's shutdown timeout, so the
-	// kubelet never kills a server that is still shutting down on time.
-	graceMarginSeconds = 10
+	// serverExitMargin is how long after its shutdown timeout rkllm-server may take to
+	// exit on SIGTERM (its config.ShutdownMargin; the contract test checks they agree).
+	serverExitMargin = 5 * time.Second
+	// graceSlack is what the grace period allows beyond the preStop pause and the
+	// server's own bound, for what is not the server's: the kubelet sending SIGTERM
+	// after the pause, a loaded node scheduling the process late.
+	graceSlack = 5 * time.Second
 	// startupProbePeriod is the period of the startup probe; its failure threshold is
 	// startupTimeout / period.
 	startupProbePeriod = 10
@@ -284,6 +289,8 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		"probe-listen":     fmt.Sprintf(":%d", probePort(spec)),
 		"socket":           socketPath,
 		"shutdown-timeout": spec.GetShutdownTimeout().String(),
+		// Why the server gave up lands in the pod's status, and from there in lastFailure.
+		"termination-message-path": corev1.TerminationMessagePathDefault,
 		// The startup probe's budget is also the longest rkllm_init may take.
 		"init-timeout": spec.GetStartupTimeout().String(),
 		"log-format":   spec.GetLogFormat(),
@@ -529,6 +536,15 @@ func rolloutHash(config []byte, podSpec *corev1ac.PodSpecApplyConfiguration) (st
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
+// terminationGracePeriodSeconds covers the preStop pause, then the server's longest
+// exit after SIGTERM (its shutdown timeout plus serverExitMargin) and graceSlack, in
+// whole seconds rounded up: the kubelet never SIGKILLs a server that is shutting down on
+// time, which would cut its last responses and skip destroying the model.
+func terminationGracePeriodSeconds(spec *inferencev1alpha1.RKLLMModelSpec) int64 {
+	d := spec.GetShutdownTimeout() + serverExitMargin + graceSlack
+	return preStopSeconds + int64(math.Ceil(d.Seconds()))
+}
+
 // desiredPodSpec is the server pod: fetch init containers for downloads, then the server.
 func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1ac.PodSpecApplyConfiguration, error) {
 	spec := &model.Spec
@@ -545,7 +561,7 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 		return nil, fmt.Errorf("no server image: set spec.runtime.image or the operator's --default-server-image")
 	}
 	resources := serverResources(spec)
-	grace := int64(preStopSeconds) + int64(spec.GetShutdownTimeout().Seconds()) + graceMarginSeconds
+	grace := terminationGracePeriodSeconds(spec)
 
 	ps := corev1ac.PodSpec().
 		WithAutomountServiceAccountToken(false).
@@ -819,10 +835,20 @@ func serverContainerSpec(model *inferencev1alpha1.RKLLMModel, files []modelFile,
 		WithLifecycle(corev1ac.Lifecycle().WithPreStop(corev1ac.LifecycleHandler().
 			WithSleep(corev1ac.SleepAction().WithSeconds(preStopSeconds)))).
 		WithSecurityContext(containerSecurityContext(spec, spec.GetRunAsUser())).
+		// The server writes why it failed there (termination-message-path in server.json);
+		// without it, its last log lines.
+		WithTerminationMessagePath(corev1.TerminationMessagePathDefault).
 		WithTerminationMessagePolicy(corev1.TerminationMessageFallbackToLogsOnError).
 		WithVolumeMounts(mounts...)
 	if pull != "" {
 		c.WithImagePullPolicy(pull)
+	}
+	if rt := spec.Runtime; rt != nil && len(rt.Env) > 0 {
+		env := make([]*corev1ac.EnvVarApplyConfiguration, 0, len(rt.Env))
+		// EnvVar and its apply configuration share one JSON form: this cannot fail.
+		if err := convert(rt.Env, &env); err == nil {
+			c.WithEnv(env...)
+		}
 	}
 	return c
 }

@@ -71,7 +71,7 @@ func build(t *testing.T, m *inferencev1alpha1.RKLLMModel) (*appsv1.Deployment, m
 
 // The keys docs/design.md lets the operator write into server.json.
 var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi listen probe-listen socket api-key-file
-max-queue request-timeout shutdown-timeout init-timeout log-format max-context-len max-new-tokens top-k top-p
+max-queue request-timeout shutdown-timeout termination-message-path init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
 chat-template-system chat-template-prefix chat-template-postfix chat-template lora prompt-cache served-model-name`)
@@ -92,6 +92,8 @@ func TestServerConfigMinimal(t *testing.T) {
 		"log-format":       "json",
 		// The RKLLMModel's name, which the gateway routes by.
 		"served-model-name": m.Name,
+		// The server writes why it gave up there: the container's termination message.
+		"termination-message-path": "/dev/termination-log",
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("server.json = %v\nwant %v", cfg, want)
@@ -303,6 +305,9 @@ func TestServerContainer(t *testing.T) {
 	if c.Lifecycle.PreStop.Sleep.Seconds != preStopSeconds {
 		t.Errorf("preStop = %+v", c.Lifecycle.PreStop)
 	}
+	if c.TerminationMessagePath != corev1.TerminationMessagePathDefault || c.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError {
+		t.Errorf("termination message %s %s, want the file the server writes why it failed to, else its logs", c.TerminationMessagePath, c.TerminationMessagePolicy)
+	}
 	// The grace period outlasts the preStop pause plus the server's shutdown timeout.
 	if got := *pod.TerminationGracePeriodSeconds; got <= preStopSeconds+30 {
 		t.Errorf("terminationGracePeriodSeconds %d is not above preStop %d + shutdown 30", got, preStopSeconds)
@@ -312,6 +317,30 @@ func TestServerContainer(t *testing.T) {
 	}
 	if *pod.AutomountServiceAccountToken {
 		t.Error("the server needs no API token")
+	}
+}
+
+// TestServerEnv: spec.runtime.env reaches the server container, values and references
+// alike, and not the downloads.
+func TestServerEnv(t *testing.T) {
+	env := []corev1.EnvVar{
+		{Name: "RKLLM_SIM_INIT_FAIL", Value: "1"},
+		{Name: "TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}, Key: "k"}}},
+	}
+	d, _ := build(t, unitModel(func(m *inferencev1alpha1.RKLLMModel) {
+		m.Spec.Runtime = &inferencev1alpha1.RuntimeSpec{Env: env}
+	}))
+	pod := d.Spec.Template.Spec
+	if !reflect.DeepEqual(pod.Containers[0].Env, env) {
+		t.Errorf("server env = %+v, want %+v", pod.Containers[0].Env, env)
+	}
+	for _, c := range pod.InitContainers {
+		if len(c.Env) != 0 {
+			t.Errorf("init container %s got env %+v", c.Name, c.Env)
+		}
+	}
+	if d2, _ := build(t, unitModel(nil)); d2.Spec.Template.Annotations[AnnotationRolloutHash] == d.Spec.Template.Annotations[AnnotationRolloutHash] {
+		t.Error("changing env does not roll the pods")
 	}
 }
 
@@ -326,8 +355,9 @@ func TestStartupAndShutdownTimings(t *testing.T) {
 	if got := c.StartupProbe.FailureThreshold * c.StartupProbe.PeriodSeconds; got != 1800 {
 		t.Errorf("startup budget %ds, want 1800", got)
 	}
-	if got := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; got != preStopSeconds+120+graceMarginSeconds {
-		t.Errorf("grace %d", got)
+	// preStop 5 s, then 120 s of shutdown timeout, the server's 5 s to exit and 5 s of slack.
+	if got := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; got != 135 {
+		t.Errorf("grace %d, want 135", got)
 	}
 }
 

@@ -81,6 +81,9 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 			[]string{"spec.parameters.nBatch", "less than or equal to 100"}},
 		{"mirostat 3", "", func(s *spec) { s.Parameters = &inferencev1alpha1.Parameters{Mirostat: ptr.To[int32](3)} },
 			[]string{"spec.parameters.mirostat", "less than or equal to 2"}},
+		{"nKeep past the context", "", func(s *spec) {
+			s.Parameters = &inferencev1alpha1.Parameters{MaxContextLen: ptr.To[int32](4096), NKeep: ptr.To[int32](5000)}
+		}, []string{"spec.parameters", "nKeep must not exceed maxContextLen"}},
 		{"zero cpu mask", "", func(s *spec) {
 			s.Parameters = &inferencev1alpha1.Parameters{EnabledCPUs: &inferencev1alpha1.EnabledCPUs{Mask: ptr.To("0x00")}}
 		}, []string{`mask must be a non-zero hexadecimal number of up to 8 digits, such as "0xF0"`}},

@@ -323,10 +323,22 @@ type RuntimeSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && !self.endsWith('/') && !('..' in self.split('/'))",message="hostLibraryPath must be an absolute path to a file, without '..'"
 	// +optional
 	HostLibraryPath string `json:"hostLibraryPath,omitempty"`
+
+	// env are extra environment variables of the server container (the download init
+	// containers do not get them): the runtime library reads some, such as
+	// RKLLM_LOG_LEVEL for Rockchip's, or the RKLLM simulator's fault injection
+	// (RKLLM_SIM_INIT_FAIL, RKLLM_SIM_CRASH_AFTER, ...) in tests. The server's own
+	// settings are spec fields, not variables.
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
 }
 
 // Parameters are the RKLLMParam fields users tune. Unset fields keep the runtime's
 // defaults. Decimals are strings (Kubernetes APIs have no floats), such as "0.9".
+// +kubebuilder:validation:XValidation:rule="!has(self.nKeep) || !has(self.maxContextLen) || self.nKeep <= self.maxContextLen",message="nKeep must not exceed maxContextLen: the tokens kept when the context window shifts are part of it"
 type Parameters struct {
 	// maxContextLen is the context window in tokens; it must not exceed the limit the model
 	// was converted with. Runtime default 512.

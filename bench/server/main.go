@@ -1,10 +1,11 @@
 // Command server benchmarks rkllm-server's own cost, with the simulator at unlimited
 // speed (its per-token work is the only thing besides the server): single-stream
 // throughput over the Unix socket and HTTP, the latency each token gains between the
-// runtime's callback and the client, time to first token idle and with 100 clients
-// queued, memory idle and with 1,000 connections; and, with the default flags, bursts
-// of 100 and 1,000 clients, 8 chats of 15 MiB at once, and the probes with every client
-// slot taken. It prints a Markdown report for docs/benchmarks.md. Run it with
+// runtime's callback and the client (and the CPU and wake-ups it costs both
+// processes), time to first token idle (socket and /v1/) and with 100 clients queued,
+// memory idle and with 1,000 connections; memory idle and after a 10 MB request; and,
+// with the default flags, bursts of 100 and 1,000 clients, 8 chats of 15 MiB at once,
+// and the probes with every client slot taken. It prints a Markdown report for docs/benchmarks.md. Run it with
 // `make bench-server`; -only runs some of it.
 //
 // The simulator's RKLLM_SIM_CLOCK_TEXT makes each token's text the CLOCK_MONOTONIC time
@@ -21,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,7 +50,7 @@ func main() {
 	flag.IntVar(&o.tokens, "tokens", 30000, "tokens of each throughput run")
 	flag.IntVar(&o.runs, "runs", 5, "runs of each measurement")
 	flag.IntVar(&o.connections, "connections", 1000, "idle connections for the memory figure")
-	flag.StringVar(&o.only, "only", "", "run only one part: defaults (the bursts, the long chats and the probes, with the default flags)")
+	flag.StringVar(&o.only, "only", "", "run only these parts, comma-separated: tuned (throughput, latency, time to first token, memory and connections on servers set up for them), defaults (the bursts, the long chats and the probes, with the default flags), memory (idle and after a 10 MB request)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -86,13 +88,16 @@ func run(o options) error {
 	report := &strings.Builder{}
 	serverproc.Machine(report)
 	_, _ = fmt.Fprintf(report, "\n| measurement | result | target |\n|---|---|---|\n")
-	if o.only != "defaults" {
-		if err := tuned(o, dir, report); err != nil {
-			return err
+	for _, part := range []struct {
+		name string
+		run  func(options, string, io.Writer) error
+	}{{"tuned", tuned}, {"memory", memory}, {"defaults", defaults}} {
+		if o.only != "" && !slices.Contains(strings.Split(o.only, ","), part.name) {
+			continue
 		}
-	}
-	if err := defaults(o, dir, report); err != nil {
-		return err
+		if err := part.run(o, dir, report); err != nil {
+			return fmt.Errorf("%s: %w", part.name, err)
+		}
 	}
 	_, _ = fmt.Fprintf(report, "\n(%s in all)\n", time.Since(began).Round(time.Second))
 	fmt.Print(report.String())
@@ -123,6 +128,9 @@ func tuned(o options, dir string, report io.Writer) error {
 		return err
 	}
 	_, _ = fmt.Fprintf(report, "| time to first token, idle (send to first token at the client, 50 runs) | p50 %s, p99 %s | |\n", pct(ttft, 50), pct(ttft, 99))
+	if err := b.ttftVersus(report, 50); err != nil {
+		return err
+	}
 	handover, err := b.ttftQueued(100)
 	if err != nil {
 		return err
@@ -188,6 +196,7 @@ func latency(o options, unpaced *bench, dir string, report io.Writer) error {
 	type server struct {
 		b    *bench
 		what string
+		tps  int
 	}
 	var servers []server
 	for _, tps := range []int{1000, 10000} {
@@ -196,15 +205,16 @@ func latency(o options, unpaced *bench, dir string, report io.Writer) error {
 			return err
 		}
 		defer paced.Stop()
-		servers = append(servers, server{paced, fmt.Sprintf("model at %s tokens/s", thousands(tps))})
+		servers = append(servers, server{paced, fmt.Sprintf("model at %s tokens/s", thousands(tps)), tps})
 	}
-	for _, srv := range append(servers, server{unpaced, "unpaced model (backlog)"}) {
+	for _, srv := range append(servers, server{unpaced, "unpaced model (backlog)", 0}) {
 		idle, err := srv.b.dialIdle(100)
 		if err != nil {
 			return err
 		}
 		for _, transport := range []string{"unix", "http"} {
 			var lat []time.Duration
+			cost := startCost(srv.b)
 			for range o.runs {
 				_, _, l, err := srv.b.stream(transport, 2000)
 				if err != nil {
@@ -213,8 +223,17 @@ func latency(o options, unpaced *bench, dir string, report io.Writer) error {
 				}
 				lat = append(lat, l...)
 			}
-			_, _ = fmt.Fprintf(report, "| added latency per token (runtime callback to client), %s, %s, 100 other clients connected (%d tokens) | p50 %s, p99 %s, max %s | p99 < 1 ms |\n",
-				transport, srv.what, len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100))
+			perToken, err := cost.perToken(len(lat))
+			if err != nil {
+				closeAll(idle)
+				return err
+			}
+			target := "p99 < 1 ms"
+			if srv.tps == 1000 {
+				target = "p50 <= 50 µs, p99 <= 200 µs"
+			}
+			_, _ = fmt.Fprintf(report, "| added latency per token (runtime callback to client), %s, %s, 100 other clients connected (%d tokens) | p50 %s, p99 %s, max %s; %s | %s |\n",
+				transport, srv.what, len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100), perToken, target)
 		}
 		closeAll(idle)
 	}

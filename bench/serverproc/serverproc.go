@@ -269,3 +269,87 @@ func freeAddr() (string, error) {
 	defer func() { _ = ln.Close() }()
 	return ln.Addr().String(), nil
 }
+
+// WorkerPID is the worker's process id (from /readyz).
+func (s *Server) WorkerPID() (int, error) {
+	st, err := s.Status()
+	return st.WorkerPID, err
+}
+
+// PSS is a process's proportional set size (/proc/PID/smaps_rollup), in bytes: its
+// private pages, and its share of the pages it maps with other processes (the
+// supervisor and its worker run one binary), so that the PSS of two processes add up
+// to the memory they hold together.
+func PSS(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pss:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no Pss in smaps_rollup")
+}
+
+// AnonRSS is a process's anonymous resident memory (RssAnon: its heaps and stacks,
+// not the binary and libraries it maps), in bytes.
+func AnonRSS(pid int) (int64, error) { return procStatus(pid, "RssAnon") }
+
+// Usage is what a process has used so far: CPU time (all its threads, ended ones
+// included) and the context switches of its threads alive now (voluntary, a thread
+// waiting; involuntary, a thread preempted).
+type Usage struct {
+	CPU                    time.Duration
+	Voluntary, Involuntary int64
+}
+
+// Sub is the usage between two readings.
+func (u Usage) Sub(before Usage) Usage {
+	return Usage{CPU: u.CPU - before.CPU, Voluntary: u.Voluntary - before.Voluntary, Involuntary: u.Involuntary - before.Involuntary}
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on Linux).
+const clockTicks = 100
+
+// ReadUsage reads a process's CPU time (/proc/PID/stat, in ticks of 10 ms) and sums
+// the context switches of its threads (/proc/PID/task/*/status). A thread that ended
+// takes its switches with it: the runtime's run thread, for one.
+func ReadUsage(pid int) (Usage, error) {
+	var u Usage
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return u, err
+	}
+	// The fields after the command (which may hold spaces) in parentheses; utime and
+	// stime are the 14th and 15th of the line.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	if len(f) < 13 {
+		return u, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	u.CPU = time.Duration(utime+stime) * time.Second / clockTicks
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return u, err
+	}
+	for _, task := range tasks {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				u.Voluntary += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				u.Involuntary += n
+			}
+		}
+	}
+	return u, nil
+}

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
 // longChat is a /v1/chat/completions body of n one-character messages (the shape that
@@ -74,7 +76,8 @@ func TestInflightBudget(t *testing.T) {
 		code, retry, b := s.postV1(body)
 		return httpAnswer{code, retry, b}
 	}, func(a httpAnswer) bool {
-		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.Contains(a.body, "rate_limit_exceeded") && strings.Contains(a.body, "--max-inflight-bytes")
+		return a.code == http.StatusTooManyRequests && a.retry == "1" && strings.Contains(a.body, "rate_limit_exceeded") && strings.Contains(a.body, "--max-inflight-bytes") &&
+			strings.Contains(a.body, "The server is busy: the server holds")
 	})
 	if used := s.metric("rkllm_inflight_request_bytes"); used <= 0 || used > budget {
 		t.Errorf("bytes in flight with %d chats queued: %v, want within the budget of %d", waiting, used, budget)
@@ -221,4 +224,101 @@ func TestBurstWithDefaults(t *testing.T) {
 		}
 	}
 	checkFIFO(t, s, served)
+}
+
+// TestResultBudget (issue 12 follow-up): a run's hidden states and logits, and their
+// encoding for the client (several times their size as JSON numbers), are paid from
+// the budget of bytes in flight like every other stage. With another client holding
+// most of the budget (an HTTP body announced and not sent), a run whose result does
+// not fit is answered -32002 (HTTP 429, Retry-After) naming the run, over both
+// transports and streamed or not, instead of being built regardless; the same
+// arrays as base64 (a third of the size) fit; once the budget is free the run comes
+// back whole; the budget is given back to the last byte and the worker never restarts.
+func TestResultBudget(t *testing.T) {
+	const budget = 4 << 20
+	m := simulator.FastModel()
+	m.HiddenSize = 256
+	s := startServer(t, "1.3", serverOpts{model: &m, config: map[string]any{"max-inflight-bytes": budget}})
+	c := s.dial()
+	ok[int](t, c.call("rkllm.set_chat_template", map[string]any{"system_prompt": "", "prompt_prefix": "", "prompt_postfix": ""}))
+	pid := s.health()["worker_pid"]
+	// 200 positions of 256 floats: 200 KiB as float32, up to 3.3 MiB as JSON numbers
+	// once encoded and copied for the client.
+	ids := make([]int32, 200)
+	for i := range ids {
+		ids[i] = int32(300 + i%50)
+	}
+	hidden := func(encoding string, stream bool) map[string]any {
+		return map[string]any{"stream": stream, "encoding": encoding, "input": map[string]any{"token_input": map[string]any{"input_ids": ids}},
+			"infer_params": map[string]any{"mode": "RKLLM_INFER_GET_LAST_HIDDEN_LAYER"}}
+	}
+	// The holder: 3 MiB announced, paid for as the body is awaited.
+	holder, err := dialNet("tcp", strings.TrimPrefix(s.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Fprintf(holder, "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{", 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	s.eventually("the holder's body to be paid for", waitTimeout, func() bool { return s.metric("rkllm_inflight_request_bytes") >= 3<<20 })
+
+	for _, stream := range []bool{false, true} {
+		for transport, r := range map[string]response{"http": s.runOverHTTP(hidden("json", stream)), "socket": c.call("rkllm.run", hidden("json", stream))} {
+			e := fails(t, r, -32002)
+			if e.Data["limit"] != "max-inflight-bytes" || e.Data["retry_after"] != 1.0 || e.Data["request_id"] == nil || !strings.Contains(e.Message, "hidden states or logits") {
+				t.Errorf("hidden states over the budget (stream %v, %s): %+v", stream, transport, e)
+			}
+		}
+	}
+	if resp, body := s.post(request(1, "rkllm.run", hidden("json", false))); resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("over HTTP: %d %v %.200s", resp.StatusCode, resp.Header, body)
+	}
+	if res := ok[runResult](t, c.call("rkllm.run", hidden("base64", false))); res.LastHiddenLayer == nil || res.LastHiddenLayer.NumTokens != len(ids) {
+		t.Errorf("the same hidden states as base64, within the budget: %+v", res.LastHiddenLayer)
+	}
+
+	_ = holder.Close()
+	s.eventually("the holder's budget back", waitTimeout, func() bool { return s.metric("rkllm_inflight_request_bytes") == 0 })
+	for transport, r := range map[string]response{"http": s.http("rkllm.run", hidden("json", false)), "socket": c.call("rkllm.run", hidden("json", true))} {
+		res := ok[runResult](t, r)
+		if h := res.LastHiddenLayer; h == nil || h.EmbdSize != m.HiddenSize || h.NumTokens != len(ids) || len(decodeFloats(t, h.HiddenStates, false)) != len(ids)*m.HiddenSize {
+			t.Errorf("the hidden states with the budget free, over %s: %+v", transport, res.LastHiddenLayer)
+		}
+	}
+	s.eventually("the budget whole again", waitTimeout, func() bool { return s.metric("rkllm_inflight_request_bytes") == 0 })
+	if h := s.health(); h["worker_pid"] != pid || h["worker_restarts"] != 0.0 {
+		t.Errorf("the worker was replaced: %v", h)
+	}
+}
+
+// TestResultBudgetUntilWritten: an answer larger than --client-buffer-bytes (which the
+// socket's buffer takes only alone) stays paid for until it has been written: a client
+// that does not read its hidden states holds them against the budget, not outside it,
+// while other clients are served; once it reads, the budget is whole again.
+func TestResultBudgetUntilWritten(t *testing.T) {
+	m := simulator.FastModel()
+	m.HiddenSize = 256
+	s := startServer(t, "1.2", serverOpts{model: &m, config: map[string]any{"client-buffer-bytes": 1024}})
+	ids := make([]int32, 200)
+	for i := range ids {
+		ids[i] = int32(300 + i%50)
+	}
+	slow := s.rawDial()
+	params := map[string]any{"input": map[string]any{"token_input": map[string]any{"input_ids": ids}}, "infer_params": map[string]any{"mode": "RKLLM_INFER_GET_LAST_HIDDEN_LAYER"}}
+	if _, err := io.WriteString(slow.nc, request(1, "rkllm.run", params)+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	s.eventually("the run done and its answer held", waitTimeout, func() bool {
+		return len(s.statsEvents("event=run")) == 1 && s.metric("rkllm_inflight_request_bytes") >= 1<<20
+	})
+	ok[runResult](t, s.dial().call("rkllm.run", prompt("meanwhile")))
+	if held := s.metric("rkllm_inflight_request_bytes"); held < 1<<20 {
+		t.Errorf("an answer of MiBs not yet read holds %v bytes of the budget", held)
+	}
+	_ = slow.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	line, err := slow.br.ReadBytes('\n')
+	if err != nil || !bytes.Contains(line, []byte(`"hidden_states":[`)) {
+		t.Fatalf("the slow client's answer: %.200s %v", line, err)
+	}
+	s.eventually("the budget whole again", waitTimeout, func() bool { return s.metric("rkllm_inflight_request_bytes") == 0 })
 }

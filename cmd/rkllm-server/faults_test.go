@@ -2,7 +2,9 @@ package main_test
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -221,4 +223,43 @@ func TestModelLoadRetrySucceeds(t *testing.T) {
 		t.Errorf("readyz after the retry: %v", st)
 	}
 	ok[runResult](t, s.http("rkllm.run", prompt("loaded at last")))
+}
+
+// TestCrashLoopExits: a model whose load crashes the runtime every time (SIGSEGV in the
+// run that learns its embedding width) makes the worker fail --max-worker-failures times
+// in a row; then the server stops retrying, logs why, writes it to
+// --termination-message-path (as the kubelet's termination message) and exits with
+// status 1, so the kubelet sees the crash loop and the operator's status shows it.
+func TestCrashLoopExits(t *testing.T) {
+	eachABI(t, func(t *testing.T, abi string) {
+		term := filepath.Join(t.TempDir(), "termination-log")
+		s := startServer(t, abi, serverOpts{noWait: true,
+			config: map[string]any{"embedding-width": nil, "max-worker-failures": 3, "termination-message-path": term},
+			env:    []string{"RKLLM_SIM_CRASH_AFTER=0"}})
+		select {
+		case <-s.exited:
+		case <-time.After(waitTimeout):
+			t.Fatalf("the server still runs %s after starting with a model that crashes every load: %v", waitTimeout, s.health())
+		}
+		var exit *exec.ExitError
+		if !errors.As(s.exit, &exit) || exit.ExitCode() != 1 {
+			t.Errorf("the server exited with %v, want status 1", s.exit)
+		}
+		msg, err := os.ReadFile(term)
+		if err != nil {
+			t.Fatalf("no termination message: %v", err)
+		}
+		for _, want := range []string{"rkllm-server: giving up (--max-worker-failures 3): the worker failed 3 times in a row", "SIGSEGV", "simulated crash"} {
+			if !strings.Contains(string(msg), want) {
+				t.Errorf("termination message %q lacks %q", msg, want)
+			}
+		}
+		t.Logf("termination message: %s", msg)
+		if strings.Count(strings.TrimSpace(string(msg)), "\n") != 0 {
+			t.Errorf("termination message %q is not one line", msg)
+		}
+		if logs := s.logs.String(); !strings.Contains(logs, `"msg":"giving up on the worker; shutting down"`) {
+			t.Errorf("the log does not say why the server gave up:\n%s", grepLines(logs, "worker"))
+		}
+	})
 }

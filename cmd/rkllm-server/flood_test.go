@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 )
 
 // TestProbesWithEverySlotTaken (issue 12.5): idle clients that hold every connection
@@ -58,6 +61,40 @@ func TestProbesWithEverySlotTaken(t *testing.T) {
 				t.Fatalf("probe %d of %s with every client slot taken: %d %q", i, path, resp.StatusCode, body)
 			}
 		}
+	}
+}
+
+// TestProbesWithTheProbeListenerHeld (issue 12.5): clients that reach the probe
+// listener itself and hold more connections than it keeps, each sending half a request
+// head, do not starve the probes either: a new connection takes the place of the one
+// that has waited longest, so every probe answers, again and again.
+func TestProbesWithTheProbeListenerHeld(t *testing.T) {
+	s := startServer(t, "1.3", serverOpts{})
+	addr := strings.TrimPrefix(s.probes, "http://")
+	var held []net.Conn
+	for i := range 2 * httpapi.ProbeMaxConnections {
+		nc, err := dialNet("tcp", addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		if _, err := io.WriteString(nc, "GET /livez HTTP/1.1\r\nHost: x\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, nc)
+	}
+	for i := range 10 {
+		for _, path := range []string{"/livez", "/readyz", "/healthz", "/metrics"} {
+			resp, body := s.get(path)
+			if resp.StatusCode != http.StatusOK || body == "" {
+				t.Fatalf("probe %d of %s with the probe listener held: %d %q", i, path, resp.StatusCode, body)
+			}
+		}
+	}
+	// The first held connection made room long ago: the server has closed it.
+	_ = held[0].SetReadDeadline(time.Now().Add(waitTimeout))
+	if n, err := held[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the longest-waiting connection: read %d bytes, %v; want it closed", n, err)
 	}
 }
 

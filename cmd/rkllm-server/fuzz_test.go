@@ -272,6 +272,7 @@ func (z *fuzzServer) launch() error {
 	case a := <-addr:
 		z.base = "http://" + a.String()
 	case err := <-z.done:
+		z.done <- err // for the cleanup, which waits for it
 		return fmt.Errorf("serve: %w", err)
 	case <-time.After(startTimeout):
 		return fmt.Errorf("serve did not open its listeners within %s", startTimeout)

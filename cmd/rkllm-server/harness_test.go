@@ -220,11 +220,12 @@ func startServer(t *testing.T, abi string, o serverOpts) *server {
 	if !o.noModel {
 		cfg["model"] = filepath.Join(dir, "model.rkllm")
 	}
-	// The embedding width is given, so the simulator's run numbers (RKLLM_SIM_FAULT_RUN,
-	// run=N in its stats) count only the tests' own runs; without it the server learns
-	// the width with a run at load, which the embedding tests (input_test.go) cover by
-	// deleting this key.
+	// The embedding width and the vocabulary size are given, so the simulator's run
+	// numbers (RKLLM_SIM_FAULT_RUN, run=N in its stats) count only the tests' own runs;
+	// without them the server learns each with a run at load, which the tests of
+	// input_test.go cover by deleting these keys.
 	cfg["embedding-width"] = m.HiddenSize
+	cfg["vocab-size"] = m.VocabSize()
 	for k, v := range o.config {
 		if v == nil {
 			delete(cfg, k)

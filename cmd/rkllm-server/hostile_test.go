@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
 // hostile is one malformed or hostile message and the error it must get.
@@ -54,6 +56,10 @@ func hostileInputs() []hostile {
 		fmt.Fprintf(&batch, `{"jsonrpc":"2.0","id":%d,"method":"rkllm.is_running"}`, i)
 	}
 	batch.WriteString("]")
+	// The harness's model: its vocabulary, and two rows of its embedding width.
+	m := simulator.FastModel()
+	vocab := m.VocabSize()
+	floats32 := "[" + strings.TrimSuffix(strings.Repeat("0.5,", 2*m.HiddenSize), ",") + "]"
 	return []hostile{
 		// Not JSON, or not UTF-8: -32700.
 		{name: "truncated JSON", msg: `{"jsonrpc":"2.0","id":1,"method":"rkllm.run"`, code: -32700},
@@ -118,6 +124,11 @@ func hostileInputs() []hostile {
 		{name: "fractional token id", msg: run(`{"token_input":{"input_ids":[1.5]}}`), code: -32602, field: "input.token_input.input_ids"},
 		{name: "no token ids", msg: run(`{"token_input":{"input_ids":[]}}`), code: -32602, field: "input.token_input.input_ids"},
 		{name: "token count mismatch", msg: run(`{"token_input":{"input_ids":[1,2],"n_tokens":3}}`), code: -32602, field: "input.token_input.n_tokens"},
+		{name: "token id past the vocabulary", msg: run(fmt.Sprintf(`{"token_input":{"input_ids":[300,%d]}}`, vocab)), code: -32602, field: "input.token_input.input_ids[1]", contains: "vocab_size"},
+		{name: "token id at int32's end", msg: run(`{"token_input":{"input_ids":[2147483647]}}`), code: -32602, field: "input.token_input.input_ids[0]", contains: "vocab_size"},
+		{name: "negative cross-attention position", msg: req("rkllm.set_cross_attn_params", `{"cross_attn_params":{"encoder_k_cache":`+floats32+`,"encoder_v_cache":`+floats32+`,"encoder_mask":[1,1],"encoder_pos":[0,-1],"num_tokens":2}}`), code: -32602, field: "cross_attn_params.encoder_pos[1]"},
+		{name: "cross-attention position past the context", msg: req("rkllm.set_cross_attn_params", `{"cross_attn_params":{"encoder_k_cache":`+floats32+`,"encoder_v_cache":`+floats32+`,"encoder_mask":[1,1],"encoder_pos":[512,0],"num_tokens":2}}`), code: -32602, field: "cross_attn_params.encoder_pos[0]"},
+		{name: "KV-cache range past the context", msg: req("rkllm.clear_kv_cache", `{"keep_system_prompt":0,"start_pos":[0],"end_pos":[513]}`), code: -32602, field: "end_pos[0]"},
 		{name: "embedding without n_tokens", msg: run(`{"embed_input":{"embed":[1,2]}}`), code: -32602, field: "input.embed_input.n_tokens"},
 		{name: "embedding not a multiple", msg: run(`{"embed_input":{"embed":[1,2,3],"n_tokens":2}}`), code: -32602, field: "input.embed_input.embed"},
 		{name: "embedding not base64", msg: run(`{"embed_input":{"embed":"!!!","n_tokens":1}}`), code: -32602, field: "input.embed_input.embed"},
@@ -141,6 +152,8 @@ func hostileInputs() []hostile {
 		{name: "abort of a guessed long id", msg: req("rkllm.abort", `{"request_id":"r-00000000000000000000000000000001"}`), code: -32602, field: "request_id"},
 		{name: "init is_async", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","is_async":true}}`), code: -32602, field: "param.is_async"},
 		{name: "init n_batch 0", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","extend_param":{"n_batch":0}}}`), code: -32602, field: "param.extend_param.n_batch"},
+		{name: "init n_keep past the context", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","max_context_len":4096,"n_keep":99999999}}`), code: -32602, field: "param.n_keep"},
+		{name: "init negative top_k", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm","top_k":-1}}`), code: -32602, field: "param.top_k"},
 		{name: "NUL in a path", msg: req("rkllm.load_prompt_cache", `{"prompt_cache_path":"a\u0000b"}`), code: -32602, field: "prompt_cache_path"},
 		// Not allowed: -32007.
 		{name: "admin method over HTTP", msg: req("rkllm.init", `{"param":{"model_path":"model.rkllm"}}`), http: true, code: -32007},

@@ -162,9 +162,77 @@ func TestEmbeddingWidth(t *testing.T) {
 	})
 }
 
+// TestVocabularySize: token ids index the model's vocabulary, which the runtime would
+// read past. The size is learned at load from one logits run (which leaves the KV cache
+// empty), or taken from --vocab-size; an id past it, in any entry of a batch, is
+// -32602 naming the id over both transports, the worker untouched; when the size
+// cannot be learned, prompts still run and token inputs are refused, saying what to
+// set.
+func TestVocabularySize(t *testing.T) {
+	t.Run("learned", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "1.2", serverOpts{config: map[string]any{"vocab-size": nil}})
+		v := s.model.VocabSize()
+		_, st := s.status()
+		if st["vocab_size"] != float64(v) {
+			t.Errorf("readyz vocab_size %v, want the model's %d learned at load", st["vocab_size"], v)
+		}
+		if runs := s.statsEvents("event=run"); len(runs) != 1 || !strings.Contains(runs[0], "outcome=finished") {
+			t.Errorf("runs at load: %q, want the one that learns the vocabulary size", runs)
+		}
+		c := s.dial()
+		if sizes := ok[map[string][]int](t, c.call("rkllm.get_kv_cache_size", nil)); len(sizes["cache_sizes"]) != 1 || sizes["cache_sizes"][0] != 0 {
+			t.Errorf("KV cache after load: %v, want empty", sizes)
+		}
+		ids := func(v ...int) string { b, _ := json.Marshal(v); return string(b) }
+		sock := s.rawDial()
+		for _, c := range []struct{ msg, field string }{
+			{run(`{"token_input":{"input_ids":` + ids(300, v) + `}}`), "input.token_input.input_ids[1]"},
+			{run(`{"token_input":{"input_ids":` + ids(v+1000) + `}}`), "input.token_input.input_ids[0]"},
+			{run(`{"token_input":{"input_ids":` + ids(math.MaxInt32) + `}}`), "input.token_input.input_ids[0]"},
+			{run(`[{"token_input":{"input_ids":` + ids(0, 1, v) + `}}]`), "input[0].token_input.input_ids[2]"},
+		} {
+			for transport, resps := range viaBoth(s, sock, c.msg) {
+				if len(resps) != 1 || resps[0].Error == nil || resps[0].Error.Code != -32602 || resps[0].Error.Data["field"] != c.field ||
+					!strings.Contains(resps[0].Error.Message, fmt.Sprintf("vocab_size %d", v)) {
+					t.Errorf("%s over %s: %+v, want -32602 naming %s and the vocabulary", c.msg, transport, resps, c.field)
+				}
+			}
+		}
+		ok[runResult](t, s.http("rkllm.run", map[string]any{"input": map[string]any{"token_input": map[string]any{"input_ids": []int{0, v - 1}}}}))
+		sameWorker(t, s, st["worker_pid"])
+	})
+	t.Run("configured", func(t *testing.T) {
+		t.Parallel()
+		// A smaller vocabulary than the model's: the server takes the flag's word.
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"vocab-size": 300}})
+		if runs := s.statsEvents("event=run"); len(runs) != 0 {
+			t.Errorf("runs at load with --vocab-size: %q, want none", runs)
+		}
+		if _, st := s.status(); st["vocab_size"] != 300.0 {
+			t.Errorf("readyz vocab_size %v, want 300", st["vocab_size"])
+		}
+		ok[runResult](t, s.http("rkllm.run", map[string]any{"input": map[string]any{"token_input": map[string]any{"input_ids": []int{299}}}}))
+		fails(t, s.http("rkllm.run", map[string]any{"input": map[string]any{"token_input": map[string]any{"input_ids": []int{300}}}}), -32602)
+	})
+	t.Run("unknown", func(t *testing.T) {
+		t.Parallel()
+		// The run that would learn it (the first on the handle) fails in the runtime.
+		s := startServer(t, "1.3", serverOpts{config: map[string]any{"vocab-size": nil}, env: []string{"RKLLM_SIM_RUN_ERROR=-5", "RKLLM_SIM_FAULT_RUN=1"}})
+		if _, st := s.status(); st["vocab_size"] != nil {
+			t.Errorf("readyz vocab_size %v, want none", st["vocab_size"])
+		}
+		ok[runResult](t, s.http("rkllm.run", prompt("Hello")))
+		e := fails(t, s.http("rkllm.run", map[string]any{"input": map[string]any{"token_input": map[string]any{"input_ids": []int{300}}}}), -32602)
+		if e.Data["field"] != "input.token_input.input_ids" || !strings.Contains(e.Message, "--vocab-size") {
+			t.Errorf("a token with the vocabulary size unknown: %+v", e)
+		}
+	})
+}
+
 // TestNULInStrings: item 11. A \u0000 in any string the runtime reads as a C string
 // (which would end there) is -32602 naming the member, over both transports, and a
-// 400 naming the message on the OpenAI API.
+// 400 naming the member on the OpenAI and Ollama APIs.
 func TestNULInStrings(t *testing.T) {
 	s := startServer(t, "1.3", serverOpts{})
 	_, st := s.status()
@@ -192,6 +260,10 @@ func TestNULInStrings(t *testing.T) {
 		{req("rkllm.set_chat_template", `{"system_prompt":"","prompt_prefix":"","prompt_postfix":"\u0000"}`), "prompt_postfix"},
 		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":"[{\"name\":\"f\u0000\"}]","tool_response_str":"r"}`), "tools"},
 		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":[],"tool_response_str":"r\u0000"}`), "tool_response_str"},
+		// A NUL inside the tools' JSON (an escape there): the runtime decodes it into the
+		// tool's name, a C string again.
+		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":"[{\"type\":\"function\",\"function\":{\"name\":\"f\\u0000g\"}}]","tool_response_str":"r"}`), "tools"},
+		{req("rkllm.set_function_tools", `{"system_prompt":"s","tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"a\u0000":{}}}}}],"tool_response_str":"r"}`), "tools"},
 		{req("rkllm.load_prompt_cache", `{"prompt_cache_path":"c\u0000"}`), "prompt_cache_path"},
 		{req("rkllm.init", `{"param":{"model_path":"model.rkllm\u0000"}}`), "param.model_path"},
 	} {
@@ -203,6 +275,31 @@ func TestNULInStrings(t *testing.T) {
 	resp, body := s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}]}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"messages[1].content"`) {
 		t.Errorf("/v1/chat/completions with a NUL: %d %s", resp.StatusCode, body)
+	}
+	// So are its tools, handed to the runtime as JSON whose strings it reads as C strings.
+	resp, body = s.postTo("/v1/chat/completions", `{"model":"model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","description":"a\u0000b"}}]}`)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"param":"tools[0]"`) {
+		t.Errorf("/v1/chat/completions with a NUL in a tool: %d %s", resp.StatusCode, body)
+	}
+	// Every text member of every API that may reach the prompt: 400 naming the member.
+	for _, c := range []struct{ path, body, param string }{
+		{"/v1/completions", `{"model":"model","prompt":"a\u0000b"}`, "prompt"},
+		{"/v1/chat/completions", `{"model":"model","messages":[{"role":"assistant","content":"","tool_calls":[{"id":"c","type":"function","function":{"name":"f\u0000","arguments":"{}"}}]},{"role":"user","content":"x"}]}`, "messages[0].tool_calls[0].function"},
+		{"/v1/embeddings", `{"model":"model","input":["a","b\u0000"]}`, "input[1]"},
+		{"/api/generate", `{"model":"model","prompt":"a\u0000b","stream":false}`, "prompt"},
+		{"/api/generate", `{"model":"model","prompt":"a\u0000b","raw":true,"stream":false}`, "prompt"},
+		{"/api/generate", `{"model":"model","prompt":"a","system":"s\u0000","stream":false}`, "system"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\u0000b"}],"stream":false}`, "messages[1].content"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"tool","content":"r","tool_name":"f\u0000"}],"stream":false}`, "messages[0].tool_name"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f\u0000","arguments":{}}}]},{"role":"user","content":"x"}],"stream":false}`, "messages[0].tool_calls[0].function"},
+		{"/api/chat", `{"model":"model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"a\u0000":{}}}}}],"stream":false}`, "tools[0]"},
+		{"/api/embed", `{"model":"model","input":"a\u0000"}`, "input"},
+		{"/api/embeddings", `{"model":"model","prompt":"a\u0000"}`, "prompt"},
+	} {
+		resp, body := s.postTo(c.path, c.body)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `Invalid '`+c.param+`'`) {
+			t.Errorf("%s %s: %d %s, want 400 naming %s", c.path, c.body, resp.StatusCode, body, c.param)
+		}
 	}
 	sameWorker(t, s, st["worker_pid"])
 }

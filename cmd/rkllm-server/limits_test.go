@@ -43,14 +43,21 @@ func TestLimitFlags(t *testing.T) {
 		t.Parallel()
 		s := startServer(t, "1.3", serverOpts{config: map[string]any{"max-connections": 2, "idle-timeout": "300ms"}, env: hangFirstRun})
 		// Two connections with requests in flight (so not idle): a running stream and a
-		// request queued behind it. Nothing may scrape /metrics meanwhile (it would be
-		// refused too).
-		a, b := s.dialAccepted(), s.dialAccepted()
+		// request queued behind it. Each sends its request as its first message: a
+		// connection that waited idle for --idle-timeout (300 ms, soon gone on a loaded
+		// machine) between its acceptance and its request would be closed, freeing its
+		// slot for the connection that must be refused.
 		held := prompt("hold")
 		held["stream"] = true
-		running := a.send("rkllm.run", held)
-		a.note()
-		queued := b.send("rkllm.run", prompt("queued"))
+		a, running := s.dialSending("rkllm.run", held, func(c *client) bool {
+			select {
+			case <-c.notes: // the first token: a's run is going
+				return true
+			default:
+				return false
+			}
+		})
+		b, queued := s.dialSending("rkllm.run", prompt("queued"), func(*client) bool { return s.queueDepth() == 1 })
 		// A third socket connection gets one error line, then the connection closes.
 		extra := s.rawDial()
 		_ = extra.nc.SetReadDeadline(time.Now().Add(waitTimeout))
@@ -104,7 +111,8 @@ func TestLimitFlags(t *testing.T) {
 		ok[int](t, s.rawDial().call1(req("rkllm.is_running", "")))
 
 		// An HTTP keep-alive connection serves request after request, and is closed once
-		// idle for --idle-timeout.
+		// idle for --idle-timeout. The two requests go in one write, so no idle gap
+		// between them can close the connection first on a loaded machine.
 		kc, err := dialNet("tcp", strings.TrimPrefix(s.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
@@ -112,10 +120,10 @@ func TestLimitFlags(t *testing.T) {
 		t.Cleanup(func() { _ = kc.Close() })
 		_ = kc.SetDeadline(time.Now().Add(waitTimeout))
 		kr := bufio.NewReader(kc)
+		if _, err := io.WriteString(kc, httpRequest(req("rkllm.is_running", ""))+httpRequest(req("rkllm.is_running", ""))); err != nil {
+			t.Fatalf("requests on the keep-alive connection: %v", err)
+		}
 		for i := range 2 {
-			if _, err := io.WriteString(kc, httpRequest(req("rkllm.is_running", ""))); err != nil {
-				t.Fatalf("request %d on the keep-alive connection: %v", i+1, err)
-			}
 			resp, err := http.ReadResponse(kr, nil)
 			if err != nil {
 				t.Fatalf("request %d on the keep-alive connection: %v", i+1, err)
@@ -253,6 +261,35 @@ func TestLimitFlags(t *testing.T) {
 // httpRequest is a raw HTTP/1.1 request posting body to /rpc (keep-alive, the default).
 func httpRequest(body string) string {
 	return fmt.Sprintf("POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
+
+// dialSending connects to the socket and sends one request as the connection's first
+// message, again until the server takes the connection (a refused one is answered
+// -32002 and closed) and accepted says the request is in flight.
+func (s *server) dialSending(method string, params any, accepted func(*client) bool) (*client, chan response) {
+	s.t.Helper()
+	for {
+		nc, err := dialNet("unix", s.socket)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		c := s.clientOn(nc)
+		r := c.send(method, params)
+		refused := false
+		s.eventually("the connection's request in flight", waitTimeout, func() bool {
+			select {
+			case <-c.closed:
+				refused = true
+				return true
+			default:
+				return accepted(c)
+			}
+		})
+		if !refused {
+			return c, r
+		}
+		_ = nc.Close()
+	}
 }
 
 // dialAccepted connects to the socket until the server takes the connection: the

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/fetch"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
@@ -118,9 +120,29 @@ func runServe(args []string) int {
 	log.Info("starting rkllm-server", "version", version, "model", o.Model, "runtime_lib", o.RuntimeLib, "runtime_abi", o.RuntimeABI)
 	if err := serve.Run(signalContext(log), &o, log, serve.Options{Executable: exe, Version: version}); err != nil {
 		log.Error(err, "rkllm-server failed")
+		writeTerminationMessage(o.TerminationMessagePath, err, log)
 		return 1
 	}
 	return 0
+}
+
+// maxTerminationMessage is what the kubelet reads of a termination message.
+const maxTerminationMessage = 4096
+
+// writeTerminationMessage writes why the server failed to path (the container's
+// terminationMessagePath), one line, so the pod's status and the operator's
+// status.lastFailure show it.
+func writeTerminationMessage(path string, failure error, log logr.Logger) {
+	if path == "" {
+		return
+	}
+	msg := "rkllm-server: " + strings.Join(strings.Fields(failure.Error()), " ")
+	if len(msg) > maxTerminationMessage {
+		msg = msg[:maxTerminationMessage]
+	}
+	if err := os.WriteFile(path, []byte(msg+"\n"), 0o644); err != nil { //nolint:gosec // read by the kubelet
+		log.Error(err, "cannot write the termination message", "path", path)
+	}
 }
 
 // runWorker is the process that loads the runtime; serve starts it with the protocol
@@ -131,6 +153,7 @@ func runWorker(args []string) int {
 	abiFlag := fs.String("runtime-abi", "1.3", "runtime ABI")
 	level := fs.String("log-level", "info", "log level")
 	maxFrame := fs.Int("max-frame-bytes", workerproto.DefaultMaxFrameBytes, "largest protocol frame")
+	memoryLimit := fs.Int64("memory-limit", memlimit.DefaultLimit, "soft limit of the Go heap")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -144,6 +167,7 @@ func runWorker(args []string) int {
 	// Signals go to the supervisor, which stops the worker by closing its socket (and the
 	// kernel kills it if the supervisor dies first).
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+	memlimit.SetLimit(*memoryLimit)
 	abi, err := runtime.ParseABI(*abiFlag)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "E worker:", err)

@@ -540,6 +540,8 @@ func TestOpenAIErrors(t *testing.T) {
 		{"temperature range", "POST", "/v1/chat/completions", chat(map[string]any{"temperature": 3}), 400, "temperature", "invalid_value", "between 0 and 2"},
 		{"temperature type", "POST", "/v1/chat/completions", chat(map[string]any{"temperature": "hot"}), 400, "temperature", "invalid_type", "a string"},
 		{"max_tokens", "POST", "/v1/chat/completions", chat(map[string]any{"max_tokens": 0}), 400, "max_tokens", "invalid_value", "at least 1"},
+		{"top_k past int32", "POST", "/v1/chat/completions", chat(map[string]any{"top_k": 1 << 31}), 400, "top_k", "invalid_value", "between 0 and 2147483647"},
+		{"top_k wrapping to 0", "POST", "/v1/completions", `{"model":"model","prompt":"x","top_k":4294967296}`, 400, "top_k", "invalid_value", "between 0 and 2147483647"},
 		{"five stops", "POST", "/v1/chat/completions", chat(map[string]any{"stop": []string{"a", "b", "c", "d", "e"}}), 400, "stop", "invalid_value", "at most 4"},
 		{"stream_options alone", "POST", "/v1/chat/completions", chat(map[string]any{"stream_options": map[string]any{"include_usage": true}}), 400, "stream_options", "invalid_value", "only allowed when 'stream'"},
 		{"logprobs", "POST", "/v1/chat/completions", chat(map[string]any{"logprobs": true}), 400, "logprobs", "unsupported_parameter", "log probabilities"},

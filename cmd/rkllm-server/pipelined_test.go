@@ -10,13 +10,16 @@ import (
 
 // TestPipelinedClientLeaves (issue 12.9): a client that sent a plain (not streamed)
 // run, pipelined a second request behind it and closed the connection has its run
-// aborted in the runtime, and the pipelined request never runs: over /rpc, /v1/ and
-// the Unix socket.
+// aborted in the runtime, and the pipelined request never runs: over /rpc, /v1/,
+// Ollama's /api/ and the Unix socket.
 func TestPipelinedClientLeaves(t *testing.T) {
-	v1 := func(content string) string {
-		b, _ := json.Marshal(map[string]any{"model": "model", "messages": []map[string]string{{"role": "user", "content": content}}})
-		return fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
+	chat := func(path string) func(content string) string {
+		return func(content string) string {
+			b, _ := json.Marshal(map[string]any{"model": "model", "messages": []map[string]string{{"role": "user", "content": content}}, "stream": false})
+			return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", path, len(b), b)
+		}
 	}
+	v1, ollama := chat("/v1/chat/completions"), chat("/api/chat")
 	for _, tc := range []struct {
 		name, network string
 		first, second string
@@ -24,6 +27,7 @@ func TestPipelinedClientLeaves(t *testing.T) {
 	}{
 		{"rpc", "tcp", httpRequest(request(1, "rkllm.run", prompt("held"))), httpRequest(request(2, "rkllm.run", prompt("pipelined"))), "http"},
 		{"v1", "tcp", v1("held"), v1("pipelined"), "http"},
+		{"ollama", "tcp", ollama("held"), ollama("pipelined"), "http"},
 		{"socket", "unix", request(1, "rkllm.run", prompt("held")) + "\n", request(2, "rkllm.run", prompt("pipelined")) + "\n", "unix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -48,33 +48,48 @@ func (s *server) health() map[string]any {
 func TestStoppedWorker(t *testing.T) {
 	eachABI(t, func(t *testing.T, abi string) {
 		s := startServer(t, abi, serverOpts{config: map[string]any{"token-stall-timeout": "1s", "abort-timeout": "1s"}})
-		pid := s.stopWorker()
-		big := s.httpAsync("rkllm.run", prompt(strings.Repeat("stop ", 1<<18)))
-		// The big run is taken first (it may even have failed already: the worker is
-		// replaced within seconds).
-		s.eventually("the big run to be taken", waitTimeout, func() bool {
-			_, st := s.status()
-			return st["running"] == true || st["worker_restarts"] != 0.0
-		})
-		queued := s.dial().send("rkllm.run", prompt("next"))
-		polled := s.httpAsync("rkllm.is_running", nil)
-		e := fails(t, wait(t, big), -32005)
-		if e.Data["reason"] != "worker unresponsive" || e.Data["worker_killed"] != true || !strings.Contains(e.Message, "stopped") {
-			t.Errorf("run on the stopped worker: %+v", e)
-		}
-		if n := ok[int](t, wait(t, polled)); n != 0 && n != 1 {
-			t.Errorf("is_running while the worker was stopped: %d", n)
-		}
-		if res := ok[runResult](t, wait(t, queued)); res.Text == "" || res.FinishReason != "stop" {
-			t.Errorf("queued run: %+v", res)
-		}
-		h := s.health()
-		if h["running"] != false || h["worker_up"] != true || h["worker_pid"] == pid || h["worker_restarts"] != 1.0 ||
-			!strings.Contains(fmt.Sprint(h["last_worker_exit"]), "SIGKILL") {
-			t.Errorf("/healthz after the stopped worker was replaced: %v", h)
-		}
-		if _, body := s.get("/metrics"); !strings.Contains(body, `rkllm_worker_restarts_total{cause="unresponsive"} 1`) {
-			t.Errorf("metrics:\n%s", grepLines(body, "rkllm_worker_restarts"))
+		for attempt := 1; ; attempt++ {
+			s.waitReady()
+			pid := s.stopWorker()
+			big := s.httpAsync("rkllm.run", prompt(strings.Repeat("stop ", 1<<18)))
+			// The big run is taken first (it may even have failed already: the worker is
+			// replaced within seconds).
+			s.eventually("the big run to be taken", waitTimeout, func() bool {
+				_, st := s.status()
+				return st["running"] == true || st["worker_restarts"] != float64(attempt-1)
+			})
+			queued := s.dial().send("rkllm.run", prompt("next"))
+			polled := s.httpAsync("rkllm.is_running", nil)
+			r := wait(t, big)
+			if r.Error != nil && r.Error.Code == -32003 && attempt < 5 {
+				// The heartbeat found the idle worker stopped (1.5 s after its last sign of
+				// life) before the big run reached it, which a loaded machine can delay that
+				// long: the run went to the new worker, whose runtime refused a prompt over
+				// its context. Not the case under test: stop the new worker in turn.
+				t.Logf("attempt %d: the stopped worker was replaced before the run reached it (%s); again", attempt, r.Error.Message)
+				wait(t, queued)
+				wait(t, polled)
+				continue
+			}
+			e := fails(t, r, -32005)
+			if e.Data["reason"] != "worker unresponsive" || e.Data["worker_killed"] != true || !strings.Contains(e.Message, "stopped") {
+				t.Errorf("run on the stopped worker: %+v", e)
+			}
+			if n := ok[int](t, wait(t, polled)); n != 0 && n != 1 {
+				t.Errorf("is_running while the worker was stopped: %d", n)
+			}
+			if res := ok[runResult](t, wait(t, queued)); res.Text == "" || res.FinishReason != "stop" {
+				t.Errorf("queued run: %+v", res)
+			}
+			h := s.health()
+			if h["running"] != false || h["worker_up"] != true || h["worker_pid"] == pid || h["worker_restarts"] != float64(attempt) ||
+				!strings.Contains(fmt.Sprint(h["last_worker_exit"]), "SIGKILL") {
+				t.Errorf("/healthz after the stopped worker was replaced: %v", h)
+			}
+			if _, body := s.get("/metrics"); !strings.Contains(body, fmt.Sprintf(`rkllm_worker_restarts_total{cause="unresponsive"} %d`, attempt)) {
+				t.Errorf("metrics:\n%s", grepLines(body, "rkllm_worker_restarts"))
+			}
+			return
 		}
 	})
 }

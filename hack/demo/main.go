@@ -1,7 +1,9 @@
 // Command demo is `make demo` and `make demo-down`: a simulated RK3588 edge cluster on
 // this machine (test/e2e/edgecluster), the chart installed with helm, and a walk through
-// what the operator does with a model, followed by a real rkllm-server on the simulator
-// library to stream tokens from.
+// what the operator does with a model: on the node with the real kubelet, the model's pod
+// runs for real (its init container downloads the model from a local HTTP server and
+// checks its sha256, rkllm-server loads it on the RKLLM simulator library and answers
+// the kubelet's probes), and the demo streams tokens from it through its pod IP.
 //
 //	demo up   --state DIR ...   start the cluster in the background, run the walk-through, leave it running
 //	demo down --state DIR       stop everything the demo started
@@ -34,7 +36,7 @@ import (
 
 // paths are the binaries and files the demo uses (flags; the Makefile sets them).
 type paths struct {
-	state, k8sBin, kwokctl, kwok, helm, plugin, manager, server, simLib, chart string
+	state, k8sBin, kwokctl, kwok, helm, plugin, manager, server, simLib, chart, processCRI, cniBin string
 }
 
 func (p *paths) bind(fs *flag.FlagSet) {
@@ -48,11 +50,13 @@ func (p *paths) bind(fs *flag.FlagSet) {
 	fs.StringVar(&p.server, "server", "bin/rkllm-server", "rkllm-server binary (make build-server).")
 	fs.StringVar(&p.simLib, "sim-lib", "bin/librkllmrt-sim-1.3.so", "The RKLLM simulator library (make sim).")
 	fs.StringVar(&p.chart, "chart", "charts/rkllm-operator", "The chart.")
+	fs.StringVar(&p.processCRI, "process-cri", "bin/process-cri", "The process runtime (make process-cri).")
+	fs.StringVar(&p.cniBin, "cni-bin-dir", "bin/cni-plugins-v1.10.0", "The CNI plugins (make cni-plugins).")
 }
 
 // absolutize makes every path absolute: the background process and helm run elsewhere.
 func (p *paths) absolutize() error {
-	for _, s := range []*string{&p.state, &p.k8sBin, &p.kwokctl, &p.kwok, &p.helm, &p.plugin, &p.manager, &p.server, &p.simLib, &p.chart} {
+	for _, s := range []*string{&p.state, &p.k8sBin, &p.kwokctl, &p.kwok, &p.helm, &p.plugin, &p.manager, &p.server, &p.simLib, &p.chart, &p.processCRI, &p.cniBin} {
 		abs, err := filepath.Abs(*s)
 		if err != nil {
 			return err
@@ -64,16 +68,24 @@ func (p *paths) absolutize() error {
 
 func (p *paths) args() []string {
 	return []string{"--state", p.state, "--k8s-bin-dir", p.k8sBin, "--kwokctl", p.kwokctl, "--kwok", p.kwok, "--helm", p.helm,
-		"--device-plugin", p.plugin, "--manager", p.manager, "--server", p.server, "--sim-lib", p.simLib, "--chart", p.chart}
+		"--device-plugin", p.plugin, "--manager", p.manager, "--server", p.server, "--sim-lib", p.simLib, "--chart", p.chart,
+		"--process-cri", p.processCRI, "--cni-bin-dir", p.cniBin}
 }
 
 // ready is what the background process tells `up` once the cluster serves.
 type ready struct {
 	WorkDir    string `json:"workDir"`
 	Kubeconfig string `json:"kubeconfig"`
-	ServerAddr string `json:"serverAddr"`
-	ModelFile  string `json:"modelFile"`
-	LogDir     string `json:"logDir"`
+	// NodeNetNS is the real-kubelet node's network namespace, where its pod IPs are.
+	NodeNetNS string `json:"nodeNetNS"`
+	// NodePID is the node's runtime (its namespaces are the node's), in this machine's
+	// PID namespace.
+	NodePID int `json:"nodePID"`
+	// ModelURL and ModelSHA256 are the simulator model file the local HTTP server (in the
+	// node's network) serves, and its checksum.
+	ModelURL    string `json:"modelURL"`
+	ModelSHA256 string `json:"modelSHA256"`
+	LogDir      string `json:"logDir"`
 }
 
 const usage = `usage: demo up|down [flags]   (make demo, make demo-down)`
@@ -153,7 +165,7 @@ func up(p paths, walk bool) error {
 	if work := workDir(p); work != "" {
 		return fmt.Errorf("a previous demo in %s was not stopped (work folder %s); run `make demo-down` first", p.state, work)
 	}
-	for _, f := range []string{p.k8sBin + "/kubelet", p.kwokctl, p.kwok, p.helm, p.plugin, p.manager, p.server, p.simLib} {
+	for _, f := range []string{p.k8sBin + "/kubelet", p.kwokctl, p.kwok, p.helm, p.plugin, p.manager, p.server, p.simLib, p.processCRI, p.cniBin} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("%w (make demo builds everything)", err)
 		}
@@ -171,7 +183,7 @@ func up(p paths, walk bool) error {
 		return err
 	}
 	say("Starting a simulated RK3588 edge cluster in the background (its log: %s).", clusterLog(p))
-	say("No container engine is needed: nothing here runs an image.")
+	say("No container engine is needed: the real kubelet's node runs its pods as processes (hack/processcri).")
 	cmd := exec.Command(self, append([]string{"run"}, p.args()...)...) //nolint:noctx,gosec // this program itself; it outlives this command on purpose
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // survives this terminal
@@ -249,7 +261,7 @@ func waitReady(p paths, exited <-chan error) (*ready, error) {
 func down(p paths) error {
 	pid := running(p)
 	if pid != 0 {
-		say("Stopping the demo (pid %d): rkllm-server, the manager, the device plugin, the kubelet, the control plane.", pid)
+		say("Stopping the demo (pid %d): the manager, the device plugin, the kubelet and its pods, the control plane.", pid)
 		stopRun(pid, p)
 	}
 	work := workDir(p)

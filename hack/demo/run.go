@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,16 +21,17 @@ const (
 )
 
 // demoValues are what the simulated cluster needs from the chart: the manager
-// Deployment at 0 replicas (no node here can run its image: the manager runs as a local
-// process with that Deployment's arguments and ServiceAccount instead), and the device
-// plugin on the nodes labelled as NPU nodes (the real-kubelet node is this amd64
-// machine).
+// Deployment at 0 replicas (it needs the API server's Service address, which no node
+// here routes: the manager runs as a local process with that Deployment's arguments and
+// ServiceAccount instead), and the device plugin's DaemonSet on the kwok nodes labelled
+// as NPU nodes (the real-kubelet node has its plugin already, on the fake NPU tree).
 const demoValues = `manager:
   replicas: 0
 devicePlugin:
   nodeSelector:
     kubernetes.io/arch: null
     rockchip.com/npu.present: "true"
+    type: kwok
 `
 
 func logf(format string, args ...any) {
@@ -44,6 +49,7 @@ func run(p paths) (err error) {
 	}
 	c, err := edgecluster.Start(ctx, edgecluster.Options{
 		K8sBinDir: p.k8sBin, Kwokctl: p.kwokctl, Kwok: p.kwok, DevicePlugin: p.plugin, WorkDir: work,
+		ProcessCRI: p.processCRI, CNIBinDir: p.cniBin, Server: p.server, SimLib: p.simLib, Manager: p.manager,
 		Progress: func(f string, a ...any) { logf("starting "+f, a...) },
 	})
 	if err != nil {
@@ -64,12 +70,7 @@ func run(p paths) (err error) {
 		return err
 	}
 
-	modelFile := filepath.Join(work, "models", "qwen2.5-1.5b-sim.rkllm")
-	if err := edgecluster.WriteSimModel(modelFile); err != nil {
-		return err
-	}
-	logf("starting rkllm-server on the RKLLM simulator library (%s) at %s:8080", filepath.Base(p.simLib), c.PodIP)
-	server, err := c.StartServer(ctx, p.server, p.simLib, "1.3", modelFile)
+	modelURL, sum, err := serveModel(ctx, c, work)
 	if err != nil {
 		return err
 	}
@@ -79,7 +80,7 @@ func run(p paths) (err error) {
 		return err
 	}
 
-	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, ServerAddr: c.PodIP + ":8080", ModelFile: modelFile, LogDir: c.LogDir()}
+	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), NodePID: c.Node().Runtime.PID, ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
 	data, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -97,11 +98,44 @@ func run(p paths) (err error) {
 		return nil
 	case <-manager.Exited():
 		return fmt.Errorf("the manager exited (%v); its log: %s", manager.Err(), manager.Log)
-	case <-server.Exited():
-		return fmt.Errorf("rkllm-server exited (%v); its log: %s", server.Err(), server.Log)
+	case <-c.Node().Runtime.Exited():
+		return fmt.Errorf("the process runtime exited; its log: %s", filepath.Join(c.LogDir(), "kubelet.log"))
 	case <-c.Plugin.Exited():
 		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
 	}
+}
+
+// serveModel writes the simulator model file and serves it from a local HTTP server in
+// the node's network; it returns its URL and sha256.
+func serveModel(ctx context.Context, c *edgecluster.Cluster, work string) (string, string, error) {
+	modelFile := filepath.Join(work, "models", "qwen2.5-1.5b-sim.rkllm")
+	if err := edgecluster.WriteSimModel(modelFile); err != nil {
+		return "", "", err
+	}
+	sum, err := fileSHA256(modelFile)
+	if err != nil {
+		return "", "", err
+	}
+	base, err := c.ServeFiles(ctx, filepath.Dir(modelFile))
+	if err != nil {
+		return "", "", err
+	}
+	modelURL := base + "/" + filepath.Base(modelFile)
+	logf("serving the simulator model file at %s (a local HTTP server in the node's network)", modelURL)
+	return modelURL, sum, nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // newWorkDir creates the cluster's work folder and records it in the state folder

@@ -25,11 +25,11 @@ const stepTimeout = 3 * time.Minute
 
 const modelName = "qwen-sim"
 
-// modelYAML is the demo's model: a simulator file on the node. All three nodes are this
-// machine, so the file is on each; the kwok nodes' pods never open it.
+// modelYAML is the demo's model: a simulator model file downloaded from the demo's local
+// HTTP server (in the node's network) and checked against its sha256.
 const modelYAML = `# A model served by rkllm-server on 3 NPUs. The file is a simulator model file (for the
-# RKLLM simulator library, not a real model), and this x86 machine has no device tree,
-# so security.deviceTree is None.
+# RKLLM simulator library, not a real model), downloaded by each pod's init container
+# from the demo's local HTTP server and checked against its sha256.
 apiVersion: inference.rkllm.io/v1alpha1
 kind: RKLLMModel
 metadata:
@@ -37,7 +37,8 @@ metadata:
   namespace: default
 spec:
   model:
-    hostPath: %s
+    url: %s
+    sha256: %s
   replicas: 3
   parameters:
     maxContextLen: 4096
@@ -47,16 +48,15 @@ spec:
       memory: 1Gi
     limits:
       memory: 2Gi
-  security:
-    deviceTree: None
 `
 
 type walker struct {
-	p    paths
-	r    *ready
-	ctx  context.Context
-	cl   client.Client
-	kctl string
+	p         paths
+	r         *ready
+	ctx       context.Context
+	cl        client.Client
+	kctl      string
+	streamCmd string
 }
 
 // walkThrough shows what the operator does with a model, with the commands a user
@@ -84,7 +84,7 @@ func walkThrough(p paths, r *ready) error {
 }
 
 func (w *walker) walk() error {
-	for _, step := range []func() error{w.cluster, w.apply, w.scale, w.suspend, w.remove, w.stream} {
+	for _, step := range []func() error{w.cluster, w.apply, w.logs, w.stream, w.scale, w.suspend, w.remove, w.explore} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -98,14 +98,17 @@ func (w *walker) cluster() error {
 	say(`Three RK3588 nodes, each with one rockchip.com/npu:
   %s, %s  simulated by kwok: it keeps them Ready and marks their pods Running
                                  and Ready without running anything (no probes run there);
-  %s                 a real kubelet on a fake container runtime, whose NPU comes from
-                                 the real rknpu-device-plugin registering with it (fake RK3588
-                                 files under %s/npu-root). The kubelet really probes
-                                 its pods: the fake runtime gives them the address %s,
-                                 where a real rkllm-server (simulator library) answers /readyz.
+  %s                 a real kubelet on the process runtime (hack/processcri): every
+                                 pod scheduled to it runs for real, as processes in the node's
+                                 own namespaces, with an address of its own (CNI bridge) that
+                                 the kubelet probes. Its images map to this machine's builds
+                                 (%s), rkllm-server's runtime library to the RKLLM simulator.
+                                 Its NPU comes from the real rknpu-device-plugin registering
+                                 with it (fake RK3588 files under %s/npu-root).
 The operator's manager runs here as a process with the chart's Deployment arguments and
-its ServiceAccount's token, since no node can run images.`,
-		edgecluster.KwokNode1, edgecluster.KwokNode2, edgecluster.KubeletNode, w.r.WorkDir, strings.TrimSuffix(w.r.ServerAddr, ":8080"))
+its ServiceAccount's token: it needs the API server's Service address, which no node here
+routes (there is no kube-proxy).`,
+		edgecluster.KwokNode1, edgecluster.KwokNode2, edgecluster.KubeletNode, filepath.Join(w.r.WorkDir, "images.yaml"), w.r.WorkDir)
 	if err := w.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,NPU:.status.allocatable.rockchip\\.com/npu,SOC:.metadata.labels.rockchip\\.com/npu\\.soc,ARCH:.status.nodeInfo.architecture"); err != nil {
 		return err
 	}
@@ -116,10 +119,11 @@ its ServiceAccount's token, since no node can run images.`,
 func (w *walker) apply() error {
 	heading("1. Apply a model with 3 replicas")
 	file := filepath.Join(w.p.state, modelName+".yaml")
-	if err := os.WriteFile(file, []byte(fmt.Sprintf(modelYAML, w.r.ModelFile)), 0o600); err != nil {
+	doc := fmt.Sprintf(modelYAML, w.r.ModelURL, w.r.ModelSHA256)
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
 		return err
 	}
-	say("%s:\n%s", file, indent(fmt.Sprintf(modelYAML, w.r.ModelFile)))
+	say("%s:\n%s", file, indent(doc))
 	if err := w.kubectl("apply", "-f", file); err != nil {
 		return err
 	}
@@ -132,13 +136,41 @@ func (w *walker) apply() error {
 	if err := w.kubectl("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "-o", "wide"); err != nil {
 		return err
 	}
-	say("One pod per node: each node has one NPU and each pod takes one.")
+	say("One pod per node: each node has one NPU and each pod takes one. The pod on %s is", edgecluster.KubeletNode)
+	say("Ready because the kubelet's readiness probe reached rkllm-server at its pod IP.")
 	return nil
+}
+
+// realPod is the model's pod on the real-kubelet node and its IP.
+func (w *walker) realPod() (string, string, error) {
+	out, err := w.output("get", "pods", "-l", "inference.rkllm.io/model="+modelName, "--field-selector", "spec.nodeName="+edgecluster.KubeletNode,
+		"-o", `jsonpath={.items[0].metadata.name} {.items[0].status.podIP}`)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %s", err, out)
+	}
+	name, ip, ok := strings.Cut(strings.TrimSpace(out), " ")
+	if !ok || ip == "" {
+		return "", "", fmt.Errorf("no pod of %s with an IP on %s: %q", modelName, edgecluster.KubeletNode, out)
+	}
+	return name, ip, nil
+}
+
+// logs shows the real pod's init container (the download) and server logs.
+func (w *walker) logs() error {
+	heading("2. kubectl logs: the download, then the server")
+	pod, _, err := w.realPod()
+	if err != nil {
+		return err
+	}
+	if err := w.kubectl("logs", pod, "-c", "fetch-model"); err != nil {
+		return err
+	}
+	return w.kubectl("logs", pod, "-c", "server", "--tail=8")
 }
 
 // scale scales past the cluster's NPUs and shows the scheduler's reason in the status.
 func (w *walker) scale() error {
-	heading("2. Scale to 4: the fourth pod has no NPU to go to")
+	heading("4. Scale to 4: the fourth pod has no NPU to go to")
 	if err := w.kubectl("scale", "rkllmmodel/"+modelName, "--replicas=4"); err != nil {
 		return err
 	}
@@ -156,7 +188,7 @@ func (w *walker) scale() error {
 
 // suspend suspends the model.
 func (w *walker) suspend() error {
-	heading("3. Suspend: no pods, everything else kept")
+	heading("5. Suspend: no pods, everything else kept")
 	if err := w.kubectl("patch", "rkllmmodel", modelName, "--type=merge", "-p", `{"spec":{"suspend":true}}`); err != nil {
 		return err
 	}
@@ -173,7 +205,7 @@ func (w *walker) suspend() error {
 
 // remove deletes the model and shows its children gone.
 func (w *walker) remove() error {
-	heading("4. Delete: the garbage collector removes what the model owned")
+	heading("6. Delete: the garbage collector removes what the model owned")
 	if err := w.kubectl("delete", "rkllmmodel", modelName, "--wait=true"); err != nil {
 		return err
 	}
@@ -186,18 +218,29 @@ func (w *walker) remove() error {
 	return w.kubectl("get", "deployment,replicaset,pod,service,configmap", "-l", "inference.rkllm.io/model="+modelName)
 }
 
-// stream streams tokens from the server and says where to go next.
+// stream streams tokens from the real pod's server through its pod IP.
 func (w *walker) stream() error {
-	heading("5. Stream tokens from rkllm-server (RKLLM simulator library)")
-	say("This server runs the simulator: its tokens are made up by the simulator, not by a model.")
-	cmd := edgecluster.StreamCommand(w.r.ServerAddr, "Why run LLMs on an RK3588?")
-	say("$ %s", cmd)
-	out, err := exec.CommandContext(w.ctx, "sh", "-c", cmd).CombinedOutput() //nolint:gosec // the command printed above
+	heading("3. Stream tokens from rkllm-server through the pod IP (RKLLM simulator library)")
+	_, ip, err := w.realPod()
+	if err != nil {
+		return err
+	}
+	say(`This server runs the simulator: its tokens are made up by the simulator, not by a model.
+The pod IP is in the node's own network namespace (nothing on this machine's network
+changes), so the request enters it with nsenter. The model's Service is not used: its
+ClusterIP would need kube-proxy, which does not run here.`)
+	w.streamCmd = edgecluster.StreamCommand(w.r.NodeNetNS, ip+":8080", "Why run LLMs on an RK3588?")
+	say("$ %s", w.streamCmd)
+	out, err := exec.CommandContext(w.ctx, "sh", "-c", w.streamCmd).CombinedOutput() //nolint:gosec // the command printed above
 	fmt.Print(string(out))
 	if err != nil {
 		say("(curl failed: %v; is curl installed?)", err)
 	}
+	return nil
+}
 
+// explore says where to go next.
+func (w *walker) explore() error {
 	heading("Explore")
 	say(`The cluster keeps running. In this shell:
 
@@ -205,12 +248,13 @@ func (w *walker) stream() error {
   export PATH=%s:$PATH
   kubectl apply -f %s     # the model again
   kubectl get rkllmmodels,pods -o wide
+  kubectl logs %s -c server
   %s -n %s status %s
-  %s
+  %s   # with the new pod's IP
 
 Logs of every component: %s
 Stop everything: make demo-down`,
-		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), w.p.helm, namespace, release, cmd, w.r.LogDir)
+		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), "$(kubectl get pods -l inference.rkllm.io/model="+modelName+" --field-selector spec.nodeName="+edgecluster.KubeletNode+" -o name)", w.p.helm, namespace, release, w.streamCmd, w.r.LogDir)
 	return nil
 }
 

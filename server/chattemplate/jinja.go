@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -16,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/ardanlabs/jinja"
+
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
 
 // JinjaSource is a Hugging Face chat template as read from its file, not compiled. It
@@ -108,7 +109,7 @@ func LoadJinja(path, eos string) (*Jinja, error) {
 // eos, when not empty, overrides the file's end-of-sequence text. It does not compile
 // the template.
 func ReadJinja(path, eos string) (*JinjaSource, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := runtime.ReadRegularFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("chat template file: %w", err)
 	}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/embedding"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -35,6 +35,21 @@ const (
 	AdminAll    = "all"
 	AdminNone   = "none"
 )
+
+// ShutdownMargin is how long after --shutdown-timeout rkllm-server may take to exit on
+// SIGTERM, whatever its worker and clients do: the supervisor's grace to stop the worker
+// (at most 2 s, then it is killed and reaped), then flushing the last responses in what
+// is left. A pod's termination grace period must cover the preStop pause plus
+// ExitBudget (the operator's does).
+const ShutdownMargin = 5 * time.Second
+
+// ExitBudget is the longest the server takes to exit after SIGTERM.
+func (o *Serve) ExitBudget() time.Duration { return o.ShutdownTimeout + ShutdownMargin }
+
+// DefaultMaxWorkerFailures is --max-worker-failures' default: with the restart backoff
+// (0.5 s doubling) five failed workers take about 8 s of retries, enough to ride out a
+// one-off fault and short enough that a crash loop reaches the kubelet soon.
+const DefaultMaxWorkerFailures = 5
 
 // Log formats.
 const (
@@ -53,6 +68,8 @@ type Serve struct {
 	RuntimeABI string
 	// EmbeddingWidth is the model's embedding width when known; 0 learns it at load.
 	EmbeddingWidth int
+	// VocabSize is the model's vocabulary size when known; 0 learns it at load.
+	VocabSize int
 
 	// Param holds the RKLLMParam flags; only those set (Changed) override the runtime's
 	// defaults.
@@ -100,6 +117,7 @@ type Serve struct {
 	ClientBufferBytes        int
 	ReservedFDs              int
 	MaxFrameBytes            int
+	MemoryLimit              int64
 	IdleTimeout              time.Duration
 	ReadHeaderTimeout        time.Duration
 	BodyReadTimeout          time.Duration
@@ -113,7 +131,12 @@ type Serve struct {
 	WorkerStartTimeout time.Duration
 	RestartBackoffMin  time.Duration
 	RestartBackoffMax  time.Duration
+	MaxWorkerFailures  int
 	WriteTimeout       time.Duration
+
+	// TerminationMessagePath is where the reason of a failed exit is written (the
+	// kubelet's terminationMessagePath); empty for nowhere.
+	TerminationMessagePath string
 
 	LogFormat string
 	LogLevel  string
@@ -141,6 +164,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.RuntimeLib, "runtime-lib", runtime.DefaultLibrary, "The RKLLM runtime library: a file name searched like dlopen(3) does, or a path.")
 	fs.StringVar(&o.RuntimeABI, "runtime-abi", "1.3", "ABI of the runtime library: 1.2 (runtime 1.2.1-1.2.3) or 1.3 (runtime 1.3.0).")
 	fs.IntVar(&o.EmbeddingWidth, "embedding-width", 0, "The models' embedding width (hidden size: the floats in one row of an embedding input); 0 learns it at each load from a one-token hidden-layer run.")
+	fs.IntVar(&o.VocabSize, "vocab-size", 0, "The models' vocabulary size (token ids are 0 to this minus 1); 0 learns it at each load from a one-token logits run.")
 
 	p := &o.Param
 	fs.Int32Var(&p.MaxContextLen, "max-context-len", 0, "RKLLMParam.max_context_len (runtime default when not set).")
@@ -203,6 +227,7 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&o.MaxInflightBytes, "max-inflight-bytes", jsonrpc.DefaultMaxInflightBytes, "Memory that requests in flight (queued or running) may hold, over every transport and stage (body, decoded messages, prompt, tokens); a request that does not fit is answered -32002 (HTTP 429) at once.")
 	fs.IntVar(&o.ClientBufferBytes, "client-buffer-bytes", outbuf.DefaultMaxBytes, "Bytes that may wait for one client to read them; a client further behind is cut off and its runs aborted.")
 	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", workerproto.DefaultMaxFrameBytes, "Largest message between the supervisor and its worker: a run's request, or one delivery of hidden states or logits; over it the request or the run fails with -32008.")
+	fs.Int64Var(&o.MemoryLimit, "memory-limit", memlimit.DefaultLimit, "Soft limit of the Go heap of the supervisor and of the worker, each, in bytes (the runtime library's memory is not counted): the garbage collector works harder as a heap nears it. 0: none (GOMEMLIMIT from the environment then applies).")
 	fs.IntVar(&o.ReservedFDs, "reserved-fds", 64, "File descriptors kept free: a connection that would leave fewer is refused with -32002 (0: no check).")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "A connection with nothing in flight that sends nothing for this long is closed (HTTP keep-alive and the socket).")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "Longest an HTTP client may take to send its request headers.")
@@ -217,6 +242,8 @@ func (o *Serve) BindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WorkerStartTimeout, "worker-start-timeout", 30*time.Second, "Longest the worker process may take to start and load the runtime library.")
 	fs.DurationVar(&o.RestartBackoffMin, "restart-backoff-min", 500*time.Millisecond, "First delay before restarting a dead worker or retrying a failed model load; doubles each time.")
 	fs.DurationVar(&o.RestartBackoffMax, "restart-backoff-max", 30*time.Second, "Longest delay between restarts.")
+	fs.IntVar(&o.MaxWorkerFailures, "max-worker-failures", DefaultMaxWorkerFailures, "Workers in a row that may fail (crash, hang until killed, or fail to start), none of them up for a minute, before the server gives up and exits with status 1, so that its supervisor (the kubelet) sees the crash loop; 0 retries for ever.")
+	fs.StringVar(&o.TerminationMessagePath, "termination-message-path", "", "File the reason of a failed exit is written to (the container's terminationMessagePath, /dev/termination-log, as the operator sets it); empty for none.")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "Longest a client may take to accept one message (a socket message, a piece of an HTTP stream) before it is cut off and its run aborted.")
 
 	fs.StringVar(&o.LogFormat, "log-format", LogJSON, "Log format: json or text.")
@@ -280,7 +307,7 @@ func (o *Serve) ChangedFlags(n *Serve) []string {
 
 // applyFile sets, from the file, every flag the command line left unset.
 func (o *Serve) applyFile(path string) error {
-	raw, err := os.ReadFile(path)
+	raw, err := runtime.ReadRegularFile(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
@@ -396,11 +423,25 @@ func (o *Serve) validateParam() error {
 	if _, err := o.LoraAdapters(); err != nil {
 		return err
 	}
-	if o.changed("top-p") && (o.Param.TopP < 0 || o.Param.TopP > 1) {
-		return fmt.Errorf("--top-p %g: must be between 0 and 1", o.Param.TopP)
-	}
-	if o.changed("n-batch") && (o.Param.Extend.NBatch < 1 || o.Param.Extend.NBatch > 100) {
-		return fmt.Errorf("--n-batch %d: must be between 1 and 100", o.Param.Extend.NBatch)
+	p := &o.Param
+	// The rules rkllm.init applies (server/rkllmrpc), for the flags that were set.
+	for _, c := range []struct {
+		flag string
+		bad  bool
+		rule string
+	}{
+		{"top-p", p.TopP < 0 || p.TopP > 1, fmt.Sprintf("--top-p %g: must be between 0 and 1", p.TopP)},
+		{"n-batch", p.Extend.NBatch < 1 || p.Extend.NBatch > 100, fmt.Sprintf("--n-batch %d: must be between 1 and 100", p.Extend.NBatch)},
+		{"max-context-len", p.MaxContextLen < 1, fmt.Sprintf("--max-context-len %d: must be at least 1", p.MaxContextLen)},
+		{"n-keep", o.changed("max-context-len") && p.NKeep > p.MaxContextLen,
+			fmt.Sprintf("--n-keep %d: more than --max-context-len %d (the tokens kept when the context window shifts are part of it)", p.NKeep, p.MaxContextLen)},
+		{"top-k", p.TopK < 0, fmt.Sprintf("--top-k %d: must not be negative", p.TopK)},
+		{"temperature", p.Temperature < 0, fmt.Sprintf("--temperature %g: must not be negative", p.Temperature)},
+		{"mirostat", p.Mirostat < 0 || p.Mirostat > 2, fmt.Sprintf("--mirostat %d: must be 0 (off), 1 or 2", p.Mirostat)},
+	} {
+		if o.changed(c.flag) && c.bad {
+			return errors.New(c.rule)
+		}
 	}
 	return nil
 }
@@ -434,6 +475,9 @@ func (o *Serve) validateLimits() error {
 	if o.MaxQueue < 0 {
 		return fmt.Errorf("--max-queue %d: must be 0 (no count) or more", o.MaxQueue)
 	}
+	if o.MaxWorkerFailures < 0 {
+		return fmt.Errorf("--max-worker-failures %d: must be 0 (retry for ever) or more", o.MaxWorkerFailures)
+	}
 	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > 1<<30 {
 		return fmt.Errorf("--max-request-bytes %d: must be between 1 and 1 GiB", o.MaxRequestBytes)
 	}
@@ -453,7 +497,9 @@ func (o *Serve) validateLimits() error {
 		{"client-buffer-bytes", int64(o.ClientBufferBytes), 1024, 1 << 30},
 		{"reserved-fds", int64(o.ReservedFDs), 0, 1 << 20},
 		{"embedding-width", int64(o.EmbeddingWidth), 0, 1 << 20},
+		{"vocab-size", int64(o.VocabSize), 0, 1 << 24},
 		{"max-frame-bytes", int64(o.MaxFrameBytes), 64 << 10, 1<<31 - 1},
+		{"memory-limit", o.MemoryLimit, 0, 1 << 40},
 		{"max-embedding-inputs", int64(o.MaxEmbeddingInputs), 1, 1 << 16},
 	} {
 		if b.v < b.lo || b.v > b.hi {
@@ -654,7 +700,7 @@ func (o *Serve) APIKeys() ([]string, error) {
 	if o.APIKeyFile == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(o.APIKeyFile)
+	b, err := runtime.ReadRegularFile(o.APIKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("--api-key-file: %w", err)
 	}

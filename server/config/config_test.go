@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,6 +120,11 @@ func TestErrors(t *testing.T) {
 		{"bad lora", ``, []string{"--lora=nopath"}, "NAME=PATH[:SCALE]"},
 		{"top-p range", `{"top-p": "1.5"}`, nil, "--top-p 1.5"},
 		{"n-batch range", ``, []string{"--n-batch=0"}, "--n-batch 0"},
+		{"max-context-len range", ``, []string{"--max-context-len=0"}, "--max-context-len 0: must be at least 1"},
+		{"n-keep past the context", `{"max-context-len": 4096}`, []string{"--n-keep=5000"}, "--n-keep 5000: more than --max-context-len 4096"},
+		{"negative top-k", ``, []string{"--top-k=-1"}, "--top-k -1"},
+		{"negative temperature", `{"temperature": -0.5}`, nil, "--temperature -0.5"},
+		{"mirostat range", ``, []string{"--mirostat=3"}, "--mirostat 3"},
 		{"nothing to listen on", ``, []string{"--listen="}, "no way to be reached"},
 		{"log level", ``, []string{"--log-level=loud"}, "--log-level"},
 		{"positional", ``, []string{"serve"}, `unexpected argument "serve"`},
@@ -263,5 +269,28 @@ func TestChatTemplates(t *testing.T) {
 	}
 	if _, _, _, ok := o.RuntimeFallbackTemplate(); ok {
 		t.Error("a fallback without a configured preset: the model's family is unknown")
+	}
+}
+
+// TestFilesThatAreNotRegular: a configuration file, a chat template or an API key file
+// that is a FIFO (or a folder) is refused at start, saying what it is: reading a FIFO
+// would block the start, and the shutdown, until something writes to it.
+func TestFilesThatAreNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--config", fifo}, {"--chat-template-file", fifo, "--chat-template-eos", "</s>"}, {"--config", dir}} {
+		if _, err := parse(t, "", args...); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("%v: %v, want a refusal saying it is not a regular file", args, err)
+		}
+	}
+	o, err := parse(t, "", "--api-key-file", fifo)
+	if err == nil {
+		_, err = o.APIKeys()
+	}
+	if err == nil || !strings.Contains(err.Error(), "named pipe (FIFO)") {
+		t.Errorf("--api-key-file naming a FIFO: %v", err)
 	}
 }

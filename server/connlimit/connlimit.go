@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,7 +43,24 @@ type Limiter struct {
 	// (tests replace them).
 	fds    func() (open, limit int, err error)
 	rlimit func() (int, error)
+
+	countMu      sync.Mutex
+	counted      int       // descriptors open at the last count
+	countedLimit int       // the limit then
+	countedAt    time.Time // when (zero: never)
+	sinceCount   int       // connections taken since
 }
+
+// Counting the open descriptors lists /proc/self/fd, which costs more the more
+// connections are held (hundreds of microseconds a connection on a loaded machine). A
+// count is reused while it, plus the connections taken since, stays recountMargin
+// times the reserve below the limit, for at most recountAfter: what the server opens
+// besides connections meanwhile (a worker's restart, a model file) is a handful of
+// descriptors, well within that margin.
+const (
+	recountMargin = 4
+	recountAfter  = time.Second
+)
 
 // New returns a limiter allowing max connections at once (max <= 0: no cap) and
 // refusing a connection when fewer than reserve file descriptors would remain below
@@ -103,10 +121,36 @@ func (l *Limiter) checkFDs(fd int) *Refusal {
 			return short(fd+1, limit)
 		}
 	}
-	if open, limit, err := l.fds(); err == nil && limit-open < l.reserve {
+	if l.countStillHolds() {
+		return nil
+	}
+	open, limit, err := l.fds()
+	if err != nil {
+		return nil
+	}
+	l.countMu.Lock()
+	l.counted, l.countedLimit, l.countedAt, l.sinceCount = open, limit, time.Now(), 0
+	l.countMu.Unlock()
+	if limit-open < l.reserve {
 		return short(open, limit)
 	}
 	return nil
+}
+
+// countStillHolds reports whether the last count of descriptors, with the
+// connections taken since and this one, is far enough below the limit to skip a new
+// count; it counts this connection then.
+func (l *Limiter) countStillHolds() bool {
+	l.countMu.Lock()
+	defer l.countMu.Unlock()
+	if l.countedAt.IsZero() || time.Since(l.countedAt) >= recountAfter {
+		return false
+	}
+	if l.countedLimit-(l.counted+l.sinceCount+1) < recountMargin*l.reserve {
+		return false
+	}
+	l.sinceCount++
+	return true
 }
 
 // Release gives a slot back.

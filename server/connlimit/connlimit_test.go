@@ -148,3 +148,31 @@ func TestRefusedConnectionAnsweredAtOnce(t *testing.T) {
 		t.Fatal("a connection within the cap was not accepted after the refusal")
 	}
 }
+
+// TestDescriptorCountReused: far below the limit, a count of the descriptors serves
+// the connections that follow (listing /proc/self/fd costs more with every connection
+// held); near it, each connection is counted again.
+func TestDescriptorCountReused(t *testing.T) {
+	l := New(0, 10, nil)
+	counted, open := 0, 50
+	l.fds = func() (int, int, error) { counted++; return open, 10000, nil }
+	for range 100 {
+		if r := l.Acquire("http"); r != nil {
+			t.Fatal(r)
+		}
+		open++
+	}
+	if counted != 1 {
+		t.Errorf("100 connections far below the limit counted the descriptors %d times, want once", counted)
+	}
+	l = New(0, 10, nil)
+	counted, open = 0, 9965
+	l.fds = func() (int, int, error) { counted++; return open, 10000, nil }
+	for range 5 {
+		_ = l.Acquire("http")
+		open++
+	}
+	if counted != 5 {
+		t.Errorf("5 connections within 35 descriptors of the limit counted them %d times, want each time", counted)
+	}
+}

@@ -2,10 +2,12 @@ package generation
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 
+	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 )
 
@@ -38,7 +40,12 @@ func BudgetFor(ctx context.Context) Budget {
 // OverBudget answers a request that does not fit the budget of bytes in flight.
 func OverBudget(err error) *Error {
 	return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimit, Code: Strp("rate_limit_exceeded"), RetryAfter: strconv.Itoa(inflight.RetryAfterSeconds),
-		Message: "The server is busy: " + err.Error() + "."}
+		Message: busy(err) + "."}
+}
+
+// busy says the server is busy, for what err says (which begins "busy: " itself).
+func busy(err error) string {
+	return "The server is busy: " + strings.TrimPrefix(err.Error(), "busy: ")
 }
 
 // Costs charged before decoding, beyond the bytes of the text itself.
@@ -77,6 +84,29 @@ func holdForRun(ctx context.Context, spec *Spec) *Error {
 func NoNUL(param, s string) *Error {
 	if i := strings.IndexByte(s, 0); i >= 0 {
 		return Invalid(param, "invalid_value", "Invalid '%s': it contains a NUL character (\\u0000) at byte %d, where the model's prompt (a C string) would end. Remove it.", param, i)
+	}
+	return nil
+}
+
+// MessageNoNUL refuses a message whose text members hold a NUL character, naming the
+// member (where is the message's path, such as messages[2]): a template may render
+// any of them into the prompt.
+func MessageNoNUL(msg *chattemplate.Message, where string) *Error {
+	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
+		if e := NoNUL(where+f.param, f.v); e != nil {
+			return e
+		}
+	}
+	return ToolCallsNoNUL(msg.ToolCalls, where)
+}
+
+// ToolCallsNoNUL refuses a message's past tool calls whose name or arguments hold a
+// NUL character.
+func ToolCallsNoNUL(calls []chattemplate.ToolCall, where string) *Error {
+	for j, tc := range calls {
+		if e := NoNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, j), tc.Name+tc.Arguments); e != nil {
+			return e
+		}
 	}
 	return nil
 }

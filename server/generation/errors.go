@@ -78,7 +78,7 @@ func FromBackend(err error) *Error {
 	switch {
 	case errors.Is(err, supervisor.ErrQueueFull):
 		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimit, Code: Strp("rate_limit_exceeded"), RetryAfter: "1",
-			Message: "The server is busy: " + err.Error() + ". Retry after a second."}
+			Message: busy(err) + ". Retry after a second."}
 	case errors.Is(err, supervisor.ErrShuttingDown):
 		return Unavailable("it is shutting down")
 	case errors.Is(err, supervisor.ErrModelNotLoaded):

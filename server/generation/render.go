@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/rkllm-operator/rkllm-operator/server/chattemplate"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -106,6 +107,11 @@ func DecodeTools(raw json.RawMessage, param string, pay Budget) ([]Tool, *Error)
 		}
 		if len(t.Function.Parameters) > 0 && !IsNull(t.Function.Parameters) && bytes.TrimSpace(t.Function.Parameters)[0] != '{' {
 			return nil, Invalid(at+".function.parameters", "invalid_type", "Invalid '%s.function.parameters': expected a JSON Schema object.", at)
+		}
+		if err := runtime.CheckJSONStrings(at, string(r)); err != nil {
+			var ie *runtime.InputError
+			errors.As(err, &ie)
+			return nil, Invalid(at, "invalid_value", "Invalid '%s': it %s. Remove it.", at, ie.Reason)
 		}
 		out = append(out, Tool{Name: t.Function.Name, Raw: r})
 	}

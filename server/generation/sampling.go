@@ -14,7 +14,7 @@ type Sampling struct {
 	MaxTokens        *int
 	Temperature      *float64 // 0-2
 	TopP             *float64 // 0-1
-	TopK             *int     // >= 0
+	TopK             *int     // 0..MaxInt32
 	FrequencyPenalty *float64 // -2..2
 	PresencePenalty  *float64 // -2..2
 	RepeatPenalty    *float64 // 0.01-10
@@ -55,9 +55,9 @@ func (s *Sampling) Validate(name Names) *Error {
 		}
 	}
 	switch {
-	case s.TopK != nil && *s.TopK < 0:
+	case s.TopK != nil && (*s.TopK < 0 || *s.TopK > math.MaxInt32): // the runtime's top_k is an int32
 		p := name(MemberTopK)
-		return Invalid(p, "invalid_value", "Invalid '%s': %d must be 0 or more.", p, *s.TopK)
+		return Invalid(p, "invalid_value", "Invalid '%s': %d is out of range: it must be between 0 and %d.", p, *s.TopK, math.MaxInt32)
 	case s.Mirostat != nil && (*s.Mirostat < 0 || *s.Mirostat > 2):
 		p := name(MemberMirostat)
 		return Invalid(p, "invalid_value", "Invalid '%s': %d must be 0 (off), 1 or 2.", p, *s.Mirostat)

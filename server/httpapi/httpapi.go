@@ -356,13 +356,15 @@ const (
 // ServeProbes serves /livez, /readyz, /healthz and /metrics on ln, a listener of their
 // own (--probe-listen), so that no number of client connections can make a probe wait
 // or fail: client connections are capped on the other listener, and this one has its
-// own small cap (limiter; nil for none), short timeouts and no keep-alive. It returns
+// own small cap (ProbeMaxConnections, where a new connection takes the place of the one
+// that has waited longest for its request, see probeListener), short timeouts and no
+// keep-alive. limiter (nil for none) keeps the descriptor reserve. It returns
 // http.ErrServerClosed after Shutdown or Close.
 func (s *Server) ServeProbes(ln net.Listener, limiter *connlimit.Limiter) error {
 	if limiter != nil {
 		ln = limiter.Listener(ln, ProbeTransport, refusal)
 	}
-	return s.probes.Serve(ln)
+	return s.probes.Serve(&probeListener{Listener: ln, max: ProbeMaxConnections})
 }
 
 // newProbeServer is the probe listener's server (ServeProbes).
@@ -375,8 +377,8 @@ func (s *Server) newProbeServer() *http.Server {
 		mux.Handle("GET /metrics", s.opts.Metrics)
 	}
 	srv := &http.Server{
-		Handler: mux, ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
-		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10,
+		Handler: markServing(mux), ReadHeaderTimeout: probeTimeout, ReadTimeout: probeTimeout, WriteTimeout: probeTimeout,
+		IdleTimeout: probeTimeout, MaxHeaderBytes: 8 << 10, ConnContext: probeConnContext,
 	}
 	srv.SetKeepAlivesEnabled(false)
 	return srv
@@ -460,7 +462,7 @@ func statusOf(e *jsonrpc.Error) int {
 
 // writeJSON writes v as a JSON response and returns the bytes of the body written.
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) int {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		s.opts.Log.Error(err, "cannot encode a response")
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -518,7 +520,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	sw := &streamWriter{w: w, sse: wantsSSE(r), s: s, cancel: cancel}
+	sw := &streamWriter{w: w, r: r, sse: wantsSSE(r), s: s, cancel: cancel}
 	defer sw.close()
 	peer := &jsonrpc.Peer{Transport: Transport, ID: owner, Admin: s.opts.Admin, Context: ctx}
 	// Only a single request can stream: a batch is answered with one JSON array.
@@ -556,27 +558,83 @@ func wantsSSE(r *http.Request) bool {
 // buffer written by a goroutine of its own, so the run's producer never waits for the
 // client; a client that falls behind by more than the buffer is cut off and its run
 // aborted.
+//
+// On HTTP/1.1 the body goes straight to the connection: once net/http has sent the
+// headers, which choose the chunked transfer coding, each message is written as one
+// chunk by the output buffer, at once by its sender when the socket has room (as on
+// the Unix socket: no other goroutine wakes for a token), else by the buffer's
+// goroutine. The buffer has written everything, or failed and moved the write deadline
+// to now, before the handler returns and net/http writes the last chunk; a stream cut
+// off mid-chunk thus fails that write and net/http closes the connection.
 type streamWriter struct {
 	w      http.ResponseWriter
+	r      *http.Request
 	sse    bool
 	s      *Server
 	cancel context.CancelFunc // ends the request when the client cannot keep up
 
-	mu  sync.Mutex
-	out *outbuf.Buffer // nil until the stream starts
+	mu      sync.Mutex
+	out     *outbuf.Buffer // nil until the stream starts
+	chunked bool           // messages are written to the connection as chunks
+	enc     []byte         // the scratch buffer of a message
+	chunk   []byte         // the scratch buffer of a message framed as a chunk
+	head    int            // the size line of the chunk wrap made last
+	count   *chunkCounter  // the chunks' payload written, when chunked
 }
 
-// frame encodes one message of the stream.
+// frame encodes one message of the stream (with sw.mu held); the result is valid
+// until the next call.
 func (sw *streamWriter) frame(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
+	return sw.wrap(append(sw.opening(), b...)), nil
+}
+
+// opening starts a message in the scratch buffer (with sw.mu held).
+func (sw *streamWriter) opening() []byte {
 	if sw.sse {
-		out := make([]byte, 0, len(b)+8)
-		return append(append(append(out, "data: "...), b...), "\n\n"...), nil
+		return append(sw.enc[:0], "data: "...)
 	}
-	return append(b, '\n'), nil
+	return sw.enc[:0]
+}
+
+// wrap ends a message begun by opening and frames it as a chunk when the stream is
+// chunked (with sw.mu held).
+func (sw *streamWriter) wrap(b []byte) []byte {
+	if sw.sse {
+		b = append(b, "\n\n"...)
+	} else {
+		b = append(b, '\n')
+	}
+	if cap(b) <= maxScratch {
+		sw.enc = b[:0]
+	}
+	if !sw.chunked {
+		return b
+	}
+	c := strconv.AppendInt(sw.chunk[:0], int64(len(b)), 16)
+	c = append(c, "\r\n"...)
+	sw.head = len(c)
+	c = append(append(c, b...), "\r\n"...)
+	if cap(c) <= maxScratch {
+		sw.chunk = c[:0]
+	}
+	return c
+}
+
+// rawConn is the connection a stream may write its chunks to: that of an HTTP/1.1
+// request with a descriptor; nil otherwise (the body then goes through net/http).
+func (sw *streamWriter) rawConn() net.Conn {
+	if sw.r == nil || sw.r.ProtoMajor != 1 || !sw.r.ProtoAtLeast(1, 1) || sw.r.Method == http.MethodHead {
+		return nil
+	}
+	nc, _ := sw.r.Context().Value(connKey{}).(net.Conn)
+	if nc == nil || outbuf.NonBlockingWriter(nc) == nil {
+		return nil
+	}
+	return nc
 }
 
 // start sends the headers and starts the output buffer (with sw.mu held).
@@ -590,13 +648,17 @@ func (sw *streamWriter) start() {
 	}
 	h.Set("X-Accel-Buffering", "no")
 	sw.w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(sw.w)
+	// The buffer sets the write deadlines itself (moving them only when needed): its
+	// writes skip timedWriter, which would move them on each write and flush.
+	w := sw.w
+	if tw, ok := w.(*timedWriter); ok {
+		w = tw.ResponseWriter
+	}
+	rc := http.NewResponseController(w)
 	obs := sw.s.opts.Observer
-	sw.out = outbuf.New(sw.w, outbuf.Options{
-		MaxBytes:         sw.s.opts.OutputBufferBytes,
-		WriteTimeout:     sw.s.opts.WriteTimeout,
-		SetWriteDeadline: rc.SetWriteDeadline,
-		Flush:            rc.Flush,
+	opts := outbuf.Options{
+		MaxBytes:     sw.s.opts.OutputBufferBytes,
+		WriteTimeout: sw.s.opts.WriteTimeout,
 		OnFail: func(err error) {
 			sw.s.opts.Log.Info("cutting off a streaming client that does not read; its run is aborted", "reason", err.Error())
 			if obs != nil {
@@ -604,26 +666,98 @@ func (sw *streamWriter) start() {
 			}
 			sw.cancel()
 		},
-		Written: func(n int) {
-			if obs != nil {
-				obs.BytesOut(Transport, n)
-			}
-		},
-	})
+	}
+	var count *chunkCounter // set before the buffer exists, read by its writers
+	opts.Written = func(n int) {
+		if count != nil {
+			n = count.written(n)
+		}
+		if obs != nil {
+			obs.BytesOut(Transport, n)
+		}
+	}
+	if nc := sw.rawConn(); nc != nil && rc.Flush() == nil {
+		// The headers are out and net/http holds nothing of the body.
+		sw.chunked = true
+		count = &chunkCounter{}
+		sw.count = count
+		opts.SetWriteDeadline = nc.SetWriteDeadline
+		opts.TryWrite = outbuf.NonBlockingWriter(nc)
+		sw.out = outbuf.New(nc, opts)
+		return
+	}
+	opts.SetWriteDeadline, opts.Flush = rc.SetWriteDeadline, rc.Flush
+	sw.out = outbuf.New(w, opts)
 }
 
+// notify queues a notification (a token, most often) as a line or an event. It is
+// encoded into the stream's scratch buffer, which Send copies.
 func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
-	b, err := sw.frame(n)
-	if err != nil {
-		return err
-	}
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.out == nil {
 		sw.start()
 	}
+	b, err := n.AppendJSON(sw.opening())
+	if err != nil {
+		return err
+	}
+	return sw.send(sw.wrap(b))
+}
+
+// send queues a message that wrap framed (with sw.mu held), telling the counter of a
+// chunk's framing first: the buffer may write it at once.
+func (sw *streamWriter) send(b []byte) error {
+	if sw.count != nil {
+		sw.count.queued(sw.head, len(b)-sw.head-2)
+	}
 	return sw.out.Send(b)
 }
+
+// chunkCounter counts the bytes of the stream's messages among those written of their
+// chunks: rkllm_sent_bytes_total counts what the client reads of the stream, not
+// HTTP's framing (each chunk's size line and its closing CRLF).
+type chunkCounter struct {
+	mu     sync.Mutex
+	chunks []chunkSpan // queued, in order; the first written up to at
+	at     int
+}
+
+// chunkSpan is one chunk: its size line, its message, its closing CRLF.
+type chunkSpan struct{ head, body int }
+
+func (c *chunkCounter) queued(head, body int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.chunks) == 0 {
+		c.chunks = c.chunks[:0:0]
+	}
+	c.chunks = append(c.chunks, chunkSpan{head, body})
+}
+
+// written takes n more bytes written and returns how many of them were messages'.
+func (c *chunkCounter) written(n int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	payload := 0
+	for n > 0 && len(c.chunks) > 0 {
+		s := c.chunks[0]
+		total := s.head + s.body + 2
+		take := min(n, total-c.at)
+		if lo, hi := max(c.at, s.head), min(c.at+take, s.head+s.body); hi > lo {
+			payload += hi - lo
+		}
+		c.at += take
+		n -= take
+		if c.at == total {
+			c.chunks, c.at = c.chunks[1:], 0
+		}
+	}
+	return payload
+}
+
+// maxScratch is the largest scratch buffer a stream keeps between messages.
+const maxScratch = 4 << 10
 
 func (sw *streamWriter) streaming() bool {
 	sw.mu.Lock()
@@ -641,7 +775,7 @@ func (sw *streamWriter) finish(resps []*jsonrpc.Response) bool {
 	}
 	if len(resps) > 0 {
 		if b, err := sw.frame(resps[0]); err == nil {
-			_ = sw.out.Send(b)
+			_ = sw.send(b)
 		}
 	}
 	return true

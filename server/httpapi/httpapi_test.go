@@ -317,6 +317,12 @@ func TestStreamingClientThatStopsReadingIsCutOff(t *testing.T) {
 	if err := await(t, "the request's cancellation", f.flooded); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the flooding request: %v, want cancelled", err)
 	}
+	// The stream was cut mid-way: the connection ends, rather than serve another
+	// request after a broken body.
+	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.Copy(io.Discard, nc); err != nil {
+		t.Errorf("the connection of a stream cut off: %v, want it closed by the server", err)
+	}
 }
 
 // TestBodyReadTimeout: a client that sends its headers and then stalls in its body is

@@ -1,7 +1,8 @@
 // Package inflight is rkllm-server's one budget of memory held by requests in flight
 // (--max-inflight-bytes). Every transport and every stage of a request charges it
 // before the allocation it pays for: the body or socket line as it is read, the decoded
-// messages, the rendered prompt and the run's frame to the worker. A charge that does
+// messages, the rendered prompt, the run's frame to the worker, and the hidden states
+// or logits a run returns with their encoding for the client. A charge that does
 // not fit is refused, and the request is answered busy (-32002, HTTP 429 with
 // Retry-After) instead of the server running out of memory. Waiting requests hold
 // their charges, so the queue is bounded by what it costs, not by a count.
@@ -20,7 +21,15 @@ import (
 type Budget struct {
 	max  int64
 	used atomic.Int64
+
+	largeMin int64            // see OnLarge
+	large    func(peak int64) // see OnLarge
 }
+
+// OnLarge has f called with its peak when an account that held at least min bytes at
+// once closes (the server gives such a request's memory back to the system then). f
+// must not block. Call it before the budget is used.
+func (b *Budget) OnLarge(min int64, f func(peak int64)) { b.largeMin, b.large = min, f }
 
 // New returns a budget of max bytes (max <= 0: no limit).
 func New(max int64) *Budget { return &Budget{max: max} }
@@ -62,6 +71,7 @@ const RetryAfterSeconds = 1
 type Account struct {
 	b    *Budget
 	held atomic.Int64
+	peak atomic.Int64 // the most held at once
 }
 
 // Charge takes n more bytes for the request, or returns an *OverError and takes
@@ -79,7 +89,9 @@ func (a *Account) Charge(n int) error {
 			return &OverError{Need: need, Used: used - mine, Max: a.b.max}
 		}
 		if a.b.used.CompareAndSwap(used, used+need) {
-			a.held.Add(need)
+			held := a.held.Add(need)
+			for peak := a.peak.Load(); held > peak && !a.peak.CompareAndSwap(peak, held); peak = a.peak.Load() {
+			}
 			return nil
 		}
 	}
@@ -96,6 +108,15 @@ func (a *Account) Release(n int) {
 	a.b.used.Add(-n64)
 }
 
+// Budget is the budget the account charges (nil for a nil account): a stage that
+// outlives the request's own account (an asynchronous run) opens one of its own there.
+func (a *Account) Budget() *Budget {
+	if a == nil {
+		return nil
+	}
+	return a.b
+}
+
 // Held is what the request holds now.
 func (a *Account) Held() int64 {
 	if a == nil {
@@ -110,6 +131,9 @@ func (a *Account) Close() {
 		return
 	}
 	a.b.used.Add(-a.held.Swap(0))
+	if peak := a.peak.Swap(0); a.b.large != nil && peak >= a.b.largeMin {
+		a.b.large(peak)
+	}
 }
 
 type accountKey struct{}

@@ -91,3 +91,24 @@ func TestReadAllChargesBeforeAllocating(t *testing.T) {
 		t.Fatalf("over the budget: %v, held %d", err, a.Held())
 	}
 }
+
+// TestOnLarge: an account that held the threshold or more at once reports its peak
+// when it closes, once, even if it released some of it before; smaller ones do not.
+func TestOnLarge(t *testing.T) {
+	b := New(0)
+	var peaks []int64
+	b.OnLarge(100, func(peak int64) { peaks = append(peaks, peak) })
+	small := b.Open()
+	_ = small.Charge(99)
+	small.Close()
+	large := b.Open()
+	_ = large.Charge(80)
+	_ = large.Charge(70)
+	large.Release(100)
+	_ = large.Charge(10)
+	large.Close()
+	large.Close()
+	if len(peaks) != 1 || peaks[0] != 150 {
+		t.Errorf("OnLarge saw %v, want [150]", peaks)
+	}
+}

@@ -479,7 +479,7 @@ func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch 
 		resp.Error = d.toError(req.Method, err)
 		return resp
 	}
-	raw, err := json.Marshal(result)
+	raw, err := encodeResult(result)
 	if err != nil {
 		d.log.Error(err, "cannot encode result", "method", req.Method)
 		resp.Error = ErrInternal.Withf("internal error: cannot encode the result of %s: %v", req.Method, err)
@@ -487,6 +487,17 @@ func (d *Dispatcher) serve(ctx context.Context, peer *Peer, req *Request, batch 
 	}
 	resp.Result = raw
 	return resp
+}
+
+// encodeResult encodes a handler's result. A json.RawMessage is taken as it is: a
+// handler that encodes its own result (a run's hidden states or logits, which can be
+// hundreds of megabytes) hands over valid, compact JSON, which encoding/json would
+// only copy and check again.
+func encodeResult(result any) (json.RawMessage, error) {
+	if raw, ok := result.(json.RawMessage); ok && raw != nil {
+		return raw, nil
+	}
+	return json.Marshal(result)
 }
 
 // toError maps a handler error to the protocol's error member.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	kjson "sigs.k8s.io/json"
 )
@@ -86,13 +87,101 @@ type Notification struct {
 	Params any
 }
 
+// Appender is implemented by params that write their own JSON (the token
+// notifications, the server's most frequent message): in one pass, without
+// encoding/json's reflection and the second pass it makes over a Marshaler's output.
+// AppendJSON must append exactly what encoding/json would marshal.
+type Appender interface {
+	AppendJSON(b []byte) []byte
+}
+
 // MarshalJSON writes the notification with the version member.
-func (n *Notification) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		JSONRPC string `json:"jsonrpc"`
-		Method  string `json:"method"`
-		Params  any    `json:"params,omitempty"`
-	}{Version, n.Method, n.Params})
+func (n *Notification) MarshalJSON() ([]byte, error) { return n.AppendJSON(nil) }
+
+// AppendJSON appends the notification with the version member to b, as MarshalJSON
+// writes it.
+func (n *Notification) AppendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"jsonrpc":"2.0","method":`...)
+	b = AppendString(b, n.Method)
+	switch p := n.Params.(type) {
+	case nil:
+	case Appender:
+		b = append(b, `,"params":`...)
+		b = p.AppendJSON(b)
+	default:
+		raw, err := json.Marshal(p)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"params":`...), raw...)
+	}
+	return append(b, '}'), nil
+}
+
+// AppendString appends s as a JSON string, escaped exactly as encoding/json escapes it
+// (HTML characters, U+2028 and U+2029 as \u escapes; invalid UTF-8 as U+FFFD).
+func AppendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if !plainASCII[c] {
+				b = appendEscape(append(b, s[start:i]...), c)
+				start = i + 1
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if esc := runeEscape(r, size); esc != "" {
+			b = append(append(b, s[start:i]...), esc...)
+			start = i + size
+		}
+		i += size
+	}
+	return append(append(b, s[start:]...), '"')
+}
+
+// plainASCII marks the ASCII bytes a JSON string holds as they are (encoding/json's
+// HTML-safe set).
+var plainASCII = func() (t [utf8.RuneSelf]bool) {
+	for c := byte(0x20); c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
+// appendEscape appends the escape of an ASCII byte that is not plain.
+func appendEscape(b []byte, c byte) []byte {
+	const hex = "0123456789abcdef"
+	switch c {
+	case '"', '\\':
+		return append(b, '\\', c)
+	case '\b':
+		return append(b, '\\', 'b')
+	case '\f':
+		return append(b, '\\', 'f')
+	case '\n':
+		return append(b, '\\', 'n')
+	case '\r':
+		return append(b, '\\', 'r')
+	case '\t':
+		return append(b, '\\', 't')
+	}
+	return append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+}
+
+// runeEscape is what stands for a decoded rune that is not written as it is, or "".
+func runeEscape(r rune, size int) string {
+	switch {
+	case r == utf8.RuneError && size == 1:
+		return `\ufffd`
+	case r == '\u2028':
+		return `\u2028`
+	case r == '\u2029':
+		return `\u2029`
+	}
+	return ""
 }
 
 // item is one element of a decoded message: a valid request, or the error response

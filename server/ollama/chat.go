@@ -64,7 +64,7 @@ func (h *Handler) generate(w http.ResponseWriter, r *http.Request) {
 	t := &turn{start: time.Now()}
 	c, chat, raw, prompt, e := h.decodeGenerate(w, r)
 	if e == nil && raw {
-		chat, e = nil, generation.NoNUL("prompt", prompt)
+		chat = nil
 	}
 	if e == nil {
 		t.model, t.stream = c.model, c.stream
@@ -103,6 +103,11 @@ func (h *Handler) decodeGenerate(w http.ResponseWriter, r *http.Request) (c *com
 	}{{"prompt", &prompt, "a string"}, {"system", &system, "a string"}, {"raw", &raw, "a boolean"}, {"suffix", &suffix, "a string"},
 		{"images", &images, "an array"}, {"context", &context, "an array of token ids"}} {
 		if e := decode(m, f.key, f.key, f.v, f.what); e != nil {
+			return nil, nil, false, "", e
+		}
+	}
+	for _, f := range []struct{ param, v string }{{"prompt", prompt}, {"system", system}} {
+		if e := generation.NoNUL(f.param, f.v); e != nil {
 			return nil, nil, false, "", e
 		}
 	}

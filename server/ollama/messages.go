@@ -63,6 +63,9 @@ func decodeMessage(raw json.RawMessage, at string, pay generation.Budget) (chatt
 		if e := decodeString(f.raw, at+"."+f.member, f.dst); e != nil {
 			return m, e
 		}
+		if e := generation.NoNUL(at+"."+f.member, *f.dst); e != nil { // a template may render it
+			return m, e
+		}
 	}
 	switch m.Role {
 	case chattemplate.RoleSystem, chattemplate.RoleUser, chattemplate.RoleAssistant, chattemplate.RoleTool:
@@ -81,8 +84,10 @@ func decodeMessage(raw json.RawMessage, at string, pay generation.Budget) (chatt
 		return m, generation.Invalid(at+".tool_calls", "", "%s.tool_calls: only assistant messages have tool calls", at)
 	}
 	var e *generation.Error
-	m.ToolCalls, e = decodeToolCalls(w.ToolCalls, at, pay)
-	return m, e
+	if m.ToolCalls, e = decodeToolCalls(w.ToolCalls, at, pay); e != nil {
+		return m, e
+	}
+	return m, generation.ToolCallsNoNUL(m.ToolCalls, at)
 }
 
 // set keeps the member key of a message.

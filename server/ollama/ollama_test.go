@@ -82,6 +82,7 @@ func TestOptions(t *testing.T) {
 		`{"temperature": "hot"}`:  "options.temperature must be a number",
 		`{"temperature": 3}`:      "between 0 and 2",
 		`{"top_k": 1.5}`:          "options.top_k must be an integer",
+		`{"top_k": 2147483648}`:   "'options.top_k': 2147483648 is out of range", // the runtime's top_k is an int32
 		`{"mirostat": 3}`:         "options.mirostat",
 		`{"num_predict": 0}`:      "options.num_predict must be positive",
 		`{"seed": 42}`:            "no sampling seed",

@@ -316,22 +316,7 @@ func decodeMessage(raw []byte, i int, msg *chattemplate.Message, pay payFunc) *E
 	if err := decodeMessageTools(&w, i, msg, pay); err != nil {
 		return err
 	}
-	return messageNoNUL(msg, messagePath(i))
-}
-
-// messageNoNUL refuses a message whose text members hold a NUL character.
-func messageNoNUL(msg *chattemplate.Message, where string) *Error {
-	for _, f := range []struct{ param, v string }{{".content", msg.Content}, {".name", msg.Name}, {".tool_call_id", msg.ToolCallID}} {
-		if err := generation.NoNUL(where+f.param, f.v); err != nil {
-			return err
-		}
-	}
-	for j, tc := range msg.ToolCalls {
-		if err := generation.NoNUL(fmt.Sprintf("%s.tool_calls[%d].function", where, j), tc.Name+tc.Arguments); err != nil {
-			return err
-		}
-	}
-	return nil
+	return generation.MessageNoNUL(msg, messagePath(i))
 }
 
 // decodeRole reads message i's role; "developer" is a system message.

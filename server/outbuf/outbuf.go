@@ -1,10 +1,13 @@
 // Package outbuf is the bounded output buffer of one client connection. Messages for
 // the client (responses, token notifications) are queued without blocking and written
 // by a goroutine of the buffer's own, so a client that reads slowly never holds up the
-// code producing them (the supervisor's executor, which also runs the watchdog). A
-// client that lets its buffer fill up, or does not take a write within the write
-// timeout, is cut off: the buffer calls its OnFail once, and the transport closes the
-// connection, which aborts the client's runs.
+// code producing them (the goroutine that relays the worker's tokens, and the
+// supervisor's executor, which runs the watchdog). When the transport can try a write
+// without waiting (a Unix socket), a message that finds the buffer empty is written at
+// once by the sender instead, so a token reaches a client that keeps up without waking
+// the buffer's goroutine. A client that lets its buffer fill up, or does not take a
+// write within the write timeout, is cut off: the buffer calls its OnFail once, and the
+// transport closes the connection, which aborts the client's runs.
 package outbuf
 
 import (
@@ -12,8 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 )
 
 // ErrOverflow is returned by Send when the client has not taken what was queued for it
@@ -29,13 +36,19 @@ type Options struct {
 	// larger than the bound is still taken when nothing else is queued, so one large
 	// result (logits) can always be sent.
 	MaxBytes int
-	// WriteTimeout bounds one write to the client (30s).
+	// WriteTimeout bounds one write to the client (30s): a write gets at least nine
+	// tenths of it (all but a second, for timeouts over ten seconds).
 	WriteTimeout time.Duration
 	// SetWriteDeadline sets the deadline of the next write (a net.Conn's, or an HTTP
 	// response's through http.ResponseController); nil for none.
 	SetWriteDeadline func(time.Time) error
 	// Flush is called after each write (an HTTP response's flush); nil for none.
 	Flush func() error
+	// TryWrite, when set, writes what the client's socket takes at once without
+	// waiting (see NonBlockingWriter) and returns how many bytes it took; Send uses it
+	// for a message that finds nothing queued. nil: every write goes through the
+	// buffer's goroutine.
+	TryWrite func(p []byte) (int, error)
 	// OnFail is called once, on the buffer's goroutine or in Send, when the client is
 	// cut off (the buffer overflowed or a write failed or timed out; not when Close
 	// gives up at its deadline, nor on Abort); the transport closes the connection and
@@ -48,19 +61,27 @@ type Options struct {
 // DefaultMaxBytes is the default bound of a client's output buffer.
 const DefaultMaxBytes = 4 << 20
 
+// keepBytes is the largest batch buffer kept for the connection's next writes: a large
+// result's memory is given back once it is written.
+const keepBytes = 64 << 10
+
 // Buffer queues messages for one client and writes them in order.
 type Buffer struct {
 	w    io.Writer
 	opts Options
 
 	mu      sync.Mutex
-	queue   [][]byte
-	queued  int
-	err     error // set once: why the buffer stopped taking messages
-	closing bool  // Close called: write what is queued, then stop
+	pending []byte // queued bytes, in order, not yet taken by a write
+	spare   []byte // the last batch's buffer, for the next
+	queued  int    // bytes queued and not yet written (pending and the batch being written)
+	writing bool   // a write is in progress (the goroutine's, or Send's attempt)
+	err     error  // set once: why the buffer stopped taking messages
+	closing bool   // Close called: write what is queued, then stop
 	wake    chan struct{}
 	done    chan struct{} // closed when the goroutine has ended
 	failed  sync.Once
+
+	deadline time.Time // the write deadline the goroutine set last (only it reads this)
 }
 
 // New starts a buffer writing to w.
@@ -76,9 +97,11 @@ func New(w io.Writer, opts Options) *Buffer {
 	return b
 }
 
-// Send queues msg (which the buffer keeps: the caller must not change it) and returns
-// at once. It fails with ErrOverflow when the client has fallen behind by more than
-// MaxBytes, which also cuts the client off, and with ErrClosed afterwards.
+// Send queues a copy of msg (the caller may reuse msg once Send returns) and returns
+// without waiting for the client. It fails with ErrOverflow when the client has
+// fallen behind by more than MaxBytes, which also cuts the client off, and with
+// ErrClosed afterwards. With TryWrite, a message that finds nothing queued is written
+// at once, as far as the client's socket takes it.
 func (b *Buffer) Send(msg []byte) error {
 	b.mu.Lock()
 	if b.err != nil || b.closing {
@@ -87,19 +110,82 @@ func (b *Buffer) Send(msg []byte) error {
 	}
 	if b.queued > 0 && b.queued+len(msg) > b.opts.MaxBytes {
 		err := fmt.Errorf("%w (%d bytes waiting, limit %d)", ErrOverflow, b.queued, b.opts.MaxBytes)
-		b.err = err
-		b.queue, b.queued = nil, 0
+		b.stop(err)
 		b.mu.Unlock()
 		b.fail(err)
 		b.interrupt()
 		b.signal()
 		return err
 	}
-	b.queue = append(b.queue, msg)
+	if b.opts.TryWrite != nil && b.queued == 0 && !b.writing {
+		return b.sendNow(msg)
+	}
+	b.pending = append(b.pending, msg...)
 	b.queued += len(msg)
 	b.mu.Unlock()
 	b.signal()
 	return nil
+}
+
+// sendNow writes msg at once as far as the client's socket takes it and queues the
+// rest. It is called with b.mu held and releases it.
+func (b *Buffer) sendNow(msg []byte) error {
+	b.writing = true
+	b.mu.Unlock()
+	n, err := b.opts.TryWrite(msg)
+	n = max(n, 0)
+	if b.opts.Written != nil && n > 0 {
+		b.opts.Written(n)
+	}
+	b.mu.Lock()
+	b.writing = false
+	if err != nil {
+		err = fmt.Errorf("write to the client: %w", err)
+		stopped := b.err != nil
+		b.stop(err)
+		b.mu.Unlock()
+		if !stopped {
+			b.fail(err)
+		}
+		b.signal() // the goroutine waits for the attempt to end
+		return err
+	}
+	rest := msg[n:]
+	if len(rest) > 0 && b.err == nil {
+		// What other senders queued while the attempt ran goes after the rest of msg.
+		b.pending = append(append(b.takeSpare(len(rest)+len(b.pending)), rest...), b.pending...)
+		b.queued += len(rest)
+	}
+	// The goroutine sleeps unless it has work that waited for the attempt.
+	wake := len(b.pending) > 0 || b.closing || b.err != nil
+	stopped := b.err != nil && len(rest) > 0
+	b.mu.Unlock()
+	if wake {
+		b.signal()
+	}
+	if stopped {
+		return ErrClosed
+	}
+	return nil
+}
+
+// takeSpare returns an empty buffer for at least n bytes, reusing the last batch's.
+func (b *Buffer) takeSpare(n int) []byte {
+	buf := b.spare[:0]
+	b.spare = nil
+	if cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
+	return buf
+}
+
+// stop records why the buffer stopped taking messages and drops what is queued (with
+// b.mu held).
+func (b *Buffer) stop(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+	b.pending, b.spare, b.queued = nil, nil, 0
 }
 
 // Queued is the number of bytes waiting to be written.
@@ -146,10 +232,7 @@ func (b *Buffer) Abort() {
 
 func (b *Buffer) abandon(err error) {
 	b.mu.Lock()
-	if b.err == nil {
-		b.err = err
-	}
-	b.queue, b.queued = nil, 0
+	b.stop(err)
 	b.mu.Unlock()
 	b.interrupt()
 	b.signal()
@@ -179,55 +262,71 @@ func (b *Buffer) fail(err error) {
 	})
 }
 
-// run writes queued messages in order; everything queued at the time of a write goes
+// next waits for bytes to write and takes them as one batch; it returns nil when the
+// goroutine should end (the buffer failed, or it was closed and everything is out).
+// It ends only after Send's attempt in progress, if any: nothing writes after done.
+func (b *Buffer) next() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		switch {
+		case b.writing: // Send's attempt: wait for its end
+		case b.err != nil:
+			return nil
+		case len(b.pending) > 0:
+			batch := b.pending
+			b.pending = b.takeSpare(0)
+			b.writing = true
+			return batch
+		case b.closing:
+			return nil
+		}
+		b.mu.Unlock()
+		<-b.wake
+		b.mu.Lock()
+	}
+}
+
+// run writes the queued bytes in order; everything queued at the time of a write goes
 // out in one write call.
 func (b *Buffer) run() {
 	defer close(b.done)
-	var batch []byte
 	for {
-		b.mu.Lock()
-		for len(b.queue) == 0 && b.err == nil && !b.closing {
-			b.mu.Unlock()
-			<-b.wake
-			b.mu.Lock()
-		}
-		if b.err != nil || len(b.queue) == 0 {
-			b.mu.Unlock()
+		batch := b.next()
+		if batch == nil {
 			return
 		}
-		msgs := b.queue
-		b.queue = nil
-		b.mu.Unlock()
-
-		batch = batch[:0]
-		for _, m := range msgs {
-			batch = append(batch, m...)
-		}
-		if err := b.write(batch); err != nil {
-			b.mu.Lock()
-			stopped := b.err // an overflow, Close's deadline or Abort: already handled
-			if stopped == nil {
-				b.err = err
-			}
-			b.queue, b.queued = nil, 0
+		err := b.write(batch)
+		b.mu.Lock()
+		b.writing = false
+		if err != nil {
+			stopped := b.err != nil // an overflow, Close's deadline or Abort: already handled
+			b.stop(err)
 			b.mu.Unlock()
-			if stopped == nil {
+			if !stopped {
 				b.fail(err)
 			}
 			return
 		}
-		b.mu.Lock()
 		b.queued -= len(batch)
-		b.mu.Unlock()
-		if cap(batch) > 1<<20 {
-			batch = nil // do not keep a large result's buffer for the connection's life
+		if cap(batch) <= keepBytes && b.spare == nil {
+			b.spare = batch[:0] // a large result's buffer is not kept for the connection's life
 		}
+		b.mu.Unlock()
 	}
 }
 
+// write writes one batch on the buffer's goroutine within the write timeout. The
+// deadline is moved only when less than WriteTimeout minus its slack is left: each
+// write still gets nearly the whole timeout, and a stream of tokens does not move a
+// timer (and wake the network poller) for every one.
 func (b *Buffer) write(p []byte) error {
 	if b.opts.SetWriteDeadline != nil {
-		_ = b.opts.SetWriteDeadline(time.Now().Add(b.opts.WriteTimeout))
+		now := time.Now()
+		if b.deadline.Sub(now) < b.opts.WriteTimeout-min(b.opts.WriteTimeout/10, time.Second) {
+			b.deadline = now.Add(b.opts.WriteTimeout)
+			_ = b.opts.SetWriteDeadline(b.deadline)
+		}
 	}
 	if err := b.Err(); err != nil {
 		return err
@@ -243,4 +342,59 @@ func (b *Buffer) write(p []byte) error {
 		return fmt.Errorf("write to the client: %w", err)
 	}
 	return nil
+}
+
+// NonBlockingWriter returns a TryWrite for a connection that gives access to its
+// descriptor (a *net.UnixConn or *net.TCPConn): one write(2) on the non-blocking
+// descriptor, which takes what the socket has room for and never waits. A full socket
+// is not an error (the bytes go through the buffer's goroutine then). nil when conn
+// has no descriptor. The function is for one Buffer: it is not safe for concurrent
+// use (a Buffer makes one attempt at a time).
+func NonBlockingWriter(conn any) func(p []byte) (int, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	w := &rawWriter{raw: raw}
+	w.once = w.writeOnce // bound once: a method value made per call would be allocated
+	return w.write
+}
+
+// rawWriter makes single write attempts on a descriptor without allocating.
+type rawWriter struct {
+	raw  syscall.RawConn
+	once func(fd uintptr) bool
+	p    []byte
+	n    int
+	err  error
+}
+
+func (w *rawWriter) write(p []byte) (int, error) {
+	w.p = p
+	err := w.raw.Write(w.once)
+	n, werr := w.n, w.err
+	w.p, w.err = nil, nil
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// A deadline left by an earlier write of the goroutine's has passed; the
+		// goroutine sets a fresh one.
+		return 0, nil
+	case err != nil:
+		return 0, err
+	case errors.Is(werr, syscall.EAGAIN), errors.Is(werr, syscall.EINTR):
+		return 0, nil
+	case werr != nil:
+		return 0, werr
+	}
+	return n, nil
+}
+
+// writeOnce is the RawConn callback: one attempt, never a wait for room.
+func (w *rawWriter) writeOnce(fd uintptr) bool {
+	w.n, w.err = rawconn.Write(int(fd), w.p) // raw: see rawconn
+	return true
 }

@@ -178,6 +178,8 @@ func FuzzInitParams(f *testing.F) {
 		`{"model_path":"m.rkllm","is_async":true}`,
 		`{"model_path":"m.rkllm","extend_param":{"n_batch":0}}`,
 		`{"model_path":"m.rkllm","top_p":-1,"mirostat":3}`,
+		`{"model_path":"m.rkllm","max_context_len":4096,"n_keep":4097}`,
+		`{"model_path":"m.rkllm","top_k":-1}`,
 		`{"model_path":"m.rkllm","Top_p":1}`,
 		`{"model_path":"m.rkllm","extend_param":{"enabled_cpus_mask":"0x1FFFFFFFF"}}`,
 	} {
@@ -206,7 +208,7 @@ func FuzzInitParams(f *testing.F) {
 			return
 		}
 		if p.ModelPath == "" || p.IsAsync || p.Extend.NBatch < 1 || p.Extend.NBatch > 100 || p.MaxContextLen < 1 ||
-			p.TopP < 0 || p.TopP > 1 || p.Temperature < 0 || p.Mirostat < 0 || p.Mirostat > 2 {
+			p.NKeep > p.MaxContextLen || p.TopK < 0 || p.TopP < 0 || p.TopP > 1 || p.Temperature < 0 || p.Mirostat < 0 || p.Mirostat > 2 {
 			t.Fatalf("accepted %+v", p)
 		}
 	})

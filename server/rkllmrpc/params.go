@@ -115,6 +115,10 @@ func checkParam(p *runtime.Param) error {
 		return jsonrpc.InvalidParams("param.max_context_len", "must be at least 1, got %d", p.MaxContextLen)
 	case p.TopP < 0 || p.TopP > 1:
 		return jsonrpc.InvalidParams("param.top_p", "must be between 0 and 1, got %g", p.TopP)
+	case p.NKeep > p.MaxContextLen:
+		return jsonrpc.InvalidParams("param.n_keep", "is %d, more than max_context_len (%d): the tokens kept when the context window shifts are part of it", p.NKeep, p.MaxContextLen)
+	case p.TopK < 0:
+		return jsonrpc.InvalidParams("param.top_k", "must not be negative, got %d", p.TopK)
 	case p.Temperature < 0:
 		return jsonrpc.InvalidParams("param.temperature", "must not be negative, got %g", p.Temperature)
 	case p.Mirostat < 0 || p.Mirostat > 2:
@@ -301,8 +305,11 @@ func invalidInput(err error, batch bool) error {
 		field = inputField(ie.Input, batch) + "." + field
 	}
 	reason := ie.Reason
-	if ie.NoWidth {
+	switch {
+	case ie.NoWidth:
 		reason += "; the server learns it when the model loads, which failed (the server log says why): set --embedding-width to the model's hidden size"
+	case ie.NoVocab:
+		reason += "; the server learns it when the model loads, which failed (the server log says why): set --vocab-size to the model's vocabulary size"
 	}
 	return jsonrpc.InvalidParams(field, "%s", reason)
 }

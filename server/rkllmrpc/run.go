@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"strconv"
+	"sync"
 
+	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
@@ -99,17 +102,14 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	// An asynchronous run's notifications wait until its handle has been sent, so a
 	// client never sees a request_id before the response that names it. Not in a batch:
 	// the batch's answer waits for its other requests, which may wait for this run.
-	replied := make(chan struct{})
+	gate := &notifyGate{send: func(params any) { _ = c.Notify(NotifyResult, params) }, replied: make(chan struct{})}
 	if async && !c.InBatch {
-		c.AfterReply(func() { close(replied) })
+		c.AfterReply(gate.open)
 	} else {
-		close(replied)
+		gate.open()
 	}
 	if plan.stream {
-		acc.notify = func(params any) {
-			<-replied
-			_ = c.Notify(NotifyResult, params)
-		}
+		acc.notify = gate.notify
 	}
 	maxNew := plan.ip.MaxNewTokens
 	if loaded, ok := s.b.Loaded(); ok && maxNew <= 0 {
@@ -120,12 +120,19 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		base = c.Peer.Context
 	}
 	rctx, cancel := s.requestContext(base)
+	acc.acct, acc.stop = inflight.FromContext(ctx), cancel
+	if async {
+		// The run outlives the run_async request, whose account is closed with its
+		// answer: its arrays are paid from an account of its own until rkllm.done.
+		acc.acct = acc.acct.Budget().Open()
+	}
 	t, err := s.b.Enqueue(rctx, supervisor.Request{
 		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
 		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
 	})
 	if err != nil {
 		cancel()
+		acc.acct.Close()
 		return nil, rpcError(err, nil)
 	}
 	c.Admit()
@@ -135,8 +142,12 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		go func() {
 			defer release()
 			defer cancel()
+			defer acc.acct.Close()
 			out, err := t.Wait()
-			<-replied
+			<-gate.replied
+			if acc.over != nil {
+				err = acc.busy()
+			}
 			if err != nil {
 				_ = c.Notify(NotifyDone, map[string]any{"request_id": id, "error": asRPCError(runError(err, plan.batch, acc))})
 				return
@@ -147,10 +158,54 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 	}
 	defer cancel()
 	out, err := t.Wait()
+	if acc.over != nil {
+		return nil, acc.busy()
+	}
 	if err != nil {
 		return nil, runError(err, plan.batch, acc)
 	}
-	return acc.result(out, maxNew), nil
+	return acc.result(out, maxNew).encode()
+}
+
+// notifyGate holds a run's notifications until the response that names the run has
+// been written, without blocking the supervisor goroutine that delivers them. A held
+// notification stays paid for (its release is called once it has been sent).
+type notifyGate struct {
+	send    func(params any)
+	mu      sync.Mutex
+	opened  bool
+	held    []heldNote
+	replied chan struct{} // closed once open has sent what was held
+}
+
+// heldNote is a notification waiting for the gate to open, with what gives back its
+// charge.
+type heldNote struct {
+	params  any
+	release func()
+}
+
+func (g *notifyGate) notify(params any, release func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.opened {
+		g.held = append(g.held, heldNote{params, release})
+		return
+	}
+	g.send(params)
+	release()
+}
+
+// open sends the notifications held so far, in order, and lets the next ones through.
+func (g *notifyGate) open() {
+	g.mu.Lock()
+	for _, h := range g.held {
+		g.send(h.params)
+		h.release()
+	}
+	g.held, g.opened = nil, true
+	g.mu.Unlock()
+	close(g.replied)
 }
 
 // runError maps the error of a run: an input the model's limits refused is invalid
@@ -172,14 +227,22 @@ func (s *Service) abi() runtime.ABI {
 
 // runAcc collects the deliveries of one run, relays them as notifications when the
 // client streams, and builds the final result. deliver runs on the supervisor's
-// executor and result after the run ended, so no lock is needed.
+// goroutine that reads the worker's connection and result after the run ended, so no
+// lock is needed.
 type runAcc struct {
-	id      string
-	batch   bool
-	base64  bool
-	notify  func(params any)
+	id     string
+	batch  bool
+	base64 bool
+	// notify sends a notification when the client streams; release gives back what
+	// the notification was charged for (chargeArrays) once it has been sent.
+	notify  func(params any, release func())
 	entries []entryAcc
 	perf    *runtime.PerfStat
+	// acct pays for the run's hidden states and logits (result.go); stop aborts the
+	// run when they do not fit, and over says so.
+	acct *inflight.Account
+	stop func()
+	over *resultBusyError
 }
 
 type entryAcc struct {
@@ -219,63 +282,114 @@ type logitsJ struct {
 }
 
 func (a *runAcc) deliver(d runtime.Delivery) {
+	release, ok := a.chargeArrays(&d)
+	if !ok {
+		return
+	}
+	if note := a.record(&d); note != nil {
+		// Sent at once, or held until the run's handle has been written: either way its
+		// charge is given back once it has been sent.
+		a.notify(note, release)
+		return
+	}
+	release()
+}
+
+// record adds a delivery to the run and returns its notification: nil when the
+// client does not stream or the delivery has none.
+func (a *runAcc) record(d *runtime.Delivery) any {
 	switch d.State {
 	case runtime.StateFinish:
 		if len(d.Results) > 0 {
 			p := d.Results[0].Perf
 			a.perf = &p
 		}
-		return
+		return nil
 	case runtime.StateError:
-		return
+		return nil
+	}
+	state := stateName(int32(d.State))
+	if !a.batch && len(d.Results) > 0 {
+		note := a.take(0, &d.Results[0], d.State)
+		switch {
+		case a.notify == nil:
+			return nil
+		case note.LastHiddenLayer == nil && note.Logits == nil:
+			return &textNote{RequestID: a.id, State: state, Text: note.Text, TokenID: note.TokenID}
+		default:
+			return &singleNote{RequestID: a.id, State: state, tokenNote: note}
+		}
 	}
 	notes := make([]tokenNote, 0, len(d.Results))
 	for i := range d.Results {
 		if i >= len(a.entries) {
 			break
 		}
-		r := &d.Results[i]
-		e := &a.entries[i]
-		note := tokenNote{TokenID: r.TokenID}
-		if d.State == runtime.StateWaiting {
-			e.pending = append(e.pending, r.Text...)
-		} else {
-			chunk := append(e.pending, r.Text...)
-			e.pending = nil
-			e.text = append(e.text, chunk...)
-			note.Text = string(chunk)
-		}
-		if r.TokenID >= 0 {
-			e.tokenIDs = append(e.tokenIDs, r.TokenID)
-		}
-		if len(r.HiddenStates) > 0 {
-			e.hidden = append(e.hidden, r.HiddenStates...)
-			e.embd = r.EmbdSize
-			e.hiddenN += r.NumTokens
-			note.LastHiddenLayer = &hiddenLayerJ{EmbdSize: r.EmbdSize, NumTokens: r.NumTokens, HiddenStates: floatOut{r.HiddenStates, a.base64}}
-		}
-		if len(r.Logits) > 0 {
-			e.logits = append(e.logits, r.Logits...)
-			e.vocab = r.VocabSize
-			e.logitsN += r.NumTokens
-			note.Logits = &logitsJ{VocabSize: r.VocabSize, NumTokens: r.NumTokens, Logits: floatOut{r.Logits, a.base64}}
-		}
-		notes = append(notes, note)
+		notes = append(notes, a.take(i, &d.Results[i], d.State))
 	}
 	if a.notify == nil {
-		return
+		return nil
 	}
 	// Structs, not maps: this runs for every token, and encoding a struct costs a
 	// fraction of a map.
-	state := stateName(int32(d.State))
-	switch {
-	case a.batch:
-		a.notify(&batchNote{RequestID: a.id, State: state, Results: notes})
-	case len(notes) == 1:
-		a.notify(&singleNote{RequestID: a.id, State: state, tokenNote: notes[0]})
-	default:
-		a.notify(&batchNote{RequestID: a.id, State: state})
+	if a.batch {
+		return &batchNote{RequestID: a.id, State: state, Results: notes}
 	}
+	return &batchNote{RequestID: a.id, State: state}
+}
+
+// take adds result r of a delivery to entry i and returns its part of the
+// notification.
+func (a *runAcc) take(i int, r *runtime.Result, state runtime.CallState) tokenNote {
+	e := &a.entries[i]
+	note := tokenNote{TokenID: r.TokenID}
+	switch {
+	case state == runtime.StateWaiting:
+		e.pending = append(e.pending, r.Text...)
+	case len(e.pending) > 0:
+		chunk := append(e.pending, r.Text...)
+		e.pending = nil
+		e.text = append(e.text, chunk...)
+		note.Text = string(chunk)
+	default:
+		e.text = append(e.text, r.Text...)
+		note.Text = r.Text
+	}
+	if r.TokenID >= 0 {
+		e.tokenIDs = append(e.tokenIDs, r.TokenID)
+	}
+	if len(r.HiddenStates) > 0 {
+		e.hidden = append(e.hidden, r.HiddenStates...)
+		e.embd = r.EmbdSize
+		e.hiddenN += r.NumTokens
+		note.LastHiddenLayer = &hiddenLayerJ{EmbdSize: r.EmbdSize, NumTokens: r.NumTokens, HiddenStates: floatOut{r.HiddenStates, a.base64}}
+	}
+	if len(r.Logits) > 0 {
+		e.logits = append(e.logits, r.Logits...)
+		e.vocab = r.VocabSize
+		e.logitsN += r.NumTokens
+		note.Logits = &logitsJ{VocabSize: r.VocabSize, NumTokens: r.NumTokens, Logits: floatOut{r.Logits, a.base64}}
+	}
+	return note
+}
+
+// textNote is the params of a rkllm.result notification of a run with one input whose
+// token carries text only, the notification of almost every token. It writes its own
+// JSON (jsonrpc.Appender), the same as singleNote's.
+type textNote struct {
+	RequestID string `json:"request_id"`
+	State     string `json:"state"`
+	Text      string `json:"text"`
+	TokenID   int32  `json:"token_id"`
+}
+
+// AppendJSON implements jsonrpc.Appender.
+func (n *textNote) AppendJSON(b []byte) []byte {
+	b = jsonrpc.AppendString(append(b, `{"request_id":`...), n.RequestID)
+	b = jsonrpc.AppendString(append(b, `,"state":`...), n.State)
+	b = jsonrpc.AppendString(append(b, `,"text":`...), n.Text)
+	b = strconv.AppendInt(append(b, `,"token_id":`...), int64(n.TokenID), 10)
+	return append(b, '}')
 }
 
 // singleNote is the params of a rkllm.result notification of a run with one input.

@@ -388,6 +388,9 @@ func setFunctionTools(c *jsonrpc.Call) (workerproto.Message, error) {
 	if err := runtime.CheckCString("tools", tools); err != nil {
 		return nil, invalidInput(err, false)
 	}
+	if err := runtime.CheckJSONStrings("tools", tools); err != nil {
+		return nil, invalidInput(err, false)
+	}
 	return &workerproto.SetFunctionTools{SystemPrompt: string(p.SystemPrompt), Tools: tools, ToolResponseStr: string(p.ToolResponseStr)}, nil
 }
 

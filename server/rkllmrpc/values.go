@@ -233,32 +233,5 @@ type floatOut struct {
 
 // MarshalJSON implements json.Marshaler.
 func (f floatOut) MarshalJSON() ([]byte, error) {
-	if f.base64 {
-		raw := make([]byte, 4*len(f.v))
-		for i, x := range f.v {
-			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
-		}
-		out := make([]byte, 0, base64.StdEncoding.EncodedLen(len(raw))+2)
-		out = append(out, '"')
-		out = base64.StdEncoding.AppendEncode(out, raw)
-		return append(out, '"'), nil
-	}
-	out := make([]byte, 0, 2+10*len(f.v))
-	out = append(out, '[')
-	for i, x := range f.v {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		switch {
-		case math.IsNaN(float64(x)):
-			out = append(out, `"NaN"`...)
-		case math.IsInf(float64(x), 1):
-			out = append(out, `"Infinity"`...)
-		case math.IsInf(float64(x), -1):
-			out = append(out, `"-Infinity"`...)
-		default:
-			out = strconv.AppendFloat(out, float64(x), 'g', -1, 32)
-		}
-	}
-	return append(out, ']'), nil
+	return f.appendJSON(make([]byte, 0, encodedLen(len(f.v), f.base64))), nil
 }

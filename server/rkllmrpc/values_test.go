@@ -151,7 +151,8 @@ func TestModelDir(t *testing.T) {
 func TestRunAccumulator(t *testing.T) {
 	acc := newRunAcc("r-1", 1, false, false)
 	var notes []map[string]any
-	acc.notify = func(p any) { // as the client reads it
+	acc.notify = func(p any, release func()) { // as the client reads it
+		defer release()
 		var m map[string]any
 		b, _ := json.Marshal(p)
 		_ = json.Unmarshal(b, &m)

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // arena owns C memory handed to the runtime. Everything allocated through it is freed
@@ -19,10 +21,19 @@ import (
 // replaced setting (chat template, tools, cross-attention buffers, prompt cache path)
 // or the handle (init-time strings and structs, LoRA adapters). live counts the
 // allocations that are held, per Library, so tests can prove that none leak.
+//
+// Allocations of largeAlloc bytes or more (a long prompt, an embedding) are mappings
+// of their own, unmapped by free: from malloc they could stay resident after the run,
+// in a thread's arena whose top glibc neither returns on free (its threshold grows
+// with the largest block freed) nor with malloc_trim.
 type arena struct {
 	ptrs []unsafe.Pointer
+	maps [][]byte
 	live *atomic.Int64
 }
+
+// largeAlloc is the size from which an allocation is a mapping of its own.
+const largeAlloc = 1 << 20
 
 func newArena(live *atomic.Int64) *arena { return &arena{live: live} }
 
@@ -30,6 +41,15 @@ func newArena(live *atomic.Int64) *arena { return &arena{live: live} }
 func (a *arena) alloc(n uintptr) unsafe.Pointer {
 	if n == 0 {
 		n = 1
+	}
+	if n >= largeAlloc {
+		m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS) //nolint:gosec // n is a length in memory, an int
+		if err != nil {
+			panic(fmt.Sprintf("runtime: mmap(%d) failed: %v", n, err))
+		}
+		a.maps = append(a.maps, m)
+		a.live.Add(1)
+		return unsafe.Pointer(&m[0])
 	}
 	p := C.calloc(1, C.size_t(n))
 	if p == nil {
@@ -81,7 +101,8 @@ func (a *arena) ints(v []int) *C.int {
 // adopt moves the allocations of b into a, to be freed with a.
 func (a *arena) adopt(b *arena) {
 	a.ptrs = append(a.ptrs, b.ptrs...)
-	b.ptrs = nil
+	a.maps = append(a.maps, b.maps...)
+	b.ptrs, b.maps = nil, nil
 }
 
 // free releases every allocation once; the arena can be reused afterwards.
@@ -92,6 +113,11 @@ func (a *arena) free() {
 	for _, p := range a.ptrs {
 		C.free(p)
 	}
-	a.live.Add(-int64(len(a.ptrs)))
-	a.ptrs = nil
+	for _, m := range a.maps {
+		if err := unix.Munmap(m); err != nil {
+			panic(fmt.Sprintf("runtime: munmap: %v", err)) // a mapping of ours: cannot fail
+		}
+	}
+	a.live.Add(-int64(len(a.ptrs) + len(a.maps)))
+	a.ptrs, a.maps = nil, nil
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -104,6 +105,49 @@ func TestContextCancelAbortsTheRun(t *testing.T) {
 		}
 		if err := h.Run(ctx, prompt("x"), InferParams{}, func(Delivery) CallbackAction { return Continue }); !errors.Is(err, context.Canceled) {
 			t.Errorf("Run with a cancelled context = %v", err)
+		}
+	})
+}
+
+// TestCancelBeforeTheRuntimeStarts: a context that ends while rkllm_run has been
+// called but the runtime has not started the run (it waits at the simulator's gate, so
+// the first rkllm_abort finds no run) still aborts the run, as soon as it starts.
+func TestCancelBeforeTheRuntimeStarts(t *testing.T) {
+	eachABI(t, func(t *testing.T, lib *Library) {
+		stats := statsFile(t)
+		gate := filepath.Join(t.TempDir(), "gate")
+		if err := syscall.Mkfifo(gate, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("RKLLM_SIM_RUN_GATE", gate)
+		// A slow prefill (seconds, as on a board): an abort lost before it lets the whole
+		// prefill run, and the run is stopped at its first token at best.
+		model, _ := writeModel(t, func(m *simulator.Model) { m.PrefillTokensPerSecond = 20 })
+		h := newHandle(t, lib, params(lib, model))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			done <- h.Run(ctx, prompt("stop before you start"), InferParams{}, func(Delivery) CallbackAction { return Continue })
+		}()
+		eventually(t, "the run at the gate", func() bool { return len(statsEvents(t, stats, "gate")) == 1 })
+		cancel()
+		eventually(t, "an abort that found no run", func() bool { return len(statsEvents(t, stats, "idle_abort")) > 0 })
+		f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = f.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Run = %v, want context.Canceled", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the run went on: its abort was lost")
+		}
+		if runs := statsEvents(t, stats, "run"); len(runs) != 1 || runs[0]["outcome"] != "aborted" || runs[0]["tokens"] != "0" {
+			t.Errorf("simulator stats %v, want a run aborted in its prefill", runs)
 		}
 	})
 }

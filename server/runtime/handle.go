@@ -46,6 +46,7 @@ type Handle struct {
 	// SetCrossAttnParams check what they are given against them.
 	maxCtx     int
 	embedWidth atomic.Int64
+	vocabSize  atomic.Int64
 	loras      []string
 
 	keep      *arena // init-time memory and LoRA adapters
@@ -58,10 +59,10 @@ type Handle struct {
 // NBatch is the number of inputs every Run takes (n_batch at init).
 func (h *Handle) NBatch() int { return h.nBatch }
 
-// limits are what the handle's model takes; the caller holds mu.
-func (h *Handle) limits() Limits {
+// limitsLocked are what the handle's model takes; the caller holds mu.
+func (h *Handle) limitsLocked() Limits {
 	return Limits{Known: true, ABI: h.lib.abi, NBatch: h.nBatch, MaxContextLen: h.maxCtx,
-		EmbedWidth: int(h.embedWidth.Load()), Loras: append([]string{}, h.loras...)}
+		EmbedWidth: int(h.embedWidth.Load()), VocabSize: int(h.vocabSize.Load()), Loras: append([]string{}, h.loras...)}
 }
 
 // EmbedWidth is the model's embedding width (its hidden size: the floats in one row
@@ -84,39 +85,92 @@ func (h *Handle) SetEmbedWidth(width int) error {
 }
 
 // LearnEmbedWidth learns the model's embedding width, which the runtime reports
-// nowhere else, from the embd_size of a run of one token (id 0) per batch entry in
-// RKLLM_INFER_GET_LAST_HIDDEN_LAYER mode, and records it. The run uses only what both
-// ABIs share (the callback returns 0; no sampling or max_new_tokens of 1.3), is an
-// independent turn (keep_history 0), and the KV cache is cleared after it when the
-// library has rkllm_clear_kv_cache, so the handle is left as Init left it. Call it
-// right after Init, before the handle holds anything a client set.
+// nowhere else, from the embd_size of a one-token run (learnShape) in
+// RKLLM_INFER_GET_LAST_HIDDEN_LAYER mode, and records it. Call it right after Init,
+// before the handle holds anything a client set.
 func (h *Handle) LearnEmbedWidth(ctx context.Context) (int, error) {
+	width, err := h.learnShape(ctx, InferGetLastHiddenLayer, "embedding width", func(r *Result) int { return r.EmbdSize })
+	if err != nil {
+		return 0, err
+	}
+	if width > maxEmbedWidth {
+		return 0, fmt.Errorf("learn the embedding width: the hidden-layer run reported embd_size %d", width)
+	}
+	h.embedWidth.Store(int64(width))
+	return width, nil
+}
+
+// VocabSize is the model's vocabulary size (token ids are 0 to VocabSize-1), or 0
+// while it is not known: see LearnVocabSize and SetVocabSize. Until it is known, Run
+// refuses token inputs, whose ids the runtime looks up in a table that long.
+func (h *Handle) VocabSize() int { return int(h.vocabSize.Load()) }
+
+// maxVocabSize bounds a vocabulary size: far above any model's (about 250,000 at most
+// today), small enough for every id to be an int32.
+const maxVocabSize = 1 << 24
+
+// SetVocabSize records the model's vocabulary size when it is known from
+// configuration, instead of learning it with LearnVocabSize.
+func (h *Handle) SetVocabSize(size int) error {
+	if size < 1 || size > maxVocabSize {
+		return fmt.Errorf("vocabulary size %d: it must be between 1 and %d", size, maxVocabSize)
+	}
+	h.vocabSize.Store(int64(size))
+	return nil
+}
+
+// LearnVocabSize learns the model's vocabulary size, which the runtime reports only
+// with logits, from the vocab_size of a one-token run (learnShape) in
+// RKLLM_INFER_GET_LOGITS mode, and records it. Call it right after Init, before the
+// handle holds anything a client set.
+func (h *Handle) LearnVocabSize(ctx context.Context) (int, error) {
+	size, err := h.learnShape(ctx, InferGetLogits, "vocabulary size", func(r *Result) int { return r.VocabSize })
+	if err != nil {
+		return 0, err
+	}
+	if size > maxVocabSize {
+		return 0, fmt.Errorf("learn the vocabulary size: the logits run reported vocab_size %d", size)
+	}
+	h.vocabSize.Store(int64(size))
+	return size, nil
+}
+
+// learnShape runs one token (id 0, in every vocabulary) per batch entry in mode and
+// returns the first positive size of reported. The run uses only what both ABIs share
+// (the callback returns 0; no sampling or max_new_tokens of 1.3), is an independent
+// turn (keep_history 0), and the KV cache is cleared after it when the library has
+// rkllm_clear_kv_cache, so the handle is left as Init left it.
+func (h *Handle) learnShape(ctx context.Context, mode InferMode, what string, reported func(*Result) int) (int, error) {
 	inputs := make([]Input, h.nBatch)
 	for i := range inputs {
 		inputs[i] = Input{Type: InputToken, TokenIDs: []int32{0}}
 	}
-	width := 0 // written by deliveries, which happen before Run returns
-	err := h.Run(ctx, inputs, InferParams{Mode: InferGetLastHiddenLayer}, func(d Delivery) CallbackAction {
-		for _, r := range d.Results {
-			if width == 0 && r.EmbdSize > 0 {
-				width = r.EmbdSize
+	size := 0 // written by deliveries, which happen before Run returns
+	lim := h.limitsLocked
+	err := h.run(ctx, inputs, InferParams{Mode: mode}, func(d Delivery) CallbackAction {
+		for i := range d.Results {
+			if n := reported(&d.Results[i]); size == 0 && n > 0 {
+				size = n
 			}
 		}
 		return Continue
+	}, func() Limits {
+		l := lim()
+		l.VocabSize = max(l.VocabSize, 1) // id 0 is a token of every model
+		return l
 	})
 	if err != nil {
-		return 0, fmt.Errorf("learn the embedding width from a hidden-layer run: %w", err)
+		return 0, fmt.Errorf("learn the %s from a one-token run: %w", what, err)
 	}
-	if width < 1 || width > maxEmbedWidth {
-		return 0, fmt.Errorf("learn the embedding width: the hidden-layer run reported embd_size %d", width)
+	if size < 1 {
+		return 0, fmt.Errorf("learn the %s: the one-token run reported %d", what, size)
 	}
 	if h.lib.need(C.RK_CLEAR_KV_CACHE) == nil {
 		if err := h.ClearKVCache(false, nil); err != nil {
-			return 0, fmt.Errorf("learn the embedding width: clear the KV cache after the run: %w", err)
+			return 0, fmt.Errorf("learn the %s: clear the KV cache after the run: %w", what, err)
 		}
 	}
-	h.embedWidth.Store(int64(width))
-	return width, nil
+	return size, nil
 }
 
 // Library is the library the handle was initialised from.
@@ -352,7 +406,7 @@ func (h *Handle) SetFunctionTools(systemPrompt, toolsJSON, toolResponse string) 
 		return err
 	}
 	if err := firstErr(CheckCString("system_prompt", systemPrompt), CheckCString("tools", toolsJSON),
-		CheckCString("tool_response_str", toolResponse)); err != nil {
+		CheckJSONStrings("tools", toolsJSON), CheckCString("tool_response_str", toolResponse)); err != nil {
 		return err
 	}
 	a := newArena(&h.lib.live)
@@ -371,7 +425,7 @@ func (h *Handle) SetCrossAttnParams(p CrossAttnParams) error {
 	if err := h.lib.need(C.RK_SET_CROSS_ATTN_PARAMS); err != nil {
 		return err
 	}
-	if err := CheckCrossAttn(&p, h.limits()); err != nil {
+	if err := CheckCrossAttn(&p, h.limitsLocked()); err != nil {
 		return fmt.Errorf("set cross-attention params: %w", err)
 	}
 	n := p.NumTokens

@@ -14,6 +14,7 @@ import (
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -51,12 +52,21 @@ type runState struct {
 // kept, a later run resumes) or, with ABI 1.3, releases the output buffer
 // (ReleaseOutput; on ABI 1.2 it means Continue).
 //
-// When ctx ends, Run aborts the run and returns ctx.Err() once the runtime has stopped.
+// When ctx ends, Run aborts the run and returns ctx.Err() once the runtime has stopped,
+// whenever it ends: before rkllm_run (the run never starts), while the runtime starts
+// the run, or while it runs. Ending ctx is the only abort that never misses its run or
+// reaches the next one (Abort is the bare rkllm_abort).
 // A non-zero return of rkllm_run is a *CallError; an RKLLM_RUN_ERROR delivery with a zero
 // return wraps ErrRunFailed. ABI 1.2 lacks per-run sampling and max_new_tokens: asking
 // for them is an *UnsupportedError. A panic in onResult aborts the run and is re-raised
 // by Run. Run returns ErrBusy while another run is in progress on the handle.
 func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc) error {
+	return h.run(ctx, inputs, params, onResult, h.limitsLocked)
+}
+
+// run is Run with the limits the inputs are checked against (what limits returns,
+// called with mu held).
+func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc, limits func() Limits) error {
 	if onResult == nil {
 		return errors.New("run: onResult is nil")
 	}
@@ -67,7 +77,7 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lim := h.limits()
+	lim := limits()
 	if err := CheckInputs(inputs, lim); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
@@ -114,14 +124,36 @@ func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, on
 
 // stop aborts the run from a goroutine of its own: rkllm_abort must not be called from
 // the callback, which the runtime may be waiting on.
+//
+// An rkllm_abort that comes before the runtime has started the run is lost: the
+// runtime flags a run in progress, and a run that starts clears the flag (the simulator
+// does; the vendor's documents nothing else). rkllm_run has been called when stop runs,
+// but the runtime may not have got that far, so stop aborts again, at growing
+// intervals, until rkllm_is_running said the run was in progress just before an abort
+// (that abort reached it) or rkllm_run has returned. The handle outlives the run:
+// Destroy waits for Run.
 func (rs *runState) stop() {
 	rs.stopAsked.Store(true)
-	rs.abortMu.Lock()
-	defer rs.abortMu.Unlock()
-	if !rs.ended {
-		C.rk_abort(rs.h.lib.c, rs.h.c) // the handle outlives the run: Destroy waits for Run
+	for wait := time.Millisecond; ; wait = min(2*wait, maxAbortRetry) {
+		rs.abortMu.Lock()
+		if rs.ended {
+			rs.abortMu.Unlock()
+			return
+		}
+		running := C.rk_is_running(rs.h.lib.c, rs.h.c) != 0
+		C.rk_abort(rs.h.lib.c, rs.h.c)
+		rs.abortMu.Unlock()
+		if running {
+			return
+		}
+		t := time.NewTimer(wait)
+		<-t.C
 	}
 }
+
+// maxAbortRetry is the longest stop waits before aborting a run again that the
+// runtime had not started yet.
+const maxAbortRetry = 50 * time.Millisecond
 
 //export goResultCallback
 func goResultCallback(run C.uintptr_t, results *C.RKLLMResult, state C.int) (action C.int) {

@@ -6,12 +6,15 @@
 package runtime
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // Limits are what the loaded model takes. Counts are bounded by them, not only by what
@@ -31,6 +34,10 @@ type Limits struct {
 	// size. 0 means unknown, which refuses every input that carries embeddings (the
 	// runtime reads rows of its own width, whatever the caller sent).
 	EmbedWidth int
+	// VocabSize is the model's vocabulary size: token ids are 0 to VocabSize-1 (the
+	// runtime looks each one up in a table that long). 0 means unknown, which refuses
+	// every token input.
+	VocabSize int
 	// Loras are the names of the LoRA adapters loaded; nil skips the check.
 	Loras []string
 }
@@ -49,8 +56,9 @@ type InputError struct {
 	Field  string
 	Reason string
 	// NoWidth is set when the input was refused because the embedding width is not
-	// known (Limits.EmbedWidth 0), not because of what it holds.
-	NoWidth bool
+	// known (Limits.EmbedWidth 0), not because of what it holds; NoVocab likewise for
+	// the vocabulary size (Limits.VocabSize 0).
+	NoWidth, NoVocab bool
 }
 
 func (e *InputError) Error() string {
@@ -74,6 +82,28 @@ func CheckCString(field, s string) error {
 		return inputErr(field, "contains a NUL character (\\u0000) at byte %d; a C string ends there, so the runtime would not read the rest", i)
 	}
 	return nil
+}
+
+// CheckJSONStrings reports a JSON document (function tools) holding a string with a
+// NUL character (the escape \u0000, in a key or a value): the runtime decodes the
+// document and reads its strings (a tool's name) as C strings, which end there. A
+// document that is not JSON is left to the caller's own check.
+func CheckJSONStrings(field, doc string) error {
+	if !strings.Contains(doc, `\u0000`) {
+		return nil // the only way a NUL gets into JSON text that has none itself
+	}
+	dec := json.NewDecoder(strings.NewReader(doc))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		if s, ok := tok.(string); ok {
+			if i := strings.IndexByte(s, 0); i >= 0 {
+				return inputErr(field, "holds the string %q with a NUL character (\\u0000) at byte %d; the runtime reads the strings of this JSON as C strings, which end there", s[:i], i)
+			}
+		}
+	}
 }
 
 // CheckInputs checks the inputs of one run: one per batch entry, each within the
@@ -128,6 +158,19 @@ func checkTokens(ids []int32, l Limits) error {
 	for i, id := range ids {
 		if id < 0 {
 			return inputErr(fmt.Sprintf("token_input.input_ids[%d]", i), "is %d: token ids are vocabulary positions, not negative", id)
+		}
+	}
+	if !l.Known {
+		return nil
+	}
+	if l.VocabSize <= 0 {
+		e := inputErr("token_input.input_ids", "cannot be checked: the model's vocabulary size is not known, so token inputs are refused")
+		e.NoVocab = true
+		return e
+	}
+	for i, id := range ids {
+		if int(id) >= l.VocabSize {
+			return inputErr(fmt.Sprintf("token_input.input_ids[%d]", i), "is %d, past the model's vocabulary: token ids are 0 to %d (vocab_size %d)", id, l.VocabSize-1, l.VocabSize)
 		}
 	}
 	return nil
@@ -350,6 +393,9 @@ func CheckKVRanges(start, end []int32, l Limits) error {
 		if start[i] < 0 || end[i] < start[i] {
 			return inputErr(fmt.Sprintf("start_pos[%d]", i), "the range [%d, %d) is not valid: 0 <= start <= end", start[i], end[i])
 		}
+		if l.Known && l.MaxContextLen > 0 && int(end[i]) > l.MaxContextLen {
+			return inputErr(fmt.Sprintf("end_pos[%d]", i), "is %d, past the model's max_context_len (%d): the cache has no such position", end[i], l.MaxContextLen)
+		}
 	}
 	return nil
 }
@@ -357,6 +403,35 @@ func CheckKVRanges(start, end []int32, l Limits) error {
 // CheckCrossAttn checks cross-attention parameters: the runtime reads num_tokens mask
 // values and positions and num_tokens rows of the embedding width from each cache.
 func CheckCrossAttn(p *CrossAttnParams, l Limits) error {
+	const f = "cross_attn_params."
+	if err := crossAttnCounts(p, l); err != nil {
+		return err
+	}
+	n := p.NumTokens
+	if !l.Known {
+		if len(p.EncoderKCache)%n != 0 || len(p.EncoderVCache) != len(p.EncoderKCache) {
+			return inputErr(f+"encoder_v_cache", "encoder_k_cache and encoder_v_cache hold num_tokens rows each, got %d and %d floats", len(p.EncoderKCache), len(p.EncoderVCache))
+		}
+		return nil
+	}
+	for i, pos := range p.EncoderPos {
+		field := fmt.Sprintf("%sencoder_pos[%d]", f, i)
+		if pos < 0 {
+			return inputErr(field, "is %d: positions are not negative", pos)
+		}
+		if l.MaxContextLen > 0 && int(pos) >= l.MaxContextLen {
+			return inputErr(field, "is %d: positions are 0 to the model's max_context_len minus 1 (%d)", pos, l.MaxContextLen-1)
+		}
+	}
+	what := fmt.Sprintf("num_tokens (%d)", n)
+	if err := rows(f+"encoder_k_cache", len(p.EncoderKCache), n, what, l); err != nil {
+		return err
+	}
+	return rows(f+"encoder_v_cache", len(p.EncoderVCache), n, what, l)
+}
+
+// crossAttnCounts checks num_tokens against the model and the arrays it counts.
+func crossAttnCounts(p *CrossAttnParams, l Limits) error {
 	const f = "cross_attn_params."
 	n := p.NumTokens
 	switch {
@@ -373,17 +448,7 @@ func CheckCrossAttn(p *CrossAttnParams, l Limits) error {
 	case len(p.EncoderVCache) == 0:
 		return inputErr(f+"encoder_v_cache", "must hold num_tokens rows of the embedding width")
 	}
-	if !l.Known {
-		if len(p.EncoderKCache)%n != 0 || len(p.EncoderVCache) != len(p.EncoderKCache) {
-			return inputErr(f+"encoder_v_cache", "encoder_k_cache and encoder_v_cache hold num_tokens rows each, got %d and %d floats", len(p.EncoderKCache), len(p.EncoderVCache))
-		}
-		return nil
-	}
-	what := fmt.Sprintf("num_tokens (%d)", n)
-	if err := rows(f+"encoder_k_cache", len(p.EncoderKCache), n, what, l); err != nil {
-		return err
-	}
-	return rows(f+"encoder_v_cache", len(p.EncoderVCache), n, what, l)
+	return nil
 }
 
 // CheckFile refuses a path the runtime would open (a model, a LoRA adapter, a prompt
@@ -396,6 +461,27 @@ func CheckFile(path string) error {
 		return nil
 	}
 	return fmt.Errorf("%s is %s, not a regular file", path, FileKind(st.Mode()))
+}
+
+// ReadRegularFile reads a file the server is configured with (a configuration file, a
+// chat template, API keys), refusing one that is not a regular file: a FIFO would block
+// the read (and with it the server's start, or its shutdown) until something writes
+// to it, and a device may never end. It opens without blocking and checks what it
+// opened, so the file cannot be swapped in between.
+func ReadRegularFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is %s, not a regular file", path, FileKind(st.Mode()))
+	}
+	return io.ReadAll(f)
 }
 
 // FileKind names what a file that is not a regular file is.

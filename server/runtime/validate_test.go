@@ -10,7 +10,7 @@ import (
 // at their edges: products that would wrap, counts one past max_context_len, rows one
 // float off the width, and the same inputs with no model known (only what needs none).
 func TestCheckInputs(t *testing.T) {
-	model := Limits{Known: true, ABI: ABI13, NBatch: 1, MaxContextLen: 8, EmbedWidth: 4, Loras: []string{"chat"}}
+	model := Limits{Known: true, ABI: ABI13, NBatch: 1, MaxContextLen: 8, EmbedWidth: 4, VocabSize: 300, Loras: []string{"chat"}}
 	noModel := Limits{ABI: ABI13}
 	rows := func(n int) []float32 { return make([]float32, n*4) }
 	image := func(n, tokens int, embed []float32) Input {
@@ -31,6 +31,9 @@ func TestCheckInputs(t *testing.T) {
 		{"tokens at max_context_len", Input{Type: InputToken, TokenIDs: make([]int32, 8)}, "", ""},
 		{"tokens past max_context_len", Input{Type: InputToken, TokenIDs: make([]int32, 9)}, "token_input.input_ids", ""},
 		{"negative token", Input{Type: InputToken, TokenIDs: []int32{1, -1}}, "token_input.input_ids[1]", "token_input.input_ids[1]"},
+		{"last token of the vocabulary", Input{Type: InputToken, TokenIDs: []int32{0, 299}}, "", ""},
+		{"token one past the vocabulary", Input{Type: InputToken, TokenIDs: []int32{0, 1, 300}}, "token_input.input_ids[2]", ""},
+		{"token at int32's end", Input{Type: InputToken, TokenIDs: []int32{math.MaxInt32}}, "token_input.input_ids[0]", ""},
 		{"embedding rows", Input{Type: InputEmbed, Embed: rows(8), NTokens: 8}, "", ""},
 		{"embedding rows one float wide", Input{Type: InputEmbed, Embed: make([]float32, 3), NTokens: 3}, "embed_input.embed", ""},
 		{"embedding a float short", Input{Type: InputEmbed, Embed: make([]float32, 7), NTokens: 2}, "embed_input.embed", ""},
@@ -76,6 +79,9 @@ func TestCheckInputs(t *testing.T) {
 	if err := CheckInputs([]Input{{Type: InputEmbed, Embed: rows(1), NTokens: 1}}, Limits{Known: true, MaxContextLen: 8}); !errors.As(err, &ie) || !ie.NoWidth {
 		t.Errorf("an embedding with the width unknown: %v", err)
 	}
+	if err := CheckInputs([]Input{{Type: InputToken, TokenIDs: []int32{0}}}, Limits{Known: true, MaxContextLen: 8}); !errors.As(err, &ie) || !ie.NoVocab || ie.Field != "token_input.input_ids" {
+		t.Errorf("a token with the vocabulary size unknown: %v", err)
+	}
 	if err := CheckInferParams(&InferParams{LoraAdapterName: "code"}, model); !errors.As(err, &ie) || ie.Field != "infer_params.lora_params.lora_adapter_name" {
 		t.Errorf("an adapter not loaded: %v", err)
 	}
@@ -97,10 +103,35 @@ func TestCheckCrossAttn(t *testing.T) {
 		"cross_attn_params.encoder_v_cache": {NumTokens: 2, EncoderKCache: make([]float32, 8), EncoderVCache: make([]float32, 9), EncoderMask: []float32{1, 1}, EncoderPos: []int32{0, 1}},
 		"cross_attn_params.encoder_pos":     {NumTokens: 2, EncoderKCache: make([]float32, 8), EncoderVCache: make([]float32, 8), EncoderMask: []float32{1, 1}, EncoderPos: []int32{0}},
 		"cross_attn_params.num_tokens":      {NumTokens: math.MaxInt32 + 2, EncoderKCache: make([]float32, 8)},
+		"cross_attn_params.encoder_pos[1]":  {NumTokens: 2, EncoderKCache: make([]float32, 8), EncoderVCache: make([]float32, 8), EncoderMask: []float32{1, 1}, EncoderPos: []int32{0, -1}},
+		"cross_attn_params.encoder_pos[0]":  {NumTokens: 2, EncoderKCache: make([]float32, 8), EncoderVCache: make([]float32, 8), EncoderMask: []float32{1, 1}, EncoderPos: []int32{8, 1}},
 	} {
 		var ie *InputError
 		if err := CheckCrossAttn(&p, lim); !errors.As(err, &ie) || ie.Field != field {
 			t.Errorf("want %s refused: %v", field, err)
+		}
+	}
+}
+
+// TestCheckKVRanges: one range per batch entry, each 0 <= start <= end <= max_context_len.
+func TestCheckKVRanges(t *testing.T) {
+	lim := Limits{Known: true, NBatch: 2, MaxContextLen: 8}
+	if err := CheckKVRanges([]int32{0, 2}, []int32{8, 3}, lim); err != nil {
+		t.Errorf("ranges at the edges: %v", err)
+	}
+	if err := CheckKVRanges(nil, nil, lim); err != nil {
+		t.Errorf("clear all: %v", err)
+	}
+	for field, r := range map[string][2][]int32{
+		"end_pos":      {{0, 0}, nil},
+		"start_pos":    {{0}, {1}},
+		"start_pos[1]": {{0, 3}, {1, 2}},
+		"start_pos[0]": {{-1, 0}, {1, 1}},
+		"end_pos[1]":   {{0, 0}, {1, 9}},
+	} {
+		var ie *InputError
+		if err := CheckKVRanges(r[0], r[1], lim); !errors.As(err, &ie) || ie.Field != field {
+			t.Errorf("%v: %v, want %s refused", r, err, field)
 		}
 	}
 }

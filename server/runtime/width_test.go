@@ -76,3 +76,44 @@ func TestEmbeddingsNeedAWidth(t *testing.T) {
 		collect(t, h, []Input{in}, InferParams{}, nil).finish(t)
 	})
 }
+
+// TestLearnVocabSize: the runtime reports a model's vocabulary size only with logits.
+// LearnVocabSize finds it with one run of one token per batch entry in logits mode, on
+// both ABIs, and leaves the handle as Init left it; ids are then checked against it.
+func TestLearnVocabSize(t *testing.T) {
+	eachABI(t, func(t *testing.T, lib *Library) {
+		for _, nBatch := range []uint8{1, 2} {
+			model, m := writeModel(t, nil)
+			p := params(lib, model)
+			p.Extend.NBatch = nBatch
+			batch := func(ids ...int32) []Input {
+				in := make([]Input, nBatch)
+				for i := range in {
+					in[i] = Input{Type: InputToken, TokenIDs: ids}
+				}
+				return in
+			}
+			h := newHandle(t, lib, p)
+			if r := collect(t, h, batch(300), InferParams{}, nil); !errors.Is(r.err, ErrInvalidInput) || len(r.deliveries) != 0 {
+				t.Errorf("n_batch %d: a token before the vocabulary size is known: %v", nBatch, r.err)
+			}
+			v, err := h.LearnVocabSize(t.Context())
+			if err != nil || v != m.VocabSize() || h.VocabSize() != v {
+				t.Fatalf("n_batch %d: LearnVocabSize = %d, %v (VocabSize %d), want %d", nBatch, v, err, h.VocabSize(), m.VocabSize())
+			}
+			if sizes, err := h.KVCacheSize(); err != nil || len(sizes) != int(nBatch) || sizes[0] != 0 {
+				t.Errorf("n_batch %d: KV cache after learning: %v, %v, want empty", nBatch, sizes, err)
+			}
+			collect(t, h, batch(0, int32(v-1)), InferParams{}, nil).finish(t)
+			var ie *InputError
+			if r := collect(t, h, batch(0, int32(v)), InferParams{}, nil); !errors.As(r.err, &ie) || ie.Field != "token_input.input_ids[1]" || len(r.deliveries) != 0 {
+				t.Errorf("n_batch %d: id %d with a vocabulary of %d: %v", nBatch, v, v, r.err)
+			}
+			for _, bad := range []int{0, -1, maxVocabSize + 1} {
+				if err := h.SetVocabSize(bad); err == nil {
+					t.Errorf("SetVocabSize(%d) succeeded", bad)
+				}
+			}
+		}
+	})
+}

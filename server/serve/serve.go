@@ -27,6 +27,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/httpapi"
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/metrics"
 	"github.com/rkllm-operator/rkllm-operator/server/modelcache"
 	"github.com/rkllm-operator/rkllm-operator/server/ollama"
@@ -42,11 +43,6 @@ import (
 // flushTimeout bounds writing the last responses after the model has stopped.
 const flushTimeout = 5 * time.Second
 
-// shutdownMargin is how long after --shutdown-timeout the process may take to exit,
-// whatever the worker and the clients do: the supervisor's grace to stop the worker,
-// then flushing the last responses in what is left.
-const shutdownMargin = 5 * time.Second
-
 // Options are what the serve command knows besides the configuration.
 type Options struct {
 	// Executable is the rkllm-server binary, started as `Executable worker ...`.
@@ -61,13 +57,15 @@ type Options struct {
 // WorkerArgs are the arguments of the worker subcommand for a configuration.
 func WorkerArgs(o *config.Serve) []string {
 	return []string{"worker", "--runtime-lib", o.RuntimeLib, "--runtime-abi", o.RuntimeABI, "--log-level", o.LogLevel,
-		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes)}
+		"--max-frame-bytes", strconv.Itoa(o.MaxFrameBytes), "--memory-limit", strconv.FormatInt(o.MemoryLimit, 10)}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness turns false and new
 // requests get -32009 at once, the running generation may finish within
 // --shutdown-timeout (then it is aborted), responses are flushed, the model is
-// destroyed and the socket file removed. It returns nil after a clean shutdown.
+// destroyed and the socket file removed. It returns nil after a clean shutdown, and an
+// error after shutting down because a listener failed or the supervisor gave up on its
+// worker (--max-worker-failures).
 func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) error {
 	a, err := build(o, log, opts)
 	if err != nil {
@@ -87,6 +85,9 @@ func Run(ctx context.Context, o *config.Serve, log logr.Logger, opts Options) er
 	case err := <-a.serveErr:
 		failed = fmt.Errorf("listener failed: %w", err)
 		log.Error(err, "listener failed; shutting down")
+	case <-a.sup.Failed():
+		failed = fmt.Errorf("giving up (--max-worker-failures %d): %w", o.MaxWorkerFailures, a.sup.Err())
+		log.Error(a.sup.Err(), "giving up on the worker; shutting down", "max_worker_failures", o.MaxWorkerFailures)
 	}
 	if err := a.shutdown(); err != nil && failed == nil {
 		failed = err
@@ -145,8 +146,10 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		InitTimeout:       o.InitTimeout,
 		RestartBackoffMin: o.RestartBackoffMin,
 		RestartBackoffMax: o.RestartBackoffMax,
+		MaxWorkerFailures: o.MaxWorkerFailures,
 		MaxFrameBytes:     o.MaxFrameBytes,
 		EmbedWidth:        o.EmbeddingWidth,
+		VocabSize:         o.VocabSize,
 		Log:               log.WithName("supervisor"),
 		Observer:          m,
 	}
@@ -166,6 +169,10 @@ func build(o *config.Serve, log logr.Logger, opts Options) (*app, error) {
 		MaxPeerMessages: o.MaxInflightPerConnection, MaxInflightBytes: o.MaxInflightBytes,
 	})
 	budget := inflight.New(o.MaxInflightBytes)
+	// The memory of a large request is given back to the system once it is done.
+	memlimit.SetLimit(o.MemoryLimit)
+	trim := memlimit.NewTrimmer()
+	budget.OnLarge(trim.Min, trim.Note)
 	a.d.SetBudget(budget)
 	m.InflightBytes(budget.Used)
 	svc, err := rkllmrpc.New(a.sup, rkllmrpc.Options{
@@ -294,8 +301,10 @@ func (a *app) start(opts Options, loras []runtime.LoraAdapter) error {
 	}
 	if a.probeLn != nil {
 		// The probes may use half the descriptor reserve; the other half is the
-		// worker's (a restart takes a socketpair and pipes).
-		probes := connlimit.New(httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
+		// worker's (a restart takes a socketpair and pipes). ServeProbes keeps
+		// ProbeMaxConnections by closing the connection that waited longest; this cap,
+		// above it, only bounds connections all being answered at once.
+		probes := connlimit.New(2*httpapi.ProbeMaxConnections, a.o.ReservedFDs/2, a.metrics)
 		go func() { a.serveErr <- a.httpSrv.ServeProbes(a.probeLn, probes) }()
 		a.log.Info("serving the probes", "address", a.probeLn.Addr().String())
 	}
@@ -323,7 +332,7 @@ func (a *app) shutdown() error {
 		}
 	}()
 	a.d.Drain()
-	exitBy := time.Now().Add(a.o.ShutdownTimeout + shutdownMargin)
+	exitBy := time.Now().Add(a.o.ExitBudget())
 	sctx, cancel := context.WithTimeout(context.Background(), a.o.ShutdownTimeout)
 	defer cancel()
 	if err := a.sup.Shutdown(sctx); err != nil {

@@ -298,15 +298,28 @@ type conn struct {
 
 	inflight sync.WaitGroup // this connection's requests being served
 	once     sync.Once
+
+	// sent and written count the bytes queued for the client and written to it, so that
+	// an answer the buffer took beyond its bound is waited for (writtenSignal is closed
+	// and replaced at each write).
+	sendMu        sync.Mutex
+	sent          int64
+	writtenMu     sync.Mutex
+	written       int64
+	writtenSignal chan struct{}
+
+	encMu sync.Mutex
+	enc   []byte // notify's scratch buffer
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &conn{s: s, nc: nc, ctx: ctx, cancel: cancel}
+	c := &conn{s: s, nc: nc, ctx: ctx, cancel: cancel, writtenSignal: make(chan struct{})}
 	c.out = outbuf.New(nc, outbuf.Options{
 		MaxBytes:         s.opts.OutputBufferBytes,
 		WriteTimeout:     s.opts.WriteTimeout,
 		SetWriteDeadline: nc.SetWriteDeadline,
+		TryWrite:         outbuf.NonBlockingWriter(nc),
 		OnFail: func(err error) {
 			s.opts.Log.Info("cutting off a client that does not read its messages; its requests are cancelled", "peer", c.peer.ID, "reason", err.Error())
 			if s.opts.Observer != nil {
@@ -318,6 +331,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 			if s.opts.Observer != nil {
 				s.opts.Observer.BytesOut(Transport, n)
 			}
+			c.wrote(n)
 		},
 	})
 	c.peer = &jsonrpc.Peer{
@@ -425,10 +439,12 @@ func (c *conn) handle(msg []byte, acct *inflight.Account) {
 		defer acct.Close()
 		c.s.d.Serve(ctx, c.peer, msg, func() { close(admitted) }, func(resps []*jsonrpc.Response, batch bool) {
 			// A failed write has closed the connection already; nothing more to do.
+			var v any = resps[0]
 			if batch {
-				_ = c.writeJSON(resps)
-			} else {
-				_ = c.writeJSON(resps[0])
+				v = resps
+			}
+			if end, n, err := c.send(v); err == nil && n > c.bufferBound() {
+				c.waitWritten(end)
 			}
 		})
 	}()
@@ -491,19 +507,99 @@ func (c *conn) peerGone() bool {
 	return gone
 }
 
+// notify queues a notification (a token, most often) as a line. It is encoded into the
+// connection's scratch buffer, which Send copies: a token costs no allocation here.
 func (c *conn) notify(n *jsonrpc.Notification) error {
-	return c.writeJSON(n)
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	b, err := n.AppendJSON(c.enc[:0])
+	if err != nil {
+		c.s.opts.Log.Error(err, "cannot encode a notification")
+		return err
+	}
+	b = append(b, '\n')
+	if cap(b) <= maxScratch {
+		c.enc = b
+	}
+	_, err = c.queue(b)
+	return err
 }
+
+// maxScratch is the largest encoding buffer a connection keeps between notifications.
+const maxScratch = 4 << 10
 
 // writeJSON queues one message as a line for the client and returns at once. A client
 // whose buffer overflows (it stopped reading) is cut off, which cancels its requests.
 func (c *conn) writeJSON(v any) error {
-	b, err := json.Marshal(v)
+	_, _, err := c.send(v)
+	return err
+}
+
+// send queues one message of n bytes as a line and returns how many bytes the
+// connection has been sent, this message included.
+func (c *conn) send(v any) (end int64, n int, err error) {
+	b, err := jsonrpc.Marshal(v)
 	if err != nil {
 		c.s.opts.Log.Error(err, "cannot encode a message")
-		return err
+		return 0, 0, err
 	}
-	return c.out.Send(append(b, '\n'))
+	b = append(b, '\n')
+	end, err = c.queue(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	return end, len(b), nil
+}
+
+// queue queues line b (notifications too, so that sent counts every byte the buffer
+// writes, in its order) and returns how many bytes the connection has been sent, b
+// included.
+func (c *conn) queue(b []byte) (end int64, err error) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if err := c.out.Send(b); err != nil {
+		return 0, err
+	}
+	c.sent += int64(len(b))
+	return c.sent, nil
+}
+
+// bufferBound is what the client's output buffer holds before it cuts the client off.
+func (c *conn) bufferBound() int {
+	if c.s.opts.OutputBufferBytes > 0 {
+		return c.s.opts.OutputBufferBytes
+	}
+	return outbuf.DefaultMaxBytes
+}
+
+// wrote counts n bytes written to the client and wakes waitWritten.
+func (c *conn) wrote(n int) {
+	c.writtenMu.Lock()
+	c.written += int64(n)
+	close(c.writtenSignal)
+	c.writtenSignal = make(chan struct{})
+	c.writtenMu.Unlock()
+}
+
+// waitWritten waits until the first end bytes sent have been written, or the
+// connection ends (a client that does not read is cut off within --write-timeout). An
+// answer larger than --client-buffer-bytes, which the buffer takes only when nothing
+// else waits, is held this way: the request's account of the budget of bytes in
+// flight, closed when the answer is handed over, then covers it until it is written.
+func (c *conn) waitWritten(end int64) {
+	for {
+		c.writtenMu.Lock()
+		done, signal := c.written >= end, c.writtenSignal
+		c.writtenMu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-signal:
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }
 
 // readLine reads one line of at most limit bytes, paying for its buffer from acct before

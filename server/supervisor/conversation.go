@@ -141,14 +141,15 @@ func (s *Supervisor) execConversation(p *proc, t *Ticket, c *Conversation) (Outc
 	s.kv.invalidate() // until the run has ended well
 	s.convInCache = true
 	if !plan.reuse {
-		if err := s.handleCall(p, &workerproto.ClearKVCache{}); err != nil {
-			return Outcome{}, fmt.Errorf("clear the KV cache: %w", err)
-		}
 		plan.cached = 0
 	}
 	infer := c.Infer
 	infer.KeepHistory = true
-	run := &workerproto.Run{Inputs: []runtime.Input{{Role: "user", Type: runtime.InputPrompt, Prompt: plan.feed}}, Infer: infer}
+	// The cache is cleared (when not reused) and its size read back by the worker in
+	// the run's own round trip: a conversation costs the worker no more calls than
+	// rkllm.run does.
+	run := &workerproto.Run{Inputs: []runtime.Input{{Role: "user", Type: runtime.InputPrompt, Prompt: plan.feed}}, Infer: infer,
+		ClearKVCache: !plan.reuse, ReportKVCacheSize: true}
 	var reply replyText
 	out, err := s.execRun(p, t, run, func(d runtime.Delivery) {
 		if (d.State == runtime.StateNormal || d.State == runtime.StateWaiting) && len(d.Results) > 0 {
@@ -158,17 +159,20 @@ func (s *Supervisor) execConversation(p *proc, t *Ticket, c *Conversation) (Outc
 			t.req.OnDelivery(d)
 		}
 	})
+	sizes := out.CacheSizes
+	out.CacheSizes = nil
 	out.Conversation = &ConversationOutcome{Reused: plan.reuse, CachedTokens: plan.cached}
 	if err != nil || out.Aborted || reply.incomplete() || s.current() != p {
 		return out, err
 	}
-	s.record(p, c, key, &reply)
+	s.record(c, key, &reply, sizes)
 	return out, nil
 }
 
 // record notes what the cache holds after a conversation run that ended well: the
 // prompt, the reply, and the end-of-reply token when the model ended the reply.
-func (s *Supervisor) record(p *proc, c *Conversation, key workerproto.SetFunctionTools, reply *replyText) {
+// sizes is the cache's size the worker read after the run (nil: unknown).
+func (s *Supervisor) record(c *Conversation, key workerproto.SetFunctionTools, reply *replyText, sizes []int32) {
 	maxNew := c.Infer.MaxNewTokens
 	if maxNew <= 0 {
 		if param, ok := s.Loaded(); ok {
@@ -177,12 +181,8 @@ func (s *Supervisor) record(p *proc, c *Conversation, key workerproto.SetFunctio
 	}
 	endedByModel := maxNew <= 0 || reply.tokens < int(maxNew)
 	positions := -1
-	r, err := s.call(p, &workerproto.GetKVCacheSize{}, s.opts.CallTimeout, "get_kv_cache_size")
-	if err != nil {
-		return // the worker is gone, and the cache with it
-	}
-	if r.Err == nil && len(r.CacheSizes) > 0 {
-		positions = int(r.CacheSizes[0])
+	if len(sizes) > 0 {
+		positions = int(sizes[0])
 	}
 	s.kv.set(key, c.Prompt+cachedText(reply.text.String(), c.EndOfReply, endedByModel), positions)
 }

@@ -87,3 +87,44 @@ func TestConversationHandleState(t *testing.T) {
 		t.Error("a conversation reused the cache of a worker that died")
 	}
 }
+
+// TestConversationStartsOverInItsRun: a conversation that cannot reuse the cache runs
+// on a cleared one (the worker clears it in the run's own round trip) and the cache's
+// size after the run comes back with the run: a follow-up reuses exactly what the new
+// conversation left, nothing of the one before.
+func TestConversationStartsOverInItsRun(t *testing.T) {
+	s := start(t, withModel(testOptions(t, runtime.ABI13), "/models/m.rkllm", nil))
+	waitReady(t, s)
+	cachedAfter := func(first string) int {
+		p1 := "<u>" + first + "</u><a>"
+		r1, c1 := converse(t, s, p1, nil)
+		if c1.Reused {
+			t.Fatalf("conversation %q reused the cache of another", first)
+		}
+		_, c2 := converse(t, s, p1+r1+"<u>more</u><a>", nil)
+		if !c2.Reused || c2.CachedTokens <= 0 {
+			t.Fatalf("follow-up of %q: %+v, want the cache reused", first, c2)
+		}
+		return c2.CachedTokens
+	}
+	a := cachedAfter("a")
+	if b := cachedAfter("b"); b != a {
+		t.Errorf("a follow-up reused %d cache positions after starting over, want %d: the cache was not cleared, or its size not read after the run", b, a)
+	}
+	// A JSON-RPC run that keeps its history starts on a cache without the
+	// conversation: the fake holds its prompt token and 3 generated tokens.
+	rpc, err := startRun(context.Background(), t, s, "rpc", "r", "x", runtime.InferParams{KeepHistory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(t, rpc.t); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := s.Enqueue(context.Background(), Request{Owner: "rpc", Msg: &workerproto.GetKVCacheSize{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := wait(t, tk); err != nil || len(out.CacheSizes) != 1 || out.CacheSizes[0] != 4 {
+		t.Errorf("cache after a JSON-RPC run that followed a conversation: %v %v, want [4]", out.CacheSizes, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -74,6 +75,21 @@ func (e *CrashError) Error() string { return "runtime crashed: " + e.Exit.String
 
 // Unwrap makes errors.Is(err, ErrCrashed) true.
 func (e *CrashError) Unwrap() error { return ErrCrashed }
+
+// GiveUpError is why the supervisor gave up on its worker: MaxWorkerFailures workers
+// in a row failed, none of them up for HealthyAfter.
+type GiveUpError struct {
+	// Failures is how many workers in a row failed.
+	Failures int
+	// HealthyAfter is how long none of them stayed up.
+	HealthyAfter time.Duration
+	// LastExit is how the last one ended, with the last line it wrote to stderr.
+	LastExit string
+}
+
+func (e *GiveUpError) Error() string {
+	return fmt.Sprintf("the worker failed %d times in a row, none of them up for %s; the last: %s", e.Failures, e.HealthyAfter, e.LastExit)
+}
 
 // TimeoutError is ErrTimeout with what ran out.
 type TimeoutError struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -15,76 +16,159 @@ import (
 // and the model state, so those need no further coordination.
 func (s *Supervisor) loop() {
 	defer close(s.loopDone)
-	restart := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
-	load := backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax}
-	var startAt, loadAt time.Time
-	for {
-		select {
-		case <-s.drainCh:
-			return
-		case <-s.loopCtx.Done():
-			return
-		default:
-		}
+	st := &retries{
+		restart: backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax},
+		load:    backoff{min: s.opts.RestartBackoffMin, max: s.opts.RestartBackoffMax},
+	}
+	for !s.stopping() {
 		p := s.current()
 		if p == nil {
-			if !s.waitUntil(startAt) {
+			var ok bool
+			if p, ok = s.startWorker(st); !ok {
 				return
 			}
-			var err error
-			p, err = startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
-			if err != nil {
-				d := restart.next()
-				startAt = time.Now().Add(d)
-				s.setLastExit(err.Error())
-				s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
-				s.opts.Observer.WorkerRestart("start_failed")
+			if p == nil {
 				continue
 			}
-			s.workerUp(p)
 		}
-		if s.needsLoad() && !time.Now().Before(loadAt) {
-			if err := s.load(p); err != nil {
-				if s.current() != p { // the worker died: restart first
-					startAt = time.Now().Add(s.restartDelay(p, &restart))
-					continue
-				}
-				d := load.next()
-				loadAt = time.Now().Add(d)
-				s.log.Error(err, "model failed to load; retrying", "retry_in", d.String())
-			} else {
-				load.reset()
-				loadAt = time.Time{}
+		if s.needsLoad() && !time.Now().Before(st.loadAt) && !s.loadModel(p, st) {
+			// The worker died while loading: restart it first.
+			if !s.replaceWorker(p, st) {
+				return
 			}
+			continue
 		}
-		var retry <-chan time.Time
-		var timer *time.Timer
-		if s.needsLoad() {
-			timer = time.NewTimer(time.Until(loadAt))
-			retry = timer.C
-		}
-		t := s.next(p, retry)
-		if timer != nil {
-			timer.Stop()
-		}
-		if t != nil {
-			s.execute(p, t)
-		}
-		if s.current() != p {
-			startAt = time.Now().Add(s.restartDelay(p, &restart))
+		s.serveNext(p, st.loadAt)
+		if s.current() != p && !s.replaceWorker(p, st) {
+			return
 		}
 	}
 }
 
+// retries is the executor's retry state: the backoffs of worker restarts and model
+// loads, and when the next of each is due.
+type retries struct {
+	restart, load   backoff
+	startAt, loadAt time.Time
+}
+
+// stopping reports whether Shutdown or Close has begun.
+func (s *Supervisor) stopping() bool {
+	select {
+	case <-s.drainCh:
+		return true
+	case <-s.loopCtx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// startWorker starts a worker once its restart is due. It returns nil and true when the
+// start failed and is to be retried, and false when the supervisor stops or gives up.
+func (s *Supervisor) startWorker(st *retries) (*proc, bool) {
+	if !s.waitUntil(st.startAt) {
+		return nil, false
+	}
+	p, err := startProc(s.loopCtx, s.opts.Command, s.procOptions(), s.log)
+	if err == nil {
+		s.workerUp(p)
+		return p, true
+	}
+	s.setLastExit(err.Error())
+	s.opts.Observer.WorkerRestart("start_failed")
+	d := st.restart.next()
+	if s.giveUp(st.restart.failures) {
+		return nil, false
+	}
+	st.startAt = time.Now().Add(d)
+	s.log.Error(err, "worker start failed; retrying", "retry_in", d.String())
+	return nil, true
+}
+
+// loadModel loads the desired model into p, scheduling a retry when it fails; false
+// when p died meanwhile.
+func (s *Supervisor) loadModel(p *proc, st *retries) bool {
+	err := s.load(p)
+	if err == nil {
+		st.load.reset()
+		st.loadAt = time.Time{}
+		return true
+	}
+	if s.current() != p {
+		return false
+	}
+	d := st.load.next()
+	st.loadAt = time.Now().Add(d)
+	s.log.Error(err, "model failed to load; retrying", "retry_in", d.String())
+	return true
+}
+
+// replaceWorker schedules the restart of p, which died; false when the supervisor gives
+// up instead.
+func (s *Supervisor) replaceWorker(p *proc, st *retries) bool {
+	d, ok := s.restartDelay(p, &st.restart)
+	if ok {
+		st.startAt = time.Now().Add(d)
+	}
+	return ok
+}
+
+// serveNext serves the next request, or returns when p dies or the model's load retry
+// (at loadAt) is due.
+func (s *Supervisor) serveNext(p *proc, loadAt time.Time) {
+	var retry <-chan time.Time
+	if s.needsLoad() {
+		timer := time.NewTimer(time.Until(loadAt))
+		defer timer.Stop()
+		retry = timer.C
+	}
+	if t := s.next(p, retry); t != nil {
+		s.execute(p, t)
+	}
+}
+
 // restartDelay is the backoff before replacing p, which died; a worker that lived
-// HealthyAfter starts the backoff over.
-func (s *Supervisor) restartDelay(p *proc, b *backoff) time.Duration {
+// HealthyAfter starts the backoff over. It returns false when the supervisor gives up
+// instead.
+func (s *Supervisor) restartDelay(p *proc, b *backoff) (time.Duration, bool) {
 	if time.Since(p.started) >= s.opts.HealthyAfter {
 		b.reset()
 	}
 	d := b.next()
+	if s.giveUp(b.failures) {
+		return 0, false
+	}
 	s.log.Info("restarting the worker", "after", d.String())
-	return d
+	return d, true
+}
+
+// giveUp stops the supervisor when failures workers in a row failed and that is
+// MaxWorkerFailures: new and queued requests get ErrShuttingDown with the reason, the
+// status says it, and Failed is closed. A worker lost because the supervisor is
+// stopping does not count.
+func (s *Supervisor) giveUp(failures int) bool {
+	if s.opts.MaxWorkerFailures <= 0 || failures < s.opts.MaxWorkerFailures {
+		return false
+	}
+	s.mu.Lock()
+	if s.draining || s.closed || s.loopCtx.Err() != nil {
+		s.mu.Unlock()
+		return false
+	}
+	err := &GiveUpError{Failures: failures, HealthyAfter: s.opts.HealthyAfter, LastExit: s.lastExit}
+	s.gaveUp = err
+	s.draining = true
+	queued := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.opts.Observer.QueueDepth(0)
+	for _, t := range queued {
+		t.stop()
+		t.finish(Outcome{}, fmt.Errorf("%w: %w", ErrShuttingDown, err))
+	}
+	close(s.failedCh)
+	return true
 }
 
 // waitUntil waits for t; false when the supervisor stops meanwhile.
@@ -230,7 +314,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Unlock()
 	s.log.Info("loading the model", "model", param.ModelPath, "replay", len(replay))
 	mark := p.mark()
-	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth}, s.opts.InitTimeout, "rkllm_init")
+	r, err := s.call(p, &workerproto.Init{Param: param, EmbedWidth: s.opts.EmbedWidth, VocabSize: s.opts.VocabSize}, s.opts.InitTimeout, "rkllm_init")
 	if err == nil {
 		err = s.explain(p, mark, r.Err)
 	}
@@ -259,7 +343,7 @@ func (s *Supervisor) load(p *proc) error {
 	s.mu.Lock()
 	s.loaded = true
 	s.inited = param
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.replayErr = replayErr
 	s.applied = handleState{chat: s.state.chat, tools: s.state.tools}
@@ -311,6 +395,7 @@ func (s *Supervisor) next(p *proc, retry <-chan time.Time) *Ticket {
 		s.mu.Lock()
 		if len(s.queue) > 0 {
 			t := s.queue[0]
+			s.queue[0] = nil // the backing array must not keep the request (its prompt) alive
 			s.queue = s.queue[1:]
 			s.running = t
 			depth := len(s.queue)
@@ -389,7 +474,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 		return fmt.Errorf("%w from %s; call rkllm.destroy before loading another", ErrAlreadyLoaded, desired.ModelPath)
 	}
 	mark := p.mark()
-	m.EmbedWidth = s.opts.EmbedWidth
+	m.EmbedWidth, m.VocabSize = s.opts.EmbedWidth, s.opts.VocabSize
 	r, err := s.call(p, m, s.opts.InitTimeout, "rkllm_init")
 	if err != nil {
 		return err
@@ -402,7 +487,7 @@ func (s *Supervisor) execInit(p *proc, m *workerproto.Init) error {
 	s.desired = &param
 	s.loaded = true
 	s.inited = param
-	s.width = r.EmbedWidth
+	s.width, s.vocab = r.EmbedWidth, r.VocabSize
 	s.loadErr = nil
 	s.state = replayState{}
 	s.replayErr = nil
@@ -512,63 +597,109 @@ const (
 	abortedByWatchdog
 )
 
-// runWatch is the state of one run's relay loop: its watchdog and why it was aborted.
+// runWatch is the state of one run's watchdog: its stall timer and why the run was
+// aborted. It lives on the executor; the deliveries themselves go through a relay.
 type runWatch struct {
-	s          *Supervisor
-	p          *proc
-	t          *Ticket
-	onDelivery func(runtime.Delivery)
-	budget     prefillBudget
-	stall      *time.Timer
-	killTimer  <-chan time.Time
-	reason     abortReason
+	s         *Supervisor
+	p         *proc
+	t         *Ticket
+	relay     *relay
+	budget    prefillBudget
+	stall     *time.Timer
+	killTimer <-chan time.Time
+	reason    abortReason
 	// stallLimit is the limit a stalled run exceeded, noted when the watchdog fired.
 	stallLimit string
-	last       time.Time
-	first      bool
+	// run is the run's call id, which its abort names.
+	run uint64
 }
 
-// abort asks the runtime to stop the run (once) and arms the kill timer. The abort is
+// abort asks the worker to stop the run (once) and arms the kill timer. The abort is
 // queued, never awaited: a worker that does not read its socket cannot hold up the
-// executor, whose kill timer ends it.
+// executor, whose kill timer ends it. It names the run, so it holds wherever the run
+// is: still on its way to the worker, not yet started in the runtime, or running.
 func (w *runWatch) abort(why abortReason) {
 	if w.reason != notAborted {
 		return
 	}
 	w.reason = why
 	// The reply is not awaited: the run's own reply is what ends the wait.
-	if _, err := w.p.client.Start(&workerproto.Abort{}, nil); err != nil {
+	if _, err := w.p.client.Start(&workerproto.Abort{Run: w.run}, nil); err != nil {
 		w.s.log.V(1).Info("cannot send abort", "error", err.Error())
 	}
 	w.killTimer = time.After(w.s.opts.AbortTimeout)
 }
 
-// deliver relays one delivery and rearms the watchdog.
-func (w *runWatch) deliver(d *workerproto.Delivery) {
-	now := time.Now()
-	w.s.opts.Observer.Delivery(w.first, now.Sub(w.last))
-	w.first, w.last = false, now
-	if d.State == runtime.StateFinish && len(d.Results) > 0 {
-		w.s.opts.Observer.Perf(d.Results[0].Perf)
+// stalled reports whether the run has gone past its limit without a delivery when the
+// stall timer fires, and otherwise rearms the timer for the rest of the limit that
+// the last delivery began. The timer is armed once per run and only moved when it
+// fires, so a delivery costs the watchdog one atomic store.
+func (w *runWatch) stalled() bool {
+	last, ok := w.relay.lastDelivery()
+	if !ok {
+		return true // the prefill budget ran out before the first delivery
 	}
-	if w.onDelivery != nil {
-		w.onDelivery(d.Delivery)
+	left := w.s.opts.TokenStallTimeout - time.Since(last)
+	if left <= 0 {
+		return true
 	}
-	if !w.stall.Stop() {
-		select {
-		case <-w.stall.C:
-		default:
-		}
-	}
-	w.stall.Reset(w.s.opts.TokenStallTimeout)
+	w.stall.Reset(left)
+	return false
 }
 
-// stalled is the limit a stalled run exceeded, for its error.
-func (w *runWatch) stalled() string {
-	if w.first {
+// stallLimitText is the limit a stalled run exceeded, for its error.
+func (w *runWatch) stallLimitText() string {
+	if _, ok := w.relay.lastDelivery(); !ok {
 		return w.budget.String()
 	}
 	return "no token for " + w.s.opts.TokenStallTimeout.String()
+}
+
+// relay hands a run's deliveries to its request. It runs on the goroutine that reads
+// the worker's connection, so a token reaches the client's output buffer without
+// waking another goroutine; the executor's watchdog reads only the time of the last
+// delivery. Deliveries end before the run's reply is routed, so whoever waits for the
+// reply sees everything the relay did.
+type relay struct {
+	s          *Supervisor
+	onDelivery func(runtime.Delivery)
+	start      time.Time
+	// last is the time of the last delivery (nanoseconds after start, monotonic), or
+	// -1 before the first.
+	last atomic.Int64
+	// prev is when the previous delivery came (start before the first); only the
+	// relay's goroutine touches it.
+	prev time.Time
+}
+
+func newRelay(s *Supervisor, onDelivery func(runtime.Delivery)) *relay {
+	r := &relay{s: s, onDelivery: onDelivery, start: time.Now()}
+	r.prev = r.start
+	r.last.Store(-1)
+	return r
+}
+
+// deliver relays one delivery, on the worker connection's read goroutine.
+func (r *relay) deliver(d *workerproto.Delivery) {
+	now := time.Now()
+	r.s.opts.Observer.Delivery(r.last.Load() < 0, now.Sub(r.prev))
+	r.prev = now
+	if d.State == runtime.StateFinish && len(d.Results) > 0 {
+		r.s.opts.Observer.Perf(d.Results[0].Perf)
+	}
+	if r.onDelivery != nil {
+		r.onDelivery(d.Delivery)
+	}
+	r.last.Store(int64(now.Sub(r.start)))
+}
+
+// lastDelivery is when the last delivery came; ok is false before the first.
+func (r *relay) lastDelivery() (t time.Time, ok bool) {
+	n := r.last.Load()
+	if n < 0 {
+		return time.Time{}, false
+	}
+	return r.start.Add(time.Duration(n)), true
 }
 
 // execRPCRun serves rkllm.run: the handle gets back the template and tools JSON-RPC
@@ -584,50 +715,45 @@ func (s *Supervisor) execRPCRun(p *proc, t *Ticket, m *workerproto.Run) (Outcome
 	if err := s.restoreForRPC(p); err != nil {
 		return Outcome{}, fmt.Errorf("restore the chat template and tools: %w", err)
 	}
-	if s.convInCache {
-		if err := s.handleCall(p, &workerproto.ClearKVCache{}); err != nil {
-			return Outcome{}, fmt.Errorf("clear a conversation from the KV cache: %w", err)
-		}
+	// A conversation left in the cache is cleared by the worker before the run, in the
+	// run's own round trip.
+	m.ClearKVCache = s.convInCache
+	out, err := s.execRun(p, t, m, t.req.OnDelivery)
+	if err == nil {
 		s.convInCache = false
 	}
-	return s.execRun(p, t, m, t.req.OnDelivery)
+	return out, err
 }
 
-// execRun runs one generation: it relays deliveries, aborts the run when the client
-// asks, when the request's context ends or when no delivery comes in time (the prefill
-// budget before the first, TokenStallTimeout after), and kills the worker when an abort
-// does not end the run within AbortTimeout, or at once when the supervisor stops.
+// execRun runs one generation: its deliveries are relayed as they are read (see
+// relay), and the executor aborts the run when the client asks, when the request's
+// context ends or when no delivery comes in time (the prefill budget before the first,
+// TokenStallTimeout after), and kills the worker when an abort does not end the run
+// within AbortTimeout, or at once when the supervisor stops.
 func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery func(runtime.Delivery)) (Outcome, error) {
 	m = s.retuned(m)
-	deliveries := make(chan *workerproto.Delivery, 64)
 	mark := p.mark()
 	budget := s.prefillBudget(m.Inputs)
-	pend, err := p.client.Start(m, func(d *workerproto.Delivery) { deliveries <- d })
+	rl := newRelay(s, onDelivery)
+	pend, err := p.client.Start(m, rl.deliver)
 	if err != nil {
 		if errors.Is(err, workerproto.ErrFrameTooLarge) {
 			return Outcome{}, tooLarge(err)
 		}
 		return Outcome{}, s.connLost(p)
 	}
-	w := &runWatch{s: s, p: p, t: t, onDelivery: onDelivery, budget: budget, stall: time.NewTimer(budget.total), last: time.Now(), first: true}
+	w := &runWatch{s: s, p: p, t: t, relay: rl, budget: budget, stall: time.NewTimer(budget.total), run: pend.ID()}
 	defer w.stall.Stop()
 	ctxDone, stopping := t.ctx.Done(), s.loopCtx.Done()
 	for {
 		select {
-		case d := <-deliveries:
-			w.deliver(d)
 		case <-pend.Done():
-			for drained := false; !drained; {
-				select {
-				case d := <-deliveries:
-					w.deliver(d)
-				default:
-					drained = true
-				}
-			}
 			return s.runResult(p, t, pend, w, mark)
 		case <-w.stall.C:
-			w.stallLimit = w.stalled()
+			if !w.stalled() {
+				continue
+			}
+			w.stallLimit = w.stallLimitText()
 			s.log.Info("watchdog: no token delivered; aborting the run", "limit", w.stallLimit, "request_id", t.req.ID)
 			w.abort(abortedByWatchdog)
 		case <-t.abort:
@@ -668,7 +794,7 @@ func (s *Supervisor) runResult(p *proc, t *Ticket, pend *workerproto.Pending, w 
 	if r.Err != nil {
 		return Outcome{}, s.explain(p, mark, r.Err)
 	}
-	return Outcome{Aborted: w.reason == abortedByClient}, nil
+	return Outcome{Aborted: w.reason == abortedByClient, CacheSizes: r.CacheSizes}, nil
 }
 
 // runEnd is a run's outcome and error.

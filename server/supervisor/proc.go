@@ -20,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -94,6 +95,7 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o pr
 	if err != nil {
 		return nil, fmt.Errorf("socketpair conn: %w", err)
 	}
+	nc = rawconn.Wrap(nc) // a token's frame read without waking the scheduler's monitor
 
 	outR, outW, err := os.Pipe()
 	if err != nil {

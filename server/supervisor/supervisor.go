@@ -11,6 +11,7 @@ import (
 	"math"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,6 +58,12 @@ type Options struct {
 	RestartBackoffMin, RestartBackoffMax time.Duration
 	// HealthyAfter is how long a worker must live for the backoff to start over (60s).
 	HealthyAfter time.Duration
+	// MaxWorkerFailures, when positive, is how many workers in a row may fail (die, be
+	// killed as unresponsive, or fail to start), none of them up for HealthyAfter,
+	// before the supervisor gives up: it stops serving, Failed is closed and Err says
+	// why, so the process can exit and let its own supervisor (the kubelet) see a crash
+	// loop that restarting the worker inside hides. Zero: retry for ever.
+	MaxWorkerFailures int
 	// StopGrace is how long Shutdown may go on after its context ends, to let the
 	// aborted run end, destroy the model and stop the worker, which is killed past it
 	// (AbortTimeout, at most 2s).
@@ -66,6 +73,9 @@ type Options struct {
 	// EmbedWidth is the embedding width (hidden size) of the models loaded, when the
 	// configuration knows it; 0 has the worker learn it at every load.
 	EmbedWidth int
+	// VocabSize is the vocabulary size of the models loaded, when the configuration
+	// knows it; 0 has the worker learn it at every load.
+	VocabSize int
 	// Log receives the supervisor's and the worker's log entries.
 	Log logr.Logger
 	// Observer receives metrics; nil for none.
@@ -149,8 +159,9 @@ type Request struct {
 	// HTTP APIs pool into embeddings.
 	Embedding *Embedding
 	// OnDelivery receives each delivery of a Run (or Conversation) in order, on the
-	// supervisor's executor: it must not block for long (a slow client holds up the
-	// watchdog).
+	// goroutine that reads the worker's connection, so a token reaches its client
+	// without a hop to another goroutine. It must not block: until it returns, no other
+	// frame of the worker is read (replies and heartbeats included).
 	OnDelivery func(runtime.Delivery)
 }
 
@@ -212,8 +223,11 @@ type Status struct {
 	Model       string `json:"model,omitempty"`
 	// EmbedWidth is the loaded model's embedding width (0: not known, so inputs that
 	// carry embeddings are refused).
-	EmbedWidth int    `json:"embed_width,omitempty"`
-	LoadError  string `json:"model_load_error,omitempty"`
+	EmbedWidth int `json:"embed_width,omitempty"`
+	// VocabSize is the loaded model's vocabulary size (0: not known, so token inputs
+	// are refused).
+	VocabSize int    `json:"vocab_size,omitempty"`
+	LoadError string `json:"model_load_error,omitempty"`
 	// ReplayErrors lists state that could not be restored after a restart.
 	ReplayErrors []string `json:"replay_errors,omitempty"`
 	QueueDepth   int      `json:"queue_depth"`
@@ -299,6 +313,7 @@ type Supervisor struct {
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
 	drainCh    chan struct{} // closed by Shutdown: stop after the current request
+	failedCh   chan struct{} // closed when the supervisor gives up on its worker
 	wake       chan struct{} // a request was queued
 	helloCh    chan struct{} // closed at the first Hello
 	startOnce  sync.Once
@@ -318,12 +333,16 @@ type Supervisor struct {
 	desired *runtime.Param
 	loaded  bool
 	width   int // the loaded model's embedding width (0: not known)
+	vocab   int // the loaded model's vocabulary size (0: not known)
 	// inited is what the current handle was initialised with; runs make up for
 	// sampling that Retune changed since (ABI 1.3 takes it per run).
 	inited    runtime.Param
 	loadErr   error
 	state     replayState
 	replayErr []string
+	// gaveUp is why the supervisor gave up on its worker (MaxWorkerFailures); nil
+	// while it has not.
+	gaveUp *GiveUpError
 
 	// Owned by the executor goroutine: what the handle's template and tools are now,
 	// and what its KV cache holds.
@@ -351,7 +370,7 @@ func New(opts Options) *Supervisor {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Supervisor{
 		opts: opts, log: opts.Log, loopCtx: ctx, loopCancel: cancel, loopDone: make(chan struct{}),
-		drainCh: make(chan struct{}), wake: make(chan struct{}, 1), helloCh: make(chan struct{}),
+		drainCh: make(chan struct{}), failedCh: make(chan struct{}), wake: make(chan struct{}, 1), helloCh: make(chan struct{}),
 	}
 	if m := opts.Model; m != nil {
 		for _, l := range m.Loras {
@@ -395,6 +414,12 @@ func (s *Supervisor) Enqueue(ctx context.Context, req Request) (*Ticket, error) 
 	// watch finds nothing to remove and the executor finishes the ticket instead.
 	t.stop = context.AfterFunc(ctx, func() { s.dequeue(t, contextError(ctx, "in the queue")) })
 	s.mu.Lock()
+	if s.gaveUp != nil {
+		err := s.gaveUp
+		s.mu.Unlock()
+		t.stop()
+		return nil, fmt.Errorf("%w: %w", ErrShuttingDown, err)
+	}
 	if s.draining || s.closed {
 		s.mu.Unlock()
 		t.stop()
@@ -432,7 +457,7 @@ func (s *Supervisor) dequeue(t *Ticket, err error) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.queue = slices.Delete(s.queue, i, i+1) // clears the freed slot: no ticket kept alive
 	depth := len(s.queue)
 	s.mu.Unlock()
 	s.opts.Observer.QueueDepth(depth)
@@ -571,12 +596,14 @@ func (s *Supervisor) Status() Status {
 		st.Model = s.desired.ModelPath
 	}
 	if s.loaded {
-		st.EmbedWidth = s.width
+		st.EmbedWidth, st.VocabSize = s.width, s.vocab
 	}
 	if s.loadErr != nil {
 		st.LoadError = s.loadErr.Error()
 	}
 	switch {
+	case s.gaveUp != nil:
+		st.Reason = "shutting down, giving up: " + s.gaveUp.Error()
 	case s.closed || s.draining:
 		st.Reason = "shutting down"
 	case s.proc == nil && s.lastExit != "":
@@ -593,6 +620,20 @@ func (s *Supervisor) Status() Status {
 		st.Ready = true
 	}
 	return st
+}
+
+// Failed is closed when the supervisor gives up on its worker (Options.MaxWorkerFailures);
+// Err then says why. The caller should Shutdown and exit with that error.
+func (s *Supervisor) Failed() <-chan struct{} { return s.failedCh }
+
+// Err is the *GiveUpError once the supervisor gave up on its worker, else nil.
+func (s *Supervisor) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gaveUp == nil {
+		return nil
+	}
+	return s.gaveUp
 }
 
 // Shutdown stops taking requests (ErrShuttingDown), fails the queued ones, lets the
@@ -802,6 +843,9 @@ type LoadedModel struct {
 	// EmbedWidth is the model's embedding width (its hidden size: the floats in one
 	// row of an embedding input), configured or learned at load; 0 when not known.
 	EmbedWidth int
+	// VocabSize is the model's vocabulary size (token ids are 0 to VocabSize-1),
+	// configured or learned at load; 0 when not known.
+	VocabSize int
 	// Loras are the names of the LoRA adapters loaded, in order.
 	Loras []string
 }
@@ -809,7 +853,7 @@ type LoadedModel struct {
 // Limits are the bounds of the runtime's input checks for this model.
 func (m LoadedModel) Limits() runtime.Limits {
 	return runtime.Limits{Known: true, ABI: m.ABI, NBatch: int(m.Param.Extend.NBatch), MaxContextLen: int(m.Param.MaxContextLen),
-		EmbedWidth: m.EmbedWidth, Loras: m.Loras}
+		EmbedWidth: m.EmbedWidth, VocabSize: m.VocabSize, Loras: m.Loras}
 }
 
 // LoadedModel returns the model loaded now, false when none is.
@@ -819,7 +863,7 @@ func (s *Supervisor) LoadedModel() (LoadedModel, bool) {
 	if !s.loaded || s.desired == nil {
 		return LoadedModel{}, false
 	}
-	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, Loras: []string{}}
+	m := LoadedModel{Param: *s.desired, EmbedWidth: s.width, VocabSize: s.vocab, Loras: []string{}}
 	if s.hello != nil {
 		m.ABI = s.hello.ABI
 	}

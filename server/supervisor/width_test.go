@@ -53,6 +53,46 @@ func TestLoadedModelWidth(t *testing.T) {
 	}
 }
 
+// TestLoadedModelVocabulary: the loaded model's vocabulary size is learned by the
+// worker at load (the fake's logits are fakeruntime.VocabSize wide), or taken from
+// Options.VocabSize; LoadedModel and Status report it, and a token id past it (or any
+// token while it is not known) never reaches the worker.
+func TestLoadedModelVocabulary(t *testing.T) {
+	for name, c := range map[string]struct {
+		configured, want int
+		model            string
+	}{
+		"learned":    {0, fakeruntime.VocabSize, "m.rkllm"},
+		"configured": {100, 100, "m.rkllm"},
+		"unknown":    {0, 0, "novocab.rkllm"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := withModel(testOptions(t, runtime.ABI13), c.model, nil)
+			o.VocabSize = c.configured
+			s := start(t, o)
+			waitReady(t, s)
+			m, ok := s.LoadedModel()
+			if !ok || m.VocabSize != c.want || s.Status().VocabSize != c.want || m.Limits().VocabSize != c.want {
+				t.Fatalf("LoadedModel %+v %v, status vocabulary %d, want %d", m, ok, s.Status().VocabSize, c.want)
+			}
+			tokens := func(ids ...int32) *workerproto.Run {
+				return &workerproto.Run{Inputs: []runtime.Input{{Type: runtime.InputToken, TokenIDs: ids}}}
+			}
+			_, err := call(t, s, tokens(0, int32(max(c.want-1, 0))))
+			if c.want > 0 && err != nil {
+				t.Errorf("the vocabulary's first and last ids: %v", err)
+			}
+			var ie *runtime.InputError
+			if c.want == 0 && (!errors.As(err, &ie) || !ie.NoVocab) {
+				t.Errorf("a token with the vocabulary unknown: %v", err)
+			}
+			if _, err := call(t, s, tokens(1, int32(max(c.want, 1)))); !errors.As(err, &ie) || (c.want > 0 && ie.Field != "token_input.input_ids[1]") {
+				t.Errorf("an id one past the vocabulary of %d: %v", c.want, err)
+			}
+		})
+	}
+}
+
 // TestLimitsWhenTheCallExecutes: a run queued before a LoRA adapter was loaded, but
 // executed after, may use it: the names are checked when the run executes.
 func TestLimitsWhenTheCallExecutes(t *testing.T) {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -30,11 +32,11 @@ type Runtime interface {
 	Init(p runtime.Param) (Model, error)
 }
 
-// Model is one runtime handle. Abort and IsRunning are called while Run is in progress
-// on another goroutine; the worker never calls any other method concurrently.
+// Model is one runtime handle. IsRunning is called while Run is in progress on another
+// goroutine; the worker never calls any other method concurrently. A run is aborted by
+// ending its context, which the binding turns into rkllm_abort (runtime.Handle.Run).
 type Model interface {
 	Run(ctx context.Context, inputs []runtime.Input, ip runtime.InferParams, fn runtime.ResultFunc) error
-	Abort() error
 	IsRunning() bool
 	Destroy() error
 	LoadLora(a runtime.LoraAdapter) error
@@ -46,9 +48,12 @@ type Model interface {
 	SetFunctionTools(systemPrompt, tools, toolResponseStr string) error
 	SetCrossAttnParams(p runtime.CrossAttnParams) error
 	// SetEmbedWidth records the model's embedding width from configuration;
-	// LearnEmbedWidth learns it with a run (runtime.Handle documents both).
+	// LearnEmbedWidth learns it with a run (runtime.Handle documents both). So do
+	// SetVocabSize and LearnVocabSize for the vocabulary size.
 	SetEmbedWidth(width int) error
 	LearnEmbedWidth(ctx context.Context) (int, error)
+	SetVocabSize(size int) error
+	LearnVocabSize(ctx context.Context) (int, error)
 }
 
 // errNoModel answers requests that need a model when none is loaded.
@@ -69,11 +74,28 @@ type Worker struct {
 	// instead of two calls racing inside the runtime.
 	busy sync.Mutex
 	wg   sync.WaitGroup
+
+	// runs holds the cancel function of each Run received and not yet answered, by call
+	// id. A Run is entered here by the read loop before the next frame is read, so an
+	// Abort (which names its run) always finds a run it arrives after, however far the
+	// run has got: not yet handed to the runtime, starting there, or running.
+	runsMu sync.Mutex
+	runs   map[uint64]context.CancelFunc
+
+	// trim, when set, gives the memory of large frames back once their request is done.
+	trim *memlimit.Trimmer
 }
 
 // New returns a worker for conn. library names the runtime library for Hello.
 func New(rt Runtime, library string, conn *workerproto.Conn, log logr.Logger) *Worker {
-	return &Worker{rt: rt, library: library, conn: conn, log: log}
+	return &Worker{rt: rt, library: library, conn: conn, log: log, runs: map[uint64]context.CancelFunc{}}
+}
+
+// TrimAfterLarge has t told of each request whose frame, or a frame it sent, was large,
+// once the request is done, so the worker gives that memory back. Call it before Serve.
+func (w *Worker) TrimAfterLarge(t *memlimit.Trimmer) {
+	w.trim = t
+	w.conn.OnLargeSend(func(size int) { t.Note(int64(size)) })
 }
 
 // Serve sends Hello and serves requests until the supervisor closes the connection,
@@ -97,7 +119,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		w.dispatch(ctx, id, m)
+		w.dispatch(ctx, id, m, w.conn.LastReceived())
 	}
 	cancel()
 	w.shutdown()
@@ -107,13 +129,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 	return fmt.Errorf("read request: %w", err)
 }
 
-// shutdown stops a run in progress and frees the model once every request is done.
+// shutdown frees the model once every request is done; a run in progress was aborted
+// when Serve's context ended.
 func (w *Worker) shutdown() {
-	if m := w.current(); m != nil && m.IsRunning() {
-		if err := m.Abort(); err != nil {
-			w.log.Error(err, "abort at shutdown")
-		}
-	}
 	w.wg.Wait()
 	if m := w.current(); m != nil {
 		if err := m.Destroy(); err != nil {
@@ -136,11 +154,19 @@ func (w *Worker) setModel(m Model) {
 }
 
 // dispatch serves one request on its own goroutine, so Abort and IsRunning are answered
-// while a Run (or a slow Init) is in progress.
-func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message) {
+// while a Run (or a slow Init) is in progress. size is the request's frame.
+func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message, size int) {
 	w.wg.Add(1)
-	switch m.(type) {
-	case *workerproto.Abort, *workerproto.IsRunning, *workerproto.Ping:
+	switch m := m.(type) {
+	case *workerproto.Abort:
+		// Here, not on the goroutine: the run it names is entered in runs already.
+		w.abortRun(m.Run)
+		go func() {
+			defer w.wg.Done()
+			w.reply(id, &workerproto.Reply{})
+		}()
+		return
+	case *workerproto.IsRunning, *workerproto.Ping:
 		go func() {
 			defer w.wg.Done()
 			w.reply(id, w.serveConcurrent(m))
@@ -152,14 +178,46 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message)
 		w.reply(id, &workerproto.Reply{Err: workerproto.ErrWorkerBusy})
 		return
 	}
+	if _, ok := m.(*workerproto.Run); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		w.runsMu.Lock()
+		w.runs[id] = cancel
+		w.runsMu.Unlock()
+	}
 	go func() {
 		defer w.wg.Done()
 		r := w.serve(ctx, id, m)
+		w.endRun(id)
 		// Unlock before replying: the supervisor may send the next request as soon as
 		// it has the reply.
 		w.busy.Unlock()
 		w.reply(id, r)
+		w.trim.Note(int64(size))
 	}()
+}
+
+// abortRun stops the run with call id id: its context ends, so the binding refuses to
+// start it, or aborts it in the runtime until the runtime has taken the abort (see
+// runtime.Handle.Run). A run that has ended already is left alone.
+func (w *Worker) abortRun(id uint64) {
+	w.runsMu.Lock()
+	cancel := w.runs[id]
+	w.runsMu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// endRun forgets the run with call id id (a no-op for other requests).
+func (w *Worker) endRun(id uint64) {
+	w.runsMu.Lock()
+	cancel := w.runs[id]
+	delete(w.runs, id)
+	w.runsMu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 func (w *Worker) reply(id uint64, r *workerproto.Reply) {
@@ -177,22 +235,16 @@ func (w *Worker) reply(id uint64, r *workerproto.Reply) {
 	}
 }
 
-// serveConcurrent answers the requests that may run beside a Run.
+// serveConcurrent answers the queries that may run beside a Run: Ping and IsRunning.
 func (w *Worker) serveConcurrent(m workerproto.Message) *workerproto.Reply {
 	if _, ok := m.(*workerproto.Ping); ok {
 		return &workerproto.Reply{}
 	}
 	model := w.current()
 	if model == nil {
-		if _, ok := m.(*workerproto.IsRunning); ok {
-			return &workerproto.Reply{}
-		}
-		return &workerproto.Reply{Err: errNoModel}
+		return &workerproto.Reply{}
 	}
-	if _, ok := m.(*workerproto.IsRunning); ok {
-		return &workerproto.Reply{Running: model.IsRunning()}
-	}
-	return &workerproto.Reply{Err: model.Abort()}
+	return &workerproto.Reply{Running: model.IsRunning()}
 }
 
 // serve answers a request that needs the model to itself.
@@ -205,9 +257,10 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		if err != nil {
 			return &workerproto.Reply{Err: err}
 		}
-		width := w.embedWidth(ctx, model, init.EmbedWidth)
+		width := w.shape(ctx, init.EmbedWidth, shapeOf{"embedding width", "embed_width", "inputs with embeddings", "--embedding-width", model.SetEmbedWidth, model.LearnEmbedWidth})
+		vocab := w.shape(ctx, init.VocabSize, shapeOf{"vocabulary size", "vocab_size", "token inputs", "--vocab-size", model.SetVocabSize, model.LearnVocabSize})
 		w.setModel(model)
-		return &workerproto.Reply{EmbedWidth: width}
+		return &workerproto.Reply{EmbedWidth: width, VocabSize: vocab}
 	}
 	model := w.current()
 	if model == nil {
@@ -219,36 +272,68 @@ func (w *Worker) serve(ctx context.Context, id uint64, m workerproto.Message) *w
 		w.setModel(nil)
 		return &workerproto.Reply{Err: err}
 	case *workerproto.Run:
-		return &workerproto.Reply{Err: w.run(ctx, id, model, m)}
+		return w.runRequest(ctx, id, model, m)
 	case *workerproto.GetKVCacheSize:
-		sizes, err := model.KVCacheSize()
-		out := make([]int32, len(sizes))
-		for i, v := range sizes {
-			out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
-		}
-		return &workerproto.Reply{Err: err, CacheSizes: out}
+		sizes, err := cacheSizes(model)
+		return &workerproto.Reply{Err: err, CacheSizes: sizes}
 	}
 	return &workerproto.Reply{Err: setState(model, m)}
 }
 
-// embedWidth gives a new model its embedding width, configured or learned, and returns
-// it; 0 when it could not be learned, which leaves the model serving everything but
-// inputs that carry embeddings.
-func (w *Worker) embedWidth(ctx context.Context, model Model, configured int) int {
+// shapeOf is one size of a model that the runtime reports only in a run's result
+// (the embedding width, the vocabulary size), and how to set or learn it.
+type shapeOf struct {
+	what, key, refused, flag string
+	set                      func(int) error
+	learn                    func(context.Context) (int, error)
+}
+
+// shape gives a new model one of its sizes, configured or learned, and returns it; 0
+// when it could not be learned, which leaves the model serving everything but the
+// inputs that need it.
+func (w *Worker) shape(ctx context.Context, configured int, s shapeOf) int {
 	if configured > 0 {
-		if err := model.SetEmbedWidth(configured); err != nil {
-			w.log.Error(err, "the configured embedding width is refused; inputs with embeddings will be refused")
+		if err := s.set(configured); err != nil {
+			w.log.Error(err, "the configured "+s.what+" is refused; "+s.refused+" will be refused")
 			return 0
 		}
 		return configured
 	}
-	width, err := model.LearnEmbedWidth(ctx)
+	n, err := s.learn(ctx)
 	if err != nil {
-		w.log.Error(err, "cannot learn the model's embedding width; inputs with embeddings will be refused (set --embedding-width)")
+		w.log.Error(err, "cannot learn the model's "+s.what+"; "+s.refused+" will be refused (set "+s.flag+")")
 		return 0
 	}
-	w.log.V(1).Info("learned the model's embedding width", "embed_width", width)
-	return width
+	w.log.V(1).Info("learned the model's "+s.what, s.key, n)
+	return n
+}
+
+// runRequest serves a Run with what the supervisor folded into its round trip: the
+// KV cache cleared before, its size reported after.
+func (w *Worker) runRequest(ctx context.Context, id uint64, model Model, m *workerproto.Run) *workerproto.Reply {
+	if m.ClearKVCache {
+		if err := model.ClearKVCache(false, nil); err != nil {
+			return &workerproto.Reply{Err: fmt.Errorf("clear the KV cache before the run: %w", err)}
+		}
+	}
+	if err := w.run(ctx, id, model, m); err != nil {
+		return &workerproto.Reply{Err: err}
+	}
+	r := &workerproto.Reply{}
+	if m.ReportKVCacheSize {
+		r.CacheSizes, _ = cacheSizes(model) // nil: the supervisor does not know the cache
+	}
+	return r
+}
+
+// cacheSizes is rkllm_get_kv_cache_size in the protocol's integers.
+func cacheSizes(model Model) ([]int32, error) {
+	sizes, err := model.KVCacheSize()
+	out := make([]int32, len(sizes))
+	for i, v := range sizes {
+		out[i] = int32(v) //nolint:gosec // cache positions fit the C int they come from
+	}
+	return out, err
 }
 
 // setState serves the calls that change the handle's state.
@@ -291,19 +376,18 @@ func kvRanges(start, end []int32) ([]runtime.KVRange, error) {
 	return ranges, nil
 }
 
-// run calls Run and sends every delivery as it comes. When the supervisor cannot be
-// reached any more the run is aborted, so the NPU is not left generating for nobody. A
+// run calls Run with ctx, which ends when the supervisor aborts the run (or goes
+// away), and sends every delivery as it comes. When the supervisor cannot be reached
+// any more the run is aborted too, so the NPU is not left generating for nobody. A
 // delivery too large for one frame (hidden states or logits of a long input) aborts
-// the run too, and the run fails with a *workerproto.ResultTooLargeError: it must not
-// end as a success missing its data.
+// the run as well, and the run fails with a *workerproto.ResultTooLargeError: it must
+// not end as a success missing its data. A run ended by its context is not a failure:
+// it ends as aborted, with what it delivered (perhaps nothing: it may not have started).
 func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto.Run) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var (
-		abortOnce sync.Once
-		// abortMu orders a late abort before the end of the run: the abort goroutine
-		// holds it while it calls Abort, and run takes it before returning, so the abort
-		// never reaches the next run.
-		abortMu  sync.Mutex
-		finished bool
+		stopOnce sync.Once
 		resMu    sync.Mutex
 		tooLarge error
 	)
@@ -322,28 +406,21 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 			}
 			resMu.Unlock()
 		}
-		abortOnce.Do(func() {
+		stopOnce.Do(func() {
 			// Logged as an error: the client gets an error too, and whoever runs the
 			// server should see why without raising the log level.
 			w.log.Error(err, "cannot send a delivery; aborting the run")
-			// Not from the callback: the runtime may wait for the callback to return.
-			go func() {
-				abortMu.Lock()
-				defer abortMu.Unlock()
-				if !finished {
-					_ = model.Abort()
-				}
-			}()
+			stop() // the binding aborts from a goroutine of its own, not the callback
 		})
 		return runtime.Continue
 	})
-	abortMu.Lock()
-	finished = true
-	abortMu.Unlock()
 	resMu.Lock()
 	defer resMu.Unlock()
 	if tooLarge != nil {
 		return tooLarge
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return nil // aborted: the supervisor knows why
 	}
 	return err
 }
@@ -358,12 +435,16 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	if f == nil {
 		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
 	}
-	nc, err := net.FileConn(f)
-	_ = f.Close()
+	// Out of the poller, its frames written without waking the scheduler's monitor: a
+	// token costs the worker no wake-up but the runtime's callback (rawconn.Socket).
+	sock, err := rawconn.NewSocket(f)
 	if err != nil {
+		_ = f.Close()
 		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
 	}
-	conn := workerproto.NewConn(nc, maxFrame)
+	conn := workerproto.NewConn(sock, maxFrame)
 	defer func() { _ = conn.Close() }()
-	return New(rt, library, conn, log).Serve(ctx)
+	w := New(rt, library, conn, log)
+	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
+	return w.Serve(ctx)
 }

@@ -142,7 +142,7 @@ func TestAbortAndIsRunningDuringRun(t *testing.T) {
 	if r := call(t, c, &workerproto.SetChatTemplate{}); !errors.Is(r.Err, workerproto.ErrWorkerBusy) {
 		t.Errorf("call during run: %v, want ErrWorkerBusy", r.Err)
 	}
-	if r := call(t, c, &workerproto.Abort{}); r.Err != nil {
+	if r := call(t, c, &workerproto.Abort{Run: pend.ID()}); r.Err != nil {
 		t.Fatal(r.Err)
 	}
 	<-pend.Done()
@@ -158,6 +158,57 @@ func TestAbortAndIsRunningDuringRun(t *testing.T) {
 	r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}, Infer: runtime.InferParams{MaxNewTokens: 2}})
 	if !errors.Is(r.Err, runtime.ErrNotSupported) {
 		t.Errorf("1.2 max_new_tokens: %v, want ErrNotSupported", r.Err)
+	}
+}
+
+// TestAbortNamesItsRun: an Abort sent right behind its Run stops it wherever the run
+// is (here, most often, not yet handed to the runtime), and an Abort of a run that has
+// ended does not stop the next one.
+func TestAbortNamesItsRun(t *testing.T) {
+	rt := fakeruntime.New(runtime.ABI13)
+	c, _ := startWorker(t, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, _ := c.Hello(ctx)
+	p := h.Default
+	p.ModelPath = "m.rkllm"
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	for i := range 20 {
+		var got []runtime.CallState
+		pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "!hold@0"}}}, func(d *workerproto.Delivery) { got = append(got, d.State) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Start(&workerproto.Abort{Run: pend.ID()}, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-pend.Done():
+		case <-time.After(testTimeout):
+			t.Fatalf("run %d: an abort sent right behind its run was lost", i)
+		}
+		if r, err := pend.Result(); err != nil || r.Err != nil || len(got) > 1 {
+			t.Fatalf("run %d aborted: %v %v, deliveries %v (want at most FINISH)", i, err, r.Err, got)
+		}
+		// The same abort again, after its run: the next run is not touched.
+		if r := call(t, c, &workerproto.Abort{Run: pend.ID()}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		var tokens int
+		pend, err = c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}, Infer: runtime.InferParams{MaxNewTokens: 3}}, func(d *workerproto.Delivery) {
+			if d.State == runtime.StateNormal {
+				tokens++
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-pend.Done()
+		if r, err := pend.Result(); err != nil || r.Err != nil || tokens != 3 {
+			t.Fatalf("run after a stale abort: %v %v, %d tokens, want 3", err, r.Err, tokens)
+		}
 	}
 }
 
@@ -273,5 +324,42 @@ func TestLongErrorIsCut(t *testing.T) {
 	r := call(t, c, &workerproto.Init{Param: runtime.Param{ModelPath: "/models/" + strings.Repeat("é", 1500)}})
 	if r.Err == nil || !strings.HasPrefix(r.Err.Error(), "cannot load /models/é") || !strings.HasSuffix(r.Err.Error(), "(cut to fit a frame)") {
 		t.Fatalf("init error %v", r.Err)
+	}
+}
+
+// TestRunClearsAndReportsTheCache: a Run can clear the KV cache before it and report
+// the cache's size after it, in its one round trip.
+func TestRunClearsAndReportsTheCache(t *testing.T) {
+	c, _ := startWorker(t, fakeruntime.New(runtime.ABI13))
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	h, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := h.Default
+	p.ModelPath, p.MaxNewTokens = "/models/m.rkllm", 3
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	run := func(clear bool) []int32 {
+		r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "a b", Type: runtime.InputPrompt}}, Infer: runtime.InferParams{KeepHistory: true},
+			ClearKVCache: clear, ReportKVCacheSize: true})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return r.CacheSizes
+	}
+	// 2 prompt tokens and 3 generated a run, kept.
+	for _, tc := range []struct {
+		clear bool
+		want  []int32
+	}{{false, []int32{5}}, {false, []int32{10}}, {true, []int32{5}}} {
+		if got := run(tc.clear); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("run (clear %v): cache %v, want %v", tc.clear, got, tc.want)
+		}
+	}
+	if r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}}); r.Err != nil || r.CacheSizes != nil {
+		t.Errorf("a run that did not ask: %v, cache sizes %v", r.Err, r.CacheSizes)
 	}
 }

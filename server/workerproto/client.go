@@ -60,11 +60,15 @@ type outFrame struct {
 
 // Pending is a request in flight.
 type Pending struct {
+	id         uint64
 	onDelivery func(*Delivery)
 	done       chan struct{}
 	reply      *Reply
 	err        error
 }
+
+// ID is the request's call id (what an Abort names).
+func (p *Pending) ID() uint64 { return p.id }
 
 // Done is closed when the reply arrived or the connection ended.
 func (p *Pending) Done() <-chan struct{} { return p.done }
@@ -116,6 +120,7 @@ func (c *Client) Start(m Message, onDelivery func(*Delivery)) (*Pending, error) 
 	}
 	c.next++
 	f.id = c.next
+	p.id = f.id
 	c.pending[f.id] = p
 	c.out = append(c.out, f)
 	c.mu.Unlock()

@@ -63,11 +63,29 @@ type Frame struct {
 type Conn struct {
 	rwc      io.ReadWriteCloser
 	r        *bufio.Reader
+	rbuf     []byte // Receive's payload buffer, reused (frames up to keepBytes)
 	maxFrame int
 
-	wmu sync.Mutex
-	w   *bufio.Writer
+	rsize     int // the size of the frame Receive read last
+	wmu       sync.Mutex
+	w         *bufio.Writer
+	wbuf      []byte    // Send's frame buffer, reused (frames up to keepBytes)
+	wdeadline time.Time // the write deadline last set
+	// sent, when set, is told the size of each frame Send wrote over keepBytes (whose
+	// memory is free once it returns).
+	sent func(size int)
 }
+
+// OnLargeSend has f called with the size of each frame Send writes that is larger than
+// the Conn keeps a buffer for, after it is written. Call it before the Conn is used.
+func (c *Conn) OnLargeSend(f func(size int)) { c.sent = f }
+
+// LastReceived is the size of the frame the last Receive read.
+func (c *Conn) LastReceived() int { return c.rsize }
+
+// keepBytes is the largest frame buffer a Conn keeps for the next frame: a token's
+// frame is tens of bytes, and a large result's memory is given back once it is sent.
+const keepBytes = 64 << 10
 
 // NewConn wraps rwc. maxFrame bounds the size of one frame in either direction; zero
 // means DefaultMaxFrameBytes.
@@ -82,14 +100,60 @@ func NewConn(rwc io.ReadWriteCloser, maxFrame int) *Conn {
 // MaxFrame is the largest frame this connection reads or writes.
 func (c *Conn) MaxFrame() int { return c.maxFrame }
 
-// Send encodes and writes one message. A message over the frame limit is refused with
-// a *FrameTooLargeError before anything is written.
+// Send encodes and writes one message, with one write call. A message over the frame
+// limit is refused with a *FrameTooLargeError before anything is written. The frame is
+// encoded into a buffer the Conn keeps, so a token's delivery costs no allocation here.
 func (c *Conn) Send(id uint64, m Message) error {
-	payload, err := c.encode(m)
-	if err != nil {
+	if s, ok := m.(sizer); ok {
+		if size := headerSize + s.size(); size > c.maxFrame {
+			return &FrameTooLargeError{Op: m.Op(), Size: size, Limit: c.maxFrame}
+		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	e := encoder{b: append(c.wbuf[:0], make([]byte, 4+headerSize)...)}
+	m.encode(&e)
+	if cap(e.b) <= keepBytes {
+		c.wbuf = e.b[:0]
+	}
+	size := len(e.b) - 4
+	if size > c.maxFrame {
+		return &FrameTooLargeError{Op: m.Op(), Size: size, Limit: c.maxFrame}
+	}
+	putHeader(e.b, size, m.Op(), id)
+	if err := c.setWriteDeadline(time.Time{}); err != nil {
 		return err
 	}
-	return c.WriteFrame(m.Op(), id, payload)
+	_, err := c.rwc.Write(e.b)
+	if c.sent != nil && len(e.b) > keepBytes {
+		c.sent(len(e.b))
+	}
+	return err
+}
+
+// putHeader writes a frame's length, op and id into the first bytes of b.
+func putHeader(b []byte, size int, op Op, id uint64) {
+	binary.BigEndian.PutUint32(b[0:], uint32(size)) //nolint:gosec // size <= maxFrame, an int32
+	b[4] = byte(op)
+	binary.BigEndian.PutUint64(b[5:], id)
+}
+
+// setWriteDeadline sets the connection's write deadline when it changes (with wmu
+// held). A connection without deadlines (the worker's blocking socket) is never asked
+// for the zero one.
+func (c *Conn) setWriteDeadline(t time.Time) error {
+	if t.Equal(c.wdeadline) {
+		return nil
+	}
+	d, ok := c.rwc.(deadliner)
+	if !ok {
+		return nil
+	}
+	if err := d.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	c.wdeadline = t
+	return nil
 }
 
 // encode returns m's payload, or a *FrameTooLargeError when its frame would be over the
@@ -125,15 +189,11 @@ func (c *Conn) writeFrame(deadline time.Time, op Op, id uint64, payload []byte) 
 		return &FrameTooLargeError{Op: op, Size: size, Limit: c.maxFrame}
 	}
 	var hdr [4 + headerSize]byte
-	binary.BigEndian.PutUint32(hdr[0:], uint32(size)) //nolint:gosec // size <= maxFrame, an int32
-	hdr[4] = byte(op)
-	binary.BigEndian.PutUint64(hdr[5:], id)
+	putHeader(hdr[:], size, op, id)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if d, ok := c.rwc.(deadliner); ok {
-		if err := d.SetWriteDeadline(deadline); err != nil {
-			return err
-		}
+	if err := c.setWriteDeadline(deadline); err != nil {
+		return err
 	}
 	if _, err := c.w.Write(hdr[:]); err != nil {
 		return err
@@ -146,7 +206,10 @@ func (c *Conn) writeFrame(deadline time.Time, op Op, id uint64, payload []byte) 
 
 // ReadFrame reads the next frame. The length is checked against the limit before the
 // payload is allocated.
-func (c *Conn) ReadFrame() (Frame, error) {
+func (c *Conn) ReadFrame() (Frame, error) { return c.readFrame(nil) }
+
+// readFrame reads the next frame, its payload into buf when it fits.
+func (c *Conn) readFrame(buf []byte) (Frame, error) {
 	var hdr [4 + headerSize]byte
 	if _, err := io.ReadFull(c.r, hdr[:4]); err != nil {
 		return Frame{}, err
@@ -162,18 +225,27 @@ func (c *Conn) ReadFrame() (Frame, error) {
 		return Frame{}, unexpectedEOF(err)
 	}
 	f := Frame{Op: Op(hdr[4]), ID: binary.BigEndian.Uint64(hdr[5:])}
-	f.Payload = make([]byte, size-headerSize)
+	if n := size - headerSize; n <= cap(buf) {
+		f.Payload = buf[:n]
+	} else {
+		f.Payload = make([]byte, n)
+	}
 	if _, err := io.ReadFull(c.r, f.Payload); err != nil {
 		return Frame{}, unexpectedEOF(err)
 	}
 	return f, nil
 }
 
-// Receive reads and decodes the next message.
+// Receive reads and decodes the next message. Decoding copies what it keeps, so the
+// payload's buffer serves the next frame.
 func (c *Conn) Receive() (id uint64, m Message, err error) {
-	f, err := c.ReadFrame()
+	f, err := c.readFrame(c.rbuf)
 	if err != nil {
 		return 0, nil, err
+	}
+	c.rsize = 4 + headerSize + len(f.Payload)
+	if cap(f.Payload) <= keepBytes && cap(f.Payload) > cap(c.rbuf) {
+		c.rbuf = f.Payload[:0]
 	}
 	m, err = Decode(f.Op, f.Payload)
 	return f.ID, m, err

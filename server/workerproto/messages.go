@@ -67,11 +67,13 @@ type Hello struct {
 	Default runtime.Param
 }
 
-// Init loads a model (rkllm_init). EmbedWidth is the model's embedding width when the
-// configuration gives it; 0 makes the worker learn it with a run right after init.
+// Init loads a model (rkllm_init). EmbedWidth and VocabSize are the model's embedding
+// width and vocabulary size when the configuration gives them; 0 makes the worker learn
+// each with a run right after init.
 type Init struct {
 	Param      runtime.Param
 	EmbedWidth int
+	VocabSize  int
 }
 
 // Destroy frees the model (rkllm_destroy).
@@ -81,10 +83,19 @@ type Destroy struct{}
 type Run struct {
 	Inputs []runtime.Input
 	Infer  runtime.InferParams
+	// ClearKVCache clears the whole KV cache (rkllm_clear_kv_cache) before the run, in
+	// the same round trip; a failure fails the run.
+	ClearKVCache bool
+	// ReportKVCacheSize asks for rkllm_get_kv_cache_size after a run that succeeded, in
+	// the reply's CacheSizes (nil when the runtime cannot say).
+	ReportKVCacheSize bool
 }
 
-// Abort stops the run in progress (rkllm_abort); it is served while Run is.
-type Abort struct{}
+// Abort stops the Run whose call id is Run; it is served while that Run is. Naming
+// the run makes the abort hold whenever it arrives: before the worker has started the
+// run in the runtime (which would ignore an rkllm_abort then), and never for a later
+// run (an abort that arrives after its run ended does nothing).
+type Abort struct{ Run uint64 }
 
 // IsRunning asks rkllm_is_running; it is served while Run is.
 type IsRunning struct{}
@@ -125,13 +136,14 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct{ runtime.Delivery }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
-// answers GetKVCacheSize, EmbedWidth answers Init (the model's embedding width; 0 when
-// it could not be learned).
+// answers GetKVCacheSize, EmbedWidth and VocabSize answer Init (the model's embedding
+// width and vocabulary size; 0 when one could not be learned).
 type Reply struct {
 	Err        error
 	Running    bool
 	CacheSizes []int32
 	EmbedWidth int
+	VocabSize  int
 }
 
 // Op implements Message.
@@ -302,17 +314,19 @@ func decodeParam(d *decoder, p *runtime.Param) {
 func (m *Init) encode(e *encoder) {
 	encodeParam(e, &m.Param)
 	e.int(m.EmbedWidth)
+	e.int(m.VocabSize)
 }
 
 func (m *Init) decode(d *decoder) {
 	decodeParam(d, &m.Param)
 	m.EmbedWidth = d.int()
+	m.VocabSize = d.int()
 }
 
 func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
-func (*Abort) encode(*encoder)              {}
-func (*Abort) decode(*decoder)              {}
+func (m *Abort) encode(e *encoder)          { e.u64(m.Run) }
+func (m *Abort) decode(d *decoder)          { m.Run = d.u64() }
 func (*IsRunning) encode(*encoder)          {}
 func (*IsRunning) decode(*decoder)          {}
 func (*Ping) encode(*encoder)               {}
@@ -349,6 +363,8 @@ func (m *Run) encode(e *encoder) {
 	}
 	e.bool(ip.KeepHistory)
 	e.i32(ip.MaxNewTokens)
+	e.bool(m.ClearKVCache)
+	e.bool(m.ReportKVCacheSize)
 }
 
 func (m *Run) decode(d *decoder) {
@@ -376,6 +392,8 @@ func (m *Run) decode(d *decoder) {
 	}
 	ip.KeepHistory = d.bool()
 	ip.MaxNewTokens = d.i32()
+	m.ClearKVCache = d.bool()
+	m.ReportKVCacheSize = d.bool()
 }
 
 func encodeInput(e *encoder, in *runtime.Input) {
@@ -652,6 +670,7 @@ func (m *Reply) encode(e *encoder) {
 	e.bool(m.Running)
 	e.optI32s(m.CacheSizes)
 	e.int(m.EmbedWidth)
+	e.int(m.VocabSize)
 }
 
 // encodeErr writes an error as its kind and what rebuilds it on the other side.
@@ -673,6 +692,7 @@ func encodeErr(e *encoder, err error) {
 		e.str(input.Field)
 		e.str(input.Reason)
 		e.bool(input.NoWidth)
+		e.bool(input.NoVocab)
 		return
 	case errors.As(err, &tooLarge):
 		e.u8(errTooLarge)
@@ -730,7 +750,7 @@ func (m *Reply) decode(d *decoder) {
 	case errSymbol:
 		m.Err = &runtime.SymbolError{Path: d.str(), Symbol: d.str()}
 	case errInput:
-		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool()}
+		m.Err = &runtime.InputError{Input: d.int(), Field: d.str(), Reason: d.str(), NoWidth: d.bool(), NoVocab: d.bool()}
 	case errTooLarge:
 		m.Err = &ResultTooLargeError{Field: d.str(), Size: d.int(), Limit: d.int()}
 	case errRuntimeBusy, errDestroyed, errRunFailed:
@@ -748,6 +768,7 @@ func (m *Reply) decode(d *decoder) {
 	m.Running = d.bool()
 	m.CacheSizes = d.optI32s()
 	m.EmbedWidth = d.int()
+	m.VocabSize = d.int()
 }
 
 func trimSuffix(s, suffix string) string {

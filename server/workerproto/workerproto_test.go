@@ -24,8 +24,8 @@ func sampleMessages() []Message {
 	}
 	return []Message{
 		&Hello{ABI: runtime.ABI13, PID: 4242, Library: "/lib/librkllmrt.so", Simulator: "sim 1.0", Default: param},
-		&Init{Param: param}, &Init{Param: param, EmbedWidth: 2048},
-		&Destroy{}, &Abort{}, &IsRunning{}, &Ping{}, &ReleasePromptCache{}, &GetKVCacheSize{},
+		&Init{Param: param}, &Init{Param: param, EmbedWidth: 2048, VocabSize: 151936},
+		&Destroy{}, &Abort{Run: 7}, &IsRunning{}, &Ping{}, &ReleasePromptCache{}, &GetKVCacheSize{},
 		&Run{
 			Inputs: []runtime.Input{
 				{Role: "user", EnableThinking: true, Type: runtime.InputPrompt, Prompt: "héllo, 世界"},
@@ -43,6 +43,7 @@ func sampleMessages() []Message {
 				Sampling:    &runtime.SamplingParams{TopK: 1, TopP: 0.5, Temperature: 0.1, RepeatPenalty: 1, FrequencyPenalty: 0.2, PresencePenalty: 0.3, Mirostat: 1, MirostatTau: 4, MirostatEta: 0.2},
 				KeepHistory: true, MaxNewTokens: 64,
 			},
+			ClearKVCache: true, ReportKVCacheSize: true,
 		},
 		&Run{Inputs: []runtime.Input{{Type: runtime.InputPrompt, Prompt: ""}}},
 		&LoadLora{Adapter: runtime.LoraAdapter{Path: "/models/a.lora", Name: "a", Scale: 0.75}},
@@ -69,8 +70,9 @@ func sampleMessages() []Message {
 		&Reply{Err: runtime.ErrBusy},
 		&Reply{Err: runtime.ErrDestroyed},
 		&Reply{Err: &ResultTooLargeError{Field: "logits", Size: 1 << 30, Limit: 256 << 20}},
-		&Reply{EmbedWidth: 1536},
+		&Reply{EmbedWidth: 1536, VocabSize: 32000},
 		&Reply{Err: &runtime.InputError{Input: 2, Field: "embed_input.embed", Reason: "holds 3 floats", NoWidth: true}},
+		&Reply{Err: &runtime.InputError{Input: -1, Field: "token_input.input_ids", Reason: "cannot be checked", NoVocab: true}},
 		&Reply{Err: &runtime.InputError{Input: -1, Field: "start_pos", Reason: "holds 3 positions"}},
 	}
 }

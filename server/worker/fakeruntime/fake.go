@@ -88,8 +88,6 @@ type Model struct {
 	param runtime.Param
 
 	running atomic.Bool
-	abort   atomic.Bool
-	aborted chan struct{} // closed by Abort while a run holds
 
 	mu        sync.Mutex
 	loras     map[string]bool
@@ -98,6 +96,7 @@ type Model struct {
 	cache     string
 	xattn     int
 	width     int
+	vocab     int
 	kvCache   int
 	destroyed bool
 }
@@ -118,11 +117,8 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 		prompt = in.Multimodal.Prompt
 	}
 	m.mu.Lock()
-	m.aborted = make(chan struct{})
-	aborted := m.aborted
 	tag := m.tag(ip.LoraAdapterName)
 	m.mu.Unlock()
-	m.abort.Store(false)
 	m.running.Store(true)
 	defer m.running.Store(false)
 
@@ -131,7 +127,7 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 		return &runtime.CallError{Func: "rkllm_run", Code: -1}
 	}
 	inTokens := inputTokens(in)
-	generated := m.generate(ctx, prompt, tag, inTokens, ip, aborted, fn)
+	generated := m.generate(ctx, prompt, tag, inTokens, ip, fn)
 	m.mu.Lock()
 	if ip.KeepHistory {
 		m.kvCache += inTokens + generated
@@ -148,7 +144,7 @@ func (m *Model) Run(ctx context.Context, inputs []runtime.Input, ip runtime.Infe
 
 // generate delivers the tokens of a run, applying the prompt's fault directive, and
 // returns how many it generated.
-func (m *Model) generate(ctx context.Context, prompt, tag string, inTokens int, ip runtime.InferParams, aborted chan struct{}, fn runtime.ResultFunc) int {
+func (m *Model) generate(ctx context.Context, prompt, tag string, inTokens int, ip runtime.InferParams, fn runtime.ResultFunc) int {
 	fault, faultAt := "", -1
 	if d := directive.FindStringSubmatch(prompt); d != nil {
 		fault = d[1]
@@ -158,9 +154,9 @@ func (m *Model) generate(ctx context.Context, prompt, tag string, inTokens int, 
 	generated := 0
 	for i := 0; i < n; i++ {
 		if i == faultAt {
-			m.fault(ctx, fault, aborted)
+			m.fault(ctx, fault)
 		}
-		if m.abort.Load() || ctx.Err() != nil {
+		if ctx.Err() != nil {
 			break
 		}
 		if m.rt.Step != nil {
@@ -190,18 +186,16 @@ func (m *Model) generate(ctx context.Context, prompt, tag string, inTokens int, 
 	return generated
 }
 
-// fault applies a directive: crash, hang (ignoring abort) or hold (until abort).
-func (m *Model) fault(ctx context.Context, fault string, aborted chan struct{}) {
+// fault applies a directive: crash, hang (ignoring abort) or hold (until the run's
+// context ends: the worker's abort).
+func (m *Model) fault(ctx context.Context, fault string) {
 	switch fault {
 	case "crash":
 		m.rt.Crash()
 	case "hang":
 		select {} // stops delivering and ignores abort, like a wedged NPU job
 	case "hold":
-		select {
-		case <-aborted:
-		case <-ctx.Done():
-		}
+		<-ctx.Done()
 	}
 }
 
@@ -287,21 +281,6 @@ func logits(i int) []float32 {
 		v[j] = float32(i) + float32(j)/8
 	}
 	return v
-}
-
-// Abort implements worker.Model.
-func (m *Model) Abort() error {
-	m.abort.Store(true)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.aborted != nil {
-		select {
-		case <-m.aborted:
-		default:
-			close(m.aborted)
-		}
-	}
-	return nil
 }
 
 // IsRunning implements worker.Model.
@@ -413,6 +392,27 @@ func (m *Model) LearnEmbedWidth(context.Context) (int, error) {
 		return 0, &runtime.CallError{Func: "rkllm_run", Code: -1}
 	}
 	return EmbdSize, m.SetEmbedWidth(EmbdSize)
+}
+
+// SetVocabSize implements worker.Model.
+func (m *Model) SetVocabSize(size int) error {
+	if size < 1 {
+		return fmt.Errorf("fake runtime: vocabulary size %d", size)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.vocab = size
+	return nil
+}
+
+// LearnVocabSize implements worker.Model: the fake's logits are VocabSize wide. A
+// model path containing "novocab" fails to tell, as a runtime whose logits run fails
+// would.
+func (m *Model) LearnVocabSize(context.Context) (int, error) {
+	if strings.Contains(filepath.Base(m.param.ModelPath), "novocab") {
+		return 0, &runtime.CallError{Func: "rkllm_run", Code: -1}
+	}
+	return VocabSize, m.SetVocabSize(VocabSize)
 }
 
 var _ worker.Runtime = (*Runtime)(nil)

@@ -45,6 +45,10 @@ type Options struct {
 	Kwok string
 	// Log receives kwokctl's own output (nil discards it).
 	Log io.Writer
+	// EgressSelectorConfig, when set, is kube-apiserver's egress selector configuration
+	// (written into the working folder): the real-kubelet node's network is reached
+	// through its proxy (kubeletnode.EgressProxy).
+	EgressSelectorConfig string
 }
 
 // ControlPlane is a running control plane.
@@ -87,8 +91,15 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+	egress := ""
+	if opts.EgressSelectorConfig != "" {
+		egress = filepath.Join(opts.WorkDir, "egress-selector.yaml")
+		if err := os.WriteFile(egress, []byte(opts.EgressSelectorConfig), 0o600); err != nil {
+			return nil, err
+		}
+	}
 	config := filepath.Join(opts.WorkDir, "kwokctl.yaml")
-	if err := writeConfig(config, opts, ports); err != nil {
+	if err := writeConfig(config, opts, ports, egress); err != nil {
 		return nil, err
 	}
 	cp := &ControlPlane{
@@ -193,8 +204,16 @@ options:
   - kube-controller-manager
 {{- end}}
 {{- end}}
-{{- if .Kwok}}
+{{- if or .Kwok .Egress}}
 componentsPatches:
+{{- end}}
+{{- if .Egress}}
+- name: kube-apiserver
+  extraArgs:
+  - key: egress-selector-config-file
+    value: {{.Egress}}
+{{- end}}
+{{- if .Kwok}}
 # kwokctl's binary runtime makes kwok manage every node; a real kubelet's node must be
 # left to its kubelet.
 - name: kwok-controller
@@ -207,12 +226,13 @@ componentsPatches:
 {{- end}}
 `))
 
-func writeConfig(path string, opts Options, ports []int) error {
+func writeConfig(path string, opts Options, ports []int, egress string) error {
 	var b bytes.Buffer
 	if err := configTemplate.Execute(&b, struct {
 		Options
-		Ports []int
-	}{opts, ports}); err != nil {
+		Ports  []int
+		Egress string
+	}{opts, ports, egress}); err != nil {
 		return fmt.Errorf("rendering the kwokctl config: %w", err)
 	}
 	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {

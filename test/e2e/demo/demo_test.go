@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
@@ -43,7 +44,7 @@ var repoRoot = filepath.Join("..", "..", "..")
 type ready struct {
 	WorkDir    string `json:"workDir"`
 	Kubeconfig string `json:"kubeconfig"`
-	ServerAddr string `json:"serverAddr"`
+	NodePID    int    `json:"nodePID"`
 }
 
 func TestDownAfterACrash(t *testing.T) {
@@ -59,7 +60,8 @@ func TestDownAfterACrash(t *testing.T) {
 	demo := makevars.Path(t, "E2E_DEMO", "e2e")
 	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", makevars.Path(t, "E2E_KWOKCTL", "e2e"), "--kwok", makevars.Path(t, "E2E_KWOK", "e2e"),
 		"--helm", makevars.Path(t, "E2E_HELM", "e2e"), "--device-plugin", makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), "--manager", makevars.Path(t, "E2E_MANAGER", "e2e"),
-		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart}
+		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart,
+		"--process-cri", makevars.Path(t, "E2E_PROCESS_CRI", "e2e"), "--cni-bin-dir", makevars.Path(t, "E2E_CNI_BIN_DIR", "e2e")}
 	runDemo := func(timeout time.Duration, args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), timeout)
 		defer cancel()
@@ -69,6 +71,10 @@ func TestDownAfterACrash(t *testing.T) {
 		return string(out), err
 	}
 
+	hostAddrs, err := footprint.Addresses()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	out, err := runDemo(upTimeout, "up", "--walk=false")
 	var r ready
@@ -105,6 +111,16 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatalf("none of the demo's ports %v is taken while it is up: the port check sees nothing", ports)
 	}
 
+	// The real-kubelet node's namespaces (its own and its pods'), held by its runtime, the
+	// kubelet and the pods.
+	nss, err := footprint.Namespaces(r.NodePID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held := footprint.Left(nss); len(nss) < 3 || len(held) < 3 {
+		t.Fatalf("the node's namespaces %v, held by %v while the demo is up; want its own network, mount and PID namespaces, held by the runtime, the kubelet and pods: the check sees nothing", nss, held)
+	}
+
 	pid, err := strconv.Atoi(strings.TrimSpace(readFile(filepath.Join(state, "demo.pid"))))
 	if err != nil {
 		t.Fatalf("the demo's pid file: %v", err)
@@ -128,6 +144,12 @@ func TestDownAfterACrash(t *testing.T) {
 	if taken := takenPorts(ports); len(taken) > 0 {
 		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
 	}
+	if left := footprint.Left(nss, r.WorkDir, state); len(left) > 0 {
+		t.Errorf("after demo down, the real-kubelet node left:\n%s", strings.Join(left, "\n"))
+	}
+	if added, err := footprint.NewAddresses(hostAddrs); err != nil || len(added) > 0 {
+		t.Errorf("after demo down, the host has interfaces or addresses it had not before: %v %v", added, err)
+	}
 	for _, f := range []string{r.WorkDir, filepath.Join(state, "demo.pid"), filepath.Join(state, "ready.json"), filepath.Join(state, "workdir")} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("after demo down, %s is still there (%v)", f, err)
@@ -141,7 +163,8 @@ func TestDownAfterACrash(t *testing.T) {
 }
 
 // demoPorts are the demo's listening addresses: the control plane's ports (kwokctl's
-// configuration in the work folder) and rkllm-server's.
+// configuration in the work folder). The node's own (the kubelet's, its pods') are in its
+// network namespace, which ends with its processes.
 func demoPorts(t *testing.T, r ready) []string {
 	t.Helper()
 	cfg := readFile(filepath.Join(r.WorkDir, "cp", "kwokctl.yaml"))
@@ -163,7 +186,7 @@ func demoPorts(t *testing.T, r ready) []string {
 		}
 		addrs = append(addrs, u.Host)
 	}
-	return append(addrs, r.ServerAddr)
+	return addrs
 }
 
 // takenPorts lists the addresses something listens on (they cannot be bound).

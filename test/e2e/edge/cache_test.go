@@ -4,11 +4,9 @@ package edge_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,47 +21,44 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
 )
 
-// modelOrigin serves one model file over HTTP and counts the GETs of it.
+// modelOrigin serves one model file over HTTP in the real-kubelet node's network, where
+// the pods' download init containers reach it, and counts the GETs of it.
 type modelOrigin struct {
 	data []byte
 	gets atomic.Int32
-	srv  *http.Server
 	url  string
 }
 
-func startOrigin(ctx context.Context, path string) (*modelOrigin, error) {
+func (s *suite) startOrigin(path string) (*modelOrigin, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	o := &modelOrigin{data: data, url: fmt.Sprintf("http://%s/%s", l.Addr(), filepath.Base(path))}
-	o.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	o := &modelOrigin{data: data}
+	base, err := s.c.Serve(s.ctx, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			o.gets.Add(1)
 		}
 		http.ServeContent(w, r, filepath.Base(path), time.Unix(0, 0), bytes.NewReader(o.data))
-	})}
-	go func() { _ = o.srv.Serve(l) }()
+	}))
+	if err != nil {
+		return nil, err
+	}
+	o.url = base + "/" + filepath.Base(path)
 	return o, nil
 }
 
 // checkNodeCache: model gamma downloads its file from a URL on the real-kubelet node,
-// where the fetch init container runs for real and the device plugin mounts the node's
-// model cache. The first pod downloads into the cache; after the pod is deleted its
-// replacement on the same node finds the file there and downloads nothing, and the
-// model's status says so for each pod.
+// where its pod runs for real and the device plugin mounts the node's model cache. The
+// first pod downloads into the cache; after the pod is deleted its replacement on the
+// same node finds the file there and downloads nothing, and the model's status says so
+// for each pod.
 func (s *suite) checkNodeCache(simModel string) {
 	s.step("model gamma downloads its file into the real-kubelet node's cache once: the next pod on the node finds it there")
-	o, err := startOrigin(s.ctx, simModel)
+	o, err := s.startOrigin(simModel)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	defer func() { _ = o.srv.Close() }()
 	sum := sha256.Sum256(o.data)
 	m := &inferencev1alpha1.RKLLMModel{
 		ObjectMeta: metav1.ObjectMeta{Namespace: models, Name: "gamma"},

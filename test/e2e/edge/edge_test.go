@@ -2,11 +2,13 @@
 
 // Package edge_test runs the chart, the operator, the device plugin and rkllm-server on
 // the simulated edge cluster (test/e2e/edgecluster: a real control plane, two kwok
-// RK3588 nodes and one real-kubelet node with the device plugin on a fake NPU): every
-// value set of the chart passes server-side dry-run (ServiceMonitors included, against
-// the Prometheus Operator's CRD), then the chart is installed, models are applied and get
-// Ready (on the real-kubelet node only while rkllm-server answers the kubelet's probes),
-// a model's Service leads to its server (/v1/models, /rpc), the manager's HTTPS metrics
+// RK3588 nodes and one real-kubelet node on the process runtime with the device plugin on
+// a fake NPU): every value set of the chart passes server-side dry-run (ServiceMonitors
+// included, against the Prometheus Operator's CRD), then the chart is installed, models
+// are applied and get Ready (on the real-kubelet node, rkllm-server runs in the model's
+// pod on the simulator library, with the plugin's device nodes, and answers the
+// kubelet's probes), a model's Service leads to its server (/v1/models, /rpc), the
+// manager's HTTPS metrics
 // answer only tokens allowed by the chart's metrics-reader role, models scale past the
 // cluster's NPUs, are suspended, take a new temperature and a chart upgrade without a
 // pod restarted, roll one pod at a time on a spec change (never two servers on one NPU),
@@ -42,6 +44,7 @@ import (
 
 	inferencev1alpha1 "github.com/rkllm-operator/rkllm-operator/api/v1alpha1"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/edgecluster"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
 )
 
@@ -53,7 +56,7 @@ const (
 
 // Named timeouts for a loaded 2-core machine.
 const (
-	readyTimeout    = 3 * time.Minute
+	readyTimeout    = 4 * time.Minute
 	statusTimeout   = time.Minute
 	deletionTimeout = time.Minute
 )
@@ -84,23 +87,17 @@ func TestEdgeCluster(t *testing.T) {
 	defer cancel()
 	s.ctx = ctx
 
+	hostAddrs, err := footprint.Addresses()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
-	c, err := edgecluster.Start(ctx, edgecluster.Options{
-		K8sBinDir: k8sBin, Kwokctl: makevars.Path(t, "E2E_KWOKCTL", "e2e"), Kwok: makevars.Path(t, "E2E_KWOK", "e2e"), DevicePlugin: makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"),
-		WorkDir: filepath.Join(s.work, "cluster"), Progress: func(f string, a ...any) { t.Logf("starting "+f, a...) },
-	})
+	c, err := edgecluster.Start(ctx, ClusterOptions(t, filepath.Join(s.work, "cluster")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.c = c
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("stopping the cluster: %v", err)
-		}
-		if t.Failed() {
-			dumpLogs(t, c.LogDir())
-		}
-	})
+	t.Cleanup(func() { s.stopLeavingNothing(hostAddrs) })
 	t.Logf("cluster up in %s", time.Since(start).Round(time.Second))
 	if s.cl, err = c.ModelClient(); err != nil {
 		t.Fatal(err)
@@ -112,17 +109,12 @@ func TestEdgeCluster(t *testing.T) {
 	if err := edgecluster.WriteSimModel(simModel); err != nil {
 		t.Fatal(err)
 	}
-	server, err := c.StartServer(ctx, makevars.Path(t, "E2E_SERVER", "e2e"), makevars.Path(t, "E2E_SIM_LIB", "e2e"), "1.3", simModel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RunFetches(makevars.Path(t, "E2E_SERVER", "e2e")); err != nil {
-		t.Fatal(err)
-	}
 	managerProc, err := c.StartManager(ctx, s.manager, namespace, release+"-controller-manager")
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	s.chain()
 
 	s.step("models alpha (2 replicas) and beta (1) get Ready, one pod per node")
 	s.apply(model("alpha", simModel, 2))
@@ -138,19 +130,6 @@ func TestEdgeCluster(t *testing.T) {
 
 	s.step("the manager's HTTPS /metrics answers a token bound to the chart's metrics-reader role, and refuses others")
 	s.checkSecureMetrics(managerProc)
-
-	s.step("the real-kubelet node's pod is Ready only while rkllm-server answers the kubelet's probes")
-	if err := server.Stop(15 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	c.Forget(server)
-	s.waitModel(onReal, "not Ready with its server gone", func(m *inferencev1alpha1.RKLLMModel) bool {
-		return !edgecluster.IsReady(m) && m.Status.ReadyReplicas == m.Spec.GetReplicas()-1
-	})
-	if _, err := c.StartServer(ctx, makevars.Path(t, "E2E_SERVER", "e2e"), makevars.Path(t, "E2E_SIM_LIB", "e2e"), "1.3", simModel); err != nil {
-		t.Fatal(err)
-	}
-	s.waitReady(onReal)
 
 	s.step("scaling alpha to 3 leaves its third pod Pending, with the scheduler's reason in the model's status")
 	if _, err := c.Run(ctx, nil, s.kubectl, "scale", "rkllmmodel/alpha", "--replicas=3", "-n", models); err != nil {
@@ -260,6 +239,17 @@ func TestEdgeCluster(t *testing.T) {
 	t.Logf("e2e done in %s", time.Since(start).Round(time.Second))
 }
 
+// ClusterOptions are the edge cluster's binaries from the Makefile (make e2e).
+func ClusterOptions(t *testing.T, work string) edgecluster.Options {
+	return edgecluster.Options{
+		K8sBinDir: makevars.Path(t, "E2E_K8S_BIN_DIR", "e2e"), Kwokctl: makevars.Path(t, "E2E_KWOKCTL", "e2e"), Kwok: makevars.Path(t, "E2E_KWOK", "e2e"),
+		DevicePlugin: makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), ProcessCRI: makevars.Path(t, "E2E_PROCESS_CRI", "e2e"),
+		CNIBinDir: makevars.Path(t, "E2E_CNI_BIN_DIR", "e2e"), Server: makevars.Path(t, "E2E_SERVER", "e2e"),
+		SimLib: makevars.Path(t, "E2E_SIM_LIB", "e2e"), Manager: makevars.Path(t, "E2E_MANAGER", "e2e"),
+		WorkDir: work, Progress: func(f string, a ...any) { t.Logf("starting "+f, a...) },
+	}
+}
+
 func (s *suite) step(msg string) {
 	s.t.Helper()
 	s.t.Logf("%s STEP: %s", time.Now().Format("15:04:05"), msg)
@@ -330,7 +320,11 @@ func (s *suite) installServiceMonitorCRD() {
 	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "apply", "--server-side", "-f", makevars.Path(s.t, "E2E_SERVICEMONITOR_CRD", "e2e")); err != nil {
 		s.t.Fatal(err)
 	}
-	if _, err := s.c.Run(s.ctx, nil, s.kubectl, "wait", "--for=condition=Established", "--timeout=1m", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+	// Not kubectl wait: it fails at once on a CRD whose status has no conditions yet.
+	if err := edgecluster.Poll(s.ctx, statusTimeout, "the ServiceMonitor CRD to be Established", func(ctx context.Context) (bool, string, error) {
+		out, err := s.c.Run(ctx, nil, s.kubectl, "get", "crd", "servicemonitors.monitoring.coreos.com", "-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+		return err == nil && out == "True", out, nil
+	}); err != nil {
 		s.t.Fatal(err)
 	}
 	const misspelt = `apiVersion: monitoring.coreos.com/v1
@@ -350,16 +344,18 @@ spec:
 	}
 }
 
-// clusterValues are what the simulated cluster needs: no manager pod (no node can run
-// the image; the manager runs as a local process with the Deployment's arguments and
-// ServiceAccount), and the plugin on the nodes labelled as NPU nodes (the real-kubelet
-// node is amd64).
+// clusterValues are what the simulated cluster needs: no manager pod (it needs the API
+// server's Service address, which no node here routes; the manager runs as a local
+// process with the Deployment's arguments and ServiceAccount), and the plugin's
+// DaemonSet on the kwok nodes labelled as NPU nodes (the real-kubelet node has its
+// plugin already, run by the cluster on the fake NPU tree).
 const clusterValues = `manager:
   replicas: 0
 devicePlugin:
   nodeSelector:
     kubernetes.io/arch: null
     rockchip.com/npu.present: "true"
+    type: kwok
 `
 
 func (s *suite) install() {
@@ -371,13 +367,13 @@ func (s *suite) install() {
 	if _, err := s.c.Run(s.ctx, nil, s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace, "-f", values); err != nil {
 		s.t.Fatal(err)
 	}
-	err := edgecluster.Poll(s.ctx, statusTimeout, "the device plugin DaemonSet on the 3 NPU nodes", func(ctx context.Context) (bool, string, error) {
+	err := edgecluster.Poll(s.ctx, statusTimeout, "the device plugin DaemonSet on the 2 kwok NPU nodes", func(ctx context.Context) (bool, string, error) {
 		ds, err := s.c.Client.AppsV1().DaemonSets(namespace).Get(ctx, release+"-device-plugin", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
 		}
 		st := ds.Status
-		return st.DesiredNumberScheduled == 3 && st.NumberReady == 3, fmt.Sprintf("desired %d, ready %d", st.DesiredNumberScheduled, st.NumberReady), nil
+		return st.DesiredNumberScheduled == 2 && st.NumberReady == 2, fmt.Sprintf("desired %d, ready %d", st.DesiredNumberScheduled, st.NumberReady), nil
 	})
 	if err != nil {
 		s.t.Fatal(err)
@@ -499,28 +495,18 @@ func (s *suite) modelOnNode(node string) string {
 	return ""
 }
 
-// checkRealNodeGotTheNPU: the server container on the real-kubelet node was created
-// with the device plugin's device nodes and variables.
+// checkRealNodeGotTheNPU: the server container running on the real-kubelet node has
+// the device plugin's device nodes and variables (asked inside it, through the runtime).
 func (s *suite) checkRealNodeGotTheNPU() {
 	s.t.Helper()
-	for _, req := range s.c.CRI().Created() {
-		if req.GetConfig().GetMetadata().GetName() != "server" {
-			continue
-		}
-		envs := map[string]string{}
-		for _, e := range req.GetConfig().GetEnvs() {
-			envs[e.Key] = string(e.Value)
-		}
-		var devices []string
-		for _, d := range req.GetConfig().GetDevices() {
-			devices = append(devices, d.HostPath)
-		}
-		if envs["RKNPU_SOC"] != "rk3588" || envs["RKNPU_UNIT_IDS"] != "npu0" || !strings.Contains(strings.Join(devices, ","), "/dev/dri/renderD129") {
-			s.t.Errorf("the server container on %s got envs %v and devices %v; want the plugin's RKNPU_* and /dev/dri/renderD129", edgecluster.KubeletNode, envs, devices)
-		}
-		return
+	pods, err := s.c.Client.CoreV1().Pods(models).List(s.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + edgecluster.KubeletNode})
+	if err != nil || len(pods.Items) != 1 {
+		s.t.Fatalf("pods on %s: %v (%d)", edgecluster.KubeletNode, err, len(pods.Items))
 	}
-	s.t.Errorf("the fake runtime of %s never created a server container", edgecluster.KubeletNode)
+	out, code, err := s.c.Exec(s.ctx, models, pods.Items[0].Name, "server", "sh", "-c", "env | grep ^RKNPU_ | sort; ls /dev/dri")
+	if err != nil || code != 0 || !strings.Contains(out, "RKNPU_SOC=rk3588") || !strings.Contains(out, "RKNPU_UNIT_IDS=npu0") || !strings.Contains(out, "renderD129") {
+		s.t.Errorf("in the server container on %s: %v, exit %d:\n%s\nwant the plugin's RKNPU_* and /dev/dri/renderD129", edgecluster.KubeletNode, err, code, out)
+	}
 }
 
 // checkServiceServes sends requests to model name's Service, resolved to its pod on
@@ -577,7 +563,7 @@ func (s *suite) httpJSON(method, url, body string, into any) error {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.c.HTTPClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -852,5 +838,31 @@ func dumpLogs(t *testing.T, dir string) {
 			data = data[len(data)-4000:]
 		}
 		t.Logf("--- last lines of %s:\n%s", f, data)
+	}
+}
+
+// stopLeavingNothing stops the cluster and checks that nothing of the real-kubelet node
+// is left: no process in, and no handle on, a namespace of the node or of a pod still on
+// it when it stopped; no mount under the cluster's folder; no interface or address on
+// the host that was not there before (hostAddrs).
+func (s *suite) stopLeavingNothing(hostAddrs map[string]bool) {
+	t, c := s.t, s.c
+	nss, err := footprint.Namespaces(c.Node().Runtime.PID)
+	if err != nil {
+		t.Errorf("the node's namespaces: %v", err)
+	} else if len(footprint.Left(nss)) == 0 {
+		t.Errorf("nothing holds the node's namespaces %v while it runs: the check below would see nothing", nss)
+	}
+	if err := c.Stop(); err != nil {
+		t.Errorf("stopping the cluster: %v", err)
+	}
+	if left := footprint.Left(nss, c.WorkDir); len(left) > 0 {
+		t.Errorf("after Stop, the real-kubelet node left:\n%s", strings.Join(left, "\n"))
+	}
+	if added, err := footprint.NewAddresses(hostAddrs); err != nil || len(added) > 0 {
+		t.Errorf("after Stop, the host has interfaces or addresses it had not before: %v %v", added, err)
+	}
+	if t.Failed() {
+		dumpLogs(t, c.LogDir())
 	}
 }

@@ -6,18 +6,22 @@
 //   - two RK3588 nodes simulated by kwok: created through the API with rockchip.com/npu: 1
 //     and the device plugin's node labels; kwok keeps them Ready and moves their pods to
 //     Running and Ready (its default stages) without running anything, probes included;
-//   - one node run by a real kubelet on a fake container runtime (test/e2e/kubeletnode),
-//     whose rockchip.com/npu comes from the real rknpu-device-plugin registering over the
-//     kubelet's socket, scanning a fake RK3588 filesystem tree; the labels the plugin
+//   - one node run by a real kubelet on the process runtime (test/e2e/kubeletnode,
+//     hack/processcri), which runs every pod scheduled to it for real, as host processes
+//     in the node's private namespaces: the images of the chart and the operator
+//     (rkllm-server, rknpu-device-plugin, the manager) map to the binaries built here,
+//     rkllm-server's runtime library to the RKLLM simulator; pods get addresses in the
+//     node's own network (reached with Cluster.DialContext), the kubelet probes them
+//     there, and the API server reaches the kubelet (kubectl logs) through an egress
+//     proxy. Its rockchip.com/npu comes from the real rknpu-device-plugin registering
+//     over the kubelet's socket, scanning a fake RK3588 filesystem tree, which is also
+//     the node's /dev and /sys for its pods (their device nodes); the labels the plugin
 //     writes for node-feature-discovery are put on the node as NFD would.
 //
-// The fake runtime runs no containers, but the kubelet really probes them: every pod on
-// the real-kubelet node reports PodIP, a loopback address where a real process (such as
-// rkllm-server on the simulator library, StartServer) can answer the probes.
-//
-// Processes that would be pods (the operator's manager) run as local processes with the
-// in-cluster configuration a pod gets (StartInCluster). Everything started is stopped by
-// Stop; every child also dies with this process.
+// Processes that would be pods but that no node here can run well (the operator's
+// manager, which needs the API server's Service address) run as local processes with
+// the in-cluster configuration a pod gets (StartInCluster). Everything started is
+// stopped by Stop; every child also dies with this process.
 package edgecluster
 
 import (
@@ -25,8 +29,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,9 +48,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/discovery/discoverytest"
+	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/controlplane"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/kubeletnode"
 )
@@ -77,6 +81,12 @@ type Options struct {
 	Kwokctl, Kwok string
 	// DevicePlugin is the rknpu-device-plugin binary.
 	DevicePlugin string
+	// ProcessCRI and CNIBinDir are the process runtime and the CNI plugins (make
+	// process-cri cni-plugins).
+	ProcessCRI, CNIBinDir string
+	// Server, SimLib and Manager are what the images map to: rkllm-server, the RKLLM
+	// simulator library it loads as librkllmrt.so, the manager.
+	Server, SimLib, Manager string
 	// WorkDir is a new folder for everything: state, logs (WorkDir/logs), the fake NPU
 	// tree. It must not be under /var/lib or /var/log.
 	WorkDir string
@@ -91,9 +101,8 @@ type Cluster struct {
 	// Config and Client reach the API server as admin.
 	Config *rest.Config
 	Client kubernetes.Interface
-	// PodIP is the address every pod on the real-kubelet node reports; the kubelet's
-	// probes of those pods go there.
-	PodIP string
+	// Images is the process runtime's image map.
+	Images string
 	// WorkDir is the cluster's folder; logs are in WorkDir/logs.
 	WorkDir string
 	// NPURoot is the fake filesystem tree the device plugin scans.
@@ -104,13 +113,16 @@ type Cluster struct {
 	// Plugin is the device plugin process serving the real-kubelet node.
 	Plugin *Process
 
-	opts  Options
-	cp    *controlplane.ControlPlane
-	node  *kubeletnode.Node
-	mu    sync.Mutex
-	procs []*Process
+	opts   Options
+	cp     *controlplane.ControlPlane
+	node   *kubeletnode.Node
+	egress *kubeletnode.EgressProxy
+	mu     sync.Mutex
+	procs  []*Process
 	// logs stay open until Stop: kwokctl and the kubelet write to them until then.
 	logs []*os.File
+	// closers are servers to close at Stop (ServeFiles).
+	closers []func() error
 }
 
 // openLog creates LogDir()/name.log, closed by Stop.
@@ -143,10 +155,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 			err = errors.Join(err, c.Stop())
 		}
 	}()
-	if c.PodIP, err = pickPodIP(); err != nil {
+	if c.egress, err = kubeletnode.NewEgressProxy(filepath.Join(work, "egress.sock")); err != nil {
 		return nil, err
 	}
-
 	if err := c.startControlPlane(ctx); err != nil {
 		return nil, err
 	}
@@ -158,6 +169,11 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 
+	root, err := discoverytest.RK3588().Write(filepath.Join(c.WorkDir, "npu-root"))
+	if err != nil {
+		return nil, err
+	}
+	c.NPURoot = root
 	if err := c.startKubelet(ctx); err != nil {
 		return nil, err
 	}
@@ -183,7 +199,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	}
 	c.cp, err = controlplane.Start(ctx, controlplane.Options{
 		Kwokctl: opts.Kwokctl, Kwok: opts.Kwok, BinDir: opts.K8sBinDir, WorkDir: filepath.Join(c.WorkDir, "cp"),
-		ControllerManager: true, Log: kwokLog,
+		ControllerManager: true, Log: kwokLog, EgressSelectorConfig: c.egress.EgressSelectorConfig(),
 	})
 	if err != nil {
 		return err
@@ -199,22 +215,80 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	return nil
 }
 
-// startKubelet starts the real kubelet on the fake runtime.
+// startKubelet starts the real kubelet on the process runtime.
 func (c *Cluster) startKubelet(ctx context.Context) error {
 	opts := c.opts
-	opts.Progress("node %s: a real kubelet on a fake container runtime; its pods report IP %s", KubeletNode, c.PodIP)
+	opts.Progress("node %s: a real kubelet on the process runtime, which runs its pods as processes in the node's own namespaces", KubeletNode)
 	kubeletLog, err := c.openLog("kubelet")
 	if err != nil {
 		return err
 	}
+	if c.Images, err = c.writeImageMap(); err != nil {
+		return err
+	}
 	c.node, err = kubeletnode.Start(ctx, kubeletnode.Options{
 		Kubelet: filepath.Join(opts.K8sBinDir, "kubelet"), Kubeconfig: c.Kubeconfig,
-		WorkDir: filepath.Join(c.WorkDir, "node"), NodeName: KubeletNode, Log: kubeletLog, PodIP: c.PodIP,
+		WorkDir: filepath.Join(c.WorkDir, "node"), NodeName: KubeletNode, Log: kubeletLog,
+		ProcessCRI: opts.ProcessCRI, CNIBinDir: opts.CNIBinDir, Images: c.Images,
+		// The node's device nodes and sysfs are the fake RK3588's.
+		NodePaths: []processcri.PathMap{{Host: "/dev", Local: filepath.Join(c.NPURoot, "dev")}, {Host: "/sys", Local: filepath.Join(c.NPURoot, "sys")}},
 	})
 	if err != nil {
 		return err
 	}
+	c.egress.SetNode(c.node)
 	return nil
+}
+
+// Images the process runtime runs, as the chart and the operator name them.
+const (
+	ServerImage       = "ghcr.io/rkllm-operator/rkllm-server"
+	DevicePluginImage = "ghcr.io/rkllm-operator/rknpu-device-plugin"
+	ManagerImage      = "ghcr.io/rkllm-operator/rkllm-operator"
+)
+
+// writeImageMap maps the project's images to the binaries built here, as their
+// Dockerfiles lay them out (images/), with the RKLLM simulator as rkllm-server's
+// runtime library.
+func (c *Cluster) writeImageMap() (string, error) {
+	o := c.opts
+	doc := fmt.Sprintf(`# The process runtime's images (hack/processcri/imagemap): what images/*/Dockerfile put
+# in each, from this machine's builds. librkllmrt.so is the RKLLM simulator.
+images:
+- image: %[1]s
+  files:
+    /usr/local/bin/rkllm-server: %[4]s
+    /opt/rkllm/lib/librkllmrt.so: %[5]s
+  entrypoint: [/usr/local/bin/rkllm-server]
+  env: [LD_LIBRARY_PATH=/opt/rkllm/lib]
+  user: "65532:65532"
+- image: %[2]s
+  files:
+    /rknpu-device-plugin: %[6]s
+  entrypoint: [/rknpu-device-plugin]
+- image: %[3]s
+  files:
+    /manager: %[7]s
+  entrypoint: [/manager]
+  user: "65532:65532"
+`, ServerImage, DevicePluginImage, ManagerImage, o.Server, o.SimLib, o.DevicePlugin, o.Manager)
+	path := filepath.Join(c.WorkDir, "images.yaml")
+	return path, os.WriteFile(path, []byte(doc), 0o600)
+}
+
+// Node is the real-kubelet node.
+func (c *Cluster) Node() *kubeletnode.Node { return c.node }
+
+// DialContext connects to an address in the real-kubelet node's network: a pod IP of
+// that node, or the node's own.
+func (c *Cluster) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return c.node.DialContext(ctx, network, addr)
+}
+
+// HTTPClient is an HTTP client whose connections are made in the real-kubelet node's
+// network.
+func (c *Cluster) HTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: c.DialContext, DisableKeepAlives: true}}
 }
 
 // LogDir is where every component logs.
@@ -233,7 +307,12 @@ func (c *Cluster) Stop() error {
 	c.mu.Lock()
 	procs := c.procs
 	c.procs = nil
+	closers := c.closers
+	c.closers = nil
 	c.mu.Unlock()
+	for _, cl := range closers {
+		_ = cl()
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		if err := procs[i].Stop(stopTimeout); err != nil {
 			errs = append(errs, err)
@@ -244,6 +323,10 @@ func (c *Cluster) Stop() error {
 			errs = append(errs, fmt.Errorf("stopping the kubelet: %w", err))
 		}
 		c.node = nil
+	}
+	if c.egress != nil {
+		_ = c.egress.Close()
+		c.egress = nil
 	}
 	if c.cp != nil {
 		if err := c.cp.Stop(context.Background()); err != nil {
@@ -340,23 +423,6 @@ func (c *Cluster) Forget(p *Process) {
 	}
 }
 
-// pickPodIP picks a random loopback address whose port 8080 (the server's default
-// port, which the model pods' probes use) is free, so several clusters (a demo and an
-// e2e run) can coexist on one machine.
-func pickPodIP() (string, error) {
-	var lc net.ListenConfig
-	for range 20 {
-		ip := fmt.Sprintf("127.%d.%d.%d", 100+rand.IntN(100), rand.IntN(256), 2+rand.IntN(250)) //nolint:gosec // not a secret
-		l, err := lc.Listen(context.Background(), "tcp", ip+":8080")
-		if err != nil {
-			continue
-		}
-		_ = l.Close()
-		return ip, nil
-	}
-	return "", errors.New("no free loopback address with port 8080")
-}
-
 // createKwokNode registers an RK3588 board that kwok simulates: the capacity an
 // Orange Pi 5 (16 GB) has, with the NPU the device plugin would advertise, and the
 // labels its node-feature-discovery file would give.
@@ -433,11 +499,7 @@ func nodeReady(n *corev1.Node) bool {
 // registration to show in the node's allocatable, and labels the node from the NFD
 // features file the plugin wrote.
 func (c *Cluster) startDevicePlugin(ctx context.Context) error {
-	root, err := discoverytest.RK3588().Write(filepath.Join(c.WorkDir, "npu-root"))
-	if err != nil {
-		return err
-	}
-	c.NPURoot = root
+	root := c.NPURoot
 	metrics, err := freeAddr()
 	if err != nil {
 		return err
@@ -548,30 +610,3 @@ func (c *Cluster) Run(ctx context.Context, stdin []byte, bin string, args ...str
 
 // IsNotFound reports whether err is the API server's NotFound.
 func IsNotFound(err error) bool { return apierrors.IsNotFound(err) }
-
-// RunFetches makes the real-kubelet node run the model pods' download init containers
-// (`rkllm-server fetch`) for real, as host processes of server (the rkllm-server binary)
-// with the container's mounts as host paths: the model is downloaded into the pod's
-// volume or the node's cache, and the outcome lands in the termination message. Every
-// other container still only pretends to run.
-// Their output goes to LogDir()/fetch.log.
-func (c *Cluster) RunFetches(server string) error {
-	log, err := c.openLog("fetch")
-	if err != nil {
-		return err
-	}
-	c.node.CRI.SetExec(func(req *runtimeapi.CreateContainerRequest) *exec.Cmd {
-		cfg := req.GetConfig()
-		if len(cfg.GetCommand()) != 1 || cfg.GetCommand()[0] != "rkllm-server" || len(cfg.GetArgs()) == 0 || cfg.GetArgs()[0] != "fetch" {
-			return nil
-		}
-		cmd := c.node.Command(req, server)
-		cmd.Stdout, cmd.Stderr = log, log
-		return cmd
-	})
-	return nil
-}
-
-// CRI is the real-kubelet node's fake runtime: CRI().Created() shows what the kubelet
-// asked it to create, the device plugin's devices and variables included.
-func (c *Cluster) CRI() *kubeletnode.FakeCRI { return c.node.CRI }

@@ -13,11 +13,14 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
@@ -25,7 +28,6 @@ import (
 // Timeouts of the workloads.
 const (
 	inClusterTokenLifetime = 24 * time.Hour
-	serverReadyTimeout     = time.Minute
 	endpointTimeout        = 30 * time.Second
 )
 
@@ -87,51 +89,62 @@ func WriteSimModel(path string) error {
 	return simulator.WriteModel(path, simulator.DefaultModel())
 }
 
-// StartServer runs rkllm-server with the simulator library lib and the simulator model
-// file modelPath, listening on PodIP:8080 and its probes on PodIP:8081, where the
-// kubelet probes the pods of the real-kubelet node, and on a Unix socket in the work
-// folder. It returns when /readyz answers 200.
-func (c *Cluster) StartServer(ctx context.Context, bin, lib, abi, modelPath string) (*Process, error) {
-	dir := filepath.Join(c.WorkDir, "server")
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, err
-	}
-	listen := c.PodIP + ":8080"
-	p, err := c.Start(ctx, "rkllm-server", nil, bin, "serve",
-		"--model", modelPath, "--model-dir", filepath.Dir(modelPath),
-		"--runtime-lib", lib, "--runtime-abi", abi,
-		"--listen", listen, "--probe-listen", c.PodIP+":8081", "--socket", filepath.Join(dir, "rkllm.sock"), "--log-format", "text")
+// ServeFiles serves the files of dir over HTTP on the node's address, in its network, as
+// a local model server the pods download from (their init containers), and returns the
+// base URL. Stop closes it.
+func (c *Cluster) ServeFiles(ctx context.Context, dir string) (string, error) {
+	return c.Serve(ctx, http.FileServer(http.Dir(dir)))
+}
+
+// Serve serves h over HTTP on the node's address, in its network, where the pods reach
+// it, and returns the base URL. Stop closes it.
+func (c *Cluster) Serve(ctx context.Context, h http.Handler) (string, error) {
+	l, err := c.node.Runtime.Listen(ctx, "tcp", net.JoinHostPort(c.node.IP.String(), "0"))
 	if err != nil {
-		return nil, err
+		return "", fmt.Errorf("listening in the node's network: %w", err)
 	}
-	err = Poll(ctx, serverReadyTimeout, "rkllm-server to be ready on "+listen, func(ctx context.Context) (bool, string, error) {
-		select {
-		case <-p.Exited():
-			return false, "", fmt.Errorf("rkllm-server exited: %v: %s", p.Err(), tail(p.Log, 2000))
-		default:
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/readyz", nil)
-		if err != nil {
-			return false, "", err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status, nil
-	})
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	c.mu.Lock()
+	c.closers = append(c.closers, srv.Close)
+	c.mu.Unlock()
+	return "http://" + l.Addr().String(), nil
+}
+
+// Exec runs cmd in a container of a pod on the real-kubelet node through the runtime's
+// CRI socket (ExecSync, as the kubelet's exec probes) and returns its output and exit
+// code.
+func (c *Cluster) Exec(ctx context.Context, namespace, pod, container string, cmd ...string) (string, int32, error) {
+	conn, err := grpc.NewClient("unix://"+c.node.Runtime.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, err
+		return "", 0, err
 	}
-	return p, nil
+	defer func() { _ = conn.Close() }()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+		LabelSelector: map[string]string{
+			"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": pod, "io.kubernetes.container.name": container,
+		},
+	}})
+	if err != nil {
+		return "", 0, err
+	}
+	if len(list.GetContainers()) != 1 {
+		return "", 0, fmt.Errorf("%d running containers %s in pod %s/%s on %s", len(list.GetContainers()), container, namespace, pod, KubeletNode)
+	}
+	resp, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: list.GetContainers()[0].GetId(), Cmd: cmd, Timeout: 60})
+	if err != nil {
+		return "", 0, err
+	}
+	return string(resp.GetStdout()) + string(resp.GetStderr()), resp.GetExitCode(), nil
 }
 
 // ServiceEndpoint resolves a Service's port to the address behind it on node, as the
 // EndpointSlice controller and kube-proxy would: a ready pod on node that the Service's
 // selector selects, and the container port the Service port's targetPort names. (The
-// controller cannot do it here: the API server refuses EndpointSlices with this cluster's
-// loopback pod addresses, and there is no kube-proxy.)
+// is no kube-proxy: the Service's address leads nowhere on this machine, and the kwok
+// nodes' endpoints exist nowhere.)
 func (c *Cluster) ServiceEndpoint(ctx context.Context, namespace, service, portName, node string) (string, error) {
 	svc, err := c.Client.CoreV1().Services(namespace).Get(ctx, service, metav1.GetOptions{})
 	if err != nil {
@@ -193,11 +206,12 @@ func namedPort(p *corev1.Pod, name string) int {
 	return 0
 }
 
-// StreamCommand is a shell command that sends the server at addr a JSON-RPC request
-// whose reply streams one token per line (NDJSON).
-func StreamCommand(addr, prompt string) string {
+// StreamCommand is a shell command that sends the server at addr, in the network
+// namespace netns (the real-kubelet node's), a JSON-RPC request whose reply streams one
+// token per line (NDJSON).
+func StreamCommand(netns, addr, prompt string) string {
 	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"rkllm.run","params":{"input":{"role":"user","input_type":"RKLLM_INPUT_PROMPT","prompt_input":%q},"stream":true}}`, prompt)
-	return fmt.Sprintf("curl -sN http://%s/rpc -H 'Content-Type: application/json' -d '%s'", addr, strings.ReplaceAll(body, "'", `'\''`))
+	return fmt.Sprintf("nsenter --net=%s curl -sN http://%s/rpc -H 'Content-Type: application/json' -d '%s'", netns, addr, strings.ReplaceAll(body, "'", `'\''`))
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -3,9 +3,10 @@
 // Package kubelet_test runs rknpu-device-plugin against a real kubelet (v1.37.2) whose
 // device manager is the client that matters: the plugin (on a fake RK3588 root)
 // registers, the node's allocatable shows rockchip.com/npu, a pod asking for it is
-// scheduled and the runtime is asked for the plugin's DeviceSpecs and envs, a kubelet
-// restart is survived, and a vanished device node drops allocatable until it returns.
-// Run it with `make e2e-kubelet` (needs root; see test/e2e/kubeletnode).
+// scheduled and runs (on the process runtime) with the plugin's device nodes and
+// variables, a kubelet restart is survived, and a vanished device node drops
+// allocatable until it returns. Run it with `make e2e-kubelet` (needs root; see
+// test/e2e/kubeletnode).
 package kubelet_test
 
 import (
@@ -30,9 +31,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	crilogs "k8s.io/cri-client/pkg/logs"
 
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/discovery/discoverytest"
+	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/controlplane"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/kubeletnode"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/makevars"
@@ -48,10 +50,16 @@ const (
 
 const npuResource corev1.ResourceName = "rockchip.com/npu"
 
+// shellImage runs the host's /bin/sh -c with the container's arguments (the process
+// runtime's image map in the test).
+const shellImage = "e2e.local/shell:1"
+
 func TestDevicePluginWithRealKubelet(t *testing.T) {
 	k8sBin := makevars.Path(t, "E2E_K8S_BIN_DIR", "e2e-kubelet")
 	kwokctl := makevars.Path(t, "E2E_KWOKCTL", "e2e-kubelet")
 	pluginBin := makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e-kubelet")
+	processCRI := makevars.Path(t, "E2E_PROCESS_CRI", "e2e-kubelet")
+	cniBin := makevars.Path(t, "E2E_CNI_BIN_DIR", "e2e-kubelet")
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-kubelet e2e test needs root (a private mount namespace for the kubelet)")
 	}
@@ -82,10 +90,23 @@ func TestDevicePluginWithRealKubelet(t *testing.T) {
 	})
 	client := newClient(t, cp.Kubeconfig)
 
-	// The node: a real kubelet on the fake CRI.
+	// The plugin's Orange Pi 5 fake root: its /dev is the node's, for the device nodes
+	// the plugin hands out.
+	root, err := discoverytest.RK3588().Write(filepath.Join(work, "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(work, "images.yaml")
+	if err := os.WriteFile(images, []byte("images:\n- image: "+shellImage+"\n  entrypoint: [/bin/sh, -c]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The node: a real kubelet on the process runtime.
 	node, err := kubeletnode.Start(ctx, kubeletnode.Options{
 		Kubelet: filepath.Join(k8sBin, "kubelet"), Kubeconfig: cp.Kubeconfig,
 		WorkDir: filepath.Join(work, "node"), NodeName: "rknpu-e2e", Log: logs.file("kubelet"),
+		ProcessCRI: processCRI, CNIBinDir: cniBin, Images: images,
+		NodePaths: []processcri.PathMap{{Host: "/dev", Local: filepath.Join(root, "dev")}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -104,11 +125,7 @@ func TestDevicePluginWithRealKubelet(t *testing.T) {
 		return false
 	})
 
-	// The plugin, on an Orange Pi 5 fake root.
-	root, err := discoverytest.RK3588().Write(filepath.Join(work, "root"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The plugin, on the fake root.
 	metricsAddr := freeAddr(t)
 	plugin := startPlugin(ctx, t, logs.file("rknpu-device-plugin"), pluginBin,
 		"--root", root, "--kubelet-dir", node.DevicePluginDir, "--metrics-addr", metricsAddr,
@@ -118,11 +135,11 @@ func TestDevicePluginWithRealKubelet(t *testing.T) {
 	t.Log("the plugin registers and the node's allocatable shows rockchip.com/npu: 1")
 	waitAllocatable(ctx, t, client, node.Name, 1)
 
-	t.Log("a pod asking for the NPU is scheduled and the runtime gets the plugin's devices and envs")
+	t.Log("a pod asking for the NPU is scheduled and runs with the plugin's devices and envs")
 	waitServiceAccount(ctx, t, client)
 	pod := createPod(ctx, t, client, "npu-user")
 	waitPod(ctx, t, client, pod, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning }, "Running")
-	checkContainerRequest(t, node.CRI.Created(), "npu-user")
+	checkContainerGotTheNPU(ctx, t, node, pod)
 
 	t.Log("restarting the kubelet deletes the plugin's socket; the plugin registers again and the pod keeps its device")
 	restartsBefore := metric(ctx, t, metricsAddr, "rknpu_kubelet_restarts_total")
@@ -167,37 +184,27 @@ func TestDevicePluginWithRealKubelet(t *testing.T) {
 	}
 }
 
-// checkContainerRequest finds the container's CreateContainer request and checks the
-// device plugin's contribution.
-func checkContainerRequest(t *testing.T, reqs []*runtimeapi.CreateContainerRequest, pod string) {
+// checkContainerGotTheNPU reads what the running container printed (its log, in the
+// kubelet's pod log folder) and checks the device plugin's contribution: exactly its
+// device nodes in the container's /dev/dri, and its variables.
+func checkContainerGotTheNPU(ctx context.Context, t *testing.T, node *kubeletnode.Node, pod *corev1.Pod) {
 	t.Helper()
-	var req *runtimeapi.CreateContainerRequest
-	for _, r := range reqs {
-		if r.GetSandboxConfig().GetMetadata().GetName() == pod {
-			req = r
+	logFile := filepath.Join(node.PodLogDir, pod.Namespace+"_"+pod.Name+"_"+string(pod.UID), "server", "0.log")
+	var out string
+	eventually(ctx, t, podTimeout, "the container to print its devices", func() (bool, string) {
+		var b strings.Builder
+		if err := crilogs.ReadLogs(ctx, logFile, "", &crilogs.LogOptions{}, nil, &b, &b); err != nil {
+			return false, err.Error()
 		}
-	}
-	if req == nil {
-		t.Fatalf("the fake runtime got no CreateContainer for pod %s (got %d requests)", pod, len(reqs))
-	}
-	var devices []string
-	for _, d := range req.Config.Devices {
-		devices = append(devices, d.ContainerPath+"|"+d.HostPath+"|"+d.Permissions)
-	}
-	want := []string{"/dev/dri/renderD129|/dev/dri/renderD129|rw", "/dev/dri/card1|/dev/dri/card1|rw"}
-	if strings.Join(devices, " ") != strings.Join(want, " ") {
-		t.Errorf("CreateContainer devices = %v, want %v", devices, want)
-	}
-	envs := map[string]string{}
-	for _, kv := range req.Config.Envs {
-		envs[kv.Key] = string(kv.Value)
-	}
-	for k, v := range map[string]string{
-		"RKNPU_DEVICE_NODES": "/dev/dri/renderD129,/dev/dri/card1", "RKNPU_SOC": "rk3588", "RKNPU_CORES": "3",
-		"RKNPU_DRIVER_VERSION": "0.9.8", "RKNPU_UNIT_IDS": "npu0",
+		out = b.String()
+		return strings.Contains(out, "done"), out
+	})
+	for _, want := range []string{
+		"devices: card1 renderD129", "RKNPU_DEVICE_NODES=/dev/dri/renderD129,/dev/dri/card1", "RKNPU_SOC=rk3588", "RKNPU_CORES=3",
+		"RKNPU_DRIVER_VERSION=0.9.8", "RKNPU_UNIT_IDS=npu0",
 	} {
-		if envs[k] != v {
-			t.Errorf("CreateContainer env %s = %q, want %q", k, envs[k], v)
+		if !strings.Contains(out, want) {
+			t.Errorf("the container printed no %q:\n%s", want, out)
 		}
 	}
 }
@@ -229,12 +236,15 @@ func createPod(ctx context.Context, t *testing.T, c kubernetes.Interface, name s
 	t.Helper()
 	no := false
 	one := resource.MustParse("1")
+	grace := int64(5)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: corev1.PodSpec{
-			AutomountServiceAccountToken: &no,
+			AutomountServiceAccountToken:  &no,
+			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
-				Name: "server", Image: "ghcr.io/rkllm-operator/rkllm-server:e2e",
+				Name: "server", Image: shellImage,
+				Args:      []string{`echo "devices: $(ls /dev/dri | tr '\n' ' ')"; env | grep ^RKNPU_ | sort; echo done; trap 'exit 0' TERM; while :; do sleep 1; done`},
 				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{npuResource: one}},
 			}},
 		},

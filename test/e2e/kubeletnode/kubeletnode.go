@@ -1,15 +1,24 @@
 // Package kubeletnode runs a real kubelet as a Kubernetes node on a machine with no
-// container engine and without touching the host: the container runtime is the CRI fake
-// from k8s.io/cri-client (served in this process), and the kubelet runs in a private mount
-// namespace (unshare --mount --propagation private) where temporary folders are
-// bind-mounted over /var/lib (its device-plugin folder is hard-coded under
-// /var/lib/kubelet) and /var/log (/var/log/containers is hard-coded), and files holding
-// the kernel tunables the kubelet insists on are bind-mounted over their /proc/sys
-// entries, with protectKernelDefaults on so it never writes them. Every mount lives in
-// that namespace and vanishes with the kubelet; the host's kernel settings are never
-// changed. It backs the device plugin's real-kubelet e2e test and the demo's node.
+// container engine and without touching the host: the container runtime is the process
+// runtime (hack/processcri), which runs every pod for real as host processes, and the
+// node lives in the runtime's private namespaces (processcri.Launch): a mount namespace
+// where temporary folders are bind-mounted over /var/lib (the kubelet's folder and its
+// device-plugin folder are hard-coded under /var/lib/kubelet) and /var/log
+// (/var/log/containers is hard-coded), and files holding the kernel tunables the
+// kubelet insists on are bind-mounted over their /proc/sys entries, with
+// protectKernelDefaults on so it never writes them; a network namespace with the node's
+// bridge and address (the node IP, where pods and the API server reach the kubelet) and
+// the pods' addresses behind it; a PID namespace whose end ends every process of the
+// node. The kubelet joins the mount and network namespaces (nsenter), so it can be
+// restarted alone, as on a real node.
 //
-// It needs root (for unshare and mount) and the unshare and mount commands (util-linux).
+// From the host, the node's network is reached through this package: the kubelet
+// reaches the API server through a forwarder listening on the node's loopback, the API
+// server reaches the kubelet (kubectl logs) through EgressProxy, and tests reach pod IPs
+// with Node.DialContext. Every mount, interface and address lives in the node's
+// namespaces and vanishes with them; the host's kernel settings are never changed.
+//
+// It needs root and util-linux (unshare, nsenter).
 package kubeletnode
 
 import (
@@ -18,6 +27,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,44 +39,66 @@ import (
 	"text/template"
 	"time"
 
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
 )
+
+// DefaultSubnet is the pods' subnet when Options.Subnet is unset. It exists only in the
+// node's network namespace, so every node can use it.
+var DefaultSubnet = netip.MustParsePrefix("10.244.0.0/24")
 
 // Options configures a node.
 type Options struct {
 	// Kubelet is the kubelet binary (hack/k8s-binaries.sh kubelet).
 	Kubelet string
 	// Kubeconfig is the kubeconfig the kubelet uses to reach the API server (an admin
-	// kubeconfig is fine for tests).
+	// kubeconfig is fine for tests); its server must be on this machine's loopback.
 	Kubeconfig string
 	// WorkDir is a private folder for the node: the folders mounted over /var/lib and
-	// /var/log, the kubelet's configuration, the CRI socket. It must not be under
-	// /var/lib or /var/log, which the kubelet sees replaced.
+	// /var/log, the kubelet's configuration, the runtime's state. It must not be under
+	// /var/lib or /var/log, which the node sees replaced.
 	WorkDir string
 	// NodeName is the node's name (default "rknpu-node").
 	NodeName string
-	// Log receives the kubelet's output (nil discards it).
+	// Log receives the kubelet's and the runtime's output (nil discards it).
 	Log io.Writer
-	// StopTimeout bounds a graceful kubelet stop before it is killed (default 10s).
+	// StopTimeout bounds a graceful kubelet or runtime stop before a kill (default 30s).
 	StopTimeout time.Duration
-	// PodIP, when set, is the IP the fake runtime reports for every pod sandbox (the
-	// kubelet's probes go there), instead of the fake's fixed 192.168.192.168.
-	PodIP string
+
+	// ProcessCRI is the process runtime's binary (make process-cri).
+	ProcessCRI string
+	// CNIBinDir holds the CNI plugins (make cni-plugins).
+	CNIBinDir string
+	// Images is the runtime's image map (hack/processcri/imagemap).
+	Images string
+	// NodePaths make host paths of the kubelet's mounts and devices come from local
+	// folders (the fake NPU tree's /dev and /sys).
+	NodePaths []processcri.PathMap
+	// Subnet is the pods' subnet (default DefaultSubnet); its first address is the
+	// node's.
+	Subnet netip.Prefix
 }
 
-// Node is a running kubelet with its fake runtime.
+// Node is a running kubelet with its process runtime.
 type Node struct {
-	// CRI is the fake container runtime; CRI.Created() shows what the kubelet asked for.
-	CRI *FakeCRI
+	// Runtime is the process runtime, whose namespaces are the node's.
+	Runtime *processcri.Node
 	// DevicePluginDir is the host path of the kubelet's /var/lib/kubelet/device-plugins,
 	// where a device plugin under test puts its socket (its --kubelet-dir).
 	DevicePluginDir string
+	// PodLogDir is the host path of the kubelet's pod log folder.
+	PodLogDir string
 	// Name is the node's name.
 	Name string
+	// IP is the node's address, in its network namespace.
+	IP netip.Addr
 
 	opts   Options
 	script string
 	proc   *process
+	apiFwd *Forwarder
+	subnet netip.Prefix
 }
 
 // kernelTunables are what the kubelet checks (and, with protectKernelDefaults false,
@@ -79,102 +112,130 @@ var kernelTunables = map[string]string{
 	"kernel/keys/root_maxbytes": "25000000",
 }
 
-// Start starts the fake runtime and the kubelet. It returns once the kubelet runs; wait
-// for the Node object to be Ready through the API. On error everything started is stopped.
-func Start(ctx context.Context, opts Options) (*Node, error) {
-	if opts.NodeName == "" {
-		opts.NodeName = "rknpu-node"
+// Start starts the process runtime in the node's new namespaces and the kubelet in them.
+// It returns once the kubelet runs; wait for the Node object to be Ready through the API.
+// On error everything started is stopped.
+func Start(ctx context.Context, opts Options) (n *Node, err error) {
+	if err := opts.complete(); err != nil {
+		return nil, err
 	}
-	if opts.Log == nil {
-		opts.Log = io.Discard
+	work := opts.WorkDir
+	n = &Node{
+		Name:            opts.NodeName,
+		DevicePluginDir: filepath.Join(work, "var-lib", "kubelet", "device-plugins"),
+		PodLogDir:       filepath.Join(work, "pod-logs"),
+		IP:              opts.Subnet.Masked().Addr().Next(),
+		opts:            opts,
+		subnet:          opts.Subnet.Masked(),
 	}
-	if opts.StopTimeout <= 0 {
-		opts.StopTimeout = 10 * time.Second
-	}
-	if os.Geteuid() != 0 {
-		return nil, errors.New("kubeletnode needs root (unshare --mount and bind mounts)")
-	}
-	work, err := filepath.Abs(opts.WorkDir)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, n.Stop())
+		}
+	}()
+	setup, err := n.prepare()
 	if err != nil {
 		return nil, err
 	}
-	for _, hidden := range []string{"/var/lib", "/var/log"} {
-		if work == hidden || strings.HasPrefix(work, hidden+"/") {
-			return nil, fmt.Errorf("work folder %s is under %s, which the kubelet sees replaced; use a folder under /tmp", work, hidden)
-		}
-	}
-	for _, tool := range []string{"unshare", "mount"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s not found (Debian package util-linux / mount): %w", tool, err)
-		}
-	}
-	opts.WorkDir = work
-	n := &Node{
-		Name:            opts.NodeName,
-		DevicePluginDir: filepath.Join(work, "var-lib", "kubelet", "device-plugins"),
-		opts:            opts,
-	}
-	if err := n.prepare(); err != nil {
+	if n.Runtime, err = processcri.Launch(ctx, processcri.LaunchOptions{
+		Binary: opts.ProcessCRI, StateDir: filepath.Join(work, "runtime"), Setup: setup, Log: opts.Log,
+		Args: n.runtimeArgs(),
+	}); err != nil {
 		return nil, err
 	}
-	if n.CRI, err = StartFakeCRI(filepath.Join(work, "cri.sock")); err != nil {
+	if err := n.forwardAPIServer(ctx); err != nil {
 		return nil, err
 	}
-	n.CRI.SetPodIP(opts.PodIP)
 	if err := n.startKubelet(ctx); err != nil {
-		n.CRI.Stop()
 		return nil, err
 	}
 	return n, nil
 }
 
-// prepare writes the folders, the tunables, the kubelet configuration and the script run
-// inside the mount namespace.
-func (n *Node) prepare() error {
-	w := n.opts.WorkDir
-	for _, d := range []string{"var-lib/kubelet/device-plugins", "var-log", "pod-logs", "volume-plugins", "sysctl"} {
-		if err := os.MkdirAll(filepath.Join(w, d), 0o750); err != nil {
-			return fmt.Errorf("preparing the node folder: %w", err)
-		}
+// complete fills in the defaults and checks the machine.
+func (o *Options) complete() error {
+	if o.NodeName == "" {
+		o.NodeName = "rknpu-node"
 	}
-	var mounts []string
-	for key, value := range kernelTunables {
-		file := filepath.Join(w, "sysctl", strings.ReplaceAll(key, "/", "."))
-		if err := os.WriteFile(file, []byte(value+"\n"), 0o600); err != nil {
-			return fmt.Errorf("writing %s: %w", file, err)
-		}
-		mounts = append(mounts, fmt.Sprintf("mount --bind %s /proc/sys/%s", shellQuote(file), key))
+	if o.Log == nil {
+		o.Log = io.Discard
 	}
-	ports, err := freePorts(2)
+	if o.StopTimeout <= 0 {
+		o.StopTimeout = 30 * time.Second
+	}
+	if !o.Subnet.IsValid() {
+		o.Subnet = DefaultSubnet
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("kubeletnode needs root (namespaces and bind mounts)")
+	}
+	work, err := filepath.Abs(o.WorkDir)
 	if err != nil {
 		return err
 	}
-	config := filepath.Join(w, "kubelet.yaml")
-	if err := renderFile(config, kubeletConfig, map[string]any{
-		"Port": ports[0], "HealthzPort": ports[1], "CRI": "unix://" + filepath.Join(w, "cri.sock"),
-		"PodLogs": filepath.Join(w, "pod-logs"), "VolumePlugins": filepath.Join(w, "volume-plugins"),
-	}); err != nil {
-		return err
+	for _, hidden := range []string{"/var/lib", "/var/log"} {
+		if work == hidden || strings.HasPrefix(work, hidden+"/") {
+			return fmt.Errorf("work folder %s is under %s, which the kubelet sees replaced; use a folder under /tmp", work, hidden)
+		}
 	}
-	n.script = strings.Join(append([]string{
-		"set -e",
-		"mount --bind " + shellQuote(filepath.Join(w, "var-lib")) + " /var/lib",
-		"mount --bind " + shellQuote(filepath.Join(w, "var-log")) + " /var/log",
-	}, append(mounts,
-		fmt.Sprintf("exec %s --config=%s --kubeconfig=%s --hostname-override=%s --v=1",
-			shellQuote(n.opts.Kubelet), shellQuote(config), shellQuote(n.opts.Kubeconfig), shellQuote(n.opts.NodeName)),
-	)...), "\n")
+	for _, tool := range []string{"unshare", "nsenter", "mount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (Debian package util-linux / mount): %w", tool, err)
+		}
+	}
+	o.WorkDir = work
 	return nil
 }
 
-// kubeletConfig keeps the kubelet on loopback, off the host's cgroups and kernel
-// settings, and quick to report node status.
+func (n *Node) runtimeArgs() []string {
+	args := []string{"--images", n.opts.Images, "--cni-bin-dir", n.opts.CNIBinDir, "--subnet", n.opts.Subnet.String()}
+	for _, m := range n.opts.NodePaths {
+		args = append(args, "--node-path", m.Host+"="+m.Local)
+	}
+	return args
+}
+
+// prepare writes the folders, the tunables and the kubelet configuration, and returns
+// the commands that mount them in the node's mount namespace.
+func (n *Node) prepare() ([]string, error) {
+	w := n.opts.WorkDir
+	for _, d := range []string{"var-lib/kubelet/device-plugins", "var-log", "pod-logs", "volume-plugins", "sysctl", "runtime"} {
+		if err := os.MkdirAll(filepath.Join(w, d), 0o750); err != nil {
+			return nil, fmt.Errorf("preparing the node folder: %w", err)
+		}
+	}
+	setup := []string{
+		"mount --bind " + shellQuote(filepath.Join(w, "var-lib")) + " /var/lib",
+		"mount --bind " + shellQuote(filepath.Join(w, "var-log")) + " /var/log",
+	}
+	for key, value := range kernelTunables {
+		file := filepath.Join(w, "sysctl", strings.ReplaceAll(key, "/", "."))
+		if err := os.WriteFile(file, []byte(value+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", file, err)
+		}
+		setup = append(setup, fmt.Sprintf("mount --bind %s /proc/sys/%s", shellQuote(file), key))
+	}
+	config := filepath.Join(w, "kubelet.yaml")
+	if err := renderFile(config, kubeletConfig, map[string]any{
+		"Address": n.IP.String(), "CRI": "unix://" + filepath.Join(w, "runtime", "cri.sock"),
+		"PodLogs": n.PodLogDir, "VolumePlugins": filepath.Join(w, "volume-plugins"),
+	}); err != nil {
+		return nil, err
+	}
+	n.script = fmt.Sprintf("exec %s --config=%s --kubeconfig=%s --hostname-override=%s --node-ip=%s --v=1",
+		shellQuote(n.opts.Kubelet), shellQuote(config), shellQuote(n.opts.Kubeconfig), shellQuote(n.opts.NodeName), n.IP)
+	return setup, nil
+}
+
+// kubeletConfig keeps the kubelet off the host's cgroups and kernel settings and quick
+// to report node status. Its ports are the usual ones: they are the node's own, in its
+// network namespace.
 var kubeletConfig = template.Must(template.New("kubelet").Parse(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
-port: {{.Port}}
+address: {{.Address}}
+port: 10250
 healthzBindAddress: 127.0.0.1
-healthzPort: {{.HealthzPort}}
+healthzPort: 10248
 readOnlyPort: 0
 containerRuntimeEndpoint: {{.CRI}}
 imageServiceEndpoint: {{.CRI}}
@@ -199,9 +260,38 @@ evictionHard:
 serializeImagePulls: false
 `))
 
-// startKubelet starts the kubelet in its own mount namespace.
+// forwardAPIServer listens on the API server's loopback address in the node's network
+// namespace and forwards to it, so the kubelet's kubeconfig works there unchanged (TLS
+// passes through).
+func (n *Node) forwardAPIServer(ctx context.Context) error {
+	cfg, err := clientcmd.LoadFromFile(n.opts.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("reading the kubelet's kubeconfig: %w", err)
+	}
+	kctx := cfg.Contexts[cfg.CurrentContext]
+	if kctx == nil || cfg.Clusters[kctx.Cluster] == nil {
+		return fmt.Errorf("kubeconfig %s has no current cluster", n.opts.Kubeconfig)
+	}
+	u, err := url.Parse(cfg.Clusters[kctx.Cluster].Server)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("the kubelet's API server %s is not on this machine's loopback", u.Host)
+	}
+	l, err := n.Runtime.Listen(ctx, "tcp", u.Host)
+	if err != nil {
+		return fmt.Errorf("listening for the kubelet's API server connections in the node: %w", err)
+	}
+	var d net.Dialer
+	n.apiFwd = Forward(l, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", u.Host) })
+	return nil
+}
+
+// startKubelet starts the kubelet in the node's mount and network namespaces.
 func (n *Node) startKubelet(ctx context.Context) error {
-	p, err := startProcess(ctx, n.opts.WorkDir, n.opts.Log, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", n.script)
+	p, err := startProcess(ctx, n.opts.WorkDir, n.opts.Log, "nsenter", "--mount="+n.Runtime.MountNS(), "--net="+n.Runtime.NetNS(),
+		"--", "/bin/sh", "-c", n.script)
 	if err != nil {
 		return fmt.Errorf("starting the kubelet: %w", err)
 	}
@@ -211,7 +301,7 @@ func (n *Node) startKubelet(ctx context.Context) error {
 
 // Restart stops the kubelet and starts it again with the same folders, as a kubelet
 // restart on a real node (which deletes the device-plugin sockets and re-creates
-// kubelet.sock).
+// kubelet.sock); the runtime and the pods keep running.
 func (n *Node) Restart(ctx context.Context) error {
 	if err := n.stopKubelet(); err != nil {
 		return err
@@ -222,10 +312,28 @@ func (n *Node) Restart(ctx context.Context) error {
 // Exited is closed when the kubelet process ends.
 func (n *Node) Exited() <-chan struct{} { return n.proc.done }
 
-// Stop stops the kubelet (its mounts go with its namespace) and the fake runtime.
+// DialContext connects to an address in the node's network (a pod IP, the node IP).
+func (n *Node) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return n.Runtime.DialContext(ctx, network, addr)
+}
+
+// InNetwork reports whether ip is one of the node's: its address or a pod's.
+func (n *Node) InNetwork(ip netip.Addr) bool { return n.subnet.Contains(ip) }
+
+// Stop stops the kubelet, then the runtime (which stops every container), and with it
+// the node's namespaces, mounts and addresses.
 func (n *Node) Stop() error {
 	err := n.stopKubelet()
-	n.CRI.Stop()
+	if n.apiFwd != nil {
+		n.apiFwd.Close()
+		n.apiFwd = nil
+	}
+	if n.Runtime != nil {
+		if rerr := n.Runtime.Stop(n.opts.StopTimeout); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("stopping the process runtime: %w", rerr))
+		}
+		n.Runtime = nil
+	}
 	return err
 }
 
@@ -253,7 +361,7 @@ func startProcess(ctx context.Context, dir string, log io.Writer, name string, a
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		// Not CommandContext: the kubelet outlives Start's context; stop() and Pdeathsig end it.
-		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (unshare), caller-chosen kubelet
+		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (nsenter), caller-chosen kubelet
 		// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
 		cmd.Dir = dir
 		cmd.Stdout, cmd.Stderr = log, log
@@ -316,20 +424,6 @@ func renderFile(path string, t *template.Template, data any) error {
 	return f.Close()
 }
 
-func freePorts(n int) ([]int, error) {
-	var lc net.ListenConfig
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		defer func() { _ = l.Close() }()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // PID is the kubelet's process id (for logs).
@@ -338,55 +432,4 @@ func (n *Node) PID() string {
 		return "none"
 	}
 	return strconv.Itoa(n.proc.pid)
-}
-
-// HostPath is where a path the kubelet names (in its mount namespace, where /var/lib and
-// /var/log are folders of the node's) is for other processes.
-func (n *Node) HostPath(p string) string {
-	for _, d := range []struct{ in, host string }{{"/var/lib", "var-lib"}, {"/var/log", "var-log"}} {
-		if p == d.in || strings.HasPrefix(p, d.in+"/") {
-			return filepath.Join(n.opts.WorkDir, d.host, strings.TrimPrefix(p, d.in))
-		}
-	}
-	return p
-}
-
-// Command is a created container's process as a host process with bin as its
-// executable: its arguments, and its environment on top of this process's, with every
-// container path under one of the container's mounts (a volume, the termination log,
-// the device plugin's mounts) turned into the host path behind it. It runs as this
-// process's user, in the runtime's ExecContext.
-func (n *Node) Command(req *runtimeapi.CreateContainerRequest, bin string) *exec.Cmd {
-	cfg := req.GetConfig()
-	hostOf := func(v string) string {
-		best := ""
-		var host string
-		for _, m := range cfg.GetMounts() {
-			c := m.GetContainerPath()
-			if (v == c || strings.HasPrefix(v, c+"/")) && len(c) > len(best) {
-				best, host = c, n.HostPath(m.GetHostPath())+strings.TrimPrefix(v, c)
-			}
-		}
-		if best == "" {
-			return v
-		}
-		return host
-	}
-	translate := func(v string) string {
-		if name, value, ok := strings.Cut(v, "="); ok && strings.HasPrefix(name, "--") {
-			return name + "=" + hostOf(value)
-		}
-		return hostOf(v)
-	}
-	args := make([]string, 0, len(cfg.GetArgs()))
-	for _, a := range cfg.GetArgs() {
-		args = append(args, translate(a))
-	}
-	cmd := exec.CommandContext(n.CRI.ExecContext(), bin, args...) //nolint:gosec // the test's own binary
-	cmd.Env = os.Environ()
-	for _, e := range cfg.GetEnvs() {
-		cmd.Env = append(cmd.Env, e.GetKey()+"="+hostOf(string(e.GetValue())))
-	}
-	cmd.Dir = n.opts.WorkDir
-	return cmd
 }

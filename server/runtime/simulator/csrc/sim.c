@@ -50,6 +50,7 @@ typedef struct {
 	long run_error_after; /* ... after this many deliveries */
 	long fault_run;       /* 0: every run, else only the n-th run (1-based) */
 	char *once_file;      /* RKLLM_SIM_FAULT_ONCE_FILE: the handle's own copy, or NULL */
+	char *run_gate;       /* RKLLM_SIM_RUN_GATE: the handle's own copy, or NULL */
 	bool clock_text;      /* RKLLM_SIM_CLOCK_TEXT: token text is the callback's time */
 	int log_level;        /* RKLLM_LOG_LEVEL */
 } sim_faults;
@@ -250,6 +251,8 @@ static int read_faults(sim_faults *f)
 	f->clock_text = clock != 0;
 	const char *once = getenv("RKLLM_SIM_FAULT_ONCE_FILE");
 	f->once_file = once && *once ? (char *)once : NULL;
+	const char *gate = getenv("RKLLM_SIM_RUN_GATE");
+	f->run_gate = gate && *gate ? (char *)gate : NULL;
 	/* The runtime's own variable: read leniently, as a runtime would. */
 	const char *lvl = getenv("RKLLM_LOG_LEVEL");
 	f->log_level = lvl ? atoi(lvl) : 0;
@@ -346,6 +349,7 @@ static void free_handle(sim_handle *h)
 	json_free(&h->tools);
 	free(h->stats_path);
 	free(h->f.once_file);
+	free(h->f.run_gate);
 	sim_model_free(&h->m);
 	pthread_mutex_destroy(&h->mu);
 	pthread_cond_destroy(&h->cv);
@@ -423,6 +427,7 @@ EXPORT int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM13Callback *cal
 	h->n_batch = n_batch;
 	h->f = f;
 	h->f.once_file = f.once_file ? strdup(f.once_file) : NULL;
+	h->f.run_gate = f.run_gate ? strdup(f.run_gate) : NULL;
 	const char *sp = getenv("RKLLM_SIM_STATS_FILE");
 	h->stats_path = sp && *sp ? strdup(sp) : NULL;
 	h->kv = xcalloc((size_t)n_batch, sizeof *h->kv);
@@ -715,8 +720,7 @@ EXPORT int rkllm_abort(LLMHandle handle)
 		pthread_cond_broadcast(&h->cv);
 	}
 	pthread_mutex_unlock(&h->mu);
-	if (running)
-		stats(h, "event=abort");
+	stats(h, running ? "event=abort" : "event=idle_abort");
 	return 0;
 }
 
@@ -1562,6 +1566,28 @@ static void *run_thread(void *arg)
 	return NULL;
 }
 
+/* run_gate holds a run (the RKLLM_SIM_FAULT_RUN-th, or every one) at the start of
+ * rkllm_run, before the run is in progress, until something opens the FIFO
+ * RKLLM_SIM_RUN_GATE for writing: tests use it to reach a runtime that has been asked
+ * to run but has not started yet. */
+static void run_gate(sim_handle *h)
+{
+	if (!h->f.run_gate)
+		return;
+	pthread_mutex_lock(&h->mu);
+	long no = h->runs + 1;
+	pthread_mutex_unlock(&h->mu);
+	if (h->f.fault_run != 0 && h->f.fault_run != no)
+		return;
+	stats(h, "event=gate run=%ld", no);
+	int fd = open(h->f.run_gate, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		logf_("E", "cannot open RKLLM_SIM_RUN_GATE %s: %s", h->f.run_gate, strerror(errno));
+		return;
+	}
+	close(fd);
+}
+
 /* start_run starts a run on a thread of its own: like a runtime's worker thread, it
  * delivers callbacks on a thread the caller did not create. */
 static sim_run *start_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
@@ -1570,6 +1596,7 @@ static sim_run *start_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip,
 	sim_handle *h = lookup(handle, fn);
 	if (!h)
 		return NULL;
+	run_gate(h);
 	pthread_mutex_lock(&h->mu);
 	if (h->running) {
 		pthread_mutex_unlock(&h->mu);
