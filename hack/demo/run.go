@@ -94,14 +94,7 @@ func run(p paths) (err error) {
 	}
 
 	r := ready{GatewayURL: gateway.URL, WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), NodePID: c.Node().Runtime.PID, ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(readyFile(p)+".tmp", data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(readyFile(p)+".tmp", readyFile(p)); err != nil {
+	if err := writeReady(p, r); err != nil {
 		return err
 	}
 	logf("ready")
@@ -118,6 +111,18 @@ func run(p paths) (err error) {
 	case <-c.Plugin.Exited():
 		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
 	}
+}
+
+// writeReady tells `up` the cluster serves: the ready file, written whole.
+func writeReady(p paths, r ready) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(readyFile(p)+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(readyFile(p)+".tmp", readyFile(p))
 }
 
 // serveModel writes the simulator model file and serves it from a local HTTP server in
