@@ -128,7 +128,8 @@ func TestEdgeCluster(t *testing.T) {
 	onReal := s.modelOnNode(edgecluster.KubeletNode)
 
 	s.step("the model's Service reaches rkllm-server: /v1/models names the model, /rpc runs a prompt")
-	s.checkServiceServes(onReal, strings.TrimSuffix(filepath.Base(simModel), ".rkllm"))
+	// The served model name defaults to the RKLLMModel's name (spec.servedModelName).
+	s.checkServiceServes(onReal, onReal)
 
 	s.step("the manager's HTTPS /metrics answers a token bound to the chart's metrics-reader role, and refuses others")
 	s.checkSecureMetrics(managerProc)
