@@ -6,11 +6,13 @@ require (
 	// Pinned: v1.9.0 and newer (up to v1.12.0) declare go 1.27.0, and the build machines and
 	// CI run Go 1.26. Upgrade with the toolchain; the chattemplate golden tests check it.
 	github.com/ardanlabs/jinja v1.8.0
+	github.com/containernetworking/cni v1.3.1
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/go-logr/logr v1.4.4
 	github.com/gofrs/flock v0.13.2
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spf13/pflag v1.0.10
+	github.com/vishvananda/netlink v1.3.1
 	github.com/yuin/gopher-lua v1.1.2
 	go.uber.org/zap v1.27.1
 	golang.org/x/net v0.60.0
@@ -33,11 +35,6 @@ require (
 	sigs.k8s.io/yaml v1.6.0
 	tags.cncf.io/container-device-interface v1.1.2
 	tags.cncf.io/container-device-interface/specs-go v1.1.1
-)
-
-require (
-	github.com/containernetworking/cni v1.3.1
-	github.com/vishvananda/netlink v1.3.1
 )
 
 require (

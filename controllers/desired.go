@@ -416,13 +416,20 @@ func desiredConfigMap(model *inferencev1alpha1.RKLLMModel, config []byte) *corev
 		WithData(map[string]string{configFileName: string(config)})
 }
 
-// desiredService exposes the server port inside the cluster.
+// desiredService exposes the server port, inside the cluster unless spec.service asks
+// for a NodePort or LoadBalancer. Annotations the spec no longer lists are removed by
+// the apply (the operator owns only the fields it applies); those other controllers add
+// stay.
 func desiredService(model *inferencev1alpha1.RKLLMModel) *corev1ac.ServiceApplyConfiguration {
-	return corev1ac.Service(model.Name, model.Namespace).
+	svc := corev1ac.Service(model.Name, model.Namespace)
+	if s := model.Spec.Service; s != nil && len(s.Annotations) > 0 {
+		svc.WithAnnotations(s.Annotations)
+	}
+	return svc.
 		WithLabels(objectLabels(model)).
 		WithOwnerReferences(ownerReference(model)).
 		WithSpec(corev1ac.ServiceSpec().
-			WithType(corev1.ServiceTypeClusterIP).
+			WithType(model.Spec.GetServiceType()).
 			WithSelector(selectorLabels(model)).
 			WithPorts(corev1ac.ServicePort().
 				WithName(httpPortName).
@@ -484,13 +491,15 @@ func desiredPodTemplate(model *inferencev1alpha1.RKLLMModel, opts Options, confi
 	if err != nil {
 		return nil, err
 	}
-	hash, err := rolloutHash(hashed, podSpec)
+	podLabels, podAnnotations := podMetadata(model)
+	hash, err := rolloutHash(hashed, podSpec, podLabels, podAnnotations)
 	if err != nil {
 		return nil, err
 	}
+	podAnnotations[AnnotationRolloutHash] = hash
 	return corev1ac.PodTemplateSpec().
-		WithLabels(objectLabels(model)).
-		WithAnnotations(map[string]string{AnnotationRolloutHash: hash}).
+		WithLabels(podLabels).
+		WithAnnotations(podAnnotations).
 		WithSpec(podSpec), nil
 }
 
@@ -523,16 +532,38 @@ func desiredPodDisruptionBudget(model *inferencev1alpha1.RKLLMModel) *policyv1ac
 			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow))
 }
 
-// rolloutHash is a short hash of the server configuration and the pod spec.
-func rolloutHash(config []byte, podSpec *corev1ac.PodSpecApplyConfiguration) (string, error) {
-	b, err := json.Marshal(podSpec)
-	if err != nil {
-		return "", fmt.Errorf("encoding pod spec: %w", err)
+// podMetadata are the server pods' labels and annotations: the user's podLabels and
+// podAnnotations, then the operator's labels (the CRD refuses user keys that would
+// collide with them, so this order is only a second line of defence).
+func podMetadata(model *inferencev1alpha1.RKLLMModel) (labels, annotations map[string]string) {
+	labels = map[string]string{}
+	for k, v := range model.Spec.PodLabels {
+		labels[k] = string(v)
 	}
+	for k, v := range objectLabels(model) {
+		labels[k] = v
+	}
+	annotations = map[string]string{}
+	for k, v := range model.Spec.PodAnnotations {
+		annotations[k] = v
+	}
+	return labels, annotations
+}
+
+// rolloutHash is a short hash of the server configuration, the pod spec and the pod
+// template's labels and annotations: what the Deployment rolls the pods for.
+func rolloutHash(config []byte, podSpec *corev1ac.PodSpecApplyConfiguration, podLabels, podAnnotations map[string]string) (string, error) {
 	h := sha256.New()
 	h.Write(config)
-	h.Write([]byte{0})
-	h.Write(b)
+	for _, part := range []any{podSpec, podLabels, podAnnotations} {
+		// encoding/json sorts map keys, so equal inputs give equal bytes.
+		b, err := json.Marshal(part)
+		if err != nil {
+			return "", fmt.Errorf("encoding the pod template: %w", err)
+		}
+		h.Write([]byte{0})
+		h.Write(b)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
@@ -584,7 +615,40 @@ func desiredPodSpec(model *inferencev1alpha1.RKLLMModel, opts Options) (*corev1a
 	if err := withScheduling(ps, model); err != nil {
 		return nil, err
 	}
+	if err := withUserSettings(ps, spec); err != nil {
+		return nil, err
+	}
 	return ps, nil
+}
+
+// withUserSettings applies the spec's escape hatches: env and envFrom to every container
+// (the downloads need proxies as much as the server), args after the server's own, and
+// the runtime class.
+func withUserSettings(ps *corev1ac.PodSpecApplyConfiguration, spec *inferencev1alpha1.RKLLMModelSpec) error {
+	if spec.RuntimeClassName != nil {
+		ps.WithRuntimeClassName(*spec.RuntimeClassName)
+	}
+	var env []*corev1ac.EnvVarApplyConfiguration
+	if err := convert(spec.Env, &env); err != nil {
+		return fmt.Errorf("spec.env: %w", err)
+	}
+	var envFrom []*corev1ac.EnvFromSourceApplyConfiguration
+	if err := convert(spec.EnvFrom, &envFrom); err != nil {
+		return fmt.Errorf("spec.envFrom: %w", err)
+	}
+	add := func(c *corev1ac.ContainerApplyConfiguration) {
+		c.WithEnv(env...).WithEnvFrom(envFrom...)
+		if c.Name != nil && *c.Name == serverContainer {
+			c.WithArgs(spec.Args...)
+		}
+	}
+	for i := range ps.InitContainers {
+		add(&ps.InitContainers[i])
+	}
+	for i := range ps.Containers {
+		add(&ps.Containers[i])
+	}
+	return nil
 }
 
 // withScheduling passes the model's scheduling fields and pull secrets on to the pod,

@@ -95,6 +95,11 @@ func runSuite(m *testing.M) int {
 	cfg, err := env.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "envtest: starting the control plane: %v\n", err)
+		// Start leaves etcd and kube-apiserver running when a later step (such as
+		// installing a CRD the API server refuses) fails.
+		if err := env.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "envtest: stopping the control plane: %v\n", err)
+		}
 		return 1
 	}
 	defer func() {

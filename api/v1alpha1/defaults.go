@@ -16,7 +16,11 @@ limitations under the License.
 
 package v1alpha1
 
-import "time"
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
 
 // Defaults of the spec. The CRD applies the ones it can as OpenAPI defaults (so
 // `kubectl get -o yaml` shows them); the getters below apply the same values to objects
@@ -34,6 +38,7 @@ const (
 	DefaultAPIKeySecretKey       = "api-key"
 	DefaultLogFormat             = "json"
 	DefaultDeviceTree            = DeviceTreeDevicePlugin
+	DefaultServiceType           = corev1.ServiceTypeClusterIP
 	DefaultColocation            = ColocationForbidden
 	DefaultMinReplicas     int32 = 0
 	DefaultMaxReplicas     int32 = 1
@@ -195,6 +200,14 @@ func (s *ScalingSpec) GetPriority() int32 {
 		return DefaultPriority
 	}
 	return *s.Priority
+}
+
+// GetServiceType returns spec.service.type or its default.
+func (s *RKLLMModelSpec) GetServiceType() corev1.ServiceType {
+	if s.Service == nil || s.Service.Type == "" {
+		return DefaultServiceType
+	}
+	return s.Service.Type
 }
 
 // GetCache returns where downloads are kept: Node (the default), Pod (emptyDir) or

@@ -96,8 +96,64 @@ type RKLLMModelSpec struct {
 
 	// priorityClassName of the server pods.
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="priorityClassName must be a PriorityClass name: lower-case letters, digits, '-' and '.'"
 	// +optional
 	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// runtimeClassName of the server pods: the RuntimeClass (container runtime handler)
+	// they run with. Unset: the node's default runtime.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="runtimeClassName must be a RuntimeClass name: lower-case letters, digits, '-' and '.'"
+	// +optional
+	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
+
+	// podLabels are added to the server pods, for policies, cost reports and service
+	// meshes. The operator's own labels (app.kubernetes.io/name, instance and managed-by,
+	// and the inference.rkllm.io/ prefix) select and track its pods, so they are refused.
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by']) && !k.startsWith('inference.rkllm.io/'))",message="podLabels must not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by or inference.rkllm.io/ labels: the operator selects and tracks its pods by them"
+	// +optional
+	PodLabels map[string]LabelValue `json:"podLabels,omitempty"`
+
+	// podAnnotations are added to the server pods, such as a service mesh's or a log
+	// collector's settings. The inference.rkllm.io/ prefix is the operator's.
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('inference.rkllm.io/'))",message="podAnnotations must not use the inference.rkllm.io/ prefix: the operator's own annotations use it"
+	// +optional
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// env are environment variables of the server container and of the init containers
+	// that download files (which honour HTTPS_PROXY, HTTP_PROXY and NO_PROXY). Values can
+	// come from Secrets and ConfigMaps (valueFrom). The RKNPU_ variables are the device
+	// plugin's (they name the NPU it allocated), so they are refused.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule="self.all(e, !e.name.startsWith('RKNPU_'))",message="env must not set RKNPU_ variables: the device plugin sets them for the NPU it allocates"
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
+
+	// envFrom fills environment variables of the same containers from whole Secrets and
+	// ConfigMaps; env wins over them. A prefix must not start with RKNPU_.
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.all(e, !has(e.prefix) || !e.prefix.startsWith('RKNPU_'))",message="envFrom must not use a prefix starting with RKNPU_: the device plugin sets those variables"
+	// +optional
+	EnvFrom []corev1.EnvFromSource `json:"envFrom,omitempty"`
+
+	// args are appended to `rkllm-server serve --config /etc/rkllm/server.json`: server
+	// flags (docs/server.md) the spec has no field for. A flag given here wins over the
+	// same key in server.json. The flags that tie the server to its pod (config, listen,
+	// probe-listen, socket, model, model-dir, runtime-lib and api-key-file) come from the
+	// spec and are refused here.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="!self.exists(a, a.matches('^--?(config|listen|probe-listen|socket|model|model-dir|runtime-lib|api-key-file)(=.*)?$'))",message="args must not set --config, --listen, --probe-listen, --socket, --model, --model-dir, --runtime-lib or --api-key-file: the operator sets them from the spec (spec.server, spec.model, spec.runtime)"
+	// +optional
+	Args []string `json:"args,omitempty"`
+
+	// service configures the model's Service: its type and annotations.
+	// +optional
+	Service *ServiceSpec `json:"service,omitempty"`
 
 	// server configures the HTTP server, its limits and its lifecycle.
 	// +kubebuilder:default={}
@@ -666,6 +722,31 @@ type ServerSpec struct {
 	// +kubebuilder:validation:Enum=json;text
 	// +optional
 	LogFormat string `json:"logFormat,omitempty"`
+}
+
+// A pattern, not a CEL rule: a rule over every value of a map costs more than the API
+// server allows a CRD.
+
+// LabelValue is a Kubernetes label value: at most 63 letters, digits, '-', '_' and '.',
+// starting and ending with a letter or digit, or empty.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`
+type LabelValue string
+
+// ServiceSpec configures the Service in front of a model's server pods.
+type ServiceSpec struct {
+	// type of the Service: ClusterIP (reachable inside the cluster), NodePort or
+	// LoadBalancer. Default ClusterIP.
+	// +kubebuilder:default=ClusterIP
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +optional
+	Type corev1.ServiceType `json:"type,omitempty"`
+
+	// annotations of the Service, such as a cloud load balancer's settings. Annotations
+	// that other controllers add to the Service are left alone.
+	// +kubebuilder:validation:MaxProperties=64
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // SecretKeyRef names a key of a Secret in the model's namespace.

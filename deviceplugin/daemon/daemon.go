@@ -124,7 +124,7 @@ func (o Options) check() (config, error) {
 		errs = append(errs, fmt.Errorf("--socs: %w", err))
 	}
 	if o.HealthInterval <= 0 {
-		errs = append(errs, fmt.Errorf("--health-interval %v must be positive", o.HealthInterval))
+		errs = append(errs, fmt.Errorf("--health-interval %v must be a positive duration, such as 1s: it is the period of the NPU rescan", o.HealthInterval))
 	}
 	mounts, mountErrs := o.checkMounts()
 	c.npu.Mounts = mounts

@@ -263,6 +263,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 	opts.MinDriverVersion = "new"
 	opts.RuntimeLibMount = "/usr/lib/librkllmrt.so"
 	opts.NodeLabels = "labels.txt"
+	opts.HealthInterval = 0
 	opts.ModelCacheDir = "cache"
 	err := daemon.Run(context.Background(), opts, testr.New(t))
 	if err == nil {
@@ -274,6 +275,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 		`--min-driver-version: version "new"`,
 		"--runtime-lib-mount: /usr/lib/librkllmrt.so does not exist on the host (looked under --root " + root,
 		`--node-labels "labels.txt" must be an absolute path`,
+		"--health-interval 0s must be a positive duration, such as 1s",
 		`--model-cache-dir "cache" must be an absolute host path`,
 	} {
 		if !strings.Contains(err.Error(), want) {

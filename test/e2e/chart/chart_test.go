@@ -2,12 +2,15 @@
 
 // Package chart_test checks the Helm chart without a cluster: helm lint is clean, the CRD
 // and the manager's RBAC rules are exactly what controller-gen generated into config/, the
-// schema rejects misspelt values, rendering is deterministic, the ServiceMonitors appear
-// only with their API, and the chart renders the same objects as config/default
-// (kustomize); and the images build what `make build-arm64` cross-compiles. The cluster
+// schema rejects misspelt values, rendering is deterministic, names and labels are valid
+// for any release name, a stock helm renders it, the ServiceMonitors appear only with
+// their API and use current fields, and the chart renders the same objects as
+// config/default (kustomize), compared whole; and the images build what
+// `make build-arm64` cross-compiles. The cluster
 // e2e (test/e2e/edge) applies the rendered value sets with
-// server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm and
-// kubectl and sets E2E_HELM and E2E_KUBECTL.
+// server-side dry-run. Run with `make test-chart` (or `make e2e`), which builds helm,
+// kubectl and the ServiceMonitor CRD and sets E2E_HELM, E2E_KUBECTL and
+// E2E_SERVICEMONITOR_CRD.
 package chart_test
 
 import (
@@ -221,6 +224,24 @@ func TestSchemaRejectsTypos(t *testing.T) {
 		{"manager.metrics.port=0", "/manager/metrics/port"},
 		{"server.image.pullPolicy=Always", "additional properties 'pullPolicy' not allowed"},
 		{"manager.image.digest=latest", "/manager/image/digest"},
+		// A zero rescan period passes a duration pattern but stops the plugin.
+		{"devicePlugin.healthInterval=0s", "/devicePlugin/healthInterval"},
+		{"devicePlugin.healthInterval=0ms", "/devicePlugin/healthInterval"},
+		{"devicePlugin.healthInterval=0h0m0.0s", "/devicePlugin/healthInterval"},
+		{"devicePlugin.healthInterval=-1s", "/devicePlugin/healthInterval"},
+		{"devicePlugin.healthInterval=1", "/devicePlugin/healthInterval"},
+		// Names and labels the API server would refuse.
+		{"nameOverride=Big", "/nameOverride"},
+		{"fullnameOverride=a.b", "/fullnameOverride"},
+		// A Service's name must start with a letter.
+		{"fullnameOverride=7edge", "/fullnameOverride"},
+		{"nameOverride=7x", "/nameOverride"},
+		{"commonLabels.team=edge team", "/commonLabels"},
+		{"manager.podLabels.tier=" + strings.Repeat("x", 64), "/manager/podLabels"},
+		// Paths the plugin would accept but that mount a folder, or over the root.
+		{"devicePlugin.runtimeLibMount=/", "/devicePlugin/runtimeLibMount"},
+		{"devicePlugin.runtimeLibMount=/usr/lib/", "/devicePlugin/runtimeLibMount"},
+		{"devicePlugin.deviceTreeMount=/", "/devicePlugin/deviceTreeMount"},
 	}
 	for _, c := range cases {
 		t.Run(c.set, func(t *testing.T) {
@@ -233,10 +254,19 @@ func TestSchemaRejectsTypos(t *testing.T) {
 			}
 		})
 	}
+	for _, ok := range []string{"1s", "500ms", "0.5s", "1m0s", "0s500ms"} {
+		if _, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "devicePlugin.healthInterval="+ok); err != nil {
+			t.Errorf("devicePlugin.healthInterval=%s refused: %v", ok, err)
+		}
+	}
 	// A combination the schema cannot express is refused by the templates, with the fix.
 	_, err := run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "manager.replicas=2", "--set", "manager.leaderElect=false")
 	if err == nil || !strings.Contains(err.Error(), "needs manager.leaderElect: true") {
 		t.Errorf("2 replicas without leader election: err %v, want a message naming manager.leaderElect", err)
+	}
+	_, err = run(t, makevars.Path(t, "E2E_HELM", "test-chart"), "template", release, chartDir, "--set", "manager.healthPort=8443")
+	if err == nil || !strings.Contains(err.Error(), "manager.metrics.port and manager.healthPort are both 8443") {
+		t.Errorf("one port for metrics and probes: err %v, want a message naming both", err)
 	}
 }
 
@@ -276,9 +306,10 @@ func TestServiceMonitorOnlyWithItsAPI(t *testing.T) {
 	if n := count(decode(t, render(t, "--set", "serviceMonitor.enabled=true"))); n != 0 {
 		t.Errorf("without monitoring.coreos.com/v1 the chart rendered %d ServiceMonitors, want 0", n)
 	}
-	withAPI := decode(t, render(t, "--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
-	if n := count(withAPI); n != 2 {
-		t.Errorf("with the API the chart rendered %d ServiceMonitors, want 2 (manager, device plugin)", n)
+	withAPI := decode(t, render(t, "--set", "serviceMonitor.enabled=true", "--set", "manager.metrics.certSecret=tls",
+		"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+	if n := count(withAPI); n != 3 {
+		t.Errorf("with the API the chart rendered %d ServiceMonitors, want 3 (manager, device plugin, model servers)", n)
 	}
 	if n := count(decode(t, render(t, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))); n != 0 {
 		t.Errorf("serviceMonitor.enabled=false rendered %d ServiceMonitors", n)
@@ -457,7 +488,7 @@ func hostMounts(t *testing.T, o *unstructured.Unstructured) map[string]hostMount
 // Security privileged (hostPath volumes); the manager stays in the release namespace.
 func TestDevicePluginNamespace(t *testing.T) {
 	objs := decode(t, render(t, "--set", "devicePlugin.namespace=rknpu-system", "--set", "devicePlugin.createNamespace=true",
-		"--set", "serviceMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+		"--set", "serviceMonitor.enabled=true", "--set", "manager.metrics.certSecret=tls", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
 	for _, kind := range []string{"ServiceAccount", "DaemonSet", "ServiceMonitor"} {
 		if o := mustFind(t, objs, kind, release+"-device-plugin"); o.GetNamespace() != "rknpu-system" {
 			t.Errorf("device plugin %s in namespace %q, want rknpu-system", kind, o.GetNamespace())
@@ -493,7 +524,9 @@ func TestRollOnUpgradeFlag(t *testing.T) {
 	}
 }
 
-func TestImageTagsDefaultToAppVersion(t *testing.T) {
+// appVersion is the chart's appVersion: the release of the images.
+func appVersion(t *testing.T) string {
+	t.Helper()
 	chartYAML, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -502,7 +535,11 @@ func TestImageTagsDefaultToAppVersion(t *testing.T) {
 	if m == nil {
 		t.Fatal("no appVersion in Chart.yaml")
 	}
-	app := string(m[1])
+	return string(m[1])
+}
+
+func TestImageTagsDefaultToAppVersion(t *testing.T) {
+	app := appVersion(t)
 	objs := decode(t, render(t))
 	dep := mustFind(t, objs, "Deployment", release+"-controller-manager")
 	if got := container(t, dep)["image"]; got != "ghcr.io/rkllm-operator/rkllm-operator:"+app {
@@ -522,83 +559,128 @@ func TestImageTagsDefaultToAppVersion(t *testing.T) {
 }
 
 // TestMatchesKustomize: config/default and the chart (release rkllm-operator in
-// rkllm-operator-system, default values) render the same objects with the same pod specs,
-// apart from the differences listed here.
+// rkllm-operator-system, default values) render the same objects, compared whole:
+// metadata (labels and annotations included), selectors, pod templates, images, RBAC
+// subjects and aggregation labels. Only what Helm itself adds is left out: its
+// helm.sh/chart label, the value of app.kubernetes.io/managed-by and the CRD's
+// helm.sh/resource-policy; and the Namespace, which kustomize creates and
+// `helm install --create-namespace` makes.
 func TestMatchesKustomize(t *testing.T) {
 	kustomized, err := run(t, makevars.Path(t, "E2E_KUBECTL", "test-chart"), "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	kobjs := decode(t, kustomized)
-	cobjs := decode(t, render(t))
-	key := func(o *unstructured.Unstructured) string {
-		return o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
-	}
-	var kkeys, ckeys []string
-	for _, o := range kobjs {
-		if o.GetKind() == "Namespace" { // helm install --create-namespace makes it
+	kobjs := map[string]*unstructured.Unstructured{}
+	for _, o := range decode(t, kustomized) {
+		if o.GetKind() == "Namespace" {
 			continue
 		}
-		kkeys = append(kkeys, key(o))
+		kobjs[objectKey(o)] = withoutHelmMetadata(o)
 	}
-	for _, o := range cobjs {
-		ckeys = append(ckeys, key(o))
+	cobjs := map[string]*unstructured.Unstructured{}
+	for _, o := range decode(t, render(t)) {
+		cobjs[objectKey(o)] = withoutHelmMetadata(o)
 	}
-	sort.Strings(kkeys)
-	sort.Strings(ckeys)
-	if !reflect.DeepEqual(kkeys, ckeys) {
-		t.Errorf("objects differ:\nkustomize: %v\nchart:     %v", kkeys, ckeys)
-	}
-	for _, k := range kobjs {
-		c := find(cobjs, k.GetKind(), k.GetName())
-		if c == nil {
+	for k, ko := range kobjs {
+		co, ok := cobjs[k]
+		if !ok {
+			t.Errorf("%s: only kustomize renders it", k)
 			continue
 		}
-		switch k.GetKind() {
-		case "ClusterRole", "Role":
-			if !reflect.DeepEqual(k.Object["rules"], c.Object["rules"]) {
-				t.Errorf("%s %s: rules differ", k.GetKind(), k.GetName())
+		for _, d := range diffValues(k, ko.Object, co.Object) {
+			t.Error(d)
+		}
+	}
+	for k := range cobjs {
+		if _, ok := kobjs[k]; !ok {
+			t.Errorf("%s: only the chart renders it", k)
+		}
+	}
+	// Images are pinned to the release, as the chart's are, never latest.
+	app := appVersion(t)
+	images := 0
+	for k, o := range kobjs {
+		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range cs {
+			ctr := c.(map[string]any)
+			refs := []any{ctr["image"]}
+			args, _ := ctr["args"].([]any)
+			for _, a := range args {
+				if v, ok := strings.CutPrefix(a.(string), "--default-server-image="); ok {
+					refs = append(refs, v)
+				}
 			}
-		case "Deployment", "DaemonSet":
-			comparePodSpecs(t, k, c)
+			for _, ref := range refs {
+				images++
+				if !strings.HasSuffix(ref.(string), ":"+app) {
+					t.Errorf("%s: image %v is not pinned to the release %s", k, ref, app)
+				}
+			}
 		}
+	}
+	if images != 3 {
+		t.Errorf("config/default names %d images, want 3 (manager, device plugin, server)", images)
 	}
 }
 
-// comparePodSpecs compares the pod specs of a kustomize and a chart workload. Images
-// differ by design (kustomize: latest, chart: appVersion), and the chart passes its own
-// flags that have the binary's defaults in kustomize.
-func comparePodSpecs(t *testing.T, k, c *unstructured.Unstructured) {
-	t.Helper()
-	chartOnlyArgs := regexp.MustCompile(`^--(default-server-image|max-concurrent-reconciles|zap-log-level|zap-encoder)=`)
-	norm := func(o *unstructured.Unstructured) map[string]any {
-		spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
-		containers := spec["containers"].([]any)
-		for _, ci := range containers {
-			ctr := ci.(map[string]any)
-			delete(ctr, "image")
-			var args []any
-			for _, a := range ctr["args"].([]any) {
-				if !chartOnlyArgs.MatchString(a.(string)) {
-					args = append(args, a)
-				}
-			}
-			ctr["args"] = args
-		}
-		return spec
+func objectKey(o *unstructured.Unstructured) string {
+	return o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
+}
+
+// withoutHelmMetadata removes what Helm adds to every object and kustomize cannot.
+func withoutHelmMetadata(o *unstructured.Unstructured) *unstructured.Unstructured {
+	c := o.DeepCopy()
+	if labels := c.GetLabels(); labels != nil {
+		delete(labels, "helm.sh/chart")
+		delete(labels, "app.kubernetes.io/managed-by")
+		c.SetLabels(labels)
 	}
-	if kn, cn := norm(k), norm(c); !reflect.DeepEqual(kn, cn) {
-		for field := range kn {
-			if !reflect.DeepEqual(kn[field], cn[field]) {
-				t.Errorf("%s %s: pod spec field %s differs\nkustomize: %v\nchart:     %v", k.GetKind(), k.GetName(), field, kn[field], cn[field])
-			}
-		}
-		for field := range cn {
-			if _, ok := kn[field]; !ok {
-				t.Errorf("%s %s: the chart sets pod spec field %s, kustomize does not", k.GetKind(), k.GetName(), field)
-			}
+	if ann := c.GetAnnotations(); ann != nil {
+		delete(ann, "helm.sh/resource-policy")
+		c.SetAnnotations(ann)
+		if len(ann) == 0 {
+			c.SetAnnotations(nil)
 		}
 	}
+	return c
+}
+
+// diffValues lists the paths where two decoded objects differ, with both values.
+func diffValues(path string, k, c any) []string {
+	km, kok := k.(map[string]any)
+	cm, cok := c.(map[string]any)
+	if kok && cok {
+		var out []string
+		keys := map[string]bool{}
+		for key := range km {
+			keys[key] = true
+		}
+		for key := range cm {
+			keys[key] = true
+		}
+		sorted := make([]string, 0, len(keys))
+		for key := range keys {
+			sorted = append(sorted, key)
+		}
+		sort.Strings(sorted)
+		for _, key := range sorted {
+			out = append(out, diffValues(path+"."+key, km[key], cm[key])...)
+		}
+		return out
+	}
+	kl, kok := k.([]any)
+	cl, cok := c.([]any)
+	if kok && cok && len(kl) == len(cl) {
+		var out []string
+		for i := range kl {
+			out = append(out, diffValues(fmt.Sprintf("%s[%d]", path, i), kl[i], cl[i])...)
+		}
+		return out
+	}
+	if reflect.DeepEqual(k, c) {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s differs\n  kustomize: %v\n  chart:     %v", path, k, c)}
 }
 
 func container(t *testing.T, o *unstructured.Unstructured) map[string]any {

@@ -12,12 +12,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,8 +107,17 @@ func TestDownAfterACrash(t *testing.T) {
 	if left := edgecluster.Leftovers(r.WorkDir, state); len(left) == 0 {
 		t.Fatalf("no process runs from %s while the demo is up: the leftover check sees nothing", r.WorkDir)
 	}
-	if taken := takenPorts(ports); len(taken) == 0 {
-		t.Fatalf("none of the demo's ports %v is taken while it is up: the port check sees nothing", ports)
+	up := listeners(t, ports)
+	if len(up) == 0 {
+		t.Fatalf("nothing listens on the demo's ports %v while it is up: the port check sees nothing", ports)
+	}
+	// The processes that listen while the demo is up are the demo's: after demo down none
+	// may listen any more (a port freed and taken since by another program is no leftover).
+	demoPIDs := map[string]bool{}
+	for _, holders := range up {
+		for pid := range holders {
+			demoPIDs[pid] = true
+		}
 	}
 
 	// The real-kubelet node's namespaces (its own and its pods'), held by its runtime, the
@@ -130,7 +139,7 @@ func TestDownAfterACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
-	t.Logf("after the crash, still running: %d processes of the demo, ports taken: %v", len(edgecluster.Leftovers(r.WorkDir, state)), takenPorts(ports))
+	t.Logf("after the crash, still running: %d processes of the demo, listening: %v", len(edgecluster.Leftovers(r.WorkDir, state)), listeners(t, ports))
 
 	start = time.Now()
 	out, err = runDemo(downTimeout, "down")
@@ -141,8 +150,14 @@ func TestDownAfterACrash(t *testing.T) {
 	if left := edgecluster.Leftovers(r.WorkDir, state); len(left) > 0 {
 		t.Errorf("after demo down, processes of the demo still run:\n%s", left)
 	}
-	if taken := takenPorts(ports); len(taken) > 0 {
-		t.Errorf("after demo down, the demo's ports %v are still taken", taken)
+	for port, holders := range listeners(t, ports) {
+		for pid, cmd := range holders {
+			if demoPIDs[pid] || pid == "0" {
+				t.Errorf("after demo down, the demo's port %d is still listened on by pid %s (%s)", port, pid, cmd)
+			} else {
+				t.Logf("the demo's port %d, freed, is now listened on by another program: pid %s (%s)", port, pid, cmd)
+			}
+		}
 	}
 	if left := footprint.Left(nss, r.WorkDir, state); len(left) > 0 {
 		t.Errorf("after demo down, the real-kubelet node left:\n%s", strings.Join(left, "\n"))
@@ -162,18 +177,19 @@ func TestDownAfterACrash(t *testing.T) {
 	}
 }
 
-// demoPorts are the demo's listening addresses: the control plane's ports (kwokctl's
-// configuration in the work folder). The node's own (the kubelet's, its pods') are in its
-// network namespace, which ends with its processes.
-func demoPorts(t *testing.T, r ready) []string {
+// demoPorts are the demo's listening ports: the control plane's (kwokctl's configuration
+// in the work folder, and the API server's in the kubeconfig). The node's own (the
+// kubelet's, its pods') are in its network namespace, which ends with its processes.
+func demoPorts(t *testing.T, r ready) []int {
 	t.Helper()
 	cfg := readFile(filepath.Join(r.WorkDir, "cp", "kwokctl.yaml"))
-	var addrs []string
+	seen := map[int]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^\s+\w+Port: (\d+)$`).FindAllStringSubmatch(cfg, -1) {
-		addrs = append(addrs, net.JoinHostPort("127.0.0.1", m[1]))
+		port, _ := strconv.Atoi(m[1]) // digits by the expression
+		seen[port] = true
 	}
-	if len(addrs) < 5 {
-		t.Fatalf("found the control plane ports %v in %s/cp/kwokctl.yaml; want at least 5", addrs, r.WorkDir)
+	if len(seen) < 5 {
+		t.Fatalf("found the control plane ports %v in %s/cp/kwokctl.yaml; want at least 5", seen, r.WorkDir)
 	}
 	kc, err := clientcmd.LoadFromFile(r.Kubeconfig)
 	if err != nil {
@@ -184,24 +200,28 @@ func demoPorts(t *testing.T, r ready) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs = append(addrs, u.Host)
+		port, err := strconv.Atoi(u.Port())
+		if err != nil {
+			t.Fatalf("the kubeconfig's server %q has no port", c.Server)
+		}
+		seen[port] = true
 	}
-	return addrs
+	ports := make([]int, 0, len(seen))
+	for p := range seen {
+		ports = append(ports, p)
+	}
+	sort.Ints(ports)
+	return ports
 }
 
-// takenPorts lists the addresses something listens on (they cannot be bound).
-func takenPorts(addrs []string) []string {
-	var taken []string
-	var lc net.ListenConfig
-	for _, a := range addrs {
-		l, err := lc.Listen(context.Background(), "tcp", a)
-		if err != nil {
-			taken = append(taken, a)
-			continue
-		}
-		_ = l.Close()
+// listeners maps each of ports something listens on to the processes holding it.
+func listeners(t *testing.T, ports []int) map[int]map[string]string {
+	t.Helper()
+	held, err := footprint.Listeners(ports)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return taken
+	return held
 }
 
 // waitGone waits until pid has exited (a zombie has no command line).

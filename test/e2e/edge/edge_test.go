@@ -239,7 +239,51 @@ func TestEdgeCluster(t *testing.T) {
 	if err := s.cl.Get(ctx, client.ObjectKey{Namespace: models, Name: "beta"}, &beta); err != nil {
 		t.Errorf("model beta after uninstall: %v", err)
 	}
+
+	s.step("moving from kustomize to Helm (docs/install.md): helm install adopts what `kubectl apply -k config/default` made, the workloads are kept, not replaced")
+	s.kustomizeToHelm()
 	t.Logf("e2e done in %s", time.Since(start).Round(time.Second))
+}
+
+// kustomizeToHelm follows docs/install.md: config/default applied, its objects annotated
+// and labelled for the release, then helm install. Helm cannot change an immutable
+// selector, so an install that succeeds with the Deployment's and the DaemonSet's UIDs
+// unchanged shows the chart's objects are the ones kustomize made.
+func (s *suite) kustomizeToHelm() {
+	kustomization := filepath.Join(repoRoot, "config", "default")
+	run := func(stdin []byte, bin string, args ...string) []byte {
+		out, err := s.c.Run(s.ctx, stdin, bin, args...)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		return []byte(out)
+	}
+	// The CRD is the one the uninstalled release kept; kustomize takes it over.
+	run(nil, s.kubectl, "apply", "--server-side", "--force-conflicts", "-k", kustomization)
+	before := s.workloadUIDs()
+	// kubectl annotate and label take no -k: the rendered objects come on stdin.
+	objects := run(nil, s.kubectl, "kustomize", kustomization)
+	run(objects, s.kubectl, "annotate", "-f", "-", "--overwrite",
+		"meta.helm.sh/release-name="+release, "meta.helm.sh/release-namespace="+namespace)
+	run(objects, s.kubectl, "label", "-f", "-", "--overwrite", "app.kubernetes.io/managed-by=Helm")
+	run(nil, s.helm, "install", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace)
+	if after := s.workloadUIDs(); after != before {
+		s.t.Errorf("helm install replaced workloads that kubectl apply -k made: UIDs %s before, %s after", before, after)
+	}
+	run(nil, s.helm, "uninstall", release, "-n", namespace, "--wait")
+}
+
+// workloadUIDs are the UIDs of the manager's Deployment and the plugin's DaemonSet.
+func (s *suite) workloadUIDs() string {
+	d, err := s.c.Client.AppsV1().Deployments(namespace).Get(s.ctx, release+"-controller-manager", metav1.GetOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ds, err := s.c.Client.AppsV1().DaemonSets(namespace).Get(s.ctx, release+"-device-plugin", metav1.GetOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return string(d.UID) + " " + string(ds.UID)
 }
 
 // ClusterOptions are the edge cluster's binaries from the Makefile (make e2e).
@@ -283,9 +327,9 @@ func (s *suite) dryRunValueSets() {
 	for _, set := range sets {
 		cases = append(cases, valueSet{filepath.Base(set), []string{"-f", set}})
 	}
-	// The secure metrics endpoint's ServiceMonitor (https, bearer token); full-values.yaml
-	// has the plain one.
-	cases = append(cases, valueSet{"defaults with serviceMonitor.enabled", []string{"--set", "serviceMonitor.enabled=true"}})
+	// monitoring-values.yaml has the secure metrics endpoint's ServiceMonitor (a token
+	// Secret, verified TLS) and the model servers' NetworkPolicy; full-values.yaml the
+	// plain one.
 	monitors := 0
 	for _, c := range cases {
 		args := append([]string{"template", release, filepath.Join(repoRoot, "charts", "rkllm-operator"), "-n", namespace,
@@ -304,7 +348,7 @@ func (s *suite) dryRunValueSets() {
 		s.t.Logf("%s: %d objects valid, %d of them ServiceMonitors", c.name, strings.Count(out, "(server dry run)"), n)
 	}
 	if monitors < 4 {
-		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager and device plugin, plain and secure metrics)", monitors)
+		s.t.Errorf("the value sets rendered %d ServiceMonitors; want at least 4 (manager, device plugin and model servers, plain and secure metrics)", monitors)
 	}
 	kustomized, err := s.c.Run(s.ctx, nil, s.kubectl, "kustomize", filepath.Join(repoRoot, "config", "default"))
 	if err != nil {
