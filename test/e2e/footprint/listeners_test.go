@@ -1,6 +1,7 @@
 package footprint
 
 import (
+	"context"
 	"net"
 	"os"
 	"strconv"
@@ -8,13 +9,15 @@ import (
 )
 
 func TestListenersNamesTheHolder(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	// A connected socket on another port is not a listener.
-	c, err := net.Dial("tcp", l.Addr().String())
+	var d net.Dialer
+	c, err := d.DialContext(context.Background(), "tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
