@@ -105,11 +105,11 @@ hostPath volumes, so Pod Security must allow privileged there.
 
 {{/* The gateway's name and the selector labels of its pods (immutable in a Deployment). */}}
 {{- define "rkllm-operator.gateway.name" -}}
-{{ include "rkllm-operator.fullname" . }}-gateway
+{{ include "rkllm-operator.objectName" (list . "gateway") }}
 {{- end }}
 {{- define "rkllm-operator.gateway.selectorLabels" -}}
 app.kubernetes.io/name: rkllm-gateway
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: gateway
 {{- end }}
 
