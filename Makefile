@@ -52,6 +52,7 @@ help: ## Show this help.
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD, RBAC and webhook manifests from the markers, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=gateway-role paths="./gateway/..." output:rbac:artifacts:config=config/gateway
 	$(GO) run ./hack/chartsync
 
 .PHONY: generate
@@ -195,7 +196,7 @@ ARM64_CC ?= aarch64-linux-gnu-gcc
 
 # What the images under images/ hold; hack/build-binary.sh builds each the way its
 # Dockerfile does.
-IMAGE_BINARIES := manager rknpu-device-plugin rkllm-server
+IMAGE_BINARIES := manager rknpu-device-plugin rkllm-gateway rkllm-server
 
 .PHONY: build-arm64
 build-arm64: deps ## Cross-compile for linux/arm64 the image binaries (exactly as the Dockerfiles do) and the runtime binding's tests.
@@ -214,8 +215,9 @@ test-server: sim sim-asan fuzz-ci ## Server tests under -race: unit tests with a
 	$(GO) test -race -count=1 -timeout 20m $(SERVER_PKGS)
 
 .PHONY: test-openai-node
-test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API (npm installs it into a temporary folder).
+test-openai-node: deps sim ## The official OpenAI Node.js client against the server's /v1/ API and through the gateway (npm installs it into a temporary folder).
 	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClient$$' -v ./cmd/rkllm-server/
+	RKLLM_OPENAI_NODE_TEST=1 $(GO) test -count=1 -run '^TestOpenAINodeClientThroughGateway$$' -v ./gateway/httpapi/
 
 .PHONY: test-ollama-node
 test-ollama-node: deps sim ## The official ollama JavaScript client against the server's /api/ (npm installs it into a temporary folder).
@@ -256,6 +258,10 @@ bench-server: sim build-server ## Benchmarks of rkllm-server against the unpaced
 .PHONY: bench-prefix-reuse
 bench-prefix-reuse: sim build-server ## Time to first token of a 10-turn chat with and without conversation-prefix reuse, simulator paced like an RK3588 (docs/benchmarks.md).
 	$(GO) run ./bench/prefix-reuse -server $(LOCALBIN)/rkllm-server -sim $(LOCALBIN)/librkllmrt-sim-1.3.so
+
+.PHONY: bench-gateway
+bench-gateway: sim build-server ## The gateway's cost per request and per token, and a 10-turn chat over 3 replicas with and without conversation affinity (docs/benchmarks.md).
+	$(GO) run ./bench/gateway -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN)
 
 .PHONY: build-server
 build-server: | $(LOCALBIN) ## Build rkllm-server into bin/.
@@ -331,6 +337,10 @@ clean: ## Remove everything built into bin/.
 manager: ## Build the operator's manager into bin/manager.
 	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
 
+.PHONY: gateway
+gateway: ## Build the model gateway into bin/rkllm-gateway.
+	$(GO) build -o $(LOCALBIN)/rkllm-gateway ./cmd/rkllm-gateway
+
 .PHONY: bench-operator
 bench-operator: manager $(ENVTEST_DEPS) ## Benchmark the operator: reconcile 500 RKLLMModels (docs/benchmarks.md).
 	$(GO) run ./bench/operator --manager $(LOCALBIN)/manager --models 500
@@ -346,14 +356,14 @@ test-chart: helm servicemonitor-crd ## Chart checks without a cluster: lint, CRD
 	E2E_HELM=$(HELM) E2E_KUBECTL=$(KUBECTL) E2E_SERVICEMONITOR_CRD=$(SERVICEMONITOR_CRD) $(GO) test -tags e2e -count=1 ./test/e2e/chart/
 
 # What the edge cluster runs besides the control plane (hack/k8s-binaries.sh builds those).
-EDGE_DEPS := deps kwokctl kwok helm device-plugin manager build-server sim cni-plugins process-cri
+EDGE_DEPS := deps kwokctl kwok helm device-plugin manager gateway build-server sim cni-plugins process-cri
 
 DEMO_FLAGS = --state $(LOCALBIN)/demo --k8s-bin-dir $(K8S_BIN_DIR) --kwokctl $(KWOKCTL) --kwok $(KWOK) --helm $(HELM) \
-	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --server $(LOCALBIN)/rkllm-server \
+	--device-plugin $(DEVICE_PLUGIN) --manager $(LOCALBIN)/manager --gateway $(LOCALBIN)/rkllm-gateway --server $(LOCALBIN)/rkllm-server \
 	--sim-lib $(LOCALBIN)/librkllmrt-sim-1.3.so --chart $(CHART) --process-cri $(PROCESS_CRI) --cni-bin-dir $(CNI_BIN_DIR)
 
 .PHONY: demo
-demo: $(EDGE_DEPS) rkllm-demo ## The simulated RK3588 edge cluster with the chart installed and a model walked through: its pod on the real-kubelet node downloads the model, runs rkllm-server and streams tokens (root; keeps running).
+demo: $(EDGE_DEPS) rkllm-demo ## The simulated RK3588 edge cluster with the chart installed and a model walked through: its pod on the real-kubelet node downloads the model, runs rkllm-server and streams tokens; then the gateway swaps two models on that node's one NPU, with times (root; keeps running).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	@$(LOCALBIN)/rkllm-demo up $(DEMO_FLAGS)
 
@@ -367,12 +377,12 @@ demo-down: ## Stop everything `make demo` started.
 
 # The two packages run one after the other (-p 1): each starts a cluster.
 .PHONY: e2e
-e2e: test-chart $(EDGE_DEPS) servicemonitor-crd rkllm-demo ## The chart on the simulated edge cluster (dry-runs, install, models, metrics, scale, suspend, rollout, upgrade, GC, uninstall, kustomize to Helm); demo-down after a crash (root).
+e2e: test-chart $(EDGE_DEPS) servicemonitor-crd rkllm-demo ## The chart on the simulated edge cluster (dry-runs, install, models, metrics, the gateway's activation and NPU swap between two models, scale, suspend, rollout, upgrade, GC, uninstall, kustomize to Helm); demo-down after a crash (root).
 	K8S_BIN_DIR=$(K8S_BIN_DIR) hack/k8s-binaries.sh $(KUBELET_NODE_COMPONENTS)
 	E2E_K8S_BIN_DIR=$(K8S_BIN_DIR) E2E_KWOKCTL=$(KWOKCTL) E2E_KWOK=$(KWOK) E2E_HELM=$(HELM) \
 		E2E_DEVICE_PLUGIN=$(DEVICE_PLUGIN) E2E_MANAGER=$(LOCALBIN)/manager E2E_SERVER=$(LOCALBIN)/rkllm-server \
 		E2E_SIM_LIB=$(LOCALBIN)/librkllmrt-sim-1.3.so E2E_SERVICEMONITOR_CRD=$(SERVICEMONITOR_CRD) E2E_DEMO=$(LOCALBIN)/rkllm-demo \
-		E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) \
+		E2E_PROCESS_CRI=$(PROCESS_CRI) E2E_CNI_BIN_DIR=$(CNI_BIN_DIR) E2E_GATEWAY=$(LOCALBIN)/rkllm-gateway \
 		$(GO) test -tags e2e -count=1 -timeout 20m -p 1 -v ./test/e2e/edge/ ./test/e2e/demo/
 
 # The Prometheus Operator's ServiceMonitor CRD, generated by controller-gen from its API

@@ -54,6 +54,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 			{Name: "code", HostPath: "/opt/lora/code.lora"},
 		}
 		m.Spec.PromptCache = &inferencev1alpha1.PromptCache{HostPath: "/opt/cache/p.bin"}
+		m.Spec.ServedModelName = "llama:8b"
 		m.Spec.Server = &inferencev1alpha1.ServerSpec{
 			Port: ptr.To[int32](9090), MaxQueue: ptr.To[int32](4), RequestTimeout: &metav1.Duration{Duration: 3 * time.Minute},
 			ShutdownTimeout: &metav1.Duration{Duration: 45 * time.Second}, LogFormat: "text",
@@ -65,7 +66,8 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 	if o.Model != "/models/"+downloadFileName("model", sampleURL) || o.ModelDir != "/models" || o.RuntimeABI != "1.2" ||
 		o.RuntimeLib != "/usr/lib/librkllmrt.so" || o.Listen != ":9090" || o.ProbeListen != ":8081" || o.Socket != "/run/rkllm/rkllm.sock" ||
 		o.APIKeyFile != "/etc/rkllm/api-key/api-key" || o.MaxQueue != 4 || o.RequestTimeout != 3*time.Minute ||
-		o.ShutdownTimeout != 45*time.Second || o.LogFormat != "text" || o.PromptCache != "/models/host/prompt-cache/p.bin" {
+		o.ShutdownTimeout != 45*time.Second || o.LogFormat != "text" || o.PromptCache != "/models/host/prompt-cache/p.bin" ||
+		o.ServedModelName != "llama:8b" {
 		t.Errorf("server options = %+v", o)
 	}
 	p := o.ModelParam(runtime.Param{})
@@ -102,7 +104,7 @@ func TestServerParsesTheOperatorsConfig(t *testing.T) {
 func TestServerParsesTheMinimalConfig(t *testing.T) {
 	o := parseWithServer(t, unitModel(nil))
 	if o.RuntimeABI != "1.3" || o.RuntimeLib != "librkllmrt.so" || o.Listen != ":8080" || o.ProbeListen != ":8081" || o.LogFormat != "json" ||
-		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" {
+		o.ShutdownTimeout != 30*time.Second || o.InitTimeout != 10*time.Minute || o.APIKeyFile != "" || o.ServedModelName != "qwen" {
 		t.Errorf("server options = %+v", o)
 	}
 	if p := o.ModelParam(runtime.Param{TopK: 40}); p.TopK != 40 {

@@ -84,6 +84,19 @@ func TestCRDDefaultsEqualTheOperatorsDefaults(t *testing.T) {
 	}
 }
 
+// spec.scaling is read by the gateway, not built into anything here: its CRD defaults
+// must equal what the getters return for an empty scaling.
+func TestScalingDefaultsEqualTheGetters(t *testing.T) {
+	empty := unitModel(func(m *inferencev1alpha1.RKLLMModel) { m.Spec.Scaling = &inferencev1alpha1.ScalingSpec{} })
+	got := applyCRDDefaults(t, empty, crdSchema(t)).Spec.Scaling
+	want := empty.Spec.Scaling
+	if got.MinReplicas == nil || *got.MinReplicas != want.GetMinReplicas() || got.MaxReplicas == nil || *got.MaxReplicas != want.GetMaxReplicas() ||
+		got.Priority == nil || *got.Priority != want.GetPriority() || got.ScaleDownDelay == nil || got.ScaleDownDelay.Duration != want.GetScaleDownDelay() {
+		t.Errorf("the CRD defaults spec.scaling to %+v; the getters say min %d max %d priority %d scaleDownDelay %s",
+			got, want.GetMinReplicas(), want.GetMaxReplicas(), want.GetPriority(), want.GetScaleDownDelay())
+	}
+}
+
 // sparseModels are specs that leave every defaulted field unset.
 func sparseModels() map[string]*inferencev1alpha1.RKLLMModel {
 	return map[string]*inferencev1alpha1.RKLLMModel{
@@ -95,6 +108,8 @@ func sparseModels() map[string]*inferencev1alpha1.RKLLMModel {
 			m.Spec.Server = &inferencev1alpha1.ServerSpec{APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "key"}}
 			m.Spec.Security = &inferencev1alpha1.SecuritySpec{}
 			m.Spec.Service = &inferencev1alpha1.ServiceSpec{Annotations: map[string]string{"a": "b"}}
+			// The gateway's: TestScalingDefaultsEqualTheGetters compares them.
+			m.Spec.Scaling = &inferencev1alpha1.ScalingSpec{}
 		}),
 	}
 }

@@ -294,6 +294,8 @@ func serverConfig(model *inferencev1alpha1.RKLLMModel) ([]byte, error) {
 		// The startup probe's budget is also the longest rkllm_init may take.
 		"init-timeout": spec.GetStartupTimeout().String(),
 		"log-format":   spec.GetLogFormat(),
+		// The id requests name: the gateway routes by it, so the server must accept it.
+		"served-model-name": model.GetServedModelName(),
 	}
 	if s := spec.Server; s != nil {
 		if s.APIKeySecretRef != nil {

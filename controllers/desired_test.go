@@ -74,10 +74,11 @@ var contractKeys = strings.Fields(`model model-dir runtime-lib runtime-abi liste
 max-queue request-timeout shutdown-timeout termination-message-path init-timeout log-format max-context-len max-new-tokens top-k top-p
 temperature repeat-penalty frequency-penalty presence-penalty mirostat mirostat-tau mirostat-eta
 n-keep skip-special-token embed-flash enabled-cpus-num enabled-cpus-mask n-batch base-domain-id
-chat-template-system chat-template-prefix chat-template-postfix chat-template lora prompt-cache`)
+chat-template-system chat-template-prefix chat-template-postfix chat-template lora prompt-cache served-model-name`)
 
 func TestServerConfigMinimal(t *testing.T) {
-	_, cfg := build(t, unitModel(nil))
+	m := unitModel(nil)
+	_, cfg := build(t, m)
 	want := map[string]any{
 		"model":            "/models/" + downloadFileName("model", sampleURL),
 		"model-dir":        "/models",
@@ -89,6 +90,8 @@ func TestServerConfigMinimal(t *testing.T) {
 		"shutdown-timeout": "30s",
 		"init-timeout":     "10m0s",
 		"log-format":       "json",
+		// The RKLLMModel's name, which the gateway routes by.
+		"served-model-name": m.Name,
 		// The server writes why it gave up there: the container's termination message.
 		"termination-message-path": "/dev/termination-log",
 	}
@@ -113,6 +116,7 @@ func TestServerConfigEveryField(t *testing.T) {
 			{Name: "code", HostPath: "/opt/lora/code.rkllm"},
 		}
 		m.Spec.PromptCache = &inferencev1alpha1.PromptCache{URL: "https://example.org/prompt.cache"}
+		m.Spec.ServedModelName = "qwen2.5:1.5b"
 		m.Spec.Server = &inferencev1alpha1.ServerSpec{
 			Port: ptr.To[int32](9000), MaxQueue: ptr.To[int32](16), RequestTimeout: &metav1.Duration{Duration: 5 * time.Minute},
 			ShutdownTimeout: &metav1.Duration{Duration: time.Minute}, LogFormat: "text",
@@ -135,7 +139,7 @@ func TestServerConfigEveryField(t *testing.T) {
 		"top-p": "0.9", "presence-penalty": "-0.2", "max-context-len": float64(4096), "skip-special-token": true,
 		"embed-flash": float64(0), "enabled-cpus-mask": "0xF0", "enabled-cpus-num": float64(4), "request-timeout": "5m0s",
 		"shutdown-timeout": "1m0s", "log-format": "text", "api-key-file": "/etc/rkllm/api-key/api-key",
-		"chat-template-prefix": "<u>", "chat-template": "qwen2.5", "max-queue": float64(16),
+		"chat-template-prefix": "<u>", "chat-template": "qwen2.5", "max-queue": float64(16), "served-model-name": "qwen2.5:1.5b",
 		"prompt-cache": "/models/" + downloadFileName("prompt-cache", "https://example.org/prompt.cache"),
 	}
 	for k, v := range checks {

@@ -471,6 +471,29 @@ func TestTransientErrorKeepsReady(t *testing.T) {
 	}
 }
 
+// status.lastRequestTime is the gateway's: whatever the operator finds, its status
+// write keeps it (a merge patch of a status without it would delete it).
+func TestSummarizeKeepsTheGatewaysLastRequestTime(t *testing.T) {
+	used := t1
+	for name, obs := range map[string]observation{
+		"ready":          {applied: true, hash: currentHash, deployment: deployment(1, 1, 1, 1, 1)},
+		"transient":      {blocked: &blocker{reason: inferencev1alpha1.ReasonReconcileFailed, message: "timeout", transient: true}},
+		"blocked":        {blocked: &blocker{reason: inferencev1alpha1.ReasonNameConflict, message: "taken", retry: true}},
+		"scaled to zero": {applied: true, hash: currentHash, deployment: deployment(0, 0, 0, 0, 0)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := unitModel(nil)
+			if name == "scaled to zero" {
+				m.Spec.Replicas = ptrInt32(0)
+			}
+			m.Status.LastRequestTime = &used
+			if st := summarize(m, obs, now); st.LastRequestTime == nil || !st.LastRequestTime.Equal(&used) {
+				t.Errorf("lastRequestTime = %v, want %v kept", st.LastRequestTime, used)
+			}
+		})
+	}
+}
+
 func TestLastFailureIsKeptAndUpdated(t *testing.T) {
 	prev := &inferencev1alpha1.Failure{Reason: "Error", ExitCode: ptrInt32(1), Time: t1, Pod: "gone", Container: "server"}
 	older := pod("p", currentHash, corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{

@@ -130,6 +130,27 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 			[]string{"an RKLLMModel name must be at most 63"}},
 		{"unknown chat template preset", "", func(s *spec) { s.ChatTemplate = &inferencev1alpha1.ChatTemplate{Preset: ptr.To("vicuna")} },
 			[]string{"spec.chatTemplate.preset", `Unsupported value: "vicuna"`, `"qwen2.5"`}},
+		{"served name with a space", "", func(s *spec) { s.ServedModelName = "my model" },
+			[]string{"spec.servedModelName", "servedModelName must start with a letter or digit"}},
+		{"scaling min above max", "", func(s *spec) {
+			s.Replicas = ptr.To[int32](0)
+			s.Scaling = &inferencev1alpha1.ScalingSpec{MinReplicas: ptr.To[int32](3), MaxReplicas: ptr.To[int32](2)}
+		}, []string{"scaling.minReplicas must not be above scaling.maxReplicas"}},
+		{"replicas above maxReplicas", "", func(s *spec) {
+			s.Replicas = ptr.To[int32](3)
+			s.Scaling = &inferencev1alpha1.ScalingSpec{MaxReplicas: ptr.To[int32](2)}
+		}, []string{"spec.replicas must not be above spec.scaling.maxReplicas"}},
+		{"replicas above the default maxReplicas", "", func(s *spec) {
+			s.Replicas = ptr.To[int32](2)
+			s.Scaling = &inferencev1alpha1.ScalingSpec{}
+		}, []string{"spec.replicas must not be above spec.scaling.maxReplicas"}},
+		{"zero maxReplicas", "", func(s *spec) { s.Scaling = &inferencev1alpha1.ScalingSpec{MaxReplicas: ptr.To[int32](0)} },
+			[]string{"spec.scaling.maxReplicas", "greater than or equal to 1"}},
+		{"short scaleDownDelay", "", func(s *spec) {
+			s.Scaling = &inferencev1alpha1.ScalingSpec{ScaleDownDelay: &metav1.Duration{Duration: time.Second}}
+		}, []string{`scaleDownDelay must be a duration from 10s to 168h, such as "15m"`}},
+		{"priority out of range", "", func(s *spec) { s.Scaling = &inferencev1alpha1.ScalingSpec{Priority: ptr.To[int32](5000)} },
+			[]string{"spec.scaling.priority", "less than or equal to 1000"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -182,7 +203,10 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 			Server: &inferencev1alpha1.ServerSpec{Port: ptr.To[int32](9000), MaxQueue: ptr.To[int32](8),
 				RequestTimeout: &metav1.Duration{Duration: 5 * time.Minute}, LogFormat: "text",
 				APIKeySecretRef: &inferencev1alpha1.SecretKeyRef{Name: "api"}},
-			Security: &inferencev1alpha1.SecuritySpec{Privileged: ptr.To(true), SupplementalGroups: []int64{44, 107}},
+			Security:        &inferencev1alpha1.SecuritySpec{Privileged: ptr.To(true), SupplementalGroups: []int64{44, 107}},
+			ServedModelName: "qwen2.5:1.5b-instruct",
+			Scaling: &inferencev1alpha1.ScalingSpec{MinReplicas: ptr.To[int32](0), MaxReplicas: ptr.To[int32](2),
+				ScaleDownDelay: &metav1.Duration{Duration: 30 * time.Minute}, Priority: ptr.To[int32](-10)},
 		},
 	}
 	if err := k8sClient.Create(context.Background(), good, client.DryRunAll); err != nil {

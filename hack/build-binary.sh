@@ -5,15 +5,16 @@
 #
 #   hack/build-binary.sh BINARY GOOS GOARCH OUTDIR
 #
-# BINARY is manager, rknpu-device-plugin or rkllm-server. VERSION (environment) is stamped
-# into main.version (default: dev). manager and rknpu-device-plugin are static (no cgo);
+# BINARY is manager, rknpu-device-plugin, rkllm-gateway or rkllm-server. VERSION
+# (environment) is stamped into main.version (default: dev). manager,
+# rknpu-device-plugin and rkllm-gateway are static (no cgo);
 # rkllm-server uses cgo against glibc (it dlopens librkllmrt.so at run time, so nothing of
 # Rockchip's is linked): CC defaults to the Debian cross compiler for GOARCH when it is not
 # the build machine's architecture (aarch64-linux-gnu-gcc, x86_64-linux-gnu-gcc).
 set -euo pipefail
 
 if [[ $# -ne 4 ]]; then
-	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 fi
 binary=$1 goos=$2 goarch=$3 out=$4
@@ -23,7 +24,7 @@ ldflags="-s -w -X main.version=${version}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "${out}"
 case "${binary}" in
-manager | rknpu-device-plugin)
+manager | rknpu-device-plugin | rkllm-gateway)
 	CGO_ENABLED=0 GOOS=${goos} GOARCH=${goarch} go build -trimpath -ldflags "${ldflags}" -o "${out}/${binary}" "./cmd/${binary}"
 	;;
 rkllm-server)
@@ -44,7 +45,7 @@ rkllm-server)
 	CC=${CC:-gcc} CGO_ENABLED=1 GOOS=${goos} GOARCH=${goarch} go build -trimpath -ldflags "${ldflags}" -o "${out}/${binary}" "./cmd/${binary}"
 	;;
 *)
-	echo "build-binary: unknown binary '${binary}'; choose manager, rknpu-device-plugin or rkllm-server" >&2
+	echo "build-binary: unknown binary '${binary}'; choose manager, rknpu-device-plugin, rkllm-gateway or rkllm-server" >&2
 	exit 2
 	;;
 esac

@@ -40,6 +40,10 @@ const (
 	DefaultDeviceTree            = DeviceTreeDevicePlugin
 	DefaultServiceType           = corev1.ServiceTypeClusterIP
 	DefaultColocation            = ColocationForbidden
+	DefaultMinReplicas     int32 = 0
+	DefaultMaxReplicas     int32 = 1
+	DefaultScaleDownDelay        = 15 * time.Minute
+	DefaultPriority        int32 = 0
 	// DefaultMemoryRequest and DefaultMemoryLimit apply when spec.resources sets no memory.
 	DefaultMemoryRequest = "2Gi"
 	DefaultMemoryLimit   = "8Gi"
@@ -47,6 +51,10 @@ const (
 
 // NPUResourceName is the extended resource the device plugin advertises.
 const NPUResourceName = "rockchip.com/npu"
+
+// AnnotationScaledUpAt is the time (RFC 3339) the gateway last scaled the model up; an
+// eviction leaves a model alone for the gateway's minimum lifetime after it.
+const AnnotationScaledUpAt = "inference.rkllm.io/scaled-up-at"
 
 // LabelNPUSoC is the node label naming the node's SoC (a Platform value), which the
 // device plugin writes through node-feature-discovery.
@@ -151,6 +159,47 @@ func (c *HostPathCache) GetPath() string {
 		return DefaultCacheHostPath
 	}
 	return c.Path
+}
+
+// GetServedModelName returns the model's id in the OpenAI-compatible API:
+// spec.servedModelName or the RKLLMModel's name.
+func (m *RKLLMModel) GetServedModelName() string {
+	if m.Spec.ServedModelName != "" {
+		return m.Spec.ServedModelName
+	}
+	return m.Name
+}
+
+// GetMinReplicas returns scaling.minReplicas or its default.
+func (s *ScalingSpec) GetMinReplicas() int32 {
+	if s == nil || s.MinReplicas == nil {
+		return DefaultMinReplicas
+	}
+	return *s.MinReplicas
+}
+
+// GetMaxReplicas returns scaling.maxReplicas or its default.
+func (s *ScalingSpec) GetMaxReplicas() int32 {
+	if s == nil || s.MaxReplicas == nil {
+		return DefaultMaxReplicas
+	}
+	return *s.MaxReplicas
+}
+
+// GetScaleDownDelay returns scaling.scaleDownDelay or its default.
+func (s *ScalingSpec) GetScaleDownDelay() time.Duration {
+	if s == nil || s.ScaleDownDelay == nil {
+		return DefaultScaleDownDelay
+	}
+	return s.ScaleDownDelay.Duration
+}
+
+// GetPriority returns scaling.priority or its default.
+func (s *ScalingSpec) GetPriority() int32 {
+	if s == nil || s.Priority == nil {
+		return DefaultPriority
+	}
+	return *s.Priority
 }
 
 // GetServiceType returns spec.service.type or its default.

@@ -170,6 +170,63 @@ type RKLLMModelSpec struct {
 	// model whatever an autoscaler sets. Default false.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+
+	// servedModelName is the model's id in the OpenAI-compatible and Ollama APIs: what
+	// requests name in `model`, to the model's own server and to the gateway (which
+	// routes by it). Default: the RKLLMModel's name. Two models the gateway serves must
+	// not share one.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9][-A-Za-z0-9._:/]*$')",message="servedModelName must start with a letter or digit and hold only letters, digits, '-', '.', '_', ':' and '/', such as qwen2.5:1.5b"
+	// +optional
+	ServedModelName string `json:"servedModelName,omitempty"`
+
+	// scaling lets the gateway (rkllm-gateway) scale the model on demand: from zero when a
+	// request comes, back to minReplicas when idle, and down to free an NPU for another
+	// model. Unset: the gateway routes requests to the model but never changes its
+	// replicas.
+	// +optional
+	Scaling *ScalingSpec `json:"scaling,omitempty"`
+}
+
+// ScalingSpec is how the gateway may scale a model. The gateway writes spec.replicas
+// (through the RKLLMModel, never the Deployment), always within minReplicas and
+// maxReplicas.
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",message="scaling.minReplicas must not be above scaling.maxReplicas"
+type ScalingSpec struct {
+	// minReplicas is the fewest replicas the gateway leaves when the model is idle or
+	// evicted for another model; 0 lets it go to zero. Default 0.
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=64
+	// +optional
+	MinReplicas *int32 `json:"minReplicas,omitempty"`
+
+	// maxReplicas is the most replicas the gateway asks for: it activates a model with
+	// one, and adds one while requests queue for every replica and an NPU is free.
+	// Default 1.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=64
+	// +optional
+	MaxReplicas *int32 `json:"maxReplicas,omitempty"`
+
+	// scaleDownDelay is how long the model must go without requests before the gateway
+	// scales it back to minReplicas, such as "15m". Default "15m".
+	// +kubebuilder:default="15m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('168h')",message="scaleDownDelay must be a duration from 10s to 168h, such as \"15m\""
+	// +optional
+	ScaleDownDelay *metav1.Duration `json:"scaleDownDelay,omitempty"`
+
+	// priority orders models competing for NPUs: to activate a model the gateway evicts
+	// idle models of the same or a lower priority only, the lowest priority first and
+	// among equals the least recently used. Default 0.
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=-1000
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	Priority *int32 `json:"priority,omitempty"`
 }
 
 // ModelSource names exactly one place the model file comes from.
@@ -869,6 +926,12 @@ type RKLLMModelStatus struct {
 	// +kubebuilder:validation:MaxItems=64
 	// +optional
 	ModelFetches []ModelFetch `json:"modelFetches,omitempty"`
+
+	// lastRequestTime is when the gateway (rkllm-gateway) last sent the model a request.
+	// The gateway writes it, at most once every 30 seconds per model, and reads it to
+	// find idle models; the operator keeps it.
+	// +optional
+	LastRequestTime *metav1.Time `json:"lastRequestTime,omitempty"`
 }
 
 // FetchResult is what a pod's model fetch did.
@@ -924,11 +987,13 @@ type ModelFetch struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.spec.replicas`
-// +kubebuilder:printcolumn:name="Ready Replicas",type=integer,JSONPath=`.status.readyReplicas`,priority=1
+// +kubebuilder:printcolumn:name="Loaded",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastRequestTime`
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.status.model`
 // +kubebuilder:printcolumn:name="Platform",type=string,JSONPath=`.status.targetPlatform`,priority=1
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.scaling) || !has(self.spec.replicas) || !has(self.spec.scaling.maxReplicas) || self.spec.replicas <= self.spec.scaling.maxReplicas",message="spec.replicas must not be above spec.scaling.maxReplicas: raise maxReplicas, or scale to at most that"
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="an RKLLMModel name must be at most 63 lower-case letters, digits and '-', starting with a letter, because it also names the model's Service"
 type RKLLMModel struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -1,8 +1,9 @@
 // Command chartsync copies what controller-gen generates into the Helm chart, so the chart
 // never drifts from config/: every CRD under config/crd/bases becomes
 // charts/rkllm-operator/templates/crds.yaml (behind crds.enabled, with the keep policy and
-// the chart's labels added to its metadata), and the manager's rules in
-// config/rbac/role.yaml become the template "rkllm-operator.managerRules". `make manifests`
+// the chart's labels added to its metadata), the manager's rules in
+// config/rbac/role.yaml become the template "rkllm-operator.managerRules", and the
+// gateway's in config/gateway/role.yaml "rkllm-operator.gatewayRules". `make manifests`
 // runs it after controller-gen; the chart test (test/e2e/chart) checks the result.
 package main
 
@@ -60,15 +61,23 @@ func run(root string) error {
 		return err
 	}
 
-	role, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
-	if err != nil {
-		return err
+	for _, r := range []struct{ source, template, file string }{
+		{"config/rbac/role.yaml", "rkllm-operator.managerRules", "_manager_rules.tpl"},
+		{"config/gateway/role.yaml", "rkllm-operator.gatewayRules", "_gateway_rules.tpl"},
+	} {
+		role, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(r.source)))
+		if err != nil {
+			return err
+		}
+		rules, err := rulesTemplate(r.template, r.source, string(role))
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.source, err)
+		}
+		if err := os.WriteFile(filepath.Join(templates, r.file), []byte(rules), 0o644); err != nil { //nolint:gosec // a chart file
+			return err
+		}
 	}
-	rules, err := managerRules(string(role))
-	if err != nil {
-		return fmt.Errorf("config/rbac/role.yaml: %w", err)
-	}
-	return os.WriteFile(filepath.Join(templates, "_manager_rules.tpl"), []byte(rules), 0o644) //nolint:gosec // a chart file
+	return nil
 }
 
 // chartCRD turns one generated CRD into a chart document: the keep annotation and the
@@ -121,8 +130,14 @@ func chartCRD(doc string) (string, error) {
 	return strings.Join(result, "\n"), nil
 }
 
-// managerRules wraps the rules of the generated ClusterRole in a named template.
+// managerRules wraps the rules of the manager's generated ClusterRole in a named template.
 func managerRules(role string) (string, error) {
+	return rulesTemplate("rkllm-operator.managerRules", "config/rbac/role.yaml", role)
+}
+
+// rulesTemplate wraps the rules of a generated ClusterRole (from source) in the named
+// template name.
+func rulesTemplate(name, source, role string) (string, error) {
 	_, rules, ok := strings.Cut(role, "\nrules:\n")
 	if !ok {
 		return "", errors.New("no rules")
@@ -130,6 +145,6 @@ func managerRules(role string) (string, error) {
 	if strings.Contains(rules, "{{") || strings.Contains(rules, "\n---") {
 		return "", errors.New("expected one ClusterRole with plain rules")
 	}
-	return fmt.Sprintf(header, "config/rbac/role.yaml") +
-		"{{- define \"rkllm-operator.managerRules\" }}\n" + strings.TrimRight(rules, "\n") + "\n{{- end }}\n", nil
+	return fmt.Sprintf(header, source) +
+		"{{- define \"" + name + "\" }}\n" + strings.TrimRight(rules, "\n") + "\n{{- end }}\n", nil
 }

@@ -36,7 +36,7 @@ import (
 
 // paths are the binaries and files the demo uses (flags; the Makefile sets them).
 type paths struct {
-	state, k8sBin, kwokctl, kwok, helm, plugin, manager, server, simLib, chart, processCRI, cniBin string
+	state, k8sBin, kwokctl, kwok, helm, plugin, manager, gateway, server, simLib, chart, processCRI, cniBin string
 }
 
 func (p *paths) bind(fs *flag.FlagSet) {
@@ -47,6 +47,7 @@ func (p *paths) bind(fs *flag.FlagSet) {
 	fs.StringVar(&p.helm, "helm", "bin/helm-v3.22.0", "helm binary (make helm).")
 	fs.StringVar(&p.plugin, "device-plugin", "bin/rknpu-device-plugin", "rknpu-device-plugin binary (make device-plugin).")
 	fs.StringVar(&p.manager, "manager", "bin/manager", "The operator's manager binary (make manager).")
+	fs.StringVar(&p.gateway, "gateway", "bin/rkllm-gateway", "The model gateway's binary (make gateway).")
 	fs.StringVar(&p.server, "server", "bin/rkllm-server", "rkllm-server binary (make build-server).")
 	fs.StringVar(&p.simLib, "sim-lib", "bin/librkllmrt-sim-1.3.so", "The RKLLM simulator library (make sim).")
 	fs.StringVar(&p.chart, "chart", "charts/rkllm-operator", "The chart.")
@@ -56,7 +57,7 @@ func (p *paths) bind(fs *flag.FlagSet) {
 
 // absolutize makes every path absolute: the background process and helm run elsewhere.
 func (p *paths) absolutize() error {
-	for _, s := range []*string{&p.state, &p.k8sBin, &p.kwokctl, &p.kwok, &p.helm, &p.plugin, &p.manager, &p.server, &p.simLib, &p.chart, &p.processCRI, &p.cniBin} {
+	for _, s := range []*string{&p.state, &p.k8sBin, &p.kwokctl, &p.kwok, &p.helm, &p.plugin, &p.manager, &p.gateway, &p.server, &p.simLib, &p.chart, &p.processCRI, &p.cniBin} {
 		abs, err := filepath.Abs(*s)
 		if err != nil {
 			return err
@@ -68,7 +69,7 @@ func (p *paths) absolutize() error {
 
 func (p *paths) args() []string {
 	return []string{"--state", p.state, "--k8s-bin-dir", p.k8sBin, "--kwokctl", p.kwokctl, "--kwok", p.kwok, "--helm", p.helm,
-		"--device-plugin", p.plugin, "--manager", p.manager, "--server", p.server, "--sim-lib", p.simLib, "--chart", p.chart,
+		"--device-plugin", p.plugin, "--manager", p.manager, "--gateway", p.gateway, "--server", p.server, "--sim-lib", p.simLib, "--chart", p.chart,
 		"--process-cri", p.processCRI, "--cni-bin-dir", p.cniBin}
 }
 
@@ -86,6 +87,9 @@ type ready struct {
 	ModelURL    string `json:"modelURL"`
 	ModelSHA256 string `json:"modelSHA256"`
 	LogDir      string `json:"logDir"`
+	// GatewayURL is the model gateway, forwarded from the node's network to this
+	// machine's loopback by the background process.
+	GatewayURL string `json:"gatewayURL"`
 }
 
 const usage = `usage: demo up|down [flags]   (make demo, make demo-down)`

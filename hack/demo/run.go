@@ -20,19 +20,26 @@ const (
 	namespace = "rkllm-operator-system"
 )
 
-// demoValues are what the simulated cluster needs from the chart: the manager
-// Deployment at 0 replicas (it needs the API server's Service address, which no node
-// here routes: the manager runs as a local process with that Deployment's arguments and
-// ServiceAccount instead), and the device plugin's DaemonSet on the kwok nodes labelled
+// demoValues are what the simulated cluster needs from the chart: the manager and
+// gateway Deployments at 0 replicas (they need the API server's Service address, which
+// no node here routes: they run as local processes with their Deployment's arguments
+// and ServiceAccount instead, the gateway in the real-kubelet node's network), a short
+// minimum lifetime so the demo's swap need not wait a minute, and the device plugin's DaemonSet on the kwok nodes labelled
 // as NPU nodes (the real-kubelet node has its plugin already, on the fake NPU tree).
 const demoValues = `manager:
   replicas: 0
+gateway:
+  replicas: 0
+  minLifetime: 5s
 devicePlugin:
   nodeSelector:
     kubernetes.io/arch: null
     rockchip.com/npu.present: "true"
     type: kwok
 `
+
+// gatewayPort is the gateway's port in the node's network (its admin port is the next).
+const gatewayPort = 30080
 
 func logf(format string, args ...any) {
 	fmt.Printf("%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
@@ -80,15 +87,14 @@ func run(p paths) (err error) {
 		return err
 	}
 
-	r := ready{WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), NodePID: c.Node().Runtime.PID, ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
-	data, err := json.Marshal(r)
+	logf("starting the model gateway as the chart's Deployment would run it, in the real-kubelet node's network (where the pods are)")
+	gateway, err := c.StartGateway(ctx, p.gateway, namespace, release+"-gateway", "rkllm-gateway-demo", gatewayPort, "--keepalive-interval=2s")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(readyFile(p)+".tmp", data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(readyFile(p)+".tmp", readyFile(p)); err != nil {
+
+	r := ready{GatewayURL: gateway.URL, WorkDir: work, Kubeconfig: c.Kubeconfig, NodeNetNS: c.Node().Runtime.NetNS(), NodePID: c.Node().Runtime.PID, ModelURL: modelURL, ModelSHA256: sum, LogDir: c.LogDir()}
+	if err := writeReady(p, r); err != nil {
 		return err
 	}
 	logf("ready")
@@ -96,6 +102,8 @@ func run(p paths) (err error) {
 	select {
 	case <-ctx.Done():
 		return nil
+	case <-gateway.Exited():
+		return fmt.Errorf("the gateway exited (%v); its log: %s", gateway.Err(), gateway.Log)
 	case <-manager.Exited():
 		return fmt.Errorf("the manager exited (%v); its log: %s", manager.Err(), manager.Log)
 	case <-c.Node().Runtime.Exited():
@@ -103,6 +111,18 @@ func run(p paths) (err error) {
 	case <-c.Plugin.Exited():
 		return fmt.Errorf("the device plugin exited (%v); its log: %s", c.Plugin.Err(), c.Plugin.Log)
 	}
+}
+
+// writeReady tells `up` the cluster serves: the ready file, written whole.
+func writeReady(p paths, r ready) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(readyFile(p)+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(readyFile(p)+".tmp", readyFile(p))
 }
 
 // serveModel writes the simulator model file and serves it from a local HTTP server in

@@ -84,7 +84,7 @@ func walkThrough(p paths, r *ready) error {
 }
 
 func (w *walker) walk() error {
-	for _, step := range []func() error{w.cluster, w.apply, w.logs, w.stream, w.scale, w.suspend, w.remove, w.explore} {
+	for _, step := range []func() error{w.cluster, w.apply, w.logs, w.stream, w.scale, w.suspend, w.remove, w.gateway, w.explore} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -252,9 +252,13 @@ func (w *walker) explore() error {
   %s -n %s status %s
   %s   # with the new pod's IP
 
+The gateway, one URL for both models (the first request for the one not loaded swaps):
+  curl %s/v1/models
+  curl %s/v1/chat/completions -H 'Content-Type: application/json' -d '{"model":"coder","messages":[{"role":"user","content":"Hi"}]}'
+
 Logs of every component: %s
 Stop everything: make demo-down`,
-		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), "$(kubectl get pods -l inference.rkllm.io/model="+modelName+" --field-selector spec.nodeName="+edgecluster.KubeletNode+" -o name)", w.p.helm, namespace, release, w.streamCmd, w.r.LogDir)
+		w.r.Kubeconfig, w.p.k8sBin, filepath.Join(w.p.state, modelName+".yaml"), "$(kubectl get pods -l inference.rkllm.io/model="+modelName+" --field-selector spec.nodeName="+edgecluster.KubeletNode+" -o name)", w.p.helm, namespace, release, w.streamCmd, w.r.GatewayURL, w.r.GatewayURL, w.r.LogDir)
 	return nil
 }
 

@@ -224,6 +224,11 @@ func decodeMessages(raw json.RawMessage, pay payFunc) ([]chattemplate.Message, *
 	return msgs, nil
 }
 
+// textPartMembers are the members of a text content part. cache_control is a prompt
+// caching hint (Anthropic's, which Open WebUI puts on the last message of every chat):
+// accepted and ignored, since the server reuses the KV cache of a conversation anyway.
+var textPartMembers = map[string]bool{"type": true, "text": true, "cache_control": true}
+
 // messageCost is what a decoded message holds besides its text.
 const messageCost = int(unsafe.Sizeof(chattemplate.Message{}))
 
@@ -397,7 +402,7 @@ func decodeContent(raw json.RawMessage, param func() string, pay payFunc) (strin
 		if typ != "text" {
 			return "", unsupported(param+".type", "Content part type '%s' is not supported: this server serves a text model; send text parts only.", typ)
 		}
-		if err := checkKnown(p, param, map[string]bool{"type": true, "text": true}, nil); err != nil {
+		if err := checkKnown(p, param, textPartMembers, nil); err != nil {
 			return "", err
 		}
 		if err := decodeField(p, "text", param+".text", &text, "a string"); err != nil {

@@ -103,6 +103,16 @@ hostPath volumes, so Pod Security must allow privileged there.
 {{- end -}}
 {{- end }}
 
+{{/* The gateway's name and the selector labels of its pods (immutable in a Deployment). */}}
+{{- define "rkllm-operator.gateway.name" -}}
+{{ include "rkllm-operator.objectName" (list . "gateway") }}
+{{- end }}
+{{- define "rkllm-operator.gateway.selectorLabels" -}}
+app.kubernetes.io/name: rkllm-gateway
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
 {{/*
 The Kubernetes versions the chart supports (docs/install.md, Requirements). Not
 Chart.yaml's kubeVersion: Helm checks that against the version it renders for, and a

@@ -618,8 +618,8 @@ func TestMatchesKustomize(t *testing.T) {
 			}
 		}
 	}
-	if images != 3 {
-		t.Errorf("config/default names %d images, want 3 (manager, device plugin, server)", images)
+	if images != 4 {
+		t.Errorf("config/default names %d images, want 4 (manager, device plugin, gateway, server)", images)
 	}
 }
 

@@ -59,7 +59,7 @@ func TestDownAfterACrash(t *testing.T) {
 	}
 	demo := makevars.Path(t, "E2E_DEMO", "e2e")
 	flags := []string{"--state", state, "--k8s-bin-dir", k8sBin, "--kwokctl", makevars.Path(t, "E2E_KWOKCTL", "e2e"), "--kwok", makevars.Path(t, "E2E_KWOK", "e2e"),
-		"--helm", makevars.Path(t, "E2E_HELM", "e2e"), "--device-plugin", makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), "--manager", makevars.Path(t, "E2E_MANAGER", "e2e"),
+		"--helm", makevars.Path(t, "E2E_HELM", "e2e"), "--device-plugin", makevars.Path(t, "E2E_DEVICE_PLUGIN", "e2e"), "--manager", makevars.Path(t, "E2E_MANAGER", "e2e"), "--gateway", makevars.Path(t, "E2E_GATEWAY", "e2e"),
 		"--server", makevars.Path(t, "E2E_SERVER", "e2e"), "--sim-lib", makevars.Path(t, "E2E_SIM_LIB", "e2e"), "--chart", chart,
 		"--process-cri", makevars.Path(t, "E2E_PROCESS_CRI", "e2e"), "--cni-bin-dir", makevars.Path(t, "E2E_CNI_BIN_DIR", "e2e")}
 	runDemo := func(timeout time.Duration, args ...string) (string, error) {

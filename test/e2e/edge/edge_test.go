@@ -7,7 +7,8 @@
 // included, against the Prometheus Operator's CRD), then the chart is installed, models
 // are applied and get Ready (on the real-kubelet node, rkllm-server runs in the model's
 // pod on the simulator library, with the plugin's device nodes, and answers the
-// kubelet's probes), a model's Service leads to its server (/v1/models, /rpc), the
+// kubelet's probes), two gateway replicas activate and swap two models on that node's one
+// NPU (the openai npm client included), a model's Service leads to its server (/v1/models, /rpc), the
 // manager's HTTPS metrics
 // answer only tokens allowed by the chart's metrics-reader role, models scale past the
 // cluster's NPUs, are suspended, take a new temperature and a chart upgrade without a
@@ -115,6 +116,7 @@ func TestEdgeCluster(t *testing.T) {
 	}
 
 	s.chain()
+	s.gatewaySwap()
 
 	s.step("models alpha (2 replicas) and beta (1) get Ready, one pod per node")
 	s.apply(model("alpha", simModel, 2))
@@ -126,7 +128,8 @@ func TestEdgeCluster(t *testing.T) {
 	onReal := s.modelOnNode(edgecluster.KubeletNode)
 
 	s.step("the model's Service reaches rkllm-server: /v1/models names the model, /rpc runs a prompt")
-	s.checkServiceServes(onReal, strings.TrimSuffix(filepath.Base(simModel), ".rkllm"))
+	// The served model name defaults to the RKLLMModel's name (spec.servedModelName).
+	s.checkServiceServes(onReal, onReal)
 
 	s.step("the manager's HTTPS /metrics answers a token bound to the chart's metrics-reader role, and refuses others")
 	s.checkSecureMetrics(managerProc)
@@ -388,12 +391,15 @@ spec:
 	}
 }
 
-// clusterValues are what the simulated cluster needs: no manager pod (it needs the API
-// server's Service address, which no node here routes; the manager runs as a local
-// process with the Deployment's arguments and ServiceAccount), and the plugin's
+// clusterValues are what the simulated cluster needs: no manager pod and no gateway pod
+// (they need the API server's Service address, which no node here routes; they run as
+// local processes with their Deployment's arguments and ServiceAccount, the gateway in
+// the real-kubelet node's network), and the plugin's
 // DaemonSet on the kwok nodes labelled as NPU nodes (the real-kubelet node has its
 // plugin already, run by the cluster on the fake NPU tree).
 const clusterValues = `manager:
+  replicas: 0
+gateway:
   replicas: 0
 devicePlugin:
   nodeSelector:
