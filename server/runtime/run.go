@@ -107,15 +107,19 @@ func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, si
 	rc := h.runCtx // the runtime thread sees these stores: rkllm_run starts its work after them
 	*rc = C.rk_run_ctx{go_run: C.uintptr_t(handle), n_batch: C.int(h.nBatch), sink: C.rk_sink_fn(sink.Fn), sink_arg: sink.Arg}
 	stop := context.AfterFunc(ctx, func() {
-		C.rk_run_go_only(rc)
+		rs.abortMu.Lock()
+		if !rs.ended { // rc may be the next run's by now
+			C.rk_run_go_only(rc)
+		}
+		rs.abortMu.Unlock()
 		rs.stop()
 	})
 	ret := C.rk_run(h.lib.c, h.c, cin, cparams, rc)
 	stop()
-	rc.sink = nil // a runtime calling back late reaches Go, which ignores it
 	rs.abortMu.Lock()
 	rs.ended = true
 	rs.abortMu.Unlock()
+	rc.sink = nil // a runtime calling back late reaches Go, which ignores it
 
 	rs.mu.Lock() // every delivery happened before this point
 	defer rs.mu.Unlock()
