@@ -87,8 +87,9 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 {
 	wp_sink *s = arg;
 	/* Go handles the rest: the run's end and errors, hidden states and logits (their
-	 * size checks and copies), and everything after a failed write. */
-	if (state != RKLLM_RUN_NORMAL || results == NULL || n_results <= 0 ||
+	 * size checks and copies), and everything after a failed write. WAITING carries
+	 * the bytes of an incomplete UTF-8 character, a token like any other here. */
+	if ((state != RKLLM_RUN_NORMAL && state != RKLLM_RUN_WAITING) || results == NULL || n_results <= 0 ||
 	    __atomic_load_n(&s->failed, __ATOMIC_ACQUIRE))
 		return RK_SINK_PASS;
 	size_t size = FRAME_HEAD + 4 + uvarint_len((uint64_t)n_results);

@@ -27,8 +27,8 @@ int wp_sink_init(wp_sink *s, int fd, uint8_t op, uint32_t max_frame);
 void wp_sink_destroy(wp_sink *s);
 void wp_sink_lock(wp_sink *s);
 void wp_sink_unlock(wp_sink *s);
-/* wp_sink_deliver is an rk_sink_fn: it writes a token's delivery as the Conn's Send
- * would and returns RKLLM's continue, or RK_SINK_PASS for what Go must handle. */
+/* wp_sink_deliver is an rk_sink_fn: it writes a token's delivery (NORMAL or WAITING)
+ * as the Conn's Send would and returns RKLLM's continue, or RK_SINK_PASS for what Go must handle. */
 int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int state);
 
 #endif

@@ -1137,7 +1137,7 @@ static int deliver(sim_ctx *c, LLMCallState state)
 		}
 		state = RKLLM_RUN_NORMAL;
 	}
-	if (h->f.token_perf && state == RKLLM_RUN_NORMAL) {
+	if (h->f.token_perf && (state == RKLLM_RUN_NORMAL || state == RKLLM_RUN_WAITING)) {
 		/* Tests of what carries a token's result: each field distinct and exact
 		 * (the times are made from the counts, not measured). */
 		for (int b = 0; b < h->n_batch; b++) {
