@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,7 +44,7 @@ func main() {
 	relayOut := flag.String("relay-to", "", "internal: see -go-relay")
 	flag.Parse()
 	if *relayIn != "" {
-		if err := goRelay(*relayIn, *relayOut); err != nil {
+		if err := goRelay(context.Background(), *relayIn, *relayOut); err != nil {
 			fmt.Fprintln(os.Stderr, "relay:", err)
 			os.Exit(1)
 		}
@@ -62,7 +63,8 @@ func run(src, cc string, lines, runs int) error {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	hops := filepath.Join(dir, "hops")
-	if out, err := exec.Command(cc, "-O2", "-o", hops, src).CombinedOutput(); err != nil { //nolint:gosec // the bench's own compiler and source
+	ctx := context.Background()
+	if out, err := exec.CommandContext(ctx, cc, "-O2", "-o", hops, src).CombinedOutput(); err != nil { //nolint:gosec // the bench's own compiler and source
 		return fmt.Errorf("%s %s: %w\n%s", cc, src, err, out)
 	}
 	self, err := os.Executable()
@@ -77,16 +79,18 @@ func run(src, cc string, lines, runs int) error {
 		relay func(in, out string) *exec.Cmd
 	}{
 		{"one hop: C writer to the Go client", nil},
-		{"two hops: through a C relay (blocking read and write)", func(in, out string) *exec.Cmd { return exec.Command(hops, "relay", in, out) }},
+		{"two hops: through a C relay (blocking read and write)", func(in, out string) *exec.Cmd {
+			return exec.CommandContext(ctx, hops, "relay", in, out) //nolint:gosec // the bench's own program
+		}},
 		{"two hops: through a Go relay (net.Conn to net.Conn, io.Copy)", func(in, out string) *exec.Cmd {
-			return exec.Command(self, "-go-relay", in, "-relay-to", out) //nolint:gosec // this program
+			return exec.CommandContext(ctx, self, "-go-relay", in, "-relay-to", out) //nolint:gosec // this program
 		}},
 	}
 	for n, p := range paths {
 		var all []time.Duration
 		var medians []string
 		for i := range runs {
-			lat, err := measure(filepath.Join(dir, fmt.Sprintf("%d-%d", n, i)), hops, lines, p.relay)
+			lat, err := measure(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d", n, i)), hops, lines, p.relay)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.what, err)
 			}
@@ -101,12 +105,12 @@ func run(src, cc string, lines, runs int) error {
 
 // measure runs the writer, through relay when it is set, to a client listening in
 // dir, and returns each line's latency.
-func measure(dir, hops string, lines int, relay func(in, out string) *exec.Cmd) ([]time.Duration, error) {
+func measure(ctx context.Context, dir, hops string, lines int, relay func(in, out string) *exec.Cmd) ([]time.Duration, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	client := filepath.Join(dir, "client.sock")
-	l, err := net.Listen("unix", client)
+	l, err := (&net.ListenConfig{}).Listen(ctx, "unix", client)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +132,7 @@ func measure(dir, hops string, lines int, relay func(in, out string) *exec.Cmd) 
 			return nil, fmt.Errorf("relay did not start: %w", err)
 		}
 	}
-	w := exec.Command(hops, "writer", target, strconv.Itoa(lines)) //nolint:gosec // the bench's own program
+	w := exec.CommandContext(ctx, hops, "writer", target, strconv.Itoa(lines)) //nolint:gosec // the bench's own program
 	w.Stderr = os.Stderr
 	if err := w.Start(); err != nil {
 		return nil, err
@@ -160,12 +164,12 @@ func measure(dir, hops string, lines int, relay func(in, out string) *exec.Cmd) 
 }
 
 // goRelay accepts one connection on in and copies it to out.
-func goRelay(in, out string) error {
-	l, err := net.Listen("unix", in)
+func goRelay(ctx context.Context, in, out string) error {
+	l, err := (&net.ListenConfig{}).Listen(ctx, "unix", in)
 	if err != nil {
 		return err
 	}
-	o, err := net.Dial("unix", out)
+	o, err := (&net.Dialer{}).DialContext(ctx, "unix", out)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func (s *FrameSink) Unlock() { C.wp_sink_unlock(s.c) }
 // For returns the sink for the run with call id, one run at a time.
 func (s *FrameSink) For(id uint64) runtime.Sink {
 	s.c.id = C.uint64_t(id)
-	return runtime.Sink{Fn: unsafe.Pointer(C.wp_sink_deliver), Arg: unsafe.Pointer(s.c)}
+	return runtime.Sink{Fn: C.wp_sink_deliver, Arg: unsafe.Pointer(s.c)}
 }
 
 // Close frees the sink, once no run and no Conn write can use it.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
 
@@ -27,20 +28,7 @@ import (
 // simLibrary opens the simulator of abi built by `make sim`.
 func simLibrary(t *testing.T, abi runtime.ABI) *runtime.Library {
 	t.Helper()
-	dir := os.Getenv("RKLLM_SIM_DIR")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "bin")
-	}
-	path, err := filepath.Abs(filepath.Join(dir, "librkllmrt-sim-"+string(abi)+".so"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("RKLLM_SIM_REQUIRED") != "" {
-			t.Fatalf("simulator library %s is missing (%v): `make sim` builds it", path, err)
-		}
-		t.Skipf("simulator library %s is missing: run `make sim` first", path)
-	}
+	path := simtest.Library(t, string(abi))
 	lib, err := runtime.Open(path, abi)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", path, err)
