@@ -255,6 +255,10 @@ soak: sim build-server ## Soak rkllm-server (minutes, not in CI): thousands of r
 bench-server: sim build-server ## Benchmarks of rkllm-server against the unpaced simulator (docs/benchmarks.md).
 	$(GO) run ./bench/server -server $(LOCALBIN)/rkllm-server -sim-dir $(LOCALBIN)
 
+.PHONY: bench-hops
+bench-hops: ## The floor under the server's per-token latency on this machine: one hop, and two through a C and a Go relay (docs/benchmarks.md).
+	$(GO) run ./bench/hops -cc $(SIM_CC)
+
 .PHONY: bench-prefix-reuse
 bench-prefix-reuse: sim build-server ## Time to first token of a 10-turn chat with and without conversation-prefix reuse, simulator paced like an RK3588 (docs/benchmarks.md).
 	$(GO) run ./bench/prefix-reuse -server $(LOCALBIN)/rkllm-server -sim $(LOCALBIN)/librkllmrt-sim-1.3.so

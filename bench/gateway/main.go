@@ -38,6 +38,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/rkllm-operator/rkllm-operator/bench/chatstream"
 	"github.com/rkllm-operator/rkllm-operator/bench/serverproc"
 	"github.com/rkllm-operator/rkllm-operator/gateway/catalog"
 	"github.com/rkllm-operator/rkllm-operator/gateway/httpapi"
@@ -299,51 +300,14 @@ func converse(base string, turns int) ([]time.Duration, error) {
 		msgs = append(msgs, map[string]any{"role": "user", "content": fmt.Sprintf(
 			"Question %d: explain in a few sentences how the NPU, the CPU cores and the memory of the board work together when serving a language model.", i+1)})
 		body, _ := json.Marshal(map[string]any{"model": "model", "messages": msgs, "stream": true})
-		ttft, reply, err := firstToken(base, body)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		r, err := chatstream.Post(ctx, base, body)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("turn %d: %w", i+1, err)
 		}
-		out = append(out, ttft)
-		msgs = append(msgs, map[string]any{"role": "assistant", "content": reply})
+		out = append(out, r.TTFT)
+		msgs = append(msgs, map[string]any{"role": "assistant", "content": r.Text})
 	}
 	return out, nil
-}
-
-func firstToken(base string, body []byte) (time.Duration, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader(body))
-	begin := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var ttft time.Duration
-	var reply strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok || data == "[DONE]" {
-			continue
-		}
-		var chunk struct {
-			Choices []struct {
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-		}
-		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
-			return 0, "", fmt.Errorf("event %q: %w", data, err)
-		}
-		if len(chunk.Choices) > 0 && chunk.Choices[0].Delta.Content != "" {
-			if ttft == 0 {
-				ttft = time.Since(begin)
-			}
-			reply.WriteString(chunk.Choices[0].Delta.Content)
-		}
-	}
-	return ttft, reply.String(), sc.Err()
 }

@@ -13,7 +13,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,9 +23,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
+	"github.com/rkllm-operator/rkllm-operator/bench/chatstream"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 )
 
@@ -44,12 +43,7 @@ func main() {
 }
 
 // turn is one measured turn.
-type turn struct {
-	ttft         time.Duration
-	promptTokens int
-	cachedTokens int
-	replyTokens  int
-}
+type turn = chatstream.Reply
 
 func run(server, sim string, turns int, prefillTPS, decodeTPS float64) error {
 	dir, err := os.MkdirTemp("", "prefix-reuse-")
@@ -80,9 +74,9 @@ func run(server, sim string, turns int, prefillTPS, decodeTPS float64) error {
 	var sumOff, sumOn time.Duration
 	for i := range turns {
 		off, on := results[false][i], results[true][i]
-		sumOff += off.ttft
-		sumOn += on.ttft
-		fmt.Printf("| %d | %d | %d ms | %d ms (%d) |\n", i+1, off.promptTokens, off.ttft.Milliseconds(), on.ttft.Milliseconds(), on.promptTokens-on.cachedTokens)
+		sumOff += off.TTFT
+		sumOn += on.TTFT
+		fmt.Printf("| %d | %d | %d ms | %d ms (%d) |\n", i+1, off.Usage.PromptTokens, off.TTFT.Milliseconds(), on.TTFT.Milliseconds(), on.Usage.PromptTokens-on.Usage.CachedTokens)
 	}
 	fmt.Printf("| all | | %d ms in total | %d ms in total |\n", sumOff.Milliseconds(), sumOn.Milliseconds())
 	return nil
@@ -147,61 +141,14 @@ func converse(base string, turns int) ([]turn, error) {
 		msgs = append(msgs, map[string]any{"role": "user", "content": fmt.Sprintf(
 			"Question %d: explain in a few sentences how the NPU, the CPU cores and the memory of the board work together when serving a language model.", i+1)})
 		body, _ := json.Marshal(map[string]any{"model": "model", "messages": msgs, "stream": true, "stream_options": map[string]any{"include_usage": true}})
-		t, reply, err := measure(base, body)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		t, err := chatstream.Post(ctx, base, body)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("turn %d: %w", i+1, err)
 		}
 		out = append(out, t)
-		msgs = append(msgs, map[string]any{"role": "assistant", "content": reply})
+		msgs = append(msgs, map[string]any{"role": "assistant", "content": t.Text})
 	}
 	return out, nil
-}
-
-func measure(base string, body []byte) (turn, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader(body))
-	begin := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return turn{}, "", err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var t turn
-	var reply strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok || data == "[DONE]" {
-			continue
-		}
-		var chunk struct {
-			Choices []struct {
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-			Usage *struct {
-				PromptTokens        int `json:"prompt_tokens"`
-				CompletionTokens    int `json:"completion_tokens"`
-				PromptTokensDetails struct {
-					CachedTokens int `json:"cached_tokens"`
-				} `json:"prompt_tokens_details"`
-			} `json:"usage"`
-		}
-		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
-			return turn{}, "", fmt.Errorf("event %q: %w", data, err)
-		}
-		if len(chunk.Choices) > 0 && chunk.Choices[0].Delta.Content != "" {
-			if t.ttft == 0 {
-				t.ttft = time.Since(begin)
-			}
-			reply.WriteString(chunk.Choices[0].Delta.Content)
-		}
-		if u := chunk.Usage; u != nil {
-			t.promptTokens, t.cachedTokens, t.replyTokens = u.PromptTokens, u.PromptTokensDetails.CachedTokens, u.CompletionTokens
-		}
-	}
-	return t, reply.String(), sc.Err()
 }

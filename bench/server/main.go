@@ -50,7 +50,7 @@ func main() {
 	flag.IntVar(&o.tokens, "tokens", 30000, "tokens of each throughput run")
 	flag.IntVar(&o.runs, "runs", 5, "runs of each measurement")
 	flag.IntVar(&o.connections, "connections", 1000, "idle connections for the memory figure")
-	flag.StringVar(&o.only, "only", "", "run only these parts, comma-separated: tuned (throughput, latency, time to first token, memory and connections on servers set up for them), defaults (the bursts, the long chats and the probes, with the default flags), memory (idle and after a 10 MB request)")
+	flag.StringVar(&o.only, "only", "", "run only these parts, comma-separated: tuned (throughput, latency, time to first token, memory and connections on servers set up for them), latency (tuned's per-token latency alone), defaults (the bursts, the long chats and the probes, with the default flags), memory (idle and after a 10 MB request)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -91,7 +91,7 @@ func run(o options) error {
 	for _, part := range []struct {
 		name string
 		run  func(options, string, io.Writer) error
-	}{{"tuned", tuned}, {"memory", memory}, {"defaults", defaults}} {
+	}{{"tuned", tuned}, {"latency", latencyOnly}, {"memory", memory}, {"defaults", defaults}} {
 		if o.only != "" && !slices.Contains(strings.Split(o.only, ","), part.name) {
 			continue
 		}
@@ -150,6 +150,16 @@ func tuned(o options, dir string, report io.Writer) error {
 	_, _ = fmt.Fprintf(report, "| %d connections held, each answered once | %d held, %d failed; supervisor RSS %.1f MiB | all held without error |\n",
 		o.connections, held, failed, serverproc.MiB(sup))
 	return nil
+}
+
+// latencyOnly runs the latency part of tuned alone (for profiling the token path).
+func latencyOnly(o options, dir string, report io.Writer) error {
+	b, err := start(o, filepath.Join(dir, "unpaced"), 0)
+	if err != nil {
+		return err
+	}
+	defer b.Stop()
+	return latency(o, b, dir, report)
 }
 
 // defaults runs the parts measured with the default flags.

@@ -128,23 +128,7 @@ func v1PlainFirstToken(nc net.Conn, br *bufio.Reader) (time.Duration, error) {
 		b, _ := io.ReadAll(resp.Body)
 		return 0, fmt.Errorf("%s: %s", resp.Status, b)
 	}
-	events := bufio.NewReader(resp.Body)
-	var first time.Duration
-	for {
-		line, err := events.ReadString('\n')
-		if err == io.EOF {
-			if first == 0 {
-				return 0, fmt.Errorf("no content in the stream")
-			}
-			return first, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		if first == 0 && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
-			first = time.Since(start)
-		}
-	}
+	return firstContent(resp.Body, start)
 }
 
 // socketFirstToken sends the question as a streamed rkllm.run on a new connection and
@@ -193,7 +177,14 @@ func (b *bench) v1FirstToken(c *http.Client) (time.Duration, error) {
 		b, _ := io.ReadAll(resp.Body)
 		return 0, fmt.Errorf("%s: %s", resp.Status, b)
 	}
-	br := bufio.NewReader(resp.Body)
+	return firstContent(resp.Body, start)
+}
+
+// firstContent reads a chat completion's event stream to its end and returns the time
+// from start to its first content event (after the role's), found by matching the
+// text rather than decoding each event, which would add to what is measured.
+func firstContent(events io.Reader, start time.Time) (time.Duration, error) {
+	br := bufio.NewReader(events)
 	var first time.Duration
 	for {
 		line, err := br.ReadString('\n')

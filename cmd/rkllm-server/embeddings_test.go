@@ -273,6 +273,8 @@ func TestEmbeddingLimits(t *testing.T) {
 		{"/v1/embeddings", map[string]any{"input": short, "encoding_format": "int8"}, 400, "encoding_format", "'float' and 'base64'"},
 		{"/v1/embeddings", map[string]any{"input": short, "user": "u", "extra": 1}, 400, "extra", "Unrecognized request argument supplied: extra"},
 		{"/v1/embeddings", map[string]any{"input": strings.Repeat("zq", 40)}, 400, "input", "longer than the model's context"},
+		{"/v1/embeddings", map[string]any{"input": short, "dimensions": 0}, 400, "dimensions", "0 must be positive"},
+		{"/v1/embeddings", map[string]any{"input": short, "dimensions": -3}, 400, "dimensions", "-3 must be positive"},
 	} {
 		c.body["model"] = modelID
 		resp, body = s.v1(http.MethodPost, c.path, jsonBody(c.body))
@@ -281,7 +283,7 @@ func TestEmbeddingLimits(t *testing.T) {
 		case 413:
 			code = "request_too_large"
 		case 400:
-			code = map[bool]string{true: "unsupported_parameter", false: "invalid_value"}[c.param == "dimensions"]
+			code = "invalid_value"
 			if strings.Contains(c.says, "expected") {
 				code = "invalid_type"
 			}

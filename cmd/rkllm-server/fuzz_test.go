@@ -23,6 +23,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 	"github.com/rkllm-operator/rkllm-operator/server/serve"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
@@ -224,11 +225,7 @@ func (z *fuzzServer) start(t *testing.T) {
 }
 
 func (z *fuzzServer) launch() error {
-	dir := os.Getenv("RKLLM_SIM_DIR")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "bin")
-	}
-	lib, err := filepath.Abs(filepath.Join(dir, "librkllmrt-sim-asan-"+z.abi+".so"))
+	lib, err := filepath.Abs(filepath.Join(simtest.Dir(), "librkllmrt-sim-asan-"+z.abi+".so"))
 	if err != nil {
 		return err
 	}

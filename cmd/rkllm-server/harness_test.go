@@ -22,6 +22,7 @@ import (
 
 	"github.com/rkllm-operator/rkllm-operator/server/filewatch/filewatchtest"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 )
 
 // End-to-end tests: the rkllm-server binary, built once by TestMain, serving the
@@ -87,21 +88,7 @@ var abis = []string{"1.2", "1.3"}
 
 func simLib(t *testing.T, abi string) string {
 	t.Helper()
-	dir := os.Getenv("RKLLM_SIM_DIR")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "bin")
-	}
-	p, err := filepath.Abs(filepath.Join(dir, "librkllmrt-sim-"+abi+".so"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("RKLLM_SIM_REQUIRED") != "" {
-			t.Fatalf("simulator library %s is missing: `make sim` builds it", p)
-		}
-		t.Skipf("simulator library %s is missing: run `make sim` first", p)
-	}
-	return p
+	return simtest.Library(t, abi)
 }
 
 // eachABI runs f as a subtest per ABI, in parallel.

@@ -29,6 +29,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/gateway/proxy"
 	"github.com/rkllm-operator/rkllm-operator/gateway/scaling"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 )
 
 // These tests run the gateway's front door in the test process in front of real
@@ -60,19 +61,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// simDir is the simulator's folder, once the test knows the library is there.
 func simDir(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("RKLLM_SIM_DIR")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "bin")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "librkllmrt-sim-1.3.so")); err != nil {
-		if os.Getenv("RKLLM_SIM_REQUIRED") != "" {
-			t.Fatalf("the simulator is missing in %s: `make sim` builds it", dir)
-		}
-		t.Skipf("the simulator is missing in %s: run `make sim` first", dir)
-	}
-	return dir
+	return filepath.Dir(simtest.Library(t, "1.3"))
 }
 
 // upstream starts an rkllm-server serving the model under id name.

@@ -74,6 +74,9 @@ func decodeEmbeddings(body []byte, pay payFunc) (req *generation.EmbedRequest, m
 			return nil, "", false, e
 		}
 	}
+	if raw, ok := m["dimensions"]; ok && !isNull(raw) && req.Dimensions < 1 {
+		return nil, "", false, invalid("dimensions", "invalid_value", "Invalid 'dimensions': %d must be positive (leave it out for the model's own width).", req.Dimensions)
+	}
 	switch format {
 	case "", "float":
 	case "base64":

@@ -49,7 +49,8 @@ type Handle struct {
 	vocabSize  atomic.Int64
 	loras      []string
 
-	keep      *arena // init-time memory and LoRA adapters
+	runCtx    *C.rk_run_ctx // the result callback's userdata, in keep
+	keep      *arena        // init-time memory and LoRA adapters
 	template  *arena
 	tools     *arena
 	cross     *arena
@@ -147,7 +148,7 @@ func (h *Handle) learnShape(ctx context.Context, mode InferMode, what string, re
 	}
 	size := 0 // written by deliveries, which happen before Run returns
 	lim := h.limitsLocked
-	err := h.run(ctx, inputs, InferParams{Mode: mode}, func(d Delivery) CallbackAction {
+	err := h.run(ctx, inputs, InferParams{Mode: mode}, Sink{}, func(d Delivery) CallbackAction {
 		for i := range d.Results {
 			if n := reported(&d.Results[i]); size == 0 && n > 0 {
 				size = n

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 )
 
 // The simulator libraries are built by `make sim` into bin/ (RKLLM_SIM_DIR when set).
@@ -26,32 +27,8 @@ const (
 	pollEvery   = 5 * time.Millisecond
 )
 
-func simDir() string {
-	if d := os.Getenv("RKLLM_SIM_DIR"); d != "" {
-		return d
-	}
-	return filepath.Join("..", "..", "bin")
-}
-
-// simFile returns the absolute path of a file built by `make sim`, skipping (or failing
-// under RKLLM_SIM_REQUIRED) when it is missing.
-func simFile(t testing.TB, rel string) string {
-	t.Helper()
-	p, err := filepath.Abs(filepath.Join(simDir(), rel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("RKLLM_SIM_REQUIRED") != "" {
-			t.Fatalf("simulator library %s is missing (%v): `make sim` builds it", p, err)
-		}
-		t.Skipf("simulator library %s is missing: run `make sim` first", p)
-	}
-	return p
-}
-
 func simLibPath(t testing.TB, abi ABI) string {
-	return simFile(t, "librkllmrt-sim-"+string(abi)+".so")
+	return simtest.Library(t, string(abi))
 }
 
 var (

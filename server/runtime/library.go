@@ -332,5 +332,6 @@ func (l *Library) Init(p Param) (*Handle, error) {
 		return nil, fmt.Errorf("load model %s (the runtime logs the reason on stderr): %w",
 			p.ModelPath, &CallError{Func: "rkllm_init", Code: int(ret)})
 	}
-	return &Handle{lib: l, c: ch, nBatch: int(p.Extend.NBatch), maxCtx: int(p.MaxContextLen), keep: keep}, nil
+	runCtx := (*C.rk_run_ctx)(keep.alloc(C.sizeof_rk_run_ctx))
+	return &Handle{lib: l, c: ch, nBatch: int(p.Extend.NBatch), maxCtx: int(p.MaxContextLen), keep: keep, runCtx: runCtx}, nil
 }

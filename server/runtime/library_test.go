@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
+	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
 )
 
 func TestOpenMissingLibraryNamesThePath(t *testing.T) {
@@ -55,7 +56,7 @@ func TestOpenDetectsTheOtherABI(t *testing.T) {
 				if built == ABI12 {
 					other = ABI13
 				}
-				path := simFile(t, c.file(built))
+				path := simtest.File(t, c.file(built))
 				lib, err := Open(path, built)
 				if err != nil {
 					t.Fatalf("Open(%s, %s): %v", path, built, err)
@@ -78,7 +79,7 @@ func TestSimulatorNamesItself(t *testing.T) {
 		if s := lib.Simulator(); !strings.Contains(s, "RKLLM simulator") || !strings.Contains(s, string(lib.ABI())) {
 			t.Errorf("Simulator() = %q", s)
 		}
-		anon, err := Open(simFile(t, ".sim-build/librkllmrt-anon-"+string(lib.ABI())+".so"), lib.ABI())
+		anon, err := Open(simtest.File(t, ".sim-build/librkllmrt-anon-"+string(lib.ABI())+".so"), lib.ABI())
 		if err != nil {
 			t.Fatal(err)
 		}

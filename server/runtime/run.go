@@ -61,12 +61,18 @@ type runState struct {
 // for them is an *UnsupportedError. A panic in onResult aborts the run and is re-raised
 // by Run. Run returns ErrBusy while another run is in progress on the handle.
 func (h *Handle) Run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc) error {
-	return h.run(ctx, inputs, params, onResult, h.limitsLocked)
+	return h.run(ctx, inputs, params, Sink{}, onResult, h.limitsLocked)
 }
 
-// run is Run with the limits the inputs are checked against (what limits returns,
-// called with mu held).
-func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, onResult ResultFunc, limits func() Limits) error {
+// RunWithSink is Run with sink offered every delivery first. Once ctx ends, every
+// delivery goes to onResult, as Run's abort needs.
+func (h *Handle) RunWithSink(ctx context.Context, inputs []Input, params InferParams, sink Sink, onResult ResultFunc) error {
+	return h.run(ctx, inputs, params, sink, onResult, h.limitsLocked)
+}
+
+// run is RunWithSink with the limits the inputs are checked against (what limits
+// returns, called with mu held).
+func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, sink Sink, onResult ResultFunc, limits func() Limits) error {
 	if onResult == nil {
 		return errors.New("run: onResult is nil")
 	}
@@ -98,12 +104,22 @@ func (h *Handle) run(ctx context.Context, inputs []Input, params InferParams, on
 	rs := &runState{h: h, nBatch: h.nBatch, ctx: ctx, onResult: onResult}
 	handle := cgo.NewHandle(rs)
 	defer handle.Delete()
-	stop := context.AfterFunc(ctx, rs.stop)
-	ret := C.rk_run(h.lib.c, h.c, cin, cparams, C.uintptr_t(handle))
+	rc := h.runCtx // the runtime thread sees these stores: rkllm_run starts its work after them
+	*rc = C.rk_run_ctx{go_run: C.uintptr_t(handle), n_batch: C.int(h.nBatch), sink: C.rk_sink_fn(sink.Fn), sink_arg: sink.Arg}
+	stop := context.AfterFunc(ctx, func() {
+		rs.abortMu.Lock()
+		if !rs.ended { // rc may be the next run's by now
+			C.rk_run_go_only(rc)
+		}
+		rs.abortMu.Unlock()
+		rs.stop()
+	})
+	ret := C.rk_run(h.lib.c, h.c, cin, cparams, rc)
 	stop()
 	rs.abortMu.Lock()
 	rs.ended = true
 	rs.abortMu.Unlock()
+	rc.sink = nil // a runtime calling back late reaches Go, which ignores it
 
 	rs.mu.Lock() // every delivery happened before this point
 	defer rs.mu.Unlock()

@@ -152,11 +152,23 @@ void rk_default_param13(const rk_lib *lib, RKLLM13Param *out)
 	memcpy(out, p.b, sizeof *out);
 }
 
-/* The result callback: userdata is the run's cgo.Handle, never a Go pointer. It may be
- * called on a thread Go did not create; cgo handles that. */
+/* The result callback: userdata is the handle's rk_run_ctx (C memory), which names the
+ * run by its cgo.Handle, never by a Go pointer. It may be called on a thread Go did not
+ * create; cgo handles that. */
 static int rk_result_callback(RKLLMResult *result, void *userdata, LLMCallState state)
 {
-	return goResultCallback((uintptr_t)userdata, result, (int)state);
+	rk_run_ctx *run = userdata;
+	if (run->sink && !__atomic_load_n(&run->go_only, __ATOMIC_ACQUIRE)) {
+		int action = run->sink(run->sink_arg, result, run->n_batch, (int)state);
+		if (action != RK_SINK_PASS)
+			return action;
+	}
+	return goResultCallback(run->go_run, result, (int)state);
+}
+
+void rk_run_go_only(rk_run_ctx *run)
+{
+	__atomic_store_n(&run->go_only, 1, __ATOMIC_RELEASE);
 }
 
 int rk_init(const rk_lib *lib, LLMHandle *h, void *param, RKLLM13Callback *cb)
@@ -171,14 +183,14 @@ int rk_init(const rk_lib *lib, LLMHandle *h, void *param, RKLLM13Callback *cb)
 	return fn(h, param, cb);
 }
 
-int rk_run(const rk_lib *lib, LLMHandle h, void *input, void *infer, uintptr_t userdata)
+int rk_run(const rk_lib *lib, LLMHandle h, void *input, void *infer, rk_run_ctx *run)
 {
 	if (lib->abi == 12) {
 		int (*fn)(LLMHandle, RKLLM12Input *, RKLLM12InferParam *, void *) = lib->run;
-		return fn(h, input, infer, (void *)userdata);
+		return fn(h, input, infer, run);
 	}
 	int (*fn)(LLMHandle, RKLLM13Input *, RKLLM13InferParam *, void *) = lib->run;
-	return fn(h, input, infer, (void *)userdata);
+	return fn(h, input, infer, run);
 }
 
 int rk_destroy(const rk_lib *lib, LLMHandle h) { return lib->destroy(h); }

@@ -43,6 +43,25 @@ enum {
 	RK_SET_CROSS_ATTN_PARAMS,
 };
 
+/* A sink takes a run's deliveries in C, on the runtime's thread, before Go does: it
+ * returns the callback's action, or RK_SINK_PASS to hand the delivery to Go. A
+ * delivery that Go never sees costs no entry into Go (a scheduler hand-off and its
+ * wake-ups), which is most of what a token costs a process that otherwise sleeps. */
+#define RK_SINK_PASS (-1)
+typedef int (*rk_sink_fn)(void *arg, const RKLLMResult *results, int n_results, int state);
+
+/* rk_run_ctx is the result callback's userdata: one per handle, set up for each run. */
+typedef struct {
+	uintptr_t go_run; /* the run's cgo.Handle */
+	int n_batch;
+	rk_sink_fn sink; /* NULL: every delivery goes to Go */
+	void *sink_arg;
+	int go_only; /* atomic; set when Go must see every delivery from now on */
+} rk_run_ctx;
+
+/* rk_run_go_only makes every later delivery of the run go to Go. */
+void rk_run_go_only(rk_run_ctx *run);
+
 /* rk_open loads path and resolves the symbols. On failure it returns -1 and writes
  * the dlerror text (dl_err) or the name of the first missing symbol (missing). */
 int rk_open(const char *path, int abi, rk_lib *lib, char *dl_err, size_t dl_err_len,
@@ -62,7 +81,7 @@ void rk_default_param13(const rk_lib *lib, RKLLM13Param *out);
 /* rk_init calls rkllm_init with the binding's result callback. cb is the 1.3 callback
  * struct, owned by the caller for the handle's life (unused for 1.2). */
 int rk_init(const rk_lib *lib, LLMHandle *h, void *param, RKLLM13Callback *cb);
-int rk_run(const rk_lib *lib, LLMHandle h, void *input, void *infer, uintptr_t userdata);
+int rk_run(const rk_lib *lib, LLMHandle h, void *input, void *infer, rk_run_ctx *run);
 
 int rk_destroy(const rk_lib *lib, LLMHandle h);
 int rk_abort(const rk_lib *lib, LLMHandle h);

@@ -9,6 +9,7 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // DefaultLibrary is the library Open loads when given an empty path: the vendor's file
@@ -308,3 +309,14 @@ func (e *ABIMismatchError) Error() string {
 	return fmt.Sprintf("runtime library %s speaks ABI %s, not the configured %s: configure ABI %s (1.2 = runtime 1.2.1-1.2.3, 1.3 = runtime 1.3.0)",
 		e.Path, e.Detected, e.Configured, e.Detected)
 }
+
+// Sink takes a run's deliveries in C, on the runtime's thread, before Go sees them. Fn
+// is a C function of shim.h's type rk_sink_fn,
+//
+//	int fn(void *arg, const RKLLMResult *results, int n_results, int state)
+//
+// called with Arg for every delivery; it returns the callback's action, or -1 to hand
+// the delivery to the run's ResultFunc. A delivery the sink takes costs no entry into
+// Go, which for a process that sleeps between tokens is most of what a token costs:
+// the worker writes its token frames this way (workerproto.FrameSink).
+type Sink struct{ Fn, Arg unsafe.Pointer }

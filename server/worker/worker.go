@@ -17,7 +17,6 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
-	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
 )
@@ -84,6 +83,21 @@ type Worker struct {
 
 	// trim, when set, gives the memory of large frames back once their request is done.
 	trim *memlimit.Trimmer
+	// tokens, when set, writes a run's token deliveries without entering Go.
+	tokens TokenWriter
+}
+
+// TokenWriter writes a run's token deliveries from the runtime's thread, as the
+// connection's Send would (workerproto.FrameSink): For returns its sink for the run
+// with call id.
+type TokenWriter interface {
+	For(id uint64) runtime.Sink
+}
+
+// sinkModel is a Model that offers a run's deliveries to a runtime.Sink first
+// (runtime.Handle).
+type sinkModel interface {
+	RunWithSink(ctx context.Context, inputs []runtime.Input, ip runtime.InferParams, sink runtime.Sink, fn runtime.ResultFunc) error
 }
 
 // New returns a worker for conn. library names the runtime library for Hello.
@@ -97,6 +111,10 @@ func (w *Worker) TrimAfterLarge(t *memlimit.Trimmer) {
 	w.trim = t
 	w.conn.OnLargeSend(func(size int) { t.Note(int64(size)) })
 }
+
+// WriteTokensWith has tw write the token deliveries of runs on models that take a
+// runtime.Sink; everything else goes through the connection. Call it before Serve.
+func (w *Worker) WriteTokensWith(tw TokenWriter) { w.tokens = tw }
 
 // Serve sends Hello and serves requests until the supervisor closes the connection,
 // then aborts a run in progress, destroys the model and returns nil. It returns an
@@ -391,7 +409,7 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 		resMu    sync.Mutex
 		tooLarge error
 	)
-	err := model.Run(ctx, m.Inputs, m.Infer, func(d runtime.Delivery) runtime.CallbackAction {
+	onResult := func(d runtime.Delivery) runtime.CallbackAction {
 		msg := &workerproto.Delivery{Delivery: d}
 		err := w.conn.Send(id, msg)
 		if err == nil {
@@ -413,7 +431,13 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 			stop() // the binding aborts from a goroutine of its own, not the callback
 		})
 		return runtime.Continue
-	})
+	}
+	var err error
+	if sm, ok := model.(sinkModel); ok && w.tokens != nil {
+		err = sm.RunWithSink(ctx, m.Inputs, m.Infer, w.tokens.For(id), onResult)
+	} else {
+		err = model.Run(ctx, m.Inputs, m.Infer, onResult)
+	}
 	resMu.Lock()
 	defer resMu.Unlock()
 	if tooLarge != nil {
@@ -423,28 +447,4 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 		return nil // aborted: the supervisor knows why
 	}
 	return err
-}
-
-// InheritedFD is the descriptor on which the supervisor hands the worker its end of
-// the socketpair (the first of exec.Cmd.ExtraFiles).
-const InheritedFD = 3
-
-// ServeInherited serves the supervisor on InheritedFD until it closes the connection.
-func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame int, log logr.Logger) error {
-	f := os.NewFile(InheritedFD, "supervisor")
-	if f == nil {
-		return fmt.Errorf("fd %d is not open: the worker must be started by rkllm-server serve", InheritedFD)
-	}
-	// Out of the poller, its frames written without waking the scheduler's monitor: a
-	// token costs the worker no wake-up but the runtime's callback (rawconn.Socket).
-	sock, err := rawconn.NewSocket(f)
-	if err != nil {
-		_ = f.Close()
-		return fmt.Errorf("fd %d is not the supervisor's socket (the worker must be started by rkllm-server serve): %w", InheritedFD, err)
-	}
-	conn := workerproto.NewConn(sock, maxFrame)
-	defer func() { _ = conn.Close() }()
-	w := New(rt, library, conn, log)
-	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
-	return w.Serve(ctx)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/go-logr/logr"
 
@@ -361,5 +362,82 @@ func TestRunClearsAndReportsTheCache(t *testing.T) {
 	}
 	if r := call(t, c, &workerproto.Run{Inputs: []runtime.Input{{Prompt: "x"}}}); r.Err != nil || r.CacheSizes != nil {
 		t.Errorf("a run that did not ask: %v, cache sizes %v", r.Err, r.CacheSizes)
+	}
+}
+
+// sinkRuntime hands out models that take a runtime.Sink, as the cgo binding's do.
+type sinkRuntime struct {
+	*fakeruntime.Runtime
+	sinks chan runtime.Sink // what each run was given
+}
+
+func (r sinkRuntime) Init(p runtime.Param) (worker.Model, error) {
+	m, err := r.Runtime.Init(p)
+	if err != nil {
+		return nil, err
+	}
+	return sinkModel{Model: m, sinks: r.sinks}, nil
+}
+
+type sinkModel struct {
+	worker.Model
+	sinks chan runtime.Sink
+}
+
+func (m sinkModel) RunWithSink(ctx context.Context, inputs []runtime.Input, ip runtime.InferParams, sink runtime.Sink, fn runtime.ResultFunc) error {
+	m.sinks <- sink
+	return m.Run(ctx, inputs, ip, fn)
+}
+
+// tokenWriter gives each run a sink naming its call id.
+type tokenWriter struct{ ids []uint64 }
+
+func (w *tokenWriter) For(id uint64) runtime.Sink {
+	w.ids = append(w.ids, id)
+	return runtime.Sink{Arg: unsafe.Pointer(&w.ids[len(w.ids)-1])}
+}
+
+// A worker with a TokenWriter hands each run on a model that takes a sink the writer's
+// sink for that run's call id: the path on which a token costs the worker no entry
+// into Go (workerproto.FrameSink).
+func TestRunsOfferTokensToTheTokenWriter(t *testing.T) {
+	rt := sinkRuntime{Runtime: fakeruntime.New(runtime.ABI13), sinks: make(chan runtime.Sink, 4)}
+	a, b := net.Pipe()
+	w := worker.New(rt, "fake.so", workerproto.NewConn(b, 0), logr.Discard())
+	tw := &tokenWriter{}
+	w.WriteTokensWith(tw)
+	go func() { _ = w.Serve(context.Background()) }()
+	c := workerproto.NewClient(workerproto.NewConn(a, 0), workerproto.ClientOptions{})
+	t.Cleanup(func() { _ = c.Close() })
+	p := rt.DefaultParams()
+	p.ModelPath = "/models/m.rkllm"
+	if r := call(t, c, &workerproto.Init{Param: p}); r.Err != nil {
+		t.Fatalf("init: %v", r.Err)
+	}
+	for i := range 2 {
+		var tokens int
+		pend, err := c.Start(&workerproto.Run{Inputs: []runtime.Input{{Prompt: "a b", Type: runtime.InputPrompt}}}, func(*workerproto.Delivery) { tokens++ })
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-pend.Done()
+		if r, err := pend.Result(); err != nil || r.Err != nil {
+			t.Fatalf("run: %v %v", err, r.Err)
+		}
+		var sink runtime.Sink
+		select {
+		case sink = <-rt.sinks:
+		default:
+			t.Fatalf("run %d ended without being offered a sink", i)
+		}
+		if len(tw.ids) != i+1 || sink.Arg != unsafe.Pointer(&tw.ids[i]) {
+			t.Fatalf("run %d was given sink %v; the writer made %d sinks (ids %v)", i, sink, len(tw.ids), tw.ids)
+		}
+		if i > 0 && tw.ids[i] == tw.ids[i-1] {
+			t.Errorf("two runs share call id %d", tw.ids[i])
+		}
+		if tokens == 0 {
+			t.Error("the run's deliveries did not reach the client")
+		}
 	}
 }

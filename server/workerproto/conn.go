@@ -66,8 +66,8 @@ type Conn struct {
 	rbuf     []byte // Receive's payload buffer, reused (frames up to keepBytes)
 	maxFrame int
 
-	rsize     int // the size of the frame Receive read last
-	wmu       sync.Mutex
+	rsize     int         // the size of the frame Receive read last
+	wmu       sync.Locker // one frame at a time; a FrameSink's lock when it has one
 	w         *bufio.Writer
 	wbuf      []byte    // Send's frame buffer, reused (frames up to keepBytes)
 	wdeadline time.Time // the write deadline last set
@@ -94,7 +94,7 @@ func NewConn(rwc io.ReadWriteCloser, maxFrame int) *Conn {
 		maxFrame = DefaultMaxFrameBytes
 	}
 	maxFrame = min(maxFrame, math.MaxInt32) // the length field is 32 bits
-	return &Conn{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), w: bufio.NewWriterSize(rwc, 64<<10), maxFrame: maxFrame}
+	return &Conn{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), wmu: &sync.Mutex{}, w: bufio.NewWriterSize(rwc, 64<<10), maxFrame: maxFrame}
 }
 
 // MaxFrame is the largest frame this connection reads or writes.

@@ -52,6 +52,7 @@ typedef struct {
 	char *once_file;      /* RKLLM_SIM_FAULT_ONCE_FILE: the handle's own copy, or NULL */
 	char *run_gate;       /* RKLLM_SIM_RUN_GATE: the handle's own copy, or NULL */
 	bool clock_text;      /* RKLLM_SIM_CLOCK_TEXT: token text is the callback's time */
+	bool token_perf;      /* RKLLM_SIM_TOKEN_PERF: every token carries perf counters */
 	int log_level;        /* RKLLM_LOG_LEVEL */
 } sim_faults;
 
@@ -249,6 +250,10 @@ static int read_faults(sim_faults *f)
 	if (env_long("RKLLM_SIM_CLOCK_TEXT", 0, 0, &clock))
 		return -1;
 	f->clock_text = clock != 0;
+	long perf;
+	if (env_long("RKLLM_SIM_TOKEN_PERF", 0, 0, &perf))
+		return -1;
+	f->token_perf = perf != 0;
 	const char *once = getenv("RKLLM_SIM_FAULT_ONCE_FILE");
 	f->once_file = once && *once ? (char *)once : NULL;
 	const char *gate = getenv("RKLLM_SIM_RUN_GATE");
@@ -1131,6 +1136,17 @@ static int deliver(sim_ctx *c, LLMCallState state)
 			c->res[b].text = c->text[b];
 		}
 		state = RKLLM_RUN_NORMAL;
+	}
+	if (h->f.token_perf && (state == RKLLM_RUN_NORMAL || state == RKLLM_RUN_WAITING)) {
+		/* Tests of what carries a token's result: each field distinct and exact
+		 * (the times are made from the counts, not measured). */
+		for (int b = 0; b < h->n_batch; b++) {
+			c->res[b].perf.prefill_time_ms = 0.5f * (float)c->g[b].prefilled;
+			c->res[b].perf.prefill_tokens = c->g[b].prefilled;
+			c->res[b].perf.generate_time_ms = 0.25f * (float)c->g[b].generated;
+			c->res[b].perf.generate_tokens = c->g[b].generated;
+			c->res[b].perf.memory_usage_mb = (float)h->m.memory_mb;
+		}
 	}
 	return h->cb(c->res, ud, state);
 }
