@@ -383,10 +383,24 @@ func (r *RKLLMModelReconciler) summarizeStatus(ctx context.Context, original, mo
 	// (the operator's own last status write not in it yet) would write old conditions
 	// back; the conflict sends the model back for a fresh look instead.
 	if err := r.Status().Patch(ctx, model, client.MergeFromWithOptions(original, client.MergeFromWithOptimisticLock{})); err != nil {
+		if apierrors.IsConflict(err) {
+			// Not an error: a newer version is on its way to the cache, and its event
+			// brings the model back (the requeue is the safety net). Returned as an error
+			// it would be logged with a stack trace each time.
+			ctrl.LoggerFrom(ctx).V(1).Info("status written from an older version of the model; looking again", "error", err.Error())
+			if result.RequeueAfter == 0 || result.RequeueAfter > conflictRetry {
+				result.RequeueAfter = conflictRetry
+			}
+			return result, nil
+		}
 		return result, client.IgnoreNotFound(fmt.Errorf("writing status: %w", err))
 	}
 	return result, nil
 }
+
+// conflictRetry is how soon a model whose status write met a newer version is looked
+// at again, if the newer version's own event has not brought it back first.
+const conflictRetry = time.Second
 
 // recordReadyChange records an event when the Ready condition changes status or reason.
 func (r *RKLLMModelReconciler) recordReadyChange(model *inferencev1alpha1.RKLLMModel, before, after []metav1.Condition) {

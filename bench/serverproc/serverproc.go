@@ -40,6 +40,18 @@ type Options struct {
 	Env []string
 }
 
+// Build builds rkllm-server into out, with go build's extra flags (-race, -asan), for
+// the tests and benchmarks that run it.
+func Build(ctx context.Context, out string, flags ...string) error {
+	args := append(append([]string{"build"}, flags...), "-o", out, "github.com/rkllm-operator/rkllm-operator/cmd/rkllm-server")
+	cmd := exec.CommandContext(ctx, "go", args...)  //nolint:gosec // go build of this module with the caller's flags
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1") // the binding is cgo
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
 // Server is a running rkllm-server.
 type Server struct {
 	// Base is the HTTP address (http://host:port), Probes the probe listener's (health

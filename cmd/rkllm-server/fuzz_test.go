@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 
+	"github.com/rkllm-operator/rkllm-operator/bench/serverproc"
 	"github.com/rkllm-operator/rkllm-operator/server/config"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
@@ -193,10 +193,8 @@ const asanBinEnv = "RKLLM_FUZZ_ASAN_SERVER"
 // buildASanServer builds rkllm-server with AddressSanitizer next to the test's build.
 func buildASanServer() (string, error) {
 	bin := serverBin + "-asan"
-	build := exec.CommandContext(context.Background(), "go", "build", "-asan", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -asan: %w\n%s", err, out)
+	if err := serverproc.Build(context.Background(), bin, "-asan"); err != nil {
+		return "", err
 	}
 	return bin, nil
 }

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rkllm-operator/rkllm-operator/bench/serverproc"
 	"github.com/rkllm-operator/rkllm-operator/server/filewatch/filewatchtest"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime/simulator/simtest"
@@ -54,11 +55,7 @@ func serverBinary(t *testing.T, race bool) string {
 	}
 	raceBinOnce.Do(func() {
 		raceBin = serverBin + "-race"
-		build := exec.CommandContext(context.Background(), "go", "build", "-race", "-o", raceBin, ".")
-		out, err := build.CombinedOutput()
-		if err != nil {
-			raceBinErr = fmt.Errorf("go build -race: %w\n%s", err, out)
-		}
+		raceBinErr = serverproc.Build(context.Background(), raceBin, "-race")
 	})
 	if raceBinErr != nil {
 		t.Fatal(raceBinErr)
@@ -73,9 +70,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	serverBin = filepath.Join(dir, "rkllm-server")
-	build := exec.CommandContext(context.Background(), "go", "build", "-o", serverBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := serverproc.Build(context.Background(), serverBin); err != nil {
 		fmt.Fprintln(os.Stderr, "build rkllm-server:", err)
 		os.Exit(1)
 	}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -50,9 +49,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	serverBin = filepath.Join(dir, "rkllm-server")
-	build := exec.CommandContext(context.Background(), "go", "build", "-o", serverBin, "../../cmd/rkllm-server")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := serverproc.Build(context.Background(), serverBin); err != nil {
 		fmt.Fprintln(os.Stderr, "build rkllm-server:", err)
 		os.Exit(1)
 	}
