@@ -363,7 +363,7 @@ func Cleanup(ctx context.Context, kwokctl, workDir string) error {
 	err = Poll(ctx, stopTimeout, "the processes of "+work+" to end", func(context.Context) (bool, string, error) {
 		left := Leftovers(work)
 		for _, p := range running {
-			if !exited(p.PID) && !slices.Contains(left, p) {
+			if !Exited(p.PID) && !slices.Contains(left, p) {
 				left = append(left, p)
 			}
 		}
@@ -372,8 +372,9 @@ func Cleanup(ctx context.Context, kwokctl, workDir string) error {
 	return errors.Join(cpErr, err)
 }
 
-// exited reports whether pid has exited: gone, or a zombie (its files closed).
-func exited(pid int) bool {
+// Exited reports whether pid has exited: gone, or a zombie (its files closed). A
+// process on its way out has no command line any more but may still hold its files.
+func Exited(pid int) bool {
 	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return true
