@@ -183,13 +183,14 @@ sim-leakcheck: deps sim $(SIM_BUILD)/leakcheck-12 $(SIM_BUILD)/leakcheck-13 ## R
 test-runtime: deps sim sim-leakcheck binding-leakcheck build-arm64 ## Runtime binding tests against both simulators (-race), leak checks, arm64 build.
 	$(GO) test -race -count=1 ./server/runtime/...
 
-# The binding's tests built with AddressSanitizer: its C code (shim.c and every C
-# allocation the binding makes through cgo) and the simulator it drives run with ASan's
-# error checks, and LeakSanitizer fails the run if any C memory is left unfreed at exit.
-# handle_segv=0 leaves the simulator's deliberate SIGSEGV (crash injection) to the test.
+# The binding's tests built with AddressSanitizer: its C code (shim.c, the worker's frame
+# sink framesink.c, and every C allocation they make through cgo) and the simulator it
+# drives run with ASan's error checks, and LeakSanitizer fails the run if any C memory is
+# left unfreed at exit. handle_segv=0 leaves the simulator's deliberate SIGSEGV (crash
+# injection) to the test.
 .PHONY: binding-leakcheck
-binding-leakcheck: sim ## Runtime binding tests under AddressSanitizer and LeakSanitizer (C side of the binding).
-	ASAN_OPTIONS=handle_segv=0 CGO_ENABLED=1 $(GO) test -asan -count=1 ./server/runtime/
+binding-leakcheck: sim ## Runtime binding and frame-sink tests under AddressSanitizer and LeakSanitizer (the C code of the server).
+	ASAN_OPTIONS=handle_segv=0 CGO_ENABLED=1 $(GO) test -asan -count=1 ./server/runtime/ ./server/workerproto/
 
 # The cross compiler for build-arm64 (Debian's gcc-aarch64-linux-gnu).
 ARM64_CC ?= aarch64-linux-gnu-gcc

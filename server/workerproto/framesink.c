@@ -105,6 +105,9 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 	if (size - 4 > s->max_frame)
 		return RK_SINK_PASS;
 
+	/* The buffer is the sink's: encoded under the lock, as a runtime may call back
+	 * from more than one thread (Go's path serialises deliveries too). */
+	wp_sink_lock(s);
 	unsigned char *p = s->buf;
 	uint32_t frame = (uint32_t)(size - 4);
 	for (int i = 3; i >= 0; i--) /* big-endian length, op, id */
@@ -118,7 +121,8 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 		const RKLLMResult *r = &results[i];
 		size_t text = r->text ? strlen(r->text) : 0;
 		p = put_uvarint(p, text);
-		memcpy(p, r->text, text);
+		if (text > 0)
+			memcpy(p, r->text, text);
 		p += text;
 		p = put_le32(p, (uint32_t)r->token_id);
 		*p++ = 0;              /* hidden states */
@@ -133,7 +137,6 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 		p = put_f32(p, r->perf.memory_usage_mb);
 	}
 
-	wp_sink_lock(s);
 	int err = write_all(s->fd, s->buf, (size_t)(p - s->buf));
 	wp_sink_unlock(s);
 	if (err != 0) {

@@ -150,7 +150,7 @@ func TestDownAfterACrash(t *testing.T) {
 	if left := edgecluster.Leftovers(r.WorkDir, state); len(left) > 0 {
 		t.Errorf("after demo down, processes of the demo still run:\n%s", left)
 	}
-	for port, holders := range listeners(t, ports) {
+	for port, holders := range portsFreed(t, ports, demoPIDs) {
 		for pid, cmd := range holders {
 			if demoPIDs[pid] || pid == "0" {
 				t.Errorf("after demo down, the demo's port %d is still listened on by pid %s (%s)", port, pid, cmd)
@@ -224,7 +224,28 @@ func listeners(t *testing.T, ports []int) map[int]map[string]string {
 	return held
 }
 
-// waitGone waits until pid has exited (a zombie has no command line).
+// portsFreed returns who listens on ports once none is held by a process of the demo
+// (demo) or by no process (pid "0": a socket its process let go of that the kernel has
+// not finished closing), or after exitTimeout, for the caller to report.
+func portsFreed(t *testing.T, ports []int, demo map[string]bool) map[int]map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(exitTimeout)
+	for {
+		held := listeners(t, ports)
+		demoHolds := false
+		for _, holders := range held {
+			for pid := range holders {
+				demoHolds = demoHolds || demo[pid] || pid == "0"
+			}
+		}
+		if !demoHolds || time.Now().After(deadline) {
+			return held
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitGone waits until pid has exited (gone, or a zombie).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.NewTimer(exitTimeout)
@@ -232,8 +253,7 @@ func waitGone(t *testing.T, pid int) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		if err != nil || len(cmdline) == 0 {
+		if edgecluster.Exited(pid) {
 			return
 		}
 		select {

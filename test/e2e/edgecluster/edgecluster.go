@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,6 +351,9 @@ func Cleanup(ctx context.Context, kwokctl, workDir string) error {
 	if err != nil {
 		return err
 	}
+	// Waited for below until they have exited: a process on its way out no longer shows
+	// its command line but still holds its files and ports for a moment.
+	running := Leftovers(work)
 	cpErr := controlplane.Leftover(kwokctl, filepath.Join(work, "cp"), "").Stop(ctx)
 	for _, p := range Leftovers(work) {
 		if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -358,9 +362,29 @@ func Cleanup(ctx context.Context, kwokctl, workDir string) error {
 	}
 	err = Poll(ctx, stopTimeout, "the processes of "+work+" to end", func(context.Context) (bool, string, error) {
 		left := Leftovers(work)
+		for _, p := range running {
+			if !Exited(p.PID) && !slices.Contains(left, p) {
+				left = append(left, p)
+			}
+		}
 		return len(left) == 0, fmt.Sprint(left), nil
 	})
 	return errors.Join(cpErr, err)
+}
+
+// Exited reports whether pid has exited: gone, or a zombie (its files closed). A
+// process on its way out has no command line any more but may still hold its files.
+func Exited(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return true
+	}
+	// The state follows the command's name, in parentheses that may hold anything.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return true
+	}
+	return stat[i+2] == 'Z' || stat[i+2] == 'X'
 }
 
 // LeftProcess is a process running from a cluster's folder.
