@@ -253,7 +253,7 @@ func waitGone(t *testing.T, pid int) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if edgecluster.Exited(pid) {
+		if footprint.Exited(pid) {
 			return
 		}
 		select {

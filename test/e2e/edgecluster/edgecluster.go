@@ -53,6 +53,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/deviceplugin/discovery/discoverytest"
 	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/controlplane"
+	"github.com/rkllm-operator/rkllm-operator/test/e2e/footprint"
 	"github.com/rkllm-operator/rkllm-operator/test/e2e/kubeletnode"
 )
 
@@ -363,28 +364,13 @@ func Cleanup(ctx context.Context, kwokctl, workDir string) error {
 	err = Poll(ctx, stopTimeout, "the processes of "+work+" to end", func(context.Context) (bool, string, error) {
 		left := Leftovers(work)
 		for _, p := range running {
-			if !Exited(p.PID) && !slices.Contains(left, p) {
+			if !footprint.Exited(p.PID) && !slices.Contains(left, p) {
 				left = append(left, p)
 			}
 		}
 		return len(left) == 0, fmt.Sprint(left), nil
 	})
 	return errors.Join(cpErr, err)
-}
-
-// Exited reports whether pid has exited: gone, or a zombie (its files closed). A
-// process on its way out has no command line any more but may still hold its files.
-func Exited(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return true
-	}
-	// The state follows the command's name, in parentheses that may hold anything.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 || i+2 >= len(stat) {
-		return true
-	}
-	return stat[i+2] == 'Z' || stat[i+2] == 'X'
 }
 
 // LeftProcess is a process running from a cluster's folder.

@@ -48,7 +48,7 @@ func Namespaces(pid int) (map[string]bool, error) {
 func Left(nss map[string]bool, dirs ...string) []string {
 	var left []string
 	for _, p := range pids() {
-		if zombie(p) {
+		if pid, _ := strconv.Atoi(p); Exited(pid) {
 			// It holds nothing but its process id until its parent (or, orphaned, the
 			// machine's init) reaps it.
 			continue
@@ -146,9 +146,11 @@ func namespacesOf(pid string) map[string]bool {
 	return out
 }
 
-// zombie reports whether the process has ended and waits to be reaped (or is gone).
-func zombie(pid string) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+// Exited reports whether pid has exited: gone, or a zombie waiting to be reaped (its
+// files closed). A process on its way out has no command line any more but may still
+// hold its files and ports.
+func Exited(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return true
 	}

@@ -116,7 +116,7 @@ func TestLeftFindsWhatHoldsANamespace(t *testing.T) {
 func waitZombie(t *testing.T, pid string) {
 	t.Helper()
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if zombie(pid) {
+		if n, _ := strconv.Atoi(pid); Exited(n) {
 			return
 		}
 	}
