@@ -250,9 +250,6 @@ type Dispatcher struct {
 	budget   *inflight.Budget
 }
 
-// InflightBytes is what the requests in flight hold of the budget now.
-func (d *Dispatcher) InflightBytes() int64 { return d.budget.Used() }
-
 // SetBudget makes the dispatcher charge the server's one budget of bytes in flight,
 // which the transports charge too (by default it has one of its own, of
 // Limits.MaxInflightBytes). Call it before serving.
