@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/rkllm-operator/rkllm-operator/hack/childproc"
 )
 
 // LaunchOptions say how to run the runtime as a node.
@@ -48,7 +49,7 @@ type Node struct {
 	// Socket is the CRI socket's path.
 	Socket string
 
-	unshare *launched
+	unshare *childproc.Process
 }
 
 // NetNS is the path of the node's network namespace.
@@ -92,7 +93,7 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Node, error) {
 		serve = append(serve, shellQuote(a))
 	}
 	script := strings.Join(append(append([]string{"set -e"}, opts.Setup...), strings.Join(serve, " ")), "\n")
-	u, err := launch(opts.Log, state, "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
+	u, err := childproc.Start(ctx, state, opts.Log, "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
 		"--mount-proc="+proc, "--", "/bin/sh", "-c", script)
 	if err != nil {
 		return nil, fmt.Errorf("starting the runtime: %w", err)
@@ -122,8 +123,8 @@ func (n *Node) waitServing(ctx context.Context, pidFile string, timeout time.Dur
 			}
 		}
 		select {
-		case <-n.unshare.done:
-			return fmt.Errorf("the runtime exited: %v", n.unshare.err)
+		case <-n.unshare.Done():
+			return fmt.Errorf("the runtime exited: %v", n.unshare.Err())
 		case <-ctx.Done():
 			return fmt.Errorf("the runtime did not serve %s within %s", n.Socket, timeout)
 		case <-tick.C:
@@ -147,7 +148,7 @@ func version(ctx context.Context, socket string) error {
 }
 
 // Exited is closed when the runtime has ended.
-func (n *Node) Exited() <-chan struct{} { return n.unshare.done }
+func (n *Node) Exited() <-chan struct{} { return n.unshare.Done() }
 
 // Stop asks the runtime to stop (SIGTERM: it stops its containers and sandboxes) and
 // kills it after timeout; with it goes everything in its namespaces.
@@ -155,53 +156,12 @@ func (n *Node) Stop(timeout time.Duration) error {
 	if n.PID != 0 {
 		_ = syscall.Kill(n.PID, syscall.SIGTERM)
 	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-n.unshare.done:
-		return nil
-	case <-timer.C:
+	// unshare --kill-child passes the SIGKILL after timeout on to the runtime, and the
+	// kernel to every process of its PID namespace.
+	if err := n.unshare.Stop(timeout, 0); err != nil {
+		return fmt.Errorf("stopping the runtime: %w", err)
 	}
-	// unshare --kill-child passes the kill on to the runtime, and the kernel to every
-	// process of its PID namespace.
-	if err := syscall.Kill(-n.unshare.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("killing the runtime: %w", err)
-	}
-	<-n.unshare.done
 	return nil
-}
-
-// launched is a child that dies with this process: Pdeathsig is tied to the thread
-// that started it, so that thread stays locked for the child's lifetime.
-type launched struct {
-	pid  int
-	done chan struct{}
-	err  error
-}
-
-func launch(log io.Writer, dir, name string, args ...string) (*launched, error) {
-	p := &launched{done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		cmd := exec.Command(name, args...) //nolint:noctx,gosec // unshare with the runtime; Stop and Pdeathsig end it
-		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = log, log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		p.pid = cmd.Process.Pid
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return p, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

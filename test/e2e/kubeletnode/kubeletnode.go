@@ -32,7 +32,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +40,7 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/rkllm-operator/rkllm-operator/hack/childproc"
 	"github.com/rkllm-operator/rkllm-operator/hack/processcri"
 )
 
@@ -96,7 +96,7 @@ type Node struct {
 
 	opts   Options
 	script string
-	proc   *process
+	proc   *childproc.Process
 	apiFwd *Forwarder
 	subnet netip.Prefix
 }
@@ -290,7 +290,8 @@ func (n *Node) forwardAPIServer(ctx context.Context) error {
 
 // startKubelet starts the kubelet in the node's mount and network namespaces.
 func (n *Node) startKubelet(ctx context.Context) error {
-	p, err := startProcess(ctx, n.opts.WorkDir, n.opts.Log, "nsenter", "--mount="+n.Runtime.MountNS(), "--net="+n.Runtime.NetNS(),
+	// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
+	p, err := childproc.Start(ctx, n.opts.WorkDir, n.opts.Log, "nsenter", "--mount="+n.Runtime.MountNS(), "--net="+n.Runtime.NetNS(),
 		"--", "/bin/sh", "-c", n.script)
 	if err != nil {
 		return fmt.Errorf("starting the kubelet: %w", err)
@@ -310,7 +311,7 @@ func (n *Node) Restart(ctx context.Context) error {
 }
 
 // Exited is closed when the kubelet process ends.
-func (n *Node) Exited() <-chan struct{} { return n.proc.done }
+func (n *Node) Exited() <-chan struct{} { return n.proc.Done() }
 
 // DialContext connects to an address in the node's network (a pod IP, the node IP).
 func (n *Node) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -343,72 +344,9 @@ func (n *Node) stopKubelet() error {
 	}
 	p := n.proc
 	n.proc = nil
-	return p.stop(n.opts.StopTimeout)
-}
-
-// process is a child that dies with this process: Pdeathsig is tied to the thread that
-// started it, so that thread is locked for the child's lifetime.
-type process struct {
-	pid  int
-	done chan struct{}
-	err  error
-}
-
-func startProcess(ctx context.Context, dir string, log io.Writer, name string, args ...string) (*process, error) {
-	p := &process{done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		// Not CommandContext: the kubelet outlives Start's context; stop() and Pdeathsig end it.
-		cmd := exec.Command(name, args...) //nolint:noctx,gosec // fixed program (nsenter), caller-chosen kubelet
-		// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
-		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = log, log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		p.pid = cmd.Process.Pid
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case err := <-started:
-		if err != nil {
-			return nil, err
-		}
-		return p, nil
-	case <-ctx.Done():
-		err := <-started
-		if err == nil {
-			_ = p.stop(0)
-		}
-		return nil, ctx.Err()
+	if err := p.Stop(n.opts.StopTimeout, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stopping the kubelet: %w", err)
 	}
-}
-
-// stop sends SIGTERM to the process group, then SIGKILL after timeout.
-func (p *process) stop(timeout time.Duration) error {
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	_ = syscall.Kill(-p.pid, syscall.SIGTERM)
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-timer.C:
-	}
-	if err := syscall.Kill(-p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("killing the kubelet (pid %d): %w", p.pid, err)
-	}
-	<-p.done
 	return nil
 }
 
@@ -431,5 +369,5 @@ func (n *Node) PID() string {
 	if n.proc == nil {
 		return "none"
 	}
-	return strconv.Itoa(n.proc.pid)
+	return strconv.Itoa(n.proc.PID)
 }
