@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os/exec"
 	"runtime"
 	"syscall"
@@ -21,18 +20,17 @@ type Process struct {
 	err  error
 }
 
-// Start starts name with args in dir, its output to log. Pdeathsig is tied to the
-// thread that started the child, so that thread stays locked for the child's lifetime.
-// ctx bounds the start only: the child outlives it (Stop and Pdeathsig end it).
-func Start(ctx context.Context, dir string, log io.Writer, name string, args ...string) (*Process, error) {
+// Start starts cmd (its program, arguments, folder, environment and output set by the
+// caller) in a process group of its own, killed when this process dies. Pdeathsig is
+// tied to the thread that started the child, so that thread stays locked for the
+// child's lifetime. ctx bounds the start only: the child outlives it (Stop and Pdeathsig
+// end it), so cmd is made with exec.Command, not exec.CommandContext.
+func Start(ctx context.Context, cmd *exec.Cmd) (*Process, error) {
 	p := &Process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		cmd := exec.Command(name, args...) //nolint:noctx,gosec // outlives ctx; the caller's program, ended by Stop and Pdeathsig
-		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			started <- err

@@ -93,8 +93,11 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Node, error) {
 		serve = append(serve, shellQuote(a))
 	}
 	script := strings.Join(append(append([]string{"set -e"}, opts.Setup...), strings.Join(serve, " ")), "\n")
-	u, err := childproc.Start(ctx, state, opts.Log, "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
+	cmd := exec.Command("unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private", //nolint:noctx,gosec // unshare with the runtime; outlives ctx: Stop and Pdeathsig end it
 		"--mount-proc="+proc, "--", "/bin/sh", "-c", script)
+	cmd.Dir = state
+	cmd.Stdout, cmd.Stderr = opts.Log, opts.Log
+	u, err := childproc.Start(ctx, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("starting the runtime: %w", err)
 	}

@@ -2,28 +2,25 @@ package edgecluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/rkllm-operator/rkllm-operator/hack/childproc"
 )
 
-// Process is a child process that dies with this process: Pdeathsig is tied to the
-// thread that started it, so that thread stays locked for the child's lifetime.
+// Process is a child process that dies with this process (childproc).
 type Process struct {
 	// Name names the process in logs and errors.
 	Name string
 	// Log is the file the process writes to.
 	Log string
 
-	pid  int
-	done chan struct{}
-	err  error
+	proc *childproc.Process
 }
 
 // startProcess starts name with args, its output appended to logPath, in its own
@@ -33,70 +30,37 @@ func startProcess(ctx context.Context, dir, name, logPath string, env []string, 
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{Name: name, Log: logPath, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer func() { _ = logFile.Close() }()
-		// Not CommandContext: the process outlives Start's context; Stop and Pdeathsig end it.
-		cmd := exec.Command(bin, args...) //nolint:noctx,gosec // binaries and arguments from the harness
-		cmd.Env = append(os.Environ(), env...)
-		cmd.Dir = dir // never the caller's folder (a repository)
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			started <- fmt.Errorf("starting %s: %w", name, err)
-			return
-		}
-		p.pid = cmd.Process.Pid
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case err := <-started:
-		if err != nil {
-			return nil, err
-		}
-		return p, nil
-	case <-ctx.Done():
-		if err := <-started; err == nil {
-			_ = p.Stop(0)
-		}
-		return nil, ctx.Err()
+	cmd := exec.Command(bin, args...) //nolint:noctx,gosec // binaries and arguments from the harness; outlives ctx, Stop and Pdeathsig end it
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = dir // never the caller's folder (a repository)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	proc, err := childproc.Start(ctx, cmd)
+	if err != nil {
+		_ = logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
+	go func() {
+		<-proc.Done()
+		_ = logFile.Close()
+	}()
+	return &Process{Name: name, Log: logPath, proc: proc}, nil
 }
 
 // PID is the process id.
-func (p *Process) PID() int { return p.pid }
+func (p *Process) PID() int { return p.proc.PID }
 
 // Exited is closed when the process ends.
-func (p *Process) Exited() <-chan struct{} { return p.done }
+func (p *Process) Exited() <-chan struct{} { return p.proc.Done() }
 
 // Err is how the process ended (valid after Exited is closed).
-func (p *Process) Err() error { return p.err }
+func (p *Process) Err() error { return p.proc.Err() }
 
 // Stop sends SIGTERM to the process group and SIGKILL after timeout; it returns when the
 // process has exited.
 func (p *Process) Stop(timeout time.Duration) error {
-	select {
-	case <-p.done:
-		return nil
-	default:
+	if err := p.proc.Stop(timeout, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stopping %s: %w", p.Name, err)
 	}
-	_ = syscall.Kill(-p.pid, syscall.SIGTERM)
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-timer.C:
-	}
-	if err := syscall.Kill(-p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("killing %s (pid %d): %w", p.Name, p.pid, err)
-	}
-	<-p.done
 	return nil
 }
 

@@ -290,9 +290,11 @@ func (n *Node) forwardAPIServer(ctx context.Context) error {
 
 // startKubelet starts the kubelet in the node's mount and network namespaces.
 func (n *Node) startKubelet(ctx context.Context) error {
+	cmd := exec.Command("nsenter", "--mount="+n.Runtime.MountNS(), "--net="+n.Runtime.NetNS(), "--", "/bin/sh", "-c", n.script) //nolint:noctx,gosec // fixed program (nsenter), caller-chosen kubelet; outlives ctx: Stop and Pdeathsig end it
 	// A folder of its own: the kubelet resolves paths the runtime reports relative to it.
-	p, err := childproc.Start(ctx, n.opts.WorkDir, n.opts.Log, "nsenter", "--mount="+n.Runtime.MountNS(), "--net="+n.Runtime.NetNS(),
-		"--", "/bin/sh", "-c", n.script)
+	cmd.Dir = n.opts.WorkDir
+	cmd.Stdout, cmd.Stderr = n.opts.Log, n.opts.Log
+	p, err := childproc.Start(ctx, cmd)
 	if err != nil {
 		return fmt.Errorf("starting the kubelet: %w", err)
 	}
