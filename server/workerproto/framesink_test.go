@@ -146,7 +146,11 @@ const runID = 42
 func (p *pipe) runWithSink(t *testing.T, h *runtime.Handle, inputs []runtime.Input, ip runtime.InferParams) ([]runtime.Delivery, error) {
 	t.Helper()
 	var passed []runtime.Delivery
-	err := h.RunWithSink(context.Background(), inputs, ip, p.sink.For(runID), func(d runtime.Delivery) runtime.CallbackAction {
+	sink, err := p.sink.For(runID, -1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.RunWithSink(context.Background(), inputs, ip, sink, func(d runtime.Delivery) runtime.CallbackAction {
 		passed = append(passed, d)
 		_ = p.worker.Send(runID, &workerproto.Delivery{Delivery: d})
 		return runtime.Continue
@@ -333,7 +337,11 @@ func TestFrameSinkPassesWhatItCannotWrite(t *testing.T) {
 		_ = p.supervisor.Close()
 		var sendErr error
 		var passed []runtime.Delivery
-		err := sinkModel(t, lib, 1).RunWithSink(context.Background(), batchOf(1), runtime.InferParams{}, p.sink.For(runID), func(d runtime.Delivery) runtime.CallbackAction {
+		sink, err := p.sink.For(runID, -1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = sinkModel(t, lib, 1).RunWithSink(context.Background(), batchOf(1), runtime.InferParams{}, sink, func(d runtime.Delivery) runtime.CallbackAction {
 			passed = append(passed, d)
 			if err := p.worker.Send(runID, &workerproto.Delivery{Delivery: d}); err != nil && sendErr == nil {
 				sendErr = err
