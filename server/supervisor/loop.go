@@ -702,6 +702,7 @@ func (r *relay) deliver(d *workerproto.Delivery) {
 	}
 	switch {
 	case d.Direct && r.direct != nil:
+		r.s.opts.Observer.DirectWrite(d.Whole)
 		// The worker writes nothing more to the client after a token it did not
 		// write whole; the client writes the rest.
 		if !d.Whole {

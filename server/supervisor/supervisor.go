@@ -106,6 +106,9 @@ type Observer interface {
 	// Delivery reports a token delivery: the time since the run started (first) or
 	// since the previous delivery.
 	Delivery(first bool, d time.Duration)
+	// DirectWrite reports a token the worker wrote to its client itself (whole when
+	// all of it went out; see DirectClient).
+	DirectWrite(whole bool)
 	Perf(p runtime.PerfStat)
 	WorkerRestart(cause string)
 	ModelLoaded(loaded bool)
@@ -790,6 +793,7 @@ type nopObserver struct{}
 func (nopObserver) QueueDepth(int)               {}
 func (nopObserver) QueueWait(time.Duration)      {}
 func (nopObserver) Delivery(bool, time.Duration) {}
+func (nopObserver) DirectWrite(bool)             {}
 func (nopObserver) Perf(runtime.PerfStat)        {}
 func (nopObserver) WorkerRestart(string)         {}
 func (nopObserver) ModelLoaded(bool)             {}

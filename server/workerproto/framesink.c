@@ -91,10 +91,10 @@ static void stop_direct(wp_sink *s)
 	wp_sink_unlock(s);
 }
 
-/* put_json_string writes n bytes of t as a JSON string exactly as the supervisor's
+/* wp_json_string writes n bytes of t as a JSON string exactly as the supervisor's
  * encoder does (jsonrpc.AppendString, encoding/json's rules): HTML characters, control
  * characters, U+2028 and U+2029 escaped, invalid UTF-8 as U+FFFD. */
-static unsigned char *put_json_string(unsigned char *p, const unsigned char *t, size_t n)
+unsigned char *wp_json_string(unsigned char *p, const unsigned char *t, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
 	*p++ = '"';
@@ -186,19 +186,19 @@ static size_t direct_line(wp_sink *s, const RKLLMResult *r, int state)
 	memcpy(p, s->head, s->head_len);
 	p += s->head_len;
 	const char *name = state_name(state);
-	p = put_json_string(p, (const unsigned char *)name, strlen(name));
+	p = wp_json_string(p, (const unsigned char *)name, strlen(name));
 	memcpy(p, ",\"text\":", 8);
 	p += 8;
 	if (state == RKLLM_RUN_WAITING) {
 		memcpy(s->pending + s->pending_len, text, n);
 		s->pending_len += n;
-		p = put_json_string(p, (const unsigned char *)"", 0);
+		p = wp_json_string(p, (const unsigned char *)"", 0);
 	} else if (s->pending_len > 0) {
 		memcpy(s->pending + s->pending_len, text, n);
-		p = put_json_string(p, (const unsigned char *)s->pending, s->pending_len + n);
+		p = wp_json_string(p, (const unsigned char *)s->pending, s->pending_len + n);
 		s->pending_len = 0;
 	} else {
-		p = put_json_string(p, (const unsigned char *)text, n);
+		p = wp_json_string(p, (const unsigned char *)text, n);
 	}
 	p += sprintf((char *)p, ",\"token_id\":%d", (int)r->token_id);
 	memcpy(p, s->tail, s->tail_len);

@@ -90,6 +90,17 @@ func (s *FrameSink) Reclaim(socket uint64) {
 	}
 }
 
+// jsonString is the C encoder's JSON string of s, which must be byte for byte the
+// supervisor's (jsonrpc.AppendString); for its tests.
+func jsonString(s string) string {
+	buf := (*C.uchar)(C.malloc(C.size_t(6*len(s) + 2)))
+	defer C.free(unsafe.Pointer(buf))
+	in := C.CBytes([]byte(s))
+	defer C.free(in)
+	end := C.wp_json_string(buf, (*C.uchar)(in), C.size_t(len(s)))
+	return C.GoStringN((*C.char)(unsafe.Pointer(buf)), C.int(uintptr(unsafe.Pointer(end))-uintptr(unsafe.Pointer(buf)))) //nolint:gosec // at most 6 * len(s) + 2
+}
+
 // Close frees the sink, once no run and no Conn write can use it.
 func (s *FrameSink) Close() {
 	C.wp_sink_destroy(s.c)

@@ -50,6 +50,9 @@ void wp_sink_lock(wp_sink *s);
 void wp_sink_unlock(wp_sink *s);
 /* wp_sink_deliver is an rk_sink_fn: it writes a token's delivery (NORMAL or WAITING)
  * as the Conn's Send would and returns RKLLM's continue, or RK_SINK_PASS for what Go must handle. */
+/* wp_json_string writes n bytes of t at p as a JSON string (at most 6 * n + 2 bytes)
+ * and returns the end. */
+unsigned char *wp_json_string(unsigned char *p, const unsigned char *t, size_t n);
 /* wp_sink_stop stops the direct writes of the run in progress: when it returns, the
  * sink writes nothing more to the client. */
 void wp_sink_stop(wp_sink *s);
