@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -95,7 +96,7 @@ func (r *streamReader) checkResult(m map[string]any, tokens int) {
 	}
 }
 
-func runLine(id any, n int) string {
+func runLine(id any) string {
 	p := prompt("stream to me")
 	p["stream"] = true
 	return request(id, "rkllm.run", p) + "\n"
@@ -108,13 +109,13 @@ func TestTokensInOneHop(t *testing.T) {
 
 	t.Run("socket, with another request during the stream", func(t *testing.T) {
 		before := whole()
-		nc, err := net.Dial("unix", s.socket)
+		nc, err := (&net.Dialer{}).DialContext(context.Background(), "unix", s.socket)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer func() { _ = nc.Close() }()
 		_ = nc.SetDeadline(time.Now().Add(waitTimeout))
-		if _, err := io.WriteString(nc, runLine(1, paced)); err != nil {
+		if _, err := io.WriteString(nc, runLine(1)); err != nil {
 			t.Fatal(err)
 		}
 		r := &streamReader{t: t, br: bufio.NewReader(nc)}
@@ -146,7 +147,7 @@ func TestTokensInOneHop(t *testing.T) {
 			if sse {
 				header = []string{"Accept", "text/event-stream"}
 			}
-			st := s.openStream(runLine(1, paced), header...)
+			st := s.openStream(runLine(1), header...)
 			defer st.close()
 			r := &streamReader{t: t, br: st.br, sse: sse}
 			r.checkResult(r.next(), paced)
@@ -162,12 +163,12 @@ func TestTokensInOneHop(t *testing.T) {
 func TestTokensInOneHopToASlowClient(t *testing.T) {
 	const n = 20000 // a couple of MB of notifications: more than a socket holds
 	s := startServer(t, "1.3", serverOpts{race: true, model: directModel(n, 0), config: map[string]any{"max-context-len": 2 * n}})
-	nc, err := net.Dial("unix", s.socket)
+	nc, err := (&net.Dialer{}).DialContext(context.Background(), "unix", s.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = nc.Close() }()
-	if _, err := io.WriteString(nc, runLine(1, n)); err != nil {
+	if _, err := io.WriteString(nc, runLine(1)); err != nil {
 		t.Fatal(err)
 	}
 	s.eventually("the run to end", waitTimeout, func() bool {

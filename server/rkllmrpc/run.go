@@ -126,14 +126,10 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		// answer: its arrays are paid from an account of its own until rkllm.done.
 		acc.acct = acc.acct.Budget().Open()
 	}
-	req := supervisor.Request{
-		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
+	t, err := s.b.Enqueue(rctx, supervisor.Request{
+		Owner: owner(c), ID: id, OnDelivery: acc.deliver, Direct: direct(c, plan, async, acc),
 		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
-	}
-	if plan.stream && !async && !plan.batch && c.Peer != nil && c.Peer.Lend != nil {
-		req.Direct = &directRun{acc: acc, lend: c.Peer.Lend}
-	}
-	t, err := s.b.Enqueue(rctx, req)
+	})
 	if err != nil {
 		cancel()
 		acc.acct.Close()
@@ -497,6 +493,17 @@ func (a *runAcc) partial(err error) map[string]any {
 		m["token_count"] = e.TokenCount
 	}
 	return m
+}
+
+// direct is the client a run's tokens may be written to by the worker itself: that of a
+// streamed rkllm.run with one input, on a transport that can lend its socket; nil
+// otherwise. An asynchronous run's tokens wait for its handle, and a batch's carry
+// several results: both go through the supervisor.
+func direct(c *jsonrpc.Call, plan *runPlan, async bool, acc *runAcc) supervisor.DirectClient {
+	if !plan.stream || async || plan.batch || c.Peer == nil || c.Peer.Lend == nil {
+		return nil
+	}
+	return &directRun{acc: acc, lend: c.Peer.Lend}
 }
 
 // directRun is a streamed run whose tokens the worker may write to the client itself

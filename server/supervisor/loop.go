@@ -676,7 +676,7 @@ type relay struct {
 	// first reclaim, which asks the worker to stop only once the lease has started.
 	reclaimMu sync.Mutex
 	reclaimed bool
-	start  time.Time
+	start     time.Time
 	// last is the time of the last delivery (nanoseconds after start, monotonic), or
 	// -1 before the first.
 	last atomic.Int64

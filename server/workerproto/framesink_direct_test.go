@@ -276,7 +276,7 @@ func TestFrameSinkReclaim(t *testing.T) {
 	lib := simLibrary(t, runtime.ABI13)
 	p := newPipe(t, 0)
 	seen := 0
-	p.onDelivery = func(d *workerproto.Delivery) {
+	p.onDelivery = func(*workerproto.Delivery) {
 		if seen++; seen == 20 {
 			p.sink.Reclaim(2) // another socket's number: nothing changes
 			p.sink.Reclaim(1)
