@@ -695,7 +695,11 @@ func newRelay(s *Supervisor, onDelivery func(runtime.Delivery)) *relay {
 // deliver relays one delivery, on the worker connection's read goroutine.
 func (r *relay) deliver(d *workerproto.Delivery) {
 	now := time.Now()
-	r.s.opts.Observer.Delivery(r.last.Load() < 0, now.Sub(r.prev))
+	first, gap := r.last.Load() < 0, now.Sub(r.prev)
+	if d.Direct && !first && d.Gap > 0 {
+		gap = d.Gap // the frame may have waited in the worker (workerproto.Delivery)
+	}
+	r.s.opts.Observer.Delivery(first, gap)
 	r.prev = now
 	if d.State == runtime.StateFinish && len(d.Results) > 0 {
 		r.s.opts.Observer.Perf(d.Results[0].Perf)

@@ -5,15 +5,43 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* The frame's length, op and call id, as putHeader writes them. */
 enum { FRAME_HEAD = 4 + 1 + 8 };
 /* A result without arrays after its text: token_id, empty hidden states, embd_size,
  * empty logits, vocab_size, num_tokens, and the five perf fields (Delivery.encode). */
 enum { RESULT_TAIL = 4 + 1 + 8 + 1 + 8 + 8 + 5 * 4 };
-/* A direct delivery's frame adds what went to the client: bytes written, and whether
- * that was the whole notification (Delivery.encode with Direct). */
-enum { DIRECT_HEAD = 4 + 1 };
+/* A direct delivery's frame adds what went to the client: bytes written, whether that
+ * was the whole notification, and the time since the run's previous delivery
+ * (Delivery.encode with Direct). */
+enum { DIRECT_HEAD = 4 + 1 + 8 };
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n);
+
+/* flush_held writes the frames held (with the lock held). A failed write breaks the
+ * Conn: Go reports it from the next frame on. */
+static void flush_held(wp_sink *s)
+{
+	if (s->held_len == 0)
+		return;
+	if (write_all(s->fd, s->held, s->held_len) != 0)
+		__atomic_store_n(&s->failed, 1, __ATOMIC_RELEASE);
+	s->held_len = 0;
+}
+
+static void lock_sem(wp_sink *s)
+{
+	while (sem_wait(&s->lock) != 0 && errno == EINTR) {
+	}
+}
 
 static size_t uvarint_len(uint64_t v)
 {
@@ -71,6 +99,8 @@ int wp_sink_direct(wp_sink *s, int client, const char *head, size_t head_len, co
 		return -1;
 	s->client = client;
 	s->pending_len = 0;
+	s->last_ns = 0;
+	s->held_ns = 0;
 	if (client < 0)
 		return 0;
 	memcpy(s->head, head, head_len);
@@ -86,8 +116,9 @@ void wp_sink_stop(wp_sink *s) { stop_direct(s); }
 /* stop_direct ends the run's direct writes: what follows goes to the supervisor. */
 static void stop_direct(wp_sink *s)
 {
-	wp_sink_lock(s);
+	lock_sem(s);
 	s->client = -1;
+	flush_held(s);
 	wp_sink_unlock(s);
 }
 
@@ -222,8 +253,8 @@ void wp_sink_destroy(wp_sink *s) { sem_destroy(&s->lock); }
 
 void wp_sink_lock(wp_sink *s)
 {
-	while (sem_wait(&s->lock) != 0 && errno == EINTR) {
-	}
+	lock_sem(s);
+	flush_held(s);
 }
 
 void wp_sink_unlock(wp_sink *s) { sem_post(&s->lock); }
@@ -278,7 +309,10 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 
 	/* The buffer is the sink's: encoded under the lock, as a runtime may call back
 	 * from more than one thread (Go's path serialises deliveries too). */
-	wp_sink_lock(s);
+	lock_sem(s);
+	uint64_t now = now_ns();
+	uint64_t gap = s->last_ns ? now - s->last_ns : 0;
+	s->last_ns = now;
 	/* The token goes to the client first, then its frame to the supervisor, which
 	 * counts it and keeps its text for the run's result. A token the client's socket
 	 * does not take whole ends the direct writes: the frame says how much went out,
@@ -312,6 +346,7 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 	if (direct) {
 		p = put_le32(p, written);
 		*p++ = (unsigned char)whole;
+		p = put_le64(p, gap);
 	}
 	p = put_le32(p, (uint32_t)state);
 	p = put_uvarint(p, (uint64_t)n_results);
@@ -335,7 +370,16 @@ int wp_sink_deliver(void *arg, const RKLLMResult *results, int n_results, int st
 		p = put_f32(p, r->perf.memory_usage_mb);
 	}
 
-	int err = write_all(s->fd, s->buf, (size_t)(p - s->buf));
+	size_t n = (size_t)(p - s->buf);
+	int err = 0;
+	if (direct && whole && s->held_len + n <= WP_HOLD_BUF && now - s->held_ns < WP_HOLD_NS) {
+		memcpy(s->held + s->held_len, s->buf, n);
+		s->held_len += n;
+	} else {
+		flush_held(s);
+		err = __atomic_load_n(&s->failed, __ATOMIC_ACQUIRE) ? -1 : write_all(s->fd, s->buf, n);
+		s->held_ns = now;
+	}
 	wp_sink_unlock(s);
 	if (err != 0) {
 		/* Go sends the delivery again and reports what it meets: the Conn is broken.

@@ -18,6 +18,12 @@
 #define WP_DIRECT_TEXT 2048
 #define WP_TEMPLATE_MAX 1024
 #define WP_LINE_BUF (6 * WP_DIRECT_TEXT + 2 * WP_TEMPLATE_MAX + 64)
+/* The frames of tokens written to the client directly wait here, WP_HOLD_NS at most
+ * from the first token after a write, before they go to the supervisor together: the
+ * client has them already, and the supervisor woken for every token takes the CPU its
+ * client needs at that moment. */
+#define WP_HOLD_BUF 16384
+#define WP_HOLD_NS 5000000
 
 typedef struct {
 	int fd;
@@ -38,6 +44,10 @@ typedef struct {
 	size_t pending_len; /* bytes of WAITING deliveries, given out with the next token */
 	char pending[WP_DIRECT_TEXT];
 	unsigned char line[WP_LINE_BUF];
+	uint64_t last_ns;  /* when the run's previous delivery came (CLOCK_MONOTONIC) */
+	uint64_t held_ns;  /* when the frames held were last written out */
+	size_t held_len;
+	unsigned char held[WP_HOLD_BUF];
 } wp_sink;
 
 int wp_sink_init(wp_sink *s, int fd, uint8_t op, uint8_t direct_op, uint32_t max_frame);
@@ -46,6 +56,8 @@ int wp_sink_init(wp_sink *s, int fd, uint8_t op, uint8_t direct_op, uint32_t max
  * does not go whole; wp_sink_direct(s, -1, ...) stops it. Between runs only. */
 int wp_sink_direct(wp_sink *s, int client, const char *head, size_t head_len, const char *tail, size_t tail_len, int chunked);
 void wp_sink_destroy(wp_sink *s);
+/* wp_sink_lock takes the frame lock for a frame of the Conn's: the frames held go out
+ * first, so every frame keeps its place. */
 void wp_sink_lock(wp_sink *s);
 void wp_sink_unlock(wp_sink *s);
 /* wp_sink_deliver is an rk_sink_fn: it writes a token's delivery (NORMAL or WAITING)

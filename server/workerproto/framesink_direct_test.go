@@ -291,8 +291,10 @@ func TestFrameSinkReclaim(t *testing.T) {
 	_ = p.worker.Close()
 	r := <-got
 	direct, whole := checkDirect(t, d, r.frames, read())
-	if direct < 20 || direct != whole || direct > 25 {
-		t.Errorf("%d tokens written directly (%d whole), want the 20 before Reclaim and the few in flight", direct, whole)
+	// The supervisor reads the 20th token's frame up to WP_HOLD_NS (5 ms: 10 tokens
+	// here) after the client had it.
+	if direct < 20 || direct != whole || direct > 40 {
+		t.Errorf("%d tokens written directly (%d whole), want the 20 before Reclaim and the few written since", direct, whole)
 	}
 	if tokensIn(r.deliveries) < 150 {
 		t.Errorf("only %d tokens", tokensIn(r.deliveries))

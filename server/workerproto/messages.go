@@ -3,6 +3,7 @@ package workerproto
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
@@ -166,10 +167,14 @@ type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 type Delivery struct {
 	runtime.Delivery
 	// Direct says the worker wrote the delivery's notification to the client itself
-	// (Run.Direct): Written bytes of it, which is all of it when Whole.
+	// (Run.Direct): Written bytes of it, which is all of it when Whole. The frames of
+	// such deliveries may reach the supervisor a few milliseconds late, several at
+	// once (the client has them already), so Gap tells the time since the run's
+	// previous delivery (0 for its first), as the worker saw it.
 	Direct  bool
 	Written int
 	Whole   bool
+	Gap     time.Duration
 }
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
@@ -579,6 +584,7 @@ func (m *Delivery) encode(e *encoder) {
 	if m.Direct {
 		e.u32(uint32(m.Written)) //nolint:gosec // a notification's bytes, under a frame
 		e.bool(m.Whole)
+		e.u64(uint64(m.Gap)) //nolint:gosec // a duration is never negative
 	}
 	e.i32(int32(m.State))
 	e.length(len(m.Results))
@@ -604,7 +610,7 @@ func (m *Delivery) encode(e *encoder) {
 func (m *Delivery) size() int {
 	n := 4 + uvarintLen(len(m.Results))
 	if m.Direct {
-		n += 4 + 1
+		n += 4 + 1 + 8
 	}
 	for i := range m.Results {
 		r := &m.Results[i]
@@ -645,6 +651,7 @@ func (m *Delivery) decode(d *decoder) {
 	if m.Direct {
 		m.Written = int(d.u32())
 		m.Whole = d.bool()
+		m.Gap = time.Duration(d.u64()) //nolint:gosec // the worker's nanoseconds
 	}
 	m.State = runtime.CallState(d.i32())
 	// A result takes at least 51 bytes on the wire.

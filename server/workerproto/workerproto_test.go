@@ -55,7 +55,7 @@ func sampleMessages() []Message {
 		&SetFunctionTools{SystemPrompt: "tools", Tools: `[{"type":"function"}]`, ToolResponseStr: "tool_response"},
 		&SetCrossAttnParams{Params: runtime.CrossAttnParams{EncoderKCache: []float32{1}, EncoderVCache: []float32{2}, EncoderMask: []float32{0, -1}, EncoderPos: []int32{0, 1}, NumTokens: 2}},
 		&Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "é", TokenID: 17}}}},
-		&Delivery{Delivery: runtime.Delivery{State: runtime.StateWaiting, Results: []runtime.Result{{Text: "\xe6", TokenID: 3}}}, Direct: true, Written: 93, Whole: true},
+		&Delivery{Delivery: runtime.Delivery{State: runtime.StateWaiting, Results: []runtime.Result{{Text: "\xe6", TokenID: 3}}}, Direct: true, Written: 93, Whole: true, Gap: 1500 * time.Microsecond},
 		&Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "x"}}}, Direct: true, Written: 7},
 		&Run{Inputs: []runtime.Input{{Type: runtime.InputPrompt, Prompt: "p"}}, Direct: &Direct{Socket: 4, Head: `{"a":`, Tail: "}}\n", Chunked: true}},
 		&Delivery{Delivery: runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{
