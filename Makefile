@@ -225,7 +225,7 @@ test-ollama-node: deps sim ## The official ollama JavaScript client against the 
 	RKLLM_OLLAMA_NODE_TEST=1 $(GO) test -count=1 -run '^TestOllamaNodeClient$$' -v ./cmd/rkllm-server/
 
 # Fuzz targets (package:target); each has a seed corpus in its testdata/fuzz/.
-FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/jsonrpc:FuzzAppendString server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/generation:FuzzScanMatchesDecoder
+FUZZ_TARGETS := server/jsonrpc:FuzzDecode server/jsonrpc:FuzzAppendString server/workerproto:FuzzDirectJSONString server/rkllmrpc:FuzzRunParams server/rkllmrpc:FuzzInitParams server/generation:FuzzScanMatchesDecoder
 FUZZTIME ?= 2m
 # The end-to-end target: each input is a request to a server whose worker runs the
 # AddressSanitizer builds (sim-asan), so it takes far fewer inputs in the same time. Its

@@ -31,6 +31,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 	"github.com/rkllm-operator/rkllm-operator/server/supervisor"
 )
 
@@ -526,6 +527,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	// Only a single request can stream: a batch is answered with one JSON array.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
 		peer.Notify = sw.notify
+		peer.Lend = sw.lend
 	}
 	answered := false
 	s.d.Serve(ctx, peer, body, nil, func(resps []*jsonrpc.Response, batch bool) {
@@ -703,6 +705,72 @@ func (sw *streamWriter) notify(n *jsonrpc.Notification) error {
 		return err
 	}
 	return sw.send(sw.wrap(b))
+}
+
+// lend lends the client's connection to the worker for a run's tokens
+// (jsonrpc.Lease). It starts the stream: the headers go out when the run starts
+// rather than with its first token. Only a stream written as chunks to the
+// connection itself (HTTP/1.1) is lent.
+func (sw *streamWriter) lend(reclaim func()) (jsonrpc.Lease, bool) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.out == nil {
+		sw.start()
+	}
+	if !sw.chunked || !sw.out.Lend(reclaim) {
+		return nil, false
+	}
+	return (*streamLease)(sw), true
+}
+
+// streamLease is a stream lent for a run's tokens: each is a chunk, as notify
+// writes it.
+type streamLease streamWriter
+
+func (l *streamLease) FD() (int, error) { return rawconn.Dup((*streamWriter)(l).rawConn()) }
+
+func (l *streamLease) Framing() (open, close string, chunked bool) {
+	if l.sse {
+		return "data: ", "\n\n", true
+	}
+	return "", "\n", true
+}
+
+// Wrote counts whole chunks: rkllm_sent_bytes_total counts their messages.
+func (l *streamLease) Wrote(n int) {
+	if obs := l.s.opts.Observer; obs != nil {
+		obs.BytesOut(Transport, chunkBody(n))
+	}
+}
+
+// chunkBody is the size of the message in a chunk of n bytes (its size line in hex,
+// CRLF, the message, CRLF).
+func chunkBody(n int) int {
+	for h := 1; h < 16; h++ {
+		if body := n - h - 4; body >= 0 && len(strconv.FormatInt(int64(body), 16)) == h {
+			return body
+		}
+	}
+	return 0
+}
+
+func (l *streamLease) Return(part *jsonrpc.Notification, written int) {
+	sw := (*streamWriter)(l)
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	var rest []byte
+	if part != nil {
+		if b, err := part.AppendJSON(sw.opening()); err == nil {
+			b = sw.wrap(b)
+			written = min(written, len(b))
+			sw.count.queued(sw.head, len(b)-sw.head-2)
+			if n := sw.count.written(written); n > 0 && sw.s.opts.Observer != nil {
+				sw.s.opts.Observer.BytesOut(Transport, n)
+			}
+			rest = b[written:]
+		}
+	}
+	sw.out.Return(rest)
 }
 
 // send queues a message that wrap framed (with sw.mu held), telling the counter of a

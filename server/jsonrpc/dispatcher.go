@@ -52,10 +52,33 @@ type Peer struct {
 	// Context lives as long as the connection; work that outlives one request (an
 	// asynchronous run) is bound to it.
 	Context context.Context
+	// Lend, when set, lends the connection's socket to another writer for the
+	// notifications of one run (see Lease); false when it cannot now (something waits
+	// to be written to the client). reclaim is called, once, when the transport has
+	// something else to write: it must have the other writer stop and the lease end.
+	Lend func(reclaim func()) (Lease, bool)
 
 	messages atomic.Int64 // messages being served
 	requests atomic.Int64 // requests being served that count against MaxPeerRequests
 	holds    atomic.Int64 // work that outlives its request (Hold)
+}
+
+// Lease is a client's socket lent for the notifications of one streamed run, which
+// the worker process writes to it itself (supervisor.DirectClient). Until Return the
+// transport writes nothing to the client: what it is given to send waits.
+type Lease interface {
+	// FD returns a new descriptor of the client's socket; the caller closes it.
+	FD() (int, error)
+	// Framing is how the transport frames a notification: open and close around its
+	// JSON, the whole as an HTTP/1.1 chunk when chunked.
+	Framing() (open, close string, chunked bool)
+	// Wrote counts n bytes of whole notifications, framing included, that the other
+	// writer wrote to the client.
+	Wrote(n int)
+	// Return ends the lease. part, when not nil, is a notification of which the other
+	// writer wrote only the first written bytes (framing included): the transport
+	// writes the rest of it first.
+	Return(part *Notification, written int)
 }
 
 // Hold marks work of this connection that goes on after its request was answered (an

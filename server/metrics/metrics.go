@@ -30,6 +30,7 @@ type Metrics struct {
 	timeToFirstToken prometheus.Histogram
 	interToken       prometheus.Histogram
 	tokens           prometheus.Counter
+	directWrites     *prometheus.CounterVec
 	prefillTokens    prometheus.Counter
 	prefillSeconds   prometheus.Histogram
 	generateSeconds  prometheus.Histogram
@@ -97,6 +98,8 @@ func New() *Metrics {
 			Help: "Time from an Ollama API request's arrival to the end of its response, by endpoint.", Buckets: latency}, []string{"endpoint"}),
 		prefixReuse: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reuse_total",
 			Help: "Conversations of the HTTP APIs (OpenAI's and Ollama's) by whether the KV cache held their prefix (hit: only the new part was prefilled) or not (miss)."}, []string{"result"}),
+		directWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "direct_token_writes_total",
+			Help: "Token notifications of streamed rkllm.run calls that the worker wrote to the client's socket itself, without the supervisor's hop, by outcome: whole, or partial (the client's socket was full or gone; the supervisor wrote the rest and the run's later tokens)."}, []string{"outcome"}),
 		prefixTokens: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "prefix_reused_tokens_total",
 			Help: "Prompt tokens taken from the KV cache instead of being prefilled again."}),
 		cutOff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "clients_cut_off_total",
@@ -104,10 +107,12 @@ func New() *Metrics {
 	}
 	for _, c := range []prometheus.Collector{m.openaiRequests, m.openaiDuration, m.ollamaRequests, m.ollamaDuration, m.prefixReuse, m.prefixTokens, m.requests, m.requestDuration, m.queueDepth, m.queueWait, m.timeToFirstToken,
 		m.interToken, m.tokens, m.prefillTokens, m.prefillSeconds, m.generateSeconds, m.workerRestarts, m.modelLoaded,
-		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff,
+		m.connsOpen, m.connsRejected, m.bytesIn, m.bytesOut, m.cutOff, m.directWrites,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
+	m.directWrites.WithLabelValues("whole")
+	m.directWrites.WithLabelValues("partial")
 	m.prefixReuse.WithLabelValues("hit")
 	m.prefixReuse.WithLabelValues("miss")
 	for _, t := range []string{"http", "unix"} {
@@ -162,6 +167,15 @@ func (m *Metrics) Delivery(first bool, d time.Duration) {
 		m.timeToFirstToken.Observe(d.Seconds())
 	} else {
 		m.interToken.Observe(d.Seconds())
+	}
+}
+
+// DirectWrite implements supervisor.Observer.
+func (m *Metrics) DirectWrite(whole bool) {
+	if whole {
+		m.directWrites.WithLabelValues("whole").Inc()
+	} else {
+		m.directWrites.WithLabelValues("partial").Inc()
 	}
 }
 
@@ -233,6 +247,8 @@ func (m *Metrics) PrefixReuse(reused bool, cachedTokens int) {
 		m.prefixReuse.WithLabelValues("miss").Inc()
 		return
 	}
+	m.directWrites.WithLabelValues("whole")
+	m.directWrites.WithLabelValues("partial")
 	m.prefixReuse.WithLabelValues("hit").Inc()
 	m.prefixTokens.Add(float64(max(cachedTokens, 0)))
 }

@@ -77,6 +77,9 @@ type Buffer struct {
 	writing bool   // a write is in progress (the goroutine's, or Send's attempt)
 	err     error  // set once: why the buffer stopped taking messages
 	closing bool   // Close called: write what is queued, then stop
+	// reclaim, while the connection is lent (Lend), asks the other writer to stop; it
+	// is called once, by the first Send (or Close) that finds the connection lent.
+	reclaim func()
 	wake    chan struct{}
 	done    chan struct{} // closed when the goroutine has ended
 	failed  sync.Once
@@ -122,7 +125,9 @@ func (b *Buffer) Send(msg []byte) error {
 	}
 	b.pending = append(b.pending, msg...)
 	b.queued += len(msg)
+	reclaim := b.takeReclaim()
 	b.mu.Unlock()
+	reclaim()
 	b.signal()
 	return nil
 }
@@ -151,11 +156,7 @@ func (b *Buffer) sendNow(msg []byte) error {
 		return err
 	}
 	rest := msg[n:]
-	if len(rest) > 0 && b.err == nil {
-		// What other senders queued while the attempt ran goes after the rest of msg.
-		b.pending = append(append(b.takeSpare(len(rest)+len(b.pending)), rest...), b.pending...)
-		b.queued += len(rest)
-	}
+	b.putFirst(rest) // what other senders queued while the attempt ran goes after it
 	// The goroutine sleeps unless it has work that waited for the attempt.
 	wake := len(b.pending) > 0 || b.closing || b.err != nil
 	stopped := b.err != nil && len(rest) > 0
@@ -167,6 +168,55 @@ func (b *Buffer) sendNow(msg []byte) error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// Lend hands the connection to another writer (the worker writing a run's tokens
+// itself) when nothing waits to be written: until Return, Send queues without writing
+// and the goroutine writes nothing. The first message queued meanwhile calls reclaim,
+// which must have the other writer stop and Return soon (Close and Abort call it too,
+// and wait for the Return). It reports false when something is queued or being
+// written, or the buffer has stopped.
+func (b *Buffer) Lend(reclaim func()) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil || b.closing || b.queued > 0 || b.writing {
+		return false
+	}
+	b.writing = true // as for Send's own attempt: nobody else writes
+	b.reclaim = reclaim
+	return true
+}
+
+// takeReclaim returns the reclaim of a lent connection, once (with b.mu held).
+func (b *Buffer) takeReclaim() func() {
+	f := b.reclaim
+	b.reclaim = nil
+	if f == nil {
+		return func() {}
+	}
+	return f
+}
+
+// Return ends a Lend. rest, the end of a message the other writer wrote only in part,
+// goes out first, then what was queued meanwhile.
+func (b *Buffer) Return(rest []byte) {
+	b.mu.Lock()
+	b.writing = false
+	b.reclaim = nil
+	b.putFirst(rest)
+	wake := len(b.pending) > 0 || b.closing || b.err != nil
+	b.mu.Unlock()
+	if wake {
+		b.signal()
+	}
+}
+
+// putFirst queues rest in front of what is pending (with b.mu held).
+func (b *Buffer) putFirst(rest []byte) {
+	if len(rest) > 0 && b.err == nil {
+		b.pending = append(append(b.takeSpare(len(rest)+len(b.pending)), rest...), b.pending...)
+		b.queued += len(rest)
+	}
 }
 
 // takeSpare returns an empty buffer for at least n bytes, reusing the last batch's.
@@ -209,7 +259,9 @@ func (b *Buffer) Err() error {
 func (b *Buffer) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closing = true
+	reclaim := b.takeReclaim()
 	b.mu.Unlock()
+	reclaim()
 	b.signal()
 	select {
 	case <-b.done:
@@ -233,7 +285,9 @@ func (b *Buffer) Abort() {
 func (b *Buffer) abandon(err error) {
 	b.mu.Lock()
 	b.stop(err)
+	reclaim := b.takeReclaim()
 	b.mu.Unlock()
+	reclaim()
 	b.interrupt()
 	b.signal()
 }

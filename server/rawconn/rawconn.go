@@ -19,6 +19,8 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is a net.Conn whose Read and Write are raw system calls on its descriptor.
@@ -239,3 +241,28 @@ func (s *Socket) sendOnce(fd uintptr) bool {
 
 // Close closes the socket (after a Read blocked in it returns: the peer's close ends it).
 func (s *Socket) Close() error { return s.f.Close() }
+
+// Dup returns a new descriptor (close-on-exec) of conn's socket, for another process:
+// it shares the socket, and its non-blocking mode, with conn. conn must give access to
+// its descriptor (a *net.UnixConn, *net.TCPConn or a Conn).
+func Dup(conn any) (int, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("duplicate a %T: it has no descriptor", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("duplicate the connection's descriptor: %w", err)
+	}
+	fd, dupErr := -1, error(nil)
+	err = raw.Control(func(s uintptr) {
+		fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	if err != nil {
+		return -1, fmt.Errorf("duplicate the connection's descriptor: %w", err)
+	}
+	return fd, nil
+}

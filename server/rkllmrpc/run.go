@@ -127,7 +127,7 @@ func (s *Service) run(ctx context.Context, c *jsonrpc.Call, async bool) (any, er
 		acc.acct = acc.acct.Budget().Open()
 	}
 	t, err := s.b.Enqueue(rctx, supervisor.Request{
-		Owner: owner(c), ID: id, OnDelivery: acc.deliver,
+		Owner: owner(c), ID: id, OnDelivery: acc.deliver, Direct: direct(c, plan, async, acc),
 		Msg: &workerproto.Run{Inputs: plan.inputs, Infer: plan.ip},
 	})
 	if err != nil {
@@ -494,3 +494,63 @@ func (a *runAcc) partial(err error) map[string]any {
 	}
 	return m
 }
+
+// direct is the client a run's tokens may be written to by the worker itself: that of a
+// streamed rkllm.run with one input, on a transport that can lend its socket; nil
+// otherwise. An asynchronous run's tokens wait for its handle, and a batch's carry
+// several results: both go through the supervisor.
+func direct(c *jsonrpc.Call, plan *runPlan, async bool, acc *runAcc) supervisor.DirectClient {
+	if !plan.stream || async || plan.batch || c.Peer == nil || c.Peer.Lend == nil {
+		return nil
+	}
+	return &directRun{acc: acc, lend: c.Peer.Lend}
+}
+
+// directRun is a streamed run whose tokens the worker may write to the client itself
+// (supervisor.DirectClient): each as the notification record would make of it, which
+// the worker is given the beginning and end of.
+type directRun struct {
+	acc   *runAcc
+	lend  func(reclaim func()) (jsonrpc.Lease, bool)
+	lease jsonrpc.Lease
+}
+
+// Lend implements supervisor.DirectClient.
+func (d *directRun) Lend(reclaim func()) (int, *workerproto.Direct, bool) {
+	lease, ok := d.lend(reclaim)
+	if !ok {
+		return -1, nil, false
+	}
+	fd, err := lease.FD()
+	if err != nil {
+		lease.Return(nil, 0)
+		return -1, nil, false
+	}
+	d.lease = lease
+	open, end, chunked := lease.Framing()
+	// As (*jsonrpc.Notification).AppendJSON and textNote.AppendJSON write it, up to the
+	// state and from after the token id.
+	head := append([]byte(open), `{"jsonrpc":"2.0","method":`...)
+	head = jsonrpc.AppendString(head, NotifyResult)
+	head = jsonrpc.AppendString(append(head, `,"params":{"request_id":`...), d.acc.id)
+	head = append(head, `,"state":`...)
+	return fd, &workerproto.Direct{Head: string(head), Tail: "}}" + end, Chunked: chunked}, true
+}
+
+// Delivered implements supervisor.DirectClient: the token is kept for the result as
+// any other, and its notification, written by the worker, is counted.
+func (d *directRun) Delivered(dl runtime.Delivery, written int, whole bool) {
+	note := d.acc.record(&dl)
+	if whole {
+		d.lease.Wrote(written)
+		return
+	}
+	var part *jsonrpc.Notification
+	if note != nil {
+		part = &jsonrpc.Notification{Method: NotifyResult, Params: note}
+	}
+	d.lease.Return(part, written)
+}
+
+// Return implements supervisor.DirectClient.
+func (d *directRun) Return() { d.lease.Return(nil, 0) }

@@ -29,6 +29,7 @@ import (
 	"github.com/rkllm-operator/rkllm-operator/server/inflight"
 	"github.com/rkllm-operator/rkllm-operator/server/jsonrpc"
 	"github.com/rkllm-operator/rkllm-operator/server/outbuf"
+	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
 )
 
 // Transport is the Peer.Transport of socket connections.
@@ -341,6 +342,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		Persistent: true,
 		Context:    ctx,
 		Notify:     c.notify,
+		Lend:       c.lend,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -523,6 +525,49 @@ func (c *conn) notify(n *jsonrpc.Notification) error {
 	}
 	_, err = c.queue(b)
 	return err
+}
+
+// lend lends the client's socket to the worker for a run's tokens (jsonrpc.Lease).
+func (c *conn) lend(reclaim func()) (jsonrpc.Lease, bool) {
+	if !c.out.Lend(reclaim) {
+		return nil, false
+	}
+	return (*lease)(c), true
+}
+
+// lease is a conn lent for a run's tokens: each is a line, as notify writes it.
+type lease conn
+
+func (l *lease) FD() (int, error) { return rawconn.Dup(l.nc) }
+
+func (l *lease) Framing() (open, close string, chunked bool) { return "", "\n", false }
+
+func (l *lease) Wrote(n int) {
+	c := (*conn)(l)
+	c.sendMu.Lock()
+	c.sent += int64(n)
+	c.sendMu.Unlock()
+	if c.s.opts.Observer != nil {
+		c.s.opts.Observer.BytesOut(Transport, n)
+	}
+	c.wrote(n)
+}
+
+func (l *lease) Return(part *jsonrpc.Notification, written int) {
+	c := (*conn)(l)
+	var rest []byte
+	if part != nil {
+		if b, err := part.AppendJSON(nil); err == nil {
+			b = append(b, '\n')
+			written = min(written, len(b))
+			l.Wrote(written)
+			rest = b[written:]
+			c.sendMu.Lock()
+			c.sent += int64(len(rest))
+			c.sendMu.Unlock()
+		}
+	}
+	c.out.Return(rest)
 }
 
 // maxScratch is the largest encoding buffer a connection keeps between notifications.

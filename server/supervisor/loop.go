@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 	"github.com/rkllm-operator/rkllm-operator/server/workerproto"
@@ -663,7 +666,17 @@ func (w *runWatch) stallLimitText() string {
 type relay struct {
 	s          *Supervisor
 	onDelivery func(runtime.Delivery)
-	start      time.Time
+	// direct is the client the worker writes the run's tokens to while lent is true,
+	// on the socket numbered socket.
+	direct DirectClient
+	lent   atomic.Bool
+	p      *proc
+	socket uint64
+	// reclaimMu orders a reclaim with the lease's start: reclaimed is set by the
+	// first reclaim, which asks the worker to stop only once the lease has started.
+	reclaimMu sync.Mutex
+	reclaimed bool
+	start     time.Time
 	// last is the time of the last delivery (nanoseconds after start, monotonic), or
 	// -1 before the first.
 	last atomic.Int64
@@ -682,15 +695,92 @@ func newRelay(s *Supervisor, onDelivery func(runtime.Delivery)) *relay {
 // deliver relays one delivery, on the worker connection's read goroutine.
 func (r *relay) deliver(d *workerproto.Delivery) {
 	now := time.Now()
-	r.s.opts.Observer.Delivery(r.last.Load() < 0, now.Sub(r.prev))
+	first, gap := r.last.Load() < 0, now.Sub(r.prev)
+	if d.Direct && !first && d.Gap > 0 {
+		gap = d.Gap // the frame may have waited in the worker (workerproto.Delivery)
+	}
+	r.s.opts.Observer.Delivery(first, gap)
 	r.prev = now
 	if d.State == runtime.StateFinish && len(d.Results) > 0 {
 		r.s.opts.Observer.Perf(d.Results[0].Perf)
 	}
-	if r.onDelivery != nil {
-		r.onDelivery(d.Delivery)
+	switch {
+	case d.Direct && r.direct != nil:
+		r.s.opts.Observer.DirectWrite(d.Whole)
+		// The worker writes nothing more to the client after a token it did not
+		// write whole; the client writes the rest.
+		if !d.Whole {
+			r.lent.Store(false)
+		}
+		r.direct.Delivered(d.Delivery, d.Written, d.Whole)
+	default:
+		// The worker has stopped writing to the client: the run's end, or a delivery
+		// it does not write itself; what follows is the supervisor's to send.
+		r.endLease()
+		if r.onDelivery != nil {
+			r.onDelivery(d.Delivery)
+		}
 	}
 	r.last.Store(int64(now.Sub(r.start)))
+}
+
+// lend passes the client's socket to the worker for run m when the client can take
+// its tokens directly.
+func (r *relay) lend(p *proc, m *workerproto.Run, client DirectClient) *workerproto.Run {
+	r.p = p
+	fd, d, ok := client.Lend(r.reclaim)
+	if !ok {
+		return m
+	}
+	socket, err := p.handoff.Give(fd)
+	_ = unix.Close(fd)
+	if err != nil {
+		r.s.log.V(1).Info("the worker cannot write tokens to the client; they go through the supervisor", "reason", err.Error())
+		client.Return()
+		return m
+	}
+	r.reclaimMu.Lock()
+	defer r.reclaimMu.Unlock()
+	if r.reclaimed {
+		// The client has something to send already: the worker is not told of the
+		// socket, which it closes unused.
+		client.Return()
+		return m
+	}
+	d.Socket = socket
+	r.direct, r.socket = client, socket
+	r.lent.Store(true)
+	run := *m
+	run.Direct = d
+	return &run
+}
+
+// reclaim asks the worker to stop writing to the client, which has something else to
+// send; the lease ends with the worker's answer, which comes after every token it
+// wrote (or with the run). Called by the client, on any goroutine, at most once.
+func (r *relay) reclaim() {
+	r.reclaimMu.Lock()
+	first := !r.reclaimed
+	r.reclaimed = true
+	r.reclaimMu.Unlock()
+	if !first || !r.lent.Load() {
+		return
+	}
+	pend, err := r.p.client.Start(&workerproto.Reclaim{Socket: r.socket}, nil)
+	if err != nil {
+		return // the worker is gone: the run's end gives the socket back
+	}
+	go func() {
+		<-pend.Done()
+		r.endLease()
+	}()
+}
+
+// endLease gives the client its socket back, once.
+func (r *relay) endLease() {
+	if r.lent.CompareAndSwap(true, false) {
+		r.direct.Return()
+	}
 }
 
 // lastDelivery is when the last delivery came; ok is false before the first.
@@ -735,6 +825,12 @@ func (s *Supervisor) execRun(p *proc, t *Ticket, m *workerproto.Run, onDelivery 
 	mark := p.mark()
 	budget := s.prefillBudget(m.Inputs)
 	rl := newRelay(s, onDelivery)
+	if t.req.Direct != nil {
+		m = rl.lend(p, m, t.req.Direct)
+	}
+	// The worker has answered or ended by the time this runs (runResult, connLost):
+	// it writes nothing more to the client.
+	defer rl.endLease()
 	pend, err := p.client.Start(m, rl.deliver)
 	if err != nil {
 		if errors.Is(err, workerproto.ErrFrameTooLarge) {

@@ -41,10 +41,12 @@ const logDrainTimeout = time.Second
 
 // proc is one running worker process.
 type proc struct {
-	cmd     *exec.Cmd
-	cancel  context.CancelFunc // kills the process (exec.Cmd.Cancel)
-	client  *workerproto.Client
-	hello   *workerproto.Hello
+	cmd    *exec.Cmd
+	cancel context.CancelFunc // kills the process (exec.Cmd.Cancel)
+	client *workerproto.Client
+	hello  *workerproto.Hello
+	// handoff passes client sockets for runs whose tokens the worker writes itself.
+	handoff *workerproto.Handoff
 	started time.Time
 	log     logr.Logger
 
@@ -96,16 +98,24 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o pr
 		return nil, fmt.Errorf("socketpair conn: %w", err)
 	}
 	nc = rawconn.Wrap(nc) // a token's frame read without waking the scheduler's monitor
+	handoff, handoffChild, err := workerproto.NewHandoffPair()
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	handoffFile := os.NewFile(uintptr(handoffChild), "worker-handoff")
+	defer func() { _ = handoffFile.Close() }()
 
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		_ = nc.Close()
+		_ = unix.Close(handoff)
 		return nil, fmt.Errorf("stderr pipe: %w", err)
 	}
 	procCtx, cancel := context.WithCancel(context.Background())
 	cmd := newCmd(procCtx)
-	p := &proc{cmd: cmd, cancel: cancel, exited: make(chan struct{}), log: log, added: make(chan struct{})}
-	cmd.ExtraFiles = []*os.File{child}
+	p := &proc{cmd: cmd, cancel: cancel, exited: make(chan struct{}), log: log, added: make(chan struct{}), handoff: workerproto.NewHandoff(handoff)}
+	cmd.ExtraFiles = []*os.File{child, handoffFile}
 	// The runtime prints to both streams; both become log entries.
 	cmd.Stdout, cmd.Stderr = outW, outW
 	if cmd.SysProcAttr == nil {
@@ -118,12 +128,14 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o pr
 	if err := cmd.Start(); err != nil {
 		cancel()
 		_ = nc.Close()
+		_ = p.handoff.Close()
 		_ = outR.Close()
 		_ = outW.Close()
 		return nil, fmt.Errorf("start worker %s: %w", cmd.Path, err)
 	}
 	_ = outW.Close()
 	_ = child.Close()
+	_ = handoffFile.Close()
 	p.started = time.Now()
 	p.log = log.WithValues("worker_pid", cmd.Process.Pid)
 	logsDone := make(chan struct{})
@@ -140,6 +152,7 @@ func startProc(ctx context.Context, newCmd func(context.Context) *exec.Cmd, o pr
 			<-logsDone
 		}
 		cancel()
+		_ = p.handoff.Close()
 		p.exit = p.exitInfo(err)
 		close(p.exited)
 	}()

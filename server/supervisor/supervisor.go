@@ -106,6 +106,9 @@ type Observer interface {
 	// Delivery reports a token delivery: the time since the run started (first) or
 	// since the previous delivery.
 	Delivery(first bool, d time.Duration)
+	// DirectWrite reports a token the worker wrote to its client itself (whole when
+	// all of it went out; see DirectClient).
+	DirectWrite(whole bool)
 	Perf(p runtime.PerfStat)
 	WorkerRestart(cause string)
 	ModelLoaded(loaded bool)
@@ -163,6 +166,34 @@ type Request struct {
 	// without a hop to another goroutine. It must not block: until it returns, no other
 	// frame of the worker is read (replies and heartbeats included).
 	OnDelivery func(runtime.Delivery)
+	// Direct, when set on a Run, is a streaming client the worker may write the run's
+	// tokens to itself (see DirectClient).
+	Direct DirectClient
+}
+
+// DirectClient is a streaming client that the worker may write a run's tokens to
+// itself (workerproto.Direct): a token then reaches the client in one hop, the
+// worker's write, instead of two with the supervisor's in between, which on a machine
+// where waking a process costs tens of microseconds is most of a token's latency. The
+// supervisor still reads every delivery (for the run's result, the watchdog and the
+// metrics) and the client gets every other message from the supervisor as before.
+type DirectClient interface {
+	// Lend hands over the client's socket when the run starts: a descriptor of it,
+	// which the supervisor closes once passed on, and how a token's notification reads.
+	// ok is false when the client cannot take tokens directly now (something is
+	// waiting to be written to it); the run's tokens then go through the supervisor.
+	// The client calls reclaim when it has something else to write: the worker stops
+	// writing to it, and Return follows.
+	Lend(reclaim func()) (fd int, d *workerproto.Direct, ok bool)
+	// Delivered takes, on the relay's goroutine, a delivery the worker wrote to the
+	// client: written bytes of its notification, all of it when whole. When not whole
+	// the worker has stopped writing and the lease is over: Delivered writes the rest
+	// of the notification itself, before anything else.
+	Delivered(d runtime.Delivery, written int, whole bool)
+	// Return ends the lease: the worker writes nothing more to the client (its next
+	// delivery comes through the supervisor, or the run is over and the worker has
+	// answered or ended). Called once after Lend, unless Delivered ended the lease.
+	Return()
 }
 
 // Outcome is what a finished request returns besides an error.
@@ -762,6 +793,7 @@ type nopObserver struct{}
 func (nopObserver) QueueDepth(int)               {}
 func (nopObserver) QueueWait(time.Duration)      {}
 func (nopObserver) Delivery(bool, time.Duration) {}
+func (nopObserver) DirectWrite(bool)             {}
 func (nopObserver) Perf(runtime.PerfStat)        {}
 func (nopObserver) WorkerRestart(string)         {}
 func (nopObserver) ModelLoaded(bool)             {}

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/rawconn"
@@ -18,6 +19,10 @@ import (
 // InheritedFD is the descriptor on which the supervisor hands the worker its end of
 // the socketpair (the first of exec.Cmd.ExtraFiles).
 const InheritedFD = 3
+
+// HandoffFD is the worker's end of the workerproto.Handoff on which the supervisor
+// passes client sockets (the second of exec.Cmd.ExtraFiles).
+const HandoffFD = 4
 
 // ServeInherited serves the supervisor on InheritedFD until it closes the connection.
 func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame int, log logr.Logger) error {
@@ -41,6 +46,11 @@ func ServeInherited(ctx context.Context, rt Runtime, library string, maxFrame in
 	w := New(rt, library, conn, log)
 	w.TrimAfterLarge(memlimit.NewTrimmer(runtime.ReleaseFreeMemory))
 	w.WriteTokensWith(tokens)
+	if _, err := unix.GetsockoptInt(HandoffFD, unix.SOL_SOCKET, unix.SO_TYPE); err == nil {
+		handoff := workerproto.NewHandoff(HandoffFD)
+		defer func() { _ = handoff.Close() }()
+		w.WriteToClients(handoff)
+	}
 	err = w.Serve(ctx) // every run has ended when Serve returns
 	tokens.Close()
 	return err

@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 
 	"github.com/rkllm-operator/rkllm-operator/server/memlimit"
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
@@ -85,13 +86,27 @@ type Worker struct {
 	trim *memlimit.Trimmer
 	// tokens, when set, writes a run's token deliveries without entering Go.
 	tokens TokenWriter
+	// clients, when set, holds the client sockets the supervisor passed for runs whose
+	// tokens the worker writes to the client itself (workerproto.Run.Direct).
+	clients ClientSockets
 }
 
 // TokenWriter writes a run's token deliveries from the runtime's thread, as the
 // connection's Send would (workerproto.FrameSink): For returns its sink for the run
-// with call id.
+// with call id, writing the tokens to the client's socket client itself when client
+// >= 0 (workerproto.Direct).
 type TokenWriter interface {
-	For(id uint64) runtime.Sink
+	For(id uint64, client int, d *workerproto.Direct) (runtime.Sink, error)
+	// Reclaim stops the writes to the client socket numbered socket: when it returns,
+	// nothing more is written there.
+	Reclaim(socket uint64)
+}
+
+// ClientSockets are the client sockets the supervisor passes for direct runs: Take
+// returns the one numbered id (workerproto.Direct.Socket; the caller closes it),
+// false when there is none.
+type ClientSockets interface {
+	Take(id uint64) (fd int, ok bool)
 }
 
 // sinkModel is a Model that offers a run's deliveries to a runtime.Sink first
@@ -115,6 +130,10 @@ func (w *Worker) TrimAfterLarge(t *memlimit.Trimmer) {
 // WriteTokensWith has tw write the token deliveries of runs on models that take a
 // runtime.Sink; everything else goes through the connection. Call it before Serve.
 func (w *Worker) WriteTokensWith(tw TokenWriter) { w.tokens = tw }
+
+// WriteToClients has runs that ask for it (workerproto.Run.Direct) write their tokens
+// to the client socket taken from cs, through the TokenWriter. Call it before Serve.
+func (w *Worker) WriteToClients(cs ClientSockets) { w.clients = cs }
 
 // Serve sends Hello and serves requests until the supervisor closes the connection,
 // then aborts a run in progress, destroys the model and returns nil. It returns an
@@ -182,6 +201,15 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message,
 		go func() {
 			defer w.wg.Done()
 			w.reply(id, &workerproto.Reply{})
+		}()
+		return
+	case *workerproto.Reclaim:
+		if w.tokens != nil {
+			w.tokens.Reclaim(m.Socket)
+		}
+		go func() {
+			defer w.wg.Done()
+			w.reply(id, &workerproto.Reply{}) // after what the sink wrote before
 		}()
 		return
 	case *workerproto.IsRunning, *workerproto.Ping:
@@ -432,9 +460,17 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 		})
 		return runtime.Continue
 	}
+	client := w.clientFor(m)
+	if client >= 0 {
+		defer func() { _ = unix.Close(client) }()
+	}
 	var err error
-	if sm, ok := model.(sinkModel); ok && w.tokens != nil {
-		err = sm.RunWithSink(ctx, m.Inputs, m.Infer, w.tokens.For(id), onResult)
+	sm, ok := model.(sinkModel)
+	if ok && w.tokens != nil {
+		var sink runtime.Sink
+		if sink, err = w.tokens.For(id, client, m.Direct); err == nil {
+			err = sm.RunWithSink(ctx, m.Inputs, m.Infer, sink, onResult)
+		}
 	} else {
 		err = model.Run(ctx, m.Inputs, m.Infer, onResult)
 	}
@@ -447,4 +483,21 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 		return nil // aborted: the supervisor knows why
 	}
 	return err
+}
+
+// clientFor takes the client socket passed for a direct run, -1 when the run's tokens
+// go through the supervisor (its first delivery then ends the supervisor's wait).
+func (w *Worker) clientFor(m *workerproto.Run) int {
+	if m.Direct == nil || w.clients == nil {
+		return -1
+	}
+	fd, ok := w.clients.Take(m.Direct.Socket)
+	if !ok {
+		return -1
+	}
+	if w.tokens == nil {
+		_ = unix.Close(fd)
+		return -1
+	}
+	return fd
 }

@@ -392,9 +392,11 @@ func (m sinkModel) RunWithSink(ctx context.Context, inputs []runtime.Input, ip r
 // tokenWriter gives each run a sink naming its call id.
 type tokenWriter struct{ ids []uint64 }
 
-func (w *tokenWriter) For(id uint64) runtime.Sink {
+func (*tokenWriter) Reclaim(uint64) {}
+
+func (w *tokenWriter) For(id uint64, _ int, _ *workerproto.Direct) (runtime.Sink, error) {
 	w.ids = append(w.ids, id)
-	return runtime.Sink{Arg: unsafe.Pointer(&w.ids[len(w.ids)-1])}
+	return runtime.Sink{Arg: unsafe.Pointer(&w.ids[len(w.ids)-1])}, nil
 }
 
 // A worker with a TokenWriter hands each run on a model that takes a sink the writer's

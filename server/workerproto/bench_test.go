@@ -19,7 +19,7 @@ import (
 // tokenDelivery is a delivery as the runtime makes one per token: one result with a
 // short text and a token id.
 func tokenDelivery() *Delivery {
-	return &Delivery{runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "@1234567890123", TokenID: 295}}}}
+	return &Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "@1234567890123", TokenID: 295}}}}
 }
 
 // socketpair returns both ends of a Unix stream socketpair as net.Conns, as the

@@ -76,6 +76,8 @@ type pipe struct {
 	worker, supervisor *workerproto.Conn
 	sink               *workerproto.FrameSink
 	workerFile         *os.File
+	// onDelivery, when set, sees each delivery the supervisor's end reads.
+	onDelivery func(*workerproto.Delivery)
 }
 
 func newPipe(t *testing.T, maxFrame int) *pipe {
@@ -100,6 +102,7 @@ func newPipe(t *testing.T, maxFrame int) *pipe {
 // received is what the supervisor's end read.
 type received struct {
 	deliveries []runtime.Delivery
+	frames     []*workerproto.Delivery // the deliveries as sent, direct or not
 	pings      int
 }
 
@@ -131,6 +134,10 @@ func (p *pipe) read(t *testing.T) <-chan received {
 					t.Errorf("delivery %d on the wire:\n%x\nGo encodes it as\n%x", len(r.deliveries), f.Payload, enc)
 				}
 				r.deliveries = append(r.deliveries, m.Delivery)
+				r.frames = append(r.frames, m)
+				if p.onDelivery != nil {
+					p.onDelivery(m)
+				}
 			case *workerproto.Ping:
 				r.pings++
 			}
@@ -145,8 +152,18 @@ const runID = 42
 // worker does, and returns those deliveries.
 func (p *pipe) runWithSink(t *testing.T, h *runtime.Handle, inputs []runtime.Input, ip runtime.InferParams) ([]runtime.Delivery, error) {
 	t.Helper()
+	return p.runTo(t, h, inputs, ip, -1, nil)
+}
+
+// runTo is runWithSink with the tokens written to client directly as d says.
+func (p *pipe) runTo(t *testing.T, h *runtime.Handle, inputs []runtime.Input, ip runtime.InferParams, client int, d *workerproto.Direct) ([]runtime.Delivery, error) {
+	t.Helper()
 	var passed []runtime.Delivery
-	err := h.RunWithSink(context.Background(), inputs, ip, p.sink.For(runID), func(d runtime.Delivery) runtime.CallbackAction {
+	sink, err := p.sink.For(runID, client, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.RunWithSink(context.Background(), inputs, ip, sink, func(d runtime.Delivery) runtime.CallbackAction {
 		passed = append(passed, d)
 		_ = p.worker.Send(runID, &workerproto.Delivery{Delivery: d})
 		return runtime.Continue
@@ -333,7 +350,11 @@ func TestFrameSinkPassesWhatItCannotWrite(t *testing.T) {
 		_ = p.supervisor.Close()
 		var sendErr error
 		var passed []runtime.Delivery
-		err := sinkModel(t, lib, 1).RunWithSink(context.Background(), batchOf(1), runtime.InferParams{}, p.sink.For(runID), func(d runtime.Delivery) runtime.CallbackAction {
+		sink, err := p.sink.For(runID, -1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = sinkModel(t, lib, 1).RunWithSink(context.Background(), batchOf(1), runtime.InferParams{}, sink, func(d runtime.Delivery) runtime.CallbackAction {
 			passed = append(passed, d)
 			if err := p.worker.Send(runID, &workerproto.Delivery{Delivery: d}); err != nil && sendErr == nil {
 				sendErr = err

@@ -3,6 +3,7 @@ package workerproto
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/rkllm-operator/rkllm-operator/server/runtime"
 )
@@ -30,6 +31,8 @@ const (
 	OpDelivery
 	OpReply
 	OpPing
+	OpDirectDelivery // a Delivery the worker wrote to the client itself (Run.Direct)
+	OpReclaim
 )
 
 var opNames = map[Op]string{
@@ -38,7 +41,8 @@ var opNames = map[Op]string{
 	OpReleasePromptCache: "release_prompt_cache", OpClearKVCache: "clear_kv_cache",
 	OpGetKVCacheSize: "get_kv_cache_size", OpSetChatTemplate: "set_chat_template",
 	OpSetFunctionTools: "set_function_tools", OpSetCrossAttnParams: "set_cross_attn_params",
-	OpDelivery: "delivery", OpReply: "reply", OpPing: "ping",
+	OpDelivery: "delivery", OpReply: "reply", OpPing: "ping", OpDirectDelivery: "direct_delivery",
+	OpReclaim: "reclaim",
 }
 
 func (o Op) String() string {
@@ -89,13 +93,40 @@ type Run struct {
 	// ReportKVCacheSize asks for rkllm_get_kv_cache_size after a run that succeeded, in
 	// the reply's CacheSizes (nil when the runtime cannot say).
 	ReportKVCacheSize bool
+	// Direct, when set, asks the worker to write the run's token notifications to the
+	// client's socket itself, which the supervisor passed before the Run (see Direct).
+	Direct *Direct
 }
+
+// Direct is how the worker writes a streamed run's tokens to the client's socket
+// itself, saving the supervisor's hop on their way: each token of text alone (the
+// notification of almost every token) goes out as Head, the state's name as a JSON
+// string, `,"text":` and the text as a JSON string, `,"token_id":` and the id, then
+// Tail; as an HTTP/1.1 chunk when Chunked. The worker writes only what the socket takes
+// at once, until a token does not go out whole or is not text alone; it reports each
+// token it wrote in a Delivery with Direct set, and from the first it did not write
+// whole, everything goes to the supervisor again.
+type Direct struct {
+	// Socket is the client socket's number in the Handoff.
+	Socket     uint64
+	Head, Tail string
+	Chunked    bool
+}
+
+// MaxDirectTemplate bounds Direct's Head and Tail (framesink.h's WP_TEMPLATE_MAX).
+const MaxDirectTemplate = 1024
 
 // Abort stops the Run whose call id is Run; it is served while that Run is. Naming
 // the run makes the abort hold whenever it arrives: before the worker has started the
 // run in the runtime (which would ignore an rkllm_abort then), and never for a later
 // run (an abort that arrives after its run ended does nothing).
 type Abort struct{ Run uint64 }
+
+// Reclaim stops the worker writing to the client socket numbered Socket
+// (Direct.Socket): the client has another message to send. It is served while the Run
+// is, and answered once the worker writes nothing more to that client, so whatever the
+// worker wrote to it before comes first in the stream of frames.
+type Reclaim struct{ Socket uint64 }
 
 // IsRunning asks rkllm_is_running; it is served while Run is.
 type IsRunning struct{}
@@ -133,7 +164,18 @@ type SetFunctionTools struct{ SystemPrompt, Tools, ToolResponseStr string }
 type SetCrossAttnParams struct{ Params runtime.CrossAttnParams }
 
 // Delivery is one result-callback invocation of a Run, sent with the Run's call id.
-type Delivery struct{ runtime.Delivery }
+type Delivery struct {
+	runtime.Delivery
+	// Direct says the worker wrote the delivery's notification to the client itself
+	// (Run.Direct): Written bytes of it, which is all of it when Whole. The frames of
+	// such deliveries may reach the supervisor a few milliseconds late, several at
+	// once (the client has them already), so Gap tells the time since the run's
+	// previous delivery (0 for its first), as the worker saw it.
+	Direct  bool
+	Written int
+	Whole   bool
+	Gap     time.Duration
+}
 
 // Reply ends a request: Err is nil on success. Running answers IsRunning, CacheSizes
 // answers GetKVCacheSize, EmbedWidth and VocabSize answer Init (the model's embedding
@@ -160,6 +202,9 @@ func (*Run) Op() Op { return OpRun }
 
 // Op implements Message.
 func (*Abort) Op() Op { return OpAbort }
+
+// Op implements Message.
+func (*Reclaim) Op() Op { return OpReclaim }
 
 // Op implements Message.
 func (*IsRunning) Op() Op { return OpIsRunning }
@@ -192,7 +237,12 @@ func (*SetFunctionTools) Op() Op { return OpSetFunctionTools }
 func (*SetCrossAttnParams) Op() Op { return OpSetCrossAttnParams }
 
 // Op implements Message.
-func (*Delivery) Op() Op { return OpDelivery }
+func (m *Delivery) Op() Op {
+	if m.Direct {
+		return OpDirectDelivery
+	}
+	return OpDelivery
+}
 
 // Op implements Message.
 func (*Reply) Op() Op { return OpReply }
@@ -207,7 +257,8 @@ var constructors = map[Op]func() Message{
 	OpGetKVCacheSize: func() Message { return &GetKVCacheSize{} }, OpSetChatTemplate: func() Message { return &SetChatTemplate{} },
 	OpSetFunctionTools: func() Message { return &SetFunctionTools{} }, OpSetCrossAttnParams: func() Message { return &SetCrossAttnParams{} },
 	OpDelivery: func() Message { return &Delivery{} }, OpReply: func() Message { return &Reply{} },
-	OpPing: func() Message { return &Ping{} },
+	OpPing: func() Message { return &Ping{} }, OpDirectDelivery: func() Message { return &Delivery{Direct: true} },
+	OpReclaim: func() Message { return &Reclaim{} },
 }
 
 // newMessage returns an empty message of the given type.
@@ -327,6 +378,8 @@ func (*Destroy) encode(*encoder)            {}
 func (*Destroy) decode(*decoder)            {}
 func (m *Abort) encode(e *encoder)          { e.u64(m.Run) }
 func (m *Abort) decode(d *decoder)          { m.Run = d.u64() }
+func (m *Reclaim) encode(e *encoder)        { e.u64(m.Socket) }
+func (m *Reclaim) decode(d *decoder)        { m.Socket = d.u64() }
 func (*IsRunning) encode(*encoder)          {}
 func (*IsRunning) decode(*decoder)          {}
 func (*Ping) encode(*encoder)               {}
@@ -365,6 +418,13 @@ func (m *Run) encode(e *encoder) {
 	e.i32(ip.MaxNewTokens)
 	e.bool(m.ClearKVCache)
 	e.bool(m.ReportKVCacheSize)
+	e.bool(m.Direct != nil)
+	if m.Direct != nil {
+		e.u64(m.Direct.Socket)
+		e.str(m.Direct.Head)
+		e.str(m.Direct.Tail)
+		e.bool(m.Direct.Chunked)
+	}
 }
 
 func (m *Run) decode(d *decoder) {
@@ -394,6 +454,9 @@ func (m *Run) decode(d *decoder) {
 	ip.MaxNewTokens = d.i32()
 	m.ClearKVCache = d.bool()
 	m.ReportKVCacheSize = d.bool()
+	if d.bool() {
+		m.Direct = &Direct{Socket: d.u64(), Head: d.str(), Tail: d.str(), Chunked: d.bool()}
+	}
 }
 
 func encodeInput(e *encoder, in *runtime.Input) {
@@ -518,6 +581,11 @@ func (m *SetCrossAttnParams) decode(d *decoder) {
 }
 
 func (m *Delivery) encode(e *encoder) {
+	if m.Direct {
+		e.u32(uint32(m.Written)) //nolint:gosec // a notification's bytes, under a frame
+		e.bool(m.Whole)
+		e.u64(uint64(m.Gap)) //nolint:gosec // a duration is never negative
+	}
 	e.i32(int32(m.State))
 	e.length(len(m.Results))
 	for i := range m.Results {
@@ -541,6 +609,9 @@ func (m *Delivery) encode(e *encoder) {
 // before it is encoded (hidden states and logits reach hundreds of megabytes).
 func (m *Delivery) size() int {
 	n := 4 + uvarintLen(len(m.Results))
+	if m.Direct {
+		n += 4 + 1 + 8
+	}
 	for i := range m.Results {
 		r := &m.Results[i]
 		n += uvarintLen(len(r.Text)) + len(r.Text) + 4
@@ -577,6 +648,11 @@ func uvarintLen(n int) int {
 }
 
 func (m *Delivery) decode(d *decoder) {
+	if m.Direct {
+		m.Written = int(d.u32())
+		m.Whole = d.bool()
+		m.Gap = time.Duration(d.u64()) //nolint:gosec // the worker's nanoseconds
+	}
 	m.State = runtime.CallState(d.i32())
 	// A result takes at least 51 bytes on the wire.
 	n := d.length(51)

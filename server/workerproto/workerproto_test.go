@@ -54,8 +54,11 @@ func sampleMessages() []Message {
 		&SetChatTemplate{SystemPrompt: "sys", PromptPrefix: "<|user|>", PromptPostfix: "<|assistant|>"},
 		&SetFunctionTools{SystemPrompt: "tools", Tools: `[{"type":"function"}]`, ToolResponseStr: "tool_response"},
 		&SetCrossAttnParams{Params: runtime.CrossAttnParams{EncoderKCache: []float32{1}, EncoderVCache: []float32{2}, EncoderMask: []float32{0, -1}, EncoderPos: []int32{0, 1}, NumTokens: 2}},
-		&Delivery{runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "é", TokenID: 17}}}},
-		&Delivery{runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{
+		&Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "é", TokenID: 17}}}},
+		&Delivery{Delivery: runtime.Delivery{State: runtime.StateWaiting, Results: []runtime.Result{{Text: "\xe6", TokenID: 3}}}, Direct: true, Written: 93, Whole: true, Gap: 1500 * time.Microsecond},
+		&Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: "x"}}}, Direct: true, Written: 7},
+		&Run{Inputs: []runtime.Input{{Type: runtime.InputPrompt, Prompt: "p"}}, Direct: &Direct{Socket: 4, Head: `{"a":`, Tail: "}}\n", Chunked: true}},
+		&Delivery{Delivery: runtime.Delivery{State: runtime.StateFinish, Results: []runtime.Result{
 			{TokenID: -1, HiddenStates: []float32{0.5, -0.25}, EmbdSize: 2, Logits: []float32{1e-30}, VocabSize: 1, NumTokens: 1,
 				Perf: runtime.PerfStat{PrefillTimeMs: 12.5, PrefillTokens: 7, GenerateTimeMs: 100.25, GenerateTokens: 9, MemoryUsageMB: 512}},
 			{Text: "b"},
@@ -172,7 +175,7 @@ func fakeWorker(t *testing.T, conn *Conn) {
 		switch m.(type) {
 		case *Run:
 			for _, text := range []string{"a", "b"} {
-				_ = conn.Send(id, &Delivery{runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: text}}}})
+				_ = conn.Send(id, &Delivery{Delivery: runtime.Delivery{State: runtime.StateNormal, Results: []runtime.Result{{Text: text}}}})
 			}
 			_ = conn.Send(id, &Reply{})
 		case *IsRunning:
@@ -235,7 +238,7 @@ func TestDeliverySize(t *testing.T) {
 			}
 		}
 	}
-	big := &Delivery{runtime.Delivery{Results: []runtime.Result{{Text: string(make([]byte, 200)), HiddenStates: make([]float32, 40000), Logits: make([]float32, 300)}}}}
+	big := &Delivery{Delivery: runtime.Delivery{Results: []runtime.Result{{Text: string(make([]byte, 200)), HiddenStates: make([]float32, 40000), Logits: make([]float32, 300)}}}}
 	if got, want := big.size(), len(Encode(big)); got != want {
 		t.Errorf("size %d, encoded %d bytes", got, want)
 	}
@@ -247,7 +250,7 @@ func TestOversizedDeliveryRefused(t *testing.T) {
 	a, b := net.Pipe()
 	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
 	w, r := NewConn(a, 1024), NewConn(b, 1024)
-	big := &Delivery{runtime.Delivery{Results: []runtime.Result{{HiddenStates: make([]float32, 300), EmbdSize: 4, NumTokens: 75}}}}
+	big := &Delivery{Delivery: runtime.Delivery{Results: []runtime.Result{{HiddenStates: make([]float32, 300), EmbdSize: 4, NumTokens: 75}}}}
 	err := w.Send(7, big)
 	var fe *FrameTooLargeError
 	if !errors.As(err, &fe) || !errors.Is(err, ErrFrameTooLarge) || fe.Limit != 1024 || fe.Size != headerSize+big.size() || fe.Op != OpDelivery {
