@@ -14,10 +14,11 @@
 #define WP_SINK_BUF 16384
 /* The longest text (a token with the bytes WAITING held before it) written to the
  * client directly: escaped (up to six bytes a byte) it fits WP_LINE_BUF with the
- * template. Longer text ends the direct writes of the run. */
+ * template, the chunk's size line, the state and the token id (under 128 bytes).
+ * Longer text ends the direct writes of the run. */
 #define WP_DIRECT_TEXT 2048
 #define WP_TEMPLATE_MAX 1024
-#define WP_LINE_BUF (6 * WP_DIRECT_TEXT + 2 * WP_TEMPLATE_MAX + 64)
+#define WP_LINE_BUF (6 * WP_DIRECT_TEXT + 2 * WP_TEMPLATE_MAX + 128)
 /* The frames of tokens written to the client directly wait here, WP_HOLD_NS at most
  * from the first token after a write, before they go to the supervisor together: the
  * client has them already, and the supervisor woken for every token takes the CPU its
@@ -43,11 +44,12 @@ typedef struct {
 	char head[WP_TEMPLATE_MAX], tail[WP_TEMPLATE_MAX];
 	size_t pending_len; /* bytes of WAITING deliveries, given out with the next token */
 	char pending[WP_DIRECT_TEXT];
-	unsigned char line[WP_LINE_BUF];
 	uint64_t last_ns;  /* when the run's previous delivery came (CLOCK_MONOTONIC) */
 	uint64_t held_ns;  /* when the frames held were last written out */
 	size_t held_len;
 	unsigned char held[WP_HOLD_BUF];
+	/* Last, so that AddressSanitizer sees a line past its end. */
+	unsigned char line[WP_LINE_BUF];
 } wp_sink;
 
 int wp_sink_init(wp_sink *s, int fd, uint8_t op, uint8_t direct_op, uint32_t max_frame);

@@ -206,6 +206,33 @@ func TestFrameSinkWritesTokensToTheClient(t *testing.T) {
 	}
 }
 
+// The longest token the direct path takes, every byte escaped to six, with the
+// longest template, as a chunk: the line buffer holds it (the leak check runs this
+// under AddressSanitizer).
+func TestFrameSinkWritesTheLongestLine(t *testing.T) {
+	lib := simLibrary(t, runtime.ABI13)
+	longest := strings.Repeat("\x01", 2048) // WP_DIRECT_TEXT
+	p := newPipe(t, 0)
+	got := p.read(t)
+	client, read, _ := clientPair(t, true)
+	d := &workerproto.Direct{Socket: 1, Head: strings.Repeat("h", workerproto.MaxDirectTemplate), Tail: strings.Repeat("t", workerproto.MaxDirectTemplate), Chunked: true}
+	if _, err := p.runTo(t, directModel(t, lib, 200, 4000, longest), batchOf(1), runtime.InferParams{}, client, d); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	_ = p.worker.Close()
+	r := <-got
+	checkDirect(t, d, r.frames, read())
+	for _, f := range r.frames {
+		if len(f.Results) > 0 && f.Results[0].Text == longest {
+			if !f.Direct || !f.Whole {
+				t.Errorf("the longest token was not written directly whole: %+v", f.Delivery.State)
+			}
+			return
+		}
+	}
+	t.Error("no reply holds the longest token: change the model")
+}
+
 // A token the client's socket does not take whole ends the direct writes: the frame
 // tells how much went out, and everything after goes through the supervisor, which
 // writes the rest. So does a token too long for the direct path, and a client gone.
