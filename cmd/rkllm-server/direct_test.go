@@ -159,22 +159,56 @@ func TestTokensInOneHop(t *testing.T) {
 }
 
 // A client that reads only after the run is served every token: the worker writes
-// while the socket has room, the supervisor the rest, in order.
+// while the socket has room, the supervisor the rest, in order; the bytes counted sent
+// are those the client reads (over HTTP, the messages without the chunks' framing).
 func TestTokensInOneHopToASlowClient(t *testing.T) {
-	const n = 20000 // a couple of MB of notifications: more than a socket holds
-	s := startServer(t, "1.3", serverOpts{race: true, model: directModel(n, 0), config: map[string]any{"max-context-len": 2 * n}})
-	nc, err := (&net.Dialer{}).DialContext(context.Background(), "unix", s.socket)
-	if err != nil {
-		t.Fatal(err)
+	// About 11 MB of notifications: more than a loopback TCP connection holds (its
+	// buffers grow to several MB), all of which the server's buffer for the client may
+	// hold.
+	const n = 100000
+	s := startServer(t, "1.3", serverOpts{race: true, model: directModel(n, 0), config: map[string]any{"max-context-len": 2 * n, "client-buffer-bytes": 64 << 20}})
+	for _, transport := range []string{"unix", "http"} {
+		t.Run(transport, func(t *testing.T) {
+			sent := fmt.Sprintf(`rkllm_sent_bytes_total{transport=%q}`, transport)
+			partial := s.metric(`rkllm_direct_token_writes_total{outcome="partial"}`)
+			before := s.metric(sent)
+			var body io.Reader
+			if transport == "unix" {
+				nc, err := (&net.Dialer{}).DialContext(context.Background(), "unix", s.socket)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = nc.Close() }()
+				if _, err := io.WriteString(nc, runLine(1)); err != nil {
+					t.Fatal(err)
+				}
+				_ = nc.SetDeadline(time.Now().Add(waitTimeout))
+				body = nc
+			} else {
+				st := s.openStream(runLine(1))
+				defer st.close()
+				body = st.br
+			}
+			s.eventually("the run to end", waitTimeout, func() bool {
+				return s.metric(`rkllm_direct_token_writes_total{outcome="partial"}`) == partial+1 && s.metric("rkllm_queue_depth") == 0 && len(s.statsEvents("event=run")) > 0
+			})
+			counted := &countingReader{r: body}
+			r := &streamReader{t: t, br: bufio.NewReaderSize(counted, 1<<20)}
+			r.checkResult(r.next(), n)
+			s.eventually("every byte read to be counted sent", waitTimeout, func() bool {
+				return s.metric(sent)-before == float64(counted.n)
+			})
+		})
 	}
-	defer func() { _ = nc.Close() }()
-	if _, err := io.WriteString(nc, runLine(1)); err != nil {
-		t.Fatal(err)
-	}
-	s.eventually("the run to end", waitTimeout, func() bool {
-		return s.metric(`rkllm_direct_token_writes_total{outcome="partial"}`) == 1 && s.metric("rkllm_queue_depth") == 0 && len(s.statsEvents("event=run")) > 0
-	})
-	_ = nc.SetDeadline(time.Now().Add(waitTimeout))
-	r := &streamReader{t: t, br: bufio.NewReaderSize(nc, 1<<20)}
-	r.checkResult(r.next(), n)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }

@@ -763,8 +763,8 @@ func (l *streamLease) Return(part *jsonrpc.Notification, written int) {
 		if b, err := part.AppendJSON(sw.opening()); err == nil {
 			b = sw.wrap(b)
 			written = min(written, len(b))
-			sw.count.queued(sw.head, len(b)-sw.head-2)
-			if n := sw.count.written(written); n > 0 && sw.s.opts.Observer != nil {
+			// The rest goes out before anything queued during the lease.
+			if n := sw.count.first(sw.head, len(b)-sw.head-2, written); n > 0 && sw.s.opts.Observer != nil {
 				sw.s.opts.Observer.BytesOut(Transport, n)
 			}
 			rest = b[written:]
@@ -801,6 +801,24 @@ func (c *chunkCounter) queued(head, body int) {
 		c.chunks = c.chunks[:0:0]
 	}
 	c.chunks = append(c.chunks, chunkSpan{head, body})
+}
+
+// first puts a chunk in front of those queued, its first at bytes written already,
+// and returns how many of those were its message's.
+func (c *chunkCounter) first(head, body, at int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at != 0 {
+		// The first queued chunk is partly written: cannot happen, as nothing is written
+		// while the stream is lent.
+		return 0
+	}
+	c.chunks = append([]chunkSpan{{head, body}}, c.chunks...)
+	c.at = at
+	if at >= head+body+2 {
+		c.chunks, c.at = c.chunks[1:], 0
+	}
+	return max(0, min(at, head+body)-head)
 }
 
 // written takes n more bytes written and returns how many of them were messages'.

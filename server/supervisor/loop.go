@@ -772,7 +772,11 @@ func (r *relay) reclaim() {
 	}
 	go func() {
 		<-pend.Done()
-		r.endLease()
+		// Without its answer the worker was lost: the socket comes back once it has
+		// exited (execRun), not before.
+		if _, err := pend.Result(); err == nil {
+			r.endLease()
+		}
 	}()
 }
 
