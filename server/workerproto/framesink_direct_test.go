@@ -225,7 +225,7 @@ func TestFrameSinkWritesTheLongestLine(t *testing.T) {
 	for _, f := range r.frames {
 		if len(f.Results) > 0 && f.Results[0].Text == longest {
 			if !f.Direct || !f.Whole {
-				t.Errorf("the longest token was not written directly whole: %+v", f.Delivery.State)
+				t.Errorf("the longest token was not written directly whole (state %v, written %d)", f.State, f.Written)
 			}
 			return
 		}
