@@ -732,18 +732,17 @@ func (r *relay) lend(p *proc, m *workerproto.Run, client DirectClient) *workerpr
 	if !ok {
 		return m
 	}
-	socket, err := p.handoff.Give(fd)
-	_ = unix.Close(fd)
-	if err != nil {
-		r.s.log.V(1).Info("the worker cannot write tokens to the client; they go through the supervisor", "reason", err.Error())
-		client.Return()
-		return m
-	}
+	defer func() { _ = unix.Close(fd) }() // the worker has its own copy
 	r.reclaimMu.Lock()
 	defer r.reclaimMu.Unlock()
 	if r.reclaimed {
-		// The client has something to send already: the worker is not told of the
-		// socket, which it closes unused.
+		// The client has something to send already.
+		client.Return()
+		return m
+	}
+	socket, err := p.handoff.Give(fd)
+	if err != nil {
+		r.s.log.V(1).Info("the worker cannot write tokens to the client; they go through the supervisor", "reason", err.Error())
 		client.Return()
 		return m
 	}

@@ -221,6 +221,13 @@ func (w *Worker) dispatch(ctx context.Context, id uint64, m workerproto.Message,
 	}
 	if !w.busy.TryLock() {
 		w.wg.Done()
+		if run, ok := m.(*workerproto.Run); ok {
+			// Its client's socket must not stay in flight, holding the client's
+			// connection open.
+			if fd := w.clientFor(run); fd >= 0 {
+				_ = unix.Close(fd)
+			}
+		}
 		w.reply(id, &workerproto.Reply{Err: workerproto.ErrWorkerBusy})
 		return
 	}
