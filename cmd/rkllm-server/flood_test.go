@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -91,9 +92,10 @@ func TestProbesWithTheProbeListenerHeld(t *testing.T) {
 			}
 		}
 	}
-	// The first held connection made room long ago: the server has closed it.
+	// The first held connection made room long ago: the server has closed it (a reset
+	// when the server closed it with the half request unread, which the kernel answers so).
 	_ = held[0].SetReadDeadline(time.Now().Add(waitTimeout))
-	if n, err := held[0].Read(make([]byte, 1)); err != io.EOF {
+	if n, err := held[0].Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the longest-waiting connection: read %d bytes, %v; want it closed", n, err)
 	}
 }
