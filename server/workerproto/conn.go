@@ -7,7 +7,10 @@
 // one Reply carrying the same id, preceded for a Run by its Deliveries. Abort and
 // IsRunning are answered while a Run is in progress. The worker sends Hello (id 0)
 // first. The encoding is binary rather than JSON so that tokens and float arrays
-// (hidden states, logits) cost little on the hot path.
+// (hidden states, logits) cost little on the hot path. A Run may have the worker write
+// its tokens to the client itself (Direct, with the client's socket passed on a
+// Handoff); those tokens' Deliveries say what was written (OpDirectDelivery), and a
+// Reclaim stops it.
 package workerproto
 
 import (
