@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"io"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -33,19 +32,7 @@ func directModel(t *testing.T, lib *runtime.Library, reply, tokensPerSecond int,
 	m.Vocab = append(m.Vocab, extra...)
 	m.ReplyMinTokens, m.ReplyMaxTokens = reply, reply
 	m.DecodeTokensPerSecond = float64(tokensPerSecond)
-	path := filepath.Join(t.TempDir(), "model.rkllm")
-	if err := simulator.WriteModel(path, m); err != nil {
-		t.Fatal(err)
-	}
-	p := lib.DefaultParams()
-	p.ModelPath = path
-	p.MaxContextLen = 4096
-	h, err := lib.Init(p)
-	if err != nil {
-		t.Fatalf("Init: %v", err)
-	}
-	t.Cleanup(func() { _ = h.Destroy() })
-	return h
+	return initModel(t, lib, m, 1)
 }
 
 // template is what rkllmrpc gives the worker: everything of a notification before the

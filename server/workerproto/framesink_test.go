@@ -46,6 +46,12 @@ func sinkModel(t *testing.T, lib *runtime.Library, nBatch int) *runtime.Handle {
 	m := simulator.FastModel()
 	m.Vocab = append(m.Vocab, " café", " 日本", longToken, "\"quoted\\\"")
 	m.ReplyMinTokens, m.ReplyMaxTokens = 300, 300
+	return initModel(t, lib, m, nBatch)
+}
+
+// initModel loads m with nBatch inputs per run, destroyed when the test ends.
+func initModel(t *testing.T, lib *runtime.Library, m simulator.Model, nBatch int) *runtime.Handle {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "model.rkllm")
 	if err := simulator.WriteModel(path, m); err != nil {
 		t.Fatal(err)
