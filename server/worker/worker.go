@@ -474,10 +474,13 @@ func (w *Worker) run(ctx context.Context, id uint64, model Model, m *workerproto
 	var err error
 	sm, ok := model.(sinkModel)
 	if ok && w.tokens != nil {
-		var sink runtime.Sink
-		if sink, err = w.tokens.For(id, client, m.Direct); err == nil {
-			err = sm.RunWithSink(ctx, m.Inputs, m.Infer, sink, onResult)
+		sink, serr := w.tokens.For(id, client, m.Direct)
+		if serr != nil {
+			// The tokens go through the supervisor, which writes them as before.
+			w.log.Error(serr, "cannot write the run's tokens to the client")
+			sink, _ = w.tokens.For(id, -1, nil)
 		}
+		err = sm.RunWithSink(ctx, m.Inputs, m.Infer, sink, onResult)
 	} else {
 		err = model.Run(ctx, m.Inputs, m.Infer, onResult)
 	}
