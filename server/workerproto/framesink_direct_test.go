@@ -322,3 +322,19 @@ func deliveries(frames []*workerproto.Delivery) []runtime.Delivery {
 	}
 	return out
 }
+
+// A template over MaxDirectTemplate is refused (the worker then leaves the run's tokens
+// to the supervisor), and the sink still serves the next run.
+func TestFrameSinkRefusesALongTemplate(t *testing.T) {
+	p := newPipe(t, 0)
+	client, _, _ := clientPair(t, true)
+	long := strings.Repeat("h", workerproto.MaxDirectTemplate+1)
+	for _, d := range []*workerproto.Direct{{Socket: 1, Head: long, Tail: "}}\n"}, {Socket: 1, Head: "{", Tail: long}} {
+		if _, err := p.sink.For(runID, client, d); err == nil {
+			t.Errorf("a template of %d + %d bytes was taken", len(d.Head), len(d.Tail))
+		}
+	}
+	if _, err := p.sink.For(runID, client, template(false)); err != nil {
+		t.Errorf("a template within the limit after a refused one: %v", err)
+	}
+}
